@@ -1,0 +1,603 @@
+//! The command line: `serve` runs the sidecar; the other subcommands are
+//! gRPC clients of a running one.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+use crate::grpc::pb;
+use crate::manage::DEFAULT_MAX_KEYS_PER_ACCOUNT;
+use crate::server::{self, AdminTokenSource, ServeConfig, ADMIN_TOKEN_FILE, DEFAULT_DATA_DIR};
+use crate::token::DEFAULT_PREFIX;
+
+const EXAMPLES: &str = "\
+Quick start:
+  scopegate serve &                                   # 127.0.0.1:50051, data in ./scopegate-data
+  scopegate keys create --account acme --name ops --grant api_keys=full --scope mail.send
+  scopegate keys list --account acme
+  scopegate check --token SG.xxx.yyy --scope mail.send
+  scopegate scopes
+
+Client commands authenticate with the admin token in ./scopegate-data/admin.token
+unless --auth-file or SCOPEGATE_AUTH says otherwise.";
+
+/// A gRPC authorization sidecar for API keys with permission scopes.
+///
+/// scopegate stores API keys (hashes only) with scopes such as `mail.send` or
+/// `stats.read`, and answers "may this key do this?" over gRPC in
+/// microseconds. Run `scopegate serve`, then manage keys with the client
+/// subcommands below (or any gRPC client: reflection is on).
+#[derive(Parser, Debug)]
+#[command(name = "scopegate", version, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the sidecar: Authorize, ManageKey, health and reflection on one port.
+    ///
+    /// Example: scopegate serve --listen 127.0.0.1:50051 --data-dir /var/lib/scopegate
+    ///
+    /// On first start without --admin-token-file or SCOPEGATE_ADMIN_TOKEN, an
+    /// admin token is generated into <data-dir>/admin.token (mode 0600); its
+    /// path is logged, never the token.
+    Serve(ServeArgs),
+    /// Create, show, list, change and delete API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// List the catalog: resources, their scopes and access levels, and yours.
+    ///
+    /// Example: scopegate scopes --json
+    Scopes(ClientArgs),
+    /// Ask the server whether a token may use scopes. Exit code 0: allowed,
+    /// 1: denied, 2: error.
+    ///
+    /// Example: scopegate check --token "$TOKEN" --scope mail.send --scope stats.read
+    Check(CheckArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address for gRPC (all services).
+    #[arg(long, env = "SCOPEGATE_LISTEN", default_value = server::DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Where keys are stored (sled). Created if missing; one process at a time.
+    #[arg(long, env = "SCOPEGATE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// File holding the admin token. The token may also come from the
+    /// SCOPEGATE_ADMIN_TOKEN environment variable. Default:
+    /// <data-dir>/admin.token, generated on first start.
+    #[arg(long, env = "SCOPEGATE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Catalog TOML replacing the built-in scopes (see catalogs/).
+    #[arg(long, env = "SCOPEGATE_CATALOG")]
+    pub catalog: Option<PathBuf>,
+    /// First part of every token, as in SG.<key id>.<secret>. Changing it
+    /// invalidates existing tokens.
+    #[arg(long, env = "SCOPEGATE_TOKEN_PREFIX", default_value = DEFAULT_PREFIX)]
+    pub token_prefix: String,
+    /// File holding a server secret: secrets are then stored as
+    /// HMAC-SHA256(pepper, secret) instead of SHA-256(secret). Keep it stable.
+    #[arg(long, env = "SCOPEGATE_PEPPER_FILE")]
+    pub pepper_file: Option<PathBuf>,
+    /// Most keys one account may hold.
+    #[arg(long, env = "SCOPEGATE_MAX_KEYS_PER_ACCOUNT", default_value_t = DEFAULT_MAX_KEYS_PER_ACCOUNT)]
+    pub max_keys_per_account: usize,
+    /// Log format.
+    #[arg(long, env = "SCOPEGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// Server to talk to.
+    #[arg(
+        long,
+        env = "SCOPEGATE_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub server: String,
+    /// File holding the caller's credential (admin token or API key). Also
+    /// SCOPEGATE_AUTH (the credential itself). Default: <data-dir>/admin.token.
+    #[arg(long, env = "SCOPEGATE_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+    /// Data dir whose admin.token is used when no credential is given.
+    #[arg(long, env = "SCOPEGATE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Create a key; prints its token once.
+    ///
+    /// Example: scopegate keys create --account acme --name mailer --scope mail.send --grant stats=read
+    Create {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Account that owns the key (required for the admin).
+        #[arg(long, default_value = "")]
+        account: String,
+        #[arg(long)]
+        name: String,
+        /// A scope, e.g. mail.send (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// RESOURCE=read|write|full, e.g. marketing_campaigns=full (repeatable).
+        #[arg(long = "grant", value_parser = parse_grant)]
+        grants: Vec<pb::Grant>,
+    },
+    /// Show a key.
+    ///
+    /// Example: scopegate keys get qL0w1cT9Rk2tqc8z3mE1aA
+    Get {
+        #[command(flatten)]
+        client: ClientArgs,
+        key_id: String,
+    },
+    /// List keys, ordered by id.
+    ///
+    /// Example: scopegate keys list --account acme --page-size 20
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Account to list (the admin may omit it to list all).
+        #[arg(long, default_value = "")]
+        account: String,
+        #[arg(long, default_value_t = 0)]
+        page_size: i32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+    },
+    /// Rename a key and/or replace its scopes; takes effect at once.
+    ///
+    /// Example: scopegate keys update qL0w1cT9Rk2tqc8z3mE1aA --scope mail.send --scope stats.read
+    Update {
+        #[command(flatten)]
+        client: ClientArgs,
+        key_id: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Replaces all scopes (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// RESOURCE=read|write|full (repeatable); with --scope, the union.
+        #[arg(long = "grant", value_parser = parse_grant)]
+        grants: Vec<pb::Grant>,
+    },
+    /// Delete a key; its token stops working at once.
+    ///
+    /// Example: scopegate keys delete qL0w1cT9Rk2tqc8z3mE1aA
+    Delete {
+        #[command(flatten)]
+        client: ClientArgs,
+        key_id: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The API key to check.
+    #[arg(long, env = "SCOPEGATE_CHECK_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// A scope the key must hold (repeatable).
+    #[arg(long = "scope", required = true)]
+    pub scopes: Vec<String>,
+}
+
+fn parse_grant(text: &str) -> Result<pb::Grant, String> {
+    let (resource, level) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not RESOURCE=read|write|full"))?;
+    let access = match level.to_ascii_lowercase().as_str() {
+        "read" => pb::Access::Read,
+        "write" => pb::Access::Write,
+        "full" => pb::Access::Full,
+        other => return Err(format!("access `{other}` is not read, write or full")),
+    };
+    Ok(pb::Grant {
+        resource: resource.to_owned(),
+        access: access as i32,
+    })
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+        command => runtime.block_on(client(command)),
+    }
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    init_logging(args.log_format);
+    let admin_token = match (
+        args.admin_token_file,
+        std::env::var("SCOPEGATE_ADMIN_TOKEN"),
+    ) {
+        (Some(path), _) => AdminTokenSource::File(path),
+        (None, Ok(token)) => AdminTokenSource::Value(token),
+        (None, Err(_)) => AdminTokenSource::DataDir,
+    };
+    let config = ServeConfig {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        admin_token,
+        catalog: args.catalog,
+        token_prefix: args.token_prefix,
+        pepper_file: args.pepper_file,
+        max_keys_per_account: args.max_keys_per_account,
+    };
+    match server::run(config, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "scopegate failed");
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+/// Client subcommands: 0 success, 1 denied (check), 2 error.
+async fn client(command: Command) -> ExitCode {
+    match run_client(command).await {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run_client(command: Command) -> Result<ExitCode, String> {
+    match command {
+        Command::Serve(_) => unreachable!("serve is not a client command"),
+        Command::Check(args) => {
+            let channel = connect(&args.client).await?;
+            let response = pb::authorize_client::AuthorizeClient::new(channel)
+                .check(pb::CheckRequest {
+                    token: args.token,
+                    scopes: args.scopes,
+                    http: None,
+                })
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            let decision = pb::Decision::try_from(response.decision)
+                .map(|d| d.as_str_name())
+                .unwrap_or("UNKNOWN");
+            if args.client.json {
+                println!(
+                    "{}",
+                    json!({
+                        "allowed": response.allowed, "decision": decision,
+                        "key_id": response.key_id, "account_id": response.account_id,
+                        "missing_scopes": response.missing_scopes, "message": response.message,
+                    })
+                );
+            } else if response.allowed {
+                println!(
+                    "ALLOWED key {} (account {})",
+                    response.key_id, response.account_id
+                );
+            } else {
+                println!("DENIED {decision}: {}", response.message);
+            }
+            Ok(if response.allowed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Scopes(client) => {
+            let mut manage = manage_client(&client).await?;
+            let response = manage
+                .list_scopes(authorized(&client, pb::ListScopesRequest {})?)
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            if client.json {
+                let resources: Vec<Value> = response
+                    .resources
+                    .iter()
+                    .map(|resource| {
+                        json!({
+                            "resource": resource.resource, "scopes": resource.scopes,
+                            "grantable": resource.grantable.iter().map(|a| access_name(*a)).collect::<Vec<_>>(),
+                            "read_only": resource.read_only, "exclusive": resource.exclusive,
+                            "caller_access": access_name(resource.caller_access),
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"resources": resources, "caller_scopes": response.caller_scopes, "caller_is_admin": response.caller_is_admin})
+                );
+            } else {
+                println!(
+                    "{:<40} {:<10} {:<16} SCOPES",
+                    "RESOURCE", "YOURS", "GRANTABLE"
+                );
+                for resource in &response.resources {
+                    let grantable: Vec<&str> =
+                        resource.grantable.iter().map(|a| access_name(*a)).collect();
+                    let mut flags = String::new();
+                    if resource.exclusive {
+                        flags.push_str(" (exclusive)");
+                    }
+                    println!(
+                        "{:<40} {:<10} {:<16} {}{}",
+                        resource.resource,
+                        access_name(resource.caller_access),
+                        grantable.join(","),
+                        resource.scopes.join(" "),
+                        flags
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys(keys) => run_keys(keys).await,
+    }
+}
+
+async fn run_keys(command: KeysCommand) -> Result<ExitCode, String> {
+    match command {
+        KeysCommand::Create {
+            client,
+            account,
+            name,
+            scopes,
+            grants,
+        } => {
+            let mut manage = manage_client(&client).await?;
+            let request = pb::CreateKeyRequest {
+                account_id: account,
+                name,
+                scopes,
+                grants,
+            };
+            let response = manage
+                .create_key(authorized(&client, request)?)
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            let key = response.key.unwrap_or_default();
+            if client.json {
+                println!(
+                    "{}",
+                    json!({"key": key_json(&key), "token": response.token})
+                );
+            } else {
+                print_keys(std::slice::from_ref(&key));
+                println!("\ntoken: {}", response.token);
+                println!("(shown once: only its hash is stored)");
+            }
+        }
+        KeysCommand::Get { client, key_id } => {
+            let mut manage = manage_client(&client).await?;
+            let key = manage
+                .get_key(authorized(&client, pb::GetKeyRequest { key_id })?)
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            print_one_or_json(&client, key);
+        }
+        KeysCommand::List {
+            client,
+            account,
+            page_size,
+            page_token,
+        } => {
+            let mut manage = manage_client(&client).await?;
+            let request = pb::ListKeysRequest {
+                account_id: account,
+                page_size,
+                page_token,
+            };
+            let response = manage
+                .list_keys(authorized(&client, request)?)
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            if client.json {
+                let keys: Vec<Value> = response.keys.iter().map(key_json).collect();
+                println!(
+                    "{}",
+                    json!({"keys": keys, "next_page_token": response.next_page_token})
+                );
+            } else {
+                print_keys(&response.keys);
+                if !response.next_page_token.is_empty() {
+                    println!("\nmore: --page-token {}", response.next_page_token);
+                }
+            }
+        }
+        KeysCommand::Update {
+            client,
+            key_id,
+            name,
+            scopes,
+            grants,
+        } => {
+            let mut manage = manage_client(&client).await?;
+            let request = pb::UpdateKeyRequest {
+                key_id,
+                name,
+                scopes,
+                grants,
+            };
+            let key = manage
+                .update_key(authorized(&client, request)?)
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            print_one_or_json(&client, key);
+        }
+        KeysCommand::Delete { client, key_id } => {
+            let mut manage = manage_client(&client).await?;
+            manage
+                .delete_key(authorized(
+                    &client,
+                    pb::DeleteKeyRequest {
+                        key_id: key_id.clone(),
+                    },
+                )?)
+                .await
+                .map_err(status_text)?;
+            if client.json {
+                println!("{}", json!({"deleted": key_id}));
+            } else {
+                println!("deleted {key_id}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn connect(client: &ClientArgs) -> Result<Channel, String> {
+    Channel::from_shared(client.server.clone())
+        .map_err(|error| format!("--server {}: {error}", client.server))?
+        .connect()
+        .await
+        .map_err(|error| format!("cannot reach {}: {error}", client.server))
+}
+
+async fn manage_client(
+    client: &ClientArgs,
+) -> Result<pb::manage_key_client::ManageKeyClient<Channel>, String> {
+    Ok(pb::manage_key_client::ManageKeyClient::new(
+        connect(client).await?,
+    ))
+}
+
+/// Wraps a message with the caller's bearer credential.
+fn authorized<T>(client: &ClientArgs, message: T) -> Result<tonic::Request<T>, String> {
+    let credential = match (&client.auth_file, std::env::var("SCOPEGATE_AUTH")) {
+        (Some(path), _) => read_credential(path)?,
+        (None, Ok(credential)) => credential.trim().to_owned(),
+        (None, Err(_)) => read_credential(&client.data_dir.join(ADMIN_TOKEN_FILE))
+            .map_err(|error| format!("{error} (give --auth-file or SCOPEGATE_AUTH)"))?,
+    };
+    let mut request = tonic::Request::new(message);
+    let value = MetadataValue::try_from(format!("Bearer {credential}"))
+        .map_err(|_| "the credential contains characters not allowed in a header".to_owned())?;
+    request.metadata_mut().insert("authorization", value);
+    Ok(request)
+}
+
+fn read_credential(path: &std::path::Path) -> Result<String, String> {
+    std::fs::read_to_string(path)
+        .map(|text| text.trim().to_owned())
+        .map_err(|error| format!("cannot read credential file {}: {error}", path.display()))
+}
+
+fn status_text(status: tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+fn access_name(access: i32) -> &'static str {
+    pb::Access::try_from(access)
+        .map(|access| access.as_str_name())
+        .unwrap_or("UNKNOWN")
+}
+
+fn key_json(key: &pb::ApiKey) -> Value {
+    let time = |t: &Option<prost_types::Timestamp>| t.as_ref().map(|t| t.to_string());
+    json!({
+        "key_id": key.key_id, "account_id": key.account_id, "name": key.name,
+        "scopes": key.scopes,
+        "access": key.access.iter().map(|g| json!({"resource": g.resource, "access": access_name(g.access)})).collect::<Vec<_>>(),
+        "kind": pb::KeyKind::try_from(key.kind).map(|k| k.as_str_name()).unwrap_or("UNKNOWN"),
+        "create_time": time(&key.create_time), "update_time": time(&key.update_time),
+    })
+}
+
+fn print_one_or_json(client: &ClientArgs, key: pb::ApiKey) {
+    if client.json {
+        println!("{}", key_json(&key));
+    } else {
+        print_keys(std::slice::from_ref(&key));
+    }
+}
+
+fn print_keys(keys: &[pb::ApiKey]) {
+    println!(
+        "{:<22}  {:<16} {:<20} {:<8} ACCESS",
+        "KEY ID", "ACCOUNT", "NAME", "KIND"
+    );
+    for key in keys {
+        let access: Vec<String> = key
+            .access
+            .iter()
+            .map(|grant| format!("{}={}", grant.resource, access_name(grant.access)))
+            .collect();
+        let kind = pb::KeyKind::try_from(key.kind)
+            .map(|k| k.as_str_name())
+            .unwrap_or("UNKNOWN");
+        println!(
+            "{:<22}  {:<16} {:<20} {:<8} {}",
+            key.key_id,
+            key.account_id,
+            key.name,
+            kind,
+            access.join(" ")
+        );
+    }
+}

@@ -1,0 +1,95 @@
+//! Domain ⇄ protobuf conversions.
+
+use super::pb;
+use super::status::bad_request;
+use crate::manage::{KeyView, ScopesView};
+use crate::scope::{Access, KeyKind};
+
+pub(super) fn access_to_pb(access: Access) -> pb::Access {
+    match access {
+        Access::NoAccess => pb::Access::NoAccess,
+        Access::Read => pb::Access::Read,
+        Access::Write => pb::Access::Write,
+        Access::Full => pb::Access::Full,
+        Access::Custom => pb::Access::Custom,
+    }
+}
+
+/// Grants from a request; `field` names the repeated field for errors.
+pub(super) fn grants_from_pb(
+    grants: Vec<pb::Grant>,
+) -> Result<Vec<(String, Access)>, tonic::Status> {
+    grants
+        .into_iter()
+        .enumerate()
+        .map(|(index, grant)| {
+            let access = match pb::Access::try_from(grant.access) {
+                Ok(pb::Access::Read) => Access::Read,
+                Ok(pb::Access::Write) => Access::Write,
+                Ok(pb::Access::Full) => Access::Full,
+                Ok(pb::Access::NoAccess) => Access::NoAccess,
+                Ok(pb::Access::Custom) => Access::Custom,
+                Ok(pb::Access::Unspecified) | Err(_) => {
+                    return Err(bad_request(
+                        "grants",
+                        format!("grant {index} (resource `{}`) has no access level: use READ, WRITE or FULL", grant.resource),
+                    ))
+                }
+            };
+            Ok((grant.resource, access))
+        })
+        .collect()
+}
+
+fn timestamp(unix_ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: unix_ms.div_euclid(1000),
+        nanos: (unix_ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+pub(super) fn key_to_pb(view: KeyView) -> pb::ApiKey {
+    pb::ApiKey {
+        key_id: view.key_id,
+        account_id: view.account_id,
+        name: view.name,
+        scopes: view.scopes,
+        access: view
+            .access
+            .into_iter()
+            .map(|(resource, access)| pb::Grant {
+                resource,
+                access: access_to_pb(access) as i32,
+            })
+            .collect(),
+        kind: match view.kind {
+            KeyKind::General => pb::KeyKind::General,
+            KeyKind::Billing => pb::KeyKind::Billing,
+        } as i32,
+        create_time: Some(timestamp(view.create_time_unix_ms)),
+        update_time: Some(timestamp(view.update_time_unix_ms)),
+    }
+}
+
+pub(super) fn scopes_to_pb(view: ScopesView) -> pb::ListScopesResponse {
+    pb::ListScopesResponse {
+        resources: view
+            .resources
+            .into_iter()
+            .map(|resource| pb::ResourceScopes {
+                resource: resource.resource,
+                scopes: resource.scopes,
+                grantable: resource
+                    .grantable
+                    .into_iter()
+                    .map(|access| access_to_pb(access) as i32)
+                    .collect(),
+                read_only: resource.read_only,
+                exclusive: resource.exclusive,
+                caller_access: access_to_pb(resource.caller_access) as i32,
+            })
+            .collect(),
+        caller_scopes: view.caller_scopes,
+        caller_is_admin: view.caller_is_admin,
+    }
+}

@@ -1,0 +1,122 @@
+//! `scopegate.v1.ManageKey`: authenticate the caller, call [`Manager`], encode.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::convert::{grants_from_pb, key_to_pb, scopes_to_pb};
+use super::pb::{self, manage_key_server::ManageKey};
+use super::Readiness;
+use crate::manage::{Caller, KeyChange, ListQuery, Manager, NewKey};
+
+pub struct ManageKeyService {
+    pub manager: Arc<Manager>,
+    pub readiness: Arc<Readiness>,
+}
+
+impl ManageKeyService {
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        self.readiness.check()?;
+        let bearer = match request.metadata().get("authorization") {
+            None => None,
+            Some(value) => {
+                let value = value
+                    .to_str()
+                    .map_err(|_| Status::unauthenticated("invalid credentials"))?;
+                let token = value
+                    .split_once(' ')
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                    .map(|(_, token)| token.trim())
+                    .ok_or_else(|| {
+                        Status::unauthenticated("authorization must be `Bearer <token>`")
+                    })?;
+                Some(token)
+            }
+        };
+        Ok(self.manager.authenticate(bearer)?)
+    }
+}
+
+#[tonic::async_trait]
+impl ManageKey for ManageKeyService {
+    async fn create_key(
+        &self,
+        request: Request<pb::CreateKeyRequest>,
+    ) -> Result<Response<pb::CreateKeyResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let request = request.into_inner();
+        let new_key = NewKey {
+            account_id: request.account_id,
+            name: request.name,
+            scopes: request.scopes,
+            grants: grants_from_pb(request.grants)?,
+        };
+        let (view, token) = self.manager.create(&caller, new_key).await?;
+        Ok(Response::new(pb::CreateKeyResponse {
+            key: Some(key_to_pb(view)),
+            token,
+        }))
+    }
+
+    async fn get_key(
+        &self,
+        request: Request<pb::GetKeyRequest>,
+    ) -> Result<Response<pb::ApiKey>, Status> {
+        let caller = self.caller(&request)?;
+        let view = self.manager.get(&caller, &request.into_inner().key_id)?;
+        Ok(Response::new(key_to_pb(view)))
+    }
+
+    async fn list_keys(
+        &self,
+        request: Request<pb::ListKeysRequest>,
+    ) -> Result<Response<pb::ListKeysResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let request = request.into_inner();
+        let query = ListQuery {
+            account_id: request.account_id,
+            page_size: request.page_size,
+            page_token: request.page_token,
+        };
+        let (views, next_page_token) = self.manager.list(&caller, query)?;
+        Ok(Response::new(pb::ListKeysResponse {
+            keys: views.into_iter().map(key_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_key(
+        &self,
+        request: Request<pb::UpdateKeyRequest>,
+    ) -> Result<Response<pb::ApiKey>, Status> {
+        let caller = self.caller(&request)?;
+        let request = request.into_inner();
+        let change = KeyChange {
+            key_id: request.key_id,
+            name: request.name,
+            scopes: request.scopes,
+            grants: grants_from_pb(request.grants)?,
+        };
+        let view = self.manager.update(&caller, change).await?;
+        Ok(Response::new(key_to_pb(view)))
+    }
+
+    async fn delete_key(
+        &self,
+        request: Request<pb::DeleteKeyRequest>,
+    ) -> Result<Response<pb::DeleteKeyResponse>, Status> {
+        let caller = self.caller(&request)?;
+        self.manager
+            .delete(&caller, &request.into_inner().key_id)
+            .await?;
+        Ok(Response::new(pb::DeleteKeyResponse {}))
+    }
+
+    async fn list_scopes(
+        &self,
+        request: Request<pb::ListScopesRequest>,
+    ) -> Result<Response<pb::ListScopesResponse>, Status> {
+        let caller = self.caller(&request)?;
+        Ok(Response::new(scopes_to_pb(self.manager.scopes(&caller))))
+    }
+}

@@ -1,0 +1,23 @@
+//! scopegate: a gRPC authorization sidecar for API keys with permission scopes.
+//!
+//! Crate map (the long version is ARCHITECTURE.md):
+//! - [`scope`]: PURE. Catalog, `ScopeSet`, access levels, the key rules.
+//! - [`token`]: PURE. Token format, checksum, secret hashing.
+//! - [`key`]: the hot-path view of a key and the lock-free table of them.
+//! - [`authz`]: PURE. `decide(table, token, scopes) -> Decision`: the hot path.
+//! - [`manage`]: key lifecycle use-cases: callers, permissions, no escalation.
+//! - [`store`]: sled persistence, group commit, publishing into the table.
+//! - [`grpc`]: the only module that knows generated types; thin adapters.
+//! - [`server`]: `scopegate serve`: wiring, listener, health, reflection.
+//! - [`cli`]: the command line, server and client subcommands.
+#![forbid(unsafe_code)]
+
+pub mod authz;
+pub mod cli;
+pub mod grpc;
+pub mod key;
+pub mod manage;
+pub mod scope;
+pub mod server;
+pub mod store;
+pub mod token;

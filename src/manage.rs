@@ -1,0 +1,548 @@
+//! Key management use-cases: who is calling, what they may do, and the rules
+//! (known scopes, billing alone, no escalation, account isolation, caps).
+//! Transport-free: the gRPC adapter converts to and from these types.
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use subtle::ConstantTimeEq;
+
+use crate::key::KeyTable;
+use crate::scope::{Access, Catalog, KeyKind, ManageAction, ScopeError, ScopeSet};
+use crate::store::{KeyRecord, Store, StoreError};
+use crate::token::{admin_token_hash, KeyId, TokenFormat};
+
+pub const DEFAULT_MAX_KEYS_PER_ACCOUNT: usize = 100;
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+pub const MAX_PAGE_SIZE: usize = 1000;
+const MAX_NAME_CHARS: usize = 100;
+const MAX_ACCOUNT_ID_BYTES: usize = 128;
+
+/// Who makes a management call.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    Admin,
+    Key {
+        key_id: KeyId,
+        account_id: Arc<str>,
+        scopes: ScopeSet,
+    },
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Caller::Admin => f.write_str("admin"),
+            Caller::Key { key_id, .. } => write!(f, "key:{key_id}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManageError {
+    #[error("missing credentials: send `authorization: Bearer <admin token or API key>`")]
+    MissingCredentials,
+    #[error("invalid credentials")]
+    BadCredentials,
+    #[error("this call needs scope {0}")]
+    NeedsScope(String),
+    #[error("caller lacks scopes: {}", .0.join(", "))]
+    Escalation(Vec<String>),
+    #[error("key {key_id} holds scopes the caller lacks ({}): a key cannot change a stronger key", .missing.join(", "))]
+    TargetStronger {
+        key_id: String,
+        missing: Vec<String>,
+    },
+    #[error("an API key acts only inside its own account")]
+    OtherAccount,
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        field: &'static str,
+        message: String,
+    },
+    #[error("{field}: {source}")]
+    Scope {
+        field: &'static str,
+        source: ScopeError,
+    },
+    #[error("key {0} not found")]
+    NotFound(String),
+    #[error("account {account} already holds the maximum of {cap} keys")]
+    AccountFull { account: String, cap: usize },
+    #[error("store error: {0}")]
+    Store(StoreError),
+}
+
+impl From<StoreError> for ManageError {
+    fn from(error: StoreError) -> Self {
+        ManageError::Store(error)
+    }
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ManageError {
+    ManageError::InvalidArgument {
+        field,
+        message: message.into(),
+    }
+}
+
+fn scope_error(source: ScopeError) -> ManageError {
+    let field = match source {
+        ScopeError::UnknownResource(_)
+        | ScopeError::ReadOnly { .. }
+        | ScopeError::WriteOnly { .. }
+        | ScopeError::UngrantableAccess(_) => "grants",
+        _ => "scopes",
+    };
+    ManageError::Scope { field, source }
+}
+
+/// A key as the API shows it.
+#[derive(Debug, Clone)]
+pub struct KeyView {
+    pub key_id: String,
+    pub account_id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub access: Vec<(String, Access)>,
+    pub kind: KeyKind,
+    pub create_time_unix_ms: i64,
+    pub update_time_unix_ms: i64,
+}
+
+pub struct NewKey {
+    pub account_id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub grants: Vec<(String, Access)>,
+}
+
+pub struct KeyChange {
+    pub key_id: String,
+    pub name: Option<String>,
+    pub scopes: Vec<String>,
+    pub grants: Vec<(String, Access)>,
+}
+
+pub struct ListQuery {
+    pub account_id: String,
+    pub page_size: i32,
+    pub page_token: String,
+}
+
+pub struct ResourceView {
+    pub resource: String,
+    pub scopes: Vec<String>,
+    pub grantable: Vec<Access>,
+    pub read_only: bool,
+    pub exclusive: bool,
+    pub caller_access: Access,
+}
+
+pub struct ScopesView {
+    pub resources: Vec<ResourceView>,
+    pub caller_scopes: Vec<String>,
+    pub caller_is_admin: bool,
+}
+
+pub struct Manager {
+    store: Store,
+    catalog: Arc<Catalog>,
+    format: TokenFormat,
+    admin_token_hash: [u8; 32],
+    max_keys_per_account: usize,
+}
+
+impl Manager {
+    pub fn new(
+        store: Store,
+        catalog: Arc<Catalog>,
+        format: TokenFormat,
+        admin_token: &str,
+        max_keys_per_account: usize,
+    ) -> Manager {
+        Manager {
+            store,
+            catalog,
+            format,
+            admin_token_hash: admin_token_hash(admin_token),
+            max_keys_per_account,
+        }
+    }
+
+    fn table(&self) -> &KeyTable {
+        self.store.table()
+    }
+
+    /// Identifies the caller from its bearer credential.
+    pub fn authenticate(&self, bearer: Option<&str>) -> Result<Caller, ManageError> {
+        let Some(presented) = bearer.filter(|token| !token.is_empty()) else {
+            return Err(ManageError::MissingCredentials);
+        };
+        if bool::from(admin_token_hash(presented).ct_eq(&self.admin_token_hash)) {
+            return Ok(Caller::Admin);
+        }
+        let parsed = self
+            .format
+            .parse(presented)
+            .map_err(|_| ManageError::BadCredentials)?;
+        let entry = self
+            .table()
+            .get(&parsed.key_id)
+            .filter(|entry| self.format.verify(&parsed, &entry.secret_hash))
+            .ok_or(ManageError::BadCredentials)?;
+        Ok(Caller::Key {
+            key_id: parsed.key_id,
+            account_id: entry.account_id.clone(),
+            scopes: entry.scopes,
+        })
+    }
+
+    fn require(&self, caller: &Caller, action: ManageAction) -> Result<(), ManageError> {
+        let Caller::Key { scopes, .. } = caller else {
+            return Ok(());
+        };
+        let needed = self.catalog.manage_scope(action);
+        if scopes.contains(needed) {
+            Ok(())
+        } else {
+            Err(ManageError::NeedsScope(
+                self.catalog.scope_name(needed).to_owned(),
+            ))
+        }
+    }
+
+    /// Resolves scopes + grants into a key's scopes and checks that the
+    /// caller holds all of them.
+    fn requested_scopes(
+        &self,
+        caller: &Caller,
+        scopes: &[String],
+        grants: &[(String, Access)],
+    ) -> Result<ScopeSet, ManageError> {
+        let (requested, _kind) = self
+            .catalog
+            .key_scopes(
+                scopes.iter().map(String::as_str),
+                grants
+                    .iter()
+                    .map(|(resource, access)| (resource.as_str(), *access)),
+            )
+            .map_err(scope_error)?;
+        if let Caller::Key { scopes: held, .. } = caller {
+            let lacking = crate::scope::missing(held, &requested);
+            if !lacking.is_empty() {
+                return Err(ManageError::Escalation(self.catalog.names(&lacking)));
+            }
+        }
+        Ok(requested)
+    }
+
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        request: NewKey,
+    ) -> Result<(KeyView, String), ManageError> {
+        self.require(caller, ManageAction::Create)?;
+        let account_id = match caller {
+            Caller::Admin => validate_account_id(&request.account_id)?,
+            Caller::Key { account_id, .. } => {
+                if !request.account_id.is_empty() && request.account_id != **account_id {
+                    return Err(ManageError::OtherAccount);
+                }
+                account_id.to_string()
+            }
+        };
+        let name = validate_name(&request.name)?;
+        let scopes = self.requested_scopes(caller, &request.scopes, &request.grants)?;
+        let issued = self.format.issue();
+        let now = now_unix_ms();
+        let record = KeyRecord {
+            version: KeyRecord::VERSION,
+            key_id: issued.key_id.as_bytes().to_vec(),
+            account_id: account_id.clone(),
+            name,
+            scopes: self.catalog.names(&scopes),
+            secret_hash: issued.secret_hash.to_vec(),
+            create_time_unix_ms: now,
+            update_time_unix_ms: now,
+            created_by: caller.to_string(),
+        };
+        let view = self.view(&record)?;
+        self.store
+            .create(record, self.max_keys_per_account)
+            .await
+            .map_err(|error| match error {
+                StoreError::AccountFull { cap } => ManageError::AccountFull {
+                    account: account_id.clone(),
+                    cap,
+                },
+                other => ManageError::Store(other),
+            })?;
+        tracing::info!(%caller, key_id = %issued.key_id, account_id = %account_id, scopes = ?view.scopes, "key created");
+        Ok((view, issued.token))
+    }
+
+    pub fn get(&self, caller: &Caller, key_id: &str) -> Result<KeyView, ManageError> {
+        self.require(caller, ManageAction::Read)?;
+        let id = parse_key_id(key_id)?;
+        let record = self
+            .store
+            .get(&id)?
+            .filter(|record| visible_to(caller, record))
+            .ok_or_else(|| ManageError::NotFound(key_id.to_owned()))?;
+        self.view(&record)
+    }
+
+    pub fn list(
+        &self,
+        caller: &Caller,
+        query: ListQuery,
+    ) -> Result<(Vec<KeyView>, String), ManageError> {
+        self.require(caller, ManageAction::Read)?;
+        let account = match caller {
+            Caller::Admin if query.account_id.is_empty() => None,
+            Caller::Admin => Some(validate_account_id(&query.account_id)?),
+            Caller::Key { account_id, .. } => {
+                if !query.account_id.is_empty() && query.account_id != **account_id {
+                    return Err(ManageError::OtherAccount);
+                }
+                Some(account_id.to_string())
+            }
+        };
+        let page_size = match query.page_size {
+            size if size < 0 => return Err(invalid("page_size", "must not be negative")),
+            0 => DEFAULT_PAGE_SIZE,
+            size => (size as usize).min(MAX_PAGE_SIZE),
+        };
+        let after = match query.page_token.as_str() {
+            "" => None,
+            token => Some(
+                URL_SAFE_NO_PAD
+                    .decode(token)
+                    .map_err(|_| invalid("page_token", "not a token from a previous ListKeys"))?,
+            ),
+        };
+        let (records, next) = self
+            .store
+            .list(account.as_deref(), after.as_deref(), page_size)?;
+        let views = records
+            .iter()
+            .map(|record| self.view(record))
+            .collect::<Result<_, _>>()?;
+        let next = next
+            .map(|next| URL_SAFE_NO_PAD.encode(next))
+            .unwrap_or_default();
+        Ok((views, next))
+    }
+
+    pub async fn update(&self, caller: &Caller, change: KeyChange) -> Result<KeyView, ManageError> {
+        self.require(caller, ManageAction::Update)?;
+        let id = parse_key_id(&change.key_id)?;
+        let name = change.name.as_deref().map(validate_name).transpose()?;
+        let replace_scopes = !change.scopes.is_empty() || !change.grants.is_empty();
+        if name.is_none() && !replace_scopes {
+            return Err(invalid(
+                "name",
+                "nothing to update: give a name, scopes or grants",
+            ));
+        }
+        let new_scopes = if replace_scopes {
+            Some(self.requested_scopes(caller, &change.scopes, &change.grants)?)
+        } else {
+            None
+        };
+        let catalog = self.catalog.clone();
+        let guard = caller.clone();
+        let key_id_text = change.key_id.clone();
+        let updated = self
+            .store
+            .update(id, move |current| {
+                check_may_change(&catalog, &guard, current, &key_id_text)?;
+                let mut updated = current.clone();
+                if let Some(name) = name {
+                    updated.name = name;
+                }
+                if let Some(scopes) = new_scopes {
+                    updated.scopes = catalog.names(&scopes);
+                }
+                updated.update_time_unix_ms = now_unix_ms();
+                Ok::<_, ManageError>(updated)
+            })
+            .await
+            .map_err(|error| not_found_as(error, &change.key_id))?;
+        tracing::info!(%caller, key_id = %id, name_changed = change.name.is_some(), scopes = ?updated.scopes, "key updated");
+        self.view(&updated)
+    }
+
+    pub async fn delete(&self, caller: &Caller, key_id: &str) -> Result<(), ManageError> {
+        self.require(caller, ManageAction::Delete)?;
+        let id = parse_key_id(key_id)?;
+        let catalog = self.catalog.clone();
+        let guard = caller.clone();
+        let key_id_text = key_id.to_owned();
+        let deleted = self
+            .store
+            .delete(id, move |current| {
+                check_may_change(&catalog, &guard, current, &key_id_text)
+            })
+            .await
+            .map_err(|error| not_found_as(error, key_id))?;
+        tracing::info!(%caller, key_id = %id, account_id = %deleted.account_id, "key deleted");
+        Ok(())
+    }
+
+    pub fn scopes(&self, caller: &Caller) -> ScopesView {
+        let (held, caller_is_admin) = match caller {
+            Caller::Admin => (self.catalog.all_scopes(), true),
+            Caller::Key { scopes, .. } => (*scopes, false),
+        };
+        let resources = self
+            .catalog
+            .resources()
+            .map(|(id, resource)| ResourceView {
+                resource: resource.name.to_string(),
+                scopes: self.catalog.names(&resource.scopes),
+                grantable: self.catalog.grantable(id),
+                read_only: resource.is_read_only(),
+                exclusive: resource.exclusive,
+                caller_access: self.catalog.access_on(id, &held),
+            })
+            .collect();
+        ScopesView {
+            resources,
+            caller_scopes: if caller_is_admin {
+                Vec::new()
+            } else {
+                self.catalog.names(&held)
+            },
+            caller_is_admin,
+        }
+    }
+
+    fn view(&self, record: &KeyRecord) -> Result<KeyView, ManageError> {
+        let key_id = record.key_id().map(|id| id.to_string()).unwrap_or_default();
+        let scopes = self
+            .catalog
+            .resolve(record.scopes.iter().map(String::as_str))
+            .map_err(|source| StoreError::CatalogMismatch {
+                key_id: key_id.clone(),
+                source,
+            })?;
+        let kind = self.catalog.kind_of(&scopes).unwrap_or(KeyKind::General);
+        Ok(KeyView {
+            key_id,
+            account_id: record.account_id.clone(),
+            name: record.name.clone(),
+            scopes: self.catalog.names(&scopes),
+            access: self
+                .catalog
+                .access_levels(&scopes)
+                .into_iter()
+                .map(|(id, access)| (self.catalog.resource(id).name.to_string(), access))
+                .collect(),
+            kind,
+            create_time_unix_ms: record.create_time_unix_ms,
+            update_time_unix_ms: record.update_time_unix_ms,
+        })
+    }
+}
+
+/// A key caller sees only its own account; other accounts' keys do not exist.
+fn visible_to(caller: &Caller, record: &KeyRecord) -> bool {
+    match caller {
+        Caller::Admin => true,
+        Caller::Key { account_id, .. } => record.account_id == **account_id,
+    }
+}
+
+/// A lesser key cannot touch a stronger one.
+fn check_may_change(
+    catalog: &Catalog,
+    caller: &Caller,
+    target: &KeyRecord,
+    key_id: &str,
+) -> Result<(), ManageError> {
+    if !visible_to(caller, target) {
+        return Err(ManageError::NotFound(key_id.to_owned()));
+    }
+    let Caller::Key { scopes: held, .. } = caller else {
+        return Ok(());
+    };
+    let target_scopes = catalog
+        .resolve(target.scopes.iter().map(String::as_str))
+        .map_err(|source| StoreError::CatalogMismatch {
+            key_id: key_id.to_owned(),
+            source,
+        })?;
+    let lacking = crate::scope::missing(held, &target_scopes);
+    if lacking.is_empty() {
+        Ok(())
+    } else {
+        Err(ManageError::TargetStronger {
+            key_id: key_id.to_owned(),
+            missing: catalog.names(&lacking),
+        })
+    }
+}
+
+fn not_found_as(error: ManageError, key_id: &str) -> ManageError {
+    match error {
+        ManageError::Store(StoreError::NotFound) => ManageError::NotFound(key_id.to_owned()),
+        other => other,
+    }
+}
+
+fn parse_key_id(text: &str) -> Result<KeyId, ManageError> {
+    if text.is_empty() {
+        return Err(invalid("key_id", "is required"));
+    }
+    KeyId::parse(text).ok_or_else(|| invalid("key_id", "is not a key id (22 base64url characters)"))
+}
+
+fn validate_name(name: &str) -> Result<String, ManageError> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(invalid("name", "is required"));
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(invalid(
+            "name",
+            format!("is longer than {MAX_NAME_CHARS} characters"),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(invalid("name", "must not contain control characters"));
+    }
+    Ok(name.to_owned())
+}
+
+fn validate_account_id(account_id: &str) -> Result<String, ManageError> {
+    if account_id.is_empty() {
+        return Err(invalid("account_id", "is required"));
+    }
+    if account_id.len() > MAX_ACCOUNT_ID_BYTES {
+        return Err(invalid(
+            "account_id",
+            format!("is longer than {MAX_ACCOUNT_ID_BYTES} bytes"),
+        ));
+    }
+    if account_id
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(invalid(
+            "account_id",
+            "must not contain whitespace or control characters",
+        ));
+    }
+    Ok(account_id.to_owned())
+}
+
+fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or(0)
+}

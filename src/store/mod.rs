@@ -1,0 +1,384 @@
+//! Persistence: sled on disk, and the in-memory [`KeyTable`] that `Check` reads.
+//!
+//! Write path (every mutation):
+//! 1. under the writer lock, apply one sled transaction over `keys` and
+//!    `accounts` (so the per-account cap and publish order are serial);
+//! 2. hand the change to the commit task, still under the lock (so changes
+//!    reach memory in the order sled applied them);
+//! 3. the commit task flushes once for every change queued so far (group
+//!    commit), then publishes them to the [`KeyTable`] and only then wakes the
+//!    callers. Nothing is acknowledged before it is on disk.
+//!
+//! Trees: `keys` (key id → [`KeyRecord`]), `accounts` (`account NUL key id` →
+//! empty), `meta` (`format_version`). The interface is narrow on purpose: a
+//! fleet mode can feed the same table from a shared source of truth.
+
+mod commit;
+mod record;
+
+pub use record::{KeyRecord, FORMAT_VERSION};
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::key::{AuthEntry, KeyTable};
+use crate::scope::{Catalog, ScopeError};
+use crate::token::KeyId;
+use commit::{Commit, Publish};
+use record::{account_index_key, account_prefix};
+
+const FORMAT_VERSION_KEY: &[u8] = b"format_version";
+/// sled's page cache; the hot path never reads it, so keep it modest.
+const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("data dir {dir} is in use by another scopegate process (sled holds an exclusive lock on it)")]
+    Locked { dir: String },
+    #[error("data dir {dir} was written by a newer scopegate (store format {found}; this build reads up to {FORMAT_VERSION})")]
+    NewerFormat { dir: String, found: u32 },
+    #[error("stored key {key_id} is unreadable: {reason}")]
+    Corrupt { key_id: String, reason: String },
+    #[error("stored key {key_id} names a scope the catalog does not have: {source}")]
+    CatalogMismatch { key_id: String, source: ScopeError },
+    #[error("key not found")]
+    NotFound,
+    #[error("account already holds the maximum of {cap} keys")]
+    AccountFull { cap: usize },
+    #[error("store I/O failed: {0}")]
+    Io(#[from] sled::Error),
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+/// The store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    db: sled::Db,
+    keys: sled::Tree,
+    accounts: sled::Tree,
+    catalog: Arc<Catalog>,
+    table: Arc<KeyTable>,
+    /// Serialises mutations: sled apply order == publish order, and
+    /// per-account caps cannot race.
+    writer: Mutex<mpsc::UnboundedSender<Commit>>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` and starts its commit task. Call
+    /// [`Store::load`] before serving.
+    pub fn open(dir: &Path, catalog: Arc<Catalog>) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|error| StoreError::Io(error.into()))?;
+        let db = sled::Config::new()
+            .path(dir.join("sled"))
+            .cache_capacity(SLED_CACHE_BYTES)
+            .open()
+            .map_err(|error| match error {
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                    StoreError::Locked {
+                        dir: dir.display().to_string(),
+                    }
+                }
+                other => StoreError::Io(other),
+            })?;
+        let meta = db.open_tree("meta")?;
+        match meta.get(FORMAT_VERSION_KEY)? {
+            Some(bytes) => {
+                let found = bytes
+                    .as_ref()
+                    .try_into()
+                    .map(u32::from_be_bytes)
+                    .unwrap_or(u32::MAX);
+                if found > FORMAT_VERSION {
+                    return Err(StoreError::NewerFormat {
+                        dir: dir.display().to_string(),
+                        found,
+                    });
+                }
+            }
+            None => {
+                meta.insert(FORMAT_VERSION_KEY, &FORMAT_VERSION.to_be_bytes())?;
+                db.flush()?;
+            }
+        }
+        let keys = db.open_tree("keys")?;
+        let accounts = db.open_tree("accounts")?;
+        let table = Arc::new(KeyTable::default());
+        let (commits, commit_queue) = mpsc::unbounded_channel();
+        tokio::spawn(commit::run(db.clone(), table.clone(), commit_queue));
+        Ok(Store {
+            inner: Arc::new(Inner {
+                dir: dir.to_owned(),
+                db,
+                keys,
+                accounts,
+                catalog,
+                table,
+                writer: Mutex::new(commits),
+            }),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The table the hot path reads.
+    pub fn table(&self) -> &Arc<KeyTable> {
+        &self.inner.table
+    }
+
+    /// Fills the in-memory table from disk. Blocking; returns the key count.
+    pub fn load(&self) -> Result<usize, StoreError> {
+        let mut count = 0;
+        for item in self.inner.keys.iter() {
+            let (id_bytes, value) = item?;
+            let record = decode(&id_bytes, &value)?;
+            let key_id = record.key_id().ok_or_else(|| StoreError::Corrupt {
+                key_id: format!("{id_bytes:?}"),
+                reason: "key id is not 16 bytes".into(),
+            })?;
+            let entry = self.auth_entry(&record)?;
+            self.inner.table.insert(key_id, Arc::new(entry));
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// The hot-path view of a record.
+    fn auth_entry(&self, record: &KeyRecord) -> Result<AuthEntry, StoreError> {
+        let key_id = || KeyId::from_bytes(record.key_id.as_slice().try_into().unwrap_or([0; 16]));
+        let scopes = self
+            .inner
+            .catalog
+            .resolve(record.scopes.iter().map(String::as_str))
+            .map_err(|source| StoreError::CatalogMismatch {
+                key_id: key_id().to_string(),
+                source,
+            })?;
+        let kind =
+            self.inner
+                .catalog
+                .kind_of(&scopes)
+                .map_err(|source| StoreError::CatalogMismatch {
+                    key_id: key_id().to_string(),
+                    source,
+                })?;
+        let secret_hash =
+            record
+                .secret_hash
+                .as_slice()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt {
+                    key_id: key_id().to_string(),
+                    reason: "secret hash is not 32 bytes".into(),
+                })?;
+        Ok(AuthEntry {
+            secret_hash,
+            scopes,
+            account_id: record.account_id.as_str().into(),
+            kind,
+        })
+    }
+
+    pub fn get(&self, key_id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        match self.inner.keys.get(key_id.as_bytes())? {
+            Some(value) => Ok(Some(decode(key_id.as_bytes(), &value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` keys of `account` (every account when `None`) whose index
+    /// key sorts after `after`, and the index key to continue from.
+    pub fn list(
+        &self,
+        account: Option<&str>,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<KeyRecord>, Option<Vec<u8>>), StoreError> {
+        let prefix = account.map(account_prefix).unwrap_or_default();
+        let start = match after {
+            Some(after) if after >= prefix.as_slice() => {
+                let mut start = after.to_vec();
+                start.push(0);
+                start
+            }
+            _ => prefix.clone(),
+        };
+        let mut records = Vec::new();
+        let mut last = None;
+        for item in self.inner.accounts.range(start..) {
+            let (index_key, _) = item?;
+            if !index_key.starts_with(&prefix) {
+                break;
+            }
+            if records.len() == limit {
+                return Ok((records, last));
+            }
+            let key_id = &index_key[index_key.len() - 16..];
+            if let Some(value) = self.inner.keys.get(key_id)? {
+                records.push(decode(key_id, &value)?);
+            }
+            last = Some(index_key.to_vec());
+        }
+        Ok((records, None))
+    }
+
+    /// Stores a new key, unless its account already holds `cap` keys.
+    pub async fn create(&self, record: KeyRecord, cap: usize) -> Result<(), StoreError> {
+        let entry = self.auth_entry(&record)?;
+        let key_id = record.key_id().expect("new records carry a 16-byte id");
+        let store = self.clone();
+        self.commit(move || {
+            let inner = &store.inner;
+            let held = inner
+                .accounts
+                .scan_prefix(account_prefix(&record.account_id))
+                .count();
+            if held >= cap {
+                return Err(StoreError::AccountFull { cap });
+            }
+            let index_key = account_index_key(&record.account_id, &key_id);
+            let value = prost::Message::encode_to_vec(&record);
+            (&inner.keys, &inner.accounts)
+                .transaction(|(keys, accounts)| {
+                    if keys.insert(key_id.as_bytes(), value.as_slice())?.is_some() {
+                        return Err(ConflictableTransactionError::Abort(StoreError::Corrupt {
+                            key_id: key_id.to_string(),
+                            reason: "random key id collided with an existing key".into(),
+                        }));
+                    }
+                    accounts.insert(index_key.as_slice(), &[])?;
+                    Ok(())
+                })
+                .map_err(transaction_error)?;
+            Ok((Publish::Upsert(key_id, Arc::new(entry)), ()))
+        })
+        .await
+    }
+
+    /// Replaces a key's record with `change(current)`; `change` runs under the
+    /// writer lock, so it sees the state the write applies to.
+    pub async fn update<E>(
+        &self,
+        key_id: KeyId,
+        change: impl FnOnce(&KeyRecord) -> Result<KeyRecord, E> + Send + 'static,
+    ) -> Result<KeyRecord, E>
+    where
+        E: From<StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        self.commit(move || {
+            let current = store.get(&key_id)?.ok_or(StoreError::NotFound)?;
+            let updated = change(&current)?;
+            debug_assert_eq!(updated.account_id, current.account_id);
+            let entry = store.auth_entry(&updated)?;
+            let value = prost::Message::encode_to_vec(&updated);
+            store
+                .inner
+                .keys
+                .insert(key_id.as_bytes(), value)
+                .map_err(StoreError::from)?;
+            Ok((Publish::Upsert(key_id, Arc::new(entry)), updated))
+        })
+        .await
+    }
+
+    /// Deletes a key if `allow(current)` says so; returns what was deleted.
+    pub async fn delete<E>(
+        &self,
+        key_id: KeyId,
+        allow: impl FnOnce(&KeyRecord) -> Result<(), E> + Send + 'static,
+    ) -> Result<KeyRecord, E>
+    where
+        E: From<StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        self.commit(move || {
+            let inner = &store.inner;
+            let current = store.get(&key_id)?.ok_or(StoreError::NotFound)?;
+            allow(&current)?;
+            let index_key = account_index_key(&current.account_id, &key_id);
+            (&inner.keys, &inner.accounts)
+                .transaction(|(keys, accounts)| {
+                    keys.remove(key_id.as_bytes())?;
+                    accounts.remove(index_key.as_slice())?;
+                    Ok::<_, ConflictableTransactionError<StoreError>>(())
+                })
+                .map_err(transaction_error)?;
+            Ok((Publish::Remove(key_id), current))
+        })
+        .await
+    }
+
+    /// Runs `apply` under the writer lock on a blocking thread, queues its
+    /// change for the commit task, and waits until it is durable and visible.
+    async fn commit<T, E>(
+        &self,
+        apply: impl FnOnce() -> Result<(Publish, T), E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        let (done, durable) = oneshot::channel();
+        let value = tokio::task::spawn_blocking(move || {
+            let commits = store
+                .inner
+                .writer
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            let (publish, value) = apply()?;
+            commits
+                .send(Commit { publish, done })
+                .map_err(|_| StoreError::Closed)?;
+            Ok::<_, E>(value)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)??;
+        durable.await.map_err(|_| StoreError::Closed)??;
+        Ok(value)
+    }
+
+    /// Flushes everything to disk (used at shutdown).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.inner.db.flush()?;
+        Ok(())
+    }
+}
+
+fn decode(id_bytes: &[u8], value: &[u8]) -> Result<KeyRecord, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        key_id: id_bytes
+            .try_into()
+            .map(|bytes| KeyId::from_bytes(bytes).to_string())
+            .unwrap_or_else(|_| format!("{id_bytes:?}")),
+        reason,
+    };
+    let record: KeyRecord =
+        prost::Message::decode(value).map_err(|error| corrupt(error.to_string()))?;
+    if record.version > KeyRecord::VERSION {
+        return Err(corrupt(format!(
+            "record version {} is newer than this build reads ({})",
+            record.version,
+            KeyRecord::VERSION
+        )));
+    }
+    Ok(record)
+}
+
+fn transaction_error(error: TransactionError<StoreError>) -> StoreError {
+    match error {
+        TransactionError::Abort(error) => error,
+        TransactionError::Storage(error) => StoreError::Io(error),
+    }
+}
