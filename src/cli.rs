@@ -90,6 +90,10 @@ pub struct ServeArgs {
     /// Most keys one account may hold.
     #[arg(long, env = "SCOPEGATE_MAX_KEYS_PER_ACCOUNT", default_value_t = DEFAULT_MAX_KEYS_PER_ACCOUNT)]
     pub max_keys_per_account: usize,
+    /// Seconds that shutdown (SIGTERM/SIGINT) waits for in-flight requests
+    /// before closing connections.
+    #[arg(long, env = "SCOPEGATE_DRAIN_TIMEOUT_SECS", default_value_t = 5.0)]
+    pub drain_timeout_secs: f64,
     /// Log format.
     #[arg(long, env = "SCOPEGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -254,6 +258,8 @@ async fn serve(args: ServeArgs) -> ExitCode {
         token_prefix: args.token_prefix,
         pepper_file: args.pepper_file,
         max_keys_per_account: args.max_keys_per_account,
+        drain_timeout: std::time::Duration::try_from_secs_f64(args.drain_timeout_secs)
+            .unwrap_or(std::time::Duration::from_secs(5)),
     };
     match server::run(config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -34,6 +34,8 @@ pub struct ServeConfig {
     pub token_prefix: String,
     pub pepper_file: Option<PathBuf>,
     pub max_keys_per_account: usize,
+    /// How long shutdown waits for in-flight requests and open connections.
+    pub drain_timeout: std::time::Duration,
 }
 
 #[derive(Clone)]
@@ -147,8 +149,10 @@ pub async fn run(
         .build_v1alpha()?;
 
     let draining = health.clone();
+    let (drain_started, mut drain_deadline) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown.await;
+        let _ = drain_started.send(true);
         tracing::info!("shutdown requested: draining");
         draining
             .set_service_status("", ServingStatus::NotServing)
@@ -192,7 +196,22 @@ pub async fn run(
         "keys loaded; serving"
     );
 
-    let served = server.await.map_err(|_| StoreError::Closed)?;
+    // Graceful shutdown waits for clients to close their connections; an idle
+    // client may never do so, so the drain is bounded.
+    let drain_timeout = config.drain_timeout;
+    let drain_expired = async move {
+        let _ = drain_deadline.wait_for(|started| *started).await;
+        tokio::time::sleep(drain_timeout).await;
+    };
+    let mut server = server;
+    let served = tokio::select! {
+        served = &mut server => served.map_err(|_| StoreError::Closed)?,
+        () = drain_expired => {
+            tracing::warn!(drain_timeout_ms = drain_timeout.as_millis() as u64, "drain timed out; closing remaining connections");
+            server.abort();
+            Ok(())
+        }
+    };
     store.flush()?;
     tracing::info!("stopped");
     served.map_err(StartError::from)

@@ -1,0 +1,167 @@
+//! Test harness: the real `scopegate` binary on an ephemeral port, a temp data
+//! dir, and real gRPC clients.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use scopegate::grpc::pb;
+use tonic::transport::Channel;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_scopegate");
+
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    pub admin_token: String,
+}
+
+impl Server {
+    /// Starts a server on `data_dir` and waits until it serves.
+    pub fn start(data_dir: &Path, extra_args: &[&str]) -> Server {
+        Server::try_start(data_dir, extra_args)
+            .unwrap_or_else(|log| panic!("server did not start:\n{log}"))
+    }
+
+    /// Starts a server; `Err(log)` if it exits before serving.
+    pub fn try_start(data_dir: &Path, extra_args: &[&str]) -> Result<Server, String> {
+        std::fs::create_dir_all(data_dir).unwrap();
+        let log_path = data_dir.with_extension(format!("{}.log", unique()));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(extra_args)
+            .env_remove("SCOPEGATE_ADMIN_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn scopegate");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut addr = None;
+        loop {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            for line in BufReader::new(text.as_bytes())
+                .lines()
+                .map_while(Result::ok)
+            {
+                let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                match event["fields"]["message"].as_str() {
+                    Some("scopegate listening") => {
+                        addr = event["fields"]["addr"].as_str().map(str::to_owned);
+                    }
+                    Some("keys loaded; serving") if addr.is_some() => {
+                        let admin_token = std::fs::read_to_string(data_dir.join("admin.token"))
+                            .unwrap()
+                            .trim()
+                            .to_owned();
+                        return Ok(Server {
+                            child,
+                            addr: format!("http://{}", addr.unwrap()),
+                            data_dir: data_dir.to_owned(),
+                            log_path,
+                            admin_token,
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                return Err(format!("exited with {status}:\n{text}"));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(format!("timed out:\n{text}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.addr.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    pub async fn authorize(&self) -> pb::authorize_client::AuthorizeClient<Channel> {
+        pb::authorize_client::AuthorizeClient::new(self.channel().await)
+    }
+
+    pub async fn manage(&self) -> pb::manage_key_client::ManageKeyClient<Channel> {
+        pb::manage_key_client::ManageKeyClient::new(self.channel().await)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap()
+    }
+
+    /// SIGKILL: no chance to flush.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then wait for exit; returns whether it exited 0.
+    pub fn terminate(&mut self) -> bool {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap().success()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    std::process::id() as u64 * 1000 + NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A request carrying `authorization: Bearer <credential>`.
+pub fn bearer<T>(credential: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {credential}").parse().unwrap(),
+    );
+    request
+}
+
+pub fn create(account: &str, name: &str, scopes: &[&str]) -> pb::CreateKeyRequest {
+    pb::CreateKeyRequest {
+        account_id: account.into(),
+        name: name.into(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        grants: vec![],
+    }
+}
+
+pub fn check(token: &str, scopes: &[&str]) -> pb::CheckRequest {
+    pb::CheckRequest {
+        token: token.into(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        http: None,
+    }
+}
