@@ -80,6 +80,9 @@ impl Store {
         let db = sled::Config::new()
             .path(dir.join("sled"))
             .cache_capacity(SLED_CACHE_BYTES)
+            // Durability comes from the commit task's explicit flush, never
+            // from a timer.
+            .flush_every_ms(None)
             .open()
             .map_err(|error| match error {
                 sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
