@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use crate::key::KeyTable;
-use crate::scope::ScopeSet;
+use crate::route::{RouteMiss, RouteTable};
+use crate::scope::{Catalog, ScopeId, ScopeSet};
 use crate::token::{KeyId, TokenFormat};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,16 +24,69 @@ pub enum Decision {
         account_id: Arc<str>,
         missing: ScopeSet,
     },
+    /// No route covers the HTTP request (fail closed).
+    NoRoute,
+    /// The HTTP path is malformed or ambiguous.
+    InvalidPath,
 }
 
 impl Decision {
     pub fn is_allowed(&self) -> bool {
         matches!(self, Decision::Allowed { .. })
     }
+
+    /// Why, in words a client can act on; never contains the token.
+    pub fn message(&self, catalog: &Catalog) -> String {
+        match self {
+            Decision::Allowed { .. } => String::new(),
+            Decision::MissingToken => "no API key was sent".into(),
+            Decision::MalformedToken => {
+                "the API key is malformed (wrong shape, prefix or checksum)".into()
+            }
+            Decision::UnknownKey => "the API key does not exist".into(),
+            Decision::InsufficientScope { missing, .. } => {
+                format!(
+                    "the API key lacks scopes: {}",
+                    catalog.names(missing).join(", ")
+                )
+            }
+            Decision::NoRoute => "no route covers this method and path".into(),
+            Decision::InvalidPath => "the request path is malformed or ambiguous".into(),
+        }
+    }
 }
 
 /// May `token` use every scope in `required`?
 pub fn decide(keys: &KeyTable, format: &TokenFormat, token: &str, required: &ScopeSet) -> Decision {
+    decide_with(keys, format, token, Ok(*required))
+}
+
+/// May `token` make the HTTP request `method path`? The route table names the
+/// scope; the key is authenticated first, so an unauthenticated caller learns
+/// nothing about which routes exist. Returns the scope that was required.
+pub fn decide_http(
+    keys: &KeyTable,
+    format: &TokenFormat,
+    routes: &RouteTable,
+    token: &str,
+    method: &str,
+    path: &str,
+) -> (Decision, Option<ScopeId>) {
+    let route = routes.resolve(method, path);
+    let required = match route {
+        Ok(scope) => Ok(ScopeSet::single(scope)),
+        Err(RouteMiss::NoRoute) => Err(Decision::NoRoute),
+        Err(RouteMiss::InvalidPath) => Err(Decision::InvalidPath),
+    };
+    (decide_with(keys, format, token, required), route.ok())
+}
+
+fn decide_with(
+    keys: &KeyTable,
+    format: &TokenFormat,
+    token: &str,
+    required: Result<ScopeSet, Decision>,
+) -> Decision {
     if token.is_empty() {
         return Decision::MissingToken;
     }
@@ -46,6 +100,10 @@ pub fn decide(keys: &KeyTable, format: &TokenFormat, token: &str, required: &Sco
         if !format.verify(&parsed, &entry.secret_hash) {
             return Decision::UnknownKey;
         }
+        let required = match required {
+            Ok(required) => required,
+            Err(unroutable) => return unroutable,
+        };
         let missing = required.difference(&entry.scopes);
         if missing.is_empty() {
             Decision::Allowed {

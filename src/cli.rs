@@ -79,6 +79,31 @@ pub struct ServeArgs {
     /// Catalog TOML replacing the built-in scopes (see catalogs/).
     #[arg(long, env = "SCOPEGATE_CATALOG")]
     pub catalog: Option<PathBuf>,
+    /// HTTP routes (TOML) mapping method + path to a scope, for Envoy
+    /// ext_authz and Authorize.Check{http}. See examples/routes.toml.
+    #[arg(long, env = "SCOPEGATE_ROUTES")]
+    pub routes: Option<PathBuf>,
+    /// ext_authz: also accept the raw token in this header (e.g. x-api-key),
+    /// besides `authorization: Bearer <token>`.
+    #[arg(long, env = "SCOPEGATE_API_KEY_HEADER")]
+    pub api_key_header: Option<String>,
+    /// ext_authz: upstream header that carries the key id on allow.
+    #[arg(
+        long,
+        env = "SCOPEGATE_KEY_ID_HEADER",
+        default_value = "x-scopegate-key-id"
+    )]
+    pub key_id_header: String,
+    /// ext_authz: upstream header that carries the account id on allow.
+    #[arg(
+        long,
+        env = "SCOPEGATE_ACCOUNT_ID_HEADER",
+        default_value = "x-scopegate-account-id"
+    )]
+    pub account_id_header: String,
+    /// ext_authz: pass the credential header upstream (default: removed).
+    #[arg(long, env = "SCOPEGATE_KEEP_CREDENTIAL_HEADER")]
+    pub keep_credential_header: bool,
     /// First part of every token, as in SG.<key id>.<secret>. Changing it
     /// invalidates existing tokens.
     #[arg(long, env = "SCOPEGATE_TOKEN_PREFIX", default_value = DEFAULT_PREFIX)]
@@ -255,6 +280,13 @@ async fn serve(args: ServeArgs) -> ExitCode {
         data_dir: args.data_dir,
         admin_token,
         catalog: args.catalog,
+        routes: args.routes,
+        ext_authz: crate::grpc::ExtAuthzConfig {
+            api_key_header: args.api_key_header.map(|name| name.to_ascii_lowercase()),
+            key_id_header: args.key_id_header.to_ascii_lowercase(),
+            account_id_header: args.account_id_header.to_ascii_lowercase(),
+            hide_credentials: !args.keep_credential_header,
+        },
         token_prefix: args.token_prefix,
         pepper_file: args.pepper_file,
         max_keys_per_account: args.max_keys_per_account,

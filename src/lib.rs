@@ -4,7 +4,8 @@
 //! - [`scope`]: PURE. Catalog, `ScopeSet`, access levels, the key rules.
 //! - [`token`]: PURE. Token format, checksum, secret hashing.
 //! - [`key`]: the hot-path view of a key and the lock-free table of them.
-//! - [`authz`]: PURE. `decide(table, token, scopes) -> Decision`: the hot path.
+//! - [`route`]: PURE. HTTP route table: (method, path) → scope, path normalisation.
+//! - [`authz`]: PURE. `decide` / `decide_http` → `Decision`: the hot path.
 //! - [`manage`]: key lifecycle use-cases: callers, permissions, no escalation.
 //! - [`store`]: sled persistence, group commit, publishing into the table.
 //! - [`grpc`]: the only module that knows generated types; thin adapters.
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod grpc;
 pub mod key;
 pub mod manage;
+pub mod route;
 pub mod scope;
 pub mod server;
 pub mod store;

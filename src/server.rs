@@ -7,13 +7,18 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::grpc::pb::authorize_server::AuthorizeServer;
 use crate::grpc::pb::manage_key_server::ManageKeyServer;
-use crate::grpc::{self, AuthorizeService, ManageKeyService, Readiness};
+use crate::grpc::{
+    self, AuthorizeService, CheckContext, ExtAuthzConfig, ExtAuthzService, ManageKeyService,
+    Readiness,
+};
 use crate::manage::Manager;
+use crate::route::{RouteError, RouteTable};
 use crate::scope::{Catalog, CatalogError};
 use crate::store::{Store, StoreError};
 use crate::token::{new_admin_token, TokenError, TokenFormat};
@@ -31,6 +36,10 @@ pub struct ServeConfig {
     /// Where the admin token comes from, when not `<data_dir>/admin.token`.
     pub admin_token: AdminTokenSource,
     pub catalog: Option<PathBuf>,
+    /// HTTP route table for ext_authz and `Check{http}`; none: every HTTP
+    /// check is NO_ROUTE.
+    pub routes: Option<PathBuf>,
+    pub ext_authz: ExtAuthzConfig,
     pub token_prefix: String,
     pub pepper_file: Option<PathBuf>,
     pub max_keys_per_account: usize,
@@ -62,6 +71,8 @@ pub enum StartError {
     Catalog(#[from] CatalogError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Routes(#[from] RouteError),
     #[error("--token-prefix: {0}")]
     TokenPrefix(#[from] TokenError),
     #[error("admin token {path}: {reason}")]
@@ -88,6 +99,15 @@ pub async fn run(
         Some(path) => Catalog::load(path)?,
         None => Catalog::builtin(),
     });
+    let routes = match &config.routes {
+        Some(path) => RouteTable::load(path, &catalog)?,
+        None => {
+            tracing::warn!(
+                "no --routes: every HTTP check (ext_authz, Check{{http}}) is denied NO_ROUTE"
+            );
+            RouteTable::empty()
+        }
+    };
     let pepper = config
         .pepper_file
         .as_deref()
@@ -111,21 +131,22 @@ pub async fn run(
 
     let readiness = Arc::new(Readiness::default());
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    health
-        .set_not_serving::<AuthorizeServer<AuthorizeService>>()
-        .await;
-    health
-        .set_not_serving::<ManageKeyServer<ManageKeyService>>()
-        .await;
+    set_health(&health, ServingStatus::NotServing).await;
 
-    let authorize = AuthorizeService {
+    let route_count = routes.rule_count();
+    let check_context = Arc::new(CheckContext {
         catalog: catalog.clone(),
         keys: store.table().clone(),
         format: format.clone(),
+        routes: arc_swap::ArcSwap::from_pointee(routes),
         readiness: readiness.clone(),
+    });
+    let authorize = AuthorizeService {
+        context: check_context.clone(),
+    };
+    let ext_authz = ExtAuthzService {
+        context: check_context,
+        config: config.ext_authz.clone(),
     };
     let manager = Arc::new(Manager::new(
         store.clone(),
@@ -154,15 +175,7 @@ pub async fn run(
         shutdown.await;
         let _ = drain_started.send(true);
         tracing::info!("shutdown requested: draining");
-        draining
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
-        draining
-            .set_not_serving::<AuthorizeServer<AuthorizeService>>()
-            .await;
-        draining
-            .set_not_serving::<ManageKeyServer<ManageKeyService>>()
-            .await;
+        set_health(&draining, ServingStatus::NotServing).await;
     };
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tokio::spawn(
@@ -172,6 +185,7 @@ pub async fn run(
             .add_service(reflection_v1alpha)
             .add_service(AuthorizeServer::new(authorize))
             .add_service(ManageKeyServer::new(manage))
+            .add_service(AuthorizationServer::new(ext_authz))
             .serve_with_incoming_shutdown(incoming, shutdown),
     );
     tracing::info!(addr = %local_addr, data_dir = %config.data_dir.display(), "scopegate listening");
@@ -182,17 +196,12 @@ pub async fn run(
         .await
         .map_err(|_| StoreError::Closed)??;
     readiness.set_ready();
-    health.set_service_status("", ServingStatus::Serving).await;
-    health
-        .set_serving::<AuthorizeServer<AuthorizeService>>()
-        .await;
-    health
-        .set_serving::<ManageKeyServer<ManageKeyService>>()
-        .await;
+    set_health(&health, ServingStatus::Serving).await;
     tracing::info!(
         keys = loaded,
         elapsed_ms = started.elapsed().as_millis() as u64,
         scopes = catalog.scope_count(),
+        routes = route_count,
         "keys loaded; serving"
     );
 
@@ -215,6 +224,19 @@ pub async fn run(
     store.flush()?;
     tracing::info!("stopped");
     served.map_err(StartError::from)
+}
+
+/// Sets the overall status ("") and every service's to `status`.
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    use tonic::server::NamedService;
+    for service in [
+        "",
+        AuthorizeServer::<AuthorizeService>::NAME,
+        ManageKeyServer::<ManageKeyService>::NAME,
+        AuthorizationServer::<ExtAuthzService>::NAME,
+    ] {
+        health.set_service_status(service, status).await;
+    }
 }
 
 fn resolve_admin_token(config: &ServeConfig) -> Result<String, StartError> {

@@ -287,17 +287,20 @@ async fn bad_inputs_get_precise_errors() {
         "{}",
         unknown.message()
     );
-    let http = authorize
+    let both = authorize
         .check(pb::CheckRequest {
             http: Some(pb::HttpRequest {
                 method: "GET".into(),
                 path: "/v3/stats".into(),
             }),
-            ..check("", &[])
+            ..check("", &["stats.read"])
         })
         .await
         .unwrap_err();
-    assert_eq!(http.code(), Code::Unimplemented);
+    assert_eq!(
+        (both.code(), both.message()),
+        (Code::InvalidArgument, "http: give either scopes or http, not both")
+    );
     let no_token = authorize
         .check(check("", &["mail.send"]))
         .await

@@ -1,4 +1,4 @@
-//! `scopegate.v1.Authorize`: decode, [`authz::decide`], encode.
+//! `scopegate.v1.Authorize`: decode, [`authz::decide`] / [`authz::decide_http`], encode.
 
 use std::sync::Arc;
 
@@ -6,17 +6,11 @@ use tonic::{Request, Response, Status};
 
 use super::pb::{self, authorize_server::Authorize};
 use super::status::{bad_request, scope_status};
-use super::Readiness;
+use super::CheckContext;
 use crate::authz::{self, Decision};
-use crate::key::KeyTable;
-use crate::scope::Catalog;
-use crate::token::TokenFormat;
 
 pub struct AuthorizeService {
-    pub catalog: Arc<Catalog>,
-    pub keys: Arc<KeyTable>,
-    pub format: TokenFormat,
-    pub readiness: Arc<Readiness>,
+    pub context: Arc<CheckContext>,
 }
 
 #[tonic::async_trait]
@@ -25,46 +19,62 @@ impl Authorize for AuthorizeService {
         &self,
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
-        self.readiness.check()?;
+        let context = &*self.context;
+        context.readiness.check()?;
         let request = request.into_inner();
-        if request.http.is_some() {
-            if !request.scopes.is_empty() {
-                return Err(bad_request("http", "give either scopes or http, not both"));
-            }
-            return Err(Status::unimplemented(
-                "http checks need the route table, which this version does not have yet: send scopes",
-            ));
-        }
-        if request.scopes.is_empty() {
-            return Err(bad_request("scopes", "at least one scope is required"));
-        }
-        let required = self
-            .catalog
-            .resolve(request.scopes.iter().map(String::as_str))
-            .map_err(|error| scope_status("scopes", &error))?;
         let started = std::time::Instant::now();
-        let decision = authz::decide(&self.keys, &self.format, &request.token, &required);
-        metrics::histogram!("scopegate_decision_seconds").record(started.elapsed());
+        let decision = match &request.http {
+            Some(http) => {
+                if !request.scopes.is_empty() {
+                    return Err(bad_request("http", "give either scopes or http, not both"));
+                }
+                if http.method.is_empty() {
+                    return Err(bad_request("http.method", "is required"));
+                }
+                let routes = context.routes.load();
+                authz::decide_http(
+                    &context.keys,
+                    &context.format,
+                    &routes,
+                    &request.token,
+                    &http.method,
+                    &http.path,
+                )
+                .0
+            }
+            None => {
+                if request.scopes.is_empty() {
+                    return Err(bad_request("scopes", "at least one scope is required"));
+                }
+                let required = context
+                    .catalog
+                    .resolve(request.scopes.iter().map(String::as_str))
+                    .map_err(|error| scope_status("scopes", &error))?;
+                authz::decide(&context.keys, &context.format, &request.token, &required)
+            }
+        };
+        metrics::histogram!("scopegate_decision_seconds", "api" => "check")
+            .record(started.elapsed());
         Ok(Response::new(self.response(decision)))
     }
 }
 
 impl AuthorizeService {
     fn response(&self, decision: Decision) -> pb::CheckResponse {
-        let mut response = pb::CheckResponse::default();
-        let (code, message) = match decision {
+        let mut response = pb::CheckResponse {
+            message: decision.message(&self.context.catalog),
+            ..Default::default()
+        };
+        let code = match decision {
             Decision::Allowed { key_id, account_id } => {
                 response.allowed = true;
                 response.key_id = key_id.to_string();
                 response.account_id = account_id.to_string();
-                (pb::Decision::Allowed, String::new())
+                pb::Decision::Allowed
             }
-            Decision::MissingToken => (pb::Decision::MissingToken, "no token was sent".into()),
-            Decision::MalformedToken => (
-                pb::Decision::MalformedToken,
-                "the token is malformed (wrong shape, prefix or checksum)".into(),
-            ),
-            Decision::UnknownKey => (pb::Decision::UnknownKey, "the key does not exist".into()),
+            Decision::MissingToken => pb::Decision::MissingToken,
+            Decision::MalformedToken => pb::Decision::MalformedToken,
+            Decision::UnknownKey => pb::Decision::UnknownKey,
             Decision::InsufficientScope {
                 key_id,
                 account_id,
@@ -72,17 +82,14 @@ impl AuthorizeService {
             } => {
                 response.key_id = key_id.to_string();
                 response.account_id = account_id.to_string();
-                response.missing_scopes = self.catalog.names(&missing);
-                let message = format!(
-                    "the key lacks scopes: {}",
-                    response.missing_scopes.join(", ")
-                );
-                (pb::Decision::InsufficientScope, message)
+                response.missing_scopes = self.context.catalog.names(&missing);
+                pb::Decision::InsufficientScope
             }
+            Decision::NoRoute => pb::Decision::NoRoute,
+            Decision::InvalidPath => pb::Decision::InvalidPath,
         };
         metrics::counter!("scopegate_decisions_total", "api" => "check", "decision" => code.as_str_name()).increment(1);
         response.decision = code as i32;
-        response.message = message;
         response
     }
 }

@@ -3,11 +3,30 @@
 
 mod authorize;
 mod convert;
+mod ext_authz;
 mod manage;
 mod status;
 
+use std::sync::Arc;
+
 pub use authorize::AuthorizeService;
+pub use ext_authz::{ExtAuthzConfig, ExtAuthzService};
 pub use manage::ManageKeyService;
+
+use crate::key::KeyTable;
+use crate::route::RouteTable;
+use crate::scope::Catalog;
+use crate::token::TokenFormat;
+
+/// What both check entry points (Authorize and ext_authz) read.
+pub struct CheckContext {
+    pub catalog: Arc<Catalog>,
+    pub keys: Arc<KeyTable>,
+    pub format: TokenFormat,
+    /// Swapped whole on reload; a check sees one table from start to end.
+    pub routes: arc_swap::ArcSwap<RouteTable>,
+    pub readiness: Arc<Readiness>,
+}
 
 /// Generated code for `proto/scopegate/v1`.
 pub mod pb {

@@ -17,6 +17,12 @@ pub struct ScopeSet([u64; WORDS]);
 impl ScopeSet {
     pub const EMPTY: ScopeSet = ScopeSet([0; WORDS]);
 
+    pub fn single(scope: ScopeId) -> ScopeSet {
+        let mut set = ScopeSet::EMPTY;
+        set.insert(scope);
+        set
+    }
+
     pub fn insert(&mut self, scope: ScopeId) {
         let index = scope.0 as usize;
         self.0[index / 64] |= 1 << (index % 64);

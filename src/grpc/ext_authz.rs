@@ -1,0 +1,287 @@
+//! Envoy's `envoy.service.auth.v3.Authorization/Check` (ext_authz), served with
+//! the `envoy-types` generated server. Translates Envoy's request to
+//! [`authz::decide_http`] (the same decision `Authorize.Check{http}` makes)
+//! and the decision to an Envoy response:
+//! - allow: upstream headers with the key and account ids (client-sent copies
+//!   overwritten), the credential header removed, dynamic metadata for access logs;
+//! - deny: 401 + `www-authenticate` for missing/malformed/unknown keys, 403 for
+//!   missing scope or no route, 400 for an unusable path; a JSON body
+//!   `{"errors":[{"field":null,"message":"..."}]}` that never echoes the token.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode,
+};
+use envoy_types::ext_authz::v3::{
+    CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
+};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+use tonic::{Code, Request, Response, Status};
+
+use super::CheckContext;
+use crate::authz::{self, Decision};
+
+/// Header names, configurable from the command line.
+#[derive(Debug, Clone)]
+pub struct ExtAuthzConfig {
+    /// Extra header carrying the raw token (e.g. `x-api-key`), besides
+    /// `authorization: Bearer <token>`. Lower-case.
+    pub api_key_header: Option<String>,
+    pub key_id_header: String,
+    pub account_id_header: String,
+    /// Remove the credential header before the request goes upstream.
+    pub hide_credentials: bool,
+}
+
+impl Default for ExtAuthzConfig {
+    fn default() -> Self {
+        ExtAuthzConfig {
+            api_key_header: None,
+            key_id_header: "x-scopegate-key-id".into(),
+            account_id_header: "x-scopegate-account-id".into(),
+            hide_credentials: true,
+        }
+    }
+}
+
+/// Client-sent headers with this prefix never reach the upstream.
+const RESERVED_HEADER_PREFIX: &str = "x-scopegate-";
+const METADATA_NAMESPACE_FIELDS: [&str; 4] = ["key_id", "account_id", "scope", "decision"];
+
+pub struct ExtAuthzService {
+    pub context: Arc<CheckContext>,
+    pub config: ExtAuthzConfig,
+}
+
+/// The credential found in the request headers.
+enum Credential<'a> {
+    Missing,
+    /// The header it came from (as sent) and the token.
+    Token(&'a str, Cow<'a, str>),
+    /// Several values, several credential headers, a non-UTF-8 value, or an
+    /// `authorization` header that is not `Bearer <token>`.
+    Malformed,
+}
+
+#[tonic::async_trait]
+impl Authorization for ExtAuthzService {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let context = &*self.context;
+        context.readiness.check()?;
+        let request = request.into_inner();
+        let Some(http) = request
+            .attributes
+            .as_ref()
+            .and_then(|attributes| attributes.request.as_ref())
+            .and_then(|request| request.http.as_ref())
+        else {
+            return Err(Status::invalid_argument(
+                "attributes.request.http is required",
+            ));
+        };
+        let started = std::time::Instant::now();
+        let credential = self.credential(http);
+        let routes = context.routes.load();
+        let (decision, scope) = match &credential {
+            Credential::Malformed => (Decision::MalformedToken, None),
+            Credential::Missing => authz::decide_http(
+                &context.keys,
+                &context.format,
+                &routes,
+                "",
+                &http.method,
+                &http.path,
+            ),
+            Credential::Token(_, token) => authz::decide_http(
+                &context.keys,
+                &context.format,
+                &routes,
+                token,
+                &http.method,
+                &http.path,
+            ),
+        };
+        metrics::histogram!("scopegate_decision_seconds", "api" => "ext_authz")
+            .record(started.elapsed());
+        let scope_name = scope.map(|scope| context.catalog.scope_name(scope));
+        Ok(Response::new(self.response(
+            http,
+            &credential,
+            decision,
+            scope_name,
+        )))
+    }
+}
+
+impl ExtAuthzService {
+    fn credential<'a>(&self, http: &'a HttpRequest) -> Credential<'a> {
+        let mut found = Credential::Missing;
+        let mut count = 0;
+        for (name, value) in request_headers(http) {
+            let is_bearer = name.eq_ignore_ascii_case("authorization");
+            let is_api_key = self
+                .config
+                .api_key_header
+                .as_deref()
+                .is_some_and(|header| name.eq_ignore_ascii_case(header));
+            if !is_bearer && !is_api_key {
+                continue;
+            }
+            count += 1;
+            let Some(value) = value else {
+                return Credential::Malformed;
+            };
+            // Envoy joins repeated headers with ','; a token never holds one.
+            if value.contains(',') {
+                return Credential::Malformed;
+            }
+            let token = if is_bearer {
+                match value.trim().split_once(' ') {
+                    Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+                    _ => return Credential::Malformed,
+                }
+            } else {
+                value.trim()
+            };
+            found = Credential::Token(name, Cow::Borrowed(token));
+        }
+        if count > 1 {
+            Credential::Malformed
+        } else {
+            found
+        }
+    }
+
+    fn response(
+        &self,
+        http: &HttpRequest,
+        credential: &Credential<'_>,
+        decision: Decision,
+        scope: Option<&str>,
+    ) -> CheckResponse {
+        let decision_name = decision_name(&decision);
+        metrics::counter!("scopegate_decisions_total", "api" => "ext_authz", "decision" => decision_name).increment(1);
+        let (key_id, account_id) = match &decision {
+            Decision::Allowed { key_id, account_id }
+            | Decision::InsufficientScope {
+                key_id, account_id, ..
+            } => (key_id.to_string(), account_id.to_string()),
+            _ => (String::new(), String::new()),
+        };
+        let metadata = metadata([
+            key_id.as_str(),
+            account_id.as_str(),
+            scope.unwrap_or(""),
+            decision_name,
+        ]);
+        let mut response = CheckResponse::new();
+        response.set_dynamic_metadata(Some(metadata));
+        if decision.is_allowed() {
+            let mut ok = OkHttpResponseBuilder::new();
+            let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
+            ok.add_header(&self.config.key_id_header, key_id, overwrite, false);
+            ok.add_header(&self.config.account_id_header, account_id, overwrite, false);
+            for (name, _) in request_headers(http) {
+                let reserved = name.len() >= RESERVED_HEADER_PREFIX.len()
+                    && name[..RESERVED_HEADER_PREFIX.len()]
+                        .eq_ignore_ascii_case(RESERVED_HEADER_PREFIX);
+                let ours = name.eq_ignore_ascii_case(&self.config.key_id_header)
+                    || name.eq_ignore_ascii_case(&self.config.account_id_header);
+                if reserved && !ours {
+                    ok.remove_header(name.to_ascii_lowercase());
+                }
+            }
+            if let (true, Credential::Token(header, _)) = (self.config.hide_credentials, credential)
+            {
+                ok.remove_header(header.to_ascii_lowercase());
+            }
+            response.set_status(Status::new(Code::Ok, ""));
+            response.set_http_response(ok);
+            return response;
+        }
+        let message = decision.message(&self.context.catalog);
+        let (http_status, code) = match decision {
+            Decision::MissingToken | Decision::MalformedToken | Decision::UnknownKey => {
+                (HttpStatusCode::Unauthorized, Code::Unauthenticated)
+            }
+            Decision::InvalidPath => (HttpStatusCode::BadRequest, Code::InvalidArgument),
+            _ => (HttpStatusCode::Forbidden, Code::PermissionDenied),
+        };
+        let mut denied = DeniedHttpResponseBuilder::new();
+        denied.set_http_status(http_status);
+        let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
+        denied.add_header("content-type", "application/json", overwrite, false);
+        if http_status == HttpStatusCode::Unauthorized {
+            denied.add_header(
+                "www-authenticate",
+                "Bearer realm=\"scopegate\"",
+                overwrite,
+                false,
+            );
+        }
+        denied.set_body(
+            serde_json::json!({"errors": [{"field": null, "message": message}]}).to_string(),
+        );
+        response.set_status(Status::new(code, message));
+        response.set_http_response(denied);
+        response
+    }
+}
+
+/// Every request header as (name, value); `None` for a value that is not
+/// UTF-8. Reads both Envoy's `headers` map and its newer `header_map`.
+fn request_headers(http: &HttpRequest) -> impl Iterator<Item = (&str, Option<&str>)> {
+    let map = http
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), Some(value.as_str())));
+    let list = http
+        .header_map
+        .iter()
+        .flat_map(|header_map| header_map.headers.iter())
+        .map(|header| {
+            let value = if header.raw_value.is_empty() {
+                Some(header.value.as_str())
+            } else {
+                std::str::from_utf8(&header.raw_value).ok()
+            };
+            (header.key.as_str(), value)
+        });
+    map.chain(list)
+}
+
+fn decision_name(decision: &Decision) -> &'static str {
+    use super::pb::Decision as Wire;
+    match decision {
+        Decision::Allowed { .. } => Wire::Allowed,
+        Decision::MissingToken => Wire::MissingToken,
+        Decision::MalformedToken => Wire::MalformedToken,
+        Decision::UnknownKey => Wire::UnknownKey,
+        Decision::InsufficientScope { .. } => Wire::InsufficientScope,
+        Decision::NoRoute => Wire::NoRoute,
+        Decision::InvalidPath => Wire::InvalidPath,
+    }
+    .as_str_name()
+}
+
+fn metadata(values: [&str; 4]) -> Struct {
+    let fields: HashMap<String, Value> = METADATA_NAMESPACE_FIELDS
+        .iter()
+        .zip(values)
+        .filter(|(_, value)| !value.is_empty())
+        .map(|(name, value)| {
+            let value = Value {
+                kind: Some(Kind::StringValue(value.to_owned())),
+            };
+            (name.to_string(), value)
+        })
+        .collect();
+    Struct { fields }
+}

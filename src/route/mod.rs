@@ -1,0 +1,374 @@
+//! The HTTP route table: (method, path) → the one scope a request needs.
+//! Pure; built once from TOML and read by both `Authorize.Check{http}` and
+//! ext_authz through [`crate::authz::decide_http`].
+//!
+//! File format (`--routes FILE`, see `examples/routes.toml`):
+//! ```toml
+//! default_scope = "stats.read"     # optional: unmatched requests need this scope
+//!                                  # instead of being denied NO_ROUTE
+//! [[route]]
+//! path = "/v3/mail/send"           # a matchit template: /a/{id}, /a/{*rest}
+//! methods = ["POST"]               # optional; default: every method the target allows
+//! scope = "mail.send"              # an explicit scope ...
+//!
+//! [[route]]
+//! prefix = "/v3/whitelabel"        # ... or a prefix: the path itself and everything below
+//! resource = "whitelabel"          # ... or a resource: the verb follows the method
+//! ```
+//! Method → verb for `resource`: GET/HEAD → read, POST → create, PUT/PATCH →
+//! update, DELETE → delete. Overlaps resolve as matchit does: the most specific
+//! template wins (static segment > `{param}` > `{*catch_all}`), and an exact
+//! method rule beats a rule without `methods` on the same template.
+//!
+//! Paths are normalised before matching, and requests whose path cannot be
+//! normalised safely are refused (see [`normalize_path`]).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::scope::{Catalog, ScopeId};
+
+const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("cannot read routes {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("invalid routes{file}: {reason}")]
+    Invalid { file: String, reason: String },
+}
+
+/// Why a request has no scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteMiss {
+    /// No rule covers the method and path.
+    NoRoute,
+    /// The path is malformed or ambiguous (encoded slash, `..` above the root).
+    InvalidPath,
+}
+
+#[derive(Debug, Default, Clone)]
+struct MethodTable {
+    by_method: HashMap<&'static str, ScopeId>,
+}
+
+pub struct RouteTable {
+    router: matchit::Router<MethodTable>,
+    default_scope: Option<ScopeId>,
+    rule_count: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoutesFile {
+    default_scope: Option<String>,
+    #[serde(default)]
+    route: Vec<toml::Spanned<RuleFile>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    path: Option<String>,
+    prefix: Option<String>,
+    methods: Option<Vec<String>>,
+    scope: Option<String>,
+    resource: Option<String>,
+}
+
+impl RouteTable {
+    /// A table without rules: every request is NO_ROUTE.
+    pub fn empty() -> RouteTable {
+        RouteTable {
+            router: matchit::Router::new(),
+            default_scope: None,
+            rule_count: 0,
+        }
+    }
+
+    pub fn load(path: &Path, catalog: &Catalog) -> Result<RouteTable, RouteError> {
+        let text = std::fs::read_to_string(path).map_err(|error| RouteError::Read {
+            path: path.display().to_string(),
+            reason: error.to_string(),
+        })?;
+        RouteTable::from_toml(&text, catalog).map_err(|error| match error {
+            RouteError::Invalid { reason, .. } => RouteError::Invalid {
+                file: format!(" {}", path.display()),
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    pub fn from_toml(text: &str, catalog: &Catalog) -> Result<RouteTable, RouteError> {
+        let invalid = |reason: String| RouteError::Invalid {
+            file: String::new(),
+            reason,
+        };
+        let file: RoutesFile = toml::from_str(text).map_err(|error| invalid(error.to_string()))?;
+        let default_scope = match &file.default_scope {
+            None => None,
+            Some(name) => Some(
+                catalog
+                    .scope_id(name)
+                    .ok_or_else(|| invalid(format!("default_scope: unknown scope `{name}`")))?,
+            ),
+        };
+        // Template → (method → (scope, line, explicit method)).
+        let mut templates: Vec<(String, usize)> = Vec::new();
+        let mut tables: HashMap<String, HashMap<&'static str, (ScopeId, usize, bool)>> =
+            HashMap::new();
+        for spanned in &file.route {
+            let line = 1 + text[..spanned.span().start].matches('\n').count();
+            let at = |reason: String| invalid(format!("line {line}: {reason}"));
+            let rule = spanned.get_ref();
+            let templates_of_rule = match (&rule.path, &rule.prefix) {
+                (Some(path), None) => vec![path.clone()],
+                (None, Some(prefix)) => {
+                    let base = prefix.trim_end_matches('/');
+                    vec![
+                        if base.is_empty() {
+                            "/".into()
+                        } else {
+                            base.to_owned()
+                        },
+                        format!("{base}/{{*rest}}"),
+                    ]
+                }
+                _ => return Err(at("give exactly one of `path` or `prefix`".into())),
+            };
+            for template in &templates_of_rule {
+                if !template.starts_with('/') {
+                    return Err(at(format!("path `{template}` must start with /")));
+                }
+            }
+            let methods: Vec<(&'static str, bool)> = match &rule.methods {
+                Some(methods) if methods.is_empty() => {
+                    return Err(at(
+                        "`methods` is empty; leave it out for every method".into()
+                    ))
+                }
+                Some(methods) => methods
+                    .iter()
+                    .map(|method| {
+                        let upper = method.to_ascii_uppercase();
+                        METHODS
+                            .iter()
+                            .find(|known| **known == upper)
+                            .map(|known| (*known, true))
+                            .ok_or_else(|| at(format!("unknown method `{method}`")))
+                    })
+                    .collect::<Result<_, _>>()?,
+                None => METHODS.iter().map(|method| (*method, false)).collect(),
+            };
+            let mut targets: Vec<(&'static str, ScopeId, bool)> = Vec::new();
+            match (&rule.scope, &rule.resource) {
+                (Some(scope), None) => {
+                    let id = catalog
+                        .scope_id(scope)
+                        .ok_or_else(|| at(format!("unknown scope `{scope}`")))?;
+                    targets.extend(
+                        methods
+                            .iter()
+                            .map(|(method, explicit)| (*method, id, *explicit)),
+                    );
+                }
+                (None, Some(resource)) => {
+                    if catalog.resource_id(resource).is_none() {
+                        return Err(at(format!("unknown resource `{resource}`")));
+                    }
+                    for (method, explicit) in &methods {
+                        let Some(verb) = verb_for(method) else {
+                            if *explicit {
+                                return Err(at(format!(
+                                    "method {method} has no verb; use `scope`"
+                                )));
+                            }
+                            continue;
+                        };
+                        match catalog.scope_id(&format!("{resource}.{verb}")) {
+                            Some(id) => targets.push((method, id, *explicit)),
+                            None if *explicit => {
+                                return Err(at(format!(
+                                    "resource `{resource}` has no `{verb}` scope for {method}"
+                                )))
+                            }
+                            None => {}
+                        }
+                    }
+                }
+                _ => return Err(at("give exactly one of `scope` or `resource`".into())),
+            }
+            for template in templates_of_rule {
+                let table = tables.entry(template.clone()).or_insert_with(|| {
+                    templates.push((template.clone(), line));
+                    HashMap::new()
+                });
+                for (method, scope, explicit) in &targets {
+                    match table.get(method) {
+                        Some((_, other_line, other_explicit)) if *other_explicit == *explicit => {
+                            return Err(at(format!(
+                                "{method} {template} is already covered by the rule at line {other_line}"
+                            )))
+                        }
+                        Some((_, _, true)) => {} // an explicit method rule beats a catch-all one
+                        _ => {
+                            table.insert(method, (*scope, line, *explicit));
+                        }
+                    }
+                }
+            }
+        }
+        let mut router = matchit::Router::new();
+        for (template, line) in &templates {
+            let methods = MethodTable {
+                by_method: tables[template]
+                    .iter()
+                    .map(|(method, (scope, _, _))| (*method, *scope))
+                    .collect(),
+            };
+            router
+                .insert(template.as_str(), methods)
+                .map_err(|error| invalid(format!("line {line}: path `{template}`: {error}")))?;
+        }
+        Ok(RouteTable {
+            router,
+            default_scope,
+            rule_count: file.route.len(),
+        })
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.rule_count
+    }
+
+    /// The scope `method path` needs.
+    pub fn resolve(&self, method: &str, path: &str) -> Result<ScopeId, RouteMiss> {
+        let path = normalize_path(path).ok_or(RouteMiss::InvalidPath)?;
+        let matched = self
+            .router
+            .at(&path)
+            .ok()
+            .and_then(|found| lookup_method(&found.value.by_method, method));
+        matched.or(self.default_scope).ok_or(RouteMiss::NoRoute)
+    }
+
+    /// Every scope some request can reach (for coverage tests).
+    pub fn reachable_scopes(&self, paths: &[&str]) -> Vec<ScopeId> {
+        let mut scopes: Vec<ScopeId> = paths
+            .iter()
+            .flat_map(|path| {
+                METHODS
+                    .iter()
+                    .filter_map(|method| self.resolve(method, path).ok())
+            })
+            .collect();
+        scopes.sort();
+        scopes.dedup();
+        scopes
+    }
+}
+
+fn lookup_method(table: &HashMap<&'static str, ScopeId>, method: &str) -> Option<ScopeId> {
+    if let Some(scope) = table.get(method) {
+        return Some(*scope);
+    }
+    // Methods arrive upper-case from Envoy; accept any case without allocating.
+    METHODS
+        .iter()
+        .find(|known| known.eq_ignore_ascii_case(method))
+        .and_then(|known| table.get(known).copied())
+}
+
+fn verb_for(method: &str) -> Option<&'static str> {
+    match method {
+        "GET" | "HEAD" => Some("read"),
+        "POST" => Some("create"),
+        "PUT" | "PATCH" => Some("update"),
+        "DELETE" => Some("delete"),
+        _ => None,
+    }
+}
+
+/// Normalises a request path for matching, or refuses it:
+/// - the query string and fragment are dropped;
+/// - it must start with `/`; a backslash, a NUL, or an encoded `/`, `\` or NUL
+///   (`%2F`, `%5C`, `%00`) is refused, as is a malformed `%` escape;
+/// - `%XX` escapes of unreserved characters (letters, digits, `-._~`) are
+///   decoded, so `/v3/m%61il/send` cannot dodge the `/v3/mail/send` rule;
+/// - repeated slashes are merged, `.` segments dropped, `..` segments resolved
+///   (refused above the root), and a trailing slash removed.
+///
+/// Returns the input unchanged (no allocation) when it is already normal.
+pub fn normalize_path(raw: &str) -> Option<Cow<'_, str>> {
+    let path = raw.split(['?', '#']).next().unwrap_or("");
+    if !path.starts_with('/') || path.contains('\\') || path.contains('\0') {
+        return None;
+    }
+    let needs_work = path.contains('%')
+        || path.contains("//")
+        || path.contains("/./")
+        || path.contains("/../")
+        || path.ends_with("/.")
+        || path.ends_with("/..")
+        || (path.len() > 1 && path.ends_with('/'));
+    if !needs_work {
+        return Some(Cow::Borrowed(path));
+    }
+    let decoded = decode_unreserved(path)?;
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop()?;
+            }
+            other => segments.push(other),
+        }
+    }
+    let mut normal = String::with_capacity(decoded.len());
+    for segment in &segments {
+        normal.push('/');
+        normal.push_str(segment);
+    }
+    if normal.is_empty() {
+        normal.push('/');
+    }
+    Some(Cow::Owned(normal))
+}
+
+fn decode_unreserved(path: &str) -> Option<String> {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] != b'%' {
+            let next = path[index..]
+                .find('%')
+                .map_or(path.len(), |offset| index + offset);
+            out.push_str(&path[index..next]);
+            index = next;
+            continue;
+        }
+        let hex = path.get(index + 1..index + 3)?;
+        let value = u8::from_str_radix(hex, 16).ok()?;
+        match value {
+            b'/' | b'\\' | 0 => return None,
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(value as char)
+            }
+            _ => {
+                out.push('%');
+                out.push_str(&hex.to_ascii_uppercase());
+            }
+        }
+        index += 3;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests;
