@@ -80,7 +80,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SCOPEGATE_CATALOG")]
     pub catalog: Option<PathBuf>,
     /// HTTP routes (TOML) mapping method + path to a scope, for Envoy
-    /// ext_authz and Authorize.Check{http}. See examples/routes.toml.
+    /// ext_authz and Authorize.Check{http}. Default with the built-in catalog:
+    /// the built-in copy of examples/routes.toml.
     #[arg(long, env = "SCOPEGATE_ROUTES")]
     pub routes: Option<PathBuf>,
     /// ext_authz: also accept the raw token in this header (e.g. x-api-key),

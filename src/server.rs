@@ -18,7 +18,7 @@ use crate::grpc::{
     Readiness,
 };
 use crate::manage::Manager;
-use crate::route::{RouteError, RouteTable};
+use crate::route::{RouteError, RouteTable, DEFAULT_ROUTES_TOML};
 use crate::scope::{Catalog, CatalogError};
 use crate::store::{Store, StoreError};
 use crate::token::{new_admin_token, TokenError, TokenFormat};
@@ -99,12 +99,11 @@ pub async fn run(
         Some(path) => Catalog::load(path)?,
         None => Catalog::builtin(),
     });
-    let routes = match &config.routes {
-        Some(path) => RouteTable::load(path, &catalog)?,
-        None => {
-            tracing::warn!(
-                "no --routes: every HTTP check (ext_authz, Check{{http}}) is denied NO_ROUTE"
-            );
+    let routes = match (&config.routes, &config.catalog) {
+        (Some(path), _) => RouteTable::load(path, &catalog)?,
+        (None, None) => RouteTable::from_toml(DEFAULT_ROUTES_TOML, &catalog)?,
+        (None, Some(_)) => {
+            tracing::warn!("--catalog without --routes: every HTTP check (ext_authz, Check{{http}}) is denied NO_ROUTE");
             RouteTable::empty()
         }
     };

@@ -31,6 +31,10 @@ use serde::Deserialize;
 
 use crate::scope::{Catalog, ScopeId};
 
+/// Routes for the built-in catalog (`examples/routes.toml`), used when the
+/// server runs the built-in catalog without `--routes`.
+pub const DEFAULT_ROUTES_TOML: &str = include_str!("../../examples/routes.toml");
+
 const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
