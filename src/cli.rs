@@ -1,19 +1,17 @@
 //! The command line: `serve` runs the sidecar; the other subcommands are
 //! gRPC clients of a running one.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
+use crate::config::{ConfigError, ServeOptions};
 use crate::grpc::pb;
-use crate::manage::DEFAULT_MAX_KEYS_PER_ACCOUNT;
-use crate::server::{self, AdminTokenSource, ServeConfig, ADMIN_TOKEN_FILE, DEFAULT_DATA_DIR};
-use crate::token::DEFAULT_PREFIX;
+use crate::server::{self, ADMIN_TOKEN_FILE, DEFAULT_DATA_DIR};
 
 const EXAMPLES: &str = "\
 Quick start:
@@ -61,74 +59,33 @@ pub enum Command {
     ///
     /// Example: scopegate check --token "$TOKEN" --scope mail.send --scope stats.read
     Check(CheckArgs),
+    /// Validate or print the serve configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
 }
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Address for gRPC (all services).
-    #[arg(long, env = "SCOPEGATE_LISTEN", default_value = server::DEFAULT_LISTEN)]
-    pub listen: SocketAddr,
-    /// Where keys are stored (sled). Created if missing; one process at a time.
-    #[arg(long, env = "SCOPEGATE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
-    pub data_dir: PathBuf,
-    /// File holding the admin token. The token may also come from the
-    /// SCOPEGATE_ADMIN_TOKEN environment variable. Default:
-    /// <data-dir>/admin.token, generated on first start.
-    #[arg(long, env = "SCOPEGATE_ADMIN_TOKEN_FILE")]
-    pub admin_token_file: Option<PathBuf>,
-    /// Catalog TOML replacing the built-in scopes (see catalogs/).
-    #[arg(long, env = "SCOPEGATE_CATALOG")]
-    pub catalog: Option<PathBuf>,
-    /// HTTP routes (TOML) mapping method + path to a scope, for Envoy
-    /// ext_authz and Authorize.Check{http}. Default with the built-in catalog:
-    /// the built-in copy of examples/routes.toml.
-    #[arg(long, env = "SCOPEGATE_ROUTES")]
-    pub routes: Option<PathBuf>,
-    /// ext_authz: also accept the raw token in this header (e.g. x-api-key),
-    /// besides `authorization: Bearer <token>`.
-    #[arg(long, env = "SCOPEGATE_API_KEY_HEADER")]
-    pub api_key_header: Option<String>,
-    /// ext_authz: upstream header that carries the key id on allow.
-    #[arg(
-        long,
-        env = "SCOPEGATE_KEY_ID_HEADER",
-        default_value = "x-scopegate-key-id"
-    )]
-    pub key_id_header: String,
-    /// ext_authz: upstream header that carries the account id on allow.
-    #[arg(
-        long,
-        env = "SCOPEGATE_ACCOUNT_ID_HEADER",
-        default_value = "x-scopegate-account-id"
-    )]
-    pub account_id_header: String,
-    /// ext_authz: pass the credential header upstream (default: removed).
-    #[arg(long, env = "SCOPEGATE_KEEP_CREDENTIAL_HEADER")]
-    pub keep_credential_header: bool,
-    /// First part of every token, as in SG.<key id>.<secret>. Changing it
-    /// invalidates existing tokens.
-    #[arg(long, env = "SCOPEGATE_TOKEN_PREFIX", default_value = DEFAULT_PREFIX)]
-    pub token_prefix: String,
-    /// File holding a server secret: secrets are then stored as
-    /// HMAC-SHA256(pepper, secret) instead of SHA-256(secret). Keep it stable.
-    #[arg(long, env = "SCOPEGATE_PEPPER_FILE")]
-    pub pepper_file: Option<PathBuf>,
-    /// Most keys one account may hold.
-    #[arg(long, env = "SCOPEGATE_MAX_KEYS_PER_ACCOUNT", default_value_t = DEFAULT_MAX_KEYS_PER_ACCOUNT)]
-    pub max_keys_per_account: usize,
-    /// Seconds that shutdown (SIGTERM/SIGINT) waits for in-flight requests
-    /// before closing connections.
-    #[arg(long, env = "SCOPEGATE_DRAIN_TIMEOUT_SECS", default_value_t = 5.0)]
-    pub drain_timeout_secs: f64,
-    /// Log format.
-    #[arg(long, env = "SCOPEGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
-    pub log_format: LogFormat,
+    /// TOML file with any of the settings below (snake_case keys). Flags and
+    /// SCOPEGATE_* environment variables override it.
+    #[arg(long, env = "SCOPEGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub options: ServeOptions,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug)]
-pub enum LogFormat {
-    Human,
-    Json,
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Validate the effective configuration, catalog and routes included,
+    /// without starting. Exit code 0: valid.
+    ///
+    /// Example: scopegate config check --config /etc/scopegate/scopegate.toml
+    Check(ServeArgs),
+    /// Print the effective configuration (file, env and flags merged, defaults
+    /// filled in) as TOML. Secrets are never printed: only their file paths.
+    ///
+    /// Example: scopegate config print --config scopegate.toml --listen 0.0.0.0:50051
+    Print(ServeArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -262,38 +219,27 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Config(command) => config_command(command),
         command => runtime.block_on(client(command)),
     }
 }
 
+fn effective_options(args: ServeArgs) -> Result<ServeOptions, ConfigError> {
+    Ok(match &args.config {
+        Some(path) => args.options.or(ServeOptions::from_file(path)?),
+        None => args.options,
+    })
+}
+
 async fn serve(args: ServeArgs) -> ExitCode {
-    init_logging(args.log_format);
-    let admin_token = match (
-        args.admin_token_file,
-        std::env::var("SCOPEGATE_ADMIN_TOKEN"),
-    ) {
-        (Some(path), _) => AdminTokenSource::File(path),
-        (None, Ok(token)) => AdminTokenSource::Value(token),
-        (None, Err(_)) => AdminTokenSource::DataDir,
+    let config = match effective_options(args).and_then(|options| options.resolve()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
     };
-    let config = ServeConfig {
-        listen: args.listen,
-        data_dir: args.data_dir,
-        admin_token,
-        catalog: args.catalog,
-        routes: args.routes,
-        ext_authz: crate::grpc::ExtAuthzConfig {
-            api_key_header: args.api_key_header.map(|name| name.to_ascii_lowercase()),
-            key_id_header: args.key_id_header.to_ascii_lowercase(),
-            account_id_header: args.account_id_header.to_ascii_lowercase(),
-            hide_credentials: !args.keep_credential_header,
-        },
-        token_prefix: args.token_prefix,
-        pepper_file: args.pepper_file,
-        max_keys_per_account: args.max_keys_per_account,
-        drain_timeout: std::time::Duration::try_from_secs_f64(args.drain_timeout_secs)
-            .unwrap_or(std::time::Duration::from_secs(5)),
-    };
+    init_logging(config.json_logs);
     match server::run(config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -304,16 +250,57 @@ async fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn config_command(command: ConfigCommand) -> ExitCode {
+    let (args, print) = match command {
+        ConfigCommand::Check(args) => (args, false),
+        ConfigCommand::Print(args) => (args, true),
+    };
+    let checked = effective_options(args).and_then(|options| {
+        let config = options.resolve()?;
+        Ok((options, config))
+    });
+    let (options, config) = match checked {
+        Ok(checked) => checked,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if print {
+        let effective = toml::to_string(&options.effective()).expect("options serialize");
+        print!("{effective}");
+        if std::env::var_os("SCOPEGATE_ADMIN_TOKEN").is_some() {
+            println!("# admin token: from SCOPEGATE_ADMIN_TOKEN (<redacted>)");
+        }
+        return ExitCode::SUCCESS;
+    }
+    match server::load_catalog_and_routes(&config) {
+        Ok((catalog, routes)) => {
+            println!(
+                "ok: {} scopes, {} routes",
+                catalog.scope_count(),
+                routes.rule_count()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
     }
 }
 
@@ -346,7 +333,7 @@ async fn client(command: Command) -> ExitCode {
 
 async fn run_client(command: Command) -> Result<ExitCode, String> {
     match command {
-        Command::Serve(_) => unreachable!("serve is not a client command"),
+        Command::Serve(_) | Command::Config(_) => unreachable!("not a client command"),
         Command::Check(args) => {
             let channel = connect(&args.client).await?;
             let response = pb::authorize_client::AuthorizeClient::new(channel)

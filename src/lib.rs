@@ -9,12 +9,16 @@
 //! - [`manage`]: key lifecycle use-cases: callers, permissions, no escalation.
 //! - [`store`]: sled persistence, group commit, publishing into the table.
 //! - [`grpc`]: the only module that knows generated types; thin adapters.
-//! - [`server`]: `scopegate serve`: wiring, listener, health, reflection.
+//! - [`server`]: `scopegate serve`: wiring, listeners, tower limits, health,
+//!   reflection, reload, drain.
+//! - [`config`]: serve settings from file, env and flags; validation.
+//! - [`telemetry`]: metric names, the gRPC metrics layer, /metrics /healthz /readyz.
 //! - [`cli`]: the command line, server and client subcommands.
 #![forbid(unsafe_code)]
 
 pub mod authz;
 pub mod cli;
+pub mod config;
 pub mod grpc;
 pub mod key;
 pub mod manage;
@@ -22,4 +26,5 @@ pub mod route;
 pub mod scope;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod token;

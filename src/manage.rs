@@ -244,6 +244,19 @@ impl Manager {
         caller: &Caller,
         request: NewKey,
     ) -> Result<(KeyView, String), ManageError> {
+        let result = self.create_key(caller, request).await;
+        record_mutation("create", &result);
+        if result.is_ok() {
+            metrics::gauge!(crate::telemetry::KEYS).increment(1.0);
+        }
+        result
+    }
+
+    async fn create_key(
+        &self,
+        caller: &Caller,
+        request: NewKey,
+    ) -> Result<(KeyView, String), ManageError> {
         self.require(caller, ManageAction::Create)?;
         let account_id = match caller {
             Caller::Admin => validate_account_id(&request.account_id)?,
@@ -338,6 +351,12 @@ impl Manager {
     }
 
     pub async fn update(&self, caller: &Caller, change: KeyChange) -> Result<KeyView, ManageError> {
+        let result = self.update_key(caller, change).await;
+        record_mutation("update", &result);
+        result
+    }
+
+    async fn update_key(&self, caller: &Caller, change: KeyChange) -> Result<KeyView, ManageError> {
         self.require(caller, ManageAction::Update)?;
         let id = parse_key_id(&change.key_id)?;
         let name = change.name.as_deref().map(validate_name).transpose()?;
@@ -377,6 +396,15 @@ impl Manager {
     }
 
     pub async fn delete(&self, caller: &Caller, key_id: &str) -> Result<(), ManageError> {
+        let result = self.delete_key(caller, key_id).await;
+        record_mutation("delete", &result);
+        if result.is_ok() {
+            metrics::gauge!(crate::telemetry::KEYS).decrement(1.0);
+        }
+        result
+    }
+
+    async fn delete_key(&self, caller: &Caller, key_id: &str) -> Result<(), ManageError> {
         self.require(caller, ManageAction::Delete)?;
         let id = parse_key_id(key_id)?;
         let catalog = self.catalog.clone();
@@ -447,6 +475,28 @@ impl Manager {
             update_time_unix_ms: record.update_time_unix_ms,
         })
     }
+}
+
+/// Counts a mutation by kind and outcome (ok, denied, invalid, not_found,
+/// error): errors apart from refusals.
+fn record_mutation<T>(kind: &'static str, result: &Result<T, ManageError>) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(
+            ManageError::MissingCredentials
+            | ManageError::BadCredentials
+            | ManageError::NeedsScope(_)
+            | ManageError::Escalation(_)
+            | ManageError::TargetStronger { .. }
+            | ManageError::OtherAccount
+            | ManageError::AccountFull { .. },
+        ) => "denied",
+        Err(ManageError::InvalidArgument { .. } | ManageError::Scope { .. }) => "invalid",
+        Err(ManageError::NotFound(_)) => "not_found",
+        Err(ManageError::Store(_)) => "error",
+    };
+    metrics::counter!(crate::telemetry::MUTATIONS_TOTAL, "kind" => kind, "outcome" => outcome)
+        .increment(1);
 }
 
 /// A key caller sees only its own account; other accounts' keys do not exist.

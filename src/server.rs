@@ -5,7 +5,9 @@ use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tonic::transport::server::TcpIncoming;
@@ -21,6 +23,7 @@ use crate::manage::Manager;
 use crate::route::{RouteError, RouteTable, DEFAULT_ROUTES_TOML};
 use crate::scope::{Catalog, CatalogError};
 use crate::store::{Store, StoreError};
+use crate::telemetry::{self, ReadyState};
 use crate::token::{new_admin_token, TokenError, TokenFormat};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -28,23 +31,73 @@ pub const DEFAULT_DATA_DIR: &str = "scopegate-data";
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 const MIN_ADMIN_TOKEN_CHARS: usize = 16;
 
-/// Everything `serve` needs; built from flags and env by the CLI.
+/// Everything `serve` needs, resolved and validated (see `config.rs`).
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    pub listen: SocketAddr,
+    /// TCP address for gRPC; `None`: Unix socket only.
+    pub listen: Option<SocketAddr>,
+    pub uds: Option<PathBuf>,
+    pub uds_mode: u32,
+    /// Separate address for ManageKey; `None`: served with the others.
+    pub manage_listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// Where the admin token comes from, when not `<data_dir>/admin.token`.
     pub admin_token: AdminTokenSource,
     pub catalog: Option<PathBuf>,
-    /// HTTP route table for ext_authz and `Check{http}`; none: every HTTP
-    /// check is NO_ROUTE.
+    /// HTTP route table for ext_authz and `Check{http}`.
     pub routes: Option<PathBuf>,
     pub ext_authz: ExtAuthzConfig,
     pub token_prefix: String,
     pub pepper_file: Option<PathBuf>,
     pub max_keys_per_account: usize,
     /// How long shutdown waits for in-flight requests and open connections.
-    pub drain_timeout: std::time::Duration,
+    pub drain_timeout: Duration,
+    pub limits: Limits,
+    pub json_logs: bool,
+}
+
+/// Resource bounds, each with its reason.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Requests in progress, process-wide. Beyond it a request is shed at once
+    /// (RESOURCE_EXHAUSTED) rather than queued: a sidecar that queues without
+    /// bound turns a burst into latency for every request behind it.
+    pub max_concurrent_requests: usize,
+    /// A request still running after this is cancelled; a shorter client
+    /// `grpc-timeout` wins. Checks take microseconds; only a stuck disk could
+    /// come near it.
+    pub request_timeout: Duration,
+    /// Check and management messages are small; anything larger is a mistake
+    /// or an attack.
+    pub max_message_bytes: usize,
+    /// Envoy may forward request bodies to ext_authz.
+    pub ext_authz_max_message_bytes: usize,
+    /// Streams per HTTP/2 connection: enough for Envoy's multiplexing, bounded
+    /// so one connection cannot take every concurrency slot.
+    pub http2_max_concurrent_streams: u32,
+    /// Connections whose peer makes us reset this many streams are closed
+    /// (the HTTP/2 rapid-reset guard, which tonic leaves off unless set).
+    pub http2_max_local_error_reset_streams: usize,
+    /// Ping idle HTTP/2 connections, and drop peers that stop answering, so
+    /// dead Envoys do not hold connections forever.
+    pub http2_keepalive_interval: Duration,
+    pub http2_keepalive_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_concurrent_requests: 1024,
+            request_timeout: Duration::from_secs(1),
+            max_message_bytes: 64 * 1024,
+            ext_authz_max_message_bytes: 1024 * 1024,
+            http2_max_concurrent_streams: 256,
+            http2_max_local_error_reset_streams: 1024,
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -79,22 +132,19 @@ pub enum StartError {
     AdminToken { path: String, reason: String },
     #[error("pepper file {path}: {reason}")]
     Pepper { path: String, reason: String },
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind { addr: String, reason: String },
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error("reflection setup failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
-/// Runs the server until `shutdown` resolves, then drains and flushes.
-pub async fn run(
-    config: ServeConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), StartError> {
+/// Loads the catalog and the route table a config names, as start-up and
+/// `config check` do.
+pub fn load_catalog_and_routes(
+    config: &ServeConfig,
+) -> Result<(Arc<Catalog>, RouteTable), StartError> {
     let catalog = Arc::new(match &config.catalog {
         Some(path) => Catalog::load(path)?,
         None => Catalog::builtin(),
@@ -107,6 +157,15 @@ pub async fn run(
             RouteTable::empty()
         }
     };
+    Ok((catalog, routes))
+}
+
+/// Runs the server until `shutdown` resolves, then drains and flushes.
+pub async fn run(
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let (catalog, routes) = load_catalog_and_routes(&config)?;
     let pepper = config
         .pepper_file
         .as_deref()
@@ -116,19 +175,28 @@ pub async fn run(
     let format = TokenFormat::new(&config.token_prefix, pepper.as_deref().map(str::as_bytes))?;
     let store = Store::open(&config.data_dir, catalog.clone())?;
     let admin_token = resolve_admin_token(&config)?;
+    let metrics_handle = telemetry::install_metrics();
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: config.listen,
-        source,
-    })?;
+    // Bind everything before serving anything, so a taken port fails start-up.
+    let tcp = match config.listen {
+        Some(addr) => Some(bind_tcp(addr).await?),
+        None => None,
+    };
+    let uds = match &config.uds {
+        Some(path) => Some(bind_uds(path, config.uds_mode)?),
+        None => None,
+    };
+    let manage_tcp = match config.manage_listen {
+        Some(addr) => Some(bind_tcp(addr).await?),
+        None => None,
+    };
+    let metrics_tcp = match config.metrics_listen {
+        Some(addr) => Some(bind_tcp(addr).await?),
+        None => None,
+    };
 
     let readiness = Arc::new(Readiness::default());
+    let ready_state = Arc::new(ReadyState::default());
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
 
@@ -140,13 +208,16 @@ pub async fn run(
         routes: arc_swap::ArcSwap::from_pointee(routes),
         readiness: readiness.clone(),
     });
-    let authorize = AuthorizeService {
+    let limits = &config.limits;
+    let authorize = AuthorizeServer::new(AuthorizeService {
         context: check_context.clone(),
-    };
-    let ext_authz = ExtAuthzService {
-        context: check_context,
+    })
+    .max_decoding_message_size(limits.max_message_bytes);
+    let ext_authz = AuthorizationServer::new(ExtAuthzService {
+        context: check_context.clone(),
         config: config.ext_authz.clone(),
-    };
+    })
+    .max_decoding_message_size(limits.ext_authz_max_message_bytes);
     let manager = Arc::new(Manager::new(
         store.clone(),
         catalog.clone(),
@@ -155,10 +226,11 @@ pub async fn run(
         config.max_keys_per_account,
     ));
     drop(admin_token);
-    let manage = ManageKeyService {
+    let manage = ManageKeyServer::new(ManageKeyService {
         manager,
         readiness: readiness.clone(),
-    };
+    })
+    .max_decoding_message_size(limits.max_message_bytes);
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(grpc::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -168,34 +240,92 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let draining = health.clone();
-    let (drain_started, mut drain_deadline) = tokio::sync::watch::channel(false);
-    let shutdown = async move {
-        shutdown.await;
-        let _ = drain_started.send(true);
-        tracing::info!("shutdown requested: draining");
-        set_health(&draining, ServingStatus::NotServing).await;
+    // The tower stack, outermost first.
+    let layers = tower::ServiceBuilder::new()
+        // Count every request by method and status, including refused ones.
+        .layer(telemetry::GrpcMetricsLayer)
+        // Refuse at once when the limit below is reached, instead of queueing.
+        .load_shed()
+        // Bound the requests in progress across all connections.
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            limits.max_concurrent_requests,
+        ));
+    let mut server = tonic::transport::Server::builder()
+        .timeout(limits.request_timeout)
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .http2_max_local_error_reset_streams(Some(limits.http2_max_local_error_reset_streams))
+        .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+        .layer(layers);
+    let base = server
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    let hot = base.clone().add_service(authorize).add_service(ext_authz);
+    let (hot, manage_only) = match manage_tcp {
+        None => (hot.add_service(manage), None),
+        Some(listener) => (hot, Some((base.add_service(manage), listener))),
     };
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(AuthorizeServer::new(authorize))
-            .add_service(ManageKeyServer::new(manage))
-            .add_service(AuthorizationServer::new(ext_authz))
-            .serve_with_incoming_shutdown(incoming, shutdown),
-    );
-    tracing::info!(addr = %local_addr, data_dir = %config.data_dir.display(), "scopegate listening");
+
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(|stopping| *stopping).await;
+        }
+    };
+    let mut servers = tokio::task::JoinSet::new();
+    if let Some(listener) = tcp {
+        let addr = local_addr(&listener);
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        servers.spawn(
+            hot.clone()
+                .serve_with_incoming_shutdown(incoming, stopped()),
+        );
+        tracing::info!(addr = %addr, data_dir = %config.data_dir.display(), "scopegate listening");
+    }
+    if let Some((listener, path)) = uds {
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        servers.spawn(
+            hot.clone()
+                .serve_with_incoming_shutdown(incoming, stopped()),
+        );
+        tracing::info!(path = %path.display(), "scopegate listening on unix socket");
+    }
+    if let Some((router, listener)) = manage_only {
+        let addr = local_addr(&listener);
+        if !addr.ip().is_loopback() {
+            tracing::warn!(addr = %addr, "ManageKey is exposed on a non-loopback address without TLS");
+        }
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        servers.spawn(router.serve_with_incoming_shutdown(incoming, stopped()));
+        tracing::info!(addr = %addr, "ManageKey listening");
+    }
+    if config.manage_listen.is_none() {
+        if let Some(addr) = config.listen.filter(|addr| !addr.ip().is_loopback()) {
+            tracing::warn!(addr = %addr, "ManageKey is exposed on a non-loopback address without TLS");
+        }
+    }
+    let metrics_server = metrics_tcp.map(|listener| {
+        telemetry::metrics_addr_log(local_addr(&listener));
+        tokio::spawn(telemetry::serve_http(
+            listener,
+            metrics_handle,
+            ready_state.clone(),
+            stopped(),
+        ))
+    });
 
     let loading = store.clone();
     let started = std::time::Instant::now();
     let loaded = tokio::task::spawn_blocking(move || loading.load())
         .await
         .map_err(|_| StoreError::Closed)??;
+    metrics::gauge!(telemetry::KEYS).set(loaded as f64);
     readiness.set_ready();
+    ready_state.loaded.store(true, Ordering::Release);
     set_health(&health, ServingStatus::Serving).await;
+    metrics::gauge!(telemetry::LAST_RELOAD_SUCCESS).set(unix_now_secs());
     tracing::info!(
         keys = loaded,
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -204,25 +334,119 @@ pub async fn run(
         "keys loaded; serving"
     );
 
+    let reloader = tokio::spawn(reload_on_sighup(config.clone(), check_context));
+
+    shutdown.await;
+    tracing::info!("shutdown requested: draining");
+    ready_state.draining.store(true, Ordering::Release);
+    set_health(&health, ServingStatus::NotServing).await;
+    let _ = stop_sender.send(true);
+    reloader.abort();
+
     // Graceful shutdown waits for clients to close their connections; an idle
     // client may never do so, so the drain is bounded.
-    let drain_timeout = config.drain_timeout;
-    let drain_expired = async move {
-        let _ = drain_deadline.wait_for(|started| *started).await;
-        tokio::time::sleep(drain_timeout).await;
-    };
-    let mut server = server;
-    let served = tokio::select! {
-        served = &mut server => served.map_err(|_| StoreError::Closed)?,
-        () = drain_expired => {
-            tracing::warn!(drain_timeout_ms = drain_timeout.as_millis() as u64, "drain timed out; closing remaining connections");
-            server.abort();
+    let drained = tokio::time::timeout(config.drain_timeout, async {
+        let mut result = Ok(());
+        while let Some(served) = servers.join_next().await {
+            if let Ok(Err(error)) = served {
+                result = Err(error);
+            }
+        }
+        result
+    })
+    .await;
+    let served = match drained {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!(
+                drain_timeout_ms = config.drain_timeout.as_millis() as u64,
+                "drain timed out; closing remaining connections"
+            );
+            servers.abort_all();
             Ok(())
         }
     };
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.abort();
+    }
     store.flush()?;
+    if let Some(path) = &config.uds {
+        let _ = std::fs::remove_file(path);
+    }
     tracing::info!("stopped");
     served.map_err(StartError::from)
+}
+
+/// SIGHUP reloads the route table; a bad file is rejected and the old one
+/// stays in force. Checks in flight keep the table they started with.
+async fn reload_on_sighup(config: ServeConfig, context: Arc<CheckContext>) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        tracing::warn!("cannot listen for SIGHUP; reload disabled");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let Some(path) = &config.routes else {
+            tracing::info!("SIGHUP: no --routes file to reload (the catalog needs a restart)");
+            continue;
+        };
+        match RouteTable::load(path, &context.catalog) {
+            Ok(routes) => {
+                let count = routes.rule_count();
+                context.routes.store(Arc::new(routes));
+                metrics::counter!(telemetry::RELOADS_TOTAL, "kind" => "routes", "result" => "ok")
+                    .increment(1);
+                metrics::gauge!(telemetry::LAST_RELOAD_SUCCESS).set(unix_now_secs());
+                tracing::info!(path = %path.display(), routes = count, "routes reloaded");
+            }
+            Err(error) => {
+                metrics::counter!(telemetry::RELOADS_TOTAL, "kind" => "routes", "result" => "error")
+                    .increment(1);
+                tracing::error!(%error, "routes reload rejected; the previous table stays in force");
+            }
+        }
+    }
+}
+
+fn unix_now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+async fn bind_tcp(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|error| StartError::Bind {
+            addr: addr.to_string(),
+            reason: error.to_string(),
+        })
+}
+
+fn local_addr(listener: &tokio::net::TcpListener) -> SocketAddr {
+    listener
+        .local_addr()
+        .expect("a bound listener has an address")
+}
+
+/// Binds a Unix socket, replacing a stale socket file but nothing else.
+fn bind_uds(path: &Path, mode: u32) -> Result<(tokio::net::UnixListener, PathBuf), StartError> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let error = |reason: String| StartError::Bind {
+        addr: path.display().to_string(),
+        reason,
+    };
+    if let Ok(metadata) = std::fs::symlink_metadata(path) {
+        if !metadata.file_type().is_socket() {
+            return Err(error("exists and is not a socket".into()));
+        }
+        std::fs::remove_file(path).map_err(|e| error(e.to_string()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(|e| error(e.to_string()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| error(e.to_string()))?;
+    Ok((listener, path.to_owned()))
 }
 
 /// Sets the overall status ("") and every service's to `status`.

@@ -30,7 +30,7 @@ pub(super) async fn run(
         let flush_db = db.clone();
         let started = std::time::Instant::now();
         let flushed = tokio::task::spawn_blocking(move || flush_db.flush()).await;
-        metrics::histogram!("scopegate_store_flush_seconds").record(started.elapsed());
+        metrics::histogram!(crate::telemetry::STORE_FLUSH_SECONDS).record(started.elapsed());
         match flushed {
             Ok(Ok(_)) => {
                 for commit in batch.drain(..) {

@@ -15,6 +15,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_scopegate");
 pub struct Server {
     pub child: Child,
     pub addr: String,
+    /// HOST:PORT of /metrics, /healthz, /readyz.
+    pub metrics_addr: String,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
     pub admin_token: String,
@@ -37,8 +39,14 @@ impl Server {
                 "serve",
                 "--listen",
                 "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .args([
                 "--log-format",
                 "json",
+                "--drain-timeout-secs",
+                "5",
                 "--data-dir",
             ])
             .arg(data_dir)
@@ -50,6 +58,7 @@ impl Server {
             .expect("spawn scopegate");
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut addr = None;
+        let mut metrics_addr = None;
         loop {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
             for line in BufReader::new(text.as_bytes())
@@ -63,6 +72,9 @@ impl Server {
                     Some("scopegate listening") => {
                         addr = event["fields"]["addr"].as_str().map(str::to_owned);
                     }
+                    Some("metrics listening (/metrics, /healthz, /readyz)") => {
+                        metrics_addr = event["fields"]["addr"].as_str().map(str::to_owned);
+                    }
                     Some("keys loaded; serving") if addr.is_some() => {
                         let admin_token = std::fs::read_to_string(data_dir.join("admin.token"))
                             .unwrap()
@@ -71,6 +83,7 @@ impl Server {
                         return Ok(Server {
                             child,
                             addr: format!("http://{}", addr.unwrap()),
+                            metrics_addr: metrics_addr.expect("metrics address logged"),
                             data_dir: data_dir.to_owned(),
                             log_path,
                             admin_token,
@@ -104,6 +117,25 @@ impl Server {
 
     pub async fn manage(&self) -> pb::manage_key_client::ManageKeyClient<Channel> {
         pb::manage_key_client::ManageKeyClient::new(self.channel().await)
+    }
+
+    /// GET on the metrics listener: (status code, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.metrics_addr).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: scopegate\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response[9..12].parse().unwrap();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default();
+        (status, body)
     }
 
     pub fn log(&self) -> String {

@@ -22,7 +22,7 @@ class Scopegate:
         self.log_path = os.path.join(self.dir, "serve.log")
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [BIN, "serve", "--listen", "127.0.0.1:0", "--log-format", "json",
+            [BIN, "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "none", "--log-format", "json",
              "--data-dir", self.data, "--routes", str(ROOT / "examples" / "routes.toml"), *args],
             stdout=subprocess.DEVNULL, stderr=self.log,
         )

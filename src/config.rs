@@ -1,0 +1,419 @@
+//! `serve` configuration: one struct read from a TOML file (`--config`), the
+//! environment (`SCOPEGATE_…`) and flags. Precedence: flag > environment >
+//! file > built-in default. Every field is optional at each level; [`resolve`]
+//! fills defaults and validates, naming the key at fault.
+//!
+//! [`resolve`]: ServeOptions::resolve
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use crate::grpc::ExtAuthzConfig;
+use crate::manage::DEFAULT_MAX_KEYS_PER_ACCOUNT;
+use crate::server::{AdminTokenSource, Limits, ServeConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
+use crate::token::DEFAULT_PREFIX;
+
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9090";
+
+/// Settings of `scopegate serve`. The same names are TOML keys (snake_case),
+/// flags (kebab-case) and env vars (SCOPEGATE_ + upper case).
+#[derive(Args, Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeOptions {
+    /// TCP address for gRPC (all services), or "none" for Unix socket only.
+    /// [default: 127.0.0.1:50051]
+    #[arg(long, env = "SCOPEGATE_LISTEN")]
+    pub listen: Option<String>,
+    /// Also serve gRPC on this Unix domain socket (for Envoy and apps in the pod).
+    #[arg(long, env = "SCOPEGATE_UDS")]
+    pub uds: Option<PathBuf>,
+    /// File mode of the Unix socket, octal. [default: 660]
+    #[arg(long, env = "SCOPEGATE_UDS_MODE")]
+    pub uds_mode: Option<String>,
+    /// Serve ManageKey only on this separate address (the hot-path services
+    /// stay on --listen / --uds). Unset: ManageKey is served with the others.
+    #[arg(long, env = "SCOPEGATE_MANAGE_LISTEN")]
+    pub manage_listen: Option<SocketAddr>,
+    /// HTTP address for /metrics (Prometheus), /healthz and /readyz, or "none".
+    /// [default: 127.0.0.1:9090]
+    #[arg(long, env = "SCOPEGATE_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Where keys are stored (sled). Created if missing; one process at a time.
+    /// [default: scopegate-data]
+    #[arg(long, env = "SCOPEGATE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// File holding the admin token. The token may also come from the
+    /// SCOPEGATE_ADMIN_TOKEN environment variable. Default:
+    /// <data-dir>/admin.token, generated on first start.
+    #[arg(long, env = "SCOPEGATE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Catalog TOML replacing the built-in scopes (see catalogs/).
+    #[arg(long, env = "SCOPEGATE_CATALOG")]
+    pub catalog: Option<PathBuf>,
+    /// HTTP routes (TOML) mapping method + path to a scope, for Envoy
+    /// ext_authz and Authorize.Check{http}; reloaded on SIGHUP. Default with
+    /// the built-in catalog: the built-in copy of examples/routes.toml.
+    #[arg(long, env = "SCOPEGATE_ROUTES")]
+    pub routes: Option<PathBuf>,
+    /// ext_authz: also accept the raw token in this header (e.g. x-api-key),
+    /// besides `authorization: Bearer <token>`.
+    #[arg(long, env = "SCOPEGATE_API_KEY_HEADER")]
+    pub api_key_header: Option<String>,
+    /// ext_authz: upstream header that carries the key id on allow.
+    /// [default: x-scopegate-key-id]
+    #[arg(long, env = "SCOPEGATE_KEY_ID_HEADER")]
+    pub key_id_header: Option<String>,
+    /// ext_authz: upstream header that carries the account id on allow.
+    /// [default: x-scopegate-account-id]
+    #[arg(long, env = "SCOPEGATE_ACCOUNT_ID_HEADER")]
+    pub account_id_header: Option<String>,
+    /// ext_authz: pass the credential header upstream (default: removed).
+    #[arg(long, env = "SCOPEGATE_KEEP_CREDENTIAL_HEADER", num_args = 0..=1, default_missing_value = "true")]
+    pub keep_credential_header: Option<bool>,
+    /// First part of every token, as in SG.<key id>.<secret>. Changing it
+    /// invalidates existing tokens. [default: SG]
+    #[arg(long, env = "SCOPEGATE_TOKEN_PREFIX")]
+    pub token_prefix: Option<String>,
+    /// File holding a server secret: secrets are then stored as
+    /// HMAC-SHA256(pepper, secret) instead of SHA-256(secret). Keep it stable.
+    #[arg(long, env = "SCOPEGATE_PEPPER_FILE")]
+    pub pepper_file: Option<PathBuf>,
+    /// Most keys one account may hold. [default: 100]
+    #[arg(long, env = "SCOPEGATE_MAX_KEYS_PER_ACCOUNT")]
+    pub max_keys_per_account: Option<usize>,
+    /// Seconds that shutdown (SIGTERM/SIGINT) waits for in-flight requests
+    /// before closing connections. [default: 5]
+    #[arg(long, env = "SCOPEGATE_DRAIN_TIMEOUT_SECS")]
+    pub drain_timeout_secs: Option<f64>,
+    /// Requests handled at once, process-wide; beyond it requests are shed at
+    /// once with RESOURCE_EXHAUSTED instead of queueing. [default: 1024]
+    #[arg(long, env = "SCOPEGATE_MAX_CONCURRENT_REQUESTS")]
+    pub max_concurrent_requests: Option<usize>,
+    /// Per-request timeout in milliseconds (a shorter grpc-timeout wins).
+    /// [default: 1000]
+    #[arg(long, env = "SCOPEGATE_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Largest request message for Authorize and ManageKey, bytes. [default: 65536]
+    #[arg(long, env = "SCOPEGATE_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Largest ext_authz request, bytes (Envoy may send bodies). [default: 1048576]
+    #[arg(long, env = "SCOPEGATE_EXT_AUTHZ_MAX_MESSAGE_BYTES")]
+    pub ext_authz_max_message_bytes: Option<usize>,
+    /// HTTP/2 streams per connection. [default: 256]
+    #[arg(long, env = "SCOPEGATE_HTTP2_MAX_CONCURRENT_STREAMS")]
+    pub http2_max_concurrent_streams: Option<u32>,
+    /// Log format: human or json. [default: human]
+    #[arg(long, env = "SCOPEGATE_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("invalid config {path}: {reason}")]
+    Parse { path: String, reason: String },
+    #[error("{key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+macro_rules! prefer {
+    ($high:ident, $low:ident, $($field:ident),* $(,)?) => {
+        $( if $high.$field.is_none() { $high.$field = $low.$field.take(); } )*
+    };
+}
+
+impl ServeOptions {
+    pub fn from_file(path: &Path) -> Result<ServeOptions, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: error.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|error| ConfigError::Parse {
+            path: path.display().to_string(),
+            reason: error.to_string(),
+        })
+    }
+
+    /// Fills every field still unset from `lower` (flags/env over file).
+    pub fn or(mut self, mut lower: ServeOptions) -> ServeOptions {
+        let high = &mut self;
+        prefer!(
+            high,
+            lower,
+            listen,
+            uds,
+            uds_mode,
+            manage_listen,
+            metrics_listen,
+            data_dir,
+            admin_token_file,
+            catalog,
+            routes,
+            api_key_header,
+            key_id_header,
+            account_id_header,
+            keep_credential_header,
+            token_prefix,
+            pepper_file,
+            max_keys_per_account,
+            drain_timeout_secs,
+            max_concurrent_requests,
+            request_timeout_ms,
+            max_message_bytes,
+            ext_authz_max_message_bytes,
+            http2_max_concurrent_streams,
+            log_format,
+        );
+        self
+    }
+
+    /// Every field with its effective value (defaults filled in), for
+    /// `config print`. Holds file paths only, never a secret.
+    pub fn effective(&self) -> ServeOptions {
+        let defaults = ServeOptions {
+            listen: Some(DEFAULT_LISTEN.into()),
+            uds_mode: Some("660".into()),
+            metrics_listen: Some(DEFAULT_METRICS_LISTEN.into()),
+            data_dir: Some(DEFAULT_DATA_DIR.into()),
+            key_id_header: Some(ExtAuthzConfig::default().key_id_header),
+            account_id_header: Some(ExtAuthzConfig::default().account_id_header),
+            keep_credential_header: Some(false),
+            token_prefix: Some(DEFAULT_PREFIX.into()),
+            max_keys_per_account: Some(DEFAULT_MAX_KEYS_PER_ACCOUNT),
+            drain_timeout_secs: Some(5.0),
+            max_concurrent_requests: Some(Limits::default().max_concurrent_requests),
+            request_timeout_ms: Some(Limits::default().request_timeout.as_millis() as u64),
+            max_message_bytes: Some(Limits::default().max_message_bytes),
+            ext_authz_max_message_bytes: Some(Limits::default().ext_authz_max_message_bytes),
+            http2_max_concurrent_streams: Some(Limits::default().http2_max_concurrent_streams),
+            log_format: Some("human".into()),
+            ..ServeOptions::default()
+        };
+        self.clone().or(defaults)
+    }
+
+    /// Defaults filled in and every value checked.
+    pub fn resolve(&self) -> Result<ServeConfig, ConfigError> {
+        let options = self.effective();
+        let listen = match options.listen.as_deref() {
+            Some("none") => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|error| {
+                invalid(
+                    "listen",
+                    format!("`{text}` is not HOST:PORT or \"none\": {error}"),
+                )
+            })?),
+            None => unreachable!("defaulted"),
+        };
+        if listen.is_none() && options.uds.is_none() {
+            return Err(invalid(
+                "listen",
+                "is \"none\" and no uds is set: nothing would serve gRPC",
+            ));
+        }
+        let uds_mode = options.uds_mode.as_deref().unwrap_or("660");
+        let uds_mode = u32::from_str_radix(uds_mode, 8)
+            .ok()
+            .filter(|mode| *mode <= 0o777)
+            .ok_or_else(|| {
+                invalid(
+                    "uds_mode",
+                    format!("`{uds_mode}` is not an octal file mode"),
+                )
+            })?;
+        let metrics_listen = match options.metrics_listen.as_deref() {
+            Some("none") => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|error| {
+                invalid(
+                    "metrics_listen",
+                    format!("`{text}` is not HOST:PORT or \"none\": {error}"),
+                )
+            })?),
+            None => unreachable!("defaulted"),
+        };
+        let drain = options.drain_timeout_secs.unwrap_or(5.0);
+        let drain_timeout = Duration::try_from_secs_f64(drain).map_err(|_| {
+            invalid(
+                "drain_timeout_secs",
+                format!("{drain} is not a duration in seconds"),
+            )
+        })?;
+        let positive = |key: &'static str, value: usize| {
+            if value == 0 {
+                Err(invalid(key, "must be at least 1"))
+            } else {
+                Ok(value)
+            }
+        };
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_concurrent_requests: positive(
+                "max_concurrent_requests",
+                options
+                    .max_concurrent_requests
+                    .unwrap_or(defaults.max_concurrent_requests),
+            )?,
+            request_timeout: Duration::from_millis(positive(
+                "request_timeout_ms",
+                options.request_timeout_ms.unwrap_or(1000) as usize,
+            )? as u64),
+            max_message_bytes: positive(
+                "max_message_bytes",
+                options
+                    .max_message_bytes
+                    .unwrap_or(defaults.max_message_bytes),
+            )?,
+            ext_authz_max_message_bytes: positive(
+                "ext_authz_max_message_bytes",
+                options
+                    .ext_authz_max_message_bytes
+                    .unwrap_or(defaults.ext_authz_max_message_bytes),
+            )?,
+            http2_max_concurrent_streams: positive(
+                "http2_max_concurrent_streams",
+                options
+                    .http2_max_concurrent_streams
+                    .unwrap_or(defaults.http2_max_concurrent_streams) as usize,
+            )? as u32,
+            ..defaults
+        };
+        let max_keys_per_account = positive(
+            "max_keys_per_account",
+            options
+                .max_keys_per_account
+                .unwrap_or(DEFAULT_MAX_KEYS_PER_ACCOUNT),
+        )?;
+        let header =
+            |key: &'static str, value: Option<String>| -> Result<Option<String>, ConfigError> {
+                match value {
+                    None => Ok(None),
+                    Some(name)
+                        if !name.is_empty()
+                            && name
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+                    {
+                        Ok(Some(name.to_ascii_lowercase()))
+                    }
+                    Some(name) => Err(invalid(key, format!("`{name}` is not an HTTP header name"))),
+                }
+            };
+        let ext_authz = ExtAuthzConfig {
+            api_key_header: header("api_key_header", options.api_key_header.clone())?,
+            key_id_header: header("key_id_header", options.key_id_header.clone())?
+                .unwrap_or_default(),
+            account_id_header: header("account_id_header", options.account_id_header.clone())?
+                .unwrap_or_default(),
+            hide_credentials: !options.keep_credential_header.unwrap_or(false),
+        };
+        let json_logs = match options.log_format.as_deref().unwrap_or("human") {
+            "human" => false,
+            "json" => true,
+            other => {
+                return Err(invalid(
+                    "log_format",
+                    format!("`{other}` is not human or json"),
+                ))
+            }
+        };
+        let admin_token = match (
+            &options.admin_token_file,
+            std::env::var("SCOPEGATE_ADMIN_TOKEN"),
+        ) {
+            (Some(path), _) => AdminTokenSource::File(path.clone()),
+            (None, Ok(token)) => AdminTokenSource::Value(token),
+            (None, Err(_)) => AdminTokenSource::DataDir,
+        };
+        Ok(ServeConfig {
+            listen,
+            uds: options.uds.clone(),
+            uds_mode,
+            manage_listen: options.manage_listen,
+            metrics_listen,
+            data_dir: options
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            admin_token,
+            catalog: options.catalog.clone(),
+            routes: options.routes.clone(),
+            ext_authz,
+            token_prefix: options
+                .token_prefix
+                .clone()
+                .unwrap_or_else(|| DEFAULT_PREFIX.into()),
+            pepper_file: options.pepper_file.clone(),
+            max_keys_per_account,
+            drain_timeout,
+            limits,
+            json_logs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let file: ServeOptions =
+            toml::from_str("listen = \"127.0.0.1:7000\"\nmax_keys_per_account = 7\n").unwrap();
+        let flags = ServeOptions {
+            listen: Some("127.0.0.1:8000".into()),
+            ..ServeOptions::default()
+        };
+        let config = flags.or(file).resolve().unwrap();
+        assert_eq!(config.listen.unwrap().port(), 8000);
+        assert_eq!(config.max_keys_per_account, 7);
+        assert_eq!(config.token_prefix, "SG");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("listen = \"nowhere\"", "listen: `nowhere` is not HOST:PORT"),
+            (
+                "uds_mode = \"999\"",
+                "uds_mode: `999` is not an octal file mode",
+            ),
+            (
+                "max_concurrent_requests = 0",
+                "max_concurrent_requests: must be at least 1",
+            ),
+            (
+                "log_format = \"xml\"",
+                "log_format: `xml` is not human or json",
+            ),
+            (
+                "key_id_header = \"a b\"",
+                "key_id_header: `a b` is not an HTTP header name",
+            ),
+            ("listen = \"none\"", "listen: is \"none\" and no uds is set"),
+        ];
+        for (text, expected) in cases {
+            let options: ServeOptions = toml::from_str(text).unwrap();
+            let error = options.resolve().unwrap_err().to_string();
+            assert!(
+                error.starts_with(expected),
+                "{error:?} should start with {expected:?}"
+            );
+        }
+        let unknown = toml::from_str::<ServeOptions>("colour = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("unknown field `colour`"), "{unknown}");
+    }
+}

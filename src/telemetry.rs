@@ -1,0 +1,197 @@
+//! Metrics and the operator's HTTP endpoint: `/metrics` (Prometheus),
+//! `/healthz` (the process is up), `/readyz` (keys loaded and not draining).
+//! Metric names live here; no label ever carries a token, a secret or a raw
+//! path (labels are fixed sets: api, decision, method, code, kind, result).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const DECISIONS_TOTAL: &str = "scopegate_decisions_total";
+pub const DECISION_SECONDS: &str = "scopegate_decision_seconds";
+pub const GRPC_REQUESTS_TOTAL: &str = "scopegate_grpc_requests_total";
+pub const GRPC_REQUEST_SECONDS: &str = "scopegate_grpc_request_seconds";
+pub const REQUESTS_REJECTED_TOTAL: &str = "scopegate_requests_rejected_total";
+pub const MUTATIONS_TOTAL: &str = "scopegate_key_mutations_total";
+pub const KEYS: &str = "scopegate_keys";
+pub const STORE_FLUSH_SECONDS: &str = "scopegate_store_flush_seconds";
+pub const RELOADS_TOTAL: &str = "scopegate_config_reloads_total";
+pub const LAST_RELOAD_SUCCESS: &str = "scopegate_config_last_reload_success_timestamp_seconds";
+
+/// Installs the process-wide Prometheus recorder (once) and returns its handle.
+pub fn install_metrics() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let latency_buckets = [
+                0.000_001, 0.000_005, 0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01,
+                0.05, 0.1, 0.5, 1.0,
+            ];
+            PrometheusBuilder::new()
+                .set_buckets(&latency_buckets)
+                .expect("buckets are not empty")
+                .install_recorder()
+                .expect("only scopegate installs a metrics recorder")
+        })
+        .clone()
+}
+
+/// What /readyz reports.
+#[derive(Default)]
+pub struct ReadyState {
+    pub loaded: AtomicBool,
+    pub draining: AtomicBool,
+}
+
+impl ReadyState {
+    pub fn is_ready(&self) -> bool {
+        self.loaded.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// Serves /metrics, /healthz and /readyz until `shutdown` resolves.
+pub async fn serve_http(
+    listener: tokio::net::TcpListener,
+    metrics: PrometheusHandle,
+    ready: Arc<ReadyState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || std::future::ready(metrics.render())),
+        )
+        .route("/healthz", get(|| std::future::ready("ok\n")))
+        .route(
+            "/readyz",
+            get(move || {
+                let status = if ready.is_ready() {
+                    (StatusCode::OK, "ready\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                };
+                std::future::ready(status)
+            }),
+        );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+pub fn metrics_addr_log(addr: SocketAddr) {
+    tracing::info!(addr = %addr, "metrics listening (/metrics, /healthz, /readyz)");
+}
+
+/// Counts gRPC requests by method and status and records their latency;
+/// counts requests refused before a handler ran (shed by the concurrency
+/// limit). Methods outside the served set are labelled "other", so a client
+/// cannot create label values.
+#[derive(Clone)]
+pub struct GrpcMetricsLayer;
+
+impl<S> tower::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+    fn layer(&self, inner: S) -> GrpcMetrics<S> {
+        GrpcMetrics { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+}
+
+const KNOWN_METHODS: [&str; 10] = [
+    "/scopegate.v1.Authorize/Check",
+    "/scopegate.v1.ManageKey/CreateKey",
+    "/scopegate.v1.ManageKey/GetKey",
+    "/scopegate.v1.ManageKey/ListKeys",
+    "/scopegate.v1.ManageKey/UpdateKey",
+    "/scopegate.v1.ManageKey/DeleteKey",
+    "/scopegate.v1.ManageKey/ListScopes",
+    "/envoy.service.auth.v3.Authorization/Check",
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+];
+
+fn method_label(path: &str) -> &'static str {
+    KNOWN_METHODS
+        .iter()
+        .find(|known| **known == path)
+        .copied()
+        .unwrap_or("other")
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for GrpcMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = http::Response<RB>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = method_label(request.uri().path());
+        let started = std::time::Instant::now();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let result = future.await;
+            let code = match &result {
+                // Errors are in the headers of a trailers-only response;
+                // a success carries its status in the trailers (OK).
+                Ok(response) => response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|code| code.parse::<i32>().ok())
+                    .map(|code| tonic::Code::from_i32(code))
+                    .unwrap_or(tonic::Code::Ok),
+                Err(_) => {
+                    metrics::counter!(REQUESTS_REJECTED_TOTAL, "reason" => "overloaded")
+                        .increment(1);
+                    tonic::Code::ResourceExhausted
+                }
+            };
+            metrics::counter!(GRPC_REQUESTS_TOTAL, "method" => method, "code" => code_name(code))
+                .increment(1);
+            metrics::histogram!(GRPC_REQUEST_SECONDS, "method" => method).record(started.elapsed());
+            result
+        })
+    }
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
