@@ -157,7 +157,7 @@ where
                     .get("grpc-status")
                     .and_then(|value| value.to_str().ok())
                     .and_then(|code| code.parse::<i32>().ok())
-                    .map(|code| tonic::Code::from_i32(code))
+                    .map(tonic::Code::from_i32)
                     .unwrap_or(tonic::Code::Ok),
                 Err(_) => {
                     metrics::counter!(REQUESTS_REJECTED_TOTAL, "reason" => "overloaded")

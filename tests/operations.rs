@@ -1,0 +1,543 @@
+//! Operating scopegate: metrics, listeners, limits, reload, shutdown, config.
+
+mod common;
+
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{bearer, check, create, Server, BIN};
+use scopegate::grpc::pb;
+use tonic::Code;
+
+fn metric(body: &str, name_and_labels: &str) -> f64 {
+    body.lines()
+        .find(|line| {
+            line.starts_with(name_and_labels) && line[name_and_labels.len()..].starts_with(' ')
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_count_what_happened_and_carry_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let admin = server.admin_token.clone();
+    let mut manage = server.manage().await;
+    let mut authorize = server.authorize().await;
+    let created = manage
+        .create_key(bearer(&admin, create("acme", "m", &["mail.send"])))
+        .await
+        .unwrap()
+        .into_inner();
+    let _ = manage
+        .create_key(bearer(&admin, create("acme", "bad", &["nope.read"])))
+        .await;
+    for _ in 0..3 {
+        authorize
+            .check(check(&created.token, &["mail.send"]))
+            .await
+            .unwrap();
+    }
+    authorize
+        .check(check(&created.token, &["stats.read"]))
+        .await
+        .unwrap();
+    authorize.check(check("", &["stats.read"])).await.unwrap();
+
+    let (status, body) = server.http_get("/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(
+        metric(
+            &body,
+            r#"scopegate_decisions_total{api="check",decision="ALLOWED"}"#
+        ),
+        3.0,
+        "{body}"
+    );
+    assert_eq!(
+        metric(
+            &body,
+            r#"scopegate_decisions_total{api="check",decision="INSUFFICIENT_SCOPE"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &body,
+            r#"scopegate_decisions_total{api="check",decision="MISSING_TOKEN"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &body,
+            r#"scopegate_key_mutations_total{kind="create",outcome="ok"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &body,
+            r#"scopegate_key_mutations_total{kind="create",outcome="invalid"}"#
+        ),
+        1.0
+    );
+    assert_eq!(metric(&body, r#"scopegate_keys"#), 1.0);
+    assert_eq!(
+        metric(
+            &body,
+            r#"scopegate_grpc_requests_total{method="/scopegate.v1.Authorize/Check",code="OK"}"#
+        ),
+        5.0
+    );
+    assert_eq!(
+        metric(
+            &body,
+            r#"scopegate_grpc_requests_total{method="/scopegate.v1.ManageKey/CreateKey",code="INVALID_ARGUMENT"}"#
+        ),
+        1.0
+    );
+    assert!(metric(&body, "scopegate_store_flush_seconds_count") >= 1.0);
+    assert!(metric(&body, r#"scopegate_decision_seconds_count{api="check"}"#) >= 5.0);
+    assert!(
+        !body.contains(&created.token[3..25]),
+        "no key id or token in labels"
+    );
+    assert!(!body.contains(&admin));
+    assert_eq!(server.http_get("/healthz").0, 200);
+    assert_eq!(server.http_get("/readyz").0, 200);
+}
+
+#[test]
+fn unix_socket_and_a_separate_management_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("scopegate.sock");
+    let manage_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--uds",
+            socket.to_str().unwrap(),
+            "--uds-mode",
+            "600",
+            "--manage-listen",
+            &manage_port.to_string(),
+        ],
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let grpcurl = std::env::var("GRPCURL").unwrap_or_else(|_| "grpcurl".into());
+    let run = |args: &[&str]| {
+        let output = Command::new(&grpcurl)
+            .args(args)
+            .output()
+            .expect("grpcurl (scripts/test.sh installs it)");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).to_string()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    // The hot path over the Unix socket.
+    let (ok, out) = run(&[
+        "-plaintext",
+        "-authority",
+        "localhost",
+        "-unix",
+        socket.to_str().unwrap(),
+        "grpc.health.v1.Health/Check",
+    ]);
+    assert!(ok && out.contains("SERVING"), "{out}");
+    let (ok, out) = run(&[
+        "-plaintext",
+        "-authority",
+        "localhost",
+        "-unix",
+        "-d",
+        r#"{"token":"","scopes":["mail.send"]}"#,
+        socket.to_str().unwrap(),
+        "scopegate.v1.Authorize/Check",
+    ]);
+    assert!(ok && out.contains("MISSING_TOKEN"), "{out}");
+    // ManageKey lives only on its own listener.
+    let auth = format!("authorization: Bearer {}", server.admin_token);
+    let main = server.addr.trim_start_matches("http://").to_owned();
+    let (ok, out) = run(&[
+        "-plaintext",
+        "-H",
+        &auth,
+        "-d",
+        "{}",
+        &main,
+        "scopegate.v1.ManageKey/ListScopes",
+    ]);
+    assert!(!ok && out.contains("Unimplemented"), "{out}");
+    let (ok, out) = run(&[
+        "-plaintext",
+        "-H",
+        &auth,
+        "-d",
+        "{}",
+        &manage_port.to_string(),
+        "scopegate.v1.ManageKey/ListScopes",
+    ]);
+    assert!(ok && out.contains("callerIsAdmin"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_shed_at_once_and_the_server_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--max-concurrent-requests",
+            "2",
+            "--max-keys-per-account",
+            "1000",
+        ],
+    );
+    let admin = server.admin_token.clone();
+    // 64 durable creates at once: each holds a slot for a flush.
+    let mut calls = Vec::new();
+    for index in 0..64 {
+        let mut manage = server.manage().await;
+        let admin = admin.clone();
+        calls.push(tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let result = manage
+                .create_key(bearer(
+                    &admin,
+                    create("acme", &format!("k{index}"), &["mail.send"]),
+                ))
+                .await;
+            (
+                result.map(|_| ()).map_err(|status| status.code()),
+                started.elapsed(),
+            )
+        }));
+    }
+    let mut shed = 0;
+    let mut ok = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            (Ok(()), _) => ok += 1,
+            (Err(Code::ResourceExhausted), elapsed) => {
+                shed += 1;
+                assert!(
+                    elapsed < Duration::from_secs(5),
+                    "a shed request waited {elapsed:?}"
+                );
+            }
+            (Err(code), _) => panic!("unexpected {code:?}"),
+        }
+    }
+    assert!(shed > 0, "nothing was shed ({ok} ok)");
+    assert!(ok > 0);
+    // Recovered: the next request is served.
+    let mut manage = server.manage().await;
+    manage
+        .create_key(bearer(&admin, create("acme", "after", &["mail.send"])))
+        .await
+        .unwrap();
+    let (_, body) = server.http_get("/metrics");
+    assert_eq!(
+        metric(
+            &body,
+            r#"scopegate_requests_rejected_total{reason="overloaded"}"#
+        ),
+        shed as f64
+    );
+}
+
+#[tokio::test]
+async fn oversized_messages_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--max-message-bytes", "1024"]);
+    let mut authorize = server.authorize().await;
+    let huge = "x".repeat(4096);
+    let status = authorize
+        .check(check(&huge, &["mail.send"]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    // A normal request on the same server is fine.
+    assert!(authorize.check(check("", &["mail.send"])).await.is_ok());
+}
+
+#[tokio::test]
+async fn an_expired_deadline_returns_promptly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let mut manage = server.manage().await;
+    let mut request = bearer(&server.admin_token, create("acme", "late", &["mail.send"]));
+    request.set_timeout(Duration::from_micros(1));
+    let started = std::time::Instant::now();
+    let status = manage.create_key(request).await.unwrap_err();
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_drains_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, &["--max-keys-per-account", "100000"]);
+    let admin = server.admin_token.clone();
+    let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
+    let unexpected: Arc<Mutex<Vec<Code>>> = Arc::default();
+    let mut writers = Vec::new();
+    for writer in 0..8 {
+        let mut manage = server.manage().await;
+        let (admin, acknowledged, unexpected) =
+            (admin.clone(), acknowledged.clone(), unexpected.clone());
+        writers.push(tokio::spawn(async move {
+            for index in 0.. {
+                match manage
+                    .create_key(bearer(
+                        &admin,
+                        create("acme", &format!("w{writer}-{index}"), &["mail.send"]),
+                    ))
+                    .await
+                {
+                    Ok(response) => acknowledged
+                        .lock()
+                        .unwrap()
+                        .push(response.into_inner().token),
+                    // Refused once draining: the connection is going away.
+                    Err(status)
+                        if matches!(
+                            status.code(),
+                            Code::Unavailable | Code::Unknown | Code::Cancelled
+                        ) =>
+                    {
+                        break
+                    }
+                    Err(status) => {
+                        unexpected.lock().unwrap().push(status.code());
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+    while acknowledged.lock().unwrap().len() < 100 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let exited_ok = tokio::task::block_in_place(|| server.terminate());
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    assert!(exited_ok, "SIGTERM exits 0:\n{}", server.log());
+    assert!(
+        unexpected.lock().unwrap().is_empty(),
+        "{:?}",
+        unexpected.lock().unwrap()
+    );
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    let server = Server::start(&data, &[]);
+    let mut authorize = server.authorize().await;
+    for token in &acknowledged {
+        assert!(
+            authorize
+                .check(check(token, &["mail.send"]))
+                .await
+                .unwrap()
+                .into_inner()
+                .allowed
+        );
+    }
+}
+
+#[tokio::test]
+async fn sighup_reloads_routes_and_keeps_the_old_table_on_a_bad_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(&routes, "[[route]]\npath = \"/a\"\nscope = \"mail.send\"\n").unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--routes", routes.to_str().unwrap()],
+    );
+    let mut authorize = server.authorize().await;
+    let http = |path: &str| pb::CheckRequest {
+        token: String::new(),
+        scopes: vec![],
+        http: Some(pb::HttpRequest {
+            method: "GET".into(),
+            path: path.into(),
+        }),
+    };
+    let hup = || {
+        Command::new("kill")
+            .args(["-HUP", &server.child.id().to_string()])
+            .status()
+            .unwrap();
+    };
+    let wait_for_log = |needle: &str, count: usize| {
+        for _ in 0..200 {
+            if server.log().matches(needle).count() >= count {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("no {needle:?} in log:\n{}", server.log());
+    };
+    // Unauthenticated checks still learn the route outcome only after auth, so
+    // use the decision of a missing token: both answer MISSING_TOKEN. Instead
+    // compare NO_ROUTE through a real key.
+    let mut manage = server.manage().await;
+    let key = manage
+        .create_key(bearer(
+            &server.admin_token,
+            create("acme", "k", &["mail.send"]),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let decide = |response: pb::CheckResponse| pb::Decision::try_from(response.decision).unwrap();
+    let with_token = |path: &str| pb::CheckRequest {
+        token: key.token.clone(),
+        ..http(path)
+    };
+    assert_eq!(
+        decide(
+            authorize
+                .check(with_token("/a"))
+                .await
+                .unwrap()
+                .into_inner()
+        ),
+        pb::Decision::Allowed
+    );
+    assert_eq!(
+        decide(
+            authorize
+                .check(with_token("/b"))
+                .await
+                .unwrap()
+                .into_inner()
+        ),
+        pb::Decision::NoRoute
+    );
+
+    std::fs::write(&routes, "[[route]]\npath = \"/b\"\nscope = \"mail.send\"\n").unwrap();
+    hup();
+    wait_for_log("routes reloaded", 1);
+    assert_eq!(
+        decide(
+            authorize
+                .check(with_token("/a"))
+                .await
+                .unwrap()
+                .into_inner()
+        ),
+        pb::Decision::NoRoute
+    );
+    assert_eq!(
+        decide(
+            authorize
+                .check(with_token("/b"))
+                .await
+                .unwrap()
+                .into_inner()
+        ),
+        pb::Decision::Allowed
+    );
+
+    std::fs::write(&routes, "[[route]]\npath = \"/c\"\nscope = \"no.such\"\n").unwrap();
+    hup();
+    wait_for_log("routes reload rejected", 1);
+    assert_eq!(
+        decide(
+            authorize
+                .check(with_token("/b"))
+                .await
+                .unwrap()
+                .into_inner()
+        ),
+        pb::Decision::Allowed
+    );
+    let (_, body) = server.http_get("/metrics");
+    assert_eq!(
+        metric(
+            &body,
+            r#"scopegate_config_reloads_total{kind="routes",result="ok"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &body,
+            r#"scopegate_config_reloads_total{kind="routes",result="error"}"#
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn config_check_and_print() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("scopegate.toml");
+    std::fs::write(&config, "listen = \"127.0.0.1:7001\"\nmax_keys_per_account = 5\nroutes = \"examples/routes.toml\"\n").unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let output = Command::new(BIN)
+            .args(args)
+            .envs(env.iter().copied())
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        (
+            output.status.code().unwrap(),
+            String::from_utf8_lossy(&output.stdout).to_string(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    };
+    let path = config.to_str().unwrap();
+    let (code, out, err) = run(&["config", "check", "--config", path], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "ok: 22 scopes, 15 routes");
+
+    // Precedence: flag > env > file > default.
+    let (code, out, _) = run(
+        &[
+            "config",
+            "print",
+            "--config",
+            path,
+            "--max-keys-per-account",
+            "9",
+        ],
+        &[
+            ("SCOPEGATE_LISTEN", "127.0.0.1:7002"),
+            ("SCOPEGATE_ADMIN_TOKEN", "super-secret-admin-token"),
+        ],
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("listen = \"127.0.0.1:7002\""), "{out}");
+    assert!(out.contains("max_keys_per_account = 9"), "{out}");
+    assert!(out.contains("token_prefix = \"SG\""), "{out}");
+    assert!(!out.contains("super-secret-admin-token"), "{out}");
+
+    std::fs::write(&config, "listen = \"127.0.0.1:7001\"\nlisten_typo = 1\n").unwrap();
+    let (code, _, err) = run(&["config", "check", "--config", path], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown field `listen_typo`"), "{err}");
+    std::fs::write(&config, "routes = \"tests/no-such-routes.toml\"\n").unwrap();
+    let (code, _, err) = run(&["config", "check", "--config", path], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("cannot read routes tests/no-such-routes.toml"),
+        "{err}"
+    );
+}
