@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out_dir.join("scopegate_descriptor.bin"))
         .compile_protos(
             &[
+                PathBuf::from("proto/scopegate/v1/admin.proto"),
                 PathBuf::from("proto/scopegate/v1/authorize.proto"),
                 PathBuf::from("proto/scopegate/v1/manage_key.proto"),
             ],

@@ -62,6 +62,32 @@ pub enum Command {
     /// Validate or print the serve configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Export every key of a running server to a JSON-lines file (hashes
+    /// only, never secrets). Needs the admin token.
+    ///
+    /// Example: scopegate backup --out scopegate-backup.jsonl
+    Backup {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// File to write (replaced if it exists).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Build a fresh store from a backup file, offline (the server must not
+    /// run on that data dir). Every record is checked against the catalog.
+    ///
+    /// Example: scopegate restore --in scopegate-backup.jsonl --data-dir /var/lib/scopegate
+    Restore {
+        /// Backup file written by `scopegate backup`.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// Data dir to create; must hold no keys.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Catalog the keys must fit (default: the built-in one).
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -220,6 +246,11 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Config(command) => config_command(command),
+        Command::Restore {
+            input,
+            data_dir,
+            catalog,
+        } => runtime.block_on(restore(input, data_dir, catalog)),
         command => runtime.block_on(client(command)),
     }
 }
@@ -290,6 +321,130 @@ fn config_command(command: ConfigCommand) -> ExitCode {
     }
 }
 
+async fn restore(input: PathBuf, data_dir: PathBuf, catalog: Option<PathBuf>) -> ExitCode {
+    let result = async {
+        let catalog = std::sync::Arc::new(match &catalog {
+            Some(path) => crate::scope::Catalog::load(path).map_err(|e| e.to_string())?,
+            None => crate::scope::Catalog::builtin(),
+        });
+        let text = std::fs::read_to_string(&input)
+            .map_err(|error| format!("cannot read {}: {error}", input.display()))?;
+        let records = text
+            .lines()
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
+            .map(|(index, line)| {
+                backup::record_from_json(line)
+                    .map_err(|error| format!("{} line {}: {error}", input.display(), index + 1))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let store =
+            crate::store::Store::open(&data_dir, catalog).map_err(|error| error.to_string())?;
+        let written = store.import(records).map_err(|error| error.to_string())?;
+        let loaded = store.load().map_err(|error| error.to_string())?;
+        Ok::<_, String>((written, loaded))
+    }
+    .await;
+    match result {
+        Ok((written, loaded)) => {
+            println!(
+                "restored {written} keys into {} ({loaded} load cleanly)",
+                data_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The backup file: one JSON object per key, hashes only.
+mod backup {
+    use serde_json::{json, Value};
+
+    use crate::store::KeyRecord;
+    use crate::token::KeyId;
+
+    pub fn record_to_json(record: &KeyRecord) -> Value {
+        json!({
+            "version": record.version,
+            "key_id": record.key_id().map(|id| id.to_string()).unwrap_or_default(),
+            "account_id": record.account_id,
+            "name": record.name,
+            "scopes": record.scopes,
+            "secret_hash": hex(&record.secret_hash),
+            "create_time_unix_ms": record.create_time_unix_ms,
+            "update_time_unix_ms": record.update_time_unix_ms,
+            "created_by": record.created_by,
+        })
+    }
+
+    pub fn record_from_json(line: &str) -> Result<KeyRecord, String> {
+        let value: Value = serde_json::from_str(line).map_err(|error| error.to_string())?;
+        let text = |field: &str| {
+            value[field]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| format!("`{field}` is missing or not a string"))
+        };
+        let number = |field: &str| {
+            value[field]
+                .as_i64()
+                .ok_or_else(|| format!("`{field}` is missing or not a number"))
+        };
+        let key_id = KeyId::parse(&text("key_id")?).ok_or("`key_id` is not a key id")?;
+        let secret_hash = unhex(&text("secret_hash")?).ok_or("`secret_hash` is not hex")?;
+        let scopes = value["scopes"]
+            .as_array()
+            .ok_or("`scopes` is missing")?
+            .iter()
+            .map(|scope| {
+                scope
+                    .as_str()
+                    .map(str::to_owned)
+                    .ok_or("a scope is not a string")
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(KeyRecord {
+            version: number("version")? as u32,
+            key_id: key_id.as_bytes().to_vec(),
+            account_id: text("account_id")?,
+            name: text("name")?,
+            scopes,
+            secret_hash,
+            create_time_unix_ms: number("create_time_unix_ms")?,
+            update_time_unix_ms: number("update_time_unix_ms")?,
+            created_by: text("created_by")?,
+        })
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+
+    fn unhex(text: &str) -> Option<Vec<u8>> {
+        if text.len() % 2 != 0 {
+            return None;
+        }
+        (0..text.len())
+            .step_by(2)
+            .map(|index| u8::from_str_radix(text.get(index..index + 2)?, 16).ok())
+            .collect()
+    }
+
+    /// Writes to a temporary file, fsyncs, then renames over `path`.
+    pub fn write_durably(path: &std::path::Path, content: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        let partial = path.with_extension("partial");
+        let mut file = std::fs::File::create(&partial)?;
+        file.write_all(content)?;
+        file.sync_all()?;
+        std::fs::rename(&partial, path)
+    }
+}
+
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -333,7 +488,30 @@ async fn client(command: Command) -> ExitCode {
 
 async fn run_client(command: Command) -> Result<ExitCode, String> {
     match command {
-        Command::Serve(_) | Command::Config(_) => unreachable!("not a client command"),
+        Command::Serve(_) | Command::Config(_) | Command::Restore { .. } => {
+            unreachable!("not a client command")
+        }
+        Command::Backup { client, out } => {
+            let channel = connect(&client).await?;
+            let mut stream = pb::admin_client::AdminClient::new(channel)
+                .backup(authorized(&client, pb::BackupRequest {})?)
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            let mut lines = String::new();
+            let mut count = 0;
+            while let Some(record) = stream.message().await.map_err(status_text)? {
+                let record = crate::store::decode(&[], &record.key_record)
+                    .map_err(|error| format!("the server sent a bad record: {error}"))?;
+                lines.push_str(&backup::record_to_json(&record).to_string());
+                lines.push('\n');
+                count += 1;
+            }
+            backup::write_durably(&out, lines.as_bytes())
+                .map_err(|error| format!("cannot write {}: {error}", out.display()))?;
+            println!("backed up {count} keys to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check(args) => {
             let channel = connect(&args.client).await?;
             let response = pb::authorize_client::AuthorizeClient::new(channel)

@@ -70,6 +70,8 @@ pub enum ManageError {
     NotFound(String),
     #[error("account {account} already holds the maximum of {cap} keys")]
     AccountFull { account: String, cap: usize },
+    #[error("only the admin token may do this")]
+    AdminOnly,
     #[error("store error: {0}")]
     Store(StoreError),
 }
@@ -421,6 +423,16 @@ impl Manager {
         Ok(())
     }
 
+    /// Every stored record, encoded: admin only. Blocking.
+    pub fn backup(&self, caller: &Caller) -> Result<Vec<sled::IVec>, ManageError> {
+        if !matches!(caller, Caller::Admin) {
+            return Err(ManageError::AdminOnly);
+        }
+        let records = self.store.export()?;
+        tracing::info!(%caller, keys = records.len(), "backup exported");
+        Ok(records)
+    }
+
     pub fn scopes(&self, caller: &Caller) -> ScopesView {
         let (held, caller_is_admin) = match caller {
             Caller::Admin => (self.catalog.all_scopes(), true),
@@ -489,6 +501,7 @@ fn record_mutation<T>(kind: &'static str, result: &Result<T, ManageError>) {
             | ManageError::Escalation(_)
             | ManageError::TargetStronger { .. }
             | ManageError::OtherAccount
+            | ManageError::AdminOnly
             | ManageError::AccountFull { .. },
         ) => "denied",
         Err(ManageError::InvalidArgument { .. } | ManageError::Scope { .. }) => "invalid",

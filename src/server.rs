@@ -13,11 +13,12 @@ use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+use crate::grpc::pb::admin_server::AdminServer;
 use crate::grpc::pb::authorize_server::AuthorizeServer;
 use crate::grpc::pb::manage_key_server::ManageKeyServer;
 use crate::grpc::{
-    self, AuthorizeService, CheckContext, ExtAuthzConfig, ExtAuthzService, ManageKeyService,
-    Readiness,
+    self, AdminService, AuthorizeService, CheckContext, ExtAuthzConfig, ExtAuthzService,
+    ManageKeyService, Readiness,
 };
 use crate::manage::Manager;
 use crate::route::{RouteError, RouteTable, DEFAULT_ROUTES_TOML};
@@ -226,6 +227,10 @@ pub async fn run(
         config.max_keys_per_account,
     ));
     drop(admin_token);
+    let admin = AdminServer::new(AdminService {
+        manager: manager.clone(),
+        readiness: readiness.clone(),
+    });
     let manage = ManageKeyServer::new(ManageKeyService {
         manager,
         readiness: readiness.clone(),
@@ -263,8 +268,11 @@ pub async fn run(
         .add_service(reflection_v1alpha);
     let hot = base.clone().add_service(authorize).add_service(ext_authz);
     let (hot, manage_only) = match manage_tcp {
-        None => (hot.add_service(manage), None),
-        Some(listener) => (hot, Some((base.add_service(manage), listener))),
+        None => (hot.add_service(manage).add_service(admin), None),
+        Some(listener) => (
+            hot,
+            Some((base.add_service(manage).add_service(admin), listener)),
+        ),
     };
 
     let (stop_sender, stop) = tokio::sync::watch::channel(false);

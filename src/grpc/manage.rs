@@ -17,24 +17,23 @@ pub struct ManageKeyService {
 impl ManageKeyService {
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         self.readiness.check()?;
-        let bearer = match request.metadata().get("authorization") {
-            None => None,
-            Some(value) => {
-                let value = value
-                    .to_str()
-                    .map_err(|_| Status::unauthenticated("invalid credentials"))?;
-                let token = value
-                    .split_once(' ')
-                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                    .map(|(_, token)| token.trim())
-                    .ok_or_else(|| {
-                        Status::unauthenticated("authorization must be `Bearer <token>`")
-                    })?;
-                Some(token)
-            }
-        };
-        Ok(self.manager.authenticate(bearer)?)
+        Ok(self.manager.authenticate(bearer(request)?)?)
     }
+}
+
+/// The token of `authorization: Bearer <token>`, if the header is there.
+pub(super) fn bearer<T>(request: &Request<T>) -> Result<Option<&str>, Status> {
+    let Some(value) = request.metadata().get("authorization") else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| Status::unauthenticated("invalid credentials"))?;
+    value
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| Some(token.trim()))
+        .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))
 }
 
 #[tonic::async_trait]

@@ -1,6 +1,7 @@
 //! The gRPC edge: the only place that knows generated types. Each service
 //! decodes, calls the domain, encodes; errors become `Status` in `status.rs`.
 
+mod admin;
 mod authorize;
 mod convert;
 mod ext_authz;
@@ -9,6 +10,7 @@ mod status;
 
 use std::sync::Arc;
 
+pub use admin::AdminService;
 pub use authorize::AuthorizeService;
 pub use ext_authz::{ExtAuthzConfig, ExtAuthzService};
 pub use manage::ManageKeyService;

@@ -31,7 +31,8 @@ impl From<ManageError> for Status {
             ManageError::NeedsScope(_)
             | ManageError::Escalation(_)
             | ManageError::TargetStronger { .. }
-            | ManageError::OtherAccount => Status::permission_denied(message),
+            | ManageError::OtherAccount
+            | ManageError::AdminOnly => Status::permission_denied(message),
             ManageError::InvalidArgument { field, message } => bad_request(field, message),
             ManageError::Scope { field, source } => scope_status(field, &source),
             ManageError::NotFound(_) => Status::not_found(message),

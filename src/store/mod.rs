@@ -50,6 +50,8 @@ pub enum StoreError {
     AccountFull { cap: usize },
     #[error("store I/O failed: {0}")]
     Io(#[from] sled::Error),
+    #[error("data dir {dir} already holds keys: restore needs an empty one")]
+    NotEmpty { dir: String },
     #[error("the store is shutting down")]
     Closed,
 }
@@ -352,6 +354,52 @@ impl Store {
         Ok(value)
     }
 
+    /// Every stored record, encoded, read under the writer lock so the set is
+    /// consistent (no mutation is half in it).
+    pub fn export(&self) -> Result<Vec<sled::IVec>, StoreError> {
+        let _writer = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        self.inner
+            .keys
+            .iter()
+            .values()
+            .map(|value| value.map_err(StoreError::from))
+            .collect()
+    }
+
+    /// Writes records into an empty store (offline restore), checking each
+    /// against the catalog, then flushes. Returns how many were written.
+    pub fn import(
+        &self,
+        records: impl IntoIterator<Item = KeyRecord>,
+    ) -> Result<usize, StoreError> {
+        if !self.inner.keys.is_empty() {
+            return Err(StoreError::NotEmpty {
+                dir: self.inner.dir.display().to_string(),
+            });
+        }
+        let mut count = 0;
+        for record in records {
+            self.auth_entry(&record)?;
+            let key_id = record.key_id().ok_or_else(|| StoreError::Corrupt {
+                key_id: format!("{:?}", record.key_id),
+                reason: "key id is not 16 bytes".into(),
+            })?;
+            self.inner
+                .keys
+                .insert(key_id.as_bytes(), prost::Message::encode_to_vec(&record))?;
+            self.inner
+                .accounts
+                .insert(account_index_key(&record.account_id, &key_id), &[])?;
+            count += 1;
+        }
+        self.inner.db.flush()?;
+        Ok(count)
+    }
+
     /// Flushes everything to disk (used at shutdown).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.inner.db.flush()?;
@@ -359,7 +407,7 @@ impl Store {
     }
 }
 
-fn decode(id_bytes: &[u8], value: &[u8]) -> Result<KeyRecord, StoreError> {
+pub fn decode(id_bytes: &[u8], value: &[u8]) -> Result<KeyRecord, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
         key_id: id_bytes
             .try_into()
