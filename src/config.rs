@@ -38,6 +38,13 @@ pub struct ServeOptions {
     /// stay on --listen / --uds). Unset: ManageKey is served with the others.
     #[arg(long, env = "SCOPEGATE_MANAGE_LISTEN")]
     pub manage_listen: Option<SocketAddr>,
+    /// PEM certificate chain: serve gRPC over TLS on the TCP listeners (the
+    /// Unix socket stays local plaintext). Needs --tls-key-file.
+    #[arg(long, env = "SCOPEGATE_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key for --tls-cert-file.
+    #[arg(long, env = "SCOPEGATE_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
     /// HTTP address for /metrics (Prometheus), /healthz and /readyz, or "none".
     /// [default: 127.0.0.1:9090]
     #[arg(long, env = "SCOPEGATE_METRICS_LISTEN")]
@@ -336,8 +343,19 @@ impl ServeOptions {
             (None, Ok(token)) => AdminTokenSource::Value(token),
             (None, Err(_)) => AdminTokenSource::DataDir,
         };
+        let tls = match (&options.tls_cert_file, &options.tls_key_file) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (Some(_), None) => {
+                return Err(invalid("tls_key_file", "is required with tls_cert_file"))
+            }
+            (None, Some(_)) => {
+                return Err(invalid("tls_cert_file", "is required with tls_key_file"))
+            }
+        };
         Ok(ServeConfig {
             listen,
+            tls,
             uds: options.uds.clone(),
             uds_mode,
             manage_listen: options.manage_listen,

@@ -39,6 +39,8 @@ pub struct ServeConfig {
     pub listen: Option<SocketAddr>,
     pub uds: Option<PathBuf>,
     pub uds_mode: u32,
+    /// (certificate chain, private key) PEM files: TLS on the TCP listeners.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// Separate address for ManageKey; `None`: served with the others.
     pub manage_listen: Option<SocketAddr>,
     pub metrics_listen: Option<SocketAddr>,
@@ -133,6 +135,8 @@ pub enum StartError {
     AdminToken { path: String, reason: String },
     #[error("pepper file {path}: {reason}")]
     Pepper { path: String, reason: String },
+    #[error("TLS {path}: {reason}")]
+    Tls { path: String, reason: String },
     #[error("cannot listen on {addr}: {reason}")]
     Bind { addr: String, reason: String },
     #[error("gRPC server failed: {0}")]
@@ -255,25 +259,39 @@ pub async fn run(
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             limits.max_concurrent_requests,
         ));
-    let mut server = tonic::transport::Server::builder()
-        .timeout(limits.request_timeout)
-        .max_concurrent_streams(limits.http2_max_concurrent_streams)
-        .http2_max_local_error_reset_streams(Some(limits.http2_max_local_error_reset_streams))
-        .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
-        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
-        .layer(layers);
-    let base = server
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
-    let hot = base.clone().add_service(authorize).add_service(ext_authz);
-    let (hot, manage_only) = match manage_tcp {
-        None => (hot.add_service(manage).add_service(admin), None),
-        Some(listener) => (
-            hot,
-            Some((base.add_service(manage).add_service(admin), listener)),
-        ),
+    let tls = config.tls.as_ref().map(load_tls).transpose()?;
+    let router = |tls: Option<&tonic::transport::ServerTlsConfig>| {
+        let mut server = tonic::transport::Server::builder()
+            .timeout(limits.request_timeout)
+            .max_concurrent_streams(limits.http2_max_concurrent_streams)
+            .http2_max_local_error_reset_streams(Some(limits.http2_max_local_error_reset_streams))
+            .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout));
+        if let Some(tls) = tls {
+            server = server.tls_config(tls.clone())?;
+        }
+        let base = server
+            .layer(layers.clone())
+            .add_service(health_service.clone())
+            .add_service(reflection_v1.clone())
+            .add_service(reflection_v1alpha.clone());
+        let hot = base
+            .clone()
+            .add_service(authorize.clone())
+            .add_service(ext_authz.clone());
+        Ok::<_, tonic::transport::Error>(match config.manage_listen {
+            None => (
+                hot.add_service(manage.clone()).add_service(admin.clone()),
+                None,
+            ),
+            Some(_) => (
+                hot,
+                Some(base.add_service(manage.clone()).add_service(admin.clone())),
+            ),
+        })
     };
+    let (hot_tls, manage_tls) = router(tls.as_ref())?;
+    let manage_only = manage_tcp.map(|listener| (manage_tls.expect("manage router"), listener));
 
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -286,30 +304,25 @@ pub async fn run(
     if let Some(listener) = tcp {
         let addr = local_addr(&listener);
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        servers.spawn(
-            hot.clone()
-                .serve_with_incoming_shutdown(incoming, stopped()),
-        );
-        tracing::info!(addr = %addr, data_dir = %config.data_dir.display(), "scopegate listening");
+        servers.spawn(hot_tls.serve_with_incoming_shutdown(incoming, stopped()));
+        tracing::info!(addr = %addr, data_dir = %config.data_dir.display(), tls = tls.is_some(), "scopegate listening");
     }
     if let Some((listener, path)) = uds {
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-        servers.spawn(
-            hot.clone()
-                .serve_with_incoming_shutdown(incoming, stopped()),
-        );
+        let (hot_plain, _) = router(None)?;
+        servers.spawn(hot_plain.serve_with_incoming_shutdown(incoming, stopped()));
         tracing::info!(path = %path.display(), "scopegate listening on unix socket");
     }
     if let Some((router, listener)) = manage_only {
         let addr = local_addr(&listener);
-        if !addr.ip().is_loopback() {
+        if !addr.ip().is_loopback() && tls.is_none() {
             tracing::warn!(addr = %addr, "ManageKey is exposed on a non-loopback address without TLS");
         }
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         servers.spawn(router.serve_with_incoming_shutdown(incoming, stopped()));
         tracing::info!(addr = %addr, "ManageKey listening");
     }
-    if config.manage_listen.is_none() {
+    if config.manage_listen.is_none() && tls.is_none() {
         if let Some(addr) = config.listen.filter(|addr| !addr.ip().is_loopback()) {
             tracing::warn!(addr = %addr, "ManageKey is exposed on a non-loopback address without TLS");
         }
@@ -383,6 +396,19 @@ pub async fn run(
     }
     tracing::info!("stopped");
     served.map_err(StartError::from)
+}
+
+fn load_tls(
+    (cert, key): &(PathBuf, PathBuf),
+) -> Result<tonic::transport::ServerTlsConfig, StartError> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|error| StartError::Tls {
+            path: path.display().to_string(),
+            reason: error.to_string(),
+        })
+    };
+    let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
+    Ok(tonic::transport::ServerTlsConfig::new().identity(identity))
 }
 
 /// SIGHUP reloads the route table; a bad file is rejected and the old one

@@ -541,3 +541,81 @@ fn config_check_and_print() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn tls_on_the_tcp_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(
+        dir.path().join("leaf.ext"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    // A test CA, and a leaf certificate for localhost signed by it.
+    for args in [
+        "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca -keyout ca.key -out ca.pem",
+        "req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout key.pem -out leaf.csr",
+        "x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -out cert.pem -extfile leaf.ext",
+    ] {
+        let output = Command::new("openssl")
+            .args(args.split(' '))
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--tls-cert-file",
+            cert.to_str().unwrap(),
+            "--tls-key-file",
+            key.to_str().unwrap(),
+        ],
+    );
+    let https = server.addr.replace("http://", "https://");
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            std::fs::read(&ca).unwrap(),
+        ))
+        .domain_name("localhost");
+    let channel = tonic::transport::Channel::from_shared(https)
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut authorize = pb::authorize_client::AuthorizeClient::new(channel);
+    let response = authorize
+        .check(check("", &["mail.send"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        pb::Decision::try_from(response.decision).unwrap(),
+        pb::Decision::MissingToken
+    );
+    // Plaintext is refused on a TLS listener.
+    let plain = tonic::transport::Channel::from_shared(server.addr.clone())
+        .unwrap()
+        .connect()
+        .await;
+    let refused = match plain {
+        Err(_) => true,
+        Ok(channel) => pb::authorize_client::AuthorizeClient::new(channel)
+            .check(check("", &["mail.send"]))
+            .await
+            .is_err(),
+    };
+    assert!(refused);
+    // Half a TLS configuration is a start-up error naming the key.
+    let half = Command::new(BIN)
+        .args(["config", "check", "--tls-cert-file", cert.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(half.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&half.stderr)
+        .contains("tls_key_file: is required with tls_cert_file"));
+}
