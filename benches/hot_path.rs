@@ -1,0 +1,159 @@
+//! Micro-benchmarks of the pure hot path (no network): token parsing, the
+//! scope decision at 1K / 100K / 1M keys, route matching, and an Envoy
+//! ext_authz request → response. Run: `cargo bench --bench hot_path`.
+
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
+use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request as AttrRequest};
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use scopegate::authz::{decide, decide_http};
+use scopegate::grpc::{CheckContext, ExtAuthzConfig, ExtAuthzService, Readiness};
+use scopegate::key::{AuthEntry, KeyTable};
+use scopegate::route::{RouteTable, DEFAULT_ROUTES_TOML};
+use scopegate::scope::{Catalog, KeyKind};
+use scopegate::token::TokenFormat;
+
+/// A table of `count` keys holding mail.send + stats.read, and the tokens of
+/// up to 1024 of them (spread over the table).
+fn table(count: usize, catalog: &Catalog, format: &TokenFormat) -> (KeyTable, Vec<String>) {
+    let keys = KeyTable::default();
+    let scopes = catalog.resolve(["mail.send", "stats.read"]).unwrap();
+    let account: Arc<str> = "acme".into();
+    let stride = (count / 1024).max(1);
+    let mut tokens = Vec::new();
+    for index in 0..count {
+        let issued = format.issue();
+        keys.insert(
+            issued.key_id,
+            Arc::new(AuthEntry {
+                secret_hash: issued.secret_hash,
+                scopes,
+                account_id: account.clone(),
+                kind: KeyKind::General,
+            }),
+        );
+        if index % stride == 0 && tokens.len() < 1024 {
+            tokens.push(issued.token);
+        }
+    }
+    (keys, tokens)
+}
+
+fn envoy_request(token: &str) -> CheckRequest {
+    let headers = [
+        (":authority", "api.example.com"),
+        (":method", "POST"),
+        (":path", "/v3/mail/send"),
+        (":scheme", "https"),
+        ("authorization", &format!("Bearer {token}")),
+        ("content-type", "application/json"),
+        ("user-agent", "sendgrid/6.11.0;python"),
+        ("accept", "application/json"),
+        ("accept-encoding", "gzip"),
+        ("content-length", "412"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-for", "203.0.113.7"),
+        ("x-request-id", "4f1c1e2a-9b7d-4c55-8a21-0d3f5b6a7c8e"),
+        ("x-envoy-expected-rq-timeout-ms", "15000"),
+    ]
+    .iter()
+    .map(|(name, value)| (name.to_string(), value.to_string()))
+    .collect();
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(AttrRequest {
+                http: Some(HttpRequest {
+                    method: "POST".into(),
+                    path: "/v3/mail/send".into(),
+                    host: "api.example.com".into(),
+                    scheme: "https".into(),
+                    protocol: "HTTP/1.1".into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let catalog = Catalog::builtin();
+    let format = TokenFormat::new("SG", None).unwrap();
+    let required = catalog.resolve(["mail.send"]).unwrap();
+    let routes = RouteTable::from_toml(DEFAULT_ROUTES_TOML, &catalog).unwrap();
+
+    let issued = format.issue();
+    c.bench_function("token_parse_and_checksum", |b| {
+        b.iter(|| format.parse(std::hint::black_box(&issued.token)).is_ok())
+    });
+
+    let mut group = c.benchmark_group("decide_scope_allow");
+    for count in [1_000, 100_000, 1_000_000] {
+        let (keys, tokens) = table(count, &catalog, &format);
+        let mut next = 0;
+        group.bench_with_input(BenchmarkId::from_parameter(count), &count, |b, _| {
+            b.iter(|| {
+                next = (next + 1) % tokens.len();
+                let decision = decide(&keys, &format, &tokens[next], &required);
+                assert!(decision.is_allowed());
+                decision
+            })
+        });
+        if count == 1_000 {
+            group.bench_function("http_route_1000", |b| {
+                b.iter(|| {
+                    next = (next + 1) % tokens.len();
+                    decide_http(&keys, &format, &routes, &tokens[next], "POST", "/v3/mail/send")
+                })
+            });
+        }
+    }
+    group.finish();
+
+    let paths = [
+        ("POST", "/v3/mail/send"),
+        ("GET", "/v3/mail/batch/abc123"),
+        ("GET", "/v3/stats?start_date=2026-01-01"),
+        ("PATCH", "/v3/whitelabel/domains/42"),
+        ("GET", "/v3/unknown/path"),
+    ];
+    c.bench_function("route_match_example_routes", |b| {
+        let mut next = 0;
+        b.iter(|| {
+            next = (next + 1) % paths.len();
+            let (method, path) = paths[next];
+            routes.resolve(method, path)
+        })
+    });
+
+    let (keys, tokens) = table(1_000, &catalog, &format);
+    let readiness = Arc::new(Readiness::default());
+    readiness.set_ready();
+    let service = ExtAuthzService {
+        context: Arc::new(CheckContext {
+            catalog: Arc::new(Catalog::builtin()),
+            keys: Arc::new(keys),
+            format: format.clone(),
+            routes: arc_swap::ArcSwap::from_pointee(routes),
+            readiness,
+        }),
+        config: ExtAuthzConfig::default(),
+    };
+    let request = envoy_request(&tokens[0]);
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    c.bench_function("ext_authz_request_to_response", |b| {
+        b.to_async(&runtime).iter_batched(
+            || tonic::Request::new(request.clone()),
+            |request| async { service.check(request).await.unwrap() },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(hot_path, benches);
+criterion_main!(hot_path);
