@@ -5,15 +5,17 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
-use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request as AttrRequest};
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::ext_authz::v3::pb::Authorization;
 use scopegate::authz::{decide, decide_http};
 use scopegate::grpc::{CheckContext, ExtAuthzConfig, ExtAuthzService, Readiness};
 use scopegate::key::{AuthEntry, KeyTable};
 use scopegate::route::{RouteTable, DEFAULT_ROUTES_TOML};
 use scopegate::scope::{Catalog, KeyKind};
 use scopegate::token::TokenFormat;
+
+#[path = "support/envoy_request.rs"]
+mod envoy_request;
+use envoy_request::envoy_request;
 
 /// A table of `count` keys holding mail.send + stats.read, and the tokens of
 /// up to 1024 of them (spread over the table).
@@ -39,46 +41,6 @@ fn table(count: usize, catalog: &Catalog, format: &TokenFormat) -> (KeyTable, Ve
         }
     }
     (keys, tokens)
-}
-
-fn envoy_request(token: &str) -> CheckRequest {
-    let headers = [
-        (":authority", "api.example.com"),
-        (":method", "POST"),
-        (":path", "/v3/mail/send"),
-        (":scheme", "https"),
-        ("authorization", &format!("Bearer {token}")),
-        ("content-type", "application/json"),
-        ("user-agent", "sendgrid/6.11.0;python"),
-        ("accept", "application/json"),
-        ("accept-encoding", "gzip"),
-        ("content-length", "412"),
-        ("x-forwarded-proto", "https"),
-        ("x-forwarded-for", "203.0.113.7"),
-        ("x-request-id", "4f1c1e2a-9b7d-4c55-8a21-0d3f5b6a7c8e"),
-        ("x-envoy-expected-rq-timeout-ms", "15000"),
-    ]
-    .iter()
-    .map(|(name, value)| (name.to_string(), value.to_string()))
-    .collect();
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(AttrRequest {
-                http: Some(HttpRequest {
-                    method: "POST".into(),
-                    path: "/v3/mail/send".into(),
-                    host: "api.example.com".into(),
-                    scheme: "https".into(),
-                    protocol: "HTTP/1.1".into(),
-                    headers,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
 }
 
 fn benches(c: &mut Criterion) {
@@ -108,7 +70,14 @@ fn benches(c: &mut Criterion) {
             group.bench_function("http_route_1000", |b| {
                 b.iter(|| {
                     next = (next + 1) % tokens.len();
-                    decide_http(&keys, &format, &routes, &tokens[next], "POST", "/v3/mail/send")
+                    decide_http(
+                        &keys,
+                        &format,
+                        &routes,
+                        &tokens[next],
+                        "POST",
+                        "/v3/mail/send",
+                    )
                 })
             });
         }
@@ -145,7 +114,9 @@ fn benches(c: &mut Criterion) {
         config: ExtAuthzConfig::default(),
     };
     let request = envoy_request(&tokens[0]);
-    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     c.bench_function("ext_authz_request_to_response", |b| {
         b.to_async(&runtime).iter_batched(
             || tonic::Request::new(request.clone()),

@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Rewrites the generated part of BENCHMARKS.md from one bench/run.sh run.
+
+Usage: report.py RESULTS.jsonl CRITERION.txt BENCHMARKS.md
+Only the text between the results markers is replaced; notes outside stay.
+"""
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+UNITS = {"ps": 1e-6, "ns": 1e-3, "µs": 1.0, "us": 1.0, "ms": 1e3, "s": 1e6}
+
+
+def criterion(path):
+    """(name, median µs) for every benchmark in criterion's text output."""
+    rows, pending = [], None
+    for line in open(path, encoding="utf-8", errors="replace"):
+        line = line.rstrip("\n")
+        same_line = re.match(r"^(\S+)\s+time:\s+\[(.*)\]", line)
+        next_line = re.match(r"^\s+time:\s+\[(.*)\]", line)
+        if same_line:
+            name, values = same_line.group(1), same_line.group(2)
+        elif next_line and pending:
+            name, values = pending, next_line.group(1)
+        else:
+            if re.match(r"^[A-Za-z0-9_/.-]+$", line):
+                pending = line
+            continue
+        low, low_unit, mid, mid_unit = values.split()[:4]
+        rows.append((name, float(mid) * UNITS[mid_unit]))
+        pending = None
+    return rows
+
+
+def machine():
+    model = "unknown"
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    mem = next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal"))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    return f"{os.cpu_count()} cores ({model}), {int(mem) // 1024 // 1024} GiB; commit {commit}; {datetime.date.today()}"
+
+
+def main(results_path, criterion_path, out_path):
+    results = [json.loads(line) for line in open(results_path) if line.strip()]
+    lines = [START, "", f"Machine: {machine()}.", ""]
+
+    lines += ["### Hot path, in process (criterion, median)", "", "| benchmark | median |", "|---|---|"]
+    for name, micros in criterion(criterion_path):
+        lines.append(f"| `{name}` | {micros * 1000:.0f} ns |" if micros < 10 else f"| `{name}` | {micros:.1f} µs |")
+
+    checks = [r for r in results if r.get("workload") in ("ceiling", "scopes", "http", "ext-authz")]
+    ceiling = {(r["target"], r["concurrency"]): r["rps"] for r in checks if r["workload"] == "ceiling"}
+    lines += ["", "### Over the network (loadgen; fixed duration after warm-up)", "",
+              "| workload | transport | concurrency | req/s | vs ceiling | p50 µs | p99 µs | p99.9 µs | server CPU % | server RSS MiB |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in checks:
+        ratio = r["rps"] / ceiling[(r["target"], r["concurrency"])] if ceiling.get((r["target"], r["concurrency"])) else 0
+        lines.append(f"| {r['workload']} | {r['target']} | {r['concurrency']} | {r['rps']:.0f} | {ratio:.0%} | "
+                     f"{r['p50_us']} | {r['p99_us']} | {r['p999_us']} | {r['server_cpu_percent']:.0f} | {r['server_rss_mib']:.0f} |")
+
+    writes = [r for r in results if r.get("workload") == "writes"]
+    lines += ["", "### Durable writes (each acknowledged after fsync; group commit)", "",
+              "| concurrency | keys | CreateKey/s | DeleteKey/s | checks right after DeleteKey | stale allows |", "|---|---|---|---|---|---|"]
+    for r in writes:
+        lines.append(f"| {r['concurrency']} | {r['count']} | {r['create_per_sec']:.0f} | {r['delete_per_sec']:.0f} | "
+                     f"{r['checks_after_delete']} | {r['stale_allows_after_delete']} |")
+
+    scale = [r for r in results if r.get("workload") == "scale"]
+    lines += ["", "### Scale", "", "| keys | start-up to serving | of which loading | RSS | RAM per key |", "|---|---|---|---|---|"]
+    for r in scale:
+        lines.append(f"| {r['keys']} | {r['startup_ms']} ms | {r['load_ms']} ms | {r['rss_kib'] / 1024:.0f} MiB | "
+                     f"{r['rss_kib'] * 1024 / r['keys']:.0f} B |")
+    lines += ["", END]
+
+    text = open(out_path).read() if os.path.exists(out_path) else f"# Benchmarks\n\n{START}\n{END}\n"
+    before, rest = text.split(START, 1)
+    after = rest.split(END, 1)[1]
+    open(out_path, "w").write(before + "\n".join(lines) + after)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

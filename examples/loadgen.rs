@@ -1,0 +1,458 @@
+//! Load generator for scopegate (and the bare-tonic ceiling it is compared
+//! with). Driven by `bench/run.sh`; prints one JSON line per run.
+//!
+//!   loadgen ceiling --listen 127.0.0.1:0 | --uds PATH
+//!   loadgen check --target http://127.0.0.1:50051|unix:/path --workload scopes|http|ext-authz
+//!           --token SG... --concurrency 16 --connections 4 --duration-secs 5 --warmup-secs 1
+//!           [--server-pid PID]
+//!   loadgen writes --target ... --admin-token-file F --concurrency 32 --count 2000
+//!   loadgen gen-backup --keys 1000000 --out keys.jsonl
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+use scopegate::grpc::pb;
+use tonic::transport::{Channel, Endpoint};
+
+#[path = "../benches/support/envoy_request.rs"]
+mod envoy_request;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A bare tonic server: Authorize/Check answers a fixed message.
+    Ceiling {
+        #[arg(long)]
+        listen: Option<String>,
+        #[arg(long)]
+        uds: Option<String>,
+    },
+    /// Drive Check (or ext_authz) for a fixed duration after a warm-up.
+    Check {
+        #[arg(long)]
+        target: String,
+        #[arg(long)]
+        workload: String,
+        #[arg(long, default_value = "")]
+        token: String,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        #[arg(long, default_value_t = 5.0)]
+        duration_secs: f64,
+        #[arg(long, default_value_t = 1.0)]
+        warmup_secs: f64,
+        #[arg(long)]
+        server_pid: Option<u32>,
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Durable CreateKey then DeleteKey throughput, and stale allows after delete.
+    Writes {
+        #[arg(long)]
+        target: String,
+        #[arg(long)]
+        admin_token_file: String,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+    },
+    /// A backup file of `keys` random keys, for `scopegate restore`.
+    GenBackup {
+        #[arg(long)]
+        keys: usize,
+        #[arg(long)]
+        out: String,
+    },
+}
+
+struct Ceiling;
+
+#[tonic::async_trait]
+impl pb::authorize_server::Authorize for Ceiling {
+    async fn check(
+        &self,
+        _request: tonic::Request<pb::CheckRequest>,
+    ) -> Result<tonic::Response<pb::CheckResponse>, tonic::Status> {
+        Ok(tonic::Response::new(pb::CheckResponse {
+            allowed: true,
+            decision: pb::Decision::Allowed as i32,
+            key_id: "AAAAAAAAAAAAAAAAAAAAAA".into(),
+            account_id: "acme".into(),
+            ..Default::default()
+        }))
+    }
+}
+
+async fn channel(target: &str) -> Channel {
+    if let Some(path) = target.strip_prefix("unix:") {
+        let path = path.to_owned();
+        Endpoint::from_static("http://localhost")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }))
+            .await
+            .expect("connect over the unix socket")
+    } else {
+        Endpoint::from_shared(target.to_owned())
+            .unwrap()
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .expect("connect")
+    }
+}
+
+/// (utime + stime in seconds, RSS in MiB) of a process.
+fn process_usage(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // After the ')' the fields start at "state" (field 3): utime is 14, stime 15.
+    let cpu = (ticks(11) + ticks(12)) / 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kib = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    (cpu, rss_kib / 1024.0)
+}
+
+#[derive(Clone)]
+enum Workload {
+    Scopes(pb::CheckRequest),
+    Http(pb::CheckRequest),
+    ExtAuthz(envoy_types::ext_authz::v3::pb::CheckRequest),
+}
+
+async fn one_request(workload: &Workload, channel: &Channel) {
+    match workload {
+        Workload::Scopes(request) | Workload::Http(request) => {
+            let response = pb::authorize_client::AuthorizeClient::new(channel.clone())
+                .check(request.clone())
+                .await
+                .expect("check");
+            assert!(
+                response.get_ref().allowed,
+                "the load must be allowed checks"
+            );
+        }
+        Workload::ExtAuthz(request) => {
+            let response = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(channel.clone())
+                .check(request.clone())
+                .await
+                .expect("ext_authz check");
+            assert_eq!(response.get_ref().status.as_ref().map(|s| s.code), Some(0));
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_check(
+    target: String,
+    workload: String,
+    token: String,
+    concurrency: usize,
+    connections: usize,
+    duration: Duration,
+    warmup: Duration,
+    server_pid: Option<u32>,
+    label: String,
+) {
+    let request = match workload.as_str() {
+        "scopes" | "ceiling" => Workload::Scopes(pb::CheckRequest {
+            token: token.clone(),
+            scopes: vec!["mail.send".into()],
+            http: None,
+        }),
+        "http" => Workload::Http(pb::CheckRequest {
+            token: token.clone(),
+            scopes: vec![],
+            http: Some(pb::HttpRequest {
+                method: "POST".into(),
+                path: "/v3/mail/send".into(),
+            }),
+        }),
+        "ext-authz" => Workload::ExtAuthz(envoy_request::envoy_request(&token)),
+        other => panic!("unknown workload {other}"),
+    };
+    let mut channels = Vec::new();
+    for _ in 0..connections.max(1) {
+        channels.push(channel(&target).await);
+    }
+    let started = Instant::now();
+    let measure_from = started + warmup;
+    let stop_at = measure_from + duration;
+    let mut workers = Vec::new();
+    for worker in 0..concurrency {
+        let channel = channels[worker % channels.len()].clone();
+        let request = request.clone();
+        workers.push(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 10_000_000, 3).unwrap();
+            loop {
+                let sent = Instant::now();
+                if sent >= stop_at {
+                    break;
+                }
+                one_request(&request, &channel).await;
+                if sent >= measure_from {
+                    histogram
+                        .record(sent.elapsed().as_micros().max(1) as u64)
+                        .unwrap();
+                }
+            }
+            histogram
+        }));
+    }
+    tokio::time::sleep_until(measure_from.into()).await;
+    let usage_before = server_pid.map(process_usage);
+    let mut total = Histogram::<u64>::new_with_bounds(1, 10_000_000, 3).unwrap();
+    for worker in workers {
+        total.add(worker.await.unwrap()).unwrap();
+    }
+    let usage_after = server_pid.map(process_usage);
+    let seconds = duration.as_secs_f64();
+    let (cpu_percent, rss_mib) = match (usage_before, usage_after) {
+        (Some((before, _)), Some((after, rss))) => (100.0 * (after - before) / seconds, rss),
+        _ => (0.0, 0.0),
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "label": label, "workload": workload, "target": if target.starts_with("unix:") { "uds" } else { "tcp" },
+            "concurrency": concurrency, "connections": connections,
+            "requests": total.len(), "rps": total.len() as f64 / seconds,
+            "p50_us": total.value_at_quantile(0.50), "p99_us": total.value_at_quantile(0.99),
+            "p999_us": total.value_at_quantile(0.999),
+            "server_cpu_percent": cpu_percent, "server_rss_mib": rss_mib,
+        })
+    );
+}
+
+async fn run_writes(target: String, admin_token_file: String, concurrency: usize, count: usize) {
+    let admin = std::fs::read_to_string(admin_token_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let channel = channel(&target).await;
+    let admin: Arc<str> = admin.into();
+    let created: Arc<tokio::sync::Mutex<Vec<(String, String)>>> = Arc::default();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (channel, created, next, bearer) = (
+            channel.clone(),
+            created.clone(),
+            next.clone(),
+            admin.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut client = pb::manage_key_client::ManageKeyClient::new(channel);
+            loop {
+                let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if index >= count {
+                    break;
+                }
+                let response = client
+                    .create_key(authed(
+                        &bearer,
+                        pb::CreateKeyRequest {
+                            account_id: format!("bench-{}", index / 100),
+                            name: format!("k{index}"),
+                            scopes: vec!["mail.send".into()],
+                            grants: vec![],
+                        },
+                    ))
+                    .await
+                    .expect("create")
+                    .into_inner();
+                created
+                    .lock()
+                    .await
+                    .push((response.key.unwrap().key_id, response.token));
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let create_rate = count as f64 / started.elapsed().as_secs_f64();
+
+    let keys = Arc::new(created.lock().await.clone());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stale_allows = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (channel, keys, next, stale, bearer) = (
+            channel.clone(),
+            keys.clone(),
+            next.clone(),
+            stale_allows.clone(),
+            admin.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut manage = pb::manage_key_client::ManageKeyClient::new(channel.clone());
+            let mut authorize = pb::authorize_client::AuthorizeClient::new(channel);
+            loop {
+                let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((key_id, token)) = keys.get(index) else {
+                    break;
+                };
+                manage
+                    .delete_key(authed(
+                        &bearer,
+                        pb::DeleteKeyRequest {
+                            key_id: key_id.clone(),
+                        },
+                    ))
+                    .await
+                    .expect("delete");
+                // The very next check after DeleteKey returns must deny.
+                if index % 10 == 0 {
+                    let response = authorize
+                        .check(pb::CheckRequest {
+                            token: token.clone(),
+                            scopes: vec!["mail.send".into()],
+                            http: None,
+                        })
+                        .await
+                        .unwrap();
+                    if response.get_ref().allowed {
+                        stale.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    // The delete loop also made count/10 checks; they take microseconds.
+    let delete_rate = count as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "workload": "writes", "concurrency": concurrency, "count": count,
+            "create_per_sec": create_rate, "delete_per_sec": delete_rate,
+            "checks_after_delete": count / 10,
+            "stale_allows_after_delete": stale_allows.load(std::sync::atomic::Ordering::Relaxed),
+        })
+    );
+}
+
+fn authed<T>(admin: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {admin}").parse().unwrap());
+    request
+}
+
+fn gen_backup(keys: usize, out: &str) {
+    use base64::Engine;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(out).unwrap());
+    let mut bytes = [0u8; 48];
+    for index in 0..keys {
+        getrandom::fill(&mut bytes).unwrap();
+        let key_id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes[..16]);
+        let hash: String = bytes[16..].iter().map(|b| format!("{b:02x}")).collect();
+        writeln!(
+            file,
+            r#"{{"version":1,"key_id":"{key_id}","account_id":"acct-{}","name":"k{index}","scopes":["mail.send","stats.read"],"secret_hash":"{hash}","create_time_unix_ms":0,"update_time_unix_ms":0,"created_by":"admin"}}"#,
+            index / 100
+        )
+        .unwrap();
+    }
+    file.flush().unwrap();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    match cli.command {
+        Command::Ceiling { listen, uds } => runtime.block_on(async move {
+            let service = pb::authorize_server::AuthorizeServer::new(Ceiling);
+            let router = tonic::transport::Server::builder().add_service(service);
+            match (listen, uds) {
+                (Some(addr), _) => {
+                    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+                    println!("{}", listener.local_addr().unwrap());
+                    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                        .with_nodelay(Some(true));
+                    router.serve_with_incoming(incoming).await.unwrap();
+                }
+                (None, Some(path)) => {
+                    let _ = std::fs::remove_file(&path);
+                    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+                    println!("{path}");
+                    router
+                        .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(
+                            listener,
+                        ))
+                        .await
+                        .unwrap();
+                }
+                (None, None) => panic!("give --listen or --uds"),
+            }
+        }),
+        Command::Check {
+            target,
+            workload,
+            token,
+            concurrency,
+            connections,
+            duration_secs,
+            warmup_secs,
+            server_pid,
+            label,
+        } => runtime.block_on(run_check(
+            target,
+            workload,
+            token,
+            concurrency,
+            connections,
+            Duration::from_secs_f64(duration_secs),
+            Duration::from_secs_f64(warmup_secs),
+            server_pid,
+            label,
+        )),
+        Command::Writes {
+            target,
+            admin_token_file,
+            concurrency,
+            count,
+        } => runtime.block_on(run_writes(target, admin_token_file, concurrency, count)),
+        Command::GenBackup { keys, out } => gen_backup(keys, &out),
+    }
+}
