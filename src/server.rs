@@ -180,7 +180,8 @@ pub async fn run(
     let format = TokenFormat::new(&config.token_prefix, pepper.as_deref().map(str::as_bytes))?;
     let store = Store::open(&config.data_dir, catalog.clone())?;
     let admin_token = resolve_admin_token(&config)?;
-    let metrics_handle = telemetry::install_metrics();
+    // Without a metrics listener nobody reads metrics: record none.
+    let metrics_handle = config.metrics_listen.map(|_| telemetry::install_metrics());
 
     // Bind everything before serving anything, so a taken port fails start-up.
     let tcp = match config.listen {
@@ -327,15 +328,17 @@ pub async fn run(
             tracing::warn!(addr = %addr, "ManageKey is exposed on a non-loopback address without TLS");
         }
     }
-    let metrics_server = metrics_tcp.map(|listener| {
-        telemetry::metrics_addr_log(local_addr(&listener));
-        tokio::spawn(telemetry::serve_http(
-            listener,
-            metrics_handle,
-            ready_state.clone(),
-            stopped(),
-        ))
-    });
+    let metrics_server = metrics_tcp
+        .zip(metrics_handle)
+        .map(|(listener, metrics_handle)| {
+            telemetry::metrics_addr_log(local_addr(&listener));
+            tokio::spawn(telemetry::serve_http(
+                listener,
+                metrics_handle,
+                ready_state.clone(),
+                stopped(),
+            ))
+        });
 
     let loading = store.clone();
     let started = std::time::Instant::now();

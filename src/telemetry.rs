@@ -21,22 +21,38 @@ pub const STORE_FLUSH_SECONDS: &str = "scopegate_store_flush_seconds";
 pub const RELOADS_TOTAL: &str = "scopegate_config_reloads_total";
 pub const LAST_RELOAD_SUCCESS: &str = "scopegate_config_last_reload_success_timestamp_seconds";
 
-/// Installs the process-wide Prometheus recorder (once) and returns its handle.
+/// Installs the process-wide Prometheus recorder (once) and returns its
+/// handle. Histogram samples queue up until upkeep drains them into buckets,
+/// so a task runs upkeep every few seconds: without it memory grows with
+/// every request (found by bench/run.sh).
 pub fn install_metrics() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let latency_buckets = [
-                0.000_001, 0.000_005, 0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01,
-                0.05, 0.1, 0.5, 1.0,
-            ];
-            PrometheusBuilder::new()
-                .set_buckets(&latency_buckets)
-                .expect("buckets are not empty")
-                .install_recorder()
-                .expect("only scopegate installs a metrics recorder")
+            let handle = build_recorder();
+            let upkeep = handle.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
+                loop {
+                    every.tick().await;
+                    upkeep.run_upkeep();
+                }
+            });
+            handle
         })
         .clone()
+}
+
+fn build_recorder() -> PrometheusHandle {
+    let latency_buckets = [
+        0.000_001, 0.000_005, 0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1,
+        0.5, 1.0,
+    ];
+    PrometheusBuilder::new()
+        .set_buckets(&latency_buckets)
+        .expect("buckets are not empty")
+        .install_recorder()
+        .expect("only scopegate installs a metrics recorder")
 }
 
 /// What /readyz reports.
