@@ -54,6 +54,16 @@ fn benches(c: &mut Criterion) {
         b.iter(|| format.parse(std::hint::black_box(&issued.token)).is_ok())
     });
 
+    // The parts of a decision, to see where its time goes.
+    let secret = &issued.token[26..69];
+    c.bench_function("part_sha256_of_secret", |b| {
+        use sha2::Digest;
+        b.iter(|| sha2::Sha256::digest(std::hint::black_box(secret.as_bytes())))
+    });
+    c.bench_function("part_crc32_of_token", |b| {
+        b.iter(|| crc32fast::hash(std::hint::black_box(issued.token.as_bytes())))
+    });
+
     let mut group = c.benchmark_group("decide_scope_allow");
     for count in [1_000, 100_000, 1_000_000] {
         let (keys, tokens) = table(count, &catalog, &format);

@@ -148,7 +148,7 @@ fn process_usage(pid: u32) -> (f64, f64) {
 enum Workload {
     Scopes(pb::CheckRequest),
     Http(pb::CheckRequest),
-    ExtAuthz(envoy_types::ext_authz::v3::pb::CheckRequest),
+    ExtAuthz(Box<envoy_types::ext_authz::v3::pb::CheckRequest>),
 }
 
 async fn one_request(workload: &Workload, channel: &Channel) {
@@ -165,7 +165,7 @@ async fn one_request(workload: &Workload, channel: &Channel) {
         }
         Workload::ExtAuthz(request) => {
             let response = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(channel.clone())
-                .check(request.clone())
+                .check((**request).clone())
                 .await
                 .expect("ext_authz check");
             assert_eq!(response.get_ref().status.as_ref().map(|s| s.code), Some(0));
@@ -199,7 +199,7 @@ async fn run_check(
                 path: "/v3/mail/send".into(),
             }),
         }),
-        "ext-authz" => Workload::ExtAuthz(envoy_request::envoy_request(&token)),
+        "ext-authz" => Workload::ExtAuthz(Box::new(envoy_request::envoy_request(&token))),
         other => panic!("unknown workload {other}"),
     };
     let mut channels = Vec::new();

@@ -43,6 +43,5 @@ pub fn envoy_request(token: &str) -> CheckRequest {
             }),
             ..Default::default()
         }),
-        ..Default::default()
     }
 }

@@ -142,18 +142,66 @@ impl Store {
     }
 
     /// Fills the in-memory table from disk. Blocking; returns the key count.
+    /// One thread walks sled while another decodes and publishes, so a large
+    /// store loads on two cores.
     pub fn load(&self) -> Result<usize, StoreError> {
-        let mut count = 0;
+        const BATCH: usize = 4096;
+        let (batches, receiver) = std::sync::mpsc::sync_channel::<Vec<(sled::IVec, sled::IVec)>>(4);
+        let publisher = {
+            let store = self.clone();
+            std::thread::spawn(move || store.publish_loaded(receiver))
+        };
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut walked = Ok(());
         for item in self.inner.keys.iter() {
-            let (id_bytes, value) = item?;
-            let record = decode(&id_bytes, &value)?;
-            let key_id = record.key_id().ok_or_else(|| StoreError::Corrupt {
-                key_id: format!("{id_bytes:?}"),
-                reason: "key id is not 16 bytes".into(),
-            })?;
-            let entry = self.auth_entry(&record)?;
-            self.inner.table.insert(key_id, Arc::new(entry));
-            count += 1;
+            match item {
+                Ok(pair) => batch.push(pair),
+                Err(error) => {
+                    walked = Err(StoreError::from(error));
+                    break;
+                }
+            }
+            if batch.len() == BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                if batches.send(full).is_err() {
+                    break; // the publisher stopped on an error; it reports it
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let _ = batches.send(batch);
+        }
+        drop(batches);
+        let published = publisher.join().map_err(|_| StoreError::Closed)?;
+        walked?;
+        published
+    }
+
+    fn publish_loaded(
+        &self,
+        batches: std::sync::mpsc::Receiver<Vec<(sled::IVec, sled::IVec)>>,
+    ) -> Result<usize, StoreError> {
+        let mut count = 0;
+        // Keys of one account share one account id allocation.
+        let mut accounts: std::collections::HashMap<String, Arc<str>> =
+            std::collections::HashMap::new();
+        for batch in batches {
+            for (id_bytes, value) in batch {
+                let record = decode(&id_bytes, &value)?;
+                let key_id = record.key_id().ok_or_else(|| StoreError::Corrupt {
+                    key_id: format!("{id_bytes:?}"),
+                    reason: "key id is not 16 bytes".into(),
+                })?;
+                let mut entry = self.auth_entry(&record)?;
+                match accounts.get(record.account_id.as_str()) {
+                    Some(shared) => entry.account_id = shared.clone(),
+                    None => {
+                        accounts.insert(record.account_id.clone(), entry.account_id.clone());
+                    }
+                }
+                self.inner.table.insert(key_id, Arc::new(entry));
+                count += 1;
+            }
         }
         Ok(count)
     }
