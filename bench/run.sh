@@ -54,11 +54,13 @@ for concurrency in 1 16 64; do
   common=(--concurrency "$concurrency" --connections "$connections" --duration-secs "$duration" --warmup-secs "$warmup")
   "$loadgen" check --target "http://$ceiling_addr" --workload ceiling --server-pid "$ceiling_pid" "${common[@]}" >> "$results"
   "$loadgen" check --target "unix:$work/ceiling.sock" --workload ceiling --server-pid "$ceiling_uds_pid" "${common[@]}" >> "$results"
+  "$loadgen" check --target "http://$ceiling_addr" --workload ceiling-ext-authz --server-pid "$ceiling_pid" "${common[@]}" >> "$results"
+  "$loadgen" check --target "unix:$work/ceiling.sock" --workload ceiling-ext-authz --server-pid "$ceiling_uds_pid" "${common[@]}" >> "$results"
   for workload in scopes http ext-authz; do
     "$loadgen" check --target "http://$addr" --workload "$workload" --token "$token" --server-pid "$server_pid" "${common[@]}" >> "$results"
     "$loadgen" check --target "unix:$work/grpc.sock" --workload "$workload" --token "$token" --server-pid "$server_pid" "${common[@]}" >> "$results"
   done
-  tail -n 8 "$results"
+  tail -n 10 "$results"
 done
 
 echo "== durable writes"

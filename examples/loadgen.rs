@@ -28,7 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// A bare tonic server: Authorize/Check answers a fixed message.
+    /// A bare tonic server: Authorize/Check answers a fixed message (and so
+    /// does ext_authz Check, for the same-size-message ceiling).
     Ceiling {
         #[arg(long)]
         listen: Option<String>,
@@ -77,6 +78,23 @@ enum Command {
 }
 
 struct Ceiling;
+
+/// The same bare server answering Envoy's ext_authz with a fixed OK: the
+/// ceiling for a message the size of a real Envoy request.
+struct ExtAuthzCeiling;
+
+#[tonic::async_trait]
+impl envoy_types::ext_authz::v3::pb::Authorization for ExtAuthzCeiling {
+    async fn check(
+        &self,
+        _request: tonic::Request<envoy_types::ext_authz::v3::pb::CheckRequest>,
+    ) -> Result<tonic::Response<envoy_types::ext_authz::v3::pb::CheckResponse>, tonic::Status> {
+        use envoy_types::ext_authz::v3::CheckResponseExt;
+        Ok(tonic::Response::new(
+            envoy_types::ext_authz::v3::pb::CheckResponse::with_status(tonic::Status::ok("")),
+        ))
+    }
+}
 
 #[tonic::async_trait]
 impl pb::authorize_server::Authorize for Ceiling {
@@ -199,7 +217,9 @@ async fn run_check(
                 path: "/v3/mail/send".into(),
             }),
         }),
-        "ext-authz" => Workload::ExtAuthz(Box::new(envoy_request::envoy_request(&token))),
+        "ext-authz" | "ceiling-ext-authz" => {
+            Workload::ExtAuthz(Box::new(envoy_request::envoy_request(&token)))
+        }
         other => panic!("unknown workload {other}"),
     };
     let mut channels = Vec::new();
@@ -403,7 +423,10 @@ fn main() {
     match cli.command {
         Command::Ceiling { listen, uds } => runtime.block_on(async move {
             let service = pb::authorize_server::AuthorizeServer::new(Ceiling);
-            let router = tonic::transport::Server::builder().add_service(service);
+            let envoy = envoy_types::ext_authz::v3::pb::AuthorizationServer::new(ExtAuthzCeiling);
+            let router = tonic::transport::Server::builder()
+                .add_service(service)
+                .add_service(envoy);
             match (listen, uds) {
                 (Some(addr), _) => {
                     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
