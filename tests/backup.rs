@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{bearer, check, create, Server, BIN};
+use common::{bearer, check, create, create_manager, Server, BIN};
 use scopegate::grpc::pb;
 use tonic::Code;
 
@@ -89,16 +89,7 @@ async fn backup_and_restore_round_trip() {
 
     // Only the admin may take a backup.
     let api_key = manage
-        .create_key(bearer(
-            &admin,
-            pb::CreateKeyRequest {
-                grants: vec![pb::Grant {
-                    resource: "api_keys".into(),
-                    access: pb::Access::Full as i32,
-                }],
-                ..create("acme", "mgr", &[])
-            },
-        ))
+        .create_key(bearer(&admin, create_manager("acme", "mgr", &[])))
         .await
         .unwrap()
         .into_inner();

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{bearer, check, create, Server};
+use common::{bearer, check, create, create_manager, Server};
 use scopegate::grpc::pb;
 use tonic::Code;
 
@@ -22,13 +22,7 @@ async fn admin_and_delegated_keys_follow_the_rules() {
     let parent = manage
         .create_key(bearer(
             &admin,
-            pb::CreateKeyRequest {
-                grants: vec![pb::Grant {
-                    resource: "api_keys".into(),
-                    access: pb::Access::Full as i32,
-                }],
-                ..create("acme", "parent", &["mail.send", "stats.read"])
-            },
+            create_manager("acme", "parent", &["mail.send", "stats.read"]),
         ))
         .await
         .unwrap()
@@ -471,13 +465,7 @@ async fn accounts_are_isolated_and_capped() {
     let acme_admin = manage
         .create_key(bearer(
             &admin,
-            pb::CreateKeyRequest {
-                grants: vec![pb::Grant {
-                    resource: "api_keys".into(),
-                    access: pb::Access::Full as i32,
-                }],
-                ..create("acme", "acme-admin", &["mail.send"])
-            },
+            create_manager("acme", "acme-admin", &["mail.send"]),
         ))
         .await
         .unwrap()
@@ -727,13 +715,7 @@ async fn no_secret_ever_reaches_the_log() {
     let parent = manage
         .create_key(bearer(
             &admin,
-            pb::CreateKeyRequest {
-                grants: vec![pb::Grant {
-                    resource: "api_keys".into(),
-                    access: pb::Access::Full as i32,
-                }],
-                ..create("acme", "parent", &["mail.send"])
-            },
+            create_manager("acme", "parent", &["mail.send"]),
         ))
         .await
         .unwrap()

@@ -190,6 +190,17 @@ pub fn create(account: &str, name: &str, scopes: &[&str]) -> pb::CreateKeyReques
     }
 }
 
+/// A key that may also manage keys (FULL on api_keys).
+pub fn create_manager(account: &str, name: &str, scopes: &[&str]) -> pb::CreateKeyRequest {
+    pb::CreateKeyRequest {
+        grants: vec![pb::Grant {
+            resource: "api_keys".into(),
+            access: pb::Access::Full as i32,
+        }],
+        ..create(account, name, scopes)
+    }
+}
+
 pub fn check(token: &str, scopes: &[&str]) -> pb::CheckRequest {
     pb::CheckRequest {
         token: token.into(),
