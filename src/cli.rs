@@ -342,7 +342,7 @@ async fn restore(input: PathBuf, data_dir: PathBuf, catalog: Option<PathBuf>) ->
             crate::store::Store::open(&data_dir, catalog).map_err(|error| error.to_string())?;
         let written = store.import(records).map_err(|error| error.to_string())?;
         let loaded = store.load().map_err(|error| error.to_string())?;
-        Ok::<_, String>((written, loaded))
+        Ok::<_, String>((written, loaded.total()))
     }
     .await;
     match result {

@@ -248,8 +248,8 @@ impl Manager {
     ) -> Result<(KeyView, String), ManageError> {
         let result = self.create_key(caller, request).await;
         record_mutation("create", &result);
-        if result.is_ok() {
-            metrics::gauge!(crate::telemetry::KEYS).increment(1.0);
+        if let Ok((view, _)) = &result {
+            count_key(view.kind, 1.0);
         }
         result
     }
@@ -377,7 +377,7 @@ impl Manager {
         let catalog = self.catalog.clone();
         let guard = caller.clone();
         let key_id_text = change.key_id.clone();
-        let updated = self
+        let (before, updated) = self
             .store
             .update(id, move |current| {
                 check_may_change(&catalog, &guard, current, &key_id_text)?;
@@ -394,15 +394,17 @@ impl Manager {
             .await
             .map_err(|error| not_found_as(error, &change.key_id))?;
         tracing::info!(%caller, key_id = %id, name_changed = change.name.is_some(), scopes = ?updated.scopes, "key updated");
-        self.view(&updated)
+        let (before, after) = (self.view(&before)?, self.view(&updated)?);
+        if before.kind != after.kind {
+            count_key(before.kind, -1.0);
+            count_key(after.kind, 1.0);
+        }
+        Ok(after)
     }
 
     pub async fn delete(&self, caller: &Caller, key_id: &str) -> Result<(), ManageError> {
         let result = self.delete_key(caller, key_id).await;
         record_mutation("delete", &result);
-        if result.is_ok() {
-            metrics::gauge!(crate::telemetry::KEYS).decrement(1.0);
-        }
         result
     }
 
@@ -420,6 +422,7 @@ impl Manager {
             .await
             .map_err(|error| not_found_as(error, key_id))?;
         tracing::info!(%caller, key_id = %id, account_id = %deleted.account_id, "key deleted");
+        count_key(self.view(&deleted)?.kind, -1.0);
         Ok(())
     }
 
@@ -487,6 +490,12 @@ impl Manager {
             update_time_unix_ms: record.update_time_unix_ms,
         })
     }
+}
+
+/// Moves the keys gauge of `kind` by `delta`.
+fn count_key(kind: KeyKind, delta: f64) {
+    metrics::gauge!(crate::telemetry::KEYS, "kind" => crate::telemetry::kind_label(kind))
+        .increment(delta);
 }
 
 /// Counts a mutation by kind and outcome (ok, denied, invalid, not_found,

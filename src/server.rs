@@ -345,13 +345,14 @@ pub async fn run(
     let loaded = tokio::task::spawn_blocking(move || loading.load())
         .await
         .map_err(|_| StoreError::Closed)??;
-    metrics::gauge!(telemetry::KEYS).set(loaded as f64);
+    metrics::gauge!(telemetry::KEYS, "kind" => "general").set(loaded.general as f64);
+    metrics::gauge!(telemetry::KEYS, "kind" => "billing").set(loaded.billing as f64);
     readiness.set_ready();
     ready_state.loaded.store(true, Ordering::Release);
     set_health(&health, ServingStatus::Serving).await;
     metrics::gauge!(telemetry::LAST_RELOAD_SUCCESS).set(unix_now_secs());
     tracing::info!(
-        keys = loaded,
+        keys = loaded.total(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         scopes = catalog.scope_count(),
         routes = route_count,

@@ -21,6 +21,14 @@ pub const STORE_FLUSH_SECONDS: &str = "scopegate_store_flush_seconds";
 pub const RELOADS_TOTAL: &str = "scopegate_config_reloads_total";
 pub const LAST_RELOAD_SUCCESS: &str = "scopegate_config_last_reload_success_timestamp_seconds";
 
+/// The `kind` label of the keys gauge.
+pub fn kind_label(kind: crate::scope::KeyKind) -> &'static str {
+    match kind {
+        crate::scope::KeyKind::General => "general",
+        crate::scope::KeyKind::Billing => "billing",
+    }
+}
+
 /// Installs the process-wide Prometheus recorder (once) and returns its
 /// handle. Histogram samples queue up until upkeep drains them into buckets,
 /// so a task runs upkeep every few seconds: without it memory grows with

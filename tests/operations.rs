@@ -46,6 +46,25 @@ async fn metrics_count_what_happened_and_carry_no_secret() {
         .await
         .unwrap();
     authorize.check(check("", &["stats.read"])).await.unwrap();
+    // The keys gauge follows kinds: a billing key, counted, then turned general.
+    let billing = manage
+        .create_key(bearer(&admin, create("acme", "b", &["billing.read"])))
+        .await
+        .unwrap()
+        .into_inner();
+    let (_, body) = server.http_get("/metrics");
+    assert_eq!(metric(&body, r#"scopegate_keys{kind="billing"}"#), 1.0);
+    manage
+        .update_key(bearer(
+            &admin,
+            pb::UpdateKeyRequest {
+                key_id: billing.key.unwrap().key_id,
+                scopes: vec!["stats.read".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
 
     let (status, body) = server.http_get("/metrics");
     assert_eq!(status, 200);
@@ -76,6 +95,13 @@ async fn metrics_count_what_happened_and_carry_no_secret() {
             &body,
             r#"scopegate_key_mutations_total{kind="create",outcome="ok"}"#
         ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &body,
+            r#"scopegate_key_mutations_total{kind="update",outcome="ok"}"#
+        ),
         1.0
     );
     assert_eq!(
@@ -85,7 +111,11 @@ async fn metrics_count_what_happened_and_carry_no_secret() {
         ),
         1.0
     );
-    assert_eq!(metric(&body, r#"scopegate_keys"#), 1.0);
+    assert_eq!(metric(&body, r#"scopegate_keys{kind="general"}"#), 2.0);
+    assert!(
+        body.contains("scopegate_keys{kind=\"billing\"} 0"),
+        "{body}"
+    );
     assert_eq!(
         metric(
             &body,

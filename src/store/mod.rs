@@ -25,7 +25,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use tokio::sync::{mpsc, oneshot};
 
 use crate::key::{AuthEntry, KeyTable};
-use crate::scope::{Catalog, ScopeError};
+use crate::scope::{Catalog, KeyKind, ScopeError};
 use crate::token::KeyId;
 use commit::{Commit, Publish};
 use record::{account_index_key, account_prefix};
@@ -54,6 +54,19 @@ pub enum StoreError {
     NotEmpty { dir: String },
     #[error("the store is shutting down")]
     Closed,
+}
+
+/// How many keys of each kind `load` found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LoadedKeys {
+    pub general: usize,
+    pub billing: usize,
+}
+
+impl LoadedKeys {
+    pub fn total(&self) -> usize {
+        self.general + self.billing
+    }
 }
 
 /// The store. Cheap to clone.
@@ -144,7 +157,7 @@ impl Store {
     /// Fills the in-memory table from disk. Blocking; returns the key count.
     /// One thread walks sled while another decodes and publishes, so a large
     /// store loads on two cores.
-    pub fn load(&self) -> Result<usize, StoreError> {
+    pub fn load(&self) -> Result<LoadedKeys, StoreError> {
         const BATCH: usize = 4096;
         let (batches, receiver) = std::sync::mpsc::sync_channel::<Vec<(sled::IVec, sled::IVec)>>(4);
         let publisher = {
@@ -180,8 +193,8 @@ impl Store {
     fn publish_loaded(
         &self,
         batches: std::sync::mpsc::Receiver<Vec<(sled::IVec, sled::IVec)>>,
-    ) -> Result<usize, StoreError> {
-        let mut count = 0;
+    ) -> Result<LoadedKeys, StoreError> {
+        let mut count = LoadedKeys::default();
         // Keys of one account share one account id allocation.
         let mut accounts: std::collections::HashMap<String, Arc<str>> =
             std::collections::HashMap::new();
@@ -199,8 +212,11 @@ impl Store {
                         accounts.insert(record.account_id.clone(), entry.account_id.clone());
                     }
                 }
+                match entry.kind {
+                    KeyKind::General => count.general += 1,
+                    KeyKind::Billing => count.billing += 1,
+                }
                 self.inner.table.insert(key_id, Arc::new(entry));
-                count += 1;
             }
         }
         Ok(count)
@@ -319,12 +335,13 @@ impl Store {
     }
 
     /// Replaces a key's record with `change(current)`; `change` runs under the
-    /// writer lock, so it sees the state the write applies to.
+    /// writer lock, so it sees the state the write applies to. Returns the
+    /// records before and after.
     pub async fn update<E>(
         &self,
         key_id: KeyId,
         change: impl FnOnce(&KeyRecord) -> Result<KeyRecord, E> + Send + 'static,
-    ) -> Result<KeyRecord, E>
+    ) -> Result<(KeyRecord, KeyRecord), E>
     where
         E: From<StoreError> + Send + 'static,
     {
@@ -340,7 +357,7 @@ impl Store {
                 .keys
                 .insert(key_id.as_bytes(), value)
                 .map_err(StoreError::from)?;
-            Ok((Publish::Upsert(key_id, Arc::new(entry)), updated))
+            Ok((Publish::Upsert(key_id, Arc::new(entry)), (current, updated)))
         })
         .await
     }
