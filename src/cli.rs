@@ -39,7 +39,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the sidecar: Authorize, ManageKey, health and reflection on one port.
+    /// Run the sidecar: Authorize, Envoy ext_authz, ManageKey, Admin, health and reflection.
     ///
     /// Example: scopegate serve --listen 127.0.0.1:50051 --data-dir /var/lib/scopegate
     ///
