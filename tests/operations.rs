@@ -649,3 +649,91 @@ async fn tls_on_the_tcp_listener() {
     assert!(String::from_utf8_lossy(&half.stderr)
         .contains("tls_key_file: is required with tls_cert_file"));
 }
+
+/// As in the container image: a non-root user, nothing writable but the data
+/// dir and the socket dir.
+#[tokio::test]
+async fn runs_as_non_root_with_only_its_own_paths_writable() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let set_mode = |path: &std::path::Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    set_mode(dir.path(), 0o755);
+    let binary = dir.path().join("scopegate");
+    std::fs::copy(BIN, &binary).unwrap();
+    let root = dir.path().join("root");
+    for writable in ["data", "run"] {
+        std::fs::create_dir_all(root.join(writable)).unwrap();
+        std::os::unix::fs::chown(root.join(writable), Some(65534), Some(65534)).unwrap();
+    }
+    set_mode(&root, 0o555);
+    let log = dir.path().join("serve.log");
+    let mut child = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(&binary)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "none",
+            "--log-format",
+            "json",
+        ])
+        .arg(format!("--uds={}", root.join("run/grpc.sock").display()))
+        .arg(format!("--data-dir={}", root.join("data").display()))
+        .current_dir(&root)
+        .env_remove("SCOPEGATE_ADMIN_TOKEN")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut addr = None;
+    for _ in 0..500 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        for line in text.lines() {
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if event["fields"]["message"] == "scopegate listening" {
+                addr = event["fields"]["addr"].as_str().map(str::to_owned);
+            }
+        }
+        if addr.is_some() && text.contains("keys loaded; serving") {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "exited:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let addr = addr.expect("listening");
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let mut entries: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    entries.sort();
+    assert_eq!(
+        entries,
+        ["data", "run"],
+        "nothing written outside the configured paths"
+    );
+    assert!(root.join("data/admin.token").exists());
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

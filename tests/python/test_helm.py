@@ -48,7 +48,7 @@ def test_lint_render_and_validate(values):
     docs = render(values)
     assert docs
     for doc in docs:
-        if doc["kind"] == "PodMonitor":
+        if doc["kind"] == "ServiceMonitor":
             continue  # a CRD: not in the Kubernetes schema
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
@@ -113,6 +113,24 @@ def test_the_demo_pod_is_wired_safely(values):
         assert "--routes=/etc/scopegate/config/routes.toml" in args
     else:
         assert "emptyDir" in persistence
+
+
+def test_chart_envoy_config_is_the_example_config():
+    """The chart's Envoy bootstrap and examples/envoy.yaml are one config."""
+    docs = render("ci/demo-pvc-values.yaml")  # transport: tcp, default ports
+    (configmap,) = by_kind(docs, "ConfigMap")
+    chart = json_format.ParseDict(yaml.safe_load(configmap["data"]["envoy.yaml"]), bootstrap_pb2.Bootstrap())
+    example = json_format.ParseDict(
+        yaml.safe_load(open(ROOT / "examples" / "envoy.yaml")), bootstrap_pb2.Bootstrap())
+    assert chart == example
+
+
+def test_service_monitor_scrapes_the_metrics_port():
+    docs = render("ci/demo-uds-values.yaml")
+    (monitor,) = by_kind(docs, "ServiceMonitor")
+    (service,) = by_kind(docs, "Service")
+    assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
 
 
 def test_sidecar_mode_renders_only_what_a_team_includes():
