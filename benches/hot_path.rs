@@ -115,7 +115,7 @@ fn benches(c: &mut Criterion) {
     readiness.set_ready();
     let service = ExtAuthzService {
         context: Arc::new(CheckContext {
-            catalog: Arc::new(Catalog::builtin()),
+            catalog: Arc::new(arc_swap::ArcSwap::from_pointee(Catalog::builtin())),
             keys: Arc::new(keys),
             format: format.clone(),
             routes: arc_swap::ArcSwap::from_pointee(routes),

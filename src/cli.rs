@@ -338,8 +338,11 @@ async fn restore(input: PathBuf, data_dir: PathBuf, catalog: Option<PathBuf>) ->
                     .map_err(|error| format!("{} line {}: {error}", input.display(), index + 1))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let store =
-            crate::store::Store::open(&data_dir, catalog).map_err(|error| error.to_string())?;
+        let store = crate::store::Store::open(
+            &data_dir,
+            std::sync::Arc::new(arc_swap::ArcSwap::new(catalog)),
+        )
+        .map_err(|error| error.to_string())?;
         let written = store.import(records).map_err(|error| error.to_string())?;
         let loaded = store.load().map_err(|error| error.to_string())?;
         Ok::<_, String>((written, loaded.total()))

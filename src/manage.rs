@@ -9,7 +9,7 @@ use base64::Engine;
 use subtle::ConstantTimeEq;
 
 use crate::key::KeyTable;
-use crate::scope::{Access, Catalog, KeyKind, ManageAction, ScopeError, ScopeSet};
+use crate::scope::{Access, Catalog, KeyKind, ManageAction, ScopeError, ScopeSet, SharedCatalog};
 use crate::store::{KeyRecord, Store, StoreError};
 use crate::token::{admin_token_hash, KeyId, TokenFormat};
 
@@ -150,7 +150,7 @@ pub struct ScopesView {
 
 pub struct Manager {
     store: Store,
-    catalog: Arc<Catalog>,
+    catalog: SharedCatalog,
     format: TokenFormat,
     admin_token_hash: [u8; 32],
     max_keys_per_account: usize,
@@ -159,7 +159,7 @@ pub struct Manager {
 impl Manager {
     pub fn new(
         store: Store,
-        catalog: Arc<Catalog>,
+        catalog: SharedCatalog,
         format: TokenFormat,
         admin_token: &str,
         max_keys_per_account: usize,
@@ -205,12 +205,12 @@ impl Manager {
         let Caller::Key { scopes, .. } = caller else {
             return Ok(());
         };
-        let needed = self.catalog.manage_scope(action);
+        let needed = self.catalog.load().manage_scope(action);
         if scopes.contains(needed) {
             Ok(())
         } else {
             Err(ManageError::NeedsScope(
-                self.catalog.scope_name(needed).to_owned(),
+                self.catalog.load().scope_name(needed).to_owned(),
             ))
         }
     }
@@ -225,6 +225,7 @@ impl Manager {
     ) -> Result<ScopeSet, ManageError> {
         let (requested, _kind) = self
             .catalog
+            .load()
             .key_scopes(
                 scopes.iter().map(String::as_str),
                 grants
@@ -235,7 +236,7 @@ impl Manager {
         if let Caller::Key { scopes: held, .. } = caller {
             let lacking = crate::scope::missing(held, &requested);
             if !lacking.is_empty() {
-                return Err(ManageError::Escalation(self.catalog.names(&lacking)));
+                return Err(ManageError::Escalation(self.catalog.load().names(&lacking)));
             }
         }
         Ok(requested)
@@ -278,7 +279,7 @@ impl Manager {
             key_id: issued.key_id.as_bytes().to_vec(),
             account_id: account_id.clone(),
             name,
-            scopes: self.catalog.names(&scopes),
+            scopes: self.catalog.load().names(&scopes),
             secret_hash: issued.secret_hash.to_vec(),
             create_time_unix_ms: now,
             update_time_unix_ms: now,
@@ -374,7 +375,7 @@ impl Manager {
         } else {
             None
         };
-        let catalog = self.catalog.clone();
+        let catalog = self.catalog.load_full();
         let guard = caller.clone();
         let key_id_text = change.key_id.clone();
         let (before, updated) = self
@@ -411,7 +412,7 @@ impl Manager {
     async fn delete_key(&self, caller: &Caller, key_id: &str) -> Result<(), ManageError> {
         self.require(caller, ManageAction::Delete)?;
         let id = parse_key_id(key_id)?;
-        let catalog = self.catalog.clone();
+        let catalog = self.catalog.load_full();
         let guard = caller.clone();
         let key_id_text = key_id.to_owned();
         let deleted = self
@@ -438,19 +439,20 @@ impl Manager {
 
     pub fn scopes(&self, caller: &Caller) -> ScopesView {
         let (held, caller_is_admin) = match caller {
-            Caller::Admin => (self.catalog.all_scopes(), true),
+            Caller::Admin => (self.catalog.load().all_scopes(), true),
             Caller::Key { scopes, .. } => (*scopes, false),
         };
         let resources = self
             .catalog
+            .load()
             .resources()
             .map(|(id, resource)| ResourceView {
                 resource: resource.name.to_string(),
-                scopes: self.catalog.names(&resource.scopes),
-                grantable: self.catalog.grantable(id),
+                scopes: self.catalog.load().names(&resource.scopes),
+                grantable: self.catalog.load().grantable(id),
                 read_only: resource.is_read_only(),
                 exclusive: resource.exclusive,
-                caller_access: self.catalog.access_on(id, &held),
+                caller_access: self.catalog.load().access_on(id, &held),
             })
             .collect();
         ScopesView {
@@ -458,7 +460,7 @@ impl Manager {
             caller_scopes: if caller_is_admin {
                 Vec::new()
             } else {
-                self.catalog.names(&held)
+                self.catalog.load().names(&held)
             },
             caller_is_admin,
         }
@@ -468,22 +470,28 @@ impl Manager {
         let key_id = record.key_id().map(|id| id.to_string()).unwrap_or_default();
         let scopes = self
             .catalog
+            .load()
             .resolve(record.scopes.iter().map(String::as_str))
             .map_err(|source| StoreError::CatalogMismatch {
                 key_id: key_id.clone(),
                 source,
             })?;
-        let kind = self.catalog.kind_of(&scopes).unwrap_or(KeyKind::General);
+        let kind = self
+            .catalog
+            .load()
+            .kind_of(&scopes)
+            .unwrap_or(KeyKind::General);
         Ok(KeyView {
             key_id,
             account_id: record.account_id.clone(),
             name: record.name.clone(),
-            scopes: self.catalog.names(&scopes),
+            scopes: self.catalog.load().names(&scopes),
             access: self
                 .catalog
+                .load()
                 .access_levels(&scopes)
                 .into_iter()
-                .map(|(id, access)| (self.catalog.resource(id).name.to_string(), access))
+                .map(|(id, access)| (self.catalog.load().resource(id).name.to_string(), access))
                 .collect(),
             kind,
             create_time_unix_ms: record.create_time_unix_ms,

@@ -22,7 +22,7 @@ use crate::grpc::{
 };
 use crate::manage::Manager;
 use crate::route::{RouteError, RouteTable, DEFAULT_ROUTES_TOML};
-use crate::scope::{Catalog, CatalogError};
+use crate::scope::{Catalog, CatalogError, SharedCatalog};
 use crate::store::{Store, StoreError};
 use crate::telemetry::{self, ReadyState};
 use crate::token::{new_admin_token, TokenError, TokenFormat};
@@ -178,7 +178,8 @@ pub async fn run(
         .transpose()
         .map_err(|(path, reason)| StartError::Pepper { path, reason })?;
     let format = TokenFormat::new(&config.token_prefix, pepper.as_deref().map(str::as_bytes))?;
-    let store = Store::open(&config.data_dir, catalog.clone())?;
+    let shared_catalog: SharedCatalog = Arc::new(arc_swap::ArcSwap::new(catalog.clone()));
+    let store = Store::open(&config.data_dir, shared_catalog.clone())?;
     let admin_token = resolve_admin_token(&config)?;
     // Without a metrics listener nobody reads metrics: record none.
     let metrics_handle = config.metrics_listen.map(|_| telemetry::install_metrics());
@@ -208,7 +209,7 @@ pub async fn run(
 
     let route_count = routes.rule_count();
     let check_context = Arc::new(CheckContext {
-        catalog: catalog.clone(),
+        catalog: shared_catalog.clone(),
         keys: store.table().clone(),
         format: format.clone(),
         routes: arc_swap::ArcSwap::from_pointee(routes),
@@ -226,7 +227,7 @@ pub async fn run(
     .max_decoding_message_size(limits.ext_authz_max_message_bytes);
     let manager = Arc::new(Manager::new(
         store.clone(),
-        catalog.clone(),
+        shared_catalog.clone(),
         format,
         &admin_token,
         config.max_keys_per_account,
@@ -359,7 +360,11 @@ pub async fn run(
         "keys loaded; serving"
     );
 
-    let reloader = tokio::spawn(reload_on_sighup(config.clone(), check_context));
+    let reloader = tokio::spawn(reload_on_sighup(
+        config.clone(),
+        check_context,
+        store.clone(),
+    ));
 
     shutdown.await;
     tracing::info!("shutdown requested: draining");
@@ -415,34 +420,62 @@ fn load_tls(
     Ok(tonic::transport::ServerTlsConfig::new().identity(identity))
 }
 
-/// SIGHUP reloads the route table; a bad file is rejected and the old one
-/// stays in force. Checks in flight keep the table they started with.
-async fn reload_on_sighup(config: ServeConfig, context: Arc<CheckContext>) {
+/// SIGHUP reloads the catalog (when `--catalog` names a file) and then the
+/// routes file. A bad new file is rejected, logged and counted, and the old one
+/// stays in force. A new catalog must fit every stored key; scope ids are
+/// stable across catalogs, so checks in flight stay consistent.
+async fn reload_on_sighup(config: ServeConfig, context: Arc<CheckContext>, store: Store) {
     let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
     else {
         tracing::warn!("cannot listen for SIGHUP; reload disabled");
         return;
     };
     while hangups.recv().await.is_some() {
+        if let Some(path) = &config.catalog {
+            let previous = context.catalog.load_full();
+            let swapped = Catalog::load_after(path, &previous)
+                .map_err(|error| error.to_string())
+                .and_then(|catalog| {
+                    let scopes = catalog.scope_count();
+                    store
+                        .swap_catalog(Arc::new(catalog))
+                        .map(|()| scopes)
+                        .map_err(|error| error.to_string())
+                });
+            match swapped {
+                Ok(scopes) => {
+                    reloaded("catalog", true);
+                    tracing::info!(path = %path.display(), scopes, "catalog reloaded");
+                }
+                Err(error) => {
+                    reloaded("catalog", false);
+                    tracing::error!(%error, "catalog reload rejected; the previous catalog stays in force");
+                }
+            }
+        }
         let Some(path) = &config.routes else {
-            tracing::info!("SIGHUP: no --routes file to reload (the catalog needs a restart)");
             continue;
         };
-        match RouteTable::load(path, &context.catalog) {
+        match RouteTable::load(path, &context.catalog.load()) {
             Ok(routes) => {
                 let count = routes.rule_count();
                 context.routes.store(Arc::new(routes));
-                metrics::counter!(telemetry::RELOADS_TOTAL, "kind" => "routes", "result" => "ok")
-                    .increment(1);
-                metrics::gauge!(telemetry::LAST_RELOAD_SUCCESS).set(unix_now_secs());
+                reloaded("routes", true);
                 tracing::info!(path = %path.display(), routes = count, "routes reloaded");
             }
             Err(error) => {
-                metrics::counter!(telemetry::RELOADS_TOTAL, "kind" => "routes", "result" => "error")
-                    .increment(1);
+                reloaded("routes", false);
                 tracing::error!(%error, "routes reload rejected; the previous table stays in force");
             }
         }
+    }
+}
+
+fn reloaded(kind: &'static str, ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    metrics::counter!(telemetry::RELOADS_TOTAL, "kind" => kind, "result" => result).increment(1);
+    if ok {
+        metrics::gauge!(telemetry::LAST_RELOAD_SUCCESS).set(unix_now_secs());
     }
 }
 

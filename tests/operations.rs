@@ -737,3 +737,148 @@ async fn runs_as_non_root_with_only_its_own_paths_writable() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_catalog_when_every_key_fits_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog.toml");
+    let routes = dir.path().join("routes.toml");
+    let base = scopegate::scope::DEFAULT_CATALOG_TOML;
+    std::fs::write(&catalog, base).unwrap();
+    std::fs::write(
+        &routes,
+        "[[route]]\npath = \"/v3/stats\"\nscope = \"stats.read\"\n",
+    )
+    .unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--catalog",
+            catalog.to_str().unwrap(),
+            "--routes",
+            routes.to_str().unwrap(),
+        ],
+    );
+    let admin = server.admin_token.clone();
+    let mut manage = server.manage().await;
+    let mut authorize = server.authorize().await;
+    let stats = manage
+        .create_key(bearer(&admin, create("acme", "stats", &["stats.read"])))
+        .await
+        .unwrap()
+        .into_inner();
+    let hup = || {
+        Command::new("kill")
+            .args(["-HUP", &server.child.id().to_string()])
+            .status()
+            .unwrap();
+    };
+    let wait_for_log = |needle: &str| {
+        for _ in 0..300 {
+            if server.log().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("no {needle:?} in log:\n{}", server.log());
+    };
+
+    // A new resource and a route to it, without a restart.
+    std::fs::write(
+        &catalog,
+        format!("{base}\n[[resource]]\nname = \"reports\"\nverbs = [\"read\"]\n"),
+    )
+    .unwrap();
+    std::fs::write(&routes, "[[route]]\npath = \"/v3/stats\"\nscope = \"stats.read\"\n[[route]]\npath = \"/v3/reports\"\nscope = \"reports.read\"\n").unwrap();
+    hup();
+    wait_for_log("routes reloaded");
+    assert!(server.log().contains("catalog reloaded"));
+    let reports = manage
+        .create_key(bearer(&admin, create("acme", "reports", &["reports.read"])))
+        .await
+        .unwrap()
+        .into_inner();
+    let http = |token: &str, path: &str| pb::CheckRequest {
+        token: token.into(),
+        scopes: vec![],
+        http: Some(pb::HttpRequest {
+            method: "GET".into(),
+            path: path.into(),
+        }),
+    };
+    assert!(
+        authorize
+            .check(http(&reports.token, "/v3/reports"))
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
+    // Keys from before the reload keep working: their scope ids did not move.
+    assert!(
+        authorize
+            .check(http(&stats.token, "/v3/stats"))
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
+    assert!(
+        !authorize
+            .check(http(&stats.token, "/v3/reports"))
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
+
+    // A catalog that drops a scope a key holds is refused; the old one stays.
+    std::fs::write(
+        &catalog,
+        base.replace(
+            "name = \"stats\"\nverbs = [\"read\"]",
+            "name = \"statistics\"\nverbs = [\"read\"]",
+        ),
+    )
+    .unwrap();
+    hup();
+    wait_for_log("catalog reload rejected");
+    assert!(
+        server
+            .log()
+            .contains("names a scope the catalog does not have"),
+        "{}",
+        server.log()
+    );
+    assert!(
+        authorize
+            .check(check(&stats.token, &["stats.read"]))
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
+    assert!(
+        authorize
+            .check(check(&reports.token, &["reports.read"]))
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
+    let (_, body) = server.http_get("/metrics");
+    assert_eq!(
+        metric(
+            &body,
+            r#"scopegate_config_reloads_total{kind="catalog",result="ok"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &body,
+            r#"scopegate_config_reloads_total{kind="catalog",result="error"}"#
+        ),
+        1.0
+    );
+}

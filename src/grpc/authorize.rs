@@ -48,6 +48,7 @@ impl Authorize for AuthorizeService {
                 }
                 let required = context
                     .catalog
+                    .load()
                     .resolve(request.scopes.iter().map(String::as_str))
                     .map_err(|error| scope_status("scopes", &error))?;
                 authz::decide(&context.keys, &context.format, &request.token, &required)
@@ -62,7 +63,7 @@ impl Authorize for AuthorizeService {
 impl AuthorizeService {
     fn response(&self, decision: Decision) -> pb::CheckResponse {
         let mut response = pb::CheckResponse {
-            message: decision.message(&self.context.catalog),
+            message: decision.message(&self.context.catalog.load()),
             ..Default::default()
         };
         let code = match decision {
@@ -82,7 +83,7 @@ impl AuthorizeService {
             } => {
                 response.key_id = key_id.to_string();
                 response.account_id = account_id.to_string();
-                response.missing_scopes = self.context.catalog.names(&missing);
+                response.missing_scopes = self.context.catalog.load().names(&missing);
                 pb::Decision::InsufficientScope
             }
             Decision::NoRoute => pb::Decision::NoRoute,

@@ -110,7 +110,8 @@ impl Authorization for ExtAuthzService {
         };
         metrics::histogram!("scopegate_decision_seconds", "api" => "ext_authz")
             .record(started.elapsed());
-        let scope_name = scope.map(|scope| context.catalog.scope_name(scope));
+        let catalog = context.catalog.load();
+        let scope_name = scope.map(|scope| catalog.scope_name(scope));
         Ok(Response::new(self.response(
             http,
             &credential,
@@ -206,7 +207,7 @@ impl ExtAuthzService {
             response.set_http_response(ok);
             return response;
         }
-        let message = decision.message(&self.context.catalog);
+        let message = decision.message(&self.context.catalog.load());
         let (http_status, code) = match decision {
             Decision::MissingToken | Decision::MalformedToken | Decision::UnknownKey => {
                 (HttpStatusCode::Unauthorized, Code::Unauthenticated)

@@ -17,12 +17,12 @@ pub use manage::ManageKeyService;
 
 use crate::key::KeyTable;
 use crate::route::RouteTable;
-use crate::scope::Catalog;
+use crate::scope::SharedCatalog;
 use crate::token::TokenFormat;
 
 /// What both check entry points (Authorize and ext_authz) read.
 pub struct CheckContext {
-    pub catalog: Arc<Catalog>,
+    pub catalog: SharedCatalog,
     pub keys: Arc<KeyTable>,
     pub format: TokenFormat,
     /// Swapped whole on reload; a check sees one table from start to end.

@@ -60,7 +60,9 @@ struct ScopeEntry {
 
 #[derive(Debug)]
 pub struct Catalog {
-    scopes: Vec<ScopeEntry>,
+    /// Indexed by `ScopeId`; `None` for an id a previous catalog used and
+    /// this one dropped (ids stay stable across reloads).
+    scopes: Vec<Option<ScopeEntry>>,
     scope_by_name: HashMap<Box<str>, ScopeId>,
     resources: Vec<Resource>,
     resource_by_name: HashMap<Box<str>, ResourceId>,
@@ -108,12 +110,27 @@ impl Catalog {
     }
 
     pub fn from_toml(text: &str) -> Result<Catalog, CatalogError> {
-        let file: CatalogFile =
-            toml::from_str(text).map_err(|error| CatalogError::Invalid(error.to_string()))?;
-        Catalog::build(file)
+        Catalog::from_toml_after(text, None)
     }
 
-    fn build(file: CatalogFile) -> Result<Catalog, CatalogError> {
+    /// Loads a catalog that replaces `previous` in a running server: every
+    /// scope both have keeps its `ScopeId`, so key bitsets and route tables
+    /// built against `previous` keep their meaning.
+    pub fn load_after(path: &Path, previous: &Catalog) -> Result<Catalog, CatalogError> {
+        let text = std::fs::read_to_string(path).map_err(|error| CatalogError::Read {
+            path: path.display().to_string(),
+            reason: error.to_string(),
+        })?;
+        Catalog::from_toml_after(&text, Some(previous)).map_err(|error| error.in_file(path))
+    }
+
+    fn from_toml_after(text: &str, previous: Option<&Catalog>) -> Result<Catalog, CatalogError> {
+        let file: CatalogFile =
+            toml::from_str(text).map_err(|error| CatalogError::Invalid(error.to_string()))?;
+        Catalog::build(file, previous)
+    }
+
+    fn build(file: CatalogFile, previous: Option<&Catalog>) -> Result<Catalog, CatalogError> {
         let invalid = |message: String| Err(CatalogError::Invalid(message));
         if file.resource.is_empty() {
             return invalid("the catalog defines no [[resource]]".into());
@@ -162,11 +179,32 @@ impl Catalog {
                 if catalog.scope_by_name.contains_key(scope_name.as_str()) {
                     return invalid(format!("scope `{scope_name}` is defined twice"));
                 }
-                if catalog.scopes.len() == MAX_SCOPES {
-                    return invalid(format!("the catalog has more than {MAX_SCOPES} scopes"));
+                let kept = previous.and_then(|previous| previous.scope_id(&scope_name));
+                let scope_id = match kept {
+                    Some(id) => id,
+                    None => {
+                        // A new scope takes the first id neither catalog uses.
+                        let taken = |index: usize| {
+                            catalog.scopes.get(index).is_some_and(Option::is_some)
+                                || previous.is_some_and(|p| {
+                                    p.scopes.get(index).is_some_and(Option::is_some)
+                                })
+                        };
+                        match (0..MAX_SCOPES).find(|index| !taken(*index)) {
+                            Some(index) => ScopeId(index as u16),
+                            None => {
+                                return invalid(format!(
+                                    "the catalog has more than {MAX_SCOPES} scopes"
+                                ))
+                            }
+                        }
+                    }
+                };
+                let slot = scope_id.0 as usize;
+                if catalog.scopes.len() <= slot {
+                    catalog.scopes.resize_with(slot + 1, || None);
                 }
-                let scope_id = ScopeId(catalog.scopes.len() as u16);
-                catalog.scopes.push(ScopeEntry {
+                catalog.scopes[slot] = Some(ScopeEntry {
                     name: scope_name.clone().into(),
                     resource: resource_id,
                 });
@@ -204,11 +242,11 @@ impl Catalog {
     }
 
     pub fn scope_name(&self, scope: ScopeId) -> &str {
-        &self.scopes[scope.0 as usize].name
+        &self.entry(scope).name
     }
 
     pub fn resource_of(&self, scope: ScopeId) -> ResourceId {
-        self.scopes[scope.0 as usize].resource
+        self.entry(scope).resource
     }
 
     pub fn resource_id(&self, name: &str) -> Option<ResourceId> {
@@ -227,15 +265,19 @@ impl Catalog {
             .map(|(index, resource)| (ResourceId(index as u16), resource))
     }
 
+    fn entry(&self, scope: ScopeId) -> &ScopeEntry {
+        self.scopes[scope.0 as usize]
+            .as_ref()
+            .expect("scope ids come from this catalog")
+    }
+
     pub fn scope_count(&self) -> usize {
-        self.scopes.len()
+        self.scope_by_name.len()
     }
 
     /// Every scope of the catalog.
     pub fn all_scopes(&self) -> ScopeSet {
-        (0..self.scopes.len())
-            .map(|index| ScopeId(index as u16))
-            .collect()
+        self.scope_by_name.values().copied().collect()
     }
 
     pub fn exclusive_scopes(&self) -> ScopeSet {

@@ -14,6 +14,11 @@ pub use catalog::{
 };
 pub use set::{ScopeId, ScopeSet, MAX_SCOPES};
 
+/// The catalog in force, swapped whole on reload. Scope ids are stable
+/// across reloads (see [`Catalog::load_after`]), so a check that reads two
+/// generations still compares like with like.
+pub type SharedCatalog = std::sync::Arc<arc_swap::ArcSwap<Catalog>>;
+
 use std::path::Path;
 
 /// Access level on one resource.

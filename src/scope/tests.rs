@@ -328,3 +328,35 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_reloaded_catalog_keeps_every_scope_id() {
+    let before = catalog();
+    let extended =
+        format!("{DEFAULT_CATALOG_TOML}\n[[resource]]\nname = \"reports\"\nverbs = [\"read\"]\n");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("catalog.toml");
+    std::fs::write(&path, &extended).unwrap();
+    let after = Catalog::load_after(&path, &before).unwrap();
+    for id in before.all_scopes().iter() {
+        assert_eq!(after.scope_id(before.scope_name(id)), Some(id));
+    }
+    let reports = after.scope_id("reports.read").unwrap();
+    assert!(
+        !before.all_scopes().contains(reports),
+        "a new scope takes a free id"
+    );
+    assert_eq!(after.scope_count(), before.scope_count() + 1);
+
+    // Dropping a resource frees nothing the survivors use.
+    let smaller = DEFAULT_CATALOG_TOML.replace("name = \"whitelabel\"", "name = \"whitelabel_v2\"");
+    std::fs::write(&path, smaller).unwrap();
+    let shrunk = Catalog::load_after(&path, &after).unwrap();
+    assert_eq!(shrunk.scope_id("whitelabel.read"), None);
+    assert_eq!(shrunk.scope_id("mail.send"), after.scope_id("mail.send"));
+    let renamed = shrunk.scope_id("whitelabel_v2.read").unwrap();
+    assert!(
+        !after.all_scopes().contains(renamed),
+        "no id of the previous catalog is reused"
+    );
+}

@@ -25,7 +25,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use tokio::sync::{mpsc, oneshot};
 
 use crate::key::{AuthEntry, KeyTable};
-use crate::scope::{Catalog, KeyKind, ScopeError};
+use crate::scope::{Catalog, KeyKind, ScopeError, SharedCatalog};
 use crate::token::KeyId;
 use commit::{Commit, Publish};
 use record::{account_index_key, account_prefix};
@@ -44,6 +44,8 @@ pub enum StoreError {
     Corrupt { key_id: String, reason: String },
     #[error("stored key {key_id} names a scope the catalog does not have: {source}")]
     CatalogMismatch { key_id: String, source: ScopeError },
+    #[error("stored key {key_id} would change kind (billing or not) under the new catalog")]
+    KindChanged { key_id: String },
     #[error("key not found")]
     NotFound,
     #[error("account already holds the maximum of {cap} keys")]
@@ -80,7 +82,7 @@ struct Inner {
     db: sled::Db,
     keys: sled::Tree,
     accounts: sled::Tree,
-    catalog: Arc<Catalog>,
+    catalog: SharedCatalog,
     table: Arc<KeyTable>,
     /// Serialises mutations: sled apply order == publish order, and
     /// per-account caps cannot race.
@@ -90,7 +92,7 @@ struct Inner {
 impl Store {
     /// Opens (or creates) the store in `dir` and starts its commit task. Call
     /// [`Store::load`] before serving.
-    pub fn open(dir: &Path, catalog: Arc<Catalog>) -> Result<Store, StoreError> {
+    pub fn open(dir: &Path, catalog: SharedCatalog) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|error| StoreError::Io(error.into()))?;
         let db = sled::Config::new()
             .path(dir.join("sled"))
@@ -225,22 +227,19 @@ impl Store {
     /// The hot-path view of a record.
     fn auth_entry(&self, record: &KeyRecord) -> Result<AuthEntry, StoreError> {
         let key_id = || KeyId::from_bytes(record.key_id.as_slice().try_into().unwrap_or([0; 16]));
-        let scopes = self
-            .inner
-            .catalog
+        let catalog = self.inner.catalog.load();
+        let scopes = catalog
             .resolve(record.scopes.iter().map(String::as_str))
             .map_err(|source| StoreError::CatalogMismatch {
                 key_id: key_id().to_string(),
                 source,
             })?;
-        let kind =
-            self.inner
-                .catalog
-                .kind_of(&scopes)
-                .map_err(|source| StoreError::CatalogMismatch {
-                    key_id: key_id().to_string(),
-                    source,
-                })?;
+        let kind = catalog
+            .kind_of(&scopes)
+            .map_err(|source| StoreError::CatalogMismatch {
+                key_id: key_id().to_string(),
+                source,
+            })?;
         let secret_hash =
             record
                 .secret_hash
@@ -463,6 +462,40 @@ impl Store {
         }
         self.inner.db.flush()?;
         Ok(count)
+    }
+
+    /// Puts `catalog` in force, if every stored key fits it: all its scopes
+    /// exist and its kind (billing or not) is unchanged. Runs under the writer
+    /// lock, so no mutation slips in between the check and the swap.
+    pub fn swap_catalog(&self, catalog: Arc<Catalog>) -> Result<(), StoreError> {
+        let _writer = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let current = self.inner.catalog.load();
+        for item in self.inner.keys.iter() {
+            let (id_bytes, value) = item?;
+            let record = decode(&id_bytes, &value)?;
+            let key_id = || record.key_id().map(|id| id.to_string()).unwrap_or_default();
+            let mismatch = |source| StoreError::CatalogMismatch {
+                key_id: key_id(),
+                source,
+            };
+            let scopes = catalog
+                .resolve(record.scopes.iter().map(String::as_str))
+                .map_err(mismatch)?;
+            let kind = catalog.kind_of(&scopes).map_err(mismatch)?;
+            let was = current
+                .resolve(record.scopes.iter().map(String::as_str))
+                .ok()
+                .and_then(|old| current.kind_of(&old).ok());
+            if was != Some(kind) {
+                return Err(StoreError::KindChanged { key_id: key_id() });
+            }
+        }
+        self.inner.catalog.store(catalog);
+        Ok(())
     }
 
     /// Flushes everything to disk (used at shutdown).
