@@ -120,6 +120,8 @@ fn benches(c: &mut Criterion) {
             format: format.clone(),
             routes: arc_swap::ArcSwap::from_pointee(routes),
             readiness,
+            decision_log_every: 0,
+            decisions_seen: Default::default(),
         }),
         config: ExtAuthzConfig::default(),
     };

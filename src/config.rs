@@ -113,6 +113,10 @@ pub struct ServeOptions {
     /// HTTP/2 streams per connection. [default: 256]
     #[arg(long, env = "SCOPEGATE_HTTP2_MAX_CONCURRENT_STREAMS")]
     pub http2_max_concurrent_streams: Option<u32>,
+    /// Log one check decision in N (ids, scope, outcome; never a token);
+    /// 0 logs none. [default: 0]
+    #[arg(long, env = "SCOPEGATE_LOG_DECISIONS_EVERY")]
+    pub log_decisions_every: Option<u64>,
     /// Log format: human or json. [default: human]
     #[arg(long, env = "SCOPEGATE_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -163,6 +167,8 @@ impl ServeOptions {
             uds,
             uds_mode,
             manage_listen,
+            tls_cert_file,
+            tls_key_file,
             metrics_listen,
             data_dir,
             admin_token_file,
@@ -181,6 +187,7 @@ impl ServeOptions {
             max_message_bytes,
             ext_authz_max_message_bytes,
             http2_max_concurrent_streams,
+            log_decisions_every,
             log_format,
         );
         self
@@ -205,6 +212,7 @@ impl ServeOptions {
             max_message_bytes: Some(Limits::default().max_message_bytes),
             ext_authz_max_message_bytes: Some(Limits::default().ext_authz_max_message_bytes),
             http2_max_concurrent_streams: Some(Limits::default().http2_max_concurrent_streams),
+            log_decisions_every: Some(0),
             log_format: Some("human".into()),
             ..ServeOptions::default()
         };
@@ -377,6 +385,7 @@ impl ServeOptions {
             drain_timeout,
             limits,
             json_logs,
+            decision_log_every: options.log_decisions_every.unwrap_or(0),
         })
     }
 }
@@ -397,6 +406,57 @@ mod tests {
         assert_eq!(config.listen.unwrap().port(), 8000);
         assert_eq!(config.max_keys_per_account, 7);
         assert_eq!(config.token_prefix, "SG");
+    }
+
+    #[test]
+    fn every_file_setting_reaches_the_config() {
+        // A file that sets every key (values distinct from the defaults).
+        let file: ServeOptions = toml::from_str(
+            r#"
+            listen = "127.0.0.1:7000"
+            uds = "/run/s.sock"
+            uds_mode = "600"
+            manage_listen = "127.0.0.1:7001"
+            tls_cert_file = "/c.pem"
+            tls_key_file = "/k.pem"
+            metrics_listen = "none"
+            data_dir = "/d"
+            admin_token_file = "/a"
+            catalog = "/cat.toml"
+            routes = "/r.toml"
+            api_key_header = "X-Api-Key"
+            key_id_header = "x-k"
+            account_id_header = "x-a"
+            keep_credential_header = true
+            token_prefix = "TK"
+            pepper_file = "/p"
+            max_keys_per_account = 7
+            drain_timeout_secs = 2.5
+            max_concurrent_requests = 9
+            request_timeout_ms = 250
+            max_message_bytes = 1000
+            ext_authz_max_message_bytes = 2000
+            http2_max_concurrent_streams = 11
+            log_decisions_every = 3
+            log_format = "json"
+            "#,
+        )
+        .unwrap();
+        let merged = ServeOptions::default().or(file.clone());
+        assert_eq!(
+            toml::to_string(&merged).unwrap(),
+            toml::to_string(&file).unwrap(),
+            "a field is missing from ServeOptions::or"
+        );
+        let config = merged.resolve().unwrap();
+        assert_eq!(config.tls, Some(("/c.pem".into(), "/k.pem".into())));
+        assert_eq!(config.decision_log_every, 3);
+        assert_eq!(config.limits.request_timeout, Duration::from_millis(250));
+        assert!(config.json_logs && config.metrics_listen.is_none());
+        assert_eq!(
+            config.ext_authz.api_key_header.as_deref(),
+            Some("x-api-key")
+        );
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub struct ServeConfig {
     pub drain_timeout: Duration,
     pub limits: Limits,
     pub json_logs: bool,
+    /// Log one check decision in this many (0: none).
+    pub decision_log_every: u64,
 }
 
 /// Resource bounds, each with its reason.
@@ -214,6 +216,8 @@ pub async fn run(
         format: format.clone(),
         routes: arc_swap::ArcSwap::from_pointee(routes),
         readiness: readiness.clone(),
+        decision_log_every: config.decision_log_every,
+        decisions_seen: Default::default(),
     });
     let limits = &config.limits;
     let authorize = AuthorizeServer::new(AuthorizeService {

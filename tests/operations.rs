@@ -882,3 +882,36 @@ async fn sighup_reloads_the_catalog_when_every_key_fits_it() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn decisions_are_logged_when_sampled_and_never_with_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--log-decisions-every", "2"]);
+    let mut manage = server.manage().await;
+    let mut authorize = server.authorize().await;
+    let key = manage
+        .create_key(bearer(
+            &server.admin_token,
+            create("acme", "k", &["mail.send"]),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..4 {
+        authorize
+            .check(check(&key.token, &["mail.send"]))
+            .await
+            .unwrap();
+    }
+    let log = server.log();
+    let decisions: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains(r#""message":"decision""#))
+        .collect();
+    assert_eq!(decisions.len(), 2, "one in two of 4 decisions:\n{log}");
+    assert!(
+        decisions[0].contains(r#""decision":"ALLOWED""#)
+            && decisions[0].contains(r#""account_id":"acme""#)
+    );
+    assert!(!log.contains(key.token.rsplit('.').next().unwrap()));
+}

@@ -90,6 +90,13 @@ impl AuthorizeService {
             Decision::InvalidPath => pb::Decision::InvalidPath,
         };
         metrics::counter!("scopegate_decisions_total", "api" => "check", "decision" => code.as_str_name()).increment(1);
+        self.context.log_decision(
+            "check",
+            code.as_str_name(),
+            &response.key_id,
+            &response.account_id,
+            None,
+        );
         response.decision = code as i32;
         response
     }

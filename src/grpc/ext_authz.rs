@@ -182,6 +182,8 @@ impl ExtAuthzService {
             scope.unwrap_or(""),
             decision_name,
         ]);
+        self.context
+            .log_decision("ext_authz", decision_name, &key_id, &account_id, scope);
         let mut response = CheckResponse::new();
         response.set_dynamic_metadata(Some(metadata));
         if decision.is_allowed() {

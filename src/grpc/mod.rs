@@ -28,6 +28,31 @@ pub struct CheckContext {
     /// Swapped whole on reload; a check sees one table from start to end.
     pub routes: arc_swap::ArcSwap<RouteTable>,
     pub readiness: Arc<Readiness>,
+    /// Log one decision in this many (0: none).
+    pub decision_log_every: u64,
+    pub decisions_seen: std::sync::atomic::AtomicU64,
+}
+
+impl CheckContext {
+    /// Sampled per-decision log line: ids, scope and outcome, never a token.
+    fn log_decision(
+        &self,
+        api: &'static str,
+        decision: &'static str,
+        key_id: &str,
+        account_id: &str,
+        scope: Option<&str>,
+    ) {
+        if self.decision_log_every == 0 {
+            return;
+        }
+        let seen = self
+            .decisions_seen
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if seen % self.decision_log_every == 0 {
+            tracing::info!(api, decision, key_id, account_id, scope, "decision");
+        }
+    }
 }
 
 /// Generated code for `proto/scopegate/v1`.
