@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{bearer, check, create, Server, BIN};
+use common::{bearer, check, create, http_decision, Server, BIN};
 use scopegate::grpc::pb;
 use tonic::Code;
 
@@ -400,32 +400,6 @@ async fn sighup_reloads_routes_and_keeps_the_old_table_on_a_bad_file() {
         &["--routes", routes.to_str().unwrap()],
     );
     let mut authorize = server.authorize().await;
-    let http = |path: &str| pb::CheckRequest {
-        token: String::new(),
-        scopes: vec![],
-        http: Some(pb::HttpRequest {
-            method: "GET".into(),
-            path: path.into(),
-        }),
-    };
-    let hup = || {
-        Command::new("kill")
-            .args(["-HUP", &server.child.id().to_string()])
-            .status()
-            .unwrap();
-    };
-    let wait_for_log = |needle: &str, count: usize| {
-        for _ in 0..200 {
-            if server.log().matches(needle).count() >= count {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("no {needle:?} in log:\n{}", server.log());
-    };
-    // Unauthenticated checks still learn the route outcome only after auth, so
-    // use the decision of a missing token: both answer MISSING_TOKEN. Instead
-    // compare NO_ROUTE through a real key.
     let mut manage = server.manage().await;
     let key = manage
         .create_key(bearer(
@@ -435,67 +409,33 @@ async fn sighup_reloads_routes_and_keeps_the_old_table_on_a_bad_file() {
         .await
         .unwrap()
         .into_inner();
-    let decide = |response: pb::CheckResponse| pb::Decision::try_from(response.decision).unwrap();
-    let with_token = |path: &str| pb::CheckRequest {
-        token: key.token.clone(),
-        ..http(path)
-    };
+    let token = key.token.as_str();
     assert_eq!(
-        decide(
-            authorize
-                .check(with_token("/a"))
-                .await
-                .unwrap()
-                .into_inner()
-        ),
+        http_decision(&mut authorize, token, "/a").await,
         pb::Decision::Allowed
     );
     assert_eq!(
-        decide(
-            authorize
-                .check(with_token("/b"))
-                .await
-                .unwrap()
-                .into_inner()
-        ),
+        http_decision(&mut authorize, token, "/b").await,
         pb::Decision::NoRoute
     );
 
     std::fs::write(&routes, "[[route]]\npath = \"/b\"\nscope = \"mail.send\"\n").unwrap();
-    hup();
-    wait_for_log("routes reloaded", 1);
+    server.signal("HUP");
+    server.wait_for_log("routes reloaded", 1);
     assert_eq!(
-        decide(
-            authorize
-                .check(with_token("/a"))
-                .await
-                .unwrap()
-                .into_inner()
-        ),
+        http_decision(&mut authorize, token, "/a").await,
         pb::Decision::NoRoute
     );
     assert_eq!(
-        decide(
-            authorize
-                .check(with_token("/b"))
-                .await
-                .unwrap()
-                .into_inner()
-        ),
+        http_decision(&mut authorize, token, "/b").await,
         pb::Decision::Allowed
     );
 
     std::fs::write(&routes, "[[route]]\npath = \"/c\"\nscope = \"no.such\"\n").unwrap();
-    hup();
-    wait_for_log("routes reload rejected", 1);
+    server.signal("HUP");
+    server.wait_for_log("routes reload rejected", 1);
     assert_eq!(
-        decide(
-            authorize
-                .check(with_token("/b"))
-                .await
-                .unwrap()
-                .into_inner()
-        ),
+        http_decision(&mut authorize, token, "/b").await,
         pb::Decision::Allowed
     );
     let (_, body) = server.http_get("/metrics");
@@ -744,12 +684,9 @@ async fn sighup_reloads_the_catalog_when_every_key_fits_it() {
     let catalog = dir.path().join("catalog.toml");
     let routes = dir.path().join("routes.toml");
     let base = scopegate::scope::DEFAULT_CATALOG_TOML;
+    let stats_route = "[[route]]\npath = \"/v3/stats\"\nscope = \"stats.read\"\n";
     std::fs::write(&catalog, base).unwrap();
-    std::fs::write(
-        &routes,
-        "[[route]]\npath = \"/v3/stats\"\nscope = \"stats.read\"\n",
-    )
-    .unwrap();
+    std::fs::write(&routes, stats_route).unwrap();
     let server = Server::start(
         &dir.path().join("data"),
         &[
@@ -767,82 +704,40 @@ async fn sighup_reloads_the_catalog_when_every_key_fits_it() {
         .await
         .unwrap()
         .into_inner();
-    let hup = || {
-        Command::new("kill")
-            .args(["-HUP", &server.child.id().to_string()])
-            .status()
-            .unwrap();
-    };
-    let wait_for_log = |needle: &str| {
-        for _ in 0..300 {
-            if server.log().contains(needle) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("no {needle:?} in log:\n{}", server.log());
-    };
 
     // A new resource and a route to it, without a restart.
-    std::fs::write(
-        &catalog,
-        format!("{base}\n[[resource]]\nname = \"reports\"\nverbs = [\"read\"]\n"),
-    )
-    .unwrap();
-    std::fs::write(&routes, "[[route]]\npath = \"/v3/stats\"\nscope = \"stats.read\"\n[[route]]\npath = \"/v3/reports\"\nscope = \"reports.read\"\n").unwrap();
-    hup();
-    wait_for_log("routes reloaded");
+    let reports_resource = "\n[[resource]]\nname = \"reports\"\nverbs = [\"read\"]\n";
+    std::fs::write(&catalog, format!("{base}{reports_resource}")).unwrap();
+    let reports_route = "[[route]]\npath = \"/v3/reports\"\nscope = \"reports.read\"\n";
+    std::fs::write(&routes, format!("{stats_route}{reports_route}")).unwrap();
+    server.signal("HUP");
+    server.wait_for_log("routes reloaded", 1);
     assert!(server.log().contains("catalog reloaded"));
     let reports = manage
         .create_key(bearer(&admin, create("acme", "reports", &["reports.read"])))
         .await
         .unwrap()
         .into_inner();
-    let http = |token: &str, path: &str| pb::CheckRequest {
-        token: token.into(),
-        scopes: vec![],
-        http: Some(pb::HttpRequest {
-            method: "GET".into(),
-            path: path.into(),
-        }),
-    };
-    assert!(
-        authorize
-            .check(http(&reports.token, "/v3/reports"))
-            .await
-            .unwrap()
-            .into_inner()
-            .allowed
+    let allowed = pb::Decision::Allowed;
+    assert_eq!(
+        http_decision(&mut authorize, &reports.token, "/v3/reports").await,
+        allowed
     );
     // Keys from before the reload keep working: their scope ids did not move.
-    assert!(
-        authorize
-            .check(http(&stats.token, "/v3/stats"))
-            .await
-            .unwrap()
-            .into_inner()
-            .allowed
+    assert_eq!(
+        http_decision(&mut authorize, &stats.token, "/v3/stats").await,
+        allowed
     );
-    assert!(
-        !authorize
-            .check(http(&stats.token, "/v3/reports"))
-            .await
-            .unwrap()
-            .into_inner()
-            .allowed
+    assert_ne!(
+        http_decision(&mut authorize, &stats.token, "/v3/reports").await,
+        allowed
     );
 
     // A catalog that drops a scope a key holds is refused; the old one stays.
-    std::fs::write(
-        &catalog,
-        base.replace(
-            "name = \"stats\"\nverbs = [\"read\"]",
-            "name = \"statistics\"\nverbs = [\"read\"]",
-        ),
-    )
-    .unwrap();
-    hup();
-    wait_for_log("catalog reload rejected");
+    let renamed = base.replace("name = \"stats\"\n", "name = \"statistics\"\n");
+    std::fs::write(&catalog, format!("{renamed}{reports_resource}")).unwrap();
+    server.signal("HUP");
+    server.wait_for_log("catalog reload rejected", 1);
     assert!(
         server
             .log()

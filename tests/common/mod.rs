@@ -142,6 +142,25 @@ impl Server {
         std::fs::read_to_string(&self.log_path).unwrap()
     }
 
+    /// Sends a signal by name (HUP, TERM, …).
+    pub fn signal(&self, name: &str) {
+        Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+
+    /// Waits until the log holds `needle` `count` times.
+    pub fn wait_for_log(&self, needle: &str, count: usize) {
+        for _ in 0..500 {
+            if self.log().matches(needle).count() >= count {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("no {needle:?} (x{count}) in log:\n{}", self.log());
+    }
+
     /// SIGKILL: no chance to flush.
     pub fn kill9(&mut self) {
         self.child.kill().unwrap();
@@ -199,6 +218,24 @@ pub fn create_manager(account: &str, name: &str, scopes: &[&str]) -> pb::CreateK
         }],
         ..create(account, name, scopes)
     }
+}
+
+/// The decision for `GET path` through Authorize.Check{http}.
+pub async fn http_decision(
+    authorize: &mut pb::authorize_client::AuthorizeClient<Channel>,
+    token: &str,
+    path: &str,
+) -> pb::Decision {
+    let request = pb::CheckRequest {
+        token: token.into(),
+        scopes: vec![],
+        http: Some(pb::HttpRequest {
+            method: "GET".into(),
+            path: path.into(),
+        }),
+    };
+    let response = authorize.check(request).await.unwrap().into_inner();
+    pb::Decision::try_from(response.decision).unwrap()
 }
 
 pub fn check(token: &str, scopes: &[&str]) -> pb::CheckRequest {
