@@ -161,6 +161,8 @@ pub enum KeysCommand {
     Get {
         #[command(flatten)]
         client: ClientArgs,
+        /// Key id (ids may begin with `-`; that is fine here).
+        #[arg(allow_hyphen_values = true)]
         key_id: String,
     },
     /// List keys, ordered by id.
@@ -183,6 +185,8 @@ pub enum KeysCommand {
     Update {
         #[command(flatten)]
         client: ClientArgs,
+        /// Key id (ids may begin with `-`; that is fine here).
+        #[arg(allow_hyphen_values = true)]
         key_id: String,
         #[arg(long)]
         name: Option<String>,
@@ -199,6 +203,8 @@ pub enum KeysCommand {
     Delete {
         #[command(flatten)]
         client: ClientArgs,
+        /// Key id (ids may begin with `-`; that is fine here).
+        #[arg(allow_hyphen_values = true)]
         key_id: String,
     },
 }
@@ -806,5 +812,37 @@ fn print_keys(keys: &[pb::ApiKey]) {
             kind,
             access.join(" ")
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed_key_id(args: &[&str]) -> String {
+        let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        match cli.command {
+            Command::Keys(KeysCommand::Delete { key_id, client })
+            | Command::Keys(KeysCommand::Get { key_id, client })
+            | Command::Keys(KeysCommand::Update { key_id, client, .. }) => {
+                assert_eq!(client.server, "http://h:1", "{args:?}");
+                key_id
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Key ids are base64url, so one in 32 begins with `-`; it must still
+    /// parse as the id, before or after the flags.
+    #[test]
+    fn key_ids_that_begin_with_a_hyphen_are_ids() {
+        for verb in ["get", "delete", "update"] {
+            for id in ["-jace9rfduigJHh1AJIVA", "qL0w1cT9Rk2tqc8z3mE1aA"] {
+                let before = ["scopegate", "keys", verb, "--server", "http://h:1", id];
+                assert_eq!(parsed_key_id(&before), id);
+                let after = ["scopegate", "keys", verb, id, "--server", "http://h:1"];
+                assert_eq!(parsed_key_id(&after), id);
+            }
+        }
     }
 }
