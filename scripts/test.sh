@@ -44,6 +44,9 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
+echo "== cargo build --release (the image test runs the release binary, as the Dockerfile builds it)"
+cargo build --locked --release --bin scopegate
+export SCOPEGATE_RELEASE_BIN="$CARGO_TARGET_DIR/release/scopegate"
 echo "== cargo test"
 cargo test --locked
 echo "== pytest (independent clients: grpcio + Envoy's protos)"

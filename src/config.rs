@@ -66,6 +66,12 @@ pub struct ServeOptions {
     /// the built-in catalog: the built-in copy of examples/routes.toml.
     #[arg(long, env = "SCOPEGATE_ROUTES")]
     pub routes: Option<PathBuf>,
+    /// Also reload the catalog and routes files when their content changes,
+    /// checked every this many seconds; 0 turns the watch off (SIGHUP still
+    /// works). Replace files by rename so a half-written one is never read.
+    /// [default: 0]
+    #[arg(long, env = "SCOPEGATE_WATCH_SECS")]
+    pub watch_secs: Option<f64>,
     /// ext_authz: also accept the raw token in this header (e.g. x-api-key),
     /// besides `authorization: Bearer <token>`.
     #[arg(long, env = "SCOPEGATE_API_KEY_HEADER")]
@@ -174,6 +180,7 @@ impl ServeOptions {
             admin_token_file,
             catalog,
             routes,
+            watch_secs,
             api_key_header,
             key_id_header,
             account_id_header,
@@ -207,6 +214,7 @@ impl ServeOptions {
             token_prefix: Some(DEFAULT_PREFIX.into()),
             max_keys_per_account: Some(DEFAULT_MAX_KEYS_PER_ACCOUNT),
             drain_timeout_secs: Some(5.0),
+            watch_secs: Some(0.0),
             max_concurrent_requests: Some(Limits::default().max_concurrent_requests),
             request_timeout_ms: Some(Limits::default().request_timeout.as_millis() as u64),
             max_message_bytes: Some(Limits::default().max_message_bytes),
@@ -265,6 +273,14 @@ impl ServeOptions {
                 format!("{drain} is not a duration in seconds"),
             )
         })?;
+        let watch = options.watch_secs.unwrap_or(0.0);
+        let watch_interval = Duration::try_from_secs_f64(watch).map_err(|_| {
+            invalid(
+                "watch_secs",
+                format!("{watch} is not a duration in seconds"),
+            )
+        })?;
+        let watch_interval = (!watch_interval.is_zero()).then_some(watch_interval);
         let positive = |key: &'static str, value: usize| {
             if value == 0 {
                 Err(invalid(key, "must be at least 1"))
@@ -383,6 +399,7 @@ impl ServeOptions {
             pepper_file: options.pepper_file.clone(),
             max_keys_per_account,
             drain_timeout,
+            watch_interval,
             limits,
             json_logs,
             decision_log_every: options.log_decisions_every.unwrap_or(0),
@@ -424,6 +441,7 @@ mod tests {
             admin_token_file = "/a"
             catalog = "/cat.toml"
             routes = "/r.toml"
+            watch_secs = 0.5
             api_key_header = "X-Api-Key"
             key_id_header = "x-k"
             account_id_header = "x-a"
@@ -451,6 +469,7 @@ mod tests {
         let config = merged.resolve().unwrap();
         assert_eq!(config.tls, Some(("/c.pem".into(), "/k.pem".into())));
         assert_eq!(config.decision_log_every, 3);
+        assert_eq!(config.watch_interval, Some(Duration::from_millis(500)));
         assert_eq!(config.limits.request_timeout, Duration::from_millis(250));
         assert!(config.json_logs && config.metrics_listen.is_none());
         assert_eq!(
@@ -480,6 +499,10 @@ mod tests {
                 "key_id_header: `a b` is not an HTTP header name",
             ),
             ("listen = \"none\"", "listen: is \"none\" and no uds is set"),
+            (
+                "watch_secs = -1.0",
+                "watch_secs: -1 is not a duration in seconds",
+            ),
         ];
         for (text, expected) in cases {
             let options: ServeOptions = toml::from_str(text).unwrap();

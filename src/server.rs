@@ -56,6 +56,8 @@ pub struct ServeConfig {
     pub max_keys_per_account: usize,
     /// How long shutdown waits for in-flight requests and open connections.
     pub drain_timeout: Duration,
+    /// Poll the catalog and routes files this often and reload on change.
+    pub watch_interval: Option<Duration>,
     pub limits: Limits,
     pub json_logs: bool,
     /// Log one check decision in this many (0: none).
@@ -296,8 +298,9 @@ pub async fn run(
             ),
         })
     };
-    let (hot_tls, manage_tls) = router(tls.as_ref())?;
-    let manage_only = manage_tcp.map(|listener| (manage_tls.expect("manage router"), listener));
+    // TCP routers carry TLS when it is configured; the Unix socket never does.
+    let (tcp_hot, tcp_manage) = router(tls.as_ref())?;
+    let manage_only = manage_tcp.map(|listener| (tcp_manage.expect("manage router"), listener));
 
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -310,7 +313,7 @@ pub async fn run(
     if let Some(listener) = tcp {
         let addr = local_addr(&listener);
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        servers.spawn(hot_tls.serve_with_incoming_shutdown(incoming, stopped()));
+        servers.spawn(tcp_hot.serve_with_incoming_shutdown(incoming, stopped()));
         tracing::info!(addr = %addr, data_dir = %config.data_dir.display(), tls = tls.is_some(), "scopegate listening");
     }
     if let Some((listener, path)) = uds {
@@ -364,11 +367,7 @@ pub async fn run(
         "keys loaded; serving"
     );
 
-    let reloader = tokio::spawn(reload_on_sighup(
-        config.clone(),
-        check_context,
-        store.clone(),
-    ));
+    let reloader = tokio::spawn(reload_files(config.clone(), check_context, store.clone()));
 
     shutdown.await;
     tracing::info!("shutdown requested: draining");
@@ -424,53 +423,103 @@ fn load_tls(
     Ok(tonic::transport::ServerTlsConfig::new().identity(identity))
 }
 
-/// SIGHUP reloads the catalog (when `--catalog` names a file) and then the
-/// routes file. A bad new file is rejected, logged and counted, and the old one
-/// stays in force. A new catalog must fit every stored key; scope ids are
-/// stable across catalogs, so checks in flight stay consistent.
-async fn reload_on_sighup(config: ServeConfig, context: Arc<CheckContext>, store: Store) {
-    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-    else {
-        tracing::warn!("cannot listen for SIGHUP; reload disabled");
-        return;
+/// Reloads the catalog and routes files on SIGHUP and, with a watch interval,
+/// whenever their content changes. A bad new file is rejected, logged and
+/// counted, and the old one stays in force.
+async fn reload_files(config: ServeConfig, context: Arc<CheckContext>, store: Store) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangups) => Some(hangups),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; reload on signal disabled");
+            None
+        }
     };
-    while hangups.recv().await.is_some() {
-        if let Some(path) = &config.catalog {
-            let previous = context.catalog.load_full();
-            let swapped = Catalog::load_after(path, &previous)
-                .map_err(|error| error.to_string())
-                .and_then(|catalog| {
-                    let scopes = catalog.scope_count();
-                    store
-                        .swap_catalog(Arc::new(catalog))
-                        .map(|()| scopes)
-                        .map_err(|error| error.to_string())
-                });
-            match swapped {
-                Ok(scopes) => {
-                    reloaded("catalog", true);
-                    tracing::info!(path = %path.display(), scopes, "catalog reloaded");
+    let mut ticks = config.watch_interval.map(|every| {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks
+    });
+    let mut seen = watched_content(&config);
+    loop {
+        tokio::select! {
+            alive = next_hangup(&mut hangups) => if !alive {
+                return;
+            },
+            () = next_tick(&mut ticks) => {
+                if watched_content(&config) == seen {
+                    continue;
                 }
-                Err(error) => {
-                    reloaded("catalog", false);
-                    tracing::error!(%error, "catalog reload rejected; the previous catalog stays in force");
-                }
+                tracing::info!("a watched file changed: reloading");
             }
         }
-        let Some(path) = &config.routes else {
-            continue;
-        };
-        match RouteTable::load(path, &context.catalog.load()) {
-            Ok(routes) => {
-                let count = routes.rule_count();
-                context.routes.store(Arc::new(routes));
-                reloaded("routes", true);
-                tracing::info!(path = %path.display(), routes = count, "routes reloaded");
+        seen = watched_content(&config);
+        reload(&config, &context, &store);
+    }
+}
+
+async fn next_hangup(hangups: &mut Option<tokio::signal::unix::Signal>) -> bool {
+    match hangups {
+        Some(hangups) => hangups.recv().await.is_some(),
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_tick(ticks: &mut Option<tokio::time::Interval>) {
+    match ticks {
+        Some(ticks) => drop(ticks.tick().await),
+        None => std::future::pending().await,
+    }
+}
+
+/// A checksum of each watched file (None: unreadable), cheap enough to take
+/// every tick: these files are small.
+fn watched_content(config: &ServeConfig) -> [Option<u32>; 2] {
+    let checksum = |path: &Option<PathBuf>| {
+        let bytes = std::fs::read(path.as_ref()?).ok()?;
+        Some(crc32fast::hash(&bytes))
+    };
+    [checksum(&config.catalog), checksum(&config.routes)]
+}
+
+/// The catalog (when `--catalog` names a file), then the routes file. A new
+/// catalog must fit every stored key; scope ids are stable across catalogs,
+/// so checks in flight stay consistent.
+fn reload(config: &ServeConfig, context: &CheckContext, store: &Store) {
+    if let Some(path) = &config.catalog {
+        let previous = context.catalog.load_full();
+        let swapped = Catalog::load_after(path, &previous)
+            .map_err(|error| error.to_string())
+            .and_then(|catalog| {
+                let scopes = catalog.scope_count();
+                store
+                    .swap_catalog(Arc::new(catalog))
+                    .map(|()| scopes)
+                    .map_err(|error| error.to_string())
+            });
+        match swapped {
+            Ok(scopes) => {
+                reloaded("catalog", true);
+                tracing::info!(path = %path.display(), scopes, "catalog reloaded");
             }
             Err(error) => {
-                reloaded("routes", false);
-                tracing::error!(%error, "routes reload rejected; the previous table stays in force");
+                reloaded("catalog", false);
+                tracing::error!(%error, "catalog reload rejected; the previous catalog stays in force");
             }
+        }
+    }
+    let Some(path) = &config.routes else {
+        return;
+    };
+    match RouteTable::load(path, &context.catalog.load()) {
+        Ok(routes) => {
+            let count = routes.rule_count();
+            context.routes.store(Arc::new(routes));
+            reloaded("routes", true);
+            tracing::info!(path = %path.display(), routes = count, "routes reloaded");
+        }
+        Err(error) => {
+            reloaded("routes", false);
+            tracing::error!(%error, "routes reload rejected; the previous table stays in force");
         }
     }
 }

@@ -390,14 +390,45 @@ async fn sigterm_under_load_drains_and_loses_nothing_acknowledged() {
     }
 }
 
+/// How a changed routes file reaches the server.
+#[derive(Clone, Copy, PartialEq)]
+enum Reload {
+    Sighup,
+    Watch,
+}
+
 #[tokio::test]
 async fn sighup_reloads_routes_and_keeps_the_old_table_on_a_bad_file() {
+    routes_reload(Reload::Sighup).await;
+}
+
+#[tokio::test]
+async fn a_watched_routes_file_reloads_on_change_and_keeps_the_old_table_on_a_bad_file() {
+    routes_reload(Reload::Watch).await;
+}
+
+async fn routes_reload(how: Reload) {
     let dir = tempfile::tempdir().unwrap();
     let routes = dir.path().join("routes.toml");
-    std::fs::write(&routes, "[[route]]\npath = \"/a\"\nscope = \"mail.send\"\n").unwrap();
+    // Replaced by rename, as Kubernetes updates a mounted ConfigMap.
+    let replace = |text: &str| {
+        let next = dir.path().join("routes.toml.next");
+        std::fs::write(&next, text).unwrap();
+        std::fs::rename(&next, &routes).unwrap();
+    };
+    let reload = |server: &Server| {
+        if how == Reload::Sighup {
+            server.signal("HUP");
+        }
+    };
+    replace("[[route]]\npath = \"/a\"\nscope = \"mail.send\"\n");
+    let watch: &[&str] = match how {
+        Reload::Sighup => &[],
+        Reload::Watch => &["--watch-secs", "0.05"],
+    };
     let server = Server::start(
         &dir.path().join("data"),
-        &["--routes", routes.to_str().unwrap()],
+        &[&["--routes", routes.to_str().unwrap()], watch].concat(),
     );
     let mut authorize = server.authorize().await;
     let mut manage = server.manage().await;
@@ -419,8 +450,8 @@ async fn sighup_reloads_routes_and_keeps_the_old_table_on_a_bad_file() {
         pb::Decision::NoRoute
     );
 
-    std::fs::write(&routes, "[[route]]\npath = \"/b\"\nscope = \"mail.send\"\n").unwrap();
-    server.signal("HUP");
+    replace("[[route]]\npath = \"/b\"\nscope = \"mail.send\"\n");
+    reload(&server);
     server.wait_for_log("routes reloaded", 1);
     assert_eq!(
         http_decision(&mut authorize, token, "/a").await,
@@ -431,8 +462,8 @@ async fn sighup_reloads_routes_and_keeps_the_old_table_on_a_bad_file() {
         pb::Decision::Allowed
     );
 
-    std::fs::write(&routes, "[[route]]\npath = \"/c\"\nscope = \"no.such\"\n").unwrap();
-    server.signal("HUP");
+    replace("[[route]]\npath = \"/c\"\nscope = \"no.such\"\n");
+    reload(&server);
     server.wait_for_log("routes reload rejected", 1);
     assert_eq!(
         http_decision(&mut authorize, token, "/b").await,
@@ -590,27 +621,38 @@ async fn tls_on_the_tcp_listener() {
         .contains("tls_key_file: is required with tls_cert_file"));
 }
 
-/// As in the container image: a non-root user, nothing writable but the data
-/// dir and the socket dir.
+/// As in the container image (Dockerfile): the release binary, uid 65532
+/// (distroless "nonroot"), nothing writable but the data dir and the socket dir.
+/// `scripts/test.sh` builds the release binary and names it in
+/// SCOPEGATE_RELEASE_BIN; a plain `cargo test` falls back to the test build.
 #[tokio::test]
 async fn runs_as_non_root_with_only_its_own_paths_writable() {
     use std::os::unix::fs::PermissionsExt;
+    const NONROOT: u32 = 65532;
     let dir = tempfile::tempdir().unwrap();
     let set_mode = |path: &std::path::Path, mode| {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
     };
     set_mode(dir.path(), 0o755);
+    let source = std::env::var("SCOPEGATE_RELEASE_BIN").unwrap_or_else(|_| BIN.to_owned());
+    eprintln!("image test runs {source}");
     let binary = dir.path().join("scopegate");
-    std::fs::copy(BIN, &binary).unwrap();
+    std::fs::copy(&source, &binary).unwrap();
     let root = dir.path().join("root");
     for writable in ["data", "run"] {
         std::fs::create_dir_all(root.join(writable)).unwrap();
-        std::os::unix::fs::chown(root.join(writable), Some(65534), Some(65534)).unwrap();
+        std::os::unix::fs::chown(root.join(writable), Some(NONROOT), Some(NONROOT)).unwrap();
     }
     set_mode(&root, 0o555);
     let log = dir.path().join("serve.log");
     let mut child = Command::new("setpriv")
-        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args([
+            "--reuid",
+            &NONROOT.to_string(),
+            "--regid",
+            &NONROOT.to_string(),
+        ])
+        .arg("--clear-groups")
         .arg(&binary)
         .args([
             "serve",
@@ -674,6 +716,7 @@ async fn runs_as_non_root_with_only_its_own_paths_writable() {
         "nothing written outside the configured paths"
     );
     assert!(root.join("data/admin.token").exists());
+    assert!(root.join("run/grpc.sock").exists());
     child.kill().unwrap();
     child.wait().unwrap();
 }
