@@ -50,5 +50,4 @@ export SCOPEGATE_RELEASE_BIN="$CARGO_TARGET_DIR/release/scopegate"
 echo "== cargo test"
 cargo test --locked
 echo "== pytest (independent clients: grpcio + Envoy's protos)"
-cargo build --locked --bin scopegate
-SCOPEGATE_BIN="$CARGO_TARGET_DIR/debug/scopegate" "$tools/venv/bin/python" -m pytest -q tests/python
+SCOPEGATE_BIN="$SCOPEGATE_RELEASE_BIN" "$tools/venv/bin/python" -m pytest -q tests/python
