@@ -79,9 +79,39 @@ enum Command {
 
 struct Ceiling;
 
-/// The same bare server answering Envoy's ext_authz with a fixed OK: the
-/// ceiling for a message the size of a real Envoy request.
+/// The same bare server answering Envoy's ext_authz with a fixed allow of the
+/// shape scopegate sends (two upstream headers, the credential header removed,
+/// four metadata fields): the ceiling for real Envoy messages both ways.
 struct ExtAuthzCeiling;
+
+fn fixed_allow() -> envoy_types::ext_authz::v3::pb::CheckResponse {
+    use envoy_types::ext_authz::v3::pb::{CheckResponse, HeaderAppendAction};
+    use envoy_types::ext_authz::v3::{CheckResponseExt, OkHttpResponseBuilder};
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+    let fields = [
+        ("key_id", "qL0w1cT9Rk2tqc8z3mE1aA"),
+        ("account_id", "bench"),
+        ("scope", "mail.send"),
+        ("decision", "ALLOWED"),
+    ];
+    let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
+    let mut ok = OkHttpResponseBuilder::new();
+    ok.add_header("x-scopegate-key-id", fields[0].1, overwrite, false);
+    ok.add_header("x-scopegate-account-id", fields[1].1, overwrite, false);
+    ok.remove_header("authorization");
+    let mut response = CheckResponse::with_status(tonic::Status::ok(""));
+    response.set_http_response(ok);
+    response.set_dynamic_metadata(Some(Struct {
+        fields: fields
+            .iter()
+            .map(|(name, value)| {
+                let value = Kind::StringValue((*value).to_owned());
+                (name.to_string(), Value { kind: Some(value) })
+            })
+            .collect(),
+    }));
+    response
+}
 
 #[tonic::async_trait]
 impl envoy_types::ext_authz::v3::pb::Authorization for ExtAuthzCeiling {
@@ -89,10 +119,7 @@ impl envoy_types::ext_authz::v3::pb::Authorization for ExtAuthzCeiling {
         &self,
         _request: tonic::Request<envoy_types::ext_authz::v3::pb::CheckRequest>,
     ) -> Result<tonic::Response<envoy_types::ext_authz::v3::pb::CheckResponse>, tonic::Status> {
-        use envoy_types::ext_authz::v3::CheckResponseExt;
-        Ok(tonic::Response::new(
-            envoy_types::ext_authz::v3::pb::CheckResponse::with_status(tonic::Status::ok("")),
-        ))
+        Ok(tonic::Response::new(fixed_allow()))
     }
 }
 
