@@ -21,7 +21,38 @@ pub struct AuthEntry {
 
 #[derive(Default)]
 pub struct KeyTable {
-    keys: papaya::HashMap<KeyId, Arc<AuthEntry>>,
+    keys: papaya::HashMap<KeyId, Arc<AuthEntry>, KeyIdHash>,
+}
+
+/// Key ids come from the OS CSPRNG and only the server mints them, so their
+/// bits are already a uniform hash that no client can steer: the table uses
+/// them as they are instead of running SipHash on every Check. A client picks
+/// the ids it looks up, not the ids stored, so it cannot build collisions.
+#[derive(Clone, Default)]
+pub struct KeyIdHash;
+
+impl std::hash::BuildHasher for KeyIdHash {
+    type Hasher = KeyIdHasher;
+    fn build_hasher(&self) -> KeyIdHasher {
+        KeyIdHasher(0)
+    }
+}
+
+pub struct KeyIdHasher(u64);
+
+impl std::hash::Hasher for KeyIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write_u64(&mut self, word: u64) {
+        self.0 = word;
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by KeyId (one write_u64); a plain fold for completeness.
+        for &byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(byte)).wrapping_mul(0x100000001b3);
+        }
+    }
 }
 
 impl KeyTable {

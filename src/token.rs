@@ -29,8 +29,18 @@ const CHECK_CHARS: usize = 6;
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// A key's public identifier (the middle part of its token).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct KeyId([u8; KEY_ID_BYTES]);
+
+/// One word: the id is 16 random bytes, so any hasher gets a uniform input
+/// and [`crate::key::KeyTable`] can use it as the hash itself.
+impl std::hash::Hash for KeyId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let (low, high) = self.0.split_at(8);
+        let word = |half: &[u8]| u64::from_le_bytes(half.try_into().expect("8 bytes"));
+        state.write_u64(word(low) ^ word(high));
+    }
+}
 
 impl KeyId {
     pub fn random() -> KeyId {
@@ -167,36 +177,38 @@ impl TokenFormat {
         self.issue_for(key_id).token
     }
 
-    /// Checks shape, prefix and checksum; no lookup, no allocation.
+    /// Checks shape, prefix and checksum; no lookup, no allocation. The key id
+    /// and secret have fixed lengths, so the parts are found from the end.
     pub fn parse<'a>(&self, token: &'a str) -> Result<ParsedToken<'a>, Malformed> {
-        let body_len = token
+        let bytes = token.as_bytes();
+        let body_len = bytes
             .len()
             .checked_sub(CHECK_CHARS)
             .ok_or(Malformed::Shape)?;
-        if !token.is_char_boundary(body_len) {
-            return Err(Malformed::Shape);
-        }
-        let (body, check) = token.split_at(body_len);
-        let mut parts = body.splitn(3, '.');
-        let (Some(prefix), Some(key_id), Some(secret)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(Malformed::Shape);
-        };
-        let is_base64url = |byte: u8| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_';
-        if key_id.len() != KEY_ID_CHARS
-            || secret.len() != SECRET_CHARS
-            || !secret.bytes().all(is_base64url)
+        let secret_at = body_len.checked_sub(SECRET_CHARS).ok_or(Malformed::Shape)?;
+        let prefix_len = secret_at
+            .checked_sub(KEY_ID_CHARS + 2)
+            .ok_or(Malformed::Shape)?;
+        let id_at = prefix_len + 1;
+        if bytes[prefix_len] != b'.'
+            || bytes[secret_at - 1] != b'.'
+            || !is_base64url(&bytes[id_at..secret_at - 1])
+            || !is_base64url(&bytes[secret_at..body_len])
         {
             return Err(Malformed::Shape);
         }
-        if prefix != self.prefix {
+        // Every byte from `prefix_len` on is ASCII, so these are char boundaries.
+        if token[..prefix_len] != *self.prefix {
             return Err(Malformed::Prefix);
         }
-        if checksum(body).as_slice() != check.as_bytes() {
+        if checksum(&token[..body_len]) != bytes[body_len..] {
             return Err(Malformed::Checksum);
         }
-        let key_id = KeyId::parse(key_id).ok_or(Malformed::Shape)?;
-        Ok(ParsedToken { key_id, secret })
+        let key_id = KeyId::parse(&token[id_at..secret_at - 1]).ok_or(Malformed::Shape)?;
+        Ok(ParsedToken {
+            key_id,
+            secret: &token[secret_at..body_len],
+        })
     }
 
     /// Whether the token's secret matches a stored hash, in constant time.
@@ -214,6 +226,21 @@ impl TokenFormat {
             }
         }
     }
+}
+
+/// Whether every byte is in the base64url alphabet (one table lookup each).
+fn is_base64url(bytes: &[u8]) -> bool {
+    const TABLE: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut byte = 0;
+        while byte < 256 {
+            let c = byte as u8;
+            table[byte] = c.is_ascii_alphanumeric() || c == b'-' || c == b'_';
+            byte += 1;
+        }
+        table
+    };
+    bytes.iter().all(|&byte| TABLE[byte as usize])
 }
 
 /// CRC32 of `body` as 6 base62 digits (62^6 > 2^32).
@@ -268,6 +295,23 @@ mod tests {
             bytes[index] = if bytes[index] == b'A' { b'B' } else { b'A' };
             let typo = String::from_utf8(bytes).unwrap();
             assert!(format.parse(&typo).is_err(), "typo at {index} accepted");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any text, or a token with any one char replaced (multi-byte ones
+        /// included): an error or the original, never a panic.
+        #[test]
+        fn parse_never_panics(text in "\\PC{0,90}", index in 0usize..80, typo in proptest::char::any()) {
+            let format = format();
+            let _ = format.parse(&text);
+            let token = format.issue().token;
+            let mut chars: Vec<char> = token.chars().collect();
+            let index = index % chars.len();
+            let original = chars[index];
+            chars[index] = typo;
+            let changed: String = chars.into_iter().collect();
+            proptest::prop_assert_eq!(format.parse(&changed).is_ok(), typo == original);
         }
     }
 
