@@ -266,20 +266,15 @@ impl ServeOptions {
             })?),
             None => unreachable!("defaulted"),
         };
-        let drain = options.drain_timeout_secs.unwrap_or(5.0);
-        let drain_timeout = Duration::try_from_secs_f64(drain).map_err(|_| {
-            invalid(
-                "drain_timeout_secs",
-                format!("{drain} is not a duration in seconds"),
-            )
-        })?;
-        let watch = options.watch_secs.unwrap_or(0.0);
-        let watch_interval = Duration::try_from_secs_f64(watch).map_err(|_| {
-            invalid(
-                "watch_secs",
-                format!("{watch} is not a duration in seconds"),
-            )
-        })?;
+        let seconds = |key: &'static str, value: f64| {
+            Duration::try_from_secs_f64(value)
+                .map_err(|_| invalid(key, format!("{value} is not a duration in seconds")))
+        };
+        let drain_timeout = seconds(
+            "drain_timeout_secs",
+            options.drain_timeout_secs.unwrap_or(5.0),
+        )?;
+        let watch_interval = seconds("watch_secs", options.watch_secs.unwrap_or(0.0))?;
         let watch_interval = (!watch_interval.is_zero()).then_some(watch_interval);
         let positive = |key: &'static str, value: usize| {
             if value == 0 {
