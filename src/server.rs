@@ -174,6 +174,8 @@ pub async fn run(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    // Taken before loading, so a change made while starting is still seen.
+    let watched = watched_content(&config);
     let (catalog, routes) = load_catalog_and_routes(&config)?;
     let pepper = config
         .pepper_file
@@ -367,7 +369,12 @@ pub async fn run(
         "keys loaded; serving"
     );
 
-    let reloader = tokio::spawn(reload_files(config.clone(), check_context, store.clone()));
+    let reloader = tokio::spawn(reload_files(
+        watched,
+        config.clone(),
+        check_context,
+        store.clone(),
+    ));
 
     shutdown.await;
     tracing::info!("shutdown requested: draining");
@@ -426,7 +433,12 @@ fn load_tls(
 /// Reloads the catalog and routes files on SIGHUP and, with a watch interval,
 /// whenever their content changes. A bad new file is rejected, logged and
 /// counted, and the old one stays in force.
-async fn reload_files(config: ServeConfig, context: Arc<CheckContext>, store: Store) {
+async fn reload_files(
+    mut seen: [Option<u32>; 2],
+    config: ServeConfig,
+    context: Arc<CheckContext>,
+    store: Store,
+) {
     let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(hangups) => Some(hangups),
         Err(error) => {
@@ -439,7 +451,6 @@ async fn reload_files(config: ServeConfig, context: Arc<CheckContext>, store: St
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks
     });
-    let mut seen = watched_content(&config);
     loop {
         tokio::select! {
             alive = next_hangup(&mut hangups) => if !alive {
