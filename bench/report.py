@@ -47,6 +47,20 @@ def machine():
     return f"{os.cpu_count()} cores ({model}), {int(mem) // 1024 // 1024} GiB; commit {commit}; {datetime.date.today()}"
 
 
+def network_table(rows):
+    ceiling = {(r["target"], r["concurrency"]): r["rps"] for r in rows if r["workload"] == "ceiling"}
+    envoy_ceiling = {(r["target"], r["concurrency"]): r["rps"] for r in rows if r["workload"] == "ceiling-ext-authz"}
+    lines = ["| workload | transport | concurrency | req/s | vs ceiling | vs same-messages ceiling | p50 µs | p99 µs | p99.9 µs | server CPU % | server RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        key = (r["target"], r["concurrency"])
+        ratio = f"{r['rps'] / ceiling[key]:.0%}" if ceiling.get(key) else ""
+        same = f"{r['rps'] / envoy_ceiling[key]:.0%}" if r["workload"] == "ext-authz" and envoy_ceiling.get(key) else ""
+        lines.append(f"| {r['workload']} | {r['target']} | {r['concurrency']} | {r['rps']:.0f} | {ratio} | {same} | "
+                     f"{r['p50_us']} | {r['p99_us']} | {r['p999_us']} | {r['server_cpu_percent']:.0f} | {r['server_rss_mib']:.0f} |")
+    return lines
+
+
 def main(results_path, criterion_path, out_path):
     results = [json.loads(line) for line in open(results_path) if line.strip()]
     lines = [START, "", f"Machine: {machine()}.", ""]
@@ -56,20 +70,15 @@ def main(results_path, criterion_path, out_path):
         lines.append(f"| `{name}` | {micros * 1000:.0f} ns |" if micros < 10 else f"| `{name}` | {micros:.1f} µs |")
 
     checks = [r for r in results if r.get("workload") in ("ceiling", "ceiling-ext-authz", "scopes", "http", "ext-authz")]
-    ceiling = {(r["target"], r["concurrency"]): r["rps"] for r in checks if r["workload"] == "ceiling"}
-    envoy_ceiling = {(r["target"], r["concurrency"]): r["rps"] for r in checks if r["workload"] == "ceiling-ext-authz"}
     lines += ["", "### Over the network (loadgen; fixed duration after warm-up)", "",
               "`ceiling`: bare tonic server, small fixed message. `ceiling-ext-authz`: the same bare server "
-              "decoding the same Envoy request and answering a fixed allow of the same shape and size as scopegate's (headers, metadata: 212 bytes); ext_authz rows are also compared with it.", "",
-              "| workload | transport | concurrency | req/s | vs ceiling | vs same-messages ceiling | p50 µs | p99 µs | p99.9 µs | server CPU % | server RSS MiB |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in checks:
-        ratio = r["rps"] / ceiling[(r["target"], r["concurrency"])] if ceiling.get((r["target"], r["concurrency"])) else 0
-        key = (r["target"], r["concurrency"])
-        same = f"{r['rps'] / envoy_ceiling[key]:.0%}" if r["workload"] == "ext-authz" and envoy_ceiling.get(key) else ""
-        lines.append(f"| {r['workload']} | {r['target']} | {r['concurrency']} | {r['rps']:.0f} | {ratio:.0%} | {same} | "
-                     f"{r['p50_us']} | {r['p99_us']} | {r['p999_us']} | {r['server_cpu_percent']:.0f} | {r['server_rss_mib']:.0f} |")
-
+              "decoding the same Envoy request and answering a fixed allow of the same shape and size as scopegate's (headers, metadata: 212 bytes); ext_authz rows are also compared with it."]
+    sections = [("", "Server and load generator sharing both cores"),
+                ("pinned", "Pinned: every server on CPU 0, the load generator on CPU 1 (`taskset`)")]
+    for label, title in sections:
+        rows = [r for r in checks if r.get("label", "") == label]
+        if rows:
+            lines += ["", f"#### {title}", ""] + network_table(rows)
     writes = [r for r in results if r.get("workload") == "writes"]
     lines += ["", "### Durable writes (each acknowledged after fsync; group commit)", "",
               "| concurrency | keys | CreateKey/s | DeleteKey/s | checks right after DeleteKey | stale allows |", "|---|---|---|---|---|---|"]

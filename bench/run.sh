@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every scopegate benchmark and rewrites the tables in BENCHMARKS.md.
-#   bash bench/run.sh            # full run (about 10 minutes on 2 cores)
+#   bash bench/run.sh            # full run (about 9 minutes on 2 cores)
 #   QUICK=1 bash bench/run.sh    # shorter runs, for a smoke test
 # Figures are from one run on one machine: compare ratios within a run.
 set -euo pipefail
@@ -48,20 +48,39 @@ wait_for_log "$work/ceiling.addr" "127.0.0.1"
 ceiling_addr=$(cat "$work/ceiling.addr")
 for _ in $(seq 1 100); do [ -S "$work/ceiling.sock" ] && break; sleep 0.05; done
 
-echo "== load: Check and ext_authz, TCP and Unix socket, concurrency 1/16/64"
-for concurrency in 1 16 64; do
-  connections=$(( concurrency < 4 ? concurrency : 4 ))
-  common=(--concurrency "$concurrency" --connections "$connections" --duration-secs "$duration" --warmup-secs "$warmup")
-  "$loadgen" check --target "http://$ceiling_addr" --workload ceiling --server-pid "$ceiling_pid" "${common[@]}" >> "$results"
-  "$loadgen" check --target "unix:$work/ceiling.sock" --workload ceiling --server-pid "$ceiling_uds_pid" "${common[@]}" >> "$results"
-  "$loadgen" check --target "http://$ceiling_addr" --workload ceiling-ext-authz --server-pid "$ceiling_pid" "${common[@]}" >> "$results"
-  "$loadgen" check --target "unix:$work/ceiling.sock" --workload ceiling-ext-authz --server-pid "$ceiling_uds_pid" "${common[@]}" >> "$results"
+# One round: both ceilings and the three scopegate workloads, TCP and Unix
+# socket. Arguments: concurrency, label, and an optional command prefix for
+# the load generator (taskset).
+load_round() {
+  local concurrency=$1 label=$2; shift 2
+  local connections=$(( concurrency < 4 ? concurrency : 4 ))
+  local common=(--concurrency "$concurrency" --connections "$connections" --duration-secs "$duration" --warmup-secs "$warmup" --label "$label")
+  "$@" "$loadgen" check --target "http://$ceiling_addr" --workload ceiling --server-pid "$ceiling_pid" "${common[@]}" >> "$results"
+  "$@" "$loadgen" check --target "unix:$work/ceiling.sock" --workload ceiling --server-pid "$ceiling_uds_pid" "${common[@]}" >> "$results"
+  "$@" "$loadgen" check --target "http://$ceiling_addr" --workload ceiling-ext-authz --server-pid "$ceiling_pid" "${common[@]}" >> "$results"
+  "$@" "$loadgen" check --target "unix:$work/ceiling.sock" --workload ceiling-ext-authz --server-pid "$ceiling_uds_pid" "${common[@]}" >> "$results"
   for workload in scopes http ext-authz; do
-    "$loadgen" check --target "http://$addr" --workload "$workload" --token "$token" --server-pid "$server_pid" "${common[@]}" >> "$results"
-    "$loadgen" check --target "unix:$work/grpc.sock" --workload "$workload" --token "$token" --server-pid "$server_pid" "${common[@]}" >> "$results"
+    "$@" "$loadgen" check --target "http://$addr" --workload "$workload" --token "$token" --server-pid "$server_pid" "${common[@]}" >> "$results"
+    "$@" "$loadgen" check --target "unix:$work/grpc.sock" --workload "$workload" --token "$token" --server-pid "$server_pid" "${common[@]}" >> "$results"
   done
   tail -n 10 "$results"
+}
+
+echo "== load: Check and ext_authz, TCP and Unix socket, concurrency 1/16/64 (sharing both cores)"
+for concurrency in 1 16 64; do
+  load_round "$concurrency" ""
 done
+
+# The same, with the servers on CPU 0 and the load generator on CPU 1: each
+# side gets a core of its own, as a sidecar with a one-core limit would.
+if [ "$(nproc)" -ge 2 ] && command -v taskset > /dev/null; then
+  echo "== load, pinned: servers on CPU 0, load generator on CPU 1"
+  for pid in "$server_pid" "$ceiling_pid" "$ceiling_uds_pid"; do taskset -apc 0 "$pid" > /dev/null; done
+  for concurrency in 16 64; do
+    load_round "$concurrency" pinned taskset -c 1
+  done
+  for pid in "$server_pid" "$ceiling_pid" "$ceiling_uds_pid"; do taskset -apc "0-$(( $(nproc) - 1 ))" "$pid" > /dev/null; done
+fi
 
 echo "== durable writes"
 for concurrency in 1 32; do
