@@ -74,7 +74,7 @@ def main(results_path, criterion_path, out_path):
               "`ceiling`: bare tonic server, small fixed message. `ceiling-ext-authz`: the same bare server "
               "decoding the same Envoy request and answering a fixed allow of the same shape and size as scopegate's (headers, metadata: 212 bytes); ext_authz rows are also compared with it."]
     sections = [("", "Server and load generator sharing both cores"),
-                ("pinned", "Pinned: every server on CPU 0, the load generator on CPU 1 (`taskset`)")]
+                ("pinned", "Pinned: every server started on CPU 0 (one runtime worker), the load generator on CPU 1 (`taskset`)")]
     for label, title in sections:
         rows = [r for r in checks if r.get("label", "") == label]
         if rows:

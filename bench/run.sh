@@ -30,23 +30,33 @@ else
   cargo bench --locked --bench hot_path -- --warm-up-time 0.2 --measurement-time 0.5 2>&1 | tee "$work/criterion.txt"
 fi
 
-echo "== scopegate server"
-"$bin" serve --listen 127.0.0.1:0 --uds "$work/grpc.sock" --metrics-listen none \
-  --data-dir "$work/data" --log-format json --max-keys-per-account 100000 2> "$work/serve.log" &
-pids+=($!); server_pid=$!
-wait_for_log "$work/serve.log" "keys loaded; serving"
-addr=$(grep -o '"addr":"[^"]*"' "$work/serve.log" | head -1 | cut -d'"' -f4)
+# Starts scopegate (on the same data dir each time) and the two bare tonic
+# ceiling servers (TCP, Unix socket), under an optional command prefix (taskset).
+start_servers() {
+  "$@" "$bin" serve --listen 127.0.0.1:0 --uds "$work/grpc.sock" --metrics-listen none \
+    --data-dir "$work/data" --log-format json --max-keys-per-account 100000 2> "$work/serve.log" &
+  server_pid=$!; pids+=("$server_pid")
+  rm -f "$work/ceiling.sock"
+  "$@" "$loadgen" ceiling --listen 127.0.0.1:0 > "$work/ceiling.addr" &
+  ceiling_pid=$!; pids+=("$ceiling_pid")
+  "$@" "$loadgen" ceiling --uds "$work/ceiling.sock" > /dev/null &
+  ceiling_uds_pid=$!; pids+=("$ceiling_uds_pid")
+  wait_for_log "$work/serve.log" "keys loaded; serving"
+  addr=$(grep -o '"addr":"[^"]*"' "$work/serve.log" | head -1 | cut -d'"' -f4)
+  wait_for_log "$work/ceiling.addr" "127.0.0.1"
+  ceiling_addr=$(cat "$work/ceiling.addr")
+  for _ in $(seq 1 100); do [ -S "$work/ceiling.sock" ] && break; sleep 0.05; done
+}
+
+stop_servers() {
+  kill "$server_pid" "$ceiling_pid" "$ceiling_uds_pid"
+  wait "$server_pid" "$ceiling_pid" "$ceiling_uds_pid" 2>/dev/null || true
+}
+
+echo "== scopegate and the bare tonic ceiling servers"
+start_servers
 token=$("$bin" keys create --server "http://$addr" --data-dir "$work/data" --account bench \
   --name load --scope mail.send --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-
-echo "== bare tonic ceiling server"
-"$loadgen" ceiling --listen 127.0.0.1:0 > "$work/ceiling.addr" &
-pids+=($!); ceiling_pid=$!
-"$loadgen" ceiling --uds "$work/ceiling.sock" > /dev/null &
-pids+=($!); ceiling_uds_pid=$!
-wait_for_log "$work/ceiling.addr" "127.0.0.1"
-ceiling_addr=$(cat "$work/ceiling.addr")
-for _ in $(seq 1 100); do [ -S "$work/ceiling.sock" ] && break; sleep 0.05; done
 
 # One round: both ceilings and the three scopegate workloads, TCP and Unix
 # socket. Arguments: concurrency, label, and an optional command prefix for
@@ -71,17 +81,6 @@ for concurrency in 1 16 64; do
   load_round "$concurrency" ""
 done
 
-# The same, with the servers on CPU 0 and the load generator on CPU 1: each
-# side gets a core of its own, as a sidecar with a one-core limit would.
-if [ "$(nproc)" -ge 2 ] && command -v taskset > /dev/null; then
-  echo "== load, pinned: servers on CPU 0, load generator on CPU 1"
-  for pid in "$server_pid" "$ceiling_pid" "$ceiling_uds_pid"; do taskset -apc 0 "$pid" > /dev/null; done
-  for concurrency in 16 64; do
-    load_round "$concurrency" pinned taskset -c 1
-  done
-  for pid in "$server_pid" "$ceiling_pid" "$ceiling_uds_pid"; do taskset -apc "0-$(( $(nproc) - 1 ))" "$pid" > /dev/null; done
-fi
-
 echo "== durable writes"
 for concurrency in 1 32; do
   count=$(( concurrency == 1 ? 300 : 3000 ))
@@ -89,7 +88,19 @@ for concurrency in 1 32; do
   "$loadgen" writes --target "http://$addr" --admin-token-file "$work/data/admin.token" \
     --concurrency "$concurrency" --count "$count" | tee -a "$results"
 done
-kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+stop_servers
+
+# The same again with every server started on CPU 0 (so its runtime sizes
+# itself to one core, as under a one-CPU container limit) and the load
+# generator on CPU 1: each side has a core of its own.
+if [ "$(nproc)" -ge 2 ] && command -v taskset > /dev/null; then
+  echo "== load, pinned: servers on CPU 0, load generator on CPU 1"
+  start_servers taskset -c 0
+  for concurrency in 16 64; do
+    load_round "$concurrency" pinned taskset -c 1
+  done
+  stop_servers
+fi
 
 echo "== scale: $scale_keys keys"
 "$loadgen" gen-backup --keys "$scale_keys" --out "$work/scale.jsonl"
