@@ -89,6 +89,10 @@ def test_the_demo_pod_is_wired_safely(values):
     assert admin["secret"]["secretName"]
     assert by_kind(docs, "Secret")[0]["metadata"]["name"] == admin["secret"]["secretName"]
 
+    # A bounded runtime: a sidecar must not start one thread per node CPU.
+    env = {e["name"]: e["value"] for e in scopegate.get("env", [])}
+    assert env["TOKIO_WORKER_THREADS"] == "2"
+
     # A config change rolls the pods.
     assert len(pod["metadata"]["annotations"]["checksum/config"]) == 64
 

@@ -59,6 +59,12 @@ seccompProfile:
     {{- range .Values.extraArgs }}
     - {{ . | quote }}
     {{- end }}
+  {{- with .Values.workerThreads }}
+  env:
+    # Runtime worker threads; unset, the runtime starts one per node CPU.
+    - name: TOKIO_WORKER_THREADS
+      value: {{ . | quote }}
+  {{- end }}
   ports:
     - name: grpc
       containerPort: {{ .Values.grpcPort }}
