@@ -452,18 +452,22 @@ async fn reload_files(
         ticks
     });
     loop {
-        tokio::select! {
-            alive = next_hangup(&mut hangups) => if !alive {
-                return;
-            },
+        seen = tokio::select! {
+            alive = next_hangup(&mut hangups) => {
+                if !alive {
+                    return;
+                }
+                watched_content(&config)
+            }
             () = next_tick(&mut ticks) => {
-                if watched_content(&config) == seen {
+                let current = watched_content(&config);
+                if current == seen {
                     continue;
                 }
                 tracing::info!("a watched file changed: reloading");
+                current
             }
-        }
-        seen = watched_content(&config);
+        };
         reload(&config, &context, &store);
     }
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{bearer, check, create, create_manager, Server};
+use common::{bearer, check, create, create_manager, serving, Server};
 use scopegate::grpc::pb;
 use tonic::Code;
 
@@ -661,19 +661,9 @@ async fn health_reports_serving_and_scopes_show_the_catalog() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = concat!(env!("CARGO_MANIFEST_DIR"), "/catalogs/sendgrid-v3.toml");
     let server = Server::start(&dir.path().join("data"), &["--catalog", catalog]);
-    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
     for service in ["", "scopegate.v1.Authorize", "scopegate.v1.ManageKey"] {
-        let status = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status;
-        assert_eq!(
-            status,
-            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+        assert!(
+            serving(server.channel().await, service).await,
             "{service:?}"
         );
     }

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{bearer, check, create, http_decision, Server, BIN};
+use common::{bearer, check, create, http_decision, serving, Server, BIN};
 use scopegate::grpc::pb;
 use tonic::Code;
 
@@ -439,15 +439,7 @@ async fn routes_reload(how: Reload) {
         &[&["--routes", routes.to_str().unwrap()], watch].concat(),
     );
     let mut authorize = server.authorize().await;
-    let mut manage = server.manage().await;
-    let key = manage
-        .create_key(bearer(
-            &server.admin_token,
-            create("acme", "k", &["mail.send"]),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let key = server.admin_key(&["mail.send"]).await;
     let token = key.token.as_str();
     assert_eq!(
         http_decision(&mut authorize, token, "/a").await,
@@ -701,18 +693,7 @@ async fn runs_as_non_root_with_only_its_own_paths_writable() {
         .connect()
         .await
         .unwrap();
-    let status = tonic_health::pb::health_client::HealthClient::new(channel)
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
-    assert_eq!(
-        status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    );
+    assert!(serving(channel, "").await);
     let mut entries: Vec<String> = std::fs::read_dir(&root)
         .unwrap()
         .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
@@ -833,16 +814,8 @@ async fn sighup_reloads_the_catalog_when_every_key_fits_it() {
 async fn decisions_are_logged_when_sampled_and_never_with_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &["--log-decisions-every", "2"]);
-    let mut manage = server.manage().await;
     let mut authorize = server.authorize().await;
-    let key = manage
-        .create_key(bearer(
-            &server.admin_token,
-            create("acme", "k", &["mail.send"]),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let key = server.admin_key(&["mail.send"]).await;
     for _ in 0..4 {
         authorize
             .check(check(&key.token, &["mail.send"]))

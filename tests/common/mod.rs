@@ -119,6 +119,16 @@ impl Server {
         pb::manage_key_client::ManageKeyClient::new(self.channel().await)
     }
 
+    /// A key the admin creates in account "acme".
+    pub async fn admin_key(&self, scopes: &[&str]) -> pb::CreateKeyResponse {
+        self.manage()
+            .await
+            .create_key(bearer(&self.admin_token, create("acme", "k", scopes)))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     /// GET on the metrics listener: (status code, body).
     pub fn http_get(&self, path: &str) -> (u16, String) {
         use std::io::{Read, Write};
@@ -244,4 +254,17 @@ pub fn check(token: &str, scopes: &[&str]) -> pb::CheckRequest {
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         http: None,
     }
+}
+
+/// Whether grpc.health.v1 reports `service` ("" for the server) as SERVING.
+pub async fn serving(channel: Channel, service: &str) -> bool {
+    let status = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
 }
