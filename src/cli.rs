@@ -238,6 +238,9 @@ fn parse_grant(text: &str) -> Result<pb::Grant, String> {
 }
 
 pub fn main() -> ExitCode {
+    // Everything scopegate creates (data dir, sled files, admin token, backups,
+    // the Unix socket before its chmod) is private from the first byte.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -26,7 +26,10 @@ pub enum Caller {
     Key {
         key_id: KeyId,
         account_id: Arc<str>,
+        /// As authenticated; a mutation re-reads the caller's record under
+        /// the store's writer lock and decides on that (see [`current_caller`]).
         scopes: ScopeSet,
+        secret_hash: [u8; 32],
     },
 }
 
@@ -198,21 +201,12 @@ impl Manager {
             key_id: parsed.key_id,
             account_id: entry.account_id.clone(),
             scopes: entry.scopes,
+            secret_hash: entry.secret_hash,
         })
     }
 
     fn require(&self, caller: &Caller, action: ManageAction) -> Result<(), ManageError> {
-        let Caller::Key { scopes, .. } = caller else {
-            return Ok(());
-        };
-        let needed = self.catalog.load().manage_scope(action);
-        if scopes.contains(needed) {
-            Ok(())
-        } else {
-            Err(ManageError::NeedsScope(
-                self.catalog.load().scope_name(needed).to_owned(),
-            ))
-        }
+        require(&self.catalog.load(), caller, action)
     }
 
     /// Resolves scopes + grants into a key's scopes and checks that the
@@ -223,9 +217,8 @@ impl Manager {
         scopes: &[String],
         grants: &[(String, Access)],
     ) -> Result<ScopeSet, ManageError> {
-        let (requested, _kind) = self
-            .catalog
-            .load()
+        let catalog = self.catalog.load();
+        let (requested, _kind) = catalog
             .key_scopes(
                 scopes.iter().map(String::as_str),
                 grants
@@ -233,12 +226,7 @@ impl Manager {
                     .map(|(resource, access)| (resource.as_str(), *access)),
             )
             .map_err(scope_error)?;
-        if let Caller::Key { scopes: held, .. } = caller {
-            let lacking = crate::scope::missing(held, &requested);
-            if !lacking.is_empty() {
-                return Err(ManageError::Escalation(self.catalog.load().names(&lacking)));
-            }
-        }
+        check_no_escalation(&catalog, caller, &requested)?;
         Ok(requested)
     }
 
@@ -286,15 +274,21 @@ impl Manager {
             created_by: caller.to_string(),
         };
         let view = self.view(&record)?;
+        let catalog = self.catalog.load_full();
+        let guard = caller.clone();
         self.store
-            .create(record, self.max_keys_per_account)
+            .create(record, self.max_keys_per_account, move |store| {
+                let caller = current_caller(store, &catalog, &guard)?;
+                require(&catalog, &caller, ManageAction::Create)?;
+                check_no_escalation(&catalog, &caller, &scopes)
+            })
             .await
             .map_err(|error| match error {
-                StoreError::AccountFull { cap } => ManageError::AccountFull {
+                ManageError::Store(StoreError::AccountFull { cap }) => ManageError::AccountFull {
                     account: account_id.clone(),
                     cap,
                 },
-                other => ManageError::Store(other),
+                other => other,
             })?;
         tracing::info!(%caller, key_id = %issued.key_id, account_id = %account_id, scopes = ?view.scopes, "key created");
         Ok((view, issued.token))
@@ -380,13 +374,16 @@ impl Manager {
         let key_id_text = change.key_id.clone();
         let (before, updated) = self
             .store
-            .update(id, move |current| {
-                check_may_change(&catalog, &guard, current, &key_id_text)?;
+            .update(id, move |store, current| {
+                let caller = current_caller(store, &catalog, &guard)?;
+                require(&catalog, &caller, ManageAction::Update)?;
+                check_may_change(&catalog, &caller, current, &key_id_text)?;
                 let mut updated = current.clone();
                 if let Some(name) = name {
                     updated.name = name;
                 }
                 if let Some(scopes) = new_scopes {
+                    check_no_escalation(&catalog, &caller, &scopes)?;
                     updated.scopes = catalog.names(&scopes);
                 }
                 updated.update_time_unix_ms = now_unix_ms();
@@ -417,8 +414,10 @@ impl Manager {
         let key_id_text = key_id.to_owned();
         let deleted = self
             .store
-            .delete(id, move |current| {
-                check_may_change(&catalog, &guard, current, &key_id_text)
+            .delete(id, move |store, current| {
+                let caller = current_caller(store, &catalog, &guard)?;
+                require(&catalog, &caller, ManageAction::Delete)?;
+                check_may_change(&catalog, &caller, current, &key_id_text)
             })
             .await
             .map_err(|error| not_found_as(error, key_id))?;
@@ -535,6 +534,68 @@ fn visible_to(caller: &Caller, record: &KeyRecord) -> bool {
         Caller::Admin => true,
         Caller::Key { account_id, .. } => record.account_id == **account_id,
     }
+}
+
+/// The caller as the store holds it now. Called under the writer lock, so a
+/// key deleted, narrowed or moved by a mutation acknowledged before this one
+/// cannot act on its old rights: a deleted caller is unauthenticated, a
+/// narrowed one is judged by its current scopes.
+fn current_caller(store: &Store, catalog: &Catalog, caller: &Caller) -> Result<Caller, ManageError> {
+    let Caller::Key {
+        key_id,
+        account_id,
+        secret_hash,
+        ..
+    } = caller
+    else {
+        return Ok(Caller::Admin);
+    };
+    let record = store
+        .get(key_id)?
+        .filter(|record| {
+            record.account_id == **account_id && record.secret_hash.as_slice() == secret_hash
+        })
+        .ok_or(ManageError::BadCredentials)?;
+    let scopes = catalog
+        .resolve(record.scopes.iter().map(String::as_str))
+        .map_err(|source| StoreError::CatalogMismatch {
+            key_id: key_id.to_string(),
+            source,
+        })?;
+    Ok(Caller::Key {
+        key_id: *key_id,
+        account_id: account_id.clone(),
+        scopes,
+        secret_hash: *secret_hash,
+    })
+}
+
+/// An API key caller needs the `api_keys` scope of the action.
+fn require(catalog: &Catalog, caller: &Caller, action: ManageAction) -> Result<(), ManageError> {
+    let Caller::Key { scopes, .. } = caller else {
+        return Ok(());
+    };
+    let needed = catalog.manage_scope(action);
+    if scopes.contains(needed) {
+        Ok(())
+    } else {
+        Err(ManageError::NeedsScope(catalog.scope_name(needed).to_owned()))
+    }
+}
+
+/// No escalation: an API key caller must hold every scope it grants.
+fn check_no_escalation(
+    catalog: &Catalog,
+    caller: &Caller,
+    requested: &ScopeSet,
+) -> Result<(), ManageError> {
+    if let Caller::Key { scopes: held, .. } = caller {
+        let lacking = crate::scope::missing(held, requested);
+        if !lacking.is_empty() {
+            return Err(ManageError::Escalation(catalog.names(&lacking)));
+        }
+    }
+    Ok(())
 }
 
 /// A lesser key cannot touch a stronger one.

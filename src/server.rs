@@ -376,8 +376,16 @@ pub async fn run(
         store.clone(),
     ));
 
-    shutdown.await;
-    tracing::info!("shutdown requested: draining");
+    let failed = tokio::select! {
+        () = shutdown => {
+            tracing::info!("shutdown requested: draining");
+            None
+        }
+        reason = store.failure() => {
+            tracing::error!(%reason, "the store failed: draining, then exiting non-zero so the restart recovers from disk");
+            Some(reason)
+        }
+    };
     ready_state.draining.store(true, Ordering::Release);
     set_health(&health, ServingStatus::NotServing).await;
     let _ = stop_sender.send(true);
@@ -409,10 +417,13 @@ pub async fn run(
     if let Some(metrics_server) = metrics_server {
         metrics_server.abort();
     }
-    store.flush()?;
     if let Some(path) = &config.uds {
         let _ = std::fs::remove_file(path);
     }
+    if let Some(reason) = failed {
+        return Err(StartError::Store(StoreError::Failed { reason }));
+    }
+    store.sync()?;
     tracing::info!("stopped");
     served.map_err(StartError::from)
 }

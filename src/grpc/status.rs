@@ -37,7 +37,9 @@ impl From<ManageError> for Status {
             ManageError::Scope { field, source } => scope_status(field, &source),
             ManageError::NotFound(_) => Status::not_found(message),
             ManageError::AccountFull { .. } => Status::resource_exhausted(message),
-            ManageError::Store(StoreError::Closed) => Status::unavailable(message),
+            ManageError::Store(StoreError::Closed | StoreError::Failed { .. }) => {
+                Status::unavailable(message)
+            }
             ManageError::Store(store_error) => {
                 tracing::error!(error = %store_error, "store failure");
                 Status::internal(message)

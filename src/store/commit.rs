@@ -1,9 +1,23 @@
-//! Group commit: one task flushes sled for every change queued so far, then
-//! publishes the changes to the in-memory table in order, then replies.
+//! Group commit: one task makes every change queued so far durable at once
+//! (sled flush, then `fdatasync` of sled's log), then publishes the changes
+//! to the in-memory table in order, then replies.
+//!
+//! sled 0.34's `flush` ends in `sync_file_range`, which neither persists the
+//! file size nor flushes the device cache: a power cut could resurrect a
+//! deleted key. So after each flush the log file is `fdatasync`'d: one sync
+//! per group, whatever its size.
+//!
+//! A failed flush or sync is final for this process: the queued changes fail
+//! with UNAVAILABLE, the store refuses every later operation, and the server
+//! exits non-zero so its restart reloads what the disk holds (see
+//! `Store::failure`). Retrying in place could answer from sled's memory,
+//! which may hold changes the disk does not.
 
+use std::fs::File;
+use std::path::Path;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::StoreError;
 use crate::key::{AuthEntry, KeyTable};
@@ -20,19 +34,65 @@ pub(super) struct Commit {
     pub done: oneshot::Sender<Result<(), StoreError>>,
 }
 
-pub(super) async fn run(
+/// sled's database and its log file, opened once for `fdatasync`.
+#[derive(Clone)]
+pub(super) struct Durable {
     db: sled::Db,
+    log: Arc<File>,
+}
+
+impl Durable {
+    /// sled 0.34 keeps every page in one log file, `db`, beside `conf` and
+    /// occasional `snap.*` files (which it can rebuild from the log).
+    pub fn open(db: sled::Db, sled_dir: &Path) -> std::io::Result<Durable> {
+        let log = File::open(sled_dir.join("db"))?;
+        Ok(Durable {
+            db,
+            log: Arc::new(log),
+        })
+    }
+
+    /// Flushes sled and syncs its log to stable storage.
+    pub fn sync(&self) -> Result<(), String> {
+        self.db
+            .flush()
+            .map_err(|error| format!("flush failed: {error}"))?;
+        self.log
+            .sync_data()
+            .map_err(|error| format!("fdatasync failed: {error}"))
+    }
+}
+
+/// fsyncs a directory, so the entries of files created in it are durable.
+pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+pub(super) async fn run(
+    durable: Durable,
     table: Arc<KeyTable>,
     mut queue: mpsc::UnboundedReceiver<Commit>,
+    failed: watch::Sender<Option<String>>,
 ) {
     let mut batch = Vec::new();
     while queue.recv_many(&mut batch, usize::MAX).await > 0 {
-        let flush_db = db.clone();
+        if let Some(reason) = failed.borrow().clone() {
+            // Applied in sled on top of a change that may be lost: never acknowledged.
+            for commit in batch.drain(..) {
+                let _ = commit.done.send(Err(StoreError::Failed {
+                    reason: reason.clone(),
+                }));
+            }
+            continue;
+        }
+        let syncing = durable.clone();
         let started = std::time::Instant::now();
-        let flushed = tokio::task::spawn_blocking(move || flush_db.flush()).await;
+        let synced = tokio::task::spawn_blocking(move || syncing.sync())
+            .await
+            .unwrap_or_else(|_| Err("the sync thread panicked".into()));
         metrics::histogram!(crate::telemetry::STORE_FLUSH_SECONDS).record(started.elapsed());
-        match flushed {
-            Ok(Ok(_)) => {
+        match synced {
+            Ok(()) => {
                 for commit in batch.drain(..) {
                     match commit.publish {
                         Publish::Upsert(key_id, entry) => table.insert(key_id, entry),
@@ -41,15 +101,13 @@ pub(super) async fn run(
                     let _ = commit.done.send(Ok(()));
                 }
             }
-            Ok(Err(error)) => {
-                tracing::error!(%error, changes = batch.len(), "store flush failed; changes not acknowledged");
+            Err(reason) => {
+                tracing::error!(%reason, changes = batch.len(), "store persist failed; changes not acknowledged; refusing further changes and stopping to recover from disk");
+                failed.send_replace(Some(reason.clone()));
                 for commit in batch.drain(..) {
-                    let _ = commit.done.send(Err(StoreError::Io(error.clone())));
-                }
-            }
-            Err(_) => {
-                for commit in batch.drain(..) {
-                    let _ = commit.done.send(Err(StoreError::Closed));
+                    let _ = commit.done.send(Err(StoreError::Failed {
+                        reason: reason.clone(),
+                    }));
                 }
             }
         }

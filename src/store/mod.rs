@@ -22,12 +22,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
-use tokio::sync::{mpsc, oneshot};
+use std::os::unix::fs::DirBuilderExt;
+
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::key::{AuthEntry, KeyTable};
 use crate::scope::{Catalog, KeyKind, ScopeError, SharedCatalog};
 use crate::token::KeyId;
-use commit::{Commit, Publish};
+use commit::{sync_dir, Commit, Durable, Publish};
 use record::{account_index_key, account_prefix};
 
 const FORMAT_VERSION_KEY: &[u8] = b"format_version";
@@ -38,6 +40,8 @@ const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 pub enum StoreError {
     #[error("data dir {dir} is in use by another scopegate process (sled holds an exclusive lock on it)")]
     Locked { dir: String },
+    #[error("data dir {dir} holds a database scopegate did not create (no format marker); refusing to write into it")]
+    Foreign { dir: String },
     #[error("data dir {dir} was written by a newer scopegate (store format {found}; this build reads up to {FORMAT_VERSION})")]
     NewerFormat { dir: String, found: u32 },
     #[error("stored key {key_id} is unreadable: {reason}")]
@@ -56,6 +60,11 @@ pub enum StoreError {
     NotEmpty { dir: String },
     #[error("the store is shutting down")]
     Closed,
+    /// A change could not be made durable. From then on the process refuses
+    /// every store operation and exits, so that its restart reloads from disk:
+    /// memory never answers with state the disk may not hold.
+    #[error("the store could not persist changes ({reason}); scopegate refuses changes and restarts to recover from disk: retry shortly")]
+    Failed { reason: String },
 }
 
 /// How many keys of each kind `load` found.
@@ -79,7 +88,6 @@ pub struct Store {
 
 struct Inner {
     dir: PathBuf,
-    db: sled::Db,
     keys: sled::Tree,
     accounts: sled::Tree,
     catalog: SharedCatalog,
@@ -87,18 +95,28 @@ struct Inner {
     /// Serialises mutations: sled apply order == publish order, and
     /// per-account caps cannot race.
     writer: Mutex<mpsc::UnboundedSender<Commit>>,
+    durable: Durable,
+    /// `Some(reason)` once a change could not be made durable.
+    failed: watch::Sender<Option<String>>,
 }
 
 impl Store {
     /// Opens (or creates) the store in `dir` and starts its commit task. Call
     /// [`Store::load`] before serving.
     pub fn open(dir: &Path, catalog: SharedCatalog) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|error| StoreError::Io(error.into()))?;
+        let io = |error: std::io::Error| StoreError::Io(error.into());
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io)?;
+        let sled_dir = dir.join("sled");
+        let new = !sled_dir.exists();
         let db = sled::Config::new()
-            .path(dir.join("sled"))
+            .path(&sled_dir)
             .cache_capacity(SLED_CACHE_BYTES)
-            // Durability comes from the commit task's explicit flush, never
-            // from a timer.
+            // Durability comes from the commit task's explicit flush + sync,
+            // never from a timer.
             .flush_every_ms(None)
             .open()
             .map_err(|error| match error {
@@ -125,26 +143,70 @@ impl Store {
                 }
             }
             None => {
+                if !new && holds_data(&db)? {
+                    return Err(StoreError::Foreign {
+                        dir: dir.display().to_string(),
+                    });
+                }
                 meta.insert(FORMAT_VERSION_KEY, &FORMAT_VERSION.to_be_bytes())?;
-                db.flush()?;
             }
         }
         let keys = db.open_tree("keys")?;
         let accounts = db.open_tree("accounts")?;
+        let durable = Durable::open(db.clone(), &sled_dir).map_err(io)?;
+        durable.sync().map_err(|reason| StoreError::Failed { reason })?;
+        if new {
+            // The files sled just created must survive a power cut too.
+            sync_dir(&sled_dir).map_err(io)?;
+            sync_dir(dir).map_err(io)?;
+        }
         let table = Arc::new(KeyTable::default());
         let (commits, commit_queue) = mpsc::unbounded_channel();
-        tokio::spawn(commit::run(db.clone(), table.clone(), commit_queue));
+        let (failed, _) = watch::channel(None);
+        tokio::spawn(commit::run(
+            durable.clone(),
+            table.clone(),
+            commit_queue,
+            failed.clone(),
+        ));
         Ok(Store {
             inner: Arc::new(Inner {
                 dir: dir.to_owned(),
-                db,
                 keys,
                 accounts,
                 catalog,
                 table,
                 writer: Mutex::new(commits),
+                durable,
+                failed,
             }),
         })
+    }
+
+    /// Resolves once a change could not be made durable, with the reason.
+    /// The server then stops and exits non-zero, so its restart reloads what
+    /// the disk holds.
+    pub async fn failure(&self) -> String {
+        let mut failed = self.inner.failed.subscribe();
+        let reason = match failed.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone(),
+            Err(_) => None,
+        };
+        match reason {
+            Some(reason) => reason,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// `Err(Failed)` once a persist failed: sled's view may then hold changes
+    /// the disk does not, so nothing is read or written through it again.
+    fn healthy(&self) -> Result<(), StoreError> {
+        match &*self.inner.failed.borrow() {
+            None => Ok(()),
+            Some(reason) => Err(StoreError::Failed {
+                reason: reason.clone(),
+            }),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -258,6 +320,7 @@ impl Store {
     }
 
     pub fn get(&self, key_id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.healthy()?;
         match self.inner.keys.get(key_id.as_bytes())? {
             Some(value) => Ok(Some(decode(key_id.as_bytes(), &value)?)),
             None => Ok(None),
@@ -272,6 +335,7 @@ impl Store {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<(Vec<KeyRecord>, Option<Vec<u8>>), StoreError> {
+        self.healthy()?;
         let prefix = account.map(account_prefix).unwrap_or_default();
         let start = match after {
             Some(after) if after >= prefix.as_slice() => {
@@ -300,19 +364,36 @@ impl Store {
         Ok((records, None))
     }
 
-    /// Stores a new key, unless its account already holds `cap` keys.
-    pub async fn create(&self, record: KeyRecord, cap: usize) -> Result<(), StoreError> {
-        let entry = self.auth_entry(&record)?;
-        let key_id = record.key_id().expect("new records carry a 16-byte id");
+    /// Stores a new key if `authorize` (run under the writer lock, so it reads
+    /// the state the write applies to) allows it and its account holds fewer
+    /// than `cap` keys.
+    pub async fn create<E>(
+        &self,
+        record: KeyRecord,
+        cap: usize,
+        authorize: impl FnOnce(&Store) -> Result<(), E> + Send + 'static,
+    ) -> Result<(), E>
+    where
+        E: From<StoreError> + Send + 'static,
+    {
+        let key_id = record
+            .key_id()
+            .ok_or_else(|| StoreError::Corrupt {
+                key_id: format!("{:?}", record.key_id),
+                reason: "key id is not 16 bytes".into(),
+            })?;
         let store = self.clone();
         self.commit(move || {
+            authorize(&store)?;
             let inner = &store.inner;
+            // Resolved under the lock: the catalog cannot change until it is released.
+            let entry = store.auth_entry(&record)?;
             let held = inner
                 .accounts
                 .scan_prefix(account_prefix(&record.account_id))
                 .count();
             if held >= cap {
-                return Err(StoreError::AccountFull { cap });
+                return Err(StoreError::AccountFull { cap }.into());
             }
             let index_key = account_index_key(&record.account_id, &key_id);
             let value = prost::Message::encode_to_vec(&record);
@@ -333,13 +414,14 @@ impl Store {
         .await
     }
 
-    /// Replaces a key's record with `change(current)`; `change` runs under the
-    /// writer lock, so it sees the state the write applies to. Returns the
-    /// records before and after.
+    /// Replaces a key's record with `change(store, current)`; `change` runs
+    /// under the writer lock, so what it reads (the record, the caller's own
+    /// record) is the state the write applies to. Returns the records before
+    /// and after.
     pub async fn update<E>(
         &self,
         key_id: KeyId,
-        change: impl FnOnce(&KeyRecord) -> Result<KeyRecord, E> + Send + 'static,
+        change: impl FnOnce(&Store, &KeyRecord) -> Result<KeyRecord, E> + Send + 'static,
     ) -> Result<(KeyRecord, KeyRecord), E>
     where
         E: From<StoreError> + Send + 'static,
@@ -347,7 +429,7 @@ impl Store {
         let store = self.clone();
         self.commit(move || {
             let current = store.get(&key_id)?.ok_or(StoreError::NotFound)?;
-            let updated = change(&current)?;
+            let updated = change(&store, &current)?;
             debug_assert_eq!(updated.account_id, current.account_id);
             let entry = store.auth_entry(&updated)?;
             let value = prost::Message::encode_to_vec(&updated);
@@ -361,11 +443,12 @@ impl Store {
         .await
     }
 
-    /// Deletes a key if `allow(current)` says so; returns what was deleted.
+    /// Deletes a key if `allow(store, current)` says so (under the writer
+    /// lock, like `update`); returns what was deleted.
     pub async fn delete<E>(
         &self,
         key_id: KeyId,
-        allow: impl FnOnce(&KeyRecord) -> Result<(), E> + Send + 'static,
+        allow: impl FnOnce(&Store, &KeyRecord) -> Result<(), E> + Send + 'static,
     ) -> Result<KeyRecord, E>
     where
         E: From<StoreError> + Send + 'static,
@@ -374,7 +457,7 @@ impl Store {
         self.commit(move || {
             let inner = &store.inner;
             let current = store.get(&key_id)?.ok_or(StoreError::NotFound)?;
-            allow(&current)?;
+            allow(&store, &current)?;
             let index_key = account_index_key(&current.account_id, &key_id);
             (&inner.keys, &inner.accounts)
                 .transaction(|(keys, accounts)| {
@@ -390,6 +473,10 @@ impl Store {
 
     /// Runs `apply` under the writer lock on a blocking thread, queues its
     /// change for the commit task, and waits until it is durable and visible.
+    ///
+    /// Once `apply` has started, the change completes even if the caller
+    /// stops waiting (a request timeout): it is applied and made durable, or
+    /// it is not applied at all; never half.
     async fn commit<T, E>(
         &self,
         apply: impl FnOnce() -> Result<(Publish, T), E> + Send + 'static,
@@ -406,6 +493,7 @@ impl Store {
                 .writer
                 .lock()
                 .unwrap_or_else(|poison| poison.into_inner());
+            store.healthy()?;
             let (publish, value) = apply()?;
             commits
                 .send(Commit { publish, done })
@@ -426,6 +514,7 @@ impl Store {
             .writer
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
+        self.healthy()?;
         self.inner
             .keys
             .iter()
@@ -460,7 +549,7 @@ impl Store {
                 .insert(account_index_key(&record.account_id, &key_id), &[])?;
             count += 1;
         }
-        self.inner.db.flush()?;
+        self.sync()?;
         Ok(count)
     }
 
@@ -498,10 +587,13 @@ impl Store {
         Ok(())
     }
 
-    /// Flushes everything to disk (used at shutdown).
-    pub fn flush(&self) -> Result<(), StoreError> {
-        self.inner.db.flush()?;
-        Ok(())
+    /// Flushes and syncs everything to stable storage (used at shutdown).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.healthy()?;
+        self.inner
+            .durable
+            .sync()
+            .map_err(|reason| StoreError::Failed { reason })
     }
 }
 
@@ -523,6 +615,19 @@ pub fn decode(id_bytes: &[u8], value: &[u8]) -> Result<KeyRecord, StoreError> {
         )));
     }
     Ok(record)
+}
+
+/// Whether a database without scopegate's format marker holds anything.
+fn holds_data(db: &sled::Db) -> Result<bool, StoreError> {
+    for name in db.tree_names() {
+        if name.as_ref() == b"meta" {
+            continue;
+        }
+        if !db.open_tree(&name)?.is_empty() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn transaction_error(error: TransactionError<StoreError>) -> StoreError {
