@@ -33,9 +33,14 @@ fi
 export HELM="$tools/helm/helm"
 "$HELM" version --short
 
-# The TLS test makes its certificates with the openssl command.
-if ! command -v openssl >/dev/null; then
-  apt-get update -qq && apt-get install -y -qq openssl
+# Debian tools the tests run: openssl (TLS certificates), strace (the
+# durability test counts fdatasync calls).
+missing=()
+command -v openssl >/dev/null || missing+=(openssl)
+command -v strace >/dev/null || missing+=(strace)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== apt-get install ${missing[*]}"
+  apt-get update -qq && apt-get install -y -qq "${missing[@]}"
 fi
 export GRPCURL="$tools/venv/bin/grpcurl"
 "$GRPCURL" -version

@@ -31,10 +31,36 @@ impl Server {
 
     /// Starts a server; `Err(log)` if it exits before serving.
     pub fn try_start(data_dir: &Path, extra_args: &[&str]) -> Result<Server, String> {
+        Server::try_start_in(None, data_dir, extra_args)
+    }
+
+    /// Starts a server from a bash line that ends by `exec`ing it (so its pid
+    /// is the server's), e.g. `ulimit -f 128` to inject a disk fault.
+    pub fn start_after(shell: &str, data_dir: &Path, extra_args: &[&str]) -> Server {
+        Server::try_start_in(Some(shell), data_dir, extra_args)
+            .unwrap_or_else(|log| panic!("server did not start:\n{log}"))
+    }
+
+    fn try_start_in(
+        shell: Option<&str>,
+        data_dir: &Path,
+        extra_args: &[&str],
+    ) -> Result<Server, String> {
         std::fs::create_dir_all(data_dir).unwrap();
         let log_path = data_dir.with_extension(format!("{}.log", unique()));
         let log = std::fs::File::create(&log_path).unwrap();
-        let mut child = Command::new(BIN)
+        let mut command = match shell {
+            None => Command::new(BIN),
+            Some(shell) => {
+                let mut command = Command::new("bash");
+                command
+                    .arg("-c")
+                    .arg(format!("{shell}; exec \"$0\" \"$@\""))
+                    .arg(BIN);
+                command
+            }
+        };
+        let mut child = command
             .args([
                 "serve",
                 "--listen",
@@ -169,6 +195,18 @@ impl Server {
             std::thread::sleep(Duration::from_millis(10));
         }
         panic!("no {needle:?} (x{count}) in log:\n{}", self.log());
+    }
+
+    /// Waits up to `seconds` for the process to exit on its own.
+    pub fn wait_exit(&mut self, seconds: u64) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// SIGKILL: no chance to flush.
