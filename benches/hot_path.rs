@@ -115,10 +115,12 @@ fn benches(c: &mut Criterion) {
     readiness.set_ready();
     let service = ExtAuthzService {
         context: Arc::new(CheckContext {
-            catalog: Arc::new(arc_swap::ArcSwap::from_pointee(Catalog::builtin())),
             keys: Arc::new(keys),
             format: format.clone(),
-            routes: arc_swap::ArcSwap::from_pointee(routes),
+            policy: arc_swap::ArcSwap::from_pointee(scopegate::authz::Policy {
+                catalog: Arc::new(Catalog::builtin()),
+                routes,
+            }),
             readiness,
             decision_log_every: 0,
             decisions_seen: Default::default(),

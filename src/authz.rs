@@ -8,6 +8,13 @@ use crate::route::{RouteMiss, RouteTable};
 use crate::scope::{Catalog, ScopeId, ScopeSet};
 use crate::token::{KeyId, TokenFormat};
 
+/// A catalog and the route table built against it, swapped as one: no
+/// request ever reads a route's scope id under another catalog's meaning.
+pub struct Policy {
+    pub catalog: Arc<Catalog>,
+    pub routes: RouteTable,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Allowed {
@@ -28,6 +35,8 @@ pub enum Decision {
     NoRoute,
     /// The HTTP path is malformed or ambiguous.
     InvalidPath,
+    /// The HTTP request carries a method-override header (ext_authz).
+    MethodOverride,
 }
 
 impl Decision {
@@ -52,6 +61,9 @@ impl Decision {
             }
             Decision::NoRoute => "no route covers this method and path".into(),
             Decision::InvalidPath => "the request path is malformed or ambiguous".into(),
+            Decision::MethodOverride => {
+                "method-override headers (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override) are refused".into()
+            }
         }
     }
 }
@@ -72,6 +84,27 @@ pub fn decide_http(
     method: &str,
     path: &str,
 ) -> (Decision, Option<ScopeId>) {
+    decide_http_request(keys, format, routes, token, method, path, false)
+}
+
+/// [`decide_http`] for a request that may carry a method-override header:
+/// refused (after authentication, like every routing outcome) unless the
+/// route table allows such headers.
+pub fn decide_http_request(
+    keys: &KeyTable,
+    format: &TokenFormat,
+    routes: &RouteTable,
+    token: &str,
+    method: &str,
+    path: &str,
+    method_override: bool,
+) -> (Decision, Option<ScopeId>) {
+    if method_override && !routes.allows_method_override() {
+        return (
+            decide_with(keys, format, token, Err(Decision::MethodOverride)),
+            None,
+        );
+    }
     let route = routes.resolve(method, path);
     let required = match route {
         Ok(scope) => Ok(ScopeSet::single(scope)),

@@ -540,7 +540,11 @@ fn visible_to(caller: &Caller, record: &KeyRecord) -> bool {
 /// key deleted, narrowed or moved by a mutation acknowledged before this one
 /// cannot act on its old rights: a deleted caller is unauthenticated, a
 /// narrowed one is judged by its current scopes.
-fn current_caller(store: &Store, catalog: &Catalog, caller: &Caller) -> Result<Caller, ManageError> {
+fn current_caller(
+    store: &Store,
+    catalog: &Catalog,
+    caller: &Caller,
+) -> Result<Caller, ManageError> {
     let Caller::Key {
         key_id,
         account_id,
@@ -579,7 +583,9 @@ fn require(catalog: &Catalog, caller: &Caller, action: ManageAction) -> Result<(
     if scopes.contains(needed) {
         Ok(())
     } else {
-        Err(ManageError::NeedsScope(catalog.scope_name(needed).to_owned()))
+        Err(ManageError::NeedsScope(
+            catalog.scope_name(needed).to_owned(),
+        ))
     }
 }
 

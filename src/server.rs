@@ -13,6 +13,7 @@ use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+use crate::authz::Policy;
 use crate::grpc::pb::admin_server::AdminServer;
 use crate::grpc::pb::authorize_server::AuthorizeServer;
 use crate::grpc::pb::manage_key_server::ManageKeyServer;
@@ -215,10 +216,12 @@ pub async fn run(
 
     let route_count = routes.rule_count();
     let check_context = Arc::new(CheckContext {
-        catalog: shared_catalog.clone(),
         keys: store.table().clone(),
         format: format.clone(),
-        routes: arc_swap::ArcSwap::from_pointee(routes),
+        policy: arc_swap::ArcSwap::from_pointee(Policy {
+            catalog: catalog.clone(),
+            routes,
+        }),
         readiness: readiness.clone(),
         decision_log_every: config.decision_log_every,
         decisions_seen: Default::default(),
@@ -507,47 +510,54 @@ fn watched_content(config: &ServeConfig) -> [Option<u32>; 2] {
     [checksum(&config.catalog), checksum(&config.routes)]
 }
 
-/// The catalog (when `--catalog` names a file), then the routes file. A new
-/// catalog must fit every stored key; scope ids are stable across catalogs,
-/// so checks in flight stay consistent.
+/// Reloads the catalog (when `--catalog` names a file) and the routes file
+/// as one candidate policy: both are built, the catalog is checked against
+/// every stored key, and then both are swapped together, or neither is.
+/// Scope ids are stable across catalogs, so key entries stay right.
 fn reload(config: &ServeConfig, context: &CheckContext, store: &Store) {
-    if let Some(path) = &config.catalog {
-        let previous = context.catalog.load_full();
-        let swapped = Catalog::load_after(path, &previous)
-            .map_err(|error| error.to_string())
-            .and_then(|catalog| {
-                let scopes = catalog.scope_count();
-                store
-                    .swap_catalog(Arc::new(catalog))
-                    .map(|()| scopes)
-                    .map_err(|error| error.to_string())
-            });
-        match swapped {
-            Ok(scopes) => {
-                reloaded("catalog", true);
-                tracing::info!(path = %path.display(), scopes, "catalog reloaded");
-            }
-            Err(error) => {
-                reloaded("catalog", false);
-                tracing::error!(%error, "catalog reload rejected; the previous catalog stays in force");
-            }
-        }
-    }
-    let Some(path) = &config.routes else {
-        return;
+    let previous = context.policy.load_full();
+    let catalog = match &config.catalog {
+        Some(path) => match Catalog::load_after(path, &previous.catalog) {
+            Ok(catalog) => Arc::new(catalog),
+            Err(error) => return rejected("catalog", &error.to_string()),
+        },
+        None => previous.catalog.clone(),
     };
-    match RouteTable::load(path, &context.catalog.load()) {
-        Ok(routes) => {
-            let count = routes.rule_count();
-            context.routes.store(Arc::new(routes));
-            reloaded("routes", true);
-            tracing::info!(path = %path.display(), routes = count, "routes reloaded");
+    let routes = match (&config.routes, &config.catalog) {
+        (Some(path), _) => RouteTable::load(path, &catalog),
+        (None, None) => RouteTable::from_toml(DEFAULT_ROUTES_TOML, &catalog),
+        (None, Some(_)) => Ok(RouteTable::empty()),
+    };
+    let routes = match routes {
+        Ok(routes) => routes,
+        Err(error) => return rejected("routes", &error.to_string()),
+    };
+    let rules = routes.rule_count();
+    let scopes = catalog.scope_count();
+    let policy = Arc::new(Policy {
+        catalog: catalog.clone(),
+        routes,
+    });
+    if config.catalog.is_some() {
+        let swapped = store.swap_catalog(catalog, || context.policy.store(policy));
+        if let Err(error) = swapped {
+            return rejected("catalog", &error.to_string());
         }
-        Err(error) => {
-            reloaded("routes", false);
-            tracing::error!(%error, "routes reload rejected; the previous table stays in force");
-        }
+        reloaded("catalog", true);
+        tracing::info!(scopes, "catalog reloaded");
+    } else {
+        context.policy.store(policy);
     }
+    if let Some(path) = &config.routes {
+        reloaded("routes", true);
+        tracing::info!(path = %path.display(), routes = rules, "routes reloaded");
+    }
+}
+
+/// A reload refused as a whole: the previous catalog and routes stay.
+fn rejected(kind: &'static str, error: &str) {
+    reloaded(kind, false);
+    tracing::error!(%error, "{kind} reload rejected; the previous catalog and routes stay in force");
 }
 
 fn reloaded(kind: &'static str, ok: bool) {

@@ -135,11 +135,17 @@ async fn a_failed_persist_is_never_acknowledged_and_the_restart_matches_disk() {
         .await;
     if let Err(status) = &after {
         assert!(
-            matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Internal),
+            matches!(
+                status.code(),
+                Code::Unavailable | Code::Unknown | Code::Internal
+            ),
             "{status:?}"
         );
     }
-    assert!(after.is_err(), "a change was acknowledged after a failed persist");
+    assert!(
+        after.is_err(),
+        "a change was acknowledged after a failed persist"
+    );
     let exit = server
         .wait_exit(15)
         .expect("the server did not exit after its store failed");
@@ -221,7 +227,10 @@ async fn every_acknowledged_batch_is_synced_to_stable_storage() {
         .unwrap()
         .contains(&format!("TracerPid:\t{}", tracer.id()))
     {
-        assert!(std::time::Instant::now() < deadline, "strace did not attach");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "strace did not attach"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300)); // every thread attached

@@ -189,3 +189,209 @@ async fn ext_authz_and_check_http_agree_on_every_decision() {
     .collect();
     assert_eq!(seen, every);
 }
+
+/// (decision in the metadata, HTTP status Envoy would send; 200 for allow).
+fn outcome(response: &envoy_types::pb::envoy::service::auth::v3::CheckResponse) -> (String, i32) {
+    let status = match response.http_response.as_ref().unwrap() {
+        HttpResponse::OkResponse(_) => 200,
+        HttpResponse::DeniedResponse(denied) => denied.status.as_ref().unwrap().code,
+        other => panic!("unexpected {other:?}"),
+    };
+    (metadata_decision(response), status)
+}
+
+/// The tricks from the trust review, each with the decision and status it
+/// must get (an oracle, not a comparison between two entry points).
+#[tokio::test]
+async fn path_tricks_method_overrides_and_odd_headers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    let example = std::fs::read_to_string(ROUTES).unwrap();
+    std::fs::write(
+        &routes,
+        format!("default_scope = \"stats.read\"\n{example}"),
+    )
+    .unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--routes", routes.to_str().unwrap()],
+    );
+    let marketing = server
+        .manage()
+        .await
+        .create_key(bearer(
+            &server.admin_token,
+            pb::CreateKeyRequest {
+                grants: vec![pb::Grant {
+                    resource: "marketing_campaigns".into(),
+                    access: pb::Access::Full as i32,
+                }],
+                ..create("acme", "marketing", &[])
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mailer = server.admin_key(&["mail.send", "stats.read"]).await.token;
+    let mut ext_authz = AuthorizationClient::new(server.channel().await);
+    let bearer_of = |token: &str| format!("Bearer {token}");
+    let cases: Vec<(&str, &str, &str, Vec<(&str, &str)>, (&str, i32))> = vec![
+        (
+            "marketing",
+            "GET",
+            "/v3/marketing/singlesends/1",
+            vec![],
+            ("ALLOWED", 200),
+        ),
+        (
+            "marketing",
+            "GET",
+            "/v3/marketing/..;/api_keys",
+            vec![],
+            ("INVALID_PATH", 400),
+        ),
+        (
+            "marketing",
+            "GET",
+            "/v3/marketing/%252e%252e/api_keys",
+            vec![],
+            ("INVALID_PATH", 400),
+        ),
+        (
+            "marketing",
+            "GET",
+            "/v3/marketing/x/..%3B/api_keys",
+            vec![],
+            ("INVALID_PATH", 400),
+        ),
+        (
+            "marketing",
+            "GET",
+            "/v3/marketing/x/..%3b/api_keys",
+            vec![],
+            ("INVALID_PATH", 400),
+        ),
+        (
+            "marketing",
+            "POST",
+            "/v3/marketing/singlesends",
+            vec![("x-http-method-override", "DELETE")],
+            ("METHOD_OVERRIDE", 400),
+        ),
+        (
+            "marketing",
+            "GET",
+            "/v3/marketing/singlesends/1",
+            vec![("X-HTTP-Method", "DELETE")],
+            ("METHOD_OVERRIDE", 400),
+        ),
+        (
+            "marketing",
+            "GET",
+            "/v3/marketing/singlesends/1",
+            vec![("x-method-override", "PUT")],
+            ("METHOD_OVERRIDE", 400),
+        ),
+        (
+            "none",
+            "GET",
+            "/v3/marketing/singlesends/1",
+            vec![("x-http-method-override", "DELETE")],
+            ("MISSING_TOKEN", 401),
+        ),
+        // A non-ASCII header name (once a panic in the handler).
+        (
+            "marketing",
+            "GET",
+            "/v3/marketing/singlesends/1",
+            vec![("x-scopegateé", "1"), ("é", "2")],
+            ("ALLOWED", 200),
+        ),
+        // default_scope covers unmatched paths only.
+        ("mailer", "POST", "/v3/mail/send", vec![], ("ALLOWED", 200)),
+        ("mailer", "PUT", "/v3/mail/send", vec![], ("NO_ROUTE", 403)),
+        (
+            "mailer",
+            "PURGE",
+            "/v3/mail/send",
+            vec![],
+            ("NO_ROUTE", 403),
+        ),
+        (
+            "mailer",
+            "OPTIONS",
+            "/v3/api_keys",
+            vec![],
+            ("NO_ROUTE", 403),
+        ),
+        ("mailer", "GET", "/not/routed", vec![], ("ALLOWED", 200)),
+    ];
+    for (who, method, path, extra, expected) in cases {
+        let token = match who {
+            "marketing" => Some(bearer_of(&marketing)),
+            "mailer" => Some(bearer_of(&mailer)),
+            _ => None,
+        };
+        let mut headers = extra.clone();
+        if let Some(token) = &token {
+            headers.push(("authorization", token.as_str()));
+        }
+        let response = ext_authz
+            .check(envoy_request(method, path, &headers))
+            .await
+            .unwrap_or_else(|status| panic!("{method} {path} {extra:?}: {status:?}"))
+            .into_inner();
+        assert_eq!(
+            outcome(&response),
+            (expected.0.to_owned(), expected.1),
+            "{who} {method} {path} {extra:?}"
+        );
+    }
+}
+
+/// An unauthenticated caller learns nothing about which routes exist: the
+/// answers for an existing and a missing route are the same bytes.
+#[tokio::test]
+async fn unauthenticated_answers_do_not_reveal_routes() {
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--routes", ROUTES]);
+    let mut ext_authz = AuthorizationClient::new(server.channel().await);
+    let mut authorize = server.authorize().await;
+    for credential in [
+        None,
+        Some("Bearer SG.bad"),
+        Some("Bearer SG.AAAAAAAAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.AAAAAA"),
+    ] {
+        let headers: Vec<(&str, &str)> = credential
+            .map(|c| ("authorization", c))
+            .into_iter()
+            .collect();
+        let mut answers = Vec::new();
+        for path in ["/v3/mail/send", "/v3/no/such/route"] {
+            let response = ext_authz
+                .check(envoy_request("POST", path, &headers))
+                .await
+                .unwrap()
+                .into_inner();
+            answers.push(response.encode_to_vec());
+            let token = credential.map(|c| c.trim_start_matches("Bearer ").to_owned());
+            let check = authorize
+                .check(pb::CheckRequest {
+                    token: token.unwrap_or_default(),
+                    scopes: vec![],
+                    http: Some(pb::HttpRequest {
+                        method: "POST".into(),
+                        path: path.into(),
+                    }),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            answers.push(check.encode_to_vec());
+        }
+        assert_eq!(answers[0], answers[2], "ext_authz, {credential:?}");
+        assert_eq!(answers[1], answers[3], "Check{{http}}, {credential:?}");
+    }
+}

@@ -768,6 +768,11 @@ async fn sighup_reloads_the_catalog_when_every_key_fits_it() {
     // A catalog that drops a scope a key holds is refused; the old one stays.
     let renamed = base.replace("name = \"stats\"\n", "name = \"statistics\"\n");
     std::fs::write(&catalog, format!("{renamed}{reports_resource}")).unwrap();
+    std::fs::write(
+        &routes,
+        stats_route.replace("stats.read", "statistics.read"),
+    )
+    .unwrap();
     server.signal("HUP");
     server.wait_for_log("catalog reload rejected", 1);
     assert!(
@@ -833,4 +838,87 @@ async fn decisions_are_logged_when_sampled_and_never_with_the_token() {
             && decisions[0].contains(r#""account_id":"acme""#)
     );
     assert!(!log.contains(key.token.rsplit('.').next().unwrap()));
+}
+
+/// A catalog and its routes are one candidate: when the routes file fails,
+/// the new catalog is not put in force either, so no route is ever read
+/// under another catalog's scope ids (once: a panic on the next request,
+/// and later a stale route demanding a scope that reused the id).
+#[tokio::test]
+async fn a_reload_swaps_catalog_and_routes_together_or_neither() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog.toml");
+    let routes = dir.path().join("routes.toml");
+    let base = scopegate::scope::DEFAULT_CATALOG_TOML;
+    let reports = "\n[[resource]]\nname = \"reports\"\nverbs = [\"read\"]\n";
+    let stats_route = "[[route]]\npath = \"/v3/stats\"\nscope = \"stats.read\"\n";
+    let reports_route = "[[route]]\npath = \"/v3/reports\"\nscope = \"reports.read\"\n";
+    std::fs::write(&catalog, format!("{base}{reports}")).unwrap();
+    std::fs::write(&routes, format!("{stats_route}{reports_route}")).unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--catalog",
+            catalog.to_str().unwrap(),
+            "--routes",
+            routes.to_str().unwrap(),
+        ],
+    );
+    let stats = server.admin_key(&["stats.read"]).await.token;
+    let mut authorize = server.authorize().await;
+
+    // A catalog without `reports` (no key holds it) and a broken routes file.
+    std::fs::write(&catalog, base).unwrap();
+    std::fs::write(&routes, "[[route]\nbroken").unwrap();
+    server.signal("HUP");
+    server.wait_for_log("routes reload rejected", 1);
+    assert!(
+        !server.log().contains("catalog reloaded"),
+        "{}",
+        server.log()
+    );
+    // The old policy answers, whole: the route and its scope still exist.
+    let response = authorize
+        .check(pb::CheckRequest {
+            token: stats.clone(),
+            scopes: vec![],
+            http: Some(pb::HttpRequest {
+                method: "GET".into(),
+                path: "/v3/reports".into(),
+            }),
+        })
+        .await
+        .expect("the old routes must still be answerable")
+        .into_inner();
+    assert_eq!(response.decision, pb::Decision::InsufficientScope as i32);
+    assert_eq!(response.missing_scopes, ["reports.read"]);
+    assert!(
+        authorize
+            .check(check(&stats, &["reports.read"]))
+            .await
+            .is_ok(),
+        "the old catalog stays in force"
+    );
+
+    // Now a valid pair: reports gone, a new resource (which may reuse its
+    // id), routes without /v3/reports. Both swap.
+    let audits = "\n[[resource]]\nname = \"audits\"\nverbs = [\"read\"]\n";
+    std::fs::write(&catalog, format!("{base}{audits}")).unwrap();
+    std::fs::write(&routes, stats_route).unwrap();
+    server.signal("HUP");
+    server.wait_for_log("catalog reloaded", 1);
+    server.wait_for_log("routes reloaded", 1);
+    assert_eq!(
+        http_decision(&mut authorize, &stats, "/v3/reports").await,
+        pb::Decision::NoRoute
+    );
+    assert_eq!(
+        http_decision(&mut authorize, &stats, "/v3/stats").await,
+        pb::Decision::Allowed
+    );
+    let status = authorize
+        .check(check(&stats, &["reports.read"]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
 }

@@ -20,7 +20,13 @@ async fn manager(dir: &std::path::Path) -> Manager {
     let catalog: SharedCatalog = Arc::new(arc_swap::ArcSwap::from_pointee(Catalog::builtin()));
     let store = Store::open(dir, catalog.clone()).unwrap();
     store.load().unwrap();
-    Manager::new(store, catalog, TokenFormat::new("SG", None).unwrap(), ADMIN, 2)
+    Manager::new(
+        store,
+        catalog,
+        TokenFormat::new("SG", None).unwrap(),
+        ADMIN,
+        2,
+    )
 }
 
 fn new_key(name: &str, scopes: &[&str], api_keys: bool) -> NewKey {
@@ -168,8 +174,14 @@ async fn a_deleted_key_cannot_update_or_delete() {
     let updated = manager
         .update(&k, change(&target.key_id, &["mail.send"]))
         .await;
-    assert!(matches!(updated, Err(ManageError::BadCredentials)), "{updated:?}");
+    assert!(
+        matches!(updated, Err(ManageError::BadCredentials)),
+        "{updated:?}"
+    );
     let deleted = manager.delete(&k, &target.key_id).await;
-    assert!(matches!(deleted, Err(ManageError::BadCredentials)), "{deleted:?}");
+    assert!(
+        matches!(deleted, Err(ManageError::BadCredentials)),
+        "{deleted:?}"
+    );
     assert!(manager.get(&admin, &target.key_id).is_ok());
 }

@@ -8,6 +8,7 @@ use super::pb::{self, authorize_server::Authorize};
 use super::status::{bad_request, scope_status};
 use super::CheckContext;
 use crate::authz::{self, Decision};
+use crate::scope::Catalog;
 
 pub struct AuthorizeService {
     pub context: Arc<CheckContext>,
@@ -23,6 +24,7 @@ impl Authorize for AuthorizeService {
         context.readiness.check()?;
         let request = request.into_inner();
         let started = std::time::Instant::now();
+        let policy = context.policy.load();
         let decision = match &request.http {
             Some(http) => {
                 if !request.scopes.is_empty() {
@@ -31,11 +33,10 @@ impl Authorize for AuthorizeService {
                 if http.method.is_empty() {
                     return Err(bad_request("http.method", "is required"));
                 }
-                let routes = context.routes.load();
                 authz::decide_http(
                     &context.keys,
                     &context.format,
-                    &routes,
+                    &policy.routes,
                     &request.token,
                     &http.method,
                     &http.path,
@@ -46,9 +47,8 @@ impl Authorize for AuthorizeService {
                 if request.scopes.is_empty() {
                     return Err(bad_request("scopes", "at least one scope is required"));
                 }
-                let required = context
+                let required = policy
                     .catalog
-                    .load()
                     .resolve(request.scopes.iter().map(String::as_str))
                     .map_err(|error| scope_status("scopes", &error))?;
                 authz::decide(&context.keys, &context.format, &request.token, &required)
@@ -56,14 +56,14 @@ impl Authorize for AuthorizeService {
         };
         metrics::histogram!("scopegate_decision_seconds", "api" => "check")
             .record(started.elapsed());
-        Ok(Response::new(self.response(decision)))
+        Ok(Response::new(self.response(decision, &policy.catalog)))
     }
 }
 
 impl AuthorizeService {
-    fn response(&self, decision: Decision) -> pb::CheckResponse {
+    fn response(&self, decision: Decision, catalog: &Catalog) -> pb::CheckResponse {
         let mut response = pb::CheckResponse {
-            message: decision.message(&self.context.catalog.load()),
+            message: decision.message(catalog),
             ..Default::default()
         };
         let code = match decision {
@@ -83,11 +83,12 @@ impl AuthorizeService {
             } => {
                 response.key_id = key_id.to_string();
                 response.account_id = account_id.to_string();
-                response.missing_scopes = self.context.catalog.load().names(&missing);
+                response.missing_scopes = catalog.names(&missing);
                 pb::Decision::InsufficientScope
             }
             Decision::NoRoute => pb::Decision::NoRoute,
             Decision::InvalidPath => pb::Decision::InvalidPath,
+            Decision::MethodOverride => pb::Decision::MethodOverride,
         };
         metrics::counter!("scopegate_decisions_total", "api" => "check", "decision" => code.as_str_name()).increment(1);
         self.context.log_decision(

@@ -24,6 +24,7 @@ use tonic::{Code, Request, Response, Status};
 
 use super::CheckContext;
 use crate::authz::{self, Decision};
+use crate::scope::Catalog;
 
 /// Header names, configurable from the command line.
 #[derive(Debug, Clone)]
@@ -88,35 +89,40 @@ impl Authorization for ExtAuthzService {
         };
         let started = std::time::Instant::now();
         let credential = self.credential(http);
-        let routes = context.routes.load();
+        let token = match &credential {
+            Credential::Token(_, token) => token.as_ref(),
+            _ => "",
+        };
+        let policy = context.policy.load();
         let (decision, scope) = match &credential {
             Credential::Malformed => (Decision::MalformedToken, None),
-            Credential::Missing => authz::decide_http(
+            _ => authz::decide_http_request(
                 &context.keys,
                 &context.format,
-                &routes,
-                "",
-                &http.method,
-                &http.path,
-            ),
-            Credential::Token(_, token) => authz::decide_http(
-                &context.keys,
-                &context.format,
-                &routes,
+                &policy.routes,
                 token,
                 &http.method,
                 &http.path,
+                has_method_override(http),
             ),
         };
         metrics::histogram!("scopegate_decision_seconds", "api" => "ext_authz")
             .record(started.elapsed());
-        let catalog = context.catalog.load();
-        let scope_name = scope.map(|scope| catalog.scope_name(scope));
+        // The route's scope is shown only to an identified key: an
+        // unauthenticated caller must not learn which routes exist.
+        let identified = matches!(
+            decision,
+            Decision::Allowed { .. } | Decision::InsufficientScope { .. }
+        );
+        let scope_name = scope
+            .filter(|_| identified)
+            .map(|scope| policy.catalog.scope_name(scope));
         Ok(Response::new(self.response(
             http,
             &credential,
             decision,
             scope_name,
+            &policy.catalog,
         )))
     }
 }
@@ -166,6 +172,7 @@ impl ExtAuthzService {
         credential: &Credential<'_>,
         decision: Decision,
         scope: Option<&str>,
+        catalog: &Catalog,
     ) -> CheckResponse {
         let decision_name = decision_name(&decision);
         metrics::counter!("scopegate_decisions_total", "api" => "ext_authz", "decision" => decision_name).increment(1);
@@ -192,9 +199,13 @@ impl ExtAuthzService {
             ok.add_header(&self.config.key_id_header, key_id, overwrite, false);
             ok.add_header(&self.config.account_id_header, account_id, overwrite, false);
             for (name, _) in request_headers(http) {
-                let reserved = name.len() >= RESERVED_HEADER_PREFIX.len()
-                    && name[..RESERVED_HEADER_PREFIX.len()]
-                        .eq_ignore_ascii_case(RESERVED_HEADER_PREFIX);
+                // Bytes, not str slicing: a header name may hold non-ASCII.
+                let reserved = name
+                    .as_bytes()
+                    .get(..RESERVED_HEADER_PREFIX.len())
+                    .is_some_and(|start| {
+                        start.eq_ignore_ascii_case(RESERVED_HEADER_PREFIX.as_bytes())
+                    });
                 let ours = name.eq_ignore_ascii_case(&self.config.key_id_header)
                     || name.eq_ignore_ascii_case(&self.config.account_id_header);
                 if reserved && !ours {
@@ -209,12 +220,14 @@ impl ExtAuthzService {
             response.set_http_response(ok);
             return response;
         }
-        let message = decision.message(&self.context.catalog.load());
+        let message = decision.message(catalog);
         let (http_status, code) = match decision {
             Decision::MissingToken | Decision::MalformedToken | Decision::UnknownKey => {
                 (HttpStatusCode::Unauthorized, Code::Unauthenticated)
             }
-            Decision::InvalidPath => (HttpStatusCode::BadRequest, Code::InvalidArgument),
+            Decision::InvalidPath | Decision::MethodOverride => {
+                (HttpStatusCode::BadRequest, Code::InvalidArgument)
+            }
             _ => (HttpStatusCode::Forbidden, Code::PermissionDenied),
         };
         let mut denied = DeniedHttpResponseBuilder::new();
@@ -260,6 +273,21 @@ fn request_headers(http: &HttpRequest) -> impl Iterator<Item = (&str, Option<&st
     map.chain(list)
 }
 
+/// Headers with which clients ask an upstream to act on another method.
+const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+fn has_method_override(http: &HttpRequest) -> bool {
+    request_headers(http).any(|(name, _)| {
+        METHOD_OVERRIDE_HEADERS
+            .iter()
+            .any(|header| name.eq_ignore_ascii_case(header))
+    })
+}
+
 fn decision_name(decision: &Decision) -> &'static str {
     use super::pb::Decision as Wire;
     match decision {
@@ -270,6 +298,7 @@ fn decision_name(decision: &Decision) -> &'static str {
         Decision::InsufficientScope { .. } => Wire::InsufficientScope,
         Decision::NoRoute => Wire::NoRoute,
         Decision::InvalidPath => Wire::InvalidPath,
+        Decision::MethodOverride => Wire::MethodOverride,
     }
     .as_str_name()
 }

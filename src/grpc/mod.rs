@@ -15,18 +15,17 @@ pub use authorize::AuthorizeService;
 pub use ext_authz::{ExtAuthzConfig, ExtAuthzService};
 pub use manage::ManageKeyService;
 
+use crate::authz::Policy;
 use crate::key::KeyTable;
-use crate::route::RouteTable;
-use crate::scope::SharedCatalog;
 use crate::token::TokenFormat;
 
 /// What both check entry points (Authorize and ext_authz) read.
 pub struct CheckContext {
-    pub catalog: SharedCatalog,
     pub keys: Arc<KeyTable>,
     pub format: TokenFormat,
-    /// Swapped whole on reload; a check sees one table from start to end.
-    pub routes: arc_swap::ArcSwap<RouteTable>,
+    /// Catalog + routes, swapped whole on reload; a check loads it once and
+    /// reads one policy from start to end.
+    pub policy: arc_swap::ArcSwap<Policy>,
     pub readiness: Arc<Readiness>,
     /// Log one decision in this many (0: none).
     pub decision_log_every: u64,

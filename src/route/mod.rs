@@ -4,8 +4,17 @@
 //!
 //! File format (`--routes FILE`, see `examples/routes.toml`):
 //! ```toml
-//! default_scope = "stats.read"     # optional: unmatched requests need this scope
-//!                                  # instead of being denied NO_ROUTE
+//! default_scope = "stats.read"     # optional: requests whose path no rule matches
+//!                                  # need this scope instead of being denied NO_ROUTE
+//!                                  # (a matched path with an unlisted method stays NO_ROUTE)
+//! allow_semicolon = false          # optional: `;` or `%3B` in the path (refused by default:
+//!                                  # Java upstreams read `/a/..;/b` as `/b`)
+//! allow_encoded_percent = false    # optional: `%25` in the path (refused by default:
+//!                                  # a double-decoding upstream reads `%252e` as `.`)
+//! allow_method_override = false    # optional: let ext_authz requests carry
+//!                                  # X-HTTP-Method-Override / X-HTTP-Method / X-Method-Override
+//!                                  # (refused 400 by default: the upstream may act on
+//!                                  # another method than the one authorized)
 //! [[route]]
 //! path = "/v3/mail/send"           # a matchit template: /a/{id}, /a/{*rest}
 //! methods = ["POST"]               # optional; default: every method the target allows
@@ -63,12 +72,29 @@ pub struct RouteTable {
     router: matchit::Router<MethodTable>,
     default_scope: Option<ScopeId>,
     rule_count: usize,
+    paths: PathOptions,
+    allow_method_override: bool,
+}
+
+/// Path forms refused unless the routes file opts in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathOptions {
+    /// `;` or `%3B` anywhere in the path.
+    pub allow_semicolon: bool,
+    /// `%25`, an encoded `%`.
+    pub allow_encoded_percent: bool,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RoutesFile {
     default_scope: Option<String>,
+    #[serde(default)]
+    allow_semicolon: bool,
+    #[serde(default)]
+    allow_encoded_percent: bool,
+    #[serde(default)]
+    allow_method_override: bool,
     #[serde(default)]
     route: Vec<toml::Spanned<RuleFile>>,
 }
@@ -90,6 +116,8 @@ impl RouteTable {
             router: matchit::Router::new(),
             default_scope: None,
             rule_count: 0,
+            paths: PathOptions::default(),
+            allow_method_override: false,
         }
     }
 
@@ -242,6 +270,11 @@ impl RouteTable {
             router,
             default_scope,
             rule_count: file.route.len(),
+            paths: PathOptions {
+                allow_semicolon: file.allow_semicolon,
+                allow_encoded_percent: file.allow_encoded_percent,
+            },
+            allow_method_override: file.allow_method_override,
         })
     }
 
@@ -249,15 +282,19 @@ impl RouteTable {
         self.rule_count
     }
 
-    /// The scope `method path` needs.
+    /// Whether ext_authz lets method-override headers through.
+    pub fn allows_method_override(&self) -> bool {
+        self.allow_method_override
+    }
+
+    /// The scope `method path` needs. `default_scope` covers only paths no
+    /// rule matches: a matched path with a method no rule lists is NO_ROUTE.
     pub fn resolve(&self, method: &str, path: &str) -> Result<ScopeId, RouteMiss> {
-        let path = normalize_path(path).ok_or(RouteMiss::InvalidPath)?;
-        let matched = self
-            .router
-            .at(&path)
-            .ok()
-            .and_then(|found| lookup_method(&found.value.by_method, method));
-        matched.or(self.default_scope).ok_or(RouteMiss::NoRoute)
+        let path = normalize_path_with(path, self.paths).ok_or(RouteMiss::InvalidPath)?;
+        match self.router.at(&path) {
+            Ok(found) => lookup_method(&found.value.by_method, method).ok_or(RouteMiss::NoRoute),
+            Err(_) => self.default_scope.ok_or(RouteMiss::NoRoute),
+        }
     }
 
     /// Every scope some request can reach (for coverage tests).
@@ -297,19 +334,31 @@ fn verb_for(method: &str) -> Option<&'static str> {
     }
 }
 
+/// Normalises a request path for matching with the strict defaults, or
+/// refuses it (see [`normalize_path_with`]).
+pub fn normalize_path(raw: &str) -> Option<Cow<'_, str>> {
+    normalize_path_with(raw, PathOptions::default())
+}
+
 /// Normalises a request path for matching, or refuses it:
 /// - the query string and fragment are dropped;
 /// - it must start with `/`; a backslash, a NUL, or an encoded `/`, `\` or NUL
 ///   (`%2F`, `%5C`, `%00`) is refused, as is a malformed `%` escape;
+/// - `;` and `%3B` are refused unless `allow_semicolon` (path parameters:
+///   Java upstreams resolve `/a/..;/b` to `/b`), and `%25` unless
+///   `allow_encoded_percent` (a double-decoding upstream reads `%252e` as `.`);
 /// - `%XX` escapes of unreserved characters (letters, digits, `-._~`) are
 ///   decoded, so `/v3/m%61il/send` cannot dodge the `/v3/mail/send` rule;
 /// - repeated slashes are merged, `.` segments dropped, `..` segments resolved
 ///   (refused above the root), and a trailing slash removed.
 ///
 /// Returns the input unchanged (no allocation) when it is already normal.
-pub fn normalize_path(raw: &str) -> Option<Cow<'_, str>> {
+pub fn normalize_path_with(raw: &str, options: PathOptions) -> Option<Cow<'_, str>> {
     let path = raw.split(['?', '#']).next().unwrap_or("");
     if !path.starts_with('/') || path.contains('\\') || path.contains('\0') {
+        return None;
+    }
+    if !options.allow_semicolon && path.contains(';') {
         return None;
     }
     let needs_work = path.contains('%')
@@ -322,7 +371,7 @@ pub fn normalize_path(raw: &str) -> Option<Cow<'_, str>> {
     if !needs_work {
         return Some(Cow::Borrowed(path));
     }
-    let decoded = decode_unreserved(path)?;
+    let decoded = decode_unreserved(path, options)?;
     let mut segments: Vec<&str> = Vec::new();
     for segment in decoded.split('/') {
         match segment {
@@ -344,7 +393,7 @@ pub fn normalize_path(raw: &str) -> Option<Cow<'_, str>> {
     Some(Cow::Owned(normal))
 }
 
-fn decode_unreserved(path: &str) -> Option<String> {
+fn decode_unreserved(path: &str, options: PathOptions) -> Option<String> {
     let bytes = path.as_bytes();
     let mut out = String::with_capacity(path.len());
     let mut index = 0;
@@ -361,6 +410,8 @@ fn decode_unreserved(path: &str) -> Option<String> {
         let value = u8::from_str_radix(hex, 16).ok()?;
         match value {
             b'/' | b'\\' | 0 => return None,
+            b';' if !options.allow_semicolon => return None,
+            b'%' if !options.allow_encoded_percent => return None,
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
                 out.push(value as char)
             }

@@ -158,3 +158,69 @@ fn bad_files_name_the_line_and_reason() {
         );
     }
 }
+
+#[test]
+fn path_parameter_and_double_encoding_tricks_are_refused_by_default() {
+    let routes = table(EXAMPLE).unwrap();
+    for path in [
+        "/v3/marketing/..;/api_keys",
+        "/v3/marketing/%252e%252e/api_keys",
+        "/v3/marketing/x/..%3B/api_keys",
+        "/v3/marketing/x/..%3b/api_keys",
+        "/v3/marketing;a=b/singlesends",
+        "/v3/marketing/%25",
+    ] {
+        assert_eq!(
+            scope_of(&routes, "GET", path),
+            Err(RouteMiss::InvalidPath),
+            "{path}"
+        );
+    }
+    // A `;` in the query string is not part of the path.
+    assert_eq!(
+        scope_of(&routes, "GET", "/v3/api_keys?a=1;b=2"),
+        Ok("api_keys.read".into())
+    );
+}
+
+#[test]
+fn the_routes_file_can_opt_in_to_semicolons_and_encoded_percent() {
+    let text = format!("allow_semicolon = true\nallow_encoded_percent = true\n{EXAMPLE}");
+    let routes = table(&text).unwrap();
+    // Matched literally: the segment `..;` is not `..`.
+    assert_eq!(
+        scope_of(&routes, "GET", "/v3/marketing/..;/api_keys"),
+        scope_of(&routes, "GET", "/v3/marketing/x/api_keys")
+    );
+    assert!(scope_of(&routes, "GET", "/v3/marketing/%252e%252e/api_keys").is_ok());
+    assert!(!table(EXAMPLE).unwrap().allows_method_override());
+    assert!(table("allow_method_override = true\n")
+        .unwrap()
+        .allows_method_override());
+}
+
+#[test]
+fn default_scope_never_covers_an_unlisted_method_on_a_matched_path() {
+    let text = format!("default_scope = \"stats.read\"\n{EXAMPLE}");
+    let routes = table(&text).unwrap();
+    assert_eq!(
+        scope_of(&routes, "POST", "/v3/mail/send"),
+        Ok("mail.send".into())
+    );
+    for method in ["PUT", "GET", "PURGE", "OPTIONS"] {
+        assert_eq!(
+            scope_of(&routes, method, "/v3/mail/send"),
+            Err(RouteMiss::NoRoute),
+            "{method}"
+        );
+    }
+    assert_eq!(
+        scope_of(&routes, "PURGE", "/v3/api_keys"),
+        Err(RouteMiss::NoRoute)
+    );
+    // Unmatched paths still take the default.
+    assert_eq!(
+        scope_of(&routes, "GET", "/not/routed"),
+        Ok("stats.read".into())
+    );
+}

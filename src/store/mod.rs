@@ -154,7 +154,9 @@ impl Store {
         let keys = db.open_tree("keys")?;
         let accounts = db.open_tree("accounts")?;
         let durable = Durable::open(db.clone(), &sled_dir).map_err(io)?;
-        durable.sync().map_err(|reason| StoreError::Failed { reason })?;
+        durable
+            .sync()
+            .map_err(|reason| StoreError::Failed { reason })?;
         if new {
             // The files sled just created must survive a power cut too.
             sync_dir(&sled_dir).map_err(io)?;
@@ -376,12 +378,10 @@ impl Store {
     where
         E: From<StoreError> + Send + 'static,
     {
-        let key_id = record
-            .key_id()
-            .ok_or_else(|| StoreError::Corrupt {
-                key_id: format!("{:?}", record.key_id),
-                reason: "key id is not 16 bytes".into(),
-            })?;
+        let key_id = record.key_id().ok_or_else(|| StoreError::Corrupt {
+            key_id: format!("{:?}", record.key_id),
+            reason: "key id is not 16 bytes".into(),
+        })?;
         let store = self.clone();
         self.commit(move || {
             authorize(&store)?;
@@ -554,9 +554,14 @@ impl Store {
     }
 
     /// Puts `catalog` in force, if every stored key fits it: all its scopes
-    /// exist and its kind (billing or not) is unchanged. Runs under the writer
-    /// lock, so no mutation slips in between the check and the swap.
-    pub fn swap_catalog(&self, catalog: Arc<Catalog>) -> Result<(), StoreError> {
+    /// exist and its kind (billing or not) is unchanged; `also` runs right
+    /// after the swap (to publish what was built against it). Runs under the
+    /// writer lock, so no mutation slips in between the check and the swap.
+    pub fn swap_catalog(
+        &self,
+        catalog: Arc<Catalog>,
+        also: impl FnOnce(),
+    ) -> Result<(), StoreError> {
         let _writer = self
             .inner
             .writer
@@ -584,6 +589,7 @@ impl Store {
             }
         }
         self.inner.catalog.store(catalog);
+        also();
         Ok(())
     }
 
