@@ -102,10 +102,22 @@ pub struct ServeOptions {
     /// before closing connections. [default: 5]
     #[arg(long, env = "SCOPEGATE_DRAIN_TIMEOUT_SECS")]
     pub drain_timeout_secs: Option<f64>,
-    /// Requests handled at once, process-wide; beyond it requests are shed at
-    /// once with RESOURCE_EXHAUSTED instead of queueing. [default: 1024]
+    /// Check requests (Authorize, ext_authz, health, reflection) handled at
+    /// once; beyond it they are shed at once with RESOURCE_EXHAUSTED instead
+    /// of queueing. Management has its own limit, so it can never starve
+    /// checks. [default: 1024]
     #[arg(long, env = "SCOPEGATE_MAX_CONCURRENT_REQUESTS")]
     pub max_concurrent_requests: Option<usize>,
+    /// ManageKey and Admin requests handled at once (shed beyond it, like
+    /// checks). [default: 64]
+    #[arg(long, env = "SCOPEGATE_MAX_CONCURRENT_MANAGE")]
+    pub max_concurrent_manage: Option<usize>,
+    /// Key changes (create, update, delete) per second that the API keys of
+    /// one account may make, with bursts of as many; beyond it
+    /// RESOURCE_EXHAUSTED with a retry delay. The admin token is not limited.
+    /// [default: 20]
+    #[arg(long, env = "SCOPEGATE_MUTATIONS_PER_ACCOUNT_PER_SEC")]
+    pub mutations_per_account_per_sec: Option<u32>,
     /// Per-request timeout in milliseconds (a shorter grpc-timeout wins).
     /// [default: 1000]
     #[arg(long, env = "SCOPEGATE_REQUEST_TIMEOUT_MS")]
@@ -190,6 +202,8 @@ impl ServeOptions {
             max_keys_per_account,
             drain_timeout_secs,
             max_concurrent_requests,
+            max_concurrent_manage,
+            mutations_per_account_per_sec,
             request_timeout_ms,
             max_message_bytes,
             ext_authz_max_message_bytes,
@@ -216,6 +230,8 @@ impl ServeOptions {
             drain_timeout_secs: Some(5.0),
             watch_secs: Some(0.0),
             max_concurrent_requests: Some(Limits::default().max_concurrent_requests),
+            max_concurrent_manage: Some(Limits::default().max_concurrent_manage),
+            mutations_per_account_per_sec: Some(Limits::default().mutations_per_account_per_sec),
             request_timeout_ms: Some(Limits::default().request_timeout.as_millis() as u64),
             max_message_bytes: Some(Limits::default().max_message_bytes),
             ext_authz_max_message_bytes: Some(Limits::default().ext_authz_max_message_bytes),
@@ -291,6 +307,18 @@ impl ServeOptions {
                     .max_concurrent_requests
                     .unwrap_or(defaults.max_concurrent_requests),
             )?,
+            max_concurrent_manage: positive(
+                "max_concurrent_manage",
+                options
+                    .max_concurrent_manage
+                    .unwrap_or(defaults.max_concurrent_manage),
+            )?,
+            mutations_per_account_per_sec: positive(
+                "mutations_per_account_per_sec",
+                options
+                    .mutations_per_account_per_sec
+                    .unwrap_or(defaults.mutations_per_account_per_sec) as usize,
+            )? as u32,
             request_timeout: Duration::from_millis(positive(
                 "request_timeout_ms",
                 options.request_timeout_ms.unwrap_or(1000) as usize,
@@ -446,6 +474,8 @@ mod tests {
             max_keys_per_account = 7
             drain_timeout_secs = 2.5
             max_concurrent_requests = 9
+            max_concurrent_manage = 5
+            mutations_per_account_per_sec = 6
             request_timeout_ms = 250
             max_message_bytes = 1000
             ext_authz_max_message_bytes = 2000

@@ -6,6 +6,8 @@
 //! - [`key`]: the hot-path view of a key and the lock-free table of them.
 //! - [`route`]: PURE. HTTP route table: (method, path) → scope, path normalisation.
 //! - [`authz`]: PURE. `decide` / `decide_http` → `Decision`: the hot path.
+//! - [`limit`]: admission: check and management concurrency apart, a
+//!   per-account rate for key changes.
 //! - [`manage`]: key lifecycle use-cases: callers, permissions, no escalation.
 //! - [`store`]: sled persistence, group commit, publishing into the table.
 //! - [`grpc`]: the only module that knows generated types; thin adapters.
@@ -21,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod grpc;
 pub mod key;
+pub mod limit;
 pub mod manage;
 pub mod route;
 pub mod scope;

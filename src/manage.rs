@@ -9,6 +9,7 @@ use base64::Engine;
 use subtle::ConstantTimeEq;
 
 use crate::key::KeyTable;
+use crate::limit::AccountRate;
 use crate::scope::{Access, Catalog, KeyKind, ManageAction, ScopeError, ScopeSet, SharedCatalog};
 use crate::store::{KeyRecord, Store, StoreError};
 use crate::token::{admin_token_hash, KeyId, TokenFormat};
@@ -75,6 +76,11 @@ pub enum ManageError {
     AccountFull { account: String, cap: usize },
     #[error("only the admin token may do this")]
     AdminOnly,
+    #[error("account {account} is changing keys too fast: retry in {} ms", retry_after.as_millis().max(1))]
+    RateLimited {
+        account: String,
+        retry_after: std::time::Duration,
+    },
     #[error("store error: {0}")]
     Store(StoreError),
 }
@@ -157,6 +163,8 @@ pub struct Manager {
     format: TokenFormat,
     admin_token_hash: [u8; 32],
     max_keys_per_account: usize,
+    /// Key changes by API keys, per account; `None`: unlimited.
+    mutation_rate: Option<AccountRate>,
 }
 
 impl Manager {
@@ -173,7 +181,26 @@ impl Manager {
             format,
             admin_token_hash: admin_token_hash(admin_token),
             max_keys_per_account,
+            mutation_rate: None,
         }
+    }
+
+    /// Limits key changes by the API keys of one account to `per_second`
+    /// (bursts of as many). The admin is not limited.
+    pub fn with_mutation_rate(mut self, per_second: u32) -> Manager {
+        self.mutation_rate = Some(AccountRate::new(per_second));
+        self
+    }
+
+    fn admit_mutation(&self, caller: &Caller) -> Result<(), ManageError> {
+        let (Some(rate), Caller::Key { account_id, .. }) = (&self.mutation_rate, caller) else {
+            return Ok(());
+        };
+        rate.take(account_id)
+            .map_err(|retry_after| ManageError::RateLimited {
+                account: account_id.to_string(),
+                retry_after,
+            })
     }
 
     fn table(&self) -> &KeyTable {
@@ -249,6 +276,7 @@ impl Manager {
         request: NewKey,
     ) -> Result<(KeyView, String), ManageError> {
         self.require(caller, ManageAction::Create)?;
+        self.admit_mutation(caller)?;
         let account_id = match caller {
             Caller::Admin => validate_account_id(&request.account_id)?,
             Caller::Key { account_id, .. } => {
@@ -355,6 +383,7 @@ impl Manager {
 
     async fn update_key(&self, caller: &Caller, change: KeyChange) -> Result<KeyView, ManageError> {
         self.require(caller, ManageAction::Update)?;
+        self.admit_mutation(caller)?;
         let id = parse_key_id(&change.key_id)?;
         let name = change.name.as_deref().map(validate_name).transpose()?;
         let replace_scopes = !change.scopes.is_empty() || !change.grants.is_empty();
@@ -408,6 +437,7 @@ impl Manager {
 
     async fn delete_key(&self, caller: &Caller, key_id: &str) -> Result<(), ManageError> {
         self.require(caller, ManageAction::Delete)?;
+        self.admit_mutation(caller)?;
         let id = parse_key_id(key_id)?;
         let catalog = self.catalog.load_full();
         let guard = caller.clone();
@@ -520,6 +550,7 @@ fn record_mutation<T>(kind: &'static str, result: &Result<T, ManageError>) {
             | ManageError::AdminOnly
             | ManageError::AccountFull { .. },
         ) => "denied",
+        Err(ManageError::RateLimited { .. }) => "rate_limited",
         Err(ManageError::InvalidArgument { .. } | ManageError::Scope { .. }) => "invalid",
         Err(ManageError::NotFound(_)) => "not_found",
         Err(ManageError::Store(_)) => "error",

@@ -68,10 +68,16 @@ pub struct ServeConfig {
 /// Resource bounds, each with its reason.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Requests in progress, process-wide. Beyond it a request is shed at once
+    /// Check requests in progress. Beyond it a request is shed at once
     /// (RESOURCE_EXHAUSTED) rather than queued: a sidecar that queues without
     /// bound turns a burst into latency for every request behind it.
     pub max_concurrent_requests: usize,
+    /// Management requests in progress: a separate limit, so a flood of
+    /// mutations (each holding its slot across a disk sync) never sheds a
+    /// check.
+    pub max_concurrent_manage: usize,
+    /// Mutations per second (and burst) for the API keys of one account.
+    pub mutations_per_account_per_sec: u32,
     /// A request still running after this is cancelled; a shorter client
     /// `grpc-timeout` wins. Checks take microseconds; only a stuck disk could
     /// come near it.
@@ -97,6 +103,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_concurrent_requests: 1024,
+            max_concurrent_manage: 64,
+            mutations_per_account_per_sec: 20,
             request_timeout: Duration::from_secs(1),
             max_message_bytes: 64 * 1024,
             ext_authz_max_message_bytes: 1024 * 1024,
@@ -236,13 +244,16 @@ pub async fn run(
         config: config.ext_authz.clone(),
     })
     .max_decoding_message_size(limits.ext_authz_max_message_bytes);
-    let manager = Arc::new(Manager::new(
-        store.clone(),
-        shared_catalog.clone(),
-        format,
-        &admin_token,
-        config.max_keys_per_account,
-    ));
+    let manager = Arc::new(
+        Manager::new(
+            store.clone(),
+            shared_catalog.clone(),
+            format,
+            &admin_token,
+            config.max_keys_per_account,
+        )
+        .with_mutation_rate(limits.mutations_per_account_per_sec),
+    );
     drop(admin_token);
     let admin = AdminServer::new(AdminService {
         manager: manager.clone(),
@@ -266,11 +277,11 @@ pub async fn run(
     let layers = tower::ServiceBuilder::new()
         // Count every request by method and status, including refused ones.
         .layer(telemetry::GrpcMetricsLayer)
-        // Refuse at once when the limit below is reached, instead of queueing.
-        .load_shed()
-        // Bound the requests in progress across all connections.
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+        // Bound the requests in progress across all connections, checks and
+        // management apart; refuse at once beyond it instead of queueing.
+        .layer(crate::limit::ShedLayer::new(
             limits.max_concurrent_requests,
+            limits.max_concurrent_manage,
         ));
     let tls = config.tls.as_ref().map(load_tls).transpose()?;
     let router = |tls: Option<&tonic::transport::ServerTlsConfig>| {

@@ -37,6 +37,11 @@ impl From<ManageError> for Status {
             ManageError::Scope { field, source } => scope_status(field, &source),
             ManageError::NotFound(_) => Status::not_found(message),
             ManageError::AccountFull { .. } => Status::resource_exhausted(message),
+            ManageError::RateLimited { retry_after, .. } => Status::with_error_details(
+                Code::ResourceExhausted,
+                message,
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            ),
             ManageError::Store(StoreError::Closed | StoreError::Failed { .. }) => {
                 Status::unavailable(message)
             }
