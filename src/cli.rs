@@ -447,13 +447,33 @@ mod backup {
     }
 
     /// Writes to a temporary file, fsyncs, then renames over `path`.
+    /// Writes `content` to `path` (mode 0600) through a partial file that is
+    /// removed on any error; file and directory are fsync'd, so a backup
+    /// reported written survives a power cut.
     pub fn write_durably(path: &std::path::Path, content: &[u8]) -> std::io::Result<()> {
         use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let partial = path.with_extension("partial");
-        let mut file = std::fs::File::create(&partial)?;
-        file.write_all(content)?;
-        file.sync_all()?;
-        std::fs::rename(&partial, path)
+        let written = (|| {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&partial)?;
+            file.write_all(content)?;
+            file.sync_all()?;
+            std::fs::rename(&partial, path)?;
+            let dir = match path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir,
+                _ => std::path::Path::new("."),
+            };
+            std::fs::File::open(dir)?.sync_all()
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&partial);
+        }
+        written
     }
 }
 

@@ -195,7 +195,7 @@ pub async fn run(
     let format = TokenFormat::new(&config.token_prefix, pepper.as_deref().map(str::as_bytes))?;
     let shared_catalog: SharedCatalog = Arc::new(arc_swap::ArcSwap::new(catalog.clone()));
     let store = Store::open(&config.data_dir, shared_catalog.clone())?;
-    let admin_token = resolve_admin_token(&config)?;
+    let admin_token = zeroize::Zeroizing::new(resolve_admin_token(&config)?);
     // Without a metrics listener nobody reads metrics: record none.
     let metrics_handle = config.metrics_listen.map(|_| telemetry::install_metrics());
 
@@ -664,9 +664,25 @@ fn resolve_admin_token(config: &ServeConfig) -> Result<String, StartError> {
     }
 }
 
-/// Reads a secret from a file, trimmed; the error names the file, never the content.
+/// Reads a secret from a file, trimmed; the error names the file, never the
+/// content. Like ssh with a private key, refuses a file that group or others
+/// may read or write.
 fn read_secret_file(path: &Path, min_chars: usize) -> Result<String, (String, String)> {
+    use std::os::unix::fs::PermissionsExt;
     let shown = path.display().to_string();
+    let mode = std::fs::metadata(path)
+        .map_err(|error| (shown.clone(), error.to_string()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err((
+            shown.clone(),
+            format!(
+                "is accessible by group or others (mode {:03o}); fix with: chmod 600 {shown}",
+                mode & 0o777
+            ),
+        ));
+    }
     let text = std::fs::read_to_string(path).map_err(|error| (shown.clone(), error.to_string()))?;
     let secret = text.trim();
     if secret.len() < min_chars {

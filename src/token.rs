@@ -100,11 +100,20 @@ pub enum Malformed {
     Checksum,
 }
 
-/// A parsed token, borrowing the secret from the input.
-#[derive(Debug)]
+/// A parsed token, borrowing the secret from the input. Its Debug shows the
+/// key id only.
 pub struct ParsedToken<'a> {
     pub key_id: KeyId,
     secret: &'a str,
+}
+
+impl std::fmt::Debug for ParsedToken<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParsedToken")
+            .field("key_id", &self.key_id)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Issues, parses and hashes tokens for one server configuration.
@@ -114,7 +123,8 @@ pub struct TokenFormat {
     pepper: Option<Hmac<Sha256>>,
 }
 
-/// A new key's token and what is stored of it.
+/// A new key's token and what is stored of it. (The random secret's
+/// intermediate buffers are zeroized; the token itself goes to the reply.)
 pub struct IssuedToken {
     pub key_id: KeyId,
     /// Shown to the creator once, never stored or logged.
@@ -157,10 +167,10 @@ impl TokenFormat {
     }
 
     fn issue_for(&self, key_id: KeyId) -> IssuedToken {
-        let mut secret_bytes = [0; SECRET_BYTES];
-        getrandom::fill(&mut secret_bytes).expect("the OS random source works");
-        let secret = URL_SAFE_NO_PAD.encode(secret_bytes);
-        let mut token = format!("{}.{}.{}", self.prefix, key_id, secret);
+        let mut secret_bytes = zeroize::Zeroizing::new([0; SECRET_BYTES]);
+        getrandom::fill(&mut *secret_bytes).expect("the OS random source works");
+        let secret = zeroize::Zeroizing::new(URL_SAFE_NO_PAD.encode(*secret_bytes));
+        let mut token = format!("{}.{}.{}", self.prefix, key_id, *secret);
         let check = checksum(&token);
         token.push_str(std::str::from_utf8(&check).expect("base62 is ASCII"));
         IssuedToken {

@@ -697,7 +697,8 @@ async fn health_reports_serving_and_scopes_show_the_catalog() {
 async fn no_secret_ever_reaches_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let server = Server::start(&data, &[]);
+    // Every log level, every crate (tonic, h2, sled included).
+    let server = Server::start_after("export RUST_LOG=trace", &data, &[]);
     let admin = server.admin_token.clone();
     let mut manage = server.manage().await;
     let mut authorize = server.authorize().await;
@@ -756,26 +757,48 @@ async fn no_secret_ever_reaches_the_log() {
         log.contains("key created") && log.contains("key deleted"),
         "mutations are logged:\n{log}"
     );
-    for secret in &secrets {
-        // The whole token, and its secret part alone.
-        let secret_part = secret.rsplit('.').next().unwrap();
-        assert!(
-            !log.contains(secret.as_str()),
-            "a token leaked into the log"
-        );
-        assert!(!log.contains(secret_part), "a secret leaked into the log");
-    }
-    // Nor on disk: sled holds hashes only.
+    assert!(log.contains("TRACE"), "the log is at trace level");
+    let (_, metrics) = server.http_get("/metrics");
+    let backup = dir.path().join("backup.jsonl");
+    let status = std::process::Command::new(common::BIN)
+        .args(["backup", "--server", &server.addr, "--out"])
+        .arg(&backup)
+        .env("SCOPEGATE_AUTH", &admin)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let backup = std::fs::read(&backup).unwrap();
     let mut on_disk = Vec::new();
     for entry in walk(&data.join("sled")) {
         on_disk.extend(std::fs::read(entry).unwrap());
     }
-    for secret in &secrets[1..] {
-        let secret_part = secret.rsplit('.').next().unwrap().as_bytes();
-        assert!(
-            !on_disk.windows(secret_part.len()).any(|w| w == secret_part),
-            "a secret is stored in sled"
-        );
+    let places: [(&str, &[u8]); 4] = [
+        ("the log", log.as_bytes()),
+        ("/metrics", metrics.as_bytes()),
+        ("the sled files", &on_disk),
+        ("the backup", &backup),
+    ];
+    for (index, secret) in secrets.iter().enumerate() {
+        // The whole token, and its raw secret alone: the part between the
+        // last two separators, without the checksum.
+        let raw_secret = if index == 0 {
+            secret.as_str() // the admin token has no parts
+        } else {
+            let last = secret.rsplit('.').next().unwrap();
+            &last[..last.len() - 6]
+        };
+        assert!(raw_secret.len() >= 32, "{}", raw_secret.len());
+        for (place, bytes) in places {
+            if index == 0 && place == "the sled files" {
+                continue; // the admin token is a file in the data dir, not in sled
+            }
+            for needle in [secret.as_bytes(), raw_secret.as_bytes()] {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle),
+                    "secret {index} leaked into {place}"
+                );
+            }
+        }
     }
 }
 
@@ -790,4 +813,84 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     files
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// The data dir is 0700 and everything in it 0600 from the first byte (the
+/// umask is set before sled and the socket exist), backups are 0600, and
+/// secret files that others may read are refused, as ssh refuses keys.
+#[tokio::test]
+async fn files_are_private_and_readable_secret_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let socket = dir.path().join("sg.sock");
+    let server = Server::start(&data, &["--uds", socket.to_str().unwrap()]);
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("admin.token")), 0o600);
+    for file in walk(&data.join("sled")) {
+        assert_eq!(
+            mode(&file) & 0o077,
+            0,
+            "{} is {:o}",
+            file.display(),
+            mode(&file)
+        );
+    }
+    assert_eq!(mode(&socket), 0o660, "the socket gets exactly --uds-mode");
+    let backup = dir.path().join("b.jsonl");
+    let status = std::process::Command::new(common::BIN)
+        .args(["backup", "--server", &server.addr, "--out"])
+        .arg(&backup)
+        .env("SCOPEGATE_AUTH", &server.admin_token)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(mode(&backup), 0o600);
+    assert!(!dir.path().join("b.partial").exists());
+    drop(server);
+
+    // An admin token file or pepper that group/others can read is refused.
+    use std::os::unix::fs::PermissionsExt;
+    let loose = dir.path().join("loose.secret");
+    std::fs::write(&loose, "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for flag in ["--admin-token-file", "--pepper-file"] {
+        let refused =
+            Server::try_start(&dir.path().join("other"), &[flag, loose.to_str().unwrap()])
+                .err()
+                .unwrap_or_else(|| panic!("{flag} with mode 644 was accepted"));
+        assert!(
+            refused.contains("accessible by group or others") && refused.contains("chmod 600"),
+            "{refused}"
+        );
+        assert!(
+            !refused.contains("0123456789abcdef"),
+            "the secret is in the error"
+        );
+    }
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let accepted = Server::start(
+        &dir.path().join("other"),
+        &["--pepper-file", loose.to_str().unwrap()],
+    );
+    drop(accepted);
+
+    // A sled database scopegate did not create is not written into.
+    let foreign = dir.path().join("foreign");
+    {
+        let db = sled::open(foreign.join("sled")).unwrap();
+        db.open_tree("someone_else")
+            .unwrap()
+            .insert("k", "v")
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let refused = Server::try_start(&foreign, &[])
+        .err()
+        .expect("a foreign db was opened");
+    assert!(refused.contains("did not create"), "{refused}");
 }

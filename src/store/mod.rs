@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -110,6 +110,11 @@ impl Store {
             .mode(0o700)
             .create(dir)
             .map_err(io)?;
+        // A dir made by someone else (a volume mount, `mkdir`) is made private
+        // too, when we own it.
+        if let Err(error) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+            tracing::warn!(dir = %dir.display(), %error, "cannot make the data dir private (mode 0700)");
+        }
         let sled_dir = dir.join("sled");
         let new = !sled_dir.exists();
         let db = sled::Config::new()
