@@ -665,16 +665,16 @@ fn resolve_admin_token(config: &ServeConfig) -> Result<String, StartError> {
 }
 
 /// Reads a secret from a file, trimmed; the error names the file, never the
-/// content. Like ssh with a private key, refuses a file that group or others
-/// may read or write.
+/// content. Like ssh with a private key, refuses a file that others may
+/// access, or that a group other than scopegate's own may (Kubernetes mounts
+/// Secrets group-readable by the pod's fsGroup, which is scopegate's group).
 fn read_secret_file(path: &Path, min_chars: usize) -> Result<String, (String, String)> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::MetadataExt;
     let shown = path.display().to_string();
-    let mode = std::fs::metadata(path)
-        .map_err(|error| (shown.clone(), error.to_string()))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
+    let metadata = std::fs::metadata(path).map_err(|error| (shown.clone(), error.to_string()))?;
+    let mode = metadata.mode();
+    let own_group = metadata.gid() == rustix::process::getegid().as_raw();
+    if mode & 0o007 != 0 || (mode & 0o070 != 0 && !own_group) {
         return Err((
             shown.clone(),
             format!(

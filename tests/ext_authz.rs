@@ -236,7 +236,15 @@ async fn path_tricks_method_overrides_and_odd_headers_are_refused() {
     let mailer = server.admin_key(&["mail.send", "stats.read"]).await.token;
     let mut ext_authz = AuthorizationClient::new(server.channel().await);
     let bearer_of = |token: &str| format!("Bearer {token}");
-    let cases: Vec<(&str, &str, &str, Vec<(&str, &str)>, (&str, i32))> = vec![
+    // (who, method, path, extra headers, (decision, HTTP status))
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        (&'a str, i32),
+    );
+    let cases: Vec<Case> = vec![
         (
             "marketing",
             "GET",

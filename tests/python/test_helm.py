@@ -68,12 +68,17 @@ def test_the_demo_pod_is_wired_safely(values):
     scopegate = container(deployment, "scopegate")
     args = scopegate["args"]
 
-    # Native gRPC probes on the gRPC port scopegate listens on.
+    # Authorize/ext_authz on loopback only (no token-validity oracle for the
+    # cluster); probes and metrics on the pod network.
     grpc_port = next(p["containerPort"] for p in scopegate["ports"] if p["name"] == "grpc")
-    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-        assert scopegate[probe]["grpc"]["port"] == grpc_port
-    assert f"--listen=0.0.0.0:{grpc_port}" in args
+    assert f"--listen=127.0.0.1:{grpc_port}" in args
+    assert not any("0.0.0.0" in a for a in args if not a.startswith("--metrics-listen="))
     assert any(a.startswith("--manage-listen=127.0.0.1:") for a in args)
+    assert scopegate["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    for probe in ("readinessProbe", "startupProbe"):
+        assert scopegate[probe]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    metrics_port = next(p["containerPort"] for p in scopegate["ports"] if p["name"] == "metrics")
+    assert f"--metrics-listen=0.0.0.0:{metrics_port}" in args
 
     # Non-root, read-only root filesystem, no capabilities, for every container.
     for c in pod["spec"]["containers"]:
@@ -87,6 +92,7 @@ def test_the_demo_pod_is_wired_safely(values):
     assert "--admin-token-file=/etc/scopegate/admin/token" in args
     admin = next(v for v in pod["spec"]["volumes"] if v["name"] == "scopegate-admin")
     assert admin["secret"]["secretName"]
+    assert admin["secret"]["defaultMode"] == 0o400  # scopegate refuses a world-readable token
     assert by_kind(docs, "Secret")[0]["metadata"]["name"] == admin["secret"]["secretName"]
 
     # A bounded runtime: a sidecar must not start one thread per node CPU.

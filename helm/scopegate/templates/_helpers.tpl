@@ -41,7 +41,7 @@ seccompProfile:
   imagePullPolicy: {{ .Values.image.pullPolicy }}
   args:
     - serve
-    - --listen=0.0.0.0:{{ .Values.grpcPort }}
+    - --listen={{ .Values.listenAddress }}:{{ .Values.grpcPort }}
     - --manage-listen=127.0.0.1:{{ .Values.managePort }}
     - --metrics-listen=0.0.0.0:{{ .Values.metricsPort }}
     {{- if eq .Values.transport "uds" }}
@@ -70,18 +70,21 @@ seccompProfile:
       containerPort: {{ .Values.grpcPort }}
     - name: metrics
       containerPort: {{ .Values.metricsPort }}
+  # Probes use the metrics listener: the gRPC port is on loopback.
   livenessProbe:
-    grpc:
-      port: {{ .Values.grpcPort }}
+    httpGet:
+      path: /healthz
+      port: metrics
     periodSeconds: 10
   readinessProbe:
-    grpc:
-      port: {{ .Values.grpcPort }}
-      service: scopegate.v1.Authorize
+    httpGet:
+      path: /readyz
+      port: metrics
     periodSeconds: 5
   startupProbe:
-    grpc:
-      port: {{ .Values.grpcPort }}
+    httpGet:
+      path: /readyz
+      port: metrics
     failureThreshold: 60
     periodSeconds: 1
   resources:
@@ -115,6 +118,9 @@ seccompProfile:
 - name: scopegate-admin
   secret:
     secretName: {{ include "scopegate.adminSecret" . }}
+    # scopegate refuses a token file others can read (with fsGroup the
+    # kubelet adds read for the pod's group, which is scopegate's own).
+    defaultMode: 0400
 - name: scopegate-config
   configMap:
     name: {{ include "scopegate.fullname" . }}
