@@ -137,7 +137,7 @@ async fn a_failed_persist_is_never_acknowledged_and_the_restart_matches_disk() {
         assert!(
             matches!(
                 status.code(),
-                Code::Unavailable | Code::Unknown | Code::Internal
+                Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
             ),
             "{status:?}"
         );

@@ -1022,3 +1022,73 @@ async fn a_mutation_flood_never_sheds_checks() {
     // 20/s with a burst of 20 over 2 s: at most ~60 changes got through.
     assert!(ok <= 70, "{ok} changes went through a 20/s limit");
 }
+
+/// SIGTERM drains: health turns NOT_SERVING while open calls run on (a
+/// health Watch stream here, which a server that exits at once would cut),
+/// a stream of Checks sees only OK answers or a clean refusal of new calls,
+/// and once the last call ends the process exits 0, well within the drain
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_reports_not_serving_and_lets_open_calls_finish() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let dir = tempfile::tempdir().unwrap();
+    // The harness sets --drain-timeout-secs 5.
+    let mut server = Server::start(&dir.path().join("data"), &[]);
+    let token = server.admin_key(&["mail.send"]).await.token;
+    let mut watch = HealthClient::new(server.channel().await)
+        .watch(HealthCheckRequest {
+            service: "scopegate.v1.Authorize".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    let mut authorize = server.authorize().await;
+    let checks = tokio::spawn(async move {
+        let mut ok = 0;
+        loop {
+            match authorize.check(check(&token, &["mail.send"])).await {
+                Ok(response) => {
+                    assert!(response.into_inner().allowed);
+                    ok += 1;
+                }
+                Err(status)
+                    if refused_by_goaway(&status)
+                        || matches!(status.code(), Code::Unavailable | Code::Cancelled) =>
+                {
+                    return ok
+                }
+                Err(status) => panic!("a check in flight failed: {status:?}"),
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sent = std::time::Instant::now();
+    server.signal("TERM");
+    let next = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .expect("no health update after SIGTERM")
+        .expect("the open Watch call was cut: the server did not drain")
+        .expect("the Watch stream ended before reporting NOT_SERVING");
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    let checks_ok = checks.await.unwrap();
+    assert!(checks_ok > 0);
+    // The open Watch call keeps the server draining, not gone.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "exited with a call open"
+    );
+    drop(watch);
+    let status = tokio::task::block_in_place(|| server.wait_exit(15)).expect("did not exit");
+    assert!(status.success(), "exit {status}:\n{}", server.log());
+    assert!(
+        !server.log().contains("drain timed out"),
+        "the drain ran into its timeout instead of ending with the last call:\n{}",
+        server.log()
+    );
+    assert!(sent.elapsed() < Duration::from_secs(5));
+}

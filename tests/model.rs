@@ -1,0 +1,387 @@
+//! A property test of key management against a model: random sequences of
+//! create / update / delete by random callers (the admin, live keys, and
+//! stale snapshots of keys taken steps earlier, i.e. revoked or narrowed
+//! callers still in flight) drive the real `Manager` and `Store` on real
+//! sled files. After every step:
+//! - the call succeeded exactly when the rules allow it on the *current*
+//!   state (caller exists, holds the api_keys verb, no escalation, no
+//!   stronger target, own account, billing alone, cap);
+//! - no key holds a scope its creator / last updater lacked at the time, no
+//!   billing key holds anything else, no key caller touched another account;
+//! - sled (ListKeys) and the in-memory table (Check) agree with the model.
+//!
+//! At the end the store is reopened from disk and must equal the model.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use scopegate::authz::{decide, Decision};
+use scopegate::manage::{Caller, KeyChange, ListQuery, Manager, NewKey};
+use scopegate::scope::{Catalog, SharedCatalog};
+use scopegate::store::Store;
+use scopegate::token::TokenFormat;
+
+const ADMIN: &str = "admin-token-for-the-model-test-0123";
+const CAP: usize = 4;
+const SCOPES: [&str; 7] = [
+    "mail.send",
+    "stats.read",
+    "api_keys.create",
+    "api_keys.read",
+    "api_keys.update",
+    "api_keys.delete",
+    "billing.read",
+];
+const ACCOUNTS: [&str; 2] = ["acme", "other"];
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// caller (None: admin), account (admin only), scopes bitmask
+    Create(Option<usize>, usize, u8),
+    /// caller, target, scopes bitmask
+    Update(Option<usize>, usize, u8),
+    Delete(Option<usize>, usize),
+    /// Take a fresh snapshot of this key as a caller (used by later steps).
+    Authenticate(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let caller = prop::option::weighted(0.7, 0..16usize);
+    prop_oneof![
+        (caller.clone(), 0..2usize, 1..128u8).prop_map(|(c, a, s)| Op::Create(c, a, s)),
+        (caller.clone(), 0..16usize, 1..128u8).prop_map(|(c, t, s)| Op::Update(c, t, s)),
+        (caller, 0..16usize).prop_map(|(c, t)| Op::Delete(c, t)),
+        (0..16usize).prop_map(Op::Authenticate),
+    ]
+}
+
+fn names(mask: u8) -> BTreeSet<String> {
+    (0..SCOPES.len())
+        .filter(|bit| mask & (1 << bit) != 0)
+        .map(|bit| SCOPES[bit].to_owned())
+        .collect()
+}
+
+#[derive(Clone, Debug)]
+struct ModelKey {
+    account: String,
+    scopes: BTreeSet<String>,
+    token: String,
+}
+
+/// A caller as some earlier step saw it: what it held then.
+struct Snapshot {
+    key_id: String,
+    caller: Caller,
+    scopes: BTreeSet<String>,
+}
+
+struct World {
+    manager: Manager,
+    catalog: Arc<Catalog>,
+    format: TokenFormat,
+    model: BTreeMap<String, ModelKey>,
+    /// Every key ever created, in order (targets and callers pick from it).
+    ever: Vec<String>,
+    snapshots: Vec<Snapshot>,
+}
+
+fn open(dir: &std::path::Path) -> (Manager, Store, Arc<Catalog>, TokenFormat) {
+    let catalog = Arc::new(Catalog::builtin());
+    let shared: SharedCatalog = Arc::new(arc_swap::ArcSwap::new(catalog.clone()));
+    let store = Store::open(dir, shared.clone()).unwrap();
+    store.load().unwrap();
+    let format = TokenFormat::new("SG", None).unwrap();
+    let manager = Manager::new(store.clone(), shared, format.clone(), ADMIN, CAP);
+    (manager, store, catalog, format)
+}
+
+impl World {
+    fn valid(&self, scopes: &BTreeSet<String>) -> bool {
+        self.catalog
+            .key_scopes(scopes.iter().map(String::as_str), [])
+            .is_ok()
+    }
+
+    /// The caller for `index` (a snapshot), with what it held when it
+    /// authenticated and what it holds now (None: gone).
+    fn caller(
+        &self,
+        index: Option<usize>,
+    ) -> Option<(Caller, Option<(BTreeSet<String>, BTreeSet<String>, String)>)> {
+        match index {
+            None => Some((self.manager.authenticate(Some(ADMIN)).unwrap(), None)),
+            Some(index) => {
+                let snapshot = self.snapshots.get(index % self.snapshots.len().max(1))?;
+                let now = self
+                    .model
+                    .get(&snapshot.key_id)
+                    .map(|key| key.scopes.clone());
+                let account = match &snapshot.caller {
+                    Caller::Key { account_id, .. } => account_id.to_string(),
+                    Caller::Admin => unreachable!(),
+                };
+                Some((
+                    snapshot.caller.clone(),
+                    Some((snapshot.scopes.clone(), now.unwrap_or_default(), account)),
+                ))
+            }
+        }
+    }
+
+    fn target(&self, index: usize) -> Option<String> {
+        (!self.ever.is_empty()).then(|| self.ever[index % self.ever.len()].clone())
+    }
+
+    fn count(&self, account: &str) -> usize {
+        self.model
+            .values()
+            .filter(|key| key.account == account)
+            .count()
+    }
+
+    async fn step(&mut self, op: &Op) {
+        match op {
+            Op::Authenticate(index) => {
+                let Some(key_id) = self.target(*index) else {
+                    return;
+                };
+                let Some(key) = self.model.get(&key_id) else {
+                    return;
+                };
+                let caller = self.manager.authenticate(Some(&key.token)).unwrap();
+                self.snapshots.push(Snapshot {
+                    key_id,
+                    caller,
+                    scopes: key.scopes.clone(),
+                });
+            }
+            Op::Create(caller, account, mask) => {
+                let Some((caller, key)) = self.caller(*caller) else {
+                    return;
+                };
+                let requested = names(*mask);
+                let account = match &key {
+                    None => ACCOUNTS[*account].to_owned(),
+                    Some((_, _, own)) => own.clone(),
+                };
+                let allowed = self.valid(&requested)
+                    && self.count(&account) < CAP
+                    && key.as_ref().is_none_or(|(then, now, _)| {
+                        [then, now].iter().all(|held| {
+                            !now.is_empty()
+                                && held.contains("api_keys.create")
+                                && requested.is_subset(held)
+                        })
+                    });
+                let result = self
+                    .manager
+                    .create(
+                        &caller,
+                        NewKey {
+                            account_id: if key.is_none() {
+                                account.clone()
+                            } else {
+                                String::new()
+                            },
+                            name: "k".into(),
+                            scopes: requested.iter().cloned().collect(),
+                            grants: vec![],
+                        },
+                    )
+                    .await;
+                assert_eq!(
+                    result.is_ok(),
+                    allowed,
+                    "{op:?} by {caller}: {:?}",
+                    result.as_ref().err()
+                );
+                if let Ok((view, token)) = result {
+                    assert_eq!(view.account_id, account);
+                    self.ever.push(view.key_id.clone());
+                    self.model.insert(
+                        view.key_id,
+                        ModelKey {
+                            account,
+                            scopes: requested,
+                            token,
+                        },
+                    );
+                }
+            }
+            Op::Update(caller, target, mask) => {
+                let (Some((caller, key)), Some(target)) =
+                    (self.caller(*caller), self.target(*target))
+                else {
+                    return;
+                };
+                let requested = names(*mask);
+                let current = self.model.get(&target).cloned();
+                let allowed = self.valid(&requested)
+                    && current.as_ref().is_some_and(|current| {
+                        key.as_ref().is_none_or(|(then, now, own)| {
+                            *own == current.account
+                                && [then, now].iter().all(|held| {
+                                    !now.is_empty()
+                                        && held.contains("api_keys.update")
+                                        && requested.is_subset(held)
+                                })
+                                && current.scopes.is_subset(now)
+                        })
+                    });
+                let result = self
+                    .manager
+                    .update(
+                        &caller,
+                        KeyChange {
+                            key_id: target.clone(),
+                            name: None,
+                            scopes: requested.iter().cloned().collect(),
+                            grants: vec![],
+                        },
+                    )
+                    .await;
+                assert_eq!(
+                    result.is_ok(),
+                    allowed,
+                    "{op:?} by {caller}: {:?}",
+                    result.as_ref().err()
+                );
+                if result.is_ok() {
+                    self.model.get_mut(&target).unwrap().scopes = requested;
+                }
+            }
+            Op::Delete(caller, target) => {
+                let (Some((caller, key)), Some(target)) =
+                    (self.caller(*caller), self.target(*target))
+                else {
+                    return;
+                };
+                let current = self.model.get(&target).cloned();
+                let allowed = current.as_ref().is_some_and(|current| {
+                    key.as_ref().is_none_or(|(then, now, own)| {
+                        *own == current.account
+                            && !now.is_empty()
+                            && then.contains("api_keys.delete")
+                            && now.contains("api_keys.delete")
+                            && current.scopes.is_subset(now)
+                    })
+                });
+                let result = self.manager.delete(&caller, &target).await;
+                assert_eq!(
+                    result.is_ok(),
+                    allowed,
+                    "{op:?} by {caller}: {:?}",
+                    result.as_ref().err()
+                );
+                if result.is_ok() {
+                    self.model.remove(&target);
+                }
+            }
+        }
+    }
+
+    /// Disk (ListKeys) and memory (Check) agree with the model.
+    fn agree(&self, store: &Store) {
+        let admin = self.manager.authenticate(Some(ADMIN)).unwrap();
+        let listed = self
+            .manager
+            .list(
+                &admin,
+                ListQuery {
+                    account_id: String::new(),
+                    page_size: 1000,
+                    page_token: String::new(),
+                },
+            )
+            .unwrap()
+            .0;
+        let on_disk: BTreeMap<String, (String, BTreeSet<String>)> = listed
+            .into_iter()
+            .map(|view| {
+                (
+                    view.key_id,
+                    (view.account_id, view.scopes.into_iter().collect()),
+                )
+            })
+            .collect();
+        let expected: BTreeMap<String, (String, BTreeSet<String>)> = self
+            .model
+            .iter()
+            .map(|(id, key)| (id.clone(), (key.account.clone(), key.scopes.clone())))
+            .collect();
+        assert_eq!(on_disk, expected, "sled differs from the model");
+        assert_eq!(store.table().len(), self.model.len());
+        for key in self.model.values() {
+            let required = self
+                .catalog
+                .resolve(key.scopes.iter().map(String::as_str))
+                .unwrap();
+            let decision = decide(store.table(), &self.format, &key.token, &required);
+            assert!(matches!(decision, Decision::Allowed { .. }), "{decision:?}");
+            let billing = key.scopes.contains("billing.read");
+            assert!(
+                !billing || key.scopes.len() == 1,
+                "a billing key holds more: {:?}",
+                key.scopes
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn management_follows_the_rules_on_current_state(ops in prop::collection::vec(op(), 1..60)) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let (manager, store, catalog, format) = open(dir.path());
+            let mut world = World { manager, catalog, format, model: BTreeMap::new(), ever: Vec::new(), snapshots: Vec::new() };
+            // Seed: a managing key in each account, authenticated.
+            for account in ACCOUNTS {
+                let admin = world.manager.authenticate(Some(ADMIN)).unwrap();
+                let scopes: BTreeSet<String> = names(0b0111111);
+                let (view, token) = world.manager.create(&admin, NewKey {
+                    account_id: account.into(), name: "root".into(),
+                    scopes: scopes.iter().cloned().collect(), grants: vec![],
+                }).await.unwrap();
+                world.ever.push(view.key_id.clone());
+                world.model.insert(view.key_id.clone(), ModelKey { account: account.into(), scopes: scopes.clone(), token: token.clone() });
+                let caller = world.manager.authenticate(Some(&token)).unwrap();
+                world.snapshots.push(Snapshot { key_id: view.key_id, caller, scopes });
+            }
+            for op in &ops {
+                world.step(op).await;
+                world.agree(&store);
+            }
+            let model = world.model.clone();
+            let format = world.format.clone();
+            drop(world);
+            drop(store);
+            // Reopen from disk once the commit task has let go of sled.
+            let mut reopened = None;
+            for _ in 0..200 {
+                let catalog: SharedCatalog = Arc::new(arc_swap::ArcSwap::from_pointee(Catalog::builtin()));
+                match Store::open(dir.path(), catalog) {
+                    Ok(store) => { reopened = Some(store); break; }
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                }
+            }
+            let store = reopened.expect("the store reopens");
+            store.load().unwrap();
+            assert_eq!(store.table().len(), model.len());
+            let catalog = Catalog::builtin();
+            for key in model.values() {
+                let required = catalog.resolve(key.scopes.iter().map(String::as_str)).unwrap();
+                assert!(decide(store.table(), &format, &key.token, &required).is_allowed());
+            }
+        });
+    }
+}
