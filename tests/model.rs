@@ -70,6 +70,10 @@ struct ModelKey {
     token: String,
 }
 
+/// What a key caller held when it authenticated, what it holds now (empty:
+/// deleted), and its account.
+type Held = (BTreeSet<String>, BTreeSet<String>, String);
+
 /// A caller as some earlier step saw it: what it held then.
 struct Snapshot {
     key_id: String,
@@ -106,10 +110,7 @@ impl World {
 
     /// The caller for `index` (a snapshot), with what it held when it
     /// authenticated and what it holds now (None: gone).
-    fn caller(
-        &self,
-        index: Option<usize>,
-    ) -> Option<(Caller, Option<(BTreeSet<String>, BTreeSet<String>, String)>)> {
+    fn caller(&self, index: Option<usize>) -> Option<(Caller, Option<Held>)> {
         match index {
             None => Some((self.manager.authenticate(Some(ADMIN)).unwrap(), None)),
             Some(index) => {
