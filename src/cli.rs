@@ -62,6 +62,9 @@ pub enum Command {
     /// Validate or print the serve configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Fleet mode (keys shared through etcd): tools.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// Export every key of a running server to a JSON-lines file (hashes
     /// only, never secrets). Needs the admin token.
     ///
@@ -98,6 +101,17 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub options: ServeOptions,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FleetCommand {
+    /// Copy a standalone store (offline: no server may run on it) into etcd,
+    /// for fleet mode. Idempotent: keys already in etcd with the same content
+    /// are skipped; a key there with other content stops the import and
+    /// nothing is overwritten.
+    ///
+    /// Example: scopegate fleet import --data-dir /var/lib/scopegate --etcd-endpoints http://127.0.0.1:2379
+    Import(ServeArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -255,6 +269,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Config(command) => config_command(command),
+        Command::Fleet(FleetCommand::Import(args)) => runtime.block_on(fleet_import(args)),
         Command::Restore {
             input,
             data_dir,
@@ -321,6 +336,43 @@ fn config_command(command: ConfigCommand) -> ExitCode {
                 catalog.scope_count(),
                 routes.rule_count()
             );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn fleet_import(args: ServeArgs) -> ExitCode {
+    let result = async {
+        let mut options = effective_options(args).map_err(|error| error.to_string())?;
+        options.store = Some("etcd".into());
+        let config = options.resolve().map_err(|error| error.to_string())?;
+        let fleet = config.fleet.clone().expect("store = etcd");
+        let (catalog, _) =
+            server::load_catalog_and_routes(&config).map_err(|error| error.to_string())?;
+        let store = crate::store::Store::open(
+            &config.data_dir,
+            std::sync::Arc::new(arc_swap::ArcSwap::new(catalog)),
+        )
+        .map_err(|error| error.to_string())?;
+        let records = store
+            .export()
+            .map_err(|error| error.to_string())?
+            .iter()
+            .map(|value| crate::store::decode(&[], value))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| error.to_string())?;
+        crate::store::fleet::import(&fleet, records)
+            .await
+            .map_err(|error| error.to_string())
+    }
+    .await;
+    match result {
+        Ok((copied, present)) => {
+            println!("copied {copied} keys into etcd ({present} were already there)");
             ExitCode::SUCCESS
         }
         Err(error) => {
@@ -520,7 +572,7 @@ async fn client(command: Command) -> ExitCode {
 
 async fn run_client(command: Command) -> Result<ExitCode, String> {
     match command {
-        Command::Serve(_) | Command::Config(_) | Command::Restore { .. } => {
+        Command::Serve(_) | Command::Config(_) | Command::Fleet(_) | Command::Restore { .. } => {
             unreachable!("not a client command")
         }
         Command::Backup { client, out } => {

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::grpc::ExtAuthzConfig;
 use crate::manage::DEFAULT_MAX_KEYS_PER_ACCOUNT;
 use crate::server::{AdminTokenSource, Limits, ServeConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
+use crate::store::fleet::DEFAULT_PREFIX as DEFAULT_ETCD_PREFIX;
+use crate::store::FleetConfig;
 use crate::token::DEFAULT_PREFIX;
 
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9090";
@@ -98,6 +100,42 @@ pub struct ServeOptions {
     /// Most keys one account may hold. [default: 100]
     #[arg(long, env = "SCOPEGATE_MAX_KEYS_PER_ACCOUNT")]
     pub max_keys_per_account: Option<usize>,
+    /// Where keys live: "standalone" (the sled store in --data-dir is the
+    /// truth) or "etcd" (fleet mode: every sidecar of a deployment shares its
+    /// keys through etcd; --data-dir holds this sidecar's mirror, served at
+    /// once on restart, even while etcd is down). [default: standalone]
+    #[arg(long, env = "SCOPEGATE_STORE")]
+    pub store: Option<String>,
+    /// Fleet mode: etcd client URLs, comma-separated, e.g.
+    /// https://etcd-0:2379,https://etcd-1:2379
+    #[arg(long, env = "SCOPEGATE_ETCD_ENDPOINTS")]
+    pub etcd_endpoints: Option<String>,
+    /// Fleet mode: the key prefix of this deployment in etcd.
+    /// [default: /scopegate/v1/]
+    #[arg(long, env = "SCOPEGATE_ETCD_PREFIX")]
+    pub etcd_prefix: Option<String>,
+    /// Fleet mode: PEM CA bundle for etcd's server certificate (enables TLS).
+    #[arg(long, env = "SCOPEGATE_ETCD_CA_FILE")]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// Fleet mode: PEM client certificate for etcd (needs --etcd-key-file).
+    #[arg(long, env = "SCOPEGATE_ETCD_CERT_FILE")]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// Fleet mode: PEM private key for --etcd-cert-file.
+    #[arg(long, env = "SCOPEGATE_ETCD_KEY_FILE")]
+    pub etcd_key_file: Option<PathBuf>,
+    /// Fleet mode: etcd user (needs --etcd-password-file).
+    #[arg(long, env = "SCOPEGATE_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    /// Fleet mode: file holding the etcd user's password (mode 0600).
+    #[arg(long, env = "SCOPEGATE_ETCD_PASSWORD_FILE")]
+    pub etcd_password_file: Option<PathBuf>,
+    /// Fleet mode: when etcd has not been heard from for this many seconds,
+    /// fail closed (Check UNAVAILABLE, ext_authz 503) instead of deciding
+    /// from the last applied state. Off by default: a sidecar keeps serving
+    /// through an etcd outage (fail-static), at the price of honouring
+    /// revocations made elsewhere only once etcd is back.
+    #[arg(long, env = "SCOPEGATE_MAX_STALENESS_SECS")]
+    pub max_staleness_secs: Option<f64>,
     /// Seconds that shutdown (SIGTERM/SIGINT) waits for in-flight requests
     /// before closing connections. [default: 5]
     #[arg(long, env = "SCOPEGATE_DRAIN_TIMEOUT_SECS")]
@@ -150,6 +188,62 @@ pub enum ConfigError {
     Invalid { key: &'static str, reason: String },
 }
 
+/// The etcd settings of fleet mode, checked.
+fn fleet_config(options: &ServeOptions) -> Result<FleetConfig, ConfigError> {
+    let endpoints: Vec<String> = options
+        .etcd_endpoints
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|endpoint| !endpoint.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if endpoints.is_empty() {
+        return Err(invalid(
+            "etcd_endpoints",
+            "is required with store = etcd (e.g. http://127.0.0.1:2379)",
+        ));
+    }
+    for endpoint in &endpoints {
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(invalid(
+                "etcd_endpoints",
+                format!("`{endpoint}` must start with http:// or https://"),
+            ));
+        }
+    }
+    let prefix = options
+        .etcd_prefix
+        .clone()
+        .unwrap_or_else(|| DEFAULT_ETCD_PREFIX.into());
+    if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix.len() < 2 {
+        return Err(invalid(
+            "etcd_prefix",
+            format!("`{prefix}` must start and end with / (e.g. /scopegate/v1/)"),
+        ));
+    }
+    let cert_key = match (&options.etcd_cert_file, &options.etcd_key_file) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        (Some(_), None) => return Err(invalid("etcd_key_file", "is required with etcd_cert_file")),
+        (None, Some(_)) => return Err(invalid("etcd_cert_file", "is required with etcd_key_file")),
+    };
+    let user = match (&options.etcd_user, &options.etcd_password_file) {
+        (None, None) => None,
+        (Some(user), Some(file)) => Some((user.clone(), file.clone())),
+        (Some(_), None) => return Err(invalid("etcd_password_file", "is required with etcd_user")),
+        (None, Some(_)) => return Err(invalid("etcd_user", "is required with etcd_password_file")),
+    };
+    Ok(FleetConfig {
+        endpoints,
+        prefix,
+        ca_file: options.etcd_ca_file.clone(),
+        cert_key,
+        user,
+    })
+}
+
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
@@ -200,6 +294,15 @@ impl ServeOptions {
             token_prefix,
             pepper_file,
             max_keys_per_account,
+            store,
+            etcd_endpoints,
+            etcd_prefix,
+            etcd_ca_file,
+            etcd_cert_file,
+            etcd_key_file,
+            etcd_user,
+            etcd_password_file,
+            max_staleness_secs,
             drain_timeout_secs,
             max_concurrent_requests,
             max_concurrent_manage,
@@ -390,6 +493,40 @@ impl ServeOptions {
             (None, Ok(token)) => AdminTokenSource::Value(token),
             (None, Err(_)) => AdminTokenSource::DataDir,
         };
+        let fleet = match options.store.as_deref().unwrap_or("standalone") {
+            "standalone" => {
+                if options.etcd_endpoints.is_some() {
+                    return Err(invalid(
+                        "etcd_endpoints",
+                        "is set but store is standalone: add --store etcd for fleet mode",
+                    ));
+                }
+                None
+            }
+            "etcd" => Some(fleet_config(&options)?),
+            other => {
+                return Err(invalid(
+                    "store",
+                    format!("`{other}` is not standalone or etcd"),
+                ))
+            }
+        };
+        let max_staleness = match options.max_staleness_secs {
+            None => None,
+            Some(_) if fleet.is_none() => {
+                return Err(invalid(
+                    "max_staleness_secs",
+                    "applies to --store etcd only",
+                ))
+            }
+            Some(value) if value > 0.0 => Some(seconds("max_staleness_secs", value)?),
+            Some(value) => {
+                return Err(invalid(
+                    "max_staleness_secs",
+                    format!("{value} must be above 0"),
+                ))
+            }
+        };
         let tls = match (&options.tls_cert_file, &options.tls_key_file) {
             (None, None) => None,
             (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
@@ -401,6 +538,8 @@ impl ServeOptions {
             }
         };
         Ok(ServeConfig {
+            fleet,
+            max_staleness,
             listen,
             tls,
             uds: options.uds.clone(),
@@ -428,6 +567,33 @@ impl ServeOptions {
             decision_log_every: options.log_decisions_every.unwrap_or(0),
         })
     }
+}
+
+/// Reads a secret from a file, trimmed; the error names the file, never the
+/// content. Like ssh with a private key, refuses a file that others may
+/// access, or that a group other than scopegate's own may (Kubernetes mounts
+/// Secrets group-readable by the pod's fsGroup, which is scopegate's group).
+pub fn read_secret_file(path: &Path, min_chars: usize) -> Result<String, (String, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let shown = path.display().to_string();
+    let metadata = std::fs::metadata(path).map_err(|error| (shown.clone(), error.to_string()))?;
+    let mode = metadata.mode();
+    let own_group = metadata.gid() == rustix::process::getegid().as_raw();
+    if mode & 0o007 != 0 || (mode & 0o070 != 0 && !own_group) {
+        return Err((
+            shown.clone(),
+            format!(
+                "is accessible by group or others (mode {:03o}); fix with: chmod 600 {shown}",
+                mode & 0o777
+            ),
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|error| (shown.clone(), error.to_string()))?;
+    let secret = text.trim();
+    if secret.len() < min_chars {
+        return Err((shown, format!("must hold at least {min_chars} characters")));
+    }
+    Ok(secret.to_owned())
 }
 
 #[cfg(test)]
@@ -474,6 +640,15 @@ mod tests {
             max_keys_per_account = 7
             drain_timeout_secs = 2.5
             max_concurrent_requests = 9
+            store = "etcd"
+            etcd_endpoints = "http://127.0.0.1:2379, http://127.0.0.2:2379"
+            etcd_prefix = "/sg/"
+            etcd_ca_file = "/ca.pem"
+            etcd_cert_file = "/etcd.pem"
+            etcd_key_file = "/etcd.key"
+            etcd_user = "sg"
+            etcd_password_file = "/pw"
+            max_staleness_secs = 30
             max_concurrent_manage = 5
             mutations_per_account_per_sec = 6
             request_timeout_ms = 250

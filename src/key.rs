@@ -19,9 +19,13 @@ pub struct AuthEntry {
     pub kind: KeyKind,
 }
 
+type KeyMap = papaya::HashMap<KeyId, Arc<AuthEntry>, KeyIdHash>;
+
+/// The keys Check reads. A full resync (fleet mode) swaps the whole map at
+/// once, so a reader sees the old set or the new one, never a mix.
 #[derive(Default)]
 pub struct KeyTable {
-    keys: papaya::HashMap<KeyId, Arc<AuthEntry>, KeyIdHash>,
+    keys: arc_swap::ArcSwap<KeyMap>,
 }
 
 /// Key ids come from the OS CSPRNG and only the server mints them, so their
@@ -57,28 +61,41 @@ impl std::hash::Hasher for KeyIdHasher {
 
 impl KeyTable {
     pub fn get(&self, key_id: &KeyId) -> Option<Arc<AuthEntry>> {
-        self.keys.pin().get(key_id).cloned()
+        self.keys.load().pin().get(key_id).cloned()
     }
 
     /// Runs `f` on the entry without touching its reference count.
     pub fn with<R>(&self, key_id: &KeyId, f: impl FnOnce(Option<&AuthEntry>) -> R) -> R {
-        let keys = self.keys.pin();
+        let map = self.keys.load();
+        let keys = map.pin();
         f(keys.get(key_id).map(|entry| &**entry))
     }
 
     pub fn insert(&self, key_id: KeyId, entry: Arc<AuthEntry>) {
-        self.keys.pin().insert(key_id, entry);
+        self.keys.load().pin().insert(key_id, entry);
     }
 
     pub fn remove(&self, key_id: &KeyId) {
-        self.keys.pin().remove(key_id);
+        self.keys.load().pin().remove(key_id);
+    }
+
+    /// Replaces every entry at once.
+    pub fn replace_all(&self, entries: impl IntoIterator<Item = (KeyId, Arc<AuthEntry>)>) {
+        let map = KeyMap::default();
+        {
+            let pinned = map.pin();
+            for (key_id, entry) in entries {
+                pinned.insert(key_id, entry);
+            }
+        }
+        self.keys.store(Arc::new(map));
     }
 
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.keys.load().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.keys.load().is_empty()
     }
 }

@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 use crate::key::KeyTable;
 use crate::limit::AccountRate;
 use crate::scope::{Access, Catalog, KeyKind, ManageAction, ScopeError, ScopeSet, SharedCatalog};
-use crate::store::{KeyRecord, Store, StoreError};
+use crate::store::{Change, KeyRecord, Snapshot, Store, StoreError};
 use crate::token::{admin_token_hash, KeyId, TokenFormat};
 
 pub const DEFAULT_MAX_KEYS_PER_ACCOUNT: usize = 100;
@@ -304,11 +304,14 @@ impl Manager {
         let view = self.view(&record)?;
         let catalog = self.catalog.load_full();
         let guard = caller.clone();
+        let cap = self.max_keys_per_account;
         self.store
-            .create(record, self.max_keys_per_account, move |store| {
-                let caller = current_caller(store, &catalog, &guard)?;
+            .mutate(caller_reads(caller, None), move |snapshot| {
+                let caller = current_caller(snapshot, &catalog, &guard)?;
                 require(&catalog, &caller, ManageAction::Create)?;
-                check_no_escalation(&catalog, &caller, &scopes)
+                check_no_escalation(&catalog, &caller, &scopes)?;
+                let record = record.clone();
+                Ok::<_, ManageError>((Change::Create { record, cap }, ()))
             })
             .await
             .map_err(|error| match error {
@@ -403,20 +406,21 @@ impl Manager {
         let key_id_text = change.key_id.clone();
         let (before, updated) = self
             .store
-            .update(id, move |store, current| {
-                let caller = current_caller(store, &catalog, &guard)?;
+            .mutate(caller_reads(caller, Some(id)), move |snapshot| {
+                let current = snapshot.get(&id).ok_or(StoreError::NotFound)?;
+                let caller = current_caller(snapshot, &catalog, &guard)?;
                 require(&catalog, &caller, ManageAction::Update)?;
                 check_may_change(&catalog, &caller, current, &key_id_text)?;
                 let mut updated = current.clone();
-                if let Some(name) = name {
-                    updated.name = name;
+                if let Some(name) = &name {
+                    updated.name = name.clone();
                 }
-                if let Some(scopes) = new_scopes {
-                    check_no_escalation(&catalog, &caller, &scopes)?;
-                    updated.scopes = catalog.names(&scopes);
+                if let Some(scopes) = &new_scopes {
+                    check_no_escalation(&catalog, &caller, scopes)?;
+                    updated.scopes = catalog.names(scopes);
                 }
                 updated.update_time_unix_ms = now_unix_ms();
-                Ok::<_, ManageError>(updated)
+                Ok::<_, ManageError>((Change::Update(updated.clone()), (current.clone(), updated)))
             })
             .await
             .map_err(|error| not_found_as(error, &change.key_id))?;
@@ -444,10 +448,12 @@ impl Manager {
         let key_id_text = key_id.to_owned();
         let deleted = self
             .store
-            .delete(id, move |store, current| {
-                let caller = current_caller(store, &catalog, &guard)?;
+            .mutate(caller_reads(caller, Some(id)), move |snapshot| {
+                let current = snapshot.get(&id).ok_or(StoreError::NotFound)?;
+                let caller = current_caller(snapshot, &catalog, &guard)?;
                 require(&catalog, &caller, ManageAction::Delete)?;
-                check_may_change(&catalog, &caller, current, &key_id_text)
+                check_may_change(&catalog, &caller, current, &key_id_text)?;
+                Ok::<_, ManageError>((Change::Delete(current.clone()), current.clone()))
             })
             .await
             .map_err(|error| not_found_as(error, key_id))?;
@@ -567,12 +573,25 @@ fn visible_to(caller: &Caller, record: &KeyRecord) -> bool {
     }
 }
 
-/// The caller as the store holds it now. Called under the writer lock, so a
-/// key deleted, narrowed or moved by a mutation acknowledged before this one
-/// cannot act on its old rights: a deleted caller is unauthenticated, a
-/// narrowed one is judged by its current scopes.
+/// What a mutation reads: the calling key's own record (an API key caller),
+/// and the target.
+fn caller_reads(caller: &Caller, target: Option<KeyId>) -> Vec<KeyId> {
+    let mut reads: Vec<KeyId> = target.into_iter().collect();
+    if let Caller::Key { key_id, .. } = caller {
+        if !reads.contains(key_id) {
+            reads.push(*key_id);
+        }
+    }
+    reads
+}
+
+/// The caller as the source of truth holds it when the change applies (the
+/// store reads it under its writer lock, or compares it in the etcd
+/// transaction), so a key deleted, narrowed or moved by a mutation
+/// acknowledged before this one cannot act on its old rights: a deleted
+/// caller is unauthenticated, a narrowed one is judged by its current scopes.
 fn current_caller(
-    store: &Store,
+    snapshot: &Snapshot,
     catalog: &Catalog,
     caller: &Caller,
 ) -> Result<Caller, ManageError> {
@@ -585,8 +604,8 @@ fn current_caller(
     else {
         return Ok(Caller::Admin);
     };
-    let record = store
-        .get(key_id)?
+    let record = snapshot
+        .get(key_id)
         .filter(|record| {
             record.account_id == **account_id && record.secret_hash.as_slice() == secret_hash
         })

@@ -24,11 +24,13 @@ use crate::grpc::{
 use crate::manage::Manager;
 use crate::route::{RouteError, RouteTable, DEFAULT_ROUTES_TOML};
 use crate::scope::{Catalog, CatalogError, SharedCatalog};
-use crate::store::{Store, StoreError};
+use crate::store::{FleetConfig, Store, StoreError};
 use crate::telemetry::{self, ReadyState};
 use crate::token::{new_admin_token, TokenError, TokenFormat};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// Health service name that reports fleet sync (not decision) health.
+pub const FLEET_SYNC_SERVICE: &str = "scopegate.v1.FleetSync";
 pub const DEFAULT_DATA_DIR: &str = "scopegate-data";
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 const MIN_ADMIN_TOKEN_CHARS: usize = 16;
@@ -36,6 +38,10 @@ const MIN_ADMIN_TOKEN_CHARS: usize = 16;
 /// Everything `serve` needs, resolved and validated (see `config.rs`).
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
+    /// Fleet mode (etcd is the source of truth); `None`: standalone.
+    pub fleet: Option<FleetConfig>,
+    /// Fleet mode: fail closed when etcd has not been heard for this long.
+    pub max_staleness: Option<Duration>,
     /// TCP address for gRPC; `None`: Unix socket only.
     pub listen: Option<SocketAddr>,
     pub uds: Option<PathBuf>,
@@ -189,12 +195,15 @@ pub async fn run(
     let pepper = config
         .pepper_file
         .as_deref()
-        .map(|path| read_secret_file(path, 16))
+        .map(|path| crate::config::read_secret_file(path, 16))
         .transpose()
         .map_err(|(path, reason)| StartError::Pepper { path, reason })?;
     let format = TokenFormat::new(&config.token_prefix, pepper.as_deref().map(str::as_bytes))?;
     let shared_catalog: SharedCatalog = Arc::new(arc_swap::ArcSwap::new(catalog.clone()));
-    let store = Store::open(&config.data_dir, shared_catalog.clone())?;
+    let store = match &config.fleet {
+        None => Store::open(&config.data_dir, shared_catalog.clone())?,
+        Some(fleet) => Store::open_fleet(&config.data_dir, shared_catalog.clone(), fleet.clone())?,
+    };
     let admin_token = zeroize::Zeroizing::new(resolve_admin_token(&config)?);
     // Without a metrics listener nobody reads metrics: record none.
     let metrics_handle = config.metrics_listen.map(|_| telemetry::install_metrics());
@@ -217,7 +226,7 @@ pub async fn run(
         None => None,
     };
 
-    let readiness = Arc::new(Readiness::default());
+    let readiness = Arc::new(Readiness::new(config.max_staleness.zip(store.sync_state())));
     let ready_state = Arc::new(ReadyState::default());
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
@@ -371,6 +380,17 @@ pub async fn run(
         .map_err(|_| StoreError::Closed)??;
     metrics::gauge!(telemetry::KEYS, "kind" => "general").set(loaded.general as f64);
     metrics::gauge!(telemetry::KEYS, "kind" => "billing").set(loaded.billing as f64);
+    store.follow_source();
+    if let Some(sync) = store.sync_state() {
+        tokio::spawn(report_sync(sync.clone(), health.clone()));
+        if !store.has_state() {
+            // No mirror yet: never serve an empty table as if it were real.
+            tracing::info!("no local mirror yet: waiting for the first full sync from etcd");
+            while !sync.synced.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
     readiness.set_ready();
     ready_state.loaded.store(true, Ordering::Release);
     set_health(&health, ServingStatus::Serving).await;
@@ -440,6 +460,33 @@ pub async fn run(
     store.sync()?;
     tracing::info!("stopped");
     served.map_err(StartError::from)
+}
+
+/// Fleet mode: the sync health service (`scopegate.v1.FleetSync`: SERVING
+/// while etcd is followed and heard from) and the staleness gauge, every
+/// second. `scopegate.v1.Authorize` stays SERVING while it answers.
+async fn report_sync(
+    sync: Arc<crate::store::SyncState>,
+    health: tonic_health::server::HealthReporter,
+) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    let mut last = None;
+    loop {
+        every.tick().await;
+        let status = if sync.in_sync() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if last != Some(status) {
+            health.set_service_status(FLEET_SYNC_SERVICE, status).await;
+            last = Some(status);
+        }
+        let since = sync
+            .since_contact()
+            .map_or(f64::INFINITY, |since| since.as_secs_f64());
+        metrics::gauge!(telemetry::FLEET_SECONDS_SINCE_CONTACT).set(since);
+    }
 }
 
 fn load_tls(
@@ -648,12 +695,14 @@ fn resolve_admin_token(config: &ServeConfig) -> Result<String, StartError> {
             }
             Ok(token.trim().to_owned())
         }
-        AdminTokenSource::File(path) => read_secret_file(path, MIN_ADMIN_TOKEN_CHARS)
-            .map_err(|(path, reason)| StartError::AdminToken { path, reason }),
+        AdminTokenSource::File(path) => {
+            crate::config::read_secret_file(path, MIN_ADMIN_TOKEN_CHARS)
+                .map_err(|(path, reason)| StartError::AdminToken { path, reason })
+        }
         AdminTokenSource::DataDir => {
             let path = config.data_dir.join(ADMIN_TOKEN_FILE);
             if path.exists() {
-                return read_secret_file(&path, MIN_ADMIN_TOKEN_CHARS)
+                return crate::config::read_secret_file(&path, MIN_ADMIN_TOKEN_CHARS)
                     .map_err(|(path, reason)| StartError::AdminToken { path, reason });
             }
             let token = new_admin_token();
@@ -662,33 +711,6 @@ fn resolve_admin_token(config: &ServeConfig) -> Result<String, StartError> {
             Ok(token)
         }
     }
-}
-
-/// Reads a secret from a file, trimmed; the error names the file, never the
-/// content. Like ssh with a private key, refuses a file that others may
-/// access, or that a group other than scopegate's own may (Kubernetes mounts
-/// Secrets group-readable by the pod's fsGroup, which is scopegate's group).
-fn read_secret_file(path: &Path, min_chars: usize) -> Result<String, (String, String)> {
-    use std::os::unix::fs::MetadataExt;
-    let shown = path.display().to_string();
-    let metadata = std::fs::metadata(path).map_err(|error| (shown.clone(), error.to_string()))?;
-    let mode = metadata.mode();
-    let own_group = metadata.gid() == rustix::process::getegid().as_raw();
-    if mode & 0o007 != 0 || (mode & 0o070 != 0 && !own_group) {
-        return Err((
-            shown.clone(),
-            format!(
-                "is accessible by group or others (mode {:03o}); fix with: chmod 600 {shown}",
-                mode & 0o777
-            ),
-        ));
-    }
-    let text = std::fs::read_to_string(path).map_err(|error| (shown.clone(), error.to_string()))?;
-    let secret = text.trim();
-    if secret.len() < min_chars {
-        return Err((shown, format!("must hold at least {min_chars} characters")));
-    }
-    Ok(secret.to_owned())
 }
 
 fn write_private_file(path: &Path, content: &str) -> std::io::Result<()> {

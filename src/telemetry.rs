@@ -20,6 +20,14 @@ pub const KEYS: &str = "scopegate_keys";
 pub const STORE_FLUSH_SECONDS: &str = "scopegate_store_flush_seconds";
 pub const RELOADS_TOTAL: &str = "scopegate_config_reloads_total";
 pub const LAST_RELOAD_SUCCESS: &str = "scopegate_config_last_reload_success_timestamp_seconds";
+/// Fleet mode: the etcd revision this sidecar has applied.
+pub const FLEET_APPLIED_REVISION: &str = "scopegate_fleet_applied_revision";
+/// Fleet mode: seconds since etcd was last heard (event or progress notification).
+pub const FLEET_SECONDS_SINCE_CONTACT: &str = "scopegate_fleet_seconds_since_contact";
+/// Fleet mode: full reads (first sync, compaction, restore).
+pub const FLEET_RESYNCS_TOTAL: &str = "scopegate_fleet_resyncs_total";
+/// Fleet mode: etcd transactions that lost their compare and were retried.
+pub const FLEET_CONFLICTS_TOTAL: &str = "scopegate_fleet_conflicts_total";
 
 /// The `kind` label of the keys gauge.
 pub fn kind_label(kind: crate::scope::KeyKind) -> &'static str {

@@ -75,6 +75,10 @@ impl Authorization for ExtAuthzService {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let context = &*self.context;
+        if let Some(reason) = context.readiness.stale() {
+            // Fail closed with a status Envoy passes on as is.
+            return Ok(Response::new(unavailable(&reason)));
+        }
         context.readiness.check()?;
         let request = request.into_inner();
         let Some(http) = request
@@ -271,6 +275,24 @@ fn request_headers(http: &HttpRequest) -> impl Iterator<Item = (&str, Option<&st
             (header.key.as_str(), value)
         });
     map.chain(list)
+}
+
+/// 503: scopegate cannot decide now (fleet mode, past --max-staleness-secs).
+fn unavailable(reason: &str) -> CheckResponse {
+    let mut denied = DeniedHttpResponseBuilder::new();
+    denied.set_http_status(HttpStatusCode::ServiceUnavailable);
+    denied.add_header(
+        "content-type",
+        "application/json",
+        Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+        false,
+    );
+    denied
+        .set_body(serde_json::json!({"errors": [{"field": null, "message": reason}]}).to_string());
+    let mut response = CheckResponse::new();
+    response.set_status(Status::new(Code::Unavailable, reason));
+    response.set_http_response(denied);
+    response
 }
 
 /// Headers with which clients ask an upstream to act on another method.

@@ -17,6 +17,7 @@ pub use manage::ManageKeyService;
 
 use crate::authz::Policy;
 use crate::key::KeyTable;
+use crate::store::SyncState;
 use crate::token::TokenFormat;
 
 /// What both check entry points (Authorize and ext_authz) read.
@@ -64,22 +65,52 @@ pub mod pb {
         tonic::include_file_descriptor_set!("scopegate_descriptor");
 }
 
-/// Serving gate: the services answer UNAVAILABLE until the store is loaded.
+/// Serving gate: the services answer UNAVAILABLE until the store is loaded
+/// and, in fleet mode with `--max-staleness-secs`, while etcd has not been
+/// heard from for longer than that.
 #[derive(Default)]
-pub struct Readiness(std::sync::atomic::AtomicBool);
+pub struct Readiness {
+    ready: std::sync::atomic::AtomicBool,
+    staleness: Option<(std::time::Duration, Arc<SyncState>)>,
+}
 
 impl Readiness {
+    pub fn new(staleness: Option<(std::time::Duration, Arc<SyncState>)>) -> Readiness {
+        Readiness {
+            ready: Default::default(),
+            staleness,
+        }
+    }
+
     pub fn set_ready(&self) {
-        self.0.store(true, std::sync::atomic::Ordering::Release);
+        self.ready.store(true, std::sync::atomic::Ordering::Release);
     }
 
     fn check(&self) -> Result<(), tonic::Status> {
-        if self.0.load(std::sync::atomic::Ordering::Acquire) {
-            Ok(())
-        } else {
-            Err(tonic::Status::unavailable(
+        if !self.ready.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(tonic::Status::unavailable(
                 "scopegate is still loading keys",
-            ))
+            ));
+        }
+        if let Some(stale) = self.stale() {
+            return Err(tonic::Status::unavailable(stale));
+        }
+        Ok(())
+    }
+
+    /// Why decisions are refused as stale, if they are.
+    fn stale(&self) -> Option<String> {
+        let (bound, sync) = self.staleness.as_ref()?;
+        match sync.since_contact() {
+            Some(since) if since <= *bound => None,
+            since => Some(format!(
+                "decisions are stale: etcd last heard {} ago, over --max-staleness-secs {}",
+                since.map_or("never".into(), |since| format!(
+                    "{:.1}s",
+                    since.as_secs_f64()
+                )),
+                bound.as_secs_f64()
+            )),
         }
     }
 }

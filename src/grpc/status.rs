@@ -42,9 +42,10 @@ impl From<ManageError> for Status {
                 message,
                 ErrorDetails::with_retry_info(Some(retry_after)),
             ),
-            ManageError::Store(StoreError::Closed | StoreError::Failed { .. }) => {
-                Status::unavailable(message)
-            }
+            ManageError::Store(
+                StoreError::Closed | StoreError::Failed { .. } | StoreError::EtcdUnavailable(_),
+            ) => Status::unavailable(message),
+            ManageError::Store(StoreError::Conflict) => Status::aborted(message),
             ManageError::Store(store_error) => {
                 tracing::error!(error = %store_error, "store failure");
                 Status::internal(message)

@@ -14,8 +14,10 @@
 //! fleet mode can feed the same table from a shared source of truth.
 
 mod commit;
+pub mod fleet;
 mod record;
 
+pub use fleet::{FleetConfig, SyncState};
 pub use record::{KeyRecord, FORMAT_VERSION};
 
 use std::path::{Path, PathBuf};
@@ -30,9 +32,17 @@ use crate::key::{AuthEntry, KeyTable};
 use crate::scope::{Catalog, KeyKind, ScopeError, SharedCatalog};
 use crate::token::KeyId;
 use commit::{sync_dir, Commit, Durable, Publish};
+use fleet::MirrorChange;
 use record::{account_index_key, account_prefix};
 
 const FORMAT_VERSION_KEY: &[u8] = b"format_version";
+/// `standalone` (sled is the truth) or `fleet` (sled mirrors etcd).
+const MODE_KEY: &[u8] = b"mode";
+const MODE_STANDALONE: &[u8] = b"standalone";
+const MODE_FLEET: &[u8] = b"fleet";
+/// Fleet mirror: the etcd revision it reflects, and the prefix it mirrors.
+const ETCD_REVISION_KEY: &[u8] = b"etcd_revision";
+const ETCD_PREFIX_KEY: &[u8] = b"etcd_prefix";
 /// sled's page cache; the hot path never reads it, so keep it modest.
 const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -60,11 +70,53 @@ pub enum StoreError {
     NotEmpty { dir: String },
     #[error("the store is shutting down")]
     Closed,
+    #[error("data dir {dir} cannot be used here: {reason}")]
+    ModeMismatch { dir: String, reason: String },
+    #[error("etcd is unreachable: {0}")]
+    EtcdUnavailable(String),
+    #[error("the change conflicted with concurrent changes too often; retry")]
+    Conflict,
+    #[error("key {key_id} is already in etcd with different content; nothing was overwritten")]
+    ImportConflict { key_id: String },
     /// A change could not be made durable. From then on the process refuses
     /// every store operation and exits, so that its restart reloads from disk:
     /// memory never answers with state the disk may not hold.
     #[error("the store could not persist changes ({reason}); scopegate refuses changes and restarts to recover from disk: retry shortly")]
     Failed { reason: String },
+}
+
+/// The records a mutation read, as the source of truth holds them when the
+/// change applies.
+#[derive(Default)]
+pub struct Snapshot {
+    records: Vec<(KeyId, Option<KeyRecord>)>,
+}
+
+impl Snapshot {
+    pub fn get(&self, key_id: &KeyId) -> Option<&KeyRecord> {
+        self.records
+            .iter()
+            .find(|(id, _)| id == key_id)
+            .and_then(|(_, record)| record.as_ref())
+    }
+}
+
+/// One key change.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A new key, unless its account already holds `cap` keys.
+    Create { record: KeyRecord, cap: usize },
+    /// The whole new record of an existing key (same id and account).
+    Update(KeyRecord),
+    /// The record being deleted, as read.
+    Delete(KeyRecord),
+}
+
+fn record_id(record: &KeyRecord) -> Result<KeyId, StoreError> {
+    record.key_id().ok_or_else(|| StoreError::Corrupt {
+        key_id: format!("{:?}", record.key_id),
+        reason: "key id is not 16 bytes".into(),
+    })
 }
 
 /// How many keys of each kind `load` found.
@@ -92,18 +144,42 @@ struct Inner {
     accounts: sled::Tree,
     catalog: SharedCatalog,
     table: Arc<KeyTable>,
-    /// Serialises mutations: sled apply order == publish order, and
-    /// per-account caps cannot race.
-    writer: Mutex<mpsc::UnboundedSender<Commit>>,
+    /// Serialises writes to sled: sled apply order == publish order, and
+    /// per-account caps cannot race. Holds the commit queue in standalone
+    /// mode; the fleet watcher takes it to apply what etcd sends.
+    writer: Mutex<Option<mpsc::UnboundedSender<Commit>>>,
     durable: Durable,
+    meta: sled::Tree,
+    /// Fleet mode: etcd is the source of truth, sled its mirror.
+    fleet: Option<Arc<fleet::Fleet>>,
     /// `Some(reason)` once a change could not be made durable.
     failed: watch::Sender<Option<String>>,
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir` and starts its commit task. Call
-    /// [`Store::load`] before serving.
+    /// Opens (or creates) a standalone store in `dir`, sled being the source
+    /// of truth, and starts its commit task. Call [`Store::load`] before
+    /// serving.
     pub fn open(dir: &Path, catalog: SharedCatalog) -> Result<Store, StoreError> {
+        Store::open_in(dir, catalog, None)
+    }
+
+    /// Opens (or creates) the local mirror of a fleet whose source of truth
+    /// is etcd. Call [`Store::load`] (the mirror, served at once if it has a
+    /// revision), then [`Store::follow_source`].
+    pub fn open_fleet(
+        dir: &Path,
+        catalog: SharedCatalog,
+        config: FleetConfig,
+    ) -> Result<Store, StoreError> {
+        Store::open_in(dir, catalog, Some(config))
+    }
+
+    fn open_in(
+        dir: &Path,
+        catalog: SharedCatalog,
+        fleet: Option<FleetConfig>,
+    ) -> Result<Store, StoreError> {
         let io = |error: std::io::Error| StoreError::Io(error.into());
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -158,6 +234,48 @@ impl Store {
         }
         let keys = db.open_tree("keys")?;
         let accounts = db.open_tree("accounts")?;
+        let shown = dir.display().to_string();
+        let mode: &[u8] = if fleet.is_some() {
+            MODE_FLEET
+        } else {
+            MODE_STANDALONE
+        };
+        let mut applied_revision = 0;
+        match meta.get(MODE_KEY)? {
+            Some(found) if found.as_ref() == mode => {}
+            // A mirror is a cache: a standalone store never becomes one, nor
+            // the reverse, by accident.
+            Some(found) if found.as_ref() == MODE_FLEET => {
+                return Err(StoreError::ModeMismatch {
+                    dir: shown,
+                    reason: "it is a fleet mirror of etcd; serve it with --store etcd, or use another data dir".into(),
+                })
+            }
+            _ if !keys.is_empty() && fleet.is_some() => {
+                return Err(StoreError::ModeMismatch {
+                    dir: shown,
+                    reason: "it holds a standalone store; copy it into etcd with `scopegate fleet import`, then serve fleet mode from another data dir".into(),
+                })
+            }
+            _ => {
+                meta.insert(MODE_KEY, mode)?;
+            }
+        }
+        if let Some(config) = &fleet {
+            let same_prefix = meta
+                .get(ETCD_PREFIX_KEY)?
+                .is_some_and(|prefix| prefix.as_ref() == config.prefix.as_bytes());
+            if same_prefix {
+                applied_revision = meta
+                    .get(ETCD_REVISION_KEY)?
+                    .and_then(|bytes| bytes.as_ref().try_into().ok().map(i64::from_be_bytes))
+                    .unwrap_or(0);
+            } else {
+                // Another prefix's mirror: start over with a full read.
+                meta.insert(ETCD_PREFIX_KEY, config.prefix.as_bytes())?;
+                meta.remove(ETCD_REVISION_KEY)?;
+            }
+        }
         let durable = Durable::open(db.clone(), &sled_dir).map_err(io)?;
         durable
             .sync()
@@ -168,14 +286,20 @@ impl Store {
             sync_dir(dir).map_err(io)?;
         }
         let table = Arc::new(KeyTable::default());
-        let (commits, commit_queue) = mpsc::unbounded_channel();
         let (failed, _) = watch::channel(None);
-        tokio::spawn(commit::run(
-            durable.clone(),
-            table.clone(),
-            commit_queue,
-            failed.clone(),
-        ));
+        let commits = match fleet {
+            Some(_) => None,
+            None => {
+                let (commits, commit_queue) = mpsc::unbounded_channel();
+                tokio::spawn(commit::run(
+                    durable.clone(),
+                    table.clone(),
+                    commit_queue,
+                    failed.clone(),
+                ));
+                Some(commits)
+            }
+        };
         Ok(Store {
             inner: Arc::new(Inner {
                 dir: dir.to_owned(),
@@ -185,8 +309,162 @@ impl Store {
                 table,
                 writer: Mutex::new(commits),
                 durable,
+                meta,
+                fleet: fleet.map(|config| Arc::new(fleet::Fleet::new(config, applied_revision))),
                 failed,
             }),
+        })
+    }
+
+    /// Fleet mode: starts following etcd (after [`Store::load`]). Standalone:
+    /// nothing to follow.
+    pub fn follow_source(&self) {
+        if let Some(fleet) = &self.inner.fleet {
+            tokio::spawn(fleet.clone().follow(self.clone()));
+        }
+    }
+
+    /// Fleet mode: the sync state (health, staleness, metrics read it).
+    pub fn sync_state(&self) -> Option<Arc<SyncState>> {
+        self.inner.fleet.as_ref().map(|fleet| fleet.state.clone())
+    }
+
+    /// Whether the table may be served: always in standalone mode; in fleet
+    /// mode once the mirror reflects some etcd revision (from disk or a first
+    /// full read). Never an empty table that only looks real.
+    pub fn has_state(&self) -> bool {
+        self.sync_state()
+            .is_none_or(|state| state.synced.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// Applies one batch of watch events and its revision to the mirror in
+    /// one sled transaction, syncs, then publishes to the table.
+    fn apply_mirror(&self, changes: &[MirrorChange], revision: i64) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let _writer = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.healthy()?;
+        // Accounts of deleted keys, from the mirror (a delete event has no value).
+        let mut deleted_accounts = Vec::new();
+        for change in changes {
+            if let MirrorChange::Delete(key_id) = change {
+                if let Some(value) = inner.keys.get(key_id.as_bytes())? {
+                    deleted_accounts.push((*key_id, decode(key_id.as_bytes(), &value)?.account_id));
+                }
+            }
+        }
+        let encoded: Vec<Option<Vec<u8>>> = changes
+            .iter()
+            .map(|change| match change {
+                MirrorChange::Put(_, record) => Some(prost::Message::encode_to_vec(record)),
+                MirrorChange::Delete(_) => None,
+            })
+            .collect();
+        (&inner.keys, &inner.accounts, &inner.meta)
+            .transaction(|(keys, accounts, meta)| {
+                for (change, value) in changes.iter().zip(&encoded) {
+                    match (change, value) {
+                        (MirrorChange::Put(key_id, record), Some(value)) => {
+                            keys.insert(key_id.as_bytes(), value.as_slice())?;
+                            accounts.insert(account_index_key(&record.account_id, key_id), &[])?;
+                        }
+                        (MirrorChange::Delete(key_id), _) => {
+                            keys.remove(key_id.as_bytes())?;
+                            if let Some((_, account)) =
+                                deleted_accounts.iter().find(|(id, _)| id == key_id)
+                            {
+                                accounts.remove(account_index_key(account, key_id))?;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                meta.insert(ETCD_REVISION_KEY, &revision.to_be_bytes())?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(transaction_error)?;
+        self.sync_or_fail()?;
+        for change in changes {
+            match change {
+                MirrorChange::Put(key_id, record) => self.publish(*key_id, record),
+                MirrorChange::Delete(key_id) => inner.table.remove(key_id),
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the whole mirror and table with a full read at `revision`:
+    /// one sled transaction, then one swap of the table.
+    fn replace_mirror(
+        &self,
+        records: Vec<(KeyId, KeyRecord)>,
+        revision: i64,
+    ) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let _writer = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.healthy()?;
+        let keep: std::collections::HashSet<KeyId> = records.iter().map(|(id, _)| *id).collect();
+        let mut stale = Vec::new();
+        for item in inner.keys.iter() {
+            let (id_bytes, value) = item?;
+            let record = decode(&id_bytes, &value)?;
+            if let Some(key_id) = record.key_id().filter(|id| !keep.contains(id)) {
+                stale.push((key_id, record.account_id));
+            }
+        }
+        let encoded: Vec<Vec<u8>> = records
+            .iter()
+            .map(|(_, record)| prost::Message::encode_to_vec(record))
+            .collect();
+        (&inner.keys, &inner.accounts, &inner.meta)
+            .transaction(|(keys, accounts, meta)| {
+                for (key_id, account) in &stale {
+                    keys.remove(key_id.as_bytes())?;
+                    accounts.remove(account_index_key(account, key_id))?;
+                }
+                for ((key_id, record), value) in records.iter().zip(&encoded) {
+                    keys.insert(key_id.as_bytes(), value.as_slice())?;
+                    accounts.insert(account_index_key(&record.account_id, key_id), &[])?;
+                }
+                meta.insert(ETCD_REVISION_KEY, &revision.to_be_bytes())?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(transaction_error)?;
+        self.sync_or_fail()?;
+        let entries: Vec<(KeyId, Arc<AuthEntry>)> = records
+            .iter()
+            .filter_map(|(key_id, record)| {
+                self.entry_or_deny(*key_id, record).map(|e| (*key_id, e))
+            })
+            .collect();
+        inner.table.replace_all(entries);
+        Ok(())
+    }
+
+    /// Publishes a record that arrived from etcd; one this sidecar's catalog
+    /// cannot read is denied (left out of the table), never guessed at.
+    fn publish(&self, key_id: KeyId, record: &KeyRecord) {
+        match self.entry_or_deny(key_id, record) {
+            Some(entry) => self.inner.table.insert(key_id, entry),
+            None => self.inner.table.remove(&key_id),
+        }
+    }
+
+    fn entry_or_deny(&self, key_id: KeyId, record: &KeyRecord) -> Option<Arc<AuthEntry>> {
+        match self.auth_entry(record) {
+            Ok(entry) => Some(Arc::new(entry)),
+            Err(error) => {
+                tracing::error!(%key_id, %error, "a key from etcd does not fit this sidecar's catalog: denied here");
+                None
+            }
+        }
+    }
+
+    /// Syncs the mirror; a failure is final, as in standalone mode.
+    fn sync_or_fail(&self) -> Result<(), StoreError> {
+        self.inner.durable.sync().map_err(|reason| {
+            tracing::error!(%reason, "mirror persist failed; stopping to recover from disk");
+            self.inner.failed.send_replace(Some(reason.clone()));
+            StoreError::Failed { reason }
         })
     }
 
@@ -371,109 +649,92 @@ impl Store {
         Ok((records, None))
     }
 
-    /// Stores a new key if `authorize` (run under the writer lock, so it reads
-    /// the state the write applies to) allows it and its account holds fewer
-    /// than `cap` keys.
-    pub async fn create<E>(
+    /// Applies one key change decided on current state: `decide` sees the
+    /// records named in `reads` as the source of truth holds them when the
+    /// change applies (standalone: read under the writer lock; fleet: read
+    /// from etcd and compared in the transaction, so `decide` may run again
+    /// after a conflict). Returns once the change is durable and visible to
+    /// Check on this sidecar.
+    pub async fn mutate<T, E>(
         &self,
-        record: KeyRecord,
-        cap: usize,
-        authorize: impl FnOnce(&Store) -> Result<(), E> + Send + 'static,
-    ) -> Result<(), E>
+        reads: Vec<KeyId>,
+        decide: impl Fn(&Snapshot) -> Result<(Change, T), E> + Send + Sync + 'static,
+    ) -> Result<T, E>
     where
+        T: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
-        let key_id = record.key_id().ok_or_else(|| StoreError::Corrupt {
-            key_id: format!("{:?}", record.key_id),
-            reason: "key id is not 16 bytes".into(),
-        })?;
+        self.healthy()?;
+        if let Some(fleet) = &self.inner.fleet {
+            return fleet.mutate(self, reads, decide).await;
+        }
         let store = self.clone();
         self.commit(move || {
-            authorize(&store)?;
-            let inner = &store.inner;
-            // Resolved under the lock: the catalog cannot change until it is released.
-            let entry = store.auth_entry(&record)?;
-            let held = inner
-                .accounts
-                .scan_prefix(account_prefix(&record.account_id))
-                .count();
-            if held >= cap {
-                return Err(StoreError::AccountFull { cap }.into());
+            let mut snapshot = Snapshot::default();
+            for key_id in reads {
+                let record = store.get(&key_id)?;
+                snapshot.records.push((key_id, record));
             }
-            let index_key = account_index_key(&record.account_id, &key_id);
-            let value = prost::Message::encode_to_vec(&record);
-            (&inner.keys, &inner.accounts)
-                .transaction(|(keys, accounts)| {
-                    if keys.insert(key_id.as_bytes(), value.as_slice())?.is_some() {
-                        return Err(ConflictableTransactionError::Abort(StoreError::Corrupt {
-                            key_id: key_id.to_string(),
-                            reason: "random key id collided with an existing key".into(),
-                        }));
-                    }
-                    accounts.insert(index_key.as_slice(), &[])?;
-                    Ok(())
-                })
-                .map_err(transaction_error)?;
-            Ok((Publish::Upsert(key_id, Arc::new(entry)), ()))
+            let (change, value) = decide(&snapshot)?;
+            let publish = store.apply_local(change)?;
+            Ok((publish, value))
         })
         .await
     }
 
-    /// Replaces a key's record with `change(store, current)`; `change` runs
-    /// under the writer lock, so what it reads (the record, the caller's own
-    /// record) is the state the write applies to. Returns the records before
-    /// and after.
-    pub async fn update<E>(
-        &self,
-        key_id: KeyId,
-        change: impl FnOnce(&Store, &KeyRecord) -> Result<KeyRecord, E> + Send + 'static,
-    ) -> Result<(KeyRecord, KeyRecord), E>
-    where
-        E: From<StoreError> + Send + 'static,
-    {
-        let store = self.clone();
-        self.commit(move || {
-            let current = store.get(&key_id)?.ok_or(StoreError::NotFound)?;
-            let updated = change(&store, &current)?;
-            debug_assert_eq!(updated.account_id, current.account_id);
-            let entry = store.auth_entry(&updated)?;
-            let value = prost::Message::encode_to_vec(&updated);
-            store
-                .inner
-                .keys
-                .insert(key_id.as_bytes(), value)
-                .map_err(StoreError::from)?;
-            Ok((Publish::Upsert(key_id, Arc::new(entry)), (current, updated)))
-        })
-        .await
-    }
-
-    /// Deletes a key if `allow(store, current)` says so (under the writer
-    /// lock, like `update`); returns what was deleted.
-    pub async fn delete<E>(
-        &self,
-        key_id: KeyId,
-        allow: impl FnOnce(&Store, &KeyRecord) -> Result<(), E> + Send + 'static,
-    ) -> Result<KeyRecord, E>
-    where
-        E: From<StoreError> + Send + 'static,
-    {
-        let store = self.clone();
-        self.commit(move || {
-            let inner = &store.inner;
-            let current = store.get(&key_id)?.ok_or(StoreError::NotFound)?;
-            allow(&store, &current)?;
-            let index_key = account_index_key(&current.account_id, &key_id);
-            (&inner.keys, &inner.accounts)
-                .transaction(|(keys, accounts)| {
-                    keys.remove(key_id.as_bytes())?;
-                    accounts.remove(index_key.as_slice())?;
-                    Ok::<_, ConflictableTransactionError<StoreError>>(())
-                })
-                .map_err(transaction_error)?;
-            Ok((Publish::Remove(key_id), current))
-        })
-        .await
+    /// Writes a change into sled (the source of truth in standalone mode).
+    /// Called under the writer lock.
+    fn apply_local(&self, change: Change) -> Result<Publish, StoreError> {
+        let inner = &self.inner;
+        match change {
+            Change::Create { record, cap } => {
+                let key_id = record_id(&record)?;
+                // Resolved under the lock: the catalog cannot change until it is released.
+                let entry = self.auth_entry(&record)?;
+                let held = inner
+                    .accounts
+                    .scan_prefix(account_prefix(&record.account_id))
+                    .count();
+                if held >= cap {
+                    return Err(StoreError::AccountFull { cap });
+                }
+                let index_key = account_index_key(&record.account_id, &key_id);
+                let value = prost::Message::encode_to_vec(&record);
+                (&inner.keys, &inner.accounts)
+                    .transaction(|(keys, accounts)| {
+                        if keys.insert(key_id.as_bytes(), value.as_slice())?.is_some() {
+                            return Err(ConflictableTransactionError::Abort(StoreError::Corrupt {
+                                key_id: key_id.to_string(),
+                                reason: "random key id collided with an existing key".into(),
+                            }));
+                        }
+                        accounts.insert(index_key.as_slice(), &[])?;
+                        Ok(())
+                    })
+                    .map_err(transaction_error)?;
+                Ok(Publish::Upsert(key_id, Arc::new(entry)))
+            }
+            Change::Update(record) => {
+                let key_id = record_id(&record)?;
+                let entry = self.auth_entry(&record)?;
+                inner
+                    .keys
+                    .insert(key_id.as_bytes(), prost::Message::encode_to_vec(&record))?;
+                Ok(Publish::Upsert(key_id, Arc::new(entry)))
+            }
+            Change::Delete(record) => {
+                let key_id = record_id(&record)?;
+                let index_key = account_index_key(&record.account_id, &key_id);
+                (&inner.keys, &inner.accounts)
+                    .transaction(|(keys, accounts)| {
+                        keys.remove(key_id.as_bytes())?;
+                        accounts.remove(index_key.as_slice())?;
+                        Ok::<_, ConflictableTransactionError<StoreError>>(())
+                    })
+                    .map_err(transaction_error)?;
+                Ok(Publish::Remove(key_id))
+            }
+        }
     }
 
     /// Runs `apply` under the writer lock on a blocking thread, queues its
@@ -499,8 +760,9 @@ impl Store {
                 .lock()
                 .unwrap_or_else(|poison| poison.into_inner());
             store.healthy()?;
+            let queue = commits.as_ref().ok_or(StoreError::Closed)?;
             let (publish, value) = apply()?;
-            commits
+            queue
                 .send(Commit { publish, done })
                 .map_err(|_| StoreError::Closed)?;
             Ok::<_, E>(value)

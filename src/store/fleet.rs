@@ -1,0 +1,595 @@
+//! Fleet mode: etcd holds the keys of every sidecar of a deployment; each
+//! sidecar keeps a local mirror and decides from memory.
+//!
+//! Shaped like kube-rs's watcher → writer → readers:
+//! - **watcher**: one etcd watch on the prefix, from the mirror's revision + 1,
+//!   asking for a progress notification whenever it has been idle for
+//!   [`PROGRESS_EVERY`]; a compacted start revision (or an empty mirror) means
+//!   a full read at one revision instead;
+//! - **writer**: each watch response is applied to the sled mirror together
+//!   with its revision in one sled transaction, synced like any standalone
+//!   write, and only then published to the [`KeyTable`] (a full read swaps the
+//!   mirror and the table whole);
+//! - **readers**: Check reads the table; Get/List read the mirror.
+//!
+//! A mutation is one etcd transaction that compares the `mod_revision` of
+//! every record its decision read (the target and the caller's own record)
+//! and of the account's key counter, so a caller deleted or narrowed on
+//! another sidecar cannot act on its old rights and the per-account cap holds
+//! fleet-wide. On a conflict the decision is taken again on fresh reads. The
+//! reply waits until this sidecar has applied the transaction's revision
+//! (read-your-writes). scopegate implements no consensus: etcd does.
+//!
+//! Layout under the prefix: `keys/<key id>` → `KeyRecord` (hashes only),
+//! `accounts/<account id>` → the account's key count, in decimal.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, TxnOpResponse,
+    WatchOptions, WatchStream,
+};
+use tokio::sync::watch;
+
+use super::{decode, Change, KeyRecord, Snapshot, Store, StoreError};
+use crate::token::KeyId;
+
+pub const DEFAULT_PREFIX: &str = "/scopegate/v1/";
+/// An idle watch asks etcd for a progress notification this often, so
+/// "seconds since etcd was last heard" stays meaningful without events.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// A mutation that keeps losing its compare gives up with ABORTED.
+const MAX_ATTEMPTS: usize = 8;
+/// Keys per page of a full read.
+const PAGE: i64 = 1000;
+
+/// How to reach etcd.
+#[derive(Clone, Debug)]
+pub struct FleetConfig {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    /// CA bundle (PEM) that signs etcd's server certificate: enables TLS.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for etcd's client-cert auth.
+    pub cert_key: Option<(PathBuf, PathBuf)>,
+    /// etcd user, and the file holding its password.
+    pub user: Option<(String, PathBuf)>,
+}
+
+/// What the sidecar knows about its sync with etcd (health, staleness,
+/// metrics read it).
+#[derive(Debug, Default)]
+pub struct SyncState {
+    /// Milliseconds since `started` when etcd was last heard (an event, a
+    /// progress notification, a full read).
+    last_contact_ms: AtomicU64,
+    pub applied_revision: AtomicI64,
+    pub resyncs: AtomicU64,
+    /// A full read has completed, or the mirror had a revision at start.
+    pub synced: AtomicBool,
+    pub watching: AtomicBool,
+    started: OnceLock<Instant>,
+}
+
+impl SyncState {
+    fn origin(&self) -> Instant {
+        *self.started.get_or_init(Instant::now)
+    }
+
+    fn touch(&self) {
+        let elapsed = self.origin().elapsed().as_millis() as u64;
+        self.last_contact_ms
+            .store(elapsed.max(1), Ordering::Release);
+    }
+
+    /// Time since etcd was last heard; `None` if never.
+    pub fn since_contact(&self) -> Option<Duration> {
+        let last = self.last_contact_ms.load(Ordering::Acquire);
+        if last == 0 {
+            return None;
+        }
+        let now = self.origin().elapsed().as_millis() as u64;
+        Some(Duration::from_millis(now.saturating_sub(last)))
+    }
+
+    /// In sync: watching, and etcd heard from within a few progress periods.
+    pub fn in_sync(&self) -> bool {
+        self.watching.load(Ordering::Acquire)
+            && self
+                .since_contact()
+                .is_some_and(|since| since < PROGRESS_EVERY * 3)
+    }
+}
+
+pub(super) struct Fleet {
+    config: FleetConfig,
+    client: OnceLock<Client>,
+    /// The etcd revision the mirror and table reflect.
+    applied: watch::Sender<i64>,
+    pub state: Arc<SyncState>,
+}
+
+fn unreachable(error: etcd_client::Error) -> StoreError {
+    StoreError::EtcdUnavailable(error.to_string())
+}
+
+impl Fleet {
+    pub fn new(config: FleetConfig, applied_revision: i64) -> Fleet {
+        let state = Arc::new(SyncState::default());
+        state.origin();
+        state
+            .applied_revision
+            .store(applied_revision, Ordering::Release);
+        state.synced.store(applied_revision > 0, Ordering::Release);
+        Fleet {
+            config,
+            client: OnceLock::new(),
+            applied: watch::channel(applied_revision).0,
+            state,
+        }
+    }
+
+    fn key_path(&self, key_id: &KeyId) -> Vec<u8> {
+        format!("{}keys/{key_id}", self.config.prefix).into_bytes()
+    }
+
+    fn keys_prefix(&self) -> Vec<u8> {
+        format!("{}keys/", self.config.prefix).into_bytes()
+    }
+
+    fn account_path(&self, account: &str) -> Vec<u8> {
+        format!("{}accounts/{account}", self.config.prefix).into_bytes()
+    }
+
+    fn key_id_of(&self, path: &[u8]) -> Option<KeyId> {
+        let prefix = self.keys_prefix();
+        let id = path.strip_prefix(prefix.as_slice())?;
+        KeyId::parse(std::str::from_utf8(id).ok()?)
+    }
+
+    fn connected(&self) -> Result<Client, StoreError> {
+        self.client
+            .get()
+            .cloned()
+            .ok_or_else(|| StoreError::EtcdUnavailable("not connected yet".into()))
+    }
+
+    pub async fn mutate<T, E>(
+        &self,
+        store: &Store,
+        reads: Vec<KeyId>,
+        decide: impl Fn(&Snapshot) -> Result<(Change, T), E> + Send + Sync + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let mut client = self.connected()?;
+        for _ in 0..MAX_ATTEMPTS {
+            // One read transaction: every record the decision needs, at one revision.
+            let paths: Vec<Vec<u8>> = reads.iter().map(|id| self.key_path(id)).collect();
+            let read = Txn::new().and_then(
+                paths
+                    .iter()
+                    .map(|path| TxnOp::get(path.clone(), None))
+                    .collect::<Vec<_>>(),
+            );
+            let response = client.txn(read).await.map_err(unreachable)?;
+            let mut snapshot = Snapshot::default();
+            let mut compares = Vec::new();
+            for ((key_id, path), op) in reads.iter().zip(&paths).zip(response.op_responses()) {
+                let TxnOpResponse::Get(got) = op else {
+                    return Err(
+                        StoreError::EtcdUnavailable("unexpected read response".into()).into(),
+                    );
+                };
+                let (record, revision) = match got.kvs().first() {
+                    Some(kv) => (
+                        Some(decode(key_id.as_bytes(), kv.value())?),
+                        kv.mod_revision(),
+                    ),
+                    None => (None, 0),
+                };
+                compares.push(Compare::mod_revision(
+                    path.clone(),
+                    CompareOp::Equal,
+                    revision,
+                ));
+                snapshot.records.push((*key_id, record));
+            }
+            let (change, value) = decide(&snapshot)?;
+            let mut ops = Vec::new();
+            match &change {
+                Change::Create { record, cap } => {
+                    store.auth_entry(record)?;
+                    let key_id = super::record_id(record)?;
+                    let (count, revision) =
+                        self.account_count(&mut client, &record.account_id).await?;
+                    if count >= *cap {
+                        return Err(StoreError::AccountFull { cap: *cap }.into());
+                    }
+                    let account = self.account_path(&record.account_id);
+                    compares.push(Compare::mod_revision(
+                        account.clone(),
+                        CompareOp::Equal,
+                        revision,
+                    ));
+                    let path = self.key_path(&key_id);
+                    compares.push(Compare::create_revision(path.clone(), CompareOp::Equal, 0));
+                    ops.push(TxnOp::put(
+                        path,
+                        prost::Message::encode_to_vec(record),
+                        None,
+                    ));
+                    ops.push(TxnOp::put(account, (count + 1).to_string(), None));
+                }
+                Change::Update(record) => {
+                    store.auth_entry(record)?;
+                    let key_id = super::record_id(record)?;
+                    ops.push(TxnOp::put(
+                        self.key_path(&key_id),
+                        prost::Message::encode_to_vec(record),
+                        None,
+                    ));
+                }
+                Change::Delete(record) => {
+                    let key_id = super::record_id(record)?;
+                    let (count, revision) =
+                        self.account_count(&mut client, &record.account_id).await?;
+                    let account = self.account_path(&record.account_id);
+                    compares.push(Compare::mod_revision(
+                        account.clone(),
+                        CompareOp::Equal,
+                        revision,
+                    ));
+                    ops.push(TxnOp::delete(self.key_path(&key_id), None));
+                    ops.push(TxnOp::put(
+                        account,
+                        count.saturating_sub(1).to_string(),
+                        None,
+                    ));
+                }
+            }
+            let response = client
+                .txn(Txn::new().when(compares).and_then(ops))
+                .await
+                .map_err(unreachable)?;
+            if !response.succeeded() {
+                metrics::counter!(crate::telemetry::FLEET_CONFLICTS_TOTAL).increment(1);
+                continue;
+            }
+            let revision = response
+                .header()
+                .map(|header| header.revision())
+                .unwrap_or(0);
+            self.wait_applied(store, revision).await?;
+            return Ok(value);
+        }
+        Err(StoreError::Conflict.into())
+    }
+
+    /// The account's key count and the counter's `mod_revision` (0: none yet).
+    async fn account_count(
+        &self,
+        client: &mut Client,
+        account: &str,
+    ) -> Result<(usize, i64), StoreError> {
+        let got = client
+            .get(self.account_path(account), None)
+            .await
+            .map_err(unreachable)?;
+        Ok(match got.kvs().first() {
+            Some(kv) => {
+                let count = std::str::from_utf8(kv.value())
+                    .ok()
+                    .and_then(|text| text.parse().ok())
+                    .ok_or_else(|| StoreError::Corrupt {
+                        key_id: account.to_owned(),
+                        reason: "the account counter in etcd is not a number".into(),
+                    })?;
+                (count, kv.mod_revision())
+            }
+            None => (0, 0),
+        })
+    }
+
+    /// Read-your-writes: returns once this sidecar has applied `revision`.
+    async fn wait_applied(&self, store: &Store, revision: i64) -> Result<(), StoreError> {
+        let mut applied = self.applied.subscribe();
+        tokio::select! {
+            waited = applied.wait_for(|applied| *applied >= revision) => {
+                waited.map(drop).map_err(|_| StoreError::Closed)
+            }
+            reason = store.failure() => Err(StoreError::Failed { reason }),
+        }
+    }
+
+    async fn connect(&self) -> Result<Client, StoreError> {
+        if let Some(client) = self.client.get() {
+            return Ok(client.clone());
+        }
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        if let Some((user, file)) = &self.config.user {
+            let password = crate::config::read_secret_file(file, 1).map_err(|(path, reason)| {
+                StoreError::EtcdUnavailable(format!("password file {path}: {reason}"))
+            })?;
+            options = options.with_user(user.clone(), password);
+        }
+        if self.config.ca_file.is_some() || self.config.cert_key.is_some() {
+            let read = |path: &PathBuf| {
+                std::fs::read(path).map_err(|error| {
+                    StoreError::EtcdUnavailable(format!("{}: {error}", path.display()))
+                })
+            };
+            let mut tls = etcd_client::TlsOptions::new();
+            if let Some(ca) = &self.config.ca_file {
+                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+            }
+            if let Some((cert, key)) = &self.config.cert_key {
+                tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+            }
+            options = options.with_tls(tls);
+        }
+        let client = Client::connect(&self.config.endpoints, Some(options))
+            .await
+            .map_err(unreachable)?;
+        Ok(self.client.get_or_init(|| client).clone())
+    }
+
+    /// The watcher: keeps the mirror and the table following etcd, forever.
+    pub async fn follow(self: Arc<Fleet>, store: Store) {
+        let mut backoff = Duration::from_millis(100);
+        let mut last_error = String::new();
+        loop {
+            let outcome = self.follow_once(&store).await;
+            self.state.watching.store(false, Ordering::Release);
+            if let Err(error) = outcome {
+                let text = error.to_string();
+                if text != last_error {
+                    tracing::warn!(error = %text, "etcd sync interrupted; serving the last applied state and retrying");
+                    last_error = text;
+                }
+                if matches!(error, StoreError::Failed { .. }) {
+                    return; // the server is stopping to recover from disk
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            } else {
+                backoff = Duration::from_millis(100);
+            }
+        }
+    }
+
+    /// Connects, catches up (a full read if needed) and follows the watch
+    /// until it breaks.
+    async fn follow_once(&self, store: &Store) -> Result<(), StoreError> {
+        let mut client = self.connect().await?;
+        if *self.applied.borrow() == 0 {
+            self.resync(store, &mut client).await?;
+        }
+        let from = *self.applied.borrow() + 1;
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from)
+            .with_progress_notify();
+        let mut stream = client
+            .watch(self.keys_prefix(), Some(options))
+            .await
+            .map_err(unreachable)?;
+        match self.apply_stream(store, &mut stream).await? {
+            StreamEnd::Compacted(revision) => {
+                tracing::warn!(
+                    compacted = revision,
+                    applied = *self.applied.borrow(),
+                    "etcd compacted past the applied revision: full resync"
+                );
+                self.resync(store, &mut client).await
+            }
+            StreamEnd::Broken(reason) => Err(StoreError::EtcdUnavailable(reason)),
+        }
+    }
+
+    async fn apply_stream(
+        &self,
+        store: &Store,
+        stream: &mut WatchStream,
+    ) -> Result<StreamEnd, StoreError> {
+        loop {
+            let message = match tokio::time::timeout(PROGRESS_EVERY, stream.message()).await {
+                Err(_idle) => {
+                    if let Err(error) = stream.request_progress().await {
+                        return Ok(StreamEnd::Broken(error.to_string()));
+                    }
+                    continue;
+                }
+                Ok(Err(error)) => return Ok(StreamEnd::Broken(error.to_string())),
+                Ok(Ok(None)) => return Ok(StreamEnd::Broken("the watch stream ended".into())),
+                Ok(Ok(Some(message))) => message,
+            };
+            if message.compact_revision() > 0 {
+                return Ok(StreamEnd::Compacted(message.compact_revision()));
+            }
+            if message.canceled() {
+                return Ok(StreamEnd::Broken(format!(
+                    "watch canceled: {}",
+                    message.cancel_reason()
+                )));
+            }
+            self.state.touch();
+            self.state.watching.store(true, Ordering::Release);
+            if message.events().is_empty() {
+                // Created, or a progress notification: every event up to the
+                // header's revision has been delivered.
+                if !message.created() {
+                    if let Some(header) = message.header() {
+                        self.advance(header.revision());
+                    }
+                }
+                continue;
+            }
+            let mut changes = Vec::with_capacity(message.events().len());
+            let mut revision = 0;
+            for event in message.events() {
+                let Some(kv) = event.kv() else { continue };
+                revision = revision.max(kv.mod_revision());
+                let Some(key_id) = self.key_id_of(kv.key()) else {
+                    tracing::warn!(key = %String::from_utf8_lossy(kv.key()), "ignoring an etcd key that is not a key record");
+                    continue;
+                };
+                changes.push(match event.event_type() {
+                    EventType::Put => {
+                        MirrorChange::Put(key_id, decode(key_id.as_bytes(), kv.value())?)
+                    }
+                    EventType::Delete => MirrorChange::Delete(key_id),
+                });
+            }
+            store.apply_mirror(&changes, revision)?;
+            self.advance(revision);
+        }
+    }
+
+    fn advance(&self, revision: i64) {
+        self.applied.send_if_modified(|applied| {
+            if revision > *applied {
+                *applied = revision;
+                true
+            } else {
+                false
+            }
+        });
+        let applied = *self.applied.borrow();
+        self.state
+            .applied_revision
+            .store(applied, Ordering::Release);
+        metrics::gauge!(crate::telemetry::FLEET_APPLIED_REVISION).set(applied as f64);
+    }
+
+    /// A full read of every key at one revision, swapped in whole.
+    async fn resync(&self, store: &Store, client: &mut Client) -> Result<(), StoreError> {
+        let prefix = self.keys_prefix();
+        let end = prefix_end(&prefix);
+        let mut records = Vec::new();
+        let mut revision = 0;
+        let mut start = prefix.clone();
+        loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let page = client
+                .get(start.clone(), Some(options))
+                .await
+                .map_err(unreachable)?;
+            if revision == 0 {
+                revision = page.header().map(|header| header.revision()).unwrap_or(0);
+            }
+            for kv in page.kvs() {
+                match self.key_id_of(kv.key()) {
+                    Some(key_id) => records.push((key_id, decode(key_id.as_bytes(), kv.value())?)),
+                    None => {
+                        tracing::warn!(key = %String::from_utf8_lossy(kv.key()), "ignoring an etcd key that is not a key record")
+                    }
+                }
+            }
+            match (page.more(), page.kvs().last()) {
+                (true, Some(last)) => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => break,
+            }
+        }
+        let count = records.len();
+        store.replace_mirror(records, revision)?;
+        self.state.touch();
+        self.state.synced.store(true, Ordering::Release);
+        self.state.resyncs.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::telemetry::FLEET_RESYNCS_TOTAL).increment(1);
+        // A full read replaces whatever was applied, even at a lower revision
+        // (a restored etcd); later events follow from here.
+        self.applied.send_replace(revision);
+        self.advance(revision);
+        tracing::info!(revision, keys = count, "full sync from etcd applied");
+        Ok(())
+    }
+}
+
+enum StreamEnd {
+    Compacted(i64),
+    Broken(String),
+}
+
+/// One watch event, decoded.
+pub(super) enum MirrorChange {
+    Put(KeyId, KeyRecord),
+    Delete(KeyId),
+}
+
+/// The first key after every key that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// Copies a standalone store's records into etcd: a record already there
+/// with the same bytes is skipped, a different one is refused (nothing is
+/// overwritten). Returns (copied, already there).
+pub async fn import(
+    config: &FleetConfig,
+    records: Vec<KeyRecord>,
+) -> Result<(usize, usize), StoreError> {
+    let fleet = Fleet::new(config.clone(), 0);
+    let mut client = fleet.connect().await?;
+    let (mut copied, mut present) = (0, 0);
+    for record in records {
+        let key_id = super::record_id(&record)?;
+        let path = fleet.key_path(&key_id);
+        let value = prost::Message::encode_to_vec(&record);
+        let mut done = false;
+        for _ in 0..MAX_ATTEMPTS {
+            let existing = client.get(path.clone(), None).await.map_err(unreachable)?;
+            if let Some(kv) = existing.kvs().first() {
+                if kv.value() == value.as_slice() {
+                    present += 1;
+                    done = true;
+                    break;
+                }
+                return Err(StoreError::ImportConflict {
+                    key_id: key_id.to_string(),
+                });
+            }
+            let (count, revision) = fleet.account_count(&mut client, &record.account_id).await?;
+            let account = fleet.account_path(&record.account_id);
+            let txn = Txn::new()
+                .when(vec![
+                    Compare::create_revision(path.clone(), CompareOp::Equal, 0),
+                    Compare::mod_revision(account.clone(), CompareOp::Equal, revision),
+                ])
+                .and_then(vec![
+                    TxnOp::put(path.clone(), value.clone(), None),
+                    TxnOp::put(account, (count + 1).to_string(), None),
+                ]);
+            if client.txn(txn).await.map_err(unreachable)?.succeeded() {
+                copied += 1;
+                done = true;
+                break;
+            }
+        }
+        if !done {
+            return Err(StoreError::Conflict);
+        }
+    }
+    Ok((copied, present))
+}
