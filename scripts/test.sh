@@ -34,13 +34,15 @@ export HELM="$tools/helm/helm"
 "$HELM" version --short
 
 # Debian tools the tests run: openssl (TLS certificates), strace (the
-# durability test counts fdatasync calls).
+# durability test counts fdatasync calls), etcd (fleet-mode tests start their
+# own etcd processes on loopback).
 missing=()
 command -v openssl >/dev/null || missing+=(openssl)
 command -v strace >/dev/null || missing+=(strace)
+command -v etcd >/dev/null || missing+=(etcd-server)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== apt-get install ${missing[*]}"
-  apt-get update -qq && apt-get install -y -qq "${missing[@]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 export GRPCURL="$tools/venv/bin/grpcurl"
 "$GRPCURL" -version

@@ -167,6 +167,7 @@ impl Fleet {
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
+        self.await_watching().await?;
         let mut client = self.connected()?;
         for _ in 0..MAX_ATTEMPTS {
             // One read transaction: every record the decision needs, at one revision.
@@ -271,6 +272,25 @@ impl Fleet {
         Err(StoreError::Conflict.into())
     }
 
+    /// Fails fast while the watch is down (etcd unreachable), after a short
+    /// grace for a watcher that is (re)connecting: a change this sidecar could
+    /// not see applied would break read-your-writes anyway.
+    async fn await_watching(&self) -> Result<(), StoreError> {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while !self.state.watching.load(Ordering::Acquire) {
+            if Instant::now() > deadline {
+                let since = self.state.since_contact().map_or("never".into(), |since| {
+                    format!("{:.1}s ago", since.as_secs_f64())
+                });
+                return Err(StoreError::EtcdUnavailable(format!(
+                    "not connected (last heard {since}); decisions continue from the last applied state"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
     /// The account's key count and the counter's `mod_revision` (0: none yet).
     async fn account_count(
         &self,
@@ -313,7 +333,9 @@ impl Fleet {
         }
         let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
-            .with_timeout(Duration::from_secs(5))
+            // Below the server's default request timeout (1 s), so a caller
+            // hears "etcd is unreachable" rather than a bare deadline.
+            .with_timeout(Duration::from_millis(800))
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
         if let Some((user, file)) = &self.config.user {
             let password = crate::config::read_secret_file(file, 1).map_err(|(path, reason)| {

@@ -31,13 +31,22 @@ impl Server {
 
     /// Starts a server; `Err(log)` if it exits before serving.
     pub fn try_start(data_dir: &Path, extra_args: &[&str]) -> Result<Server, String> {
-        Server::try_start_in(None, data_dir, extra_args)
+        Server::try_start_in(None, data_dir, extra_args, Duration::from_secs(30))
+    }
+
+    /// Starts a server; `Err(log)` if it does not serve within `wait`.
+    pub fn try_start_for(
+        data_dir: &Path,
+        extra_args: &[&str],
+        wait: Duration,
+    ) -> Result<Server, String> {
+        Server::try_start_in(None, data_dir, extra_args, wait)
     }
 
     /// Starts a server from a bash line that ends by `exec`ing it (so its pid
     /// is the server's), e.g. `ulimit -f 128` to inject a disk fault.
     pub fn start_after(shell: &str, data_dir: &Path, extra_args: &[&str]) -> Server {
-        Server::try_start_in(Some(shell), data_dir, extra_args)
+        Server::try_start_in(Some(shell), data_dir, extra_args, Duration::from_secs(30))
             .unwrap_or_else(|log| panic!("server did not start:\n{log}"))
     }
 
@@ -45,6 +54,7 @@ impl Server {
         shell: Option<&str>,
         data_dir: &Path,
         extra_args: &[&str],
+        wait: Duration,
     ) -> Result<Server, String> {
         std::fs::create_dir_all(data_dir).unwrap();
         let log_path = data_dir.with_extension(format!("{}.log", unique()));
@@ -82,7 +92,7 @@ impl Server {
             .stderr(log)
             .spawn()
             .expect("spawn scopegate");
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + wait;
         let mut addr = None;
         let mut metrics_addr = None;
         loop {
@@ -305,4 +315,156 @@ pub async fn serving(channel: Channel, service: &str) -> bool {
         .into_inner()
         .status;
     status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+}
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real etcd (Debian's etcd-server) on loopback ports with a temp data dir.
+pub struct Etcd {
+    pub child: Child,
+    pub endpoint: String,
+    name: String,
+    dir: PathBuf,
+    client_port: u16,
+    peer_port: u16,
+    cluster: String,
+    log_path: PathBuf,
+}
+
+impl Etcd {
+    /// A single-member cluster.
+    pub fn start(dir: &Path) -> Etcd {
+        let peer_port = free_port();
+        let cluster = format!("default=http://127.0.0.1:{peer_port}");
+        Etcd::member("default", dir, free_port(), peer_port, &cluster)
+    }
+
+    /// One member of a cluster given as `name=http://127.0.0.1:PEER,…`.
+    pub fn member(name: &str, dir: &Path, client_port: u16, peer_port: u16, cluster: &str) -> Etcd {
+        let found = Command::new("etcd").arg("--version").output();
+        assert!(
+            found.is_ok_and(|out| out.status.success()),
+            "etcd is needed for fleet tests (scripts/test.sh installs Debian's etcd-server)"
+        );
+        let mut etcd = Etcd {
+            child: Command::new("true").spawn().unwrap(),
+            endpoint: format!("http://127.0.0.1:{client_port}"),
+            name: name.into(),
+            dir: dir.join(name),
+            client_port,
+            peer_port,
+            cluster: cluster.into(),
+            log_path: dir.join(format!("{name}.etcd.log")),
+        };
+        etcd.child.wait().unwrap();
+        etcd.spawn();
+        etcd
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        self.child = Command::new("etcd")
+            .args(["--name", &self.name, "--data-dir"])
+            .arg(&self.dir)
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args([
+                "--initial-cluster",
+                &self.cluster,
+                "--initial-cluster-state",
+                "new",
+            ])
+            .args(["--initial-cluster-token", "scopegate-test"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd");
+    }
+
+    /// Waits until etcd answers /health with true.
+    pub fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.healthy() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not become healthy:\n{}",
+                std::fs::read_to_string(&self.log_path).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn healthy(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.client_port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let request = "GET /health HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n";
+        if stream.write_all(request.as_bytes()).is_err() {
+            return false;
+        }
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response.contains("\"health\":\"true\"")
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts again on the same data dir and ports.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+        self.wait_healthy();
+    }
+
+    pub async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([self.endpoint.as_str()], None)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a signal by name to a process.
+pub fn signal(pid: u32, name: &str) {
+    Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
 }
