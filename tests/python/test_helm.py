@@ -20,7 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "scopegate"
 HELM = os.environ.get("HELM", "helm")
 KUBERNETES_VERSION = "1.33.0"
-VALUES = [None, "ci/sidecar-values.yaml", "ci/demo-pvc-values.yaml", "ci/demo-uds-values.yaml"]
+VALUES = [None, "ci/sidecar-values.yaml", "ci/demo-pvc-values.yaml", "ci/demo-uds-values.yaml", "ci/demo-fleet-values.yaml"]
 
 
 def helm(*args):
@@ -147,3 +147,28 @@ def test_sidecar_mode_renders_only_what_a_team_includes():
     docs = render("ci/sidecar-values.yaml")
     assert {doc["kind"] for doc in docs} == {"ConfigMap"}
     # The snippet itself renders through the demo, whose container it is.
+
+
+def test_fleet_mode_shares_keys_through_etcd_across_replicas():
+    docs = render("ci/demo-fleet-values.yaml")
+    (deployment,) = by_kind(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    scopegate = container(deployment, "scopegate")
+    args = scopegate["args"]
+    assert "--store=etcd" in args
+    assert "--etcd-endpoints=https://etcd-0.etcd:2379,https://etcd-1.etcd:2379,https://etcd-2.etcd:2379" in args
+    assert "--etcd-prefix=/scopegate/v1/" in args
+    assert "--etcd-ca-file=/etc/scopegate/etcd-tls/ca.crt" in args
+    assert "--etcd-password-file=/etc/scopegate/etcd-auth/password" in args
+    assert "--etcd-user=$(SCOPEGATE_ETCD_USER_NAME)" in args
+    assert "--max-staleness-secs=60" in args
+    env = {e["name"]: e for e in scopegate["env"]}
+    assert env["SCOPEGATE_ETCD_USER_NAME"]["valueFrom"]["secretKeyRef"] == {"name": "scopegate-etcd-auth", "key": "user"}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["scopegate-etcd-tls"]["secret"]["secretName"] == "scopegate-etcd-tls"
+    assert volumes["scopegate-etcd-auth"]["secret"]["defaultMode"] == 0o400
+    mounts = {m["name"]: m for m in scopegate["volumeMounts"]}
+    assert mounts["scopegate-etcd-tls"]["readOnly"] and mounts["scopegate-etcd-auth"]["readOnly"]
+    # Standalone renders none of it.
+    (standalone,) = by_kind(render(None), "Deployment")
+    assert not any(a.startswith("--store") for a in container(standalone, "scopegate")["args"])

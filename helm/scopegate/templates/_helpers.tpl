@@ -56,15 +56,39 @@ seccompProfile:
     - --catalog=/etc/scopegate/config/catalog.toml
     {{- end }}
     - --log-format=json
+    {{- if .Values.fleet.enabled }}
+    - --store=etcd
+    - --etcd-endpoints={{ join "," .Values.fleet.endpoints }}
+    - --etcd-prefix={{ .Values.fleet.prefix }}
+    {{- if .Values.fleet.tlsSecret }}
+    - --etcd-ca-file=/etc/scopegate/etcd-tls/ca.crt
+    - --etcd-cert-file=/etc/scopegate/etcd-tls/tls.crt
+    - --etcd-key-file=/etc/scopegate/etcd-tls/tls.key
+    {{- end }}
+    {{- if .Values.fleet.authSecret }}
+    - --etcd-user=$(SCOPEGATE_ETCD_USER_NAME)
+    - --etcd-password-file=/etc/scopegate/etcd-auth/password
+    {{- end }}
+    {{- if .Values.fleet.maxStalenessSecs }}
+    - --max-staleness-secs={{ .Values.fleet.maxStalenessSecs }}
+    {{- end }}
+    {{- end }}
     {{- range .Values.extraArgs }}
     - {{ . | quote }}
     {{- end }}
-  {{- with .Values.workerThreads }}
   env:
+    {{- with .Values.workerThreads }}
     # Runtime worker threads; unset, the runtime starts one per node CPU.
     - name: TOKIO_WORKER_THREADS
       value: {{ . | quote }}
-  {{- end }}
+    {{- end }}
+    {{- if and .Values.fleet.enabled .Values.fleet.authSecret }}
+    - name: SCOPEGATE_ETCD_USER_NAME
+      valueFrom:
+        secretKeyRef:
+          name: {{ .Values.fleet.authSecret }}
+          key: user
+    {{- end }}
   ports:
     - name: grpc
       containerPort: {{ .Values.grpcPort }}
@@ -104,6 +128,16 @@ seccompProfile:
     - name: scopegate-socket
       mountPath: {{ dir .Values.udsPath }}
     {{- end }}
+    {{- if and .Values.fleet.enabled .Values.fleet.tlsSecret }}
+    - name: scopegate-etcd-tls
+      mountPath: /etc/scopegate/etcd-tls
+      readOnly: true
+    {{- end }}
+    {{- if and .Values.fleet.enabled .Values.fleet.authSecret }}
+    - name: scopegate-etcd-auth
+      mountPath: /etc/scopegate/etcd-auth
+      readOnly: true
+    {{- end }}
 {{- end -}}
 
 {{/* The volumes the sidecar needs: include them in your pod's volumes. */}}
@@ -127,6 +161,21 @@ seccompProfile:
 {{- if eq .Values.transport "uds" }}
 - name: scopegate-socket
   emptyDir: {}
+{{- end }}
+{{- if and .Values.fleet.enabled .Values.fleet.tlsSecret }}
+- name: scopegate-etcd-tls
+  secret:
+    secretName: {{ .Values.fleet.tlsSecret }}
+    defaultMode: 0400
+{{- end }}
+{{- if and .Values.fleet.enabled .Values.fleet.authSecret }}
+- name: scopegate-etcd-auth
+  secret:
+    secretName: {{ .Values.fleet.authSecret }}
+    defaultMode: 0400
+    items:
+      - key: password
+        path: password
 {{- end }}
 {{- end -}}
 
