@@ -7,6 +7,8 @@
 //!           [--server-pid PID]
 //!   loadgen writes --target ... --admin-token-file F --concurrency 32 --count 2000
 //!   loadgen gen-backup --keys 1000000 --out keys.jsonl
+//!   loadgen revocation --origin http://A --watchers http://B,http://C
+//!           --admin-token-file F --count 1000 [--etcd-pid PID]
 
 use std::io::Write;
 use std::sync::Arc;
@@ -67,6 +69,22 @@ enum Command {
         concurrency: usize,
         #[arg(long, default_value_t = 2000)]
         count: usize,
+    },
+    /// Fleet mode: the time from DeleteKey returning on `origin` until every
+    /// watcher sidecar denies the key, over `count` revocations.
+    Revocation {
+        #[arg(long)]
+        origin: String,
+        /// Other sidecars of the same fleet, comma-separated.
+        #[arg(long)]
+        watchers: String,
+        #[arg(long)]
+        admin_token_file: String,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// etcd's pid: report its CPU time per mutation.
+        #[arg(long)]
+        etcd_pid: Option<u32>,
     },
     /// A backup file of `keys` random keys, for `scopegate restore`.
     GenBackup {
@@ -504,5 +522,139 @@ fn main() {
             count,
         } => runtime.block_on(run_writes(target, admin_token_file, concurrency, count)),
         Command::GenBackup { keys, out } => gen_backup(keys, &out),
+        Command::Revocation {
+            origin,
+            watchers,
+            admin_token_file,
+            count,
+            etcd_pid,
+        } => runtime.block_on(run_revocation(
+            origin,
+            watchers,
+            admin_token_file,
+            count,
+            etcd_pid,
+        )),
     }
+}
+
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+async fn run_revocation(
+    origin: String,
+    watchers: String,
+    admin_token_file: String,
+    count: usize,
+    etcd_pid: Option<u32>,
+) {
+    let admin = std::fs::read_to_string(admin_token_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let mut manage = pb::manage_key_client::ManageKeyClient::new(channel(&origin).await);
+    let mut checkers = Vec::new();
+    for target in watchers.split(',').filter(|t| !t.is_empty()) {
+        checkers.push(pb::authorize_client::AuthorizeClient::new(
+            channel(target).await,
+        ));
+    }
+    let decision = |response: pb::CheckResponse| response.decision;
+    let unknown = pb::Decision::UnknownKey as i32;
+    // Keys first, visible everywhere.
+    let mut keys = Vec::with_capacity(count);
+    let cpu_before_creates = etcd_pid.and_then(cpu_seconds);
+    for index in 0..count {
+        let created = manage
+            .create_key(authed(
+                &admin,
+                pb::CreateKeyRequest {
+                    account_id: format!("revoke-{}", index / 100),
+                    name: format!("r{index}"),
+                    scopes: vec!["mail.send".into()],
+                    grants: vec![],
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        keys.push((created.key.unwrap().key_id, created.token));
+    }
+    let create_cpu = etcd_pid
+        .and_then(cpu_seconds)
+        .zip(cpu_before_creates)
+        .map(|(after, before)| after - before);
+    for (_, token) in &keys {
+        for checker in &mut checkers {
+            let request = || pb::CheckRequest {
+                token: token.clone(),
+                scopes: vec!["mail.send".into()],
+                http: None,
+            };
+            while !checker.check(request()).await.unwrap().into_inner().allowed {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+    let mut all = Histogram::<u64>::new(3).unwrap();
+    let cpu_before = etcd_pid.and_then(cpu_seconds);
+    for (key_id, token) in &keys {
+        manage
+            .delete_key(authed(
+                &admin,
+                pb::DeleteKeyRequest {
+                    key_id: key_id.clone(),
+                },
+            ))
+            .await
+            .unwrap();
+        let returned = Instant::now();
+        // Each watcher is polled on its own task; the slowest one counts.
+        let mut polls = Vec::new();
+        for checker in &checkers {
+            let mut checker = checker.clone();
+            let token = token.clone();
+            polls.push(tokio::spawn(async move {
+                loop {
+                    let request = pb::CheckRequest {
+                        token: token.clone(),
+                        scopes: vec!["mail.send".into()],
+                        http: None,
+                    };
+                    let response = checker.check(request).await.unwrap().into_inner();
+                    if decision(response) == unknown {
+                        return returned.elapsed();
+                    }
+                }
+            }));
+        }
+        let mut slowest = Duration::ZERO;
+        for poll in polls {
+            slowest = slowest.max(poll.await.unwrap());
+        }
+        all.record(slowest.as_micros() as u64).unwrap();
+    }
+    let delete_cpu = etcd_pid
+        .and_then(cpu_seconds)
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
+    let per_ms = |cpu: Option<f64>| cpu.map(|cpu| 1000.0 * cpu / count as f64);
+    println!(
+        "{}",
+        serde_json::json!({
+            "workload": "revocation",
+            "watchers": checkers.len(),
+            "revocations": count,
+            "p50_ms": all.value_at_quantile(0.50) as f64 / 1000.0,
+            "p99_ms": all.value_at_quantile(0.99) as f64 / 1000.0,
+            "max_ms": all.max() as f64 / 1000.0,
+            "etcd_cpu_ms_per_create": per_ms(create_cpu),
+            "etcd_cpu_ms_per_delete": per_ms(delete_cpu),
+        })
+    );
 }
