@@ -465,9 +465,14 @@ impl Fleet {
                     continue;
                 };
                 changes.push(match event.event_type() {
-                    EventType::Put => {
-                        MirrorChange::Put(key_id, decode(key_id.as_bytes(), kv.value())?)
-                    }
+                    EventType::Put => match decode(key_id.as_bytes(), kv.value()) {
+                        Ok(record) => MirrorChange::Put(key_id, record),
+                        // Never stall the fleet on one bad record: deny it here.
+                        Err(error) => {
+                            tracing::error!(%key_id, %error, "unreadable key record in etcd: denied on this sidecar");
+                            MirrorChange::Delete(key_id)
+                        }
+                    },
                     EventType::Delete => MirrorChange::Delete(key_id),
                 });
             }
@@ -512,10 +517,14 @@ impl Fleet {
                 revision = page.header().map(|header| header.revision()).unwrap_or(0);
             }
             for kv in page.kvs() {
-                match self.key_id_of(kv.key()) {
-                    Some(key_id) => records.push((key_id, decode(key_id.as_bytes(), kv.value())?)),
-                    None => {
-                        tracing::warn!(key = %String::from_utf8_lossy(kv.key()), "ignoring an etcd key that is not a key record")
+                let Some(key_id) = self.key_id_of(kv.key()) else {
+                    tracing::warn!(key = %String::from_utf8_lossy(kv.key()), "ignoring an etcd key that is not a key record");
+                    continue;
+                };
+                match decode(key_id.as_bytes(), kv.value()) {
+                    Ok(record) => records.push((key_id, record)),
+                    Err(error) => {
+                        tracing::error!(%key_id, %error, "unreadable key record in etcd: denied on this sidecar")
                     }
                 }
             }
