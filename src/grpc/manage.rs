@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{grants_from_pb, key_to_pb, scopes_to_pb};
 use super::pb::{self, manage_key_server::ManageKey};
 use super::Readiness;
-use crate::manage::{Caller, KeyChange, ListQuery, Manager, NewKey};
+use crate::manage::{Caller, KeyChange, ListQuery, ManageError, Manager, NewKey};
 
 pub struct ManageKeyService {
     pub manager: Arc<Manager>,
@@ -36,6 +36,18 @@ pub(super) fn bearer<T>(request: &Request<T>) -> Result<Option<&str>, Status> {
         .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))
 }
 
+/// Runs a key change on its own task. A request cut by its deadline stops
+/// waiting, but the change, its log line and its metrics complete (or the
+/// change never starts): never half.
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, ManageError>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(work)
+        .await
+        .map_err(|_| Status::internal("the change task failed"))?
+        .map_err(Status::from)
+}
+
 #[tonic::async_trait]
 impl ManageKey for ManageKeyService {
     async fn create_key(
@@ -50,7 +62,8 @@ impl ManageKey for ManageKeyService {
             scopes: request.scopes,
             grants: grants_from_pb(request.grants)?,
         };
-        let (view, token) = self.manager.create(&caller, new_key).await?;
+        let manager = self.manager.clone();
+        let (view, token) = detached(async move { manager.create(&caller, new_key).await }).await?;
         Ok(Response::new(pb::CreateKeyResponse {
             key: Some(key_to_pb(view)),
             token,
@@ -96,7 +109,8 @@ impl ManageKey for ManageKeyService {
             scopes: request.scopes,
             grants: grants_from_pb(request.grants)?,
         };
-        let view = self.manager.update(&caller, change).await?;
+        let manager = self.manager.clone();
+        let view = detached(async move { manager.update(&caller, change).await }).await?;
         Ok(Response::new(key_to_pb(view)))
     }
 
@@ -105,9 +119,8 @@ impl ManageKey for ManageKeyService {
         request: Request<pb::DeleteKeyRequest>,
     ) -> Result<Response<pb::DeleteKeyResponse>, Status> {
         let caller = self.caller(&request)?;
-        self.manager
-            .delete(&caller, &request.into_inner().key_id)
-            .await?;
+        let (manager, key_id) = (self.manager.clone(), request.into_inner().key_id);
+        detached(async move { manager.delete(&caller, &key_id).await }).await?;
         Ok(Response::new(pb::DeleteKeyResponse {}))
     }
 
