@@ -403,3 +403,77 @@ async fn unauthenticated_answers_do_not_reveal_routes() {
         assert_eq!(answers[1], answers[3], "Check{{http}}, {credential:?}");
     }
 }
+
+/// The header options, each with the answer it must produce, and a request
+/// without `attributes.request.http`.
+#[tokio::test]
+async fn header_options_and_incomplete_requests() {
+    use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--routes",
+            ROUTES,
+            "--keep-credential-header",
+            "--key-id-header",
+            "x-caller-key",
+            "--account-id-header",
+            "x-caller-account",
+        ],
+    );
+    let key = server.admin_key(&["mail.send"]).await;
+    let key_id = key.key.unwrap().key_id;
+    let mut ext_authz = AuthorizationClient::new(server.channel().await);
+    let bearer = format!("Bearer {}", key.token);
+    let allowed = ext_authz
+        .check(envoy_request(
+            "POST",
+            "/v3/mail/send",
+            &[
+                ("authorization", bearer.as_str()),
+                ("x-caller-key", "spoofed"),
+            ],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(HttpResponse::OkResponse(ok)) = allowed.http_response else {
+        panic!("not allowed: {allowed:?}");
+    };
+    let headers: HashMap<String, String> = ok
+        .headers
+        .iter()
+        .filter_map(|option: &HeaderValueOption| option.header.as_ref())
+        .map(|header| (header.key.clone(), header.value.clone()))
+        .collect();
+    assert_eq!(
+        headers["x-caller-key"], key_id,
+        "the client's copy is overwritten"
+    );
+    assert_eq!(headers["x-caller-account"], "acme");
+    assert!(!headers.contains_key("x-scopegate-key-id"));
+    assert!(
+        !ok.headers_to_remove.contains(&"authorization".to_owned()),
+        "--keep-credential-header keeps it"
+    );
+
+    let invalid = ext_authz
+        .check(envoy_request(
+            "POST",
+            "/v3/mail%2Fsend",
+            &[("authorization", bearer.as_str())],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(outcome(&invalid), ("INVALID_PATH".to_owned(), 400));
+
+    let status = ext_authz.check(CheckRequest::default()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("attributes.request.http"),
+        "{}",
+        status.message()
+    );
+}

@@ -1167,3 +1167,91 @@ async fn changes_cut_by_their_deadline_complete_or_never_happen() {
         count_before as f64
     );
 }
+
+/// A catalog is checked against every stored key: at start-up (a key naming
+/// a scope the catalog lacks stops it, naming the key and scope), on reload
+/// (a resource turning exclusive would change a key's kind), and on restore.
+#[tokio::test]
+async fn catalogs_are_checked_against_stored_keys_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = scopegate::scope::DEFAULT_CATALOG_TOML;
+    let with_reports = format!("{base}\n[[resource]]\nname = \"reports\"\nverbs = [\"read\"]\n");
+    let catalog = dir.path().join("catalog.toml");
+    std::fs::write(&catalog, &with_reports).unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, &["--catalog", catalog.to_str().unwrap()]);
+    let reports = server.admin_key(&["reports.read"]).await;
+    let stats = server.admin_key(&["stats.read"]).await;
+    let backup = dir.path().join("backup.jsonl");
+    let status = std::process::Command::new(common::BIN)
+        .args(["backup", "--server", &server.addr, "--out"])
+        .arg(&backup)
+        .env("SCOPEGATE_AUTH", &server.admin_token)
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    // Reload: `stats` turning exclusive would make the stats key a billing-like key.
+    let exclusive_stats = with_reports.replace(
+        "name = \"stats\"\nverbs = [\"read\"]\n",
+        "name = \"stats\"\nverbs = [\"read\"]\nexclusive = true\n",
+    );
+    assert_ne!(exclusive_stats, with_reports);
+    std::fs::write(&catalog, &exclusive_stats).unwrap();
+    server.signal("HUP");
+    server.wait_for_log("catalog reload rejected", 1);
+    assert!(
+        server.log().contains("would change kind"),
+        "{}",
+        server.log()
+    );
+    assert!(
+        server
+            .authorize()
+            .await
+            .check(check(&stats.token, &["stats.read"]))
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
+    assert!(server.terminate());
+
+    // Start-up with a catalog that lacks `reports`: refused, naming key and scope.
+    let refused = Server::try_start(&data, &[])
+        .err()
+        .expect("started without reports");
+    let reports_id = reports.key.unwrap().key_id;
+    assert!(
+        refused.contains(&reports_id) && refused.contains("reports.read"),
+        "{refused}"
+    );
+
+    // Restore: checked against the catalog it is given.
+    let restore = |target: &str, catalog: Option<&std::path::Path>| {
+        let mut command = std::process::Command::new(common::BIN);
+        command
+            .args(["restore", "--in"])
+            .arg(&backup)
+            .arg("--data-dir")
+            .arg(dir.path().join(target));
+        if let Some(catalog) = catalog {
+            command.arg("--catalog").arg(catalog);
+        }
+        command.output().unwrap()
+    };
+    let refused = restore("restored-builtin", None);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("reports.read"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    std::fs::write(&catalog, &with_reports).unwrap();
+    let restored = restore("restored", Some(&catalog));
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+}
