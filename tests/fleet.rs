@@ -564,3 +564,292 @@ async fn concurrent_updates_from_two_sidecars_lose_nothing() {
     )
     .await;
 }
+
+/// `fleet import` copies a standalone store into etcd (idempotent; a key
+/// already there with other content is refused, nothing overwritten), and
+/// `backup` works against a fleet sidecar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_import_and_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    etcd.wait_healthy();
+    let standalone = dir.path().join("standalone");
+    let mut old = Server::start(&standalone, &[]);
+    let (renamed_id, first) = create_on(&old, "acme", &["mail.send"]).await;
+    let (_, second) = create_on(&old, "other", &["stats.read"]).await;
+    assert!(old.terminate());
+
+    let import = || {
+        std::process::Command::new(common::BIN)
+            .args(["fleet", "import", "--data-dir"])
+            .arg(&standalone)
+            .args(["--etcd-endpoints", &etcd.endpoint])
+            .output()
+            .unwrap()
+    };
+    let once = import();
+    assert!(
+        once.status.success(),
+        "{}",
+        String::from_utf8_lossy(&once.stderr)
+    );
+    assert!(String::from_utf8_lossy(&once.stdout).contains("copied 2 keys"));
+    let twice = import();
+    assert!(twice.status.success());
+    assert!(
+        String::from_utf8_lossy(&twice.stdout)
+            .contains("copied 0 keys into etcd (2 were already there)"),
+        "{}",
+        String::from_utf8_lossy(&twice.stdout)
+    );
+
+    let a = fleet(dir.path(), "a", &etcd, &[]);
+    assert_eq!(
+        decision(&a, &first, &["mail.send"]).await,
+        pb::Decision::Allowed
+    );
+    assert_eq!(
+        decision(&a, &second, &["stats.read"]).await,
+        pb::Decision::Allowed
+    );
+    // The per-account counters came along: the cap still holds.
+    let mut client = etcd.client().await;
+    let counter = client
+        .get("/scopegate/v1/accounts/acme", None)
+        .await
+        .unwrap();
+    assert_eq!(counter.kvs()[0].value_str().unwrap(), "1");
+
+    // Changed in the fleet since: a re-import refuses to overwrite it.
+    a.manage()
+        .await
+        .update_key(bearer(
+            &a.admin_token,
+            pb::UpdateKeyRequest {
+                key_id: renamed_id.clone(),
+                name: Some("renamed".into()),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let refused = import();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(&renamed_id) && stderr.contains("nothing was overwritten"),
+        "{stderr}"
+    );
+
+    // Backup from a fleet sidecar.
+    let backup = dir.path().join("fleet-backup.jsonl");
+    let status = std::process::Command::new(common::BIN)
+        .args(["backup", "--server", &a.addr, "--out"])
+        .arg(&backup)
+        .env("SCOPEGATE_AUTH", &a.admin_token)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let lines = std::fs::read_to_string(&backup).unwrap();
+    assert_eq!(lines.lines().count(), 2);
+    assert!(lines.contains("renamed"));
+}
+
+/// A sidecar killed (-9) in the middle of a full read comes back with its
+/// mirror whole: the old set or the new one, never a mix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_killed_during_a_resync_never_keeps_a_mix() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut etcd = Etcd::start(dir.path());
+    etcd.wait_healthy();
+    let a = fleet(
+        dir.path(),
+        "a",
+        &etcd,
+        &["--max-keys-per-account", "100000"],
+    );
+    let old = create_many(&a, 400).await;
+    let mut b = fleet(dir.path(), "b", &etcd, &[]);
+    eventually("B has the old set", || async { key_ids(&b).await == old }).await;
+    assert!(b.terminate());
+
+    // While B is down: half the old keys go, as many new ones come, and etcd
+    // compacts, so B's restart needs a full read.
+    for key_id in old.iter().take(200) {
+        a.manage()
+            .await
+            .delete_key(bearer(
+                &a.admin_token,
+                pb::DeleteKeyRequest {
+                    key_id: key_id.clone(),
+                },
+            ))
+            .await
+            .unwrap();
+    }
+    create_many(&a, 400).await;
+    compact(&etcd).await;
+    let new = etcd_key_ids(&etcd).await;
+    assert_eq!(new.len(), 600);
+
+    // Kill B at several points of its restart, then look at its mirror alone
+    // (etcd down, so it serves exactly what it has on disk).
+    for delay_ms in [0u64, 5, 15, 40, 100] {
+        let mut b = Server::try_start_for(
+            &dir.path().join("b"),
+            &[
+                "--store",
+                "etcd",
+                "--etcd-endpoints",
+                etcd.endpoint.as_str(),
+            ],
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|log| panic!("{log}"));
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        b.kill9();
+    }
+    etcd.kill9();
+    let b = fleet(dir.path(), "b", &etcd, &[]);
+    let mirror = key_ids(&b).await;
+    assert!(
+        mirror == old || mirror == new,
+        "a mix: {} keys, {} of the old set, {} of the new",
+        mirror.len(),
+        mirror.intersection(&old).count(),
+        mirror.intersection(&new).count()
+    );
+}
+
+async fn create_many(server: &Server, count: usize) -> BTreeSet<String> {
+    let mut calls = Vec::new();
+    for worker in 0..8 {
+        let mut manage = server.manage().await;
+        let admin = server.admin_token.clone();
+        calls.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for index in (worker..count).step_by(8) {
+                let response = manage
+                    .create_key(bearer(
+                        &admin,
+                        create("acme", &format!("k{index}"), &["mail.send"]),
+                    ))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                ids.push(response.key.unwrap().key_id);
+            }
+            ids
+        }));
+    }
+    let mut ids = BTreeSet::new();
+    for call in calls {
+        ids.extend(call.await.unwrap());
+    }
+    ids
+}
+
+/// A 3-member etcd cluster loses its leader while two sidecars create keys:
+/// every acknowledged create is on every sidecar afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_creates_survive_the_loss_of_the_etcd_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<(u16, u16)> = (0..3)
+        .map(|_| (common::free_port(), common::free_port()))
+        .collect();
+    let cluster = ports
+        .iter()
+        .enumerate()
+        .map(|(index, (_, peer))| format!("m{index}=http://127.0.0.1:{peer}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut members: Vec<Etcd> = ports
+        .iter()
+        .enumerate()
+        .map(|(index, (client, peer))| {
+            Etcd::member(&format!("m{index}"), dir.path(), *client, *peer, &cluster)
+        })
+        .collect();
+    for member in &members {
+        member.wait_healthy();
+    }
+    let endpoints = members
+        .iter()
+        .map(|member| member.endpoint.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let args = [
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        endpoints.as_str(),
+        "--max-keys-per-account",
+        "100000",
+    ];
+    let a = Server::start(&dir.path().join("a"), &args);
+    let b = Server::start(&dir.path().join("b"), &args);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for server in [&a, &b] {
+        for _ in 0..2 {
+            let mut manage = server.manage().await;
+            let admin = server.admin_token.clone();
+            let stop = stop.clone();
+            writers.push(tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match manage
+                        .create_key(bearer(&admin, create("acme", "k", &["mail.send"])))
+                        .await
+                    {
+                        Ok(response) => acknowledged.push(response.into_inner().token),
+                        Err(status) => assert!(
+                            matches!(
+                                status.code(),
+                                Code::Unavailable
+                                    | Code::Aborted
+                                    | Code::DeadlineExceeded
+                                    | Code::Cancelled
+                            ),
+                            "{status:?}"
+                        ),
+                    }
+                }
+                acknowledged
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Find and kill the leader.
+    let mut leader = None;
+    for (index, member) in members.iter().enumerate() {
+        let mut client = member.client().await;
+        let status = client.status().await.unwrap();
+        if status.header().unwrap().member_id() == status.leader() {
+            leader = Some(index);
+        }
+    }
+    let leader = leader.expect("a leader");
+    members[leader].kill9();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acknowledged = Vec::new();
+    for writer in writers {
+        acknowledged.extend(writer.await.unwrap());
+    }
+    assert!(
+        acknowledged.len() > 10,
+        "only {} creates went through",
+        acknowledged.len()
+    );
+    for server in [&a, &b] {
+        for token in &acknowledged {
+            eventually("an acknowledged create is everywhere", || async {
+                decision(server, token, &["mail.send"]).await == pb::Decision::Allowed
+            })
+            .await;
+        }
+    }
+    let _ = members.remove(leader);
+}

@@ -41,8 +41,10 @@ pub const DEFAULT_PREFIX: &str = "/scopegate/v1/";
 /// An idle watch asks etcd for a progress notification this often, so
 /// "seconds since etcd was last heard" stays meaningful without events.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
-/// A mutation that keeps losing its compare gives up with ABORTED.
-const MAX_ATTEMPTS: usize = 8;
+/// A mutation that keeps losing its compare gives up with ABORTED. Creates
+/// and deletes in one account contend on its counter; a jittered backoff
+/// between attempts lets one of them win each round.
+const MAX_ATTEMPTS: u32 = 24;
 /// Keys per page of a full read.
 const PAGE: i64 = 1000;
 
@@ -169,7 +171,10 @@ impl Fleet {
     {
         self.await_watching().await?;
         let mut client = self.connected()?;
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
             // One read transaction: every record the decision needs, at one revision.
             let paths: Vec<Vec<u8>> = reads.iter().map(|id| self.key_path(id)).collect();
             let read = Txn::new().and_then(
@@ -551,6 +556,13 @@ impl Fleet {
     }
 }
 
+/// Up to 1 ms << min(attempt, 5), at random, so contenders spread out.
+async fn backoff(attempt: u32) {
+    let ceiling_us = 1000u32 << attempt.min(5);
+    let jitter = getrandom::u32().unwrap_or(ceiling_us / 2) % ceiling_us;
+    tokio::time::sleep(Duration::from_micros(u64::from(jitter))).await;
+}
+
 enum StreamEnd {
     Compacted(i64),
     Broken(String),
@@ -589,7 +601,10 @@ pub async fn import(
         let path = fleet.key_path(&key_id);
         let value = prost::Message::encode_to_vec(&record);
         let mut done = false;
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
             let existing = client.get(path.clone(), None).await.map_err(unreachable)?;
             if let Some(kv) = existing.kvs().first() {
                 if kv.value() == value.as_slice() {
