@@ -17,7 +17,10 @@ pub const GRPC_REQUEST_SECONDS: &str = "scopegate_grpc_request_seconds";
 pub const REQUESTS_REJECTED_TOTAL: &str = "scopegate_requests_rejected_total";
 pub const MUTATIONS_TOTAL: &str = "scopegate_key_mutations_total";
 pub const KEYS: &str = "scopegate_keys";
+/// sled's flush of one commit group (write + sync_file_range).
 pub const STORE_FLUSH_SECONDS: &str = "scopegate_store_flush_seconds";
+/// The fdatasync that follows it: what makes the group durable.
+pub const STORE_SYNC_SECONDS: &str = "scopegate_store_sync_seconds";
 pub const RELOADS_TOTAL: &str = "scopegate_config_reloads_total";
 pub const LAST_RELOAD_SUCCESS: &str = "scopegate_config_last_reload_success_timestamp_seconds";
 /// Fleet mode: the etcd revision this sidecar has applied.

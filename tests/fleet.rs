@@ -120,6 +120,14 @@ async fn three_sidecars_share_creates_updates_and_deletes() {
             decision(other, &token, &["mail.send", "stats.read"]).await == pb::Decision::Allowed
         })
         .await;
+        assert_eq!(
+            ext_authz_status(other, &token, "POST", "/v3/mail/send").await,
+            200
+        );
+        assert_eq!(
+            ext_authz_status(other, &token, "GET", "/v3/geo/stats").await,
+            200
+        );
     }
 
     // Update on B (stats.read removed): denied for that scope everywhere.
@@ -148,6 +156,14 @@ async fn three_sidecars_share_creates_updates_and_deletes() {
             decision(other, &token, &["mail.send"]).await,
             pb::Decision::Allowed
         );
+        assert_eq!(
+            ext_authz_status(other, &token, "GET", "/v3/geo/stats").await,
+            403
+        );
+        assert_eq!(
+            ext_authz_status(other, &token, "POST", "/v3/mail/send").await,
+            200
+        );
     }
 
     // Delete on C: unknown everywhere, through Authorize and ext_authz.
@@ -172,7 +188,7 @@ async fn three_sidecars_share_creates_updates_and_deletes() {
         .await;
     }
     for server in [&a, &b, &c] {
-        let status = ext_authz_status(server, &token).await;
+        let status = ext_authz_status(server, &token, "POST", "/v3/mail/send").await;
         assert_eq!(status, 401);
     }
 
@@ -191,9 +207,8 @@ async fn three_sidecars_share_creates_updates_and_deletes() {
     }
 }
 
-/// The HTTP status Envoy would send for `GET /v3/mail/send`... here POST, the
-/// route of mail.send.
-async fn ext_authz_status(server: &Server, token: &str) -> i32 {
+/// The HTTP status Envoy would send for `method path` with this token.
+async fn ext_authz_status(server: &Server, token: &str, method: &str, path: &str) -> i32 {
     use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
     use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
     use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
@@ -202,8 +217,8 @@ async fn ext_authz_status(server: &Server, token: &str) -> i32 {
         attributes: Some(AttributeContext {
             request: Some(Request {
                 http: Some(HttpRequest {
-                    method: "POST".into(),
-                    path: "/v3/mail/send".into(),
+                    method: method.into(),
+                    path: path.into(),
                     headers: [("authorization".to_owned(), format!("Bearer {token}"))]
                         .into_iter()
                         .collect(),
@@ -439,7 +454,10 @@ async fn with_max_staleness_decisions_fail_closed_when_etcd_is_gone() {
         matches!(status, Err(status) if status.code() == Code::Unavailable && status.message().contains("stale"))
     })
     .await;
-    assert_eq!(ext_authz_status(&a, &token).await, 503);
+    assert_eq!(
+        ext_authz_status(&a, &token, "POST", "/v3/mail/send").await,
+        503
+    );
     etcd.restart();
     eventually("checks come back", || async {
         matches!(a.authorize().await.check(check(&token, &["mail.send"])).await, Ok(response) if response.get_ref().allowed)

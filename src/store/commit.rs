@@ -52,14 +52,20 @@ impl Durable {
         })
     }
 
-    /// Flushes sled and syncs its log to stable storage.
+    /// Flushes sled and syncs its log to stable storage; the two steps are
+    /// timed apart (`scopegate_store_flush_seconds`, `..._sync_seconds`).
     pub fn sync(&self) -> Result<(), String> {
+        let started = std::time::Instant::now();
         self.db
             .flush()
             .map_err(|error| format!("flush failed: {error}"))?;
+        let flushed = std::time::Instant::now();
+        metrics::histogram!(crate::telemetry::STORE_FLUSH_SECONDS).record(flushed - started);
         self.log
             .sync_data()
-            .map_err(|error| format!("fdatasync failed: {error}"))
+            .map_err(|error| format!("fdatasync failed: {error}"))?;
+        metrics::histogram!(crate::telemetry::STORE_SYNC_SECONDS).record(flushed.elapsed());
+        Ok(())
     }
 }
 
@@ -86,11 +92,9 @@ pub(super) async fn run(
             continue;
         }
         let syncing = durable.clone();
-        let started = std::time::Instant::now();
         let synced = tokio::task::spawn_blocking(move || syncing.sync())
             .await
             .unwrap_or_else(|_| Err("the sync thread panicked".into()));
-        metrics::histogram!(crate::telemetry::STORE_FLUSH_SECONDS).record(started.elapsed());
         match synced {
             Ok(()) => {
                 for commit in batch.drain(..) {
