@@ -34,6 +34,7 @@ fn table(count: usize, catalog: &Catalog, format: &TokenFormat) -> (KeyTable, Ve
                 scopes,
                 account_id: account.clone(),
                 kind: KeyKind::General,
+                limits: None,
             }),
         );
         if index % stride == 0 && tokens.len() < 1024 {

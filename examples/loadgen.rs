@@ -253,6 +253,7 @@ async fn run_check(
             token: token.clone(),
             scopes: vec!["mail.send".into()],
             http: None,
+            ..Default::default()
         }),
         "http" => Workload::Http(pb::CheckRequest {
             token: token.clone(),
@@ -261,6 +262,7 @@ async fn run_check(
                 method: "POST".into(),
                 path: "/v3/mail/send".into(),
             }),
+            ..Default::default()
         }),
         "ext-authz" | "ceiling-ext-authz" => {
             Workload::ExtAuthz(Box::new(envoy_request::envoy_request(&token)))
@@ -353,6 +355,7 @@ async fn run_writes(target: String, admin_token_file: String, concurrency: usize
                             name: format!("k{index}"),
                             scopes: vec!["mail.send".into()],
                             grants: vec![],
+                            ..Default::default()
                         },
                     ))
                     .await
@@ -407,6 +410,7 @@ async fn run_writes(target: String, admin_token_file: String, concurrency: usize
                             token: token.clone(),
                             scopes: vec!["mail.send".into()],
                             http: None,
+                            ..Default::default()
                         })
                         .await
                         .unwrap();
@@ -578,6 +582,7 @@ async fn run_revocation(
                     name: format!("r{index}"),
                     scopes: vec!["mail.send".into()],
                     grants: vec![],
+                    ..Default::default()
                 },
             ))
             .await
@@ -595,6 +600,7 @@ async fn run_revocation(
                 token: token.clone(),
                 scopes: vec!["mail.send".into()],
                 http: None,
+                ..Default::default()
             };
             while !checker.check(request()).await.unwrap().into_inner().allowed {
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -625,6 +631,7 @@ async fn run_revocation(
                         token: token.clone(),
                         scopes: vec!["mail.send".into()],
                         http: None,
+                        ..Default::default()
                     };
                     let response = checker.check(request).await.unwrap().into_inner();
                     if decision(response) == unknown {

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use crate::key::KeyTable;
+use std::net::IpAddr;
+
+use crate::key::{KeyLimits, KeyTable, Metadata};
 use crate::route::{RouteMiss, RouteTable};
 use crate::scope::{Catalog, ScopeId, ScopeSet};
 use crate::token::{KeyId, TokenFormat};
@@ -20,6 +22,8 @@ pub enum Decision {
     Allowed {
         key_id: KeyId,
         account_id: Arc<str>,
+        /// The key's metadata, if it has any (a reference count, no copy).
+        metadata: Option<Arc<Metadata>>,
     },
     MissingToken,
     MalformedToken,
@@ -37,6 +41,12 @@ pub enum Decision {
     InvalidPath,
     /// The HTTP request carries a method-override header (ext_authz).
     MethodOverride,
+    /// Past the key's expiry or before its not-before time.
+    Expired,
+    /// The key is disabled.
+    Disabled,
+    /// The request's address is outside the key's allowed CIDRs (or unknown).
+    IpNotAllowed,
 }
 
 impl Decision {
@@ -61,6 +71,11 @@ impl Decision {
             }
             Decision::NoRoute => "no route covers this method and path".into(),
             Decision::InvalidPath => "the request path is malformed or ambiguous".into(),
+            Decision::Expired => "the API key has expired or is not valid yet".into(),
+            Decision::Disabled => "the API key is disabled".into(),
+            Decision::IpNotAllowed => {
+                "the API key may not be used from this address".into()
+            }
             Decision::MethodOverride => {
                 "method-override headers (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override) are refused".into()
             }
@@ -70,7 +85,7 @@ impl Decision {
 
 /// May `token` use every scope in `required`?
 pub fn decide(keys: &KeyTable, format: &TokenFormat, token: &str, required: &ScopeSet) -> Decision {
-    decide_with(keys, format, token, Ok(*required))
+    decide_with(keys, format, token, None, Ok(*required))
 }
 
 /// May `token` make the HTTP request `method path`? The route table names the
@@ -84,7 +99,7 @@ pub fn decide_http(
     method: &str,
     path: &str,
 ) -> (Decision, Option<ScopeId>) {
-    decide_http_request(keys, format, routes, token, method, path, false)
+    decide_http_request(keys, format, routes, token, method, path, false, None)
 }
 
 /// [`decide_http`] for a request that may carry a method-override header:
@@ -98,10 +113,17 @@ pub fn decide_http_request(
     method: &str,
     path: &str,
     method_override: bool,
+    client_ip: Option<IpAddr>,
 ) -> (Decision, Option<ScopeId>) {
     if method_override && !routes.allows_method_override() {
         return (
-            decide_with(keys, format, token, Err(Decision::MethodOverride)),
+            decide_with(
+                keys,
+                format,
+                token,
+                client_ip,
+                Err(Decision::MethodOverride),
+            ),
             None,
         );
     }
@@ -111,13 +133,29 @@ pub fn decide_http_request(
         Err(RouteMiss::NoRoute) => Err(Decision::NoRoute),
         Err(RouteMiss::InvalidPath) => Err(Decision::InvalidPath),
     };
-    (decide_with(keys, format, token, required), route.ok())
+    (
+        decide_with(keys, format, token, client_ip, required),
+        route.ok(),
+    )
+}
+
+/// [`decide`] for a request whose address is known (keys with an allowlist
+/// need it).
+pub fn decide_from(
+    keys: &KeyTable,
+    format: &TokenFormat,
+    token: &str,
+    client_ip: Option<IpAddr>,
+    required: &ScopeSet,
+) -> Decision {
+    decide_with(keys, format, token, client_ip, Ok(*required))
 }
 
 fn decide_with(
     keys: &KeyTable,
     format: &TokenFormat,
     token: &str,
+    client_ip: Option<IpAddr>,
     required: Result<ScopeSet, Decision>,
 ) -> Decision {
     if token.is_empty() {
@@ -130,8 +168,26 @@ fn decide_with(
         let Some(entry) = entry else {
             return Decision::UnknownKey;
         };
-        if !format.verify(&parsed, &entry.secret_hash) {
+        let limits = entry.limits.as_deref();
+        // A key without limits pays for this one branch and nothing else.
+        let now = limits
+            .filter(|limits| limits.is_timed())
+            .map(|_| now_unix_ms());
+        let current = format.verify(&parsed, &entry.secret_hash);
+        let previous = || {
+            limits
+                .and_then(|limits| limits.previous)
+                .is_some_and(|(hash, until)| {
+                    now.is_some_and(|now| now < until) && format.verify(&parsed, &hash)
+                })
+        };
+        if !current && !previous() {
             return Decision::UnknownKey;
+        }
+        if let Some(limits) = limits {
+            if let Some(denied) = limits_deny(limits, now, client_ip) {
+                return denied;
+            }
         }
         let required = match required {
             Ok(required) => required,
@@ -142,6 +198,7 @@ fn decide_with(
             Decision::Allowed {
                 key_id: parsed.key_id,
                 account_id: entry.account_id.clone(),
+                metadata: limits.and_then(|limits| limits.metadata.clone()),
             }
         } else {
             Decision::InsufficientScope {
@@ -151,6 +208,39 @@ fn decide_with(
             }
         }
     })
+}
+
+/// Disabled, outside its validity window, or from an address it may not be
+/// used from. The clock is read only for keys with a time limit.
+fn limits_deny(
+    limits: &KeyLimits,
+    now: Option<i64>,
+    client_ip: Option<IpAddr>,
+) -> Option<Decision> {
+    if limits.disabled {
+        return Some(Decision::Disabled);
+    }
+    if let Some(now) = now {
+        let early = limits.not_before_ms != 0 && now < limits.not_before_ms;
+        let late = limits.expire_ms != 0 && now >= limits.expire_ms;
+        if early || late {
+            return Some(Decision::Expired);
+        }
+    }
+    if !limits.cidrs.is_empty()
+        && !client_ip.is_some_and(|ip| limits.cidrs.iter().any(|cidr| cidr.contains(&ip)))
+    {
+        return Some(Decision::IpNotAllowed);
+    }
+    None
+}
+
+/// Wall-clock milliseconds (clock_gettime through the vDSO: tens of ns).
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -171,6 +261,7 @@ mod tests {
                 scopes: catalog.resolve(scopes.iter().copied()).unwrap(),
                 account_id: "acct".into(),
                 kind: KeyKind::General,
+                limits: None,
             }),
         );
         (keys, format, catalog, issued.token, issued.key_id)
@@ -191,6 +282,7 @@ mod tests {
                 Decision::Allowed {
                     key_id,
                     account_id: "acct".into(),
+                    metadata: None,
                 },
             ),
             (
@@ -200,6 +292,7 @@ mod tests {
                 Decision::Allowed {
                     key_id,
                     account_id: "acct".into(),
+                    metadata: None,
                 },
             ),
             (

@@ -168,6 +168,22 @@ pub enum KeysCommand {
         /// RESOURCE=read|write|full, e.g. marketing_campaigns=full (repeatable).
         #[arg(long = "grant", value_parser = parse_grant)]
         grants: Vec<pb::Grant>,
+        #[command(flatten)]
+        terms: TermsArgs,
+    },
+    /// A new secret for a key (same id, scopes, name, metadata); prints the
+    /// new token once. The old secret keeps working for --overlap-secs.
+    ///
+    /// Example: scopegate keys rotate qL0w1cT9Rk2tqc8z3mE1aA --overlap-secs 3600
+    Rotate {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Key id (ids may begin with `-`; that is fine here).
+        #[arg(allow_hyphen_values = true)]
+        key_id: String,
+        /// How long the previous secret keeps working (0: it stops now).
+        #[arg(long, default_value_t = 0)]
+        overlap_secs: u64,
     },
     /// Show a key.
     ///
@@ -210,6 +226,23 @@ pub enum KeysCommand {
         /// RESOURCE=read|write|full (repeatable); with --scope, the union.
         #[arg(long = "grant", value_parser = parse_grant)]
         grants: Vec<pb::Grant>,
+        #[command(flatten)]
+        terms: TermsArgs,
+        /// Enable the key.
+        #[arg(long, conflicts_with = "disable")]
+        enable: bool,
+        /// Disable the key: Check answers DISABLED until it is enabled again.
+        #[arg(long)]
+        disable: bool,
+        /// Remove the expiry.
+        #[arg(long, conflicts_with = "expires_in_secs")]
+        no_expiry: bool,
+        /// Remove the address allowlist.
+        #[arg(long, conflicts_with = "cidrs")]
+        no_cidrs: bool,
+        /// Remove the metadata.
+        #[arg(long, conflicts_with = "metadata")]
+        no_metadata: bool,
     },
     /// Delete a key; its token stops working at once.
     ///
@@ -223,6 +256,38 @@ pub enum KeysCommand {
     },
 }
 
+/// Lifecycle options of `keys create` and `keys update`.
+#[derive(Args, Debug)]
+pub struct TermsArgs {
+    /// The key stops working this many seconds from now.
+    #[arg(long)]
+    expires_in_secs: Option<u64>,
+    /// An address range the key may be used from, e.g. 203.0.113.0/24 or
+    /// 2001:db8::/32 (repeatable; update: replaces the list).
+    #[arg(long = "cidr")]
+    cidrs: Vec<String>,
+    /// KEY=VALUE metadata returned with every allowed check (repeatable;
+    /// update: replaces the map).
+    #[arg(long = "meta", value_parser = parse_meta)]
+    metadata: Vec<(String, String)>,
+}
+
+impl TermsArgs {
+    fn expire_time(&self) -> Option<prost_types::Timestamp> {
+        self.expires_in_secs.map(|secs| {
+            prost_types::Timestamp::from(
+                std::time::SystemTime::now() + std::time::Duration::from_secs(secs),
+            )
+        })
+    }
+}
+
+fn parse_meta(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
+}
+
 #[derive(Args, Debug)]
 pub struct CheckArgs {
     #[command(flatten)]
@@ -233,6 +298,9 @@ pub struct CheckArgs {
     /// A scope the key must hold (repeatable).
     #[arg(long = "scope", required = true)]
     pub scopes: Vec<String>,
+    /// The address the request comes from (for keys with an allowlist).
+    #[arg(long)]
+    pub client_ip: Option<String>,
 }
 
 fn parse_grant(text: &str) -> Result<pb::Grant, String> {
@@ -442,6 +510,13 @@ mod backup {
             "create_time_unix_ms": record.create_time_unix_ms,
             "update_time_unix_ms": record.update_time_unix_ms,
             "created_by": record.created_by,
+            "expire_time_unix_ms": record.expire_time_unix_ms,
+            "not_before_unix_ms": record.not_before_unix_ms,
+            "disabled": record.disabled,
+            "previous_secret_hash": hex(&record.previous_secret_hash),
+            "previous_secret_expire_unix_ms": record.previous_secret_expire_unix_ms,
+            "allowed_cidrs": record.allowed_cidrs,
+            "metadata": record.metadata,
         })
     }
 
@@ -481,6 +556,32 @@ mod backup {
             create_time_unix_ms: number("create_time_unix_ms")?,
             update_time_unix_ms: number("update_time_unix_ms")?,
             created_by: text("created_by")?,
+            // Lifecycle fields: absent from version 1 backups.
+            expire_time_unix_ms: value["expire_time_unix_ms"].as_i64().unwrap_or(0),
+            not_before_unix_ms: value["not_before_unix_ms"].as_i64().unwrap_or(0),
+            disabled: value["disabled"].as_bool().unwrap_or(false),
+            previous_secret_hash: unhex(value["previous_secret_hash"].as_str().unwrap_or(""))
+                .ok_or("`previous_secret_hash` is not hex")?,
+            previous_secret_expire_unix_ms: value["previous_secret_expire_unix_ms"]
+                .as_i64()
+                .unwrap_or(0),
+            allowed_cidrs: value["allowed_cidrs"]
+                .as_array()
+                .map(|cidrs| {
+                    cidrs
+                        .iter()
+                        .filter_map(|c| c.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            metadata: value["metadata"]
+                .as_object()
+                .map(|map| {
+                    map.iter()
+                        .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     }
 
@@ -603,6 +704,7 @@ async fn run_client(command: Command) -> Result<ExitCode, String> {
                     token: args.token,
                     scopes: args.scopes,
                     http: None,
+                    client_ip: args.client_ip.unwrap_or_default(),
                 })
                 .await
                 .map_err(status_text)?
@@ -693,6 +795,7 @@ async fn run_keys(command: KeysCommand) -> Result<ExitCode, String> {
             name,
             scopes,
             grants,
+            terms,
         } => {
             let mut manage = manage_client(&client).await?;
             let request = pb::CreateKeyRequest {
@@ -700,6 +803,10 @@ async fn run_keys(command: KeysCommand) -> Result<ExitCode, String> {
                 name,
                 scopes,
                 grants,
+                expire_time: terms.expire_time(),
+                not_before: None,
+                allowed_cidrs: terms.cidrs,
+                metadata: terms.metadata.into_iter().collect(),
             };
             let response = manage
                 .create_key(authorized(&client, request)?)
@@ -763,13 +870,30 @@ async fn run_keys(command: KeysCommand) -> Result<ExitCode, String> {
             name,
             scopes,
             grants,
+            terms,
+            enable,
+            disable,
+            no_expiry,
+            no_cidrs,
+            no_metadata,
         } => {
             let mut manage = manage_client(&client).await?;
             let request = pb::UpdateKeyRequest {
+                expire_time: terms.expire_time(),
                 key_id,
                 name,
                 scopes,
                 grants,
+                enabled: (enable || disable).then_some(enable),
+                clear_expire_time: no_expiry,
+                not_before: None,
+                clear_not_before: false,
+                allowed_cidrs: (no_cidrs || !terms.cidrs.is_empty()).then(|| pb::StringList {
+                    values: terms.cidrs,
+                }),
+                metadata: (no_metadata || !terms.metadata.is_empty()).then(|| pb::StringMap {
+                    entries: terms.metadata.into_iter().collect(),
+                }),
             };
             let key = manage
                 .update_key(authorized(&client, request)?)
@@ -777,6 +901,36 @@ async fn run_keys(command: KeysCommand) -> Result<ExitCode, String> {
                 .map_err(status_text)?
                 .into_inner();
             print_one_or_json(&client, key);
+        }
+        KeysCommand::Rotate {
+            client,
+            key_id,
+            overlap_secs,
+        } => {
+            let mut manage = manage_client(&client).await?;
+            let request = pb::RotateKeyRequest {
+                key_id,
+                overlap: Some(prost_types::Duration {
+                    seconds: overlap_secs.min(i64::MAX as u64) as i64,
+                    nanos: 0,
+                }),
+            };
+            let response = manage
+                .rotate_key(authorized(&client, request)?)
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            let key = response.key.unwrap_or_default();
+            if client.json {
+                println!(
+                    "{}",
+                    json!({"key": key_json(&key), "token": response.token})
+                );
+            } else {
+                print_keys(std::slice::from_ref(&key));
+                println!("\ntoken: {}", response.token);
+                println!("(shown once: only its hash is stored)");
+            }
         }
         KeysCommand::Delete { client, key_id } => {
             let mut manage = manage_client(&client).await?;
@@ -854,6 +1008,10 @@ fn key_json(key: &pb::ApiKey) -> Value {
         "access": key.access.iter().map(|g| json!({"resource": g.resource, "access": access_name(g.access)})).collect::<Vec<_>>(),
         "kind": pb::KeyKind::try_from(key.kind).map(|k| k.as_str_name()).unwrap_or("UNKNOWN"),
         "create_time": time(&key.create_time), "update_time": time(&key.update_time),
+        "expire_time": time(&key.expire_time), "not_before": time(&key.not_before),
+        "enabled": key.enabled,
+        "previous_secret_expire_time": time(&key.previous_secret_expire_time),
+        "allowed_cidrs": key.allowed_cidrs, "metadata": key.metadata,
     })
 }
 
@@ -899,6 +1057,7 @@ mod tests {
         match cli.command {
             Command::Keys(KeysCommand::Delete { key_id, client })
             | Command::Keys(KeysCommand::Get { key_id, client })
+            | Command::Keys(KeysCommand::Rotate { key_id, client, .. })
             | Command::Keys(KeysCommand::Update { key_id, client, .. }) => {
                 assert_eq!(client.server, "http://h:1", "{args:?}");
                 key_id
@@ -911,7 +1070,7 @@ mod tests {
     /// parse as the id, before or after the flags.
     #[test]
     fn key_ids_that_begin_with_a_hyphen_are_ids() {
-        for verb in ["get", "delete", "update"] {
+        for verb in ["get", "delete", "update", "rotate"] {
             for id in ["-jace9rfduigJHh1AJIVA", "qL0w1cT9Rk2tqc8z3mE1aA"] {
                 let before = ["scopegate", "keys", verb, "--server", "http://h:1", id];
                 assert_eq!(parsed_key_id(&before), id);

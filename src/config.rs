@@ -100,6 +100,11 @@ pub struct ServeOptions {
     /// Most keys one account may hold. [default: 100]
     #[arg(long, env = "SCOPEGATE_MAX_KEYS_PER_ACCOUNT")]
     pub max_keys_per_account: Option<usize>,
+    /// Every key must expire within this many seconds of its creation or
+    /// last expiry change (a key without expire_time is refused). Unset: no
+    /// limit.
+    #[arg(long, env = "SCOPEGATE_MAX_KEY_LIFETIME_SECS")]
+    pub max_key_lifetime_secs: Option<u64>,
     /// Where keys live: "standalone" (the sled store in --data-dir is the
     /// truth) or "etcd" (fleet mode: every sidecar of a deployment shares its
     /// keys through etcd; --data-dir holds this sidecar's mirror, served at
@@ -294,6 +299,7 @@ impl ServeOptions {
             token_prefix,
             pepper_file,
             max_keys_per_account,
+            max_key_lifetime_secs,
             store,
             etcd_endpoints,
             etcd_prefix,
@@ -537,7 +543,13 @@ impl ServeOptions {
                 return Err(invalid("tls_cert_file", "is required with tls_key_file"))
             }
         };
+        let max_key_lifetime = match options.max_key_lifetime_secs {
+            None => None,
+            Some(0) => return Err(invalid("max_key_lifetime_secs", "must be at least 1")),
+            Some(secs) => Some(Duration::from_secs(secs)),
+        };
         Ok(ServeConfig {
+            max_key_lifetime,
             fleet,
             max_staleness,
             listen,
@@ -638,6 +650,7 @@ mod tests {
             token_prefix = "TK"
             pepper_file = "/p"
             max_keys_per_account = 7
+            max_key_lifetime_secs = 86400
             drain_timeout_secs = 2.5
             max_concurrent_requests = 9
             store = "etcd"

@@ -17,6 +17,39 @@ pub struct AuthEntry {
     pub scopes: ScopeSet,
     pub account_id: Arc<str>,
     pub kind: KeyKind,
+    /// `None` for a key with no lifecycle limits: it costs one branch.
+    pub limits: Option<Box<KeyLimits>>,
+}
+
+/// What restricts a key beyond its scopes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeyLimits {
+    /// Unix ms; 0: valid from creation.
+    pub not_before_ms: i64,
+    /// Unix ms; 0: never expires.
+    pub expire_ms: i64,
+    pub disabled: bool,
+    /// The secret before the last rotation and when it stops (unix ms).
+    pub previous: Option<([u8; 32], i64)>,
+    /// Empty: any address.
+    pub cidrs: Vec<ipnet::IpNet>,
+    /// Returned with allowed decisions.
+    pub metadata: Option<Arc<Metadata>>,
+}
+
+/// A key's metadata, in key order.
+pub type Metadata = Vec<(String, String)>;
+
+impl KeyLimits {
+    /// Whether anything here can deny or annotate: keys without limits keep
+    /// `AuthEntry::limits` at `None`.
+    pub fn is_empty(&self) -> bool {
+        *self == KeyLimits::default()
+    }
+
+    pub fn is_timed(&self) -> bool {
+        self.not_before_ms != 0 || self.expire_ms != 0 || self.previous.is_some()
+    }
 }
 
 type KeyMap = papaya::HashMap<KeyId, Arc<AuthEntry>, KeyIdHash>;

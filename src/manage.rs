@@ -2,12 +2,14 @@
 //! (known scopes, billing alone, no escalation, account isolation, caps).
 //! Transport-free: the gRPC adapter converts to and from these types.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use subtle::ConstantTimeEq;
 
+use crate::authz::Decision;
 use crate::key::KeyTable;
 use crate::limit::AccountRate;
 use crate::scope::{Access, Catalog, KeyKind, ManageAction, ScopeError, ScopeSet, SharedCatalog};
@@ -19,6 +21,12 @@ pub const DEFAULT_PAGE_SIZE: usize = 50;
 pub const MAX_PAGE_SIZE: usize = 1000;
 const MAX_NAME_CHARS: usize = 100;
 const MAX_ACCOUNT_ID_BYTES: usize = 128;
+const MAX_CIDRS: usize = 32;
+pub const MAX_METADATA_ENTRIES: usize = 16;
+const MAX_METADATA_KEY_BYTES: usize = 64;
+const MAX_METADATA_VALUE_BYTES: usize = 256;
+const MAX_METADATA_BYTES: usize = 2048;
+const MAX_ROTATION_OVERLAP: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 
 /// Who makes a management call.
 #[derive(Debug, Clone)]
@@ -76,6 +84,10 @@ pub enum ManageError {
     AccountFull { account: String, cap: usize },
     #[error("only the admin token may do this")]
     AdminOnly,
+    #[error("{0}")]
+    Inactive(String),
+    #[error("the API key may not be used from this address")]
+    IpNotAllowed,
     #[error("account {account} is changing keys too fast: retry in {} ms", retry_after.as_millis().max(1))]
     RateLimited {
         account: String,
@@ -120,20 +132,47 @@ pub struct KeyView {
     pub kind: KeyKind,
     pub create_time_unix_ms: i64,
     pub update_time_unix_ms: i64,
+    /// 0: none.
+    pub expire_time_unix_ms: i64,
+    pub not_before_unix_ms: i64,
+    pub enabled: bool,
+    /// When the secret before the last rotation stops (0: none).
+    pub previous_secret_expire_unix_ms: i64,
+    pub allowed_cidrs: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
 }
 
+#[derive(Default)]
 pub struct NewKey {
     pub account_id: String,
     pub name: String,
     pub scopes: Vec<String>,
     pub grants: Vec<(String, Access)>,
+    pub terms: KeyTerms,
 }
 
+/// A key's lifecycle settings (all optional).
+#[derive(Debug, Clone, Default)]
+pub struct KeyTerms {
+    /// Unix ms.
+    pub expire_time: Option<i64>,
+    pub not_before: Option<i64>,
+    pub allowed_cidrs: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Default)]
 pub struct KeyChange {
     pub key_id: String,
     pub name: Option<String>,
     pub scopes: Vec<String>,
     pub grants: Vec<(String, Access)>,
+    pub enabled: Option<bool>,
+    /// `Some(None)`: remove the expiry.
+    pub expire_time: Option<Option<i64>>,
+    pub not_before: Option<Option<i64>>,
+    pub allowed_cidrs: Option<Vec<String>>,
+    pub metadata: Option<BTreeMap<String, String>>,
 }
 
 pub struct ListQuery {
@@ -165,6 +204,8 @@ pub struct Manager {
     max_keys_per_account: usize,
     /// Key changes by API keys, per account; `None`: unlimited.
     mutation_rate: Option<AccountRate>,
+    /// Every key must expire within this of now; `None`: no limit.
+    max_key_lifetime: Option<std::time::Duration>,
 }
 
 impl Manager {
@@ -182,7 +223,14 @@ impl Manager {
             admin_token_hash: admin_token_hash(admin_token),
             max_keys_per_account,
             mutation_rate: None,
+            max_key_lifetime: None,
         }
+    }
+
+    /// Every key must have an expiry no further than `lifetime` from now.
+    pub fn with_max_key_lifetime(mut self, lifetime: Option<std::time::Duration>) -> Manager {
+        self.max_key_lifetime = lifetime;
+        self
     }
 
     /// Limits key changes by the API keys of one account to `per_second`
@@ -209,6 +257,17 @@ impl Manager {
 
     /// Identifies the caller from its bearer credential.
     pub fn authenticate(&self, bearer: Option<&str>) -> Result<Caller, ManageError> {
+        self.authenticate_from(bearer, None)
+    }
+
+    /// Identifies the caller; an API key is held to everything Check holds
+    /// it to (secret or the previous one within its overlap, enabled, within
+    /// its validity window, from an allowed address).
+    pub fn authenticate_from(
+        &self,
+        bearer: Option<&str>,
+        client_ip: Option<std::net::IpAddr>,
+    ) -> Result<Caller, ManageError> {
         let Some(presented) = bearer.filter(|token| !token.is_empty()) else {
             return Err(ManageError::MissingCredentials);
         };
@@ -219,16 +278,42 @@ impl Manager {
             .format
             .parse(presented)
             .map_err(|_| ManageError::BadCredentials)?;
+        let decision = crate::authz::decide_from(
+            self.table(),
+            &self.format,
+            presented,
+            client_ip,
+            &ScopeSet::EMPTY,
+        );
+        match decision {
+            Decision::Allowed { .. } => {}
+            Decision::Expired | Decision::Disabled => {
+                return Err(ManageError::Inactive(
+                    decision.message(&self.catalog.load()),
+                ))
+            }
+            Decision::IpNotAllowed => return Err(ManageError::IpNotAllowed),
+            _ => return Err(ManageError::BadCredentials),
+        }
         let entry = self
             .table()
             .get(&parsed.key_id)
-            .filter(|entry| self.format.verify(&parsed, &entry.secret_hash))
             .ok_or(ManageError::BadCredentials)?;
+        let secret_hash = if self.format.verify(&parsed, &entry.secret_hash) {
+            entry.secret_hash
+        } else {
+            entry
+                .limits
+                .as_ref()
+                .and_then(|limits| limits.previous)
+                .map(|(hash, _)| hash)
+                .ok_or(ManageError::BadCredentials)?
+        };
         Ok(Caller::Key {
             key_id: parsed.key_id,
             account_id: entry.account_id.clone(),
             scopes: entry.scopes,
-            secret_hash: entry.secret_hash,
+            secret_hash,
         })
     }
 
@@ -290,6 +375,12 @@ impl Manager {
         let scopes = self.requested_scopes(caller, &request.scopes, &request.grants)?;
         let issued = self.format.issue();
         let now = now_unix_ms();
+        let terms = &request.terms;
+        let (not_before, expire) = self.validity(
+            now,
+            terms.not_before.unwrap_or(0),
+            terms.expire_time.unwrap_or(0),
+        )?;
         let record = KeyRecord {
             version: KeyRecord::VERSION,
             key_id: issued.key_id.as_bytes().to_vec(),
@@ -300,6 +391,11 @@ impl Manager {
             create_time_unix_ms: now,
             update_time_unix_ms: now,
             created_by: caller.to_string(),
+            expire_time_unix_ms: expire,
+            not_before_unix_ms: not_before,
+            allowed_cidrs: validate_cidrs(&terms.allowed_cidrs)?,
+            metadata: validate_metadata(&terms.metadata)?,
+            ..KeyRecord::default()
         };
         let view = self.view(&record)?;
         let catalog = self.catalog.load_full();
@@ -390,12 +486,30 @@ impl Manager {
         let id = parse_key_id(&change.key_id)?;
         let name = change.name.as_deref().map(validate_name).transpose()?;
         let replace_scopes = !change.scopes.is_empty() || !change.grants.is_empty();
-        if name.is_none() && !replace_scopes {
+        let lifecycle = change.enabled.is_some()
+            || change.expire_time.is_some()
+            || change.not_before.is_some()
+            || change.allowed_cidrs.is_some()
+            || change.metadata.is_some();
+        if name.is_none() && !replace_scopes && !lifecycle {
             return Err(invalid(
                 "name",
-                "nothing to update: give a name, scopes or grants",
+                "nothing to update: give a name, scopes, grants, enabled, expiry, allowed CIDRs or metadata",
             ));
         }
+        let cidrs = change
+            .allowed_cidrs
+            .as_deref()
+            .map(validate_cidrs)
+            .transpose()?;
+        let metadata = change
+            .metadata
+            .as_ref()
+            .map(validate_metadata)
+            .transpose()?;
+        let (enabled, expire_change, not_before_change) =
+            (change.enabled, change.expire_time, change.not_before);
+        let max_lifetime = self.max_key_lifetime;
         let new_scopes = if replace_scopes {
             Some(self.requested_scopes(caller, &change.scopes, &change.grants)?)
         } else {
@@ -419,7 +533,27 @@ impl Manager {
                     check_no_escalation(&catalog, &caller, scopes)?;
                     updated.scopes = catalog.names(scopes);
                 }
-                updated.update_time_unix_ms = now_unix_ms();
+                let now = now_unix_ms();
+                if let Some(enabled) = enabled {
+                    updated.disabled = !enabled;
+                }
+                if let Some(cidrs) = &cidrs {
+                    updated.allowed_cidrs = cidrs.clone();
+                }
+                if let Some(metadata) = &metadata {
+                    updated.metadata = metadata.clone();
+                }
+                if expire_change.is_some() || not_before_change.is_some() {
+                    let not_before =
+                        not_before_change.map_or(updated.not_before_unix_ms, |v| v.unwrap_or(0));
+                    let expire =
+                        expire_change.map_or(updated.expire_time_unix_ms, |v| v.unwrap_or(0));
+                    let (not_before, expire) = validity(now, not_before, expire, max_lifetime)?;
+                    updated.not_before_unix_ms = not_before;
+                    updated.expire_time_unix_ms = expire;
+                }
+                updated.version = KeyRecord::VERSION;
+                updated.update_time_unix_ms = now;
                 Ok::<_, ManageError>((Change::Update(updated.clone()), (current.clone(), updated)))
             })
             .await
@@ -431,6 +565,76 @@ impl Manager {
             count_key(after.kind, 1.0);
         }
         Ok(after)
+    }
+
+    /// A new secret for the same key; the previous one keeps working for
+    /// `overlap` (zero: it stops at once). At most one previous secret: a
+    /// second rotation drops the one before.
+    pub async fn rotate(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        overlap: std::time::Duration,
+    ) -> Result<(KeyView, String), ManageError> {
+        let result = self.rotate_key(caller, key_id, overlap).await;
+        record_mutation("rotate", &result);
+        result
+    }
+
+    async fn rotate_key(
+        &self,
+        caller: &Caller,
+        key_id: &str,
+        overlap: std::time::Duration,
+    ) -> Result<(KeyView, String), ManageError> {
+        self.require(caller, ManageAction::Update)?;
+        self.admit_mutation(caller)?;
+        let id = parse_key_id(key_id)?;
+        if overlap > MAX_ROTATION_OVERLAP {
+            return Err(invalid(
+                "overlap",
+                format!(
+                    "is longer than {} days",
+                    MAX_ROTATION_OVERLAP.as_secs() / 86_400
+                ),
+            ));
+        }
+        let issued = self.format.reissue(id);
+        let secret_hash = issued.secret_hash;
+        let catalog = self.catalog.load_full();
+        let guard = caller.clone();
+        let key_id_text = key_id.to_owned();
+        let (_, rotated) = self
+            .store
+            .mutate(caller_reads(caller, Some(id)), move |snapshot| {
+                let current = snapshot.get(&id).ok_or(StoreError::NotFound)?;
+                let caller = current_caller(snapshot, &catalog, &guard)?;
+                require(&catalog, &caller, ManageAction::Update)?;
+                check_may_change(&catalog, &caller, current, &key_id_text)?;
+                let now = now_unix_ms();
+                let mut rotated = current.clone();
+                if overlap.is_zero() {
+                    rotated.previous_secret_hash.clear();
+                    rotated.previous_secret_expire_unix_ms = 0;
+                } else {
+                    rotated.previous_secret_hash = current.secret_hash.clone();
+                    rotated.previous_secret_expire_unix_ms = now + overlap.as_millis() as i64;
+                }
+                rotated.secret_hash = secret_hash.to_vec();
+                rotated.version = KeyRecord::VERSION;
+                rotated.update_time_unix_ms = now;
+                Ok::<_, ManageError>((Change::Update(rotated.clone()), (current.clone(), rotated)))
+            })
+            .await
+            .map_err(|error| not_found_as(error, key_id))?;
+        tracing::info!(%caller, key_id = %id, overlap_secs = overlap.as_secs(), "key rotated");
+        Ok((self.view(&rotated)?, issued.token))
+    }
+
+    /// Checks a validity window (unix ms; 0 = unset) against the server's
+    /// maximum key lifetime.
+    fn validity(&self, now: i64, not_before: i64, expire: i64) -> Result<(i64, i64), ManageError> {
+        validity(now, not_before, expire, self.max_key_lifetime)
     }
 
     pub async fn delete(&self, caller: &Caller, key_id: &str) -> Result<(), ManageError> {
@@ -531,6 +735,16 @@ impl Manager {
             kind,
             create_time_unix_ms: record.create_time_unix_ms,
             update_time_unix_ms: record.update_time_unix_ms,
+            expire_time_unix_ms: record.expire_time_unix_ms,
+            not_before_unix_ms: record.not_before_unix_ms,
+            enabled: !record.disabled,
+            previous_secret_expire_unix_ms: if record.previous_secret_hash.is_empty() {
+                0
+            } else {
+                record.previous_secret_expire_unix_ms
+            },
+            allowed_cidrs: record.allowed_cidrs.clone(),
+            metadata: record.metadata.clone(),
         })
     }
 }
@@ -554,6 +768,8 @@ fn record_mutation<T>(kind: &'static str, result: &Result<T, ManageError>) {
             | ManageError::TargetStronger { .. }
             | ManageError::OtherAccount
             | ManageError::AdminOnly
+            | ManageError::Inactive(_)
+            | ManageError::IpNotAllowed
             | ManageError::AccountFull { .. },
         ) => "denied",
         Err(ManageError::RateLimited { .. }) => "rate_limited",
@@ -604,12 +820,23 @@ fn current_caller(
     else {
         return Ok(Caller::Admin);
     };
+    let now = crate::authz::now_unix_ms();
     let record = snapshot
         .get(key_id)
         .filter(|record| {
-            record.account_id == **account_id && record.secret_hash.as_slice() == secret_hash
+            let secret = record.secret_hash.as_slice() == secret_hash
+                || (record.previous_secret_hash.as_slice() == secret_hash
+                    && now < record.previous_secret_expire_unix_ms);
+            record.account_id == **account_id && secret
         })
         .ok_or(ManageError::BadCredentials)?;
+    let window = (record.not_before_unix_ms == 0 || now >= record.not_before_unix_ms)
+        && (record.expire_time_unix_ms == 0 || now < record.expire_time_unix_ms);
+    if record.disabled || !window {
+        return Err(ManageError::Inactive(
+            "the calling API key is disabled or outside its validity window".into(),
+        ));
+    }
     let scopes = catalog
         .resolve(record.scopes.iter().map(String::as_str))
         .map_err(|source| StoreError::CatalogMismatch {
@@ -713,6 +940,117 @@ fn validate_name(name: &str) -> Result<String, ManageError> {
         return Err(invalid("name", "must not contain control characters"));
     }
     Ok(name.to_owned())
+}
+
+/// A validity window (unix ms; 0 = unset): the expiry in the future, the
+/// start before it, and within the maximum lifetime if there is one.
+fn validity(
+    now: i64,
+    not_before: i64,
+    expire: i64,
+    max_lifetime: Option<std::time::Duration>,
+) -> Result<(i64, i64), ManageError> {
+    if not_before < 0 || expire < 0 {
+        return Err(invalid("expire_time", "must be after 1970"));
+    }
+    if expire != 0 && expire <= now {
+        return Err(invalid("expire_time", "is in the past"));
+    }
+    if expire != 0 && not_before != 0 && not_before >= expire {
+        return Err(invalid("not_before", "must be before expire_time"));
+    }
+    if let Some(max) = max_lifetime {
+        let latest = now + max.as_millis() as i64;
+        if expire == 0 {
+            return Err(invalid(
+                "expire_time",
+                format!("is required: this server allows keys of at most {} s (--max-key-lifetime-secs)", max.as_secs()),
+            ));
+        }
+        if expire > latest {
+            return Err(invalid(
+                "expire_time",
+                format!(
+                    "is more than {} s away (--max-key-lifetime-secs)",
+                    max.as_secs()
+                ),
+            ));
+        }
+    }
+    Ok((not_before, expire))
+}
+
+/// Parses and normalises CIDRs (a bare address is its /32 or /128).
+fn validate_cidrs(cidrs: &[String]) -> Result<Vec<String>, ManageError> {
+    if cidrs.len() > MAX_CIDRS {
+        return Err(invalid(
+            "allowed_cidrs",
+            format!("holds more than {MAX_CIDRS} entries"),
+        ));
+    }
+    cidrs
+        .iter()
+        .map(|text| {
+            let text = text.trim();
+            text.parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|net| net.trunc().to_string())
+                .map_err(|_| {
+                    invalid(
+                        "allowed_cidrs",
+                        format!("`{text}` is not a CIDR (e.g. 203.0.113.0/24, 2001:db8::/32) or an address"),
+                    )
+                })
+        })
+        .collect()
+}
+
+/// Bounded: entries, key shape and length, value length, total size.
+fn validate_metadata(
+    metadata: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, ManageError> {
+    if metadata.len() > MAX_METADATA_ENTRIES {
+        return Err(invalid(
+            "metadata",
+            format!("holds more than {MAX_METADATA_ENTRIES} entries"),
+        ));
+    }
+    let mut total = 0;
+    for (key, value) in metadata {
+        let valid_key = (1..=MAX_METADATA_KEY_BYTES).contains(&key.len())
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if !valid_key {
+            return Err(invalid(
+                "metadata",
+                format!(
+                    "key `{}` must be 1 to {MAX_METADATA_KEY_BYTES} of [A-Za-z0-9_.-]",
+                    key.chars().take(80).collect::<String>()
+                ),
+            ));
+        }
+        if value.len() > MAX_METADATA_VALUE_BYTES {
+            return Err(invalid(
+                "metadata",
+                format!("the value of `{key}` is longer than {MAX_METADATA_VALUE_BYTES} bytes"),
+            ));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(invalid(
+                "metadata",
+                format!("the value of `{key}` holds control characters"),
+            ));
+        }
+        total += key.len() + value.len();
+    }
+    if total > MAX_METADATA_BYTES {
+        return Err(invalid(
+            "metadata",
+            format!("is larger than {MAX_METADATA_BYTES} bytes in all"),
+        ));
+    }
+    Ok(metadata.clone())
 }
 
 fn validate_account_id(account_id: &str) -> Result<String, ManageError> {

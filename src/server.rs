@@ -38,6 +38,8 @@ const MIN_ADMIN_TOKEN_CHARS: usize = 16;
 /// Everything `serve` needs, resolved and validated (see `config.rs`).
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
+    /// Every key must expire within this; `None`: no limit.
+    pub max_key_lifetime: Option<Duration>,
     /// Fleet mode (etcd is the source of truth); `None`: standalone.
     pub fleet: Option<FleetConfig>,
     /// Fleet mode: fail closed when etcd has not been heard for this long.
@@ -261,7 +263,8 @@ pub async fn run(
             &admin_token,
             config.max_keys_per_account,
         )
-        .with_mutation_rate(limits.mutations_per_account_per_sec),
+        .with_mutation_rate(limits.mutations_per_account_per_sec)
+        .with_max_key_lifetime(config.max_key_lifetime),
     );
     drop(admin_token);
     let admin = AdminServer::new(AdminService {

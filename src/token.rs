@@ -166,6 +166,11 @@ impl TokenFormat {
         self.issue_for(KeyId::random())
     }
 
+    /// A new secret for an existing key id (rotation).
+    pub fn reissue(&self, key_id: KeyId) -> IssuedToken {
+        self.issue_for(key_id)
+    }
+
     fn issue_for(&self, key_id: KeyId) -> IssuedToken {
         let mut secret_bytes = zeroize::Zeroizing::new([0; SECRET_BYTES]);
         getrandom::fill(&mut *secret_bytes).expect("the OS random source works");

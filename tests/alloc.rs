@@ -57,6 +57,7 @@ fn the_allow_path_does_not_allocate() {
                 scopes,
                 account_id: "acme".into(),
                 kind: KeyKind::General,
+                limits: None,
             }),
         );
         tokens.push(issued.token);

@@ -135,6 +135,7 @@ async fn ext_authz_and_check_http_agree_on_every_decision() {
                             method: method.into(),
                             path: path.into(),
                         }),
+                        ..Default::default()
                     })
                     .await
                     .unwrap()
@@ -393,6 +394,7 @@ async fn unauthenticated_answers_do_not_reveal_routes() {
                         method: "POST".into(),
                         path: path.into(),
                     }),
+                    ..Default::default()
                 })
                 .await
                 .unwrap()

@@ -189,6 +189,7 @@ impl World {
                             name: "k".into(),
                             scopes: requested.iter().cloned().collect(),
                             grants: vec![],
+                            ..Default::default()
                         },
                     )
                     .await;
@@ -240,6 +241,7 @@ impl World {
                             name: None,
                             scopes: requested.iter().cloned().collect(),
                             grants: vec![],
+                            ..Default::default()
                         },
                     )
                     .await;
@@ -351,8 +353,7 @@ proptest! {
                 let scopes: BTreeSet<String> = names(0b0111111);
                 let (view, token) = world.manager.create(&admin, NewKey {
                     account_id: account.into(), name: "root".into(),
-                    scopes: scopes.iter().cloned().collect(), grants: vec![],
-                }).await.unwrap();
+                    scopes: scopes.iter().cloned().collect(), grants: vec![], ..Default::default() }).await.unwrap();
                 world.ever.push(view.key_id.clone());
                 world.model.insert(view.key_id.clone(), ModelKey { account: account.into(), scopes: scopes.clone(), token: token.clone() });
                 let caller = world.manager.authenticate(Some(&token)).unwrap();

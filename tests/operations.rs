@@ -886,6 +886,7 @@ async fn a_reload_swaps_catalog_and_routes_together_or_neither() {
                 method: "GET".into(),
                 path: "/v3/reports".into(),
             }),
+            ..Default::default()
         })
         .await
         .expect("the old routes must still be answerable")

@@ -39,6 +39,7 @@ fn new_key(name: &str, scopes: &[&str], api_keys: bool) -> NewKey {
         } else {
             vec![]
         },
+        ..Default::default()
     }
 }
 
@@ -48,6 +49,7 @@ fn change(key_id: &str, scopes: &[&str]) -> KeyChange {
         name: None,
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         grants: vec![],
+        ..Default::default()
     }
 }
 

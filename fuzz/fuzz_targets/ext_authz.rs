@@ -30,6 +30,7 @@ fn service() -> &'static (ExtAuthzService, tokio::runtime::Runtime) {
                 scopes: catalog.all_scopes(),
                 account_id: "acme".into(),
                 kind: KeyKind::General,
+                limits: None,
             }),
         );
         let readiness = Arc::new(Readiness::default());

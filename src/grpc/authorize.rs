@@ -24,6 +24,15 @@ impl Authorize for AuthorizeService {
         context.readiness.check()?;
         let request = request.into_inner();
         let started = std::time::Instant::now();
+        let client_ip = match request.client_ip.as_str() {
+            "" => None,
+            text => Some(text.parse::<std::net::IpAddr>().map_err(|_| {
+                bad_request(
+                    "client_ip",
+                    format!("`{text}` is not an IPv4 or IPv6 address"),
+                )
+            })?),
+        };
         let policy = context.policy.load();
         let decision = match &request.http {
             Some(http) => {
@@ -33,13 +42,15 @@ impl Authorize for AuthorizeService {
                 if http.method.is_empty() {
                     return Err(bad_request("http.method", "is required"));
                 }
-                authz::decide_http(
+                authz::decide_http_request(
                     &context.keys,
                     &context.format,
                     &policy.routes,
                     &request.token,
                     &http.method,
                     &http.path,
+                    false,
+                    client_ip,
                 )
                 .0
             }
@@ -51,7 +62,13 @@ impl Authorize for AuthorizeService {
                     .catalog
                     .resolve(request.scopes.iter().map(String::as_str))
                     .map_err(|error| scope_status("scopes", &error))?;
-                authz::decide(&context.keys, &context.format, &request.token, &required)
+                authz::decide_from(
+                    &context.keys,
+                    &context.format,
+                    &request.token,
+                    client_ip,
+                    &required,
+                )
             }
         };
         metrics::histogram!("scopegate_decision_seconds", "api" => "check")
@@ -67,10 +84,17 @@ impl AuthorizeService {
             ..Default::default()
         };
         let code = match decision {
-            Decision::Allowed { key_id, account_id } => {
+            Decision::Allowed {
+                key_id,
+                account_id,
+                metadata,
+            } => {
                 response.allowed = true;
                 response.key_id = key_id.to_string();
                 response.account_id = account_id.to_string();
+                if let Some(metadata) = metadata {
+                    response.metadata = metadata.iter().cloned().collect();
+                }
                 pb::Decision::Allowed
             }
             Decision::MissingToken => pb::Decision::MissingToken,
@@ -89,6 +113,9 @@ impl AuthorizeService {
             Decision::NoRoute => pb::Decision::NoRoute,
             Decision::InvalidPath => pb::Decision::InvalidPath,
             Decision::MethodOverride => pb::Decision::MethodOverride,
+            Decision::Expired => pb::Decision::Expired,
+            Decision::Disabled => pb::Decision::Disabled,
+            Decision::IpNotAllowed => pb::Decision::IpNotAllowed,
         };
         metrics::counter!("scopegate_decisions_total", "api" => "check", "decision" => code.as_str_name()).increment(1);
         self.context.log_decision(

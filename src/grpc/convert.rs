@@ -41,6 +41,25 @@ pub(super) fn grants_from_pb(
         .collect()
 }
 
+/// A timestamp from a request as unix ms; `field` names it in the error.
+pub(super) fn unix_ms(field: &str, time: &prost_types::Timestamp) -> Result<i64, tonic::Status> {
+    if !(0..1_000_000_000).contains(&time.nanos)
+        || time.seconds < 0
+        || time.seconds > 253_402_300_799
+    {
+        return Err(bad_request(
+            field,
+            "is not a valid time (after 1970, before 10000)",
+        ));
+    }
+    Ok(time.seconds * 1000 + i64::from(time.nanos) / 1_000_000)
+}
+
+/// 0 means "unset".
+fn optional_timestamp(unix_ms: i64) -> Option<prost_types::Timestamp> {
+    (unix_ms != 0).then(|| timestamp(unix_ms))
+}
+
 fn timestamp(unix_ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: unix_ms.div_euclid(1000),
@@ -68,6 +87,12 @@ pub(super) fn key_to_pb(view: KeyView) -> pb::ApiKey {
         } as i32,
         create_time: Some(timestamp(view.create_time_unix_ms)),
         update_time: Some(timestamp(view.update_time_unix_ms)),
+        expire_time: optional_timestamp(view.expire_time_unix_ms),
+        not_before: optional_timestamp(view.not_before_unix_ms),
+        enabled: view.enabled,
+        previous_secret_expire_time: optional_timestamp(view.previous_secret_expire_unix_ms),
+        allowed_cidrs: view.allowed_cidrs,
+        metadata: view.metadata.into_iter().collect(),
     }
 }
 

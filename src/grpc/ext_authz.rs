@@ -108,6 +108,7 @@ impl Authorization for ExtAuthzService {
                 &http.method,
                 &http.path,
                 has_method_override(http),
+                source_ip(&request),
             ),
         };
         metrics::histogram!("scopegate_decision_seconds", "api" => "ext_authz")
@@ -181,18 +182,43 @@ impl ExtAuthzService {
         let decision_name = decision_name(&decision);
         metrics::counter!("scopegate_decisions_total", "api" => "ext_authz", "decision" => decision_name).increment(1);
         let (key_id, account_id) = match &decision {
-            Decision::Allowed { key_id, account_id }
+            Decision::Allowed {
+                key_id, account_id, ..
+            }
             | Decision::InsufficientScope {
                 key_id, account_id, ..
             } => (key_id.to_string(), account_id.to_string()),
             _ => (String::new(), String::new()),
         };
-        let metadata = metadata([
+        let mut metadata = metadata([
             key_id.as_str(),
             account_id.as_str(),
             scope.unwrap_or(""),
             decision_name,
         ]);
+        // The key's own metadata, for access logs and later filters; never
+        // as upstream headers.
+        if let Decision::Allowed {
+            metadata: Some(key_metadata),
+            ..
+        } = &decision
+        {
+            let fields = key_metadata
+                .iter()
+                .map(|(name, value)| {
+                    let value = Value {
+                        kind: Some(Kind::StringValue(value.clone())),
+                    };
+                    (name.clone(), value)
+                })
+                .collect();
+            metadata.fields.insert(
+                "key_metadata".into(),
+                Value {
+                    kind: Some(Kind::StructValue(Struct { fields })),
+                },
+            );
+        }
         self.context
             .log_decision("ext_authz", decision_name, &key_id, &account_id, scope);
         let mut response = CheckResponse::new();
@@ -226,9 +252,11 @@ impl ExtAuthzService {
         }
         let message = decision.message(catalog);
         let (http_status, code) = match decision {
-            Decision::MissingToken | Decision::MalformedToken | Decision::UnknownKey => {
-                (HttpStatusCode::Unauthorized, Code::Unauthenticated)
-            }
+            Decision::MissingToken
+            | Decision::MalformedToken
+            | Decision::UnknownKey
+            | Decision::Expired
+            | Decision::Disabled => (HttpStatusCode::Unauthorized, Code::Unauthenticated),
             Decision::InvalidPath | Decision::MethodOverride => {
                 (HttpStatusCode::BadRequest, Code::InvalidArgument)
             }
@@ -295,6 +323,22 @@ fn unavailable(reason: &str) -> CheckResponse {
     response
 }
 
+/// The downstream address Envoy reports (`attributes.source.address`).
+fn source_ip(request: &CheckRequest) -> Option<std::net::IpAddr> {
+    use envoy_types::pb::envoy::config::core::v3::address::Address;
+    let address = request
+        .attributes
+        .as_ref()?
+        .source
+        .as_ref()?
+        .address
+        .as_ref()?;
+    match address.address.as_ref()? {
+        Address::SocketAddress(socket) => socket.address.parse().ok(),
+        _ => None,
+    }
+}
+
 /// Headers with which clients ask an upstream to act on another method.
 const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
     "x-http-method-override",
@@ -321,6 +365,9 @@ fn decision_name(decision: &Decision) -> &'static str {
         Decision::NoRoute => Wire::NoRoute,
         Decision::InvalidPath => Wire::InvalidPath,
         Decision::MethodOverride => Wire::MethodOverride,
+        Decision::Expired => Wire::Expired,
+        Decision::Disabled => Wire::Disabled,
+        Decision::IpNotAllowed => Wire::IpNotAllowed,
     }
     .as_str_name()
 }

@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{grants_from_pb, key_to_pb, scopes_to_pb};
+use super::convert::{grants_from_pb, key_to_pb, scopes_to_pb, unix_ms};
 use super::pb::{self, manage_key_server::ManageKey};
+use super::status::bad_request;
 use super::Readiness;
-use crate::manage::{Caller, KeyChange, ListQuery, ManageError, Manager, NewKey};
+use crate::manage::{Caller, KeyChange, KeyTerms, ListQuery, ManageError, Manager, NewKey};
 
 pub struct ManageKeyService {
     pub manager: Arc<Manager>,
@@ -17,7 +18,10 @@ pub struct ManageKeyService {
 impl ManageKeyService {
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         self.readiness.check()?;
-        Ok(self.manager.authenticate(bearer(request)?)?)
+        let client_ip = request.remote_addr().map(|addr| addr.ip());
+        Ok(self
+            .manager
+            .authenticate_from(bearer(request)?, client_ip)?)
     }
 }
 
@@ -56,11 +60,26 @@ impl ManageKey for ManageKeyService {
     ) -> Result<Response<pb::CreateKeyResponse>, Status> {
         let caller = self.caller(&request)?;
         let request = request.into_inner();
+        let terms = KeyTerms {
+            expire_time: request
+                .expire_time
+                .as_ref()
+                .map(|time| unix_ms("expire_time", time))
+                .transpose()?,
+            not_before: request
+                .not_before
+                .as_ref()
+                .map(|time| unix_ms("not_before", time))
+                .transpose()?,
+            allowed_cidrs: request.allowed_cidrs,
+            metadata: request.metadata.into_iter().collect(),
+        };
         let new_key = NewKey {
             account_id: request.account_id,
             name: request.name,
             scopes: request.scopes,
             grants: grants_from_pb(request.grants)?,
+            terms,
         };
         let manager = self.manager.clone();
         let (view, token) = detached(async move { manager.create(&caller, new_key).await }).await?;
@@ -103,11 +122,32 @@ impl ManageKey for ManageKeyService {
     ) -> Result<Response<pb::ApiKey>, Status> {
         let caller = self.caller(&request)?;
         let request = request.into_inner();
+        let time_change =
+            |field: &str, time: &Option<prost_types::Timestamp>, clear: bool| match (time, clear) {
+                (Some(_), true) => Err(bad_request(
+                    field,
+                    format!("give {field} or clear_{field}, not both"),
+                )),
+                (Some(time), false) => Ok(Some(Some(unix_ms(field, time)?))),
+                (None, true) => Ok(Some(None)),
+                (None, false) => Ok(None),
+            };
         let change = KeyChange {
+            expire_time: time_change(
+                "expire_time",
+                &request.expire_time,
+                request.clear_expire_time,
+            )?,
+            not_before: time_change("not_before", &request.not_before, request.clear_not_before)?,
             key_id: request.key_id,
             name: request.name,
             scopes: request.scopes,
             grants: grants_from_pb(request.grants)?,
+            enabled: request.enabled,
+            allowed_cidrs: request.allowed_cidrs.map(|list| list.values),
+            metadata: request
+                .metadata
+                .map(|map| map.entries.into_iter().collect()),
         };
         let manager = self.manager.clone();
         let view = detached(async move { manager.update(&caller, change).await }).await?;
@@ -122,6 +162,27 @@ impl ManageKey for ManageKeyService {
         let (manager, key_id) = (self.manager.clone(), request.into_inner().key_id);
         detached(async move { manager.delete(&caller, &key_id).await }).await?;
         Ok(Response::new(pb::DeleteKeyResponse {}))
+    }
+
+    async fn rotate_key(
+        &self,
+        request: Request<pb::RotateKeyRequest>,
+    ) -> Result<Response<pb::CreateKeyResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let request = request.into_inner();
+        let overlap = match request.overlap {
+            None => std::time::Duration::ZERO,
+            Some(overlap) => std::time::Duration::try_from(overlap)
+                .map_err(|_| bad_request("overlap", "must not be negative"))?,
+        };
+        let manager = self.manager.clone();
+        let (view, token) =
+            detached(async move { manager.rotate(&caller, &request.key_id, overlap).await })
+                .await?;
+        Ok(Response::new(pb::CreateKeyResponse {
+            key: Some(key_to_pb(view)),
+            token,
+        }))
     }
 
     async fn list_scopes(

@@ -25,9 +25,10 @@ impl From<ManageError> for Status {
     fn from(error: ManageError) -> Status {
         let message = error.to_string();
         match error {
-            ManageError::MissingCredentials | ManageError::BadCredentials => {
-                Status::unauthenticated(message)
-            }
+            ManageError::MissingCredentials
+            | ManageError::BadCredentials
+            | ManageError::Inactive(_) => Status::unauthenticated(message),
+            ManageError::IpNotAllowed => Status::permission_denied(message),
             ManageError::NeedsScope(_)
             | ManageError::Escalation(_)
             | ManageError::TargetStronger { .. }

@@ -596,11 +596,16 @@ impl Store {
                     key_id: key_id().to_string(),
                     reason: "secret hash is not 32 bytes".into(),
                 })?;
+        let limits = record.limits().map_err(|reason| StoreError::Corrupt {
+            key_id: key_id().to_string(),
+            reason,
+        })?;
         Ok(AuthEntry {
             secret_hash,
             scopes,
             account_id: record.account_id.as_str().into(),
             kind,
+            limits,
         })
     }
 

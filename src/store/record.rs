@@ -1,6 +1,7 @@
 //! The on-disk encoding of a key: a versioned protobuf message (prost), so
 //! fields can be added without rewriting stores.
 
+use crate::key::{KeyLimits, Metadata};
 use crate::token::KeyId;
 
 /// Version of the whole store layout, kept in the `meta` tree.
@@ -30,10 +31,67 @@ pub struct KeyRecord {
     /// "admin" or the key id of the API key that created it.
     #[prost(string, tag = "9")]
     pub created_by: String,
+    /// Version 2 on: the lifecycle. 0 = none.
+    #[prost(int64, tag = "10")]
+    pub expire_time_unix_ms: i64,
+    #[prost(int64, tag = "11")]
+    pub not_before_unix_ms: i64,
+    #[prost(bool, tag = "12")]
+    pub disabled: bool,
+    /// After a rotation with overlap: the previous secret's hash, and when it
+    /// stops working.
+    #[prost(bytes = "vec", tag = "13")]
+    pub previous_secret_hash: Vec<u8>,
+    #[prost(int64, tag = "14")]
+    pub previous_secret_expire_unix_ms: i64,
+    #[prost(string, repeated, tag = "15")]
+    pub allowed_cidrs: Vec<String>,
+    #[prost(btree_map = "string, string", tag = "16")]
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 impl KeyRecord {
-    pub const VERSION: u32 = 1;
+    /// 1: the first release. 2: lifecycle fields (expiry, not-before,
+    /// disabled, previous secret, allowed CIDRs, metadata). A build that reads
+    /// only version 1 refuses version 2 records instead of ignoring an expiry.
+    pub const VERSION: u32 = 2;
+
+    /// The hot-path view of the lifecycle fields; `None` when there are none.
+    pub fn limits(&self) -> Result<Option<Box<KeyLimits>>, String> {
+        let previous = match self.previous_secret_hash.as_slice() {
+            [] => None,
+            hash => Some((
+                hash.try_into()
+                    .map_err(|_| "previous secret hash is not 32 bytes".to_owned())?,
+                self.previous_secret_expire_unix_ms,
+            )),
+        };
+        let cidrs = self
+            .allowed_cidrs
+            .iter()
+            .map(|cidr| {
+                cidr.parse::<ipnet::IpNet>()
+                    .map_err(|_| format!("allowed CIDR `{cidr}` does not parse"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let metadata = (!self.metadata.is_empty()).then(|| {
+            std::sync::Arc::new(
+                self.metadata
+                    .iter()
+                    .map(|(key, value)| (key.clone(), value.clone()))
+                    .collect::<Metadata>(),
+            )
+        });
+        let limits = KeyLimits {
+            not_before_ms: self.not_before_unix_ms,
+            expire_ms: self.expire_time_unix_ms,
+            disabled: self.disabled,
+            previous,
+            cidrs,
+            metadata,
+        };
+        Ok((!limits.is_empty()).then(|| Box::new(limits)))
+    }
 
     pub fn key_id(&self) -> Option<KeyId> {
         let bytes: [u8; 16] = self.key_id.as_slice().try_into().ok()?;

@@ -264,6 +264,7 @@ pub fn create(account: &str, name: &str, scopes: &[&str]) -> pb::CreateKeyReques
         name: name.into(),
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         grants: vec![],
+        ..Default::default()
     }
 }
 
@@ -291,6 +292,7 @@ pub async fn http_decision(
             method: "GET".into(),
             path: path.into(),
         }),
+        ..Default::default()
     };
     let response = authorize.check(request).await.unwrap().into_inner();
     pb::Decision::try_from(response.decision).unwrap()
@@ -301,6 +303,7 @@ pub fn check(token: &str, scopes: &[&str]) -> pb::CheckRequest {
         token: token.into(),
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         http: None,
+        ..Default::default()
     }
 }
 
