@@ -99,22 +99,41 @@ pub fn decide_http(
     method: &str,
     path: &str,
 ) -> (Decision, Option<ScopeId>) {
-    decide_http_request(keys, format, routes, token, method, path, false, None)
+    let request = HttpCheck {
+        method,
+        path,
+        method_override: false,
+        client_ip: None,
+    };
+    decide_http_request(keys, format, routes, token, &request)
 }
 
-/// [`decide_http`] for a request that may carry a method-override header:
-/// refused (after authentication, like every routing outcome) unless the
-/// route table allows such headers.
+/// What an HTTP check knows of the request besides the token.
+#[derive(Clone, Copy)]
+pub struct HttpCheck<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    /// It carries a method-override header (ext_authz).
+    pub method_override: bool,
+    pub client_ip: Option<IpAddr>,
+}
+
+/// [`decide_http`] for a request that may carry a method-override header
+/// (refused, after authentication like every routing outcome, unless the
+/// route table allows such headers) and whose address may be known.
 pub fn decide_http_request(
     keys: &KeyTable,
     format: &TokenFormat,
     routes: &RouteTable,
     token: &str,
-    method: &str,
-    path: &str,
-    method_override: bool,
-    client_ip: Option<IpAddr>,
+    request: &HttpCheck<'_>,
 ) -> (Decision, Option<ScopeId>) {
+    let HttpCheck {
+        method,
+        path,
+        method_override,
+        client_ip,
+    } = *request;
     if method_override && !routes.allows_method_override() {
         return (
             decide_with(

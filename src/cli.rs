@@ -888,10 +888,10 @@ async fn run_keys(command: KeysCommand) -> Result<ExitCode, String> {
                 clear_expire_time: no_expiry,
                 not_before: None,
                 clear_not_before: false,
-                allowed_cidrs: (no_cidrs || !terms.cidrs.is_empty()).then(|| pb::StringList {
+                allowed_cidrs: (no_cidrs || !terms.cidrs.is_empty()).then_some(pb::StringList {
                     values: terms.cidrs,
                 }),
-                metadata: (no_metadata || !terms.metadata.is_empty()).then(|| pb::StringMap {
+                metadata: (no_metadata || !terms.metadata.is_empty()).then_some(pb::StringMap {
                     entries: terms.metadata.into_iter().collect(),
                 }),
             };

@@ -47,10 +47,12 @@ impl Authorize for AuthorizeService {
                     &context.format,
                     &policy.routes,
                     &request.token,
-                    &http.method,
-                    &http.path,
-                    false,
-                    client_ip,
+                    &authz::HttpCheck {
+                        method: &http.method,
+                        path: &http.path,
+                        method_override: false,
+                        client_ip,
+                    },
                 )
                 .0
             }

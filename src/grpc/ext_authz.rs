@@ -105,10 +105,12 @@ impl Authorization for ExtAuthzService {
                 &context.format,
                 &policy.routes,
                 token,
-                &http.method,
-                &http.path,
-                has_method_override(http),
-                source_ip(&request),
+                &authz::HttpCheck {
+                    method: &http.method,
+                    path: &http.path,
+                    method_override: has_method_override(http),
+                    client_ip: source_ip(&request),
+                },
             ),
         };
         metrics::histogram!("scopegate_decision_seconds", "api" => "ext_authz")

@@ -471,7 +471,7 @@ impl Fleet {
                 };
                 changes.push(match event.event_type() {
                     EventType::Put => match decode(key_id.as_bytes(), kv.value()) {
-                        Ok(record) => MirrorChange::Put(key_id, record),
+                        Ok(record) => MirrorChange::Put(key_id, Box::new(record)),
                         // Never stall the fleet on one bad record: deny it here.
                         Err(error) => {
                             tracing::error!(%key_id, %error, "unreadable key record in etcd: denied on this sidecar");
@@ -570,7 +570,7 @@ enum StreamEnd {
 
 /// One watch event, decoded.
 pub(super) enum MirrorChange {
-    Put(KeyId, KeyRecord),
+    Put(KeyId, Box<KeyRecord>),
     Delete(KeyId),
 }
 
