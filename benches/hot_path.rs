@@ -125,6 +125,7 @@ fn benches(c: &mut Criterion) {
             readiness,
             decision_log_every: 0,
             decisions_seen: Default::default(),
+            dry_run_seen: Default::default(),
         }),
         config: ExtAuthzConfig::default(),
     };

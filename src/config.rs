@@ -105,6 +105,12 @@ pub struct ServeOptions {
     /// limit.
     #[arg(long, env = "SCOPEGATE_MAX_KEY_LIFETIME_SECS")]
     pub max_key_lifetime_secs: Option<u64>,
+    /// ext_authz allows every request but counts (scopegate_dry_run_denials_total),
+    /// logs (sampled) and marks in dynamic metadata what it would have
+    /// denied: for putting scopegate in front of a live API without breaking
+    /// clients. A routes file can do the same per rule (`mode = "dry_run"`).
+    #[arg(long, env = "SCOPEGATE_DRY_RUN", num_args = 0..=1, default_missing_value = "true")]
+    pub dry_run: Option<bool>,
     /// Where keys live: "standalone" (the sled store in --data-dir is the
     /// truth) or "etcd" (fleet mode: every sidecar of a deployment shares its
     /// keys through etcd; --data-dir holds this sidecar's mirror, served at
@@ -300,6 +306,7 @@ impl ServeOptions {
             pepper_file,
             max_keys_per_account,
             max_key_lifetime_secs,
+            dry_run,
             store,
             etcd_endpoints,
             etcd_prefix,
@@ -480,6 +487,7 @@ impl ServeOptions {
             account_id_header: header("account_id_header", options.account_id_header.clone())?
                 .unwrap_or_default(),
             hide_credentials: !options.keep_credential_header.unwrap_or(false),
+            dry_run: options.dry_run.unwrap_or(false),
         };
         let json_logs = match options.log_format.as_deref().unwrap_or("human") {
             "human" => false,
@@ -651,6 +659,7 @@ mod tests {
             pepper_file = "/p"
             max_keys_per_account = 7
             max_key_lifetime_secs = 86400
+            dry_run = true
             drain_timeout_secs = 2.5
             max_concurrent_requests = 9
             store = "etcd"

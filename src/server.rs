@@ -244,6 +244,7 @@ pub async fn run(
         readiness: readiness.clone(),
         decision_log_every: config.decision_log_every,
         decisions_seen: Default::default(),
+        dry_run_seen: Default::default(),
     });
     let limits = &config.limits;
     let authorize = AuthorizeServer::new(AuthorizeService {

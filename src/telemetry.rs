@@ -16,6 +16,8 @@ pub const GRPC_REQUESTS_TOTAL: &str = "scopegate_grpc_requests_total";
 pub const GRPC_REQUEST_SECONDS: &str = "scopegate_grpc_request_seconds";
 pub const REQUESTS_REJECTED_TOTAL: &str = "scopegate_requests_rejected_total";
 pub const MUTATIONS_TOTAL: &str = "scopegate_key_mutations_total";
+/// ext_authz requests allowed only because of dry run, by would-be decision.
+pub const DRY_RUN_DENIALS_TOTAL: &str = "scopegate_dry_run_denials_total";
 pub const KEYS: &str = "scopegate_keys";
 /// sled's flush of one commit group (write + sync_file_range).
 pub const STORE_FLUSH_SECONDS: &str = "scopegate_store_flush_seconds";

@@ -479,3 +479,97 @@ async fn header_options_and_incomplete_requests() {
         status.message()
     );
 }
+
+/// Dry run (`--dry-run`, or `mode = "dry_run"` on a rule) never denies: what
+/// it would have denied is allowed, marked in dynamic metadata and counted,
+/// and client-sent identity headers are still stripped.
+#[tokio::test]
+async fn dry_run_never_denies_but_counts_and_marks() {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(
+        &routes,
+        "[[route]]\npath = \"/v3/mail/send\"\nmethods = [\"POST\"]\nscope = \"mail.send\"\nmode = \"dry_run\"\n\
+         [[route]]\npath = \"/v3/stats\"\nscope = \"stats.read\"\n",
+    )
+    .unwrap();
+    let per_route = Server::start(
+        &dir.path().join("a"),
+        &["--routes", routes.to_str().unwrap()],
+    );
+    let global = Server::start(&dir.path().join("b"), &["--routes", ROUTES, "--dry-run"]);
+    for (server, dry_paths, enforced) in [
+        (
+            &per_route,
+            vec![("POST", "/v3/mail/send")],
+            Some(("GET", "/v3/stats")),
+        ),
+        (
+            &global,
+            vec![("POST", "/v3/mail/send"), ("GET", "/v3/stats")],
+            None,
+        ),
+    ] {
+        let stats_key = server.admin_key(&["stats.read"]).await.token;
+        let mut ext_authz = AuthorizationClient::new(server.channel().await);
+        let bearer = format!("Bearer {stats_key}");
+        for (method, path) in &dry_paths {
+            for headers in [
+                vec![
+                    ("authorization", "Bearer SG.nope"),
+                    ("x-scopegate-key-id", "spoofed"),
+                ],
+                vec![("authorization", bearer.as_str())],
+                vec![],
+            ] {
+                let response = ext_authz
+                    .check(envoy_request(method, path, &headers))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let fields = &response.dynamic_metadata.as_ref().unwrap().fields;
+                let Some(HttpResponse::OkResponse(ok)) = &response.http_response else {
+                    panic!("dry run denied {method} {path} {headers:?}: {response:?}");
+                };
+                if *path == "/v3/mail/send" {
+                    assert!(
+                        matches!(fields["dry_run"].kind, Some(Kind::BoolValue(true))),
+                        "{fields:?}"
+                    );
+                    assert_ne!(metadata_decision(&response), "ALLOWED");
+                    assert!(!ok
+                        .headers
+                        .iter()
+                        .any(|h| h.header.as_ref().unwrap().key == "x-scopegate-key-id"));
+                    if headers
+                        .iter()
+                        .any(|(name, _)| *name == "x-scopegate-key-id")
+                    {
+                        assert!(ok
+                            .headers_to_remove
+                            .contains(&"x-scopegate-key-id".to_owned()));
+                    }
+                }
+            }
+        }
+        if let Some((method, path)) = enforced {
+            let response = ext_authz
+                .check(envoy_request(
+                    method,
+                    path,
+                    &[("authorization", "Bearer SG.nope")],
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(outcome(&response).1, 401, "an enforced rule still denies");
+        }
+        let (_, body) = server.http_get("/metrics");
+        assert!(
+            body.contains("scopegate_dry_run_denials_total{decision=\"MALFORMED_TOKEN\"}"),
+            "{body}"
+        );
+        assert!(server.log().contains("dry run: would have denied"));
+    }
+}

@@ -44,6 +44,7 @@ fn service() -> &'static (ExtAuthzService, tokio::runtime::Runtime) {
                 readiness,
                 decision_log_every: 0,
                 decisions_seen: Default::default(),
+                dry_run_seen: Default::default(),
             }),
             config: ExtAuthzConfig {
                 api_key_header: Some("x-api-key".into()),

@@ -36,6 +36,9 @@ pub struct ExtAuthzConfig {
     pub account_id_header: String,
     /// Remove the credential header before the request goes upstream.
     pub hide_credentials: bool,
+    /// Allow every request, but count, log (sampled) and mark in dynamic
+    /// metadata what would have been denied.
+    pub dry_run: bool,
 }
 
 impl Default for ExtAuthzConfig {
@@ -45,9 +48,13 @@ impl Default for ExtAuthzConfig {
             key_id_header: "x-scopegate-key-id".into(),
             account_id_header: "x-scopegate-account-id".into(),
             hide_credentials: true,
+            dry_run: false,
         }
     }
 }
+
+/// Dry run logs its first would-be denial and then one in this many.
+const DRY_RUN_LOG_EVERY: u64 = 100;
 
 /// Client-sent headers with this prefix never reach the upstream.
 const RESERVED_HEADER_PREFIX: &str = "x-scopegate-";
@@ -124,6 +131,11 @@ impl Authorization for ExtAuthzService {
         let scope_name = scope
             .filter(|_| identified)
             .map(|scope| policy.catalog.scope_name(scope));
+        if !decision.is_allowed()
+            && (self.config.dry_run || policy.routes.is_dry_run(&http.method, &http.path))
+        {
+            return Ok(Response::new(self.dry_run(http, &decision, scope_name)));
+        }
         Ok(Response::new(self.response(
             http,
             &credential,
@@ -171,6 +183,53 @@ impl ExtAuthzService {
         } else {
             found
         }
+    }
+
+    /// Dry run: what would have been denied is allowed, counted, logged
+    /// (the first and then one in DRY_RUN_LOG_EVERY) and marked in dynamic
+    /// metadata (`dry_run: true`, `decision`). Client-sent `x-scopegate-*`
+    /// headers are still stripped; the credential header is left for the
+    /// upstream's own checks.
+    fn dry_run(
+        &self,
+        http: &HttpRequest,
+        decision: &Decision,
+        scope: Option<&str>,
+    ) -> CheckResponse {
+        let decision_name = decision_name(decision);
+        metrics::counter!(crate::telemetry::DRY_RUN_DENIALS_TOTAL, "decision" => decision_name)
+            .increment(1);
+        let seen = self
+            .context
+            .dry_run_seen
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if seen % DRY_RUN_LOG_EVERY == 0 {
+            tracing::info!(decision = decision_name, scope, method = %http.method, "dry run: would have denied");
+        }
+        let mut metadata = metadata(["", "", scope.unwrap_or(""), decision_name]);
+        metadata.fields.insert(
+            "dry_run".into(),
+            Value {
+                kind: Some(Kind::BoolValue(true)),
+            },
+        );
+        let mut ok = OkHttpResponseBuilder::new();
+        for (name, _) in request_headers(http) {
+            let reserved = name
+                .as_bytes()
+                .get(..RESERVED_HEADER_PREFIX.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(RESERVED_HEADER_PREFIX.as_bytes()));
+            let ours = name.eq_ignore_ascii_case(&self.config.key_id_header)
+                || name.eq_ignore_ascii_case(&self.config.account_id_header);
+            if reserved || ours {
+                ok.remove_header(name.to_ascii_lowercase());
+            }
+        }
+        let mut response = CheckResponse::new();
+        response.set_dynamic_metadata(Some(metadata));
+        response.set_status(Status::new(Code::Ok, ""));
+        response.set_http_response(ok);
+        response
     }
 
     fn response(

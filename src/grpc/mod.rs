@@ -31,6 +31,8 @@ pub struct CheckContext {
     /// Log one decision in this many (0: none).
     pub decision_log_every: u64,
     pub decisions_seen: std::sync::atomic::AtomicU64,
+    /// Would-be denials let through by dry run (for sampled logs).
+    pub dry_run_seen: std::sync::atomic::AtomicU64,
 }
 
 impl CheckContext {

@@ -24,6 +24,9 @@
 //! prefix = "/v3/whitelabel"        # ... or a prefix: the path itself and everything below
 //! resource = "whitelabel"          # ... or a resource: the verb follows the method
 //! ```
+//! A rule may say `mode = "dry_run"`: ext_authz then allows what it would
+//! deny on that rule, counting and marking it (see `serve --dry-run`).
+//!
 //! Method → verb for `resource`: GET/HEAD → read, POST → create, PUT/PATCH →
 //! update, DELETE → delete. Overlaps resolve as matchit does: the most specific
 //! template wins (static segment > `{param}` > `{*catch_all}`), and an exact
@@ -66,6 +69,8 @@ pub enum RouteMiss {
 #[derive(Debug, Default, Clone)]
 struct MethodTable {
     by_method: HashMap<&'static str, ScopeId>,
+    /// Methods whose rule says `mode = "dry_run"`.
+    dry_run: Vec<&'static str>,
 }
 
 pub struct RouteTable {
@@ -107,6 +112,9 @@ struct RuleFile {
     methods: Option<Vec<String>>,
     scope: Option<String>,
     resource: Option<String>,
+    /// "enforce" (default) or "dry_run": ext_authz allows what this rule
+    /// would deny, and counts and marks it.
+    mode: Option<String>,
 }
 
 impl RouteTable {
@@ -151,12 +159,17 @@ impl RouteTable {
         };
         // Template → (method → (scope, line, explicit method)).
         let mut templates: Vec<(String, usize)> = Vec::new();
-        let mut tables: HashMap<String, HashMap<&'static str, (ScopeId, usize, bool)>> =
+        let mut tables: HashMap<String, HashMap<&'static str, (ScopeId, usize, bool, bool)>> =
             HashMap::new();
         for spanned in &file.route {
             let line = 1 + text[..spanned.span().start].matches('\n').count();
             let at = |reason: String| invalid(format!("line {line}: {reason}"));
             let rule = spanned.get_ref();
+            let dry_run = match rule.mode.as_deref() {
+                None | Some("enforce") => false,
+                Some("dry_run") => true,
+                Some(other) => return Err(at(format!("mode `{other}` is not enforce or dry_run"))),
+            };
             let templates_of_rule = match (&rule.path, &rule.prefix) {
                 (Some(path), None) => vec![path.clone()],
                 (None, Some(prefix)) => {
@@ -241,14 +254,14 @@ impl RouteTable {
                 });
                 for (method, scope, explicit) in &targets {
                     match table.get(method) {
-                        Some((_, other_line, other_explicit)) if *other_explicit == *explicit => {
+                        Some((_, other_line, other_explicit, _)) if *other_explicit == *explicit => {
                             return Err(at(format!(
                                 "{method} {template} is already covered by the rule at line {other_line}"
                             )))
                         }
-                        Some((_, _, true)) => {} // an explicit method rule beats a catch-all one
+                        Some((_, _, true, _)) => {} // an explicit method rule beats a catch-all one
                         _ => {
-                            table.insert(method, (*scope, line, *explicit));
+                            table.insert(method, (*scope, line, *explicit, dry_run));
                         }
                     }
                 }
@@ -259,7 +272,12 @@ impl RouteTable {
             let methods = MethodTable {
                 by_method: tables[template]
                     .iter()
-                    .map(|(method, (scope, _, _))| (*method, *scope))
+                    .map(|(method, (scope, _, _, _))| (*method, *scope))
+                    .collect(),
+                dry_run: tables[template]
+                    .iter()
+                    .filter(|(_, (_, _, _, dry_run))| *dry_run)
+                    .map(|(method, _)| *method)
                     .collect(),
             };
             router
@@ -295,6 +313,21 @@ impl RouteTable {
             Ok(found) => lookup_method(&found.value.by_method, method).ok_or(RouteMiss::NoRoute),
             Err(_) => self.default_scope.ok_or(RouteMiss::NoRoute),
         }
+    }
+
+    /// Whether the rule that covers `method path` is in dry-run mode. Read
+    /// only on the deny path.
+    pub fn is_dry_run(&self, method: &str, path: &str) -> bool {
+        let Some(path) = normalize_path_with(path, self.paths) else {
+            return false;
+        };
+        self.router.at(&path).is_ok_and(|found| {
+            found
+                .value
+                .dry_run
+                .iter()
+                .any(|known| known.eq_ignore_ascii_case(method))
+        })
     }
 
     /// Every scope some request can reach (for coverage tests).
