@@ -270,6 +270,10 @@ pub struct TermsArgs {
     /// update: replaces the map).
     #[arg(long = "meta", value_parser = parse_meta)]
     metadata: Vec<(String, String)>,
+    /// Every scope you hold except billing, plus any --scope/--grant (an
+    /// explicit choice: no scopes never means everything).
+    #[arg(long)]
+    all_my_scopes_except_billing: bool,
 }
 
 impl TermsArgs {
@@ -807,6 +811,7 @@ async fn run_keys(command: KeysCommand) -> Result<ExitCode, String> {
                 not_before: None,
                 allowed_cidrs: terms.cidrs,
                 metadata: terms.metadata.into_iter().collect(),
+                all_my_scopes_except_billing: terms.all_my_scopes_except_billing,
             };
             let response = manage
                 .create_key(authorized(&client, request)?)
@@ -880,6 +885,7 @@ async fn run_keys(command: KeysCommand) -> Result<ExitCode, String> {
             let mut manage = manage_client(&client).await?;
             let request = pb::UpdateKeyRequest {
                 expire_time: terms.expire_time(),
+                all_my_scopes_except_billing: terms.all_my_scopes_except_billing,
                 key_id,
                 name,
                 scopes,

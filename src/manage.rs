@@ -149,6 +149,8 @@ pub struct NewKey {
     pub scopes: Vec<String>,
     pub grants: Vec<(String, Access)>,
     pub terms: KeyTerms,
+    /// Every scope the caller holds except exclusive (billing) ones.
+    pub all_my_scopes_except_billing: bool,
 }
 
 /// A key's lifecycle settings (all optional).
@@ -167,6 +169,7 @@ pub struct KeyChange {
     pub name: Option<String>,
     pub scopes: Vec<String>,
     pub grants: Vec<(String, Access)>,
+    pub all_my_scopes_except_billing: bool,
     pub enabled: Option<bool>,
     /// `Some(None)`: remove the expiry.
     pub expire_time: Option<Option<i64>>,
@@ -328,11 +331,20 @@ impl Manager {
         caller: &Caller,
         scopes: &[String],
         grants: &[(String, Access)],
+        all_but_exclusive: bool,
     ) -> Result<ScopeSet, ManageError> {
         let catalog = self.catalog.load();
+        let mut names: Vec<String> = scopes.to_vec();
+        if all_but_exclusive {
+            let held = match caller {
+                Caller::Admin => catalog.all_scopes(),
+                Caller::Key { scopes, .. } => *scopes,
+            };
+            names.extend(catalog.names(&held.difference(&catalog.exclusive_scopes())));
+        }
         let (requested, _kind) = catalog
             .key_scopes(
-                scopes.iter().map(String::as_str),
+                names.iter().map(String::as_str),
                 grants
                     .iter()
                     .map(|(resource, access)| (resource.as_str(), *access)),
@@ -372,7 +384,12 @@ impl Manager {
             }
         };
         let name = validate_name(&request.name)?;
-        let scopes = self.requested_scopes(caller, &request.scopes, &request.grants)?;
+        let scopes = self.requested_scopes(
+            caller,
+            &request.scopes,
+            &request.grants,
+            request.all_my_scopes_except_billing,
+        )?;
         let issued = self.format.issue();
         let now = now_unix_ms();
         let terms = &request.terms;
@@ -485,7 +502,9 @@ impl Manager {
         self.admit_mutation(caller)?;
         let id = parse_key_id(&change.key_id)?;
         let name = change.name.as_deref().map(validate_name).transpose()?;
-        let replace_scopes = !change.scopes.is_empty() || !change.grants.is_empty();
+        let replace_scopes = !change.scopes.is_empty()
+            || !change.grants.is_empty()
+            || change.all_my_scopes_except_billing;
         let lifecycle = change.enabled.is_some()
             || change.expire_time.is_some()
             || change.not_before.is_some()
@@ -511,7 +530,12 @@ impl Manager {
             (change.enabled, change.expire_time, change.not_before);
         let max_lifetime = self.max_key_lifetime;
         let new_scopes = if replace_scopes {
-            Some(self.requested_scopes(caller, &change.scopes, &change.grants)?)
+            Some(self.requested_scopes(
+                caller,
+                &change.scopes,
+                &change.grants,
+                change.all_my_scopes_except_billing,
+            )?)
         } else {
             None
         };

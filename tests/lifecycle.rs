@@ -672,3 +672,92 @@ async fn lifecycle_state_survives_restart_and_restore() {
         assert_eq!(decision(&server, request).await, pb::Decision::Disabled);
     }
 }
+
+/// SendGrid's two update shapes map onto UpdateKey: PATCH (rename only, the
+/// scopes stay) and PUT (name and scopes replaced). "All my scopes except
+/// billing" is an explicit option; an empty scope list never means it.
+#[tokio::test]
+async fn update_shapes_and_all_scopes_except_billing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let key = server.admin_key(&["mail.send", "stats.read"]).await;
+    let key_id = key.key.unwrap().key_id;
+    // PATCH: name only.
+    let patched = update(
+        &server,
+        &server.admin_token,
+        pb::UpdateKeyRequest {
+            key_id: key_id.clone(),
+            name: Some("renamed".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(patched.name, "renamed");
+    assert_eq!(patched.scopes, ["mail.send", "stats.read"]);
+    // PUT: name and scopes replaced.
+    let put = update(
+        &server,
+        &server.admin_token,
+        pb::UpdateKeyRequest {
+            key_id: key_id.clone(),
+            name: Some("put".into()),
+            scopes: vec!["stats.read".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (put.name.as_str(), put.scopes.as_slice()),
+        ("put", &["stats.read".to_owned()][..])
+    );
+    // Empty scopes on create are an error, not "everything".
+    let empty = create_with(&server, create("acme", "empty", &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(empty.code(), Code::InvalidArgument);
+    // The explicit option: a manager key gets its own scopes minus billing.
+    let manager = create_with(
+        &server,
+        pb::CreateKeyRequest {
+            all_my_scopes_except_billing: true,
+            ..create("acme", "everything", &[])
+        },
+    )
+    .await
+    .unwrap();
+    let view = manager.key.unwrap();
+    assert!(
+        view.scopes.contains(&"mail.send".to_owned())
+            && view.scopes.contains(&"api_keys.create".to_owned())
+    );
+    assert!(
+        !view
+            .scopes
+            .iter()
+            .any(|scope| scope.starts_with("billing.")),
+        "{:?}",
+        view.scopes
+    );
+    let child = server
+        .manage()
+        .await
+        .create_key(bearer(
+            &manager.token,
+            pb::CreateKeyRequest {
+                all_my_scopes_except_billing: true,
+                ..create("", "child", &[])
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap();
+    assert_eq!(
+        child.scopes, view.scopes,
+        "a key's 'everything' is what it holds"
+    );
+}

@@ -80,6 +80,7 @@ impl ManageKey for ManageKeyService {
             scopes: request.scopes,
             grants: grants_from_pb(request.grants)?,
             terms,
+            all_my_scopes_except_billing: request.all_my_scopes_except_billing,
         };
         let manager = self.manager.clone();
         let (view, token) = detached(async move { manager.create(&caller, new_key).await }).await?;
@@ -143,6 +144,7 @@ impl ManageKey for ManageKeyService {
             name: request.name,
             scopes: request.scopes,
             grants: grants_from_pb(request.grants)?,
+            all_my_scopes_except_billing: request.all_my_scopes_except_billing,
             enabled: request.enabled,
             allowed_cidrs: request.allowed_cidrs.map(|list| list.values),
             metadata: request
