@@ -66,6 +66,9 @@ pub enum RouteMiss {
     InvalidPath,
 }
 
+/// While loading: (scope, line, explicit method, dry run) per method.
+type MethodRule = (ScopeId, usize, bool, bool);
+
 #[derive(Debug, Default, Clone)]
 struct MethodTable {
     by_method: HashMap<&'static str, ScopeId>,
@@ -159,8 +162,7 @@ impl RouteTable {
         };
         // Template → (method → (scope, line, explicit method)).
         let mut templates: Vec<(String, usize)> = Vec::new();
-        let mut tables: HashMap<String, HashMap<&'static str, (ScopeId, usize, bool, bool)>> =
-            HashMap::new();
+        let mut tables: HashMap<String, HashMap<&'static str, MethodRule>> = HashMap::new();
         for spanned in &file.route {
             let line = 1 + text[..spanned.span().start].matches('\n').count();
             let at = |reason: String| invalid(format!("line {line}: {reason}"));
