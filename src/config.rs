@@ -105,6 +105,9 @@ pub struct ServeOptions {
     /// limit.
     #[arg(long, env = "SCOPEGATE_MAX_KEY_LIFETIME_SECS")]
     pub max_key_lifetime_secs: Option<u64>,
+    /// Days the audit trail keeps each event. [default: 90]
+    #[arg(long, env = "SCOPEGATE_AUDIT_RETENTION_DAYS")]
+    pub audit_retention_days: Option<u64>,
     /// ext_authz allows every request but counts (scopegate_dry_run_denials_total),
     /// logs (sampled) and marks in dynamic metadata what it would have
     /// denied: for putting scopegate in front of a live API without breaking
@@ -306,6 +309,7 @@ impl ServeOptions {
             pepper_file,
             max_keys_per_account,
             max_key_lifetime_secs,
+            audit_retention_days,
             dry_run,
             store,
             etcd_endpoints,
@@ -556,7 +560,12 @@ impl ServeOptions {
             Some(0) => return Err(invalid("max_key_lifetime_secs", "must be at least 1")),
             Some(secs) => Some(Duration::from_secs(secs)),
         };
+        let audit_retention = match options.audit_retention_days.unwrap_or(90) {
+            0 => return Err(invalid("audit_retention_days", "must be at least 1")),
+            days => Duration::from_secs(days * 86_400),
+        };
         Ok(ServeConfig {
+            audit_retention,
             max_key_lifetime,
             fleet,
             max_staleness,
@@ -659,6 +668,7 @@ mod tests {
             pepper_file = "/p"
             max_keys_per_account = 7
             max_key_lifetime_secs = 86400
+            audit_retention_days = 30
             dry_run = true
             drain_timeout_secs = 2.5
             max_concurrent_requests = 9

@@ -13,7 +13,9 @@ use crate::authz::Decision;
 use crate::key::KeyTable;
 use crate::limit::AccountRate;
 use crate::scope::{Access, Catalog, KeyKind, ManageAction, ScopeError, ScopeSet, SharedCatalog};
-use crate::store::{Change, KeyRecord, Snapshot, Store, StoreError};
+use crate::store::{
+    AuditEvent, AuditFilter, Change, KeyRecord, KeyState, Snapshot, Store, StoreError,
+};
 use crate::token::{admin_token_hash, KeyId, TokenFormat};
 
 pub const DEFAULT_MAX_KEYS_PER_ACCOUNT: usize = 100;
@@ -176,6 +178,17 @@ pub struct KeyChange {
     pub not_before: Option<Option<i64>>,
     pub allowed_cidrs: Option<Vec<String>>,
     pub metadata: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Default)]
+pub struct AuditQuery {
+    pub account_id: String,
+    pub key_id: String,
+    /// Unix ms; 0: open.
+    pub start_unix_ms: i64,
+    pub end_unix_ms: i64,
+    pub page_size: i32,
+    pub page_token: String,
 }
 
 pub struct ListQuery {
@@ -423,8 +436,9 @@ impl Manager {
                 let caller = current_caller(snapshot, &catalog, &guard)?;
                 require(&catalog, &caller, ManageAction::Create)?;
                 check_no_escalation(&catalog, &caller, &scopes)?;
+                let event = audit_event("create", &caller, None, Some(&record));
                 let record = record.clone();
-                Ok::<_, ManageError>((Change::Create { record, cap }, ()))
+                Ok::<_, ManageError>((Change::Create { record, cap }, event, ()))
             })
             .await
             .map_err(|error| match error {
@@ -578,7 +592,17 @@ impl Manager {
                 }
                 updated.version = KeyRecord::VERSION;
                 updated.update_time_unix_ms = now;
-                Ok::<_, ManageError>((Change::Update(updated.clone()), (current.clone(), updated)))
+                let action = match (current.disabled, updated.disabled) {
+                    (false, true) => "disable",
+                    (true, false) => "enable",
+                    _ => "update",
+                };
+                let event = audit_event(action, &caller, Some(current), Some(&updated));
+                Ok::<_, ManageError>((
+                    Change::Update(updated.clone()),
+                    event,
+                    (current.clone(), updated),
+                ))
             })
             .await
             .map_err(|error| not_found_as(error, &change.key_id))?;
@@ -647,7 +671,12 @@ impl Manager {
                 rotated.secret_hash = secret_hash.to_vec();
                 rotated.version = KeyRecord::VERSION;
                 rotated.update_time_unix_ms = now;
-                Ok::<_, ManageError>((Change::Update(rotated.clone()), (current.clone(), rotated)))
+                let event = audit_event("rotate", &caller, Some(current), Some(&rotated));
+                Ok::<_, ManageError>((
+                    Change::Update(rotated.clone()),
+                    event,
+                    (current.clone(), rotated),
+                ))
             })
             .await
             .map_err(|error| not_found_as(error, key_id))?;
@@ -681,13 +710,65 @@ impl Manager {
                 let caller = current_caller(snapshot, &catalog, &guard)?;
                 require(&catalog, &caller, ManageAction::Delete)?;
                 check_may_change(&catalog, &caller, current, &key_id_text)?;
-                Ok::<_, ManageError>((Change::Delete(current.clone()), current.clone()))
+                let event = audit_event("delete", &caller, Some(current), None);
+                Ok::<_, ManageError>((Change::Delete(current.clone()), event, current.clone()))
             })
             .await
             .map_err(|error| not_found_as(error, key_id))?;
         tracing::info!(%caller, key_id = %id, account_id = %deleted.account_id, "key deleted");
         count_key(self.view(&deleted)?.kind, -1.0);
         Ok(())
+    }
+
+    /// Audit events, oldest first: the admin sees every account (or the one
+    /// asked for); an API key needs api_keys.read and sees only its own
+    /// account's.
+    pub async fn audit(
+        &self,
+        caller: &Caller,
+        query: AuditQuery,
+    ) -> Result<(Vec<AuditEvent>, String), ManageError> {
+        self.require(caller, ManageAction::Read)?;
+        let account_id = match caller {
+            Caller::Admin if query.account_id.is_empty() => None,
+            Caller::Admin => Some(validate_account_id(&query.account_id)?),
+            Caller::Key { account_id, .. } => {
+                if !query.account_id.is_empty() && query.account_id != **account_id {
+                    return Err(ManageError::OtherAccount);
+                }
+                Some(account_id.to_string())
+            }
+        };
+        let key_id = match query.key_id.as_str() {
+            "" => None,
+            text => Some(parse_key_id(text)?),
+        };
+        if query.end_unix_ms != 0 && query.end_unix_ms <= query.start_unix_ms {
+            return Err(invalid("end_time", "must be after start_time"));
+        }
+        let page_size = match query.page_size {
+            size if size < 0 => return Err(invalid("page_size", "must not be negative")),
+            0 => DEFAULT_PAGE_SIZE,
+            size => (size as usize).min(MAX_PAGE_SIZE),
+        };
+        let after = match query.page_token.as_str() {
+            "" => None,
+            token => Some(URL_SAFE_NO_PAD.decode(token).map_err(|_| {
+                invalid("page_token", "not a token from a previous ListAuditEvents")
+            })?),
+        };
+        let filter = AuditFilter {
+            account_id,
+            key_id,
+            start_unix_ms: query.start_unix_ms,
+            end_unix_ms: query.end_unix_ms,
+        };
+        let (events, next) = self.store.audit_events(&filter, after, page_size).await?;
+        Ok((
+            events,
+            next.map(|next| URL_SAFE_NO_PAD.encode(next))
+                .unwrap_or_default(),
+        ))
     }
 
     /// Every stored record, encoded: admin only. Blocking.
@@ -810,6 +891,30 @@ fn visible_to(caller: &Caller, record: &KeyRecord) -> bool {
     match caller {
         Caller::Admin => true,
         Caller::Key { account_id, .. } => record.account_id == **account_id,
+    }
+}
+
+/// The audit event of a change: who, what, and the key before and after
+/// (name, scopes, expiry, state; never a secret or hash).
+fn audit_event(
+    action: &str,
+    caller: &Caller,
+    before: Option<&KeyRecord>,
+    after: Option<&KeyRecord>,
+) -> AuditEvent {
+    let record = after.or(before).expect("a change has a key");
+    AuditEvent {
+        time_unix_ms: now_unix_ms(),
+        actor: caller.to_string(),
+        actor_account_id: match caller {
+            Caller::Admin => String::new(),
+            Caller::Key { account_id, .. } => account_id.to_string(),
+        },
+        action: action.into(),
+        key_id: record.key_id.clone(),
+        account_id: record.account_id.clone(),
+        before: before.map(KeyState::of),
+        after: after.map(KeyState::of),
     }
 }
 

@@ -38,6 +38,8 @@ const MIN_ADMIN_TOKEN_CHARS: usize = 16;
 /// Everything `serve` needs, resolved and validated (see `config.rs`).
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
+    /// How long audit events are kept.
+    pub audit_retention: Duration,
     /// Every key must expire within this; `None`: no limit.
     pub max_key_lifetime: Option<Duration>,
     /// Fleet mode (etcd is the source of truth); `None`: standalone.
@@ -206,6 +208,7 @@ pub async fn run(
         None => Store::open(&config.data_dir, shared_catalog.clone())?,
         Some(fleet) => Store::open_fleet(&config.data_dir, shared_catalog.clone(), fleet.clone())?,
     };
+    store.set_audit_retention(config.audit_retention);
     let admin_token = zeroize::Zeroizing::new(resolve_admin_token(&config)?);
     // Without a metrics listener nobody reads metrics: record none.
     let metrics_handle = config.metrics_listen.map(|_| telemetry::install_metrics());

@@ -143,7 +143,7 @@ pub struct GrpcMetrics<S> {
     inner: S,
 }
 
-const KNOWN_METHODS: [&str; 11] = [
+const KNOWN_METHODS: [&str; 12] = [
     "/scopegate.v1.Authorize/Check",
     "/scopegate.v1.ManageKey/CreateKey",
     "/scopegate.v1.ManageKey/GetKey",
@@ -151,6 +151,7 @@ const KNOWN_METHODS: [&str; 11] = [
     "/scopegate.v1.ManageKey/UpdateKey",
     "/scopegate.v1.ManageKey/DeleteKey",
     "/scopegate.v1.ManageKey/RotateKey",
+    "/scopegate.v1.ManageKey/ListAuditEvents",
     "/scopegate.v1.ManageKey/ListScopes",
     "/envoy.service.auth.v3.Authorization/Check",
     "/grpc.health.v1.Health/Check",

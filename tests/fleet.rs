@@ -871,3 +871,41 @@ async fn acknowledged_creates_survive_the_loss_of_the_etcd_leader() {
     }
     let _ = members.remove(leader);
 }
+
+/// In fleet mode the audit trail lives in etcd, written in the same
+/// transaction as the change: any sidecar lists the events of every other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_is_shared_through_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    etcd.wait_healthy();
+    let a = fleet(dir.path(), "a", &etcd, &[]);
+    let b = fleet(dir.path(), "b", &etcd, &[]);
+    let (key_id, _) = create_on(&a, "acme", &["mail.send"]).await;
+    b.manage()
+        .await
+        .delete_key(bearer(
+            &b.admin_token,
+            pb::DeleteKeyRequest {
+                key_id: key_id.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    for server in [&a, &b] {
+        let events = server
+            .manage()
+            .await
+            .list_audit_events(bearer(
+                &server.admin_token,
+                pb::ListAuditEventsRequest::default(),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        let actions: Vec<&str> = events.iter().map(|event| event.action.as_str()).collect();
+        assert_eq!(actions, ["create", "delete"]);
+        assert!(events.iter().all(|event| event.key_id == key_id));
+    }
+}

@@ -96,6 +96,28 @@ pub(super) fn key_to_pb(view: KeyView) -> pb::ApiKey {
     }
 }
 
+fn key_state_to_pb(state: crate::store::KeyState) -> pb::KeyState {
+    pb::KeyState {
+        name: state.name,
+        scopes: state.scopes,
+        expire_time: optional_timestamp(state.expire_time_unix_ms),
+        enabled: state.enabled,
+    }
+}
+
+pub(super) fn audit_event_to_pb(event: crate::store::AuditEvent) -> pb::AuditEvent {
+    pb::AuditEvent {
+        time: Some(timestamp(event.time_unix_ms)),
+        key_id: event.key_id().map(|id| id.to_string()).unwrap_or_default(),
+        actor: event.actor,
+        actor_account_id: event.actor_account_id,
+        action: event.action,
+        account_id: event.account_id,
+        before: event.before.map(key_state_to_pb),
+        after: event.after.map(key_state_to_pb),
+    }
+}
+
 pub(super) fn scopes_to_pb(view: ScopesView) -> pb::ListScopesResponse {
     pb::ListScopesResponse {
         resources: view

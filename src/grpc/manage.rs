@@ -4,11 +4,13 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{grants_from_pb, key_to_pb, scopes_to_pb, unix_ms};
+use super::convert::{audit_event_to_pb, grants_from_pb, key_to_pb, scopes_to_pb, unix_ms};
 use super::pb::{self, manage_key_server::ManageKey};
 use super::status::bad_request;
 use super::Readiness;
-use crate::manage::{Caller, KeyChange, KeyTerms, ListQuery, ManageError, Manager, NewKey};
+use crate::manage::{
+    AuditQuery, Caller, KeyChange, KeyTerms, ListQuery, ManageError, Manager, NewKey,
+};
 
 pub struct ManageKeyService {
     pub manager: Arc<Manager>,
@@ -164,6 +166,30 @@ impl ManageKey for ManageKeyService {
         let (manager, key_id) = (self.manager.clone(), request.into_inner().key_id);
         detached(async move { manager.delete(&caller, &key_id).await }).await?;
         Ok(Response::new(pb::DeleteKeyResponse {}))
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let request = request.into_inner();
+        let time = |field: &str, time: &Option<prost_types::Timestamp>| {
+            time.as_ref().map_or(Ok(0), |time| unix_ms(field, time))
+        };
+        let query = AuditQuery {
+            start_unix_ms: time("start_time", &request.start_time)?,
+            end_unix_ms: time("end_time", &request.end_time)?,
+            account_id: request.account_id,
+            key_id: request.key_id,
+            page_size: request.page_size,
+            page_token: request.page_token,
+        };
+        let (events, next_page_token) = self.manager.audit(&caller, query).await?;
+        Ok(Response::new(pb::ListAuditEventsResponse {
+            events: events.into_iter().map(audit_event_to_pb).collect(),
+            next_page_token,
+        }))
     }
 
     async fn rotate_key(

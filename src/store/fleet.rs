@@ -34,7 +34,7 @@ use etcd_client::{
 };
 use tokio::sync::watch;
 
-use super::{decode, Change, KeyRecord, Snapshot, Store, StoreError};
+use super::{decode, AuditEvent, AuditFilter, Change, KeyRecord, Snapshot, Store, StoreError};
 use crate::token::KeyId;
 
 pub const DEFAULT_PREFIX: &str = "/scopegate/v1/";
@@ -109,6 +109,9 @@ impl SyncState {
 pub(super) struct Fleet {
     config: FleetConfig,
     client: OnceLock<Client>,
+    audit_retention_secs: AtomicU64,
+    /// (lease id, when granted) for audit events.
+    audit_lease: std::sync::Mutex<Option<(i64, Instant)>>,
     /// The etcd revision the mirror and table reflect.
     applied: watch::Sender<i64>,
     pub state: Arc<SyncState>,
@@ -129,6 +132,8 @@ impl Fleet {
         Fleet {
             config,
             client: OnceLock::new(),
+            audit_retention_secs: AtomicU64::new((super::DEFAULT_AUDIT_RETENTION_MS / 1000) as u64),
+            audit_lease: std::sync::Mutex::new(None),
             applied: watch::channel(applied_revision).0,
             state,
         }
@@ -163,7 +168,7 @@ impl Fleet {
         &self,
         store: &Store,
         reads: Vec<KeyId>,
-        decide: impl Fn(&Snapshot) -> Result<(Change, T), E> + Send + Sync + 'static,
+        decide: impl Fn(&Snapshot) -> Result<(Change, AuditEvent, T), E> + Send + Sync + 'static,
     ) -> Result<T, E>
     where
         T: Send + 'static,
@@ -206,8 +211,13 @@ impl Fleet {
                 ));
                 snapshot.records.push((*key_id, record));
             }
-            let (change, value) = decide(&snapshot)?;
-            let mut ops = Vec::new();
+            let (change, event, value) = decide(&snapshot)?;
+            let lease = self.audit_lease(&mut client).await?;
+            let mut ops = vec![TxnOp::put(
+                self.audit_path(&event),
+                prost::Message::encode_to_vec(&event),
+                Some(etcd_client::PutOptions::new().with_lease(lease)),
+            )];
             match &change {
                 Change::Create { record, cap } => {
                     store.auth_entry(record)?;
@@ -275,6 +285,103 @@ impl Fleet {
             return Ok(value);
         }
         Err(StoreError::Conflict.into())
+    }
+
+    fn audit_path(&self, event: &AuditEvent) -> Vec<u8> {
+        let nonce = getrandom::u32().unwrap_or(0);
+        format!(
+            "{}audit/{:016}-{nonce:08x}",
+            self.config.prefix,
+            event.time_unix_ms.max(0)
+        )
+        .into_bytes()
+    }
+
+    fn audit_prefix(&self) -> Vec<u8> {
+        format!("{}audit/", self.config.prefix).into_bytes()
+    }
+
+    pub fn set_audit_retention(&self, retention: Duration) {
+        self.audit_retention_secs
+            .store(retention.as_secs().max(60), Ordering::Relaxed);
+    }
+
+    /// The lease audit events are written under: etcd deletes them once it
+    /// expires, which is how retention works in fleet mode. One lease per
+    /// hour, lasting the retention plus that hour.
+    async fn audit_lease(&self, client: &mut Client) -> Result<i64, StoreError> {
+        let current = *self.audit_lease.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((id, granted)) = current {
+            if granted.elapsed() < Duration::from_secs(3600) {
+                return Ok(id);
+            }
+        }
+        let ttl = self.audit_retention_secs.load(Ordering::Relaxed) + 3600;
+        let granted = client
+            .lease_grant(ttl.min(i64::MAX as u64) as i64, None)
+            .await
+            .map_err(unreachable)?;
+        *self.audit_lease.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((granted.id(), Instant::now()));
+        Ok(granted.id())
+    }
+
+    /// Audit events from etcd (fleet mode lists them from the source of
+    /// truth, not the mirror), oldest first.
+    pub async fn audit_events(
+        &self,
+        filter: &AuditFilter,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<(Vec<AuditEvent>, Option<Vec<u8>>), StoreError> {
+        let mut client = self.connected()?;
+        let prefix = self.audit_prefix();
+        let end = prefix_end(&prefix);
+        let mut start = match after {
+            Some(mut after) => {
+                after.push(0);
+                after
+            }
+            None => {
+                let mut start = prefix.clone();
+                start.extend_from_slice(format!("{:016}", filter.start_unix_ms.max(0)).as_bytes());
+                start
+            }
+        };
+        let mut events = Vec::new();
+        let mut last = None;
+        loop {
+            let options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            let page = client
+                .get(start.clone(), Some(options))
+                .await
+                .map_err(unreachable)?;
+            for kv in page.kvs() {
+                let event: AuditEvent =
+                    prost::Message::decode(kv.value()).map_err(|error| StoreError::Corrupt {
+                        key_id: "audit event".into(),
+                        reason: error.to_string(),
+                    })?;
+                if filter.end_unix_ms != 0 && event.time_unix_ms >= filter.end_unix_ms {
+                    return Ok((events, None));
+                }
+                if !filter.matches(&event) {
+                    continue;
+                }
+                if events.len() == limit {
+                    return Ok((events, last));
+                }
+                events.push(event);
+                last = Some(kv.key().to_vec());
+            }
+            match (page.more(), page.kvs().last()) {
+                (true, Some(kv)) => {
+                    start = kv.key().to_vec();
+                    start.push(0);
+                }
+                _ => return Ok((events, None)),
+            }
+        }
     }
 
     /// Fails fast while the watch is down (etcd unreachable), after a short

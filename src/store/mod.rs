@@ -13,10 +13,12 @@
 //! empty), `meta` (`format_version`). The interface is narrow on purpose: a
 //! fleet mode can feed the same table from a shared source of truth.
 
+pub mod audit;
 mod commit;
 pub mod fleet;
 mod record;
 
+pub use audit::{AuditEvent, AuditFilter, KeyState};
 pub use fleet::{FleetConfig, SyncState};
 pub use record::{KeyRecord, FORMAT_VERSION};
 
@@ -36,6 +38,10 @@ use fleet::MirrorChange;
 use record::{account_index_key, account_prefix};
 
 const FORMAT_VERSION_KEY: &[u8] = b"format_version";
+/// Audit events are kept this long unless `set_audit_retention` says otherwise.
+pub const DEFAULT_AUDIT_RETENTION_MS: i64 = 90 * 86_400_000;
+/// Standalone: prune old audit events once every this many changes.
+const AUDIT_PRUNE_EVERY: u64 = 256;
 /// `standalone` (sled is the truth) or `fleet` (sled mirrors etcd).
 const MODE_KEY: &[u8] = b"mode";
 const MODE_STANDALONE: &[u8] = b"standalone";
@@ -150,6 +156,11 @@ struct Inner {
     writer: Mutex<Option<mpsc::UnboundedSender<Commit>>>,
     durable: Durable,
     meta: sled::Tree,
+    /// Audit events by `AuditEvent::sort_key` (standalone mode).
+    audit: sled::Tree,
+    audit_sequence: std::sync::atomic::AtomicU64,
+    /// Events older than this are pruned (ms).
+    audit_retention_ms: std::sync::atomic::AtomicI64,
     /// Fleet mode: etcd is the source of truth, sled its mirror.
     fleet: Option<Arc<fleet::Fleet>>,
     /// `Some(reason)` once a change could not be made durable.
@@ -234,6 +245,12 @@ impl Store {
         }
         let keys = db.open_tree("keys")?;
         let accounts = db.open_tree("accounts")?;
+        let audit = db.open_tree("audit")?;
+        // Continue the sequence after the newest event.
+        let audit_sequence = audit
+            .last()?
+            .and_then(|(key, _)| key.get(8..16)?.try_into().ok().map(u64::from_be_bytes))
+            .map_or(0, |last| last + 1);
         let shown = dir.display().to_string();
         let mode: &[u8] = if fleet.is_some() {
             MODE_FLEET
@@ -310,6 +327,9 @@ impl Store {
                 writer: Mutex::new(commits),
                 durable,
                 meta,
+                audit,
+                audit_sequence: audit_sequence.into(),
+                audit_retention_ms: DEFAULT_AUDIT_RETENTION_MS.into(),
                 fleet: fleet.map(|config| Arc::new(fleet::Fleet::new(config, applied_revision))),
                 failed,
             }),
@@ -663,7 +683,7 @@ impl Store {
     pub async fn mutate<T, E>(
         &self,
         reads: Vec<KeyId>,
-        decide: impl Fn(&Snapshot) -> Result<(Change, T), E> + Send + Sync + 'static,
+        decide: impl Fn(&Snapshot) -> Result<(Change, AuditEvent, T), E> + Send + Sync + 'static,
     ) -> Result<T, E>
     where
         T: Send + 'static,
@@ -680,17 +700,29 @@ impl Store {
                 let record = store.get(&key_id)?;
                 snapshot.records.push((key_id, record));
             }
-            let (change, value) = decide(&snapshot)?;
-            let publish = store.apply_local(change)?;
+            let (change, event, value) = decide(&snapshot)?;
+            let publish = store.apply_local(change, event)?;
             Ok((publish, value))
         })
         .await
     }
 
-    /// Writes a change into sled (the source of truth in standalone mode).
-    /// Called under the writer lock.
-    fn apply_local(&self, change: Change) -> Result<Publish, StoreError> {
+    /// Writes a change and its audit event into sled (the source of truth in
+    /// standalone mode), in one transaction. Called under the writer lock.
+    fn apply_local(&self, change: Change, event: AuditEvent) -> Result<Publish, StoreError> {
         let inner = &self.inner;
+        let sequence = inner
+            .audit_sequence
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let event_key = event.sort_key(sequence);
+        let event_value = prost::Message::encode_to_vec(&event);
+        if sequence % AUDIT_PRUNE_EVERY == AUDIT_PRUNE_EVERY - 1 {
+            self.prune_audit(event.time_unix_ms)?;
+        }
+        let audit = |tree: &sled::transaction::TransactionalTree| {
+            tree.insert(&event_key[..], event_value.as_slice())
+                .map(drop)
+        };
         match change {
             Change::Create { record, cap } => {
                 let key_id = record_id(&record)?;
@@ -705,8 +737,8 @@ impl Store {
                 }
                 let index_key = account_index_key(&record.account_id, &key_id);
                 let value = prost::Message::encode_to_vec(&record);
-                (&inner.keys, &inner.accounts)
-                    .transaction(|(keys, accounts)| {
+                (&inner.keys, &inner.accounts, &inner.audit)
+                    .transaction(|(keys, accounts, trail)| {
                         if keys.insert(key_id.as_bytes(), value.as_slice())?.is_some() {
                             return Err(ConflictableTransactionError::Abort(StoreError::Corrupt {
                                 key_id: key_id.to_string(),
@@ -714,6 +746,7 @@ impl Store {
                             }));
                         }
                         accounts.insert(index_key.as_slice(), &[])?;
+                        audit(trail)?;
                         Ok(())
                     })
                     .map_err(transaction_error)?;
@@ -722,24 +755,108 @@ impl Store {
             Change::Update(record) => {
                 let key_id = record_id(&record)?;
                 let entry = self.auth_entry(&record)?;
-                inner
-                    .keys
-                    .insert(key_id.as_bytes(), prost::Message::encode_to_vec(&record))?;
+                let value = prost::Message::encode_to_vec(&record);
+                (&inner.keys, &inner.audit)
+                    .transaction(|(keys, trail)| {
+                        keys.insert(key_id.as_bytes(), value.as_slice())?;
+                        audit(trail)?;
+                        Ok::<_, ConflictableTransactionError<StoreError>>(())
+                    })
+                    .map_err(transaction_error)?;
                 Ok(Publish::Upsert(key_id, Arc::new(entry)))
             }
             Change::Delete(record) => {
                 let key_id = record_id(&record)?;
                 let index_key = account_index_key(&record.account_id, &key_id);
-                (&inner.keys, &inner.accounts)
-                    .transaction(|(keys, accounts)| {
+                (&inner.keys, &inner.accounts, &inner.audit)
+                    .transaction(|(keys, accounts, trail)| {
                         keys.remove(key_id.as_bytes())?;
                         accounts.remove(index_key.as_slice())?;
+                        audit(trail)?;
                         Ok::<_, ConflictableTransactionError<StoreError>>(())
                     })
                     .map_err(transaction_error)?;
                 Ok(Publish::Remove(key_id))
             }
         }
+    }
+
+    /// Sets how long audit events are kept.
+    pub fn set_audit_retention(&self, retention: std::time::Duration) {
+        self.inner.audit_retention_ms.store(
+            retention.as_millis().min(i64::MAX as u128) as i64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if let Some(fleet) = &self.inner.fleet {
+            fleet.set_audit_retention(retention);
+        }
+    }
+
+    /// Removes (a bounded batch of) standalone audit events past retention.
+    /// Called under the writer lock; made durable with the next group.
+    fn prune_audit(&self, now_ms: i64) -> Result<(), StoreError> {
+        let retention = self
+            .inner
+            .audit_retention_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let cutoff = (now_ms.saturating_sub(retention)).max(0) as u64;
+        let mut batch = sled::Batch::default();
+        for item in self.inner.audit.iter().take(10_000) {
+            let (key, _) = item?;
+            let time = key
+                .get(..8)
+                .and_then(|t| t.try_into().ok())
+                .map(u64::from_be_bytes);
+            if time.is_none_or(|time| time >= cutoff) {
+                break;
+            }
+            batch.remove(key);
+        }
+        self.inner.audit.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Up to `limit` audit events matching `filter`, oldest first, after the
+    /// cursor `after`; and the cursor to continue from.
+    pub async fn audit_events(
+        &self,
+        filter: &AuditFilter,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<(Vec<AuditEvent>, Option<Vec<u8>>), StoreError> {
+        if let Some(fleet) = &self.inner.fleet {
+            return fleet.audit_events(filter, after, limit).await;
+        }
+        self.healthy()?;
+        let start = match after {
+            Some(mut after) => {
+                after.push(0);
+                after
+            }
+            None => (filter.start_unix_ms.max(0) as u64).to_be_bytes().to_vec(),
+        };
+        let mut events = Vec::new();
+        let mut last = None;
+        for item in self.inner.audit.range(start..) {
+            let (key, value) = item?;
+            let event: AuditEvent =
+                prost::Message::decode(value.as_ref()).map_err(|error| StoreError::Corrupt {
+                    key_id: "audit event".into(),
+                    reason: error.to_string(),
+                })?;
+            if filter.end_unix_ms != 0 && event.time_unix_ms >= filter.end_unix_ms {
+                break;
+            }
+            if !filter.matches(&event) {
+                continue;
+            }
+            if events.len() == limit {
+                return Ok((events, last));
+            }
+            events.push(event);
+            last = Some(key.to_vec());
+        }
+        Ok((events, None))
     }
 
     /// Runs `apply` under the writer lock on a blocking thread, queues its
@@ -819,6 +936,23 @@ impl Store {
             self.inner
                 .accounts
                 .insert(account_index_key(&record.account_id, &key_id), &[])?;
+            let event = AuditEvent {
+                time_unix_ms: crate::authz::now_unix_ms(),
+                actor: "admin".into(),
+                action: "restore".into(),
+                key_id: key_id.as_bytes().to_vec(),
+                account_id: record.account_id.clone(),
+                after: Some(KeyState::of(&record)),
+                ..AuditEvent::default()
+            };
+            let sequence = self
+                .inner
+                .audit_sequence
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.audit.insert(
+                &event.sort_key(sequence)[..],
+                prost::Message::encode_to_vec(&event),
+            )?;
             count += 1;
         }
         self.sync()?;
