@@ -35,6 +35,7 @@ fn table(count: usize, catalog: &Catalog, format: &TokenFormat) -> (KeyTable, Ve
                 account_id: account.clone(),
                 kind: KeyKind::General,
                 limits: None,
+                used: Default::default(),
             }),
         );
         if index % stride == 0 && tokens.len() < 1024 {

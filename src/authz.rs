@@ -203,6 +203,7 @@ fn decide_with(
         if !current && !previous() {
             return Decision::UnknownKey;
         }
+        entry.used.mark();
         if let Some(limits) = limits {
             if let Some(denied) = limits_deny(limits, now, client_ip) {
                 return denied;
@@ -281,6 +282,7 @@ mod tests {
                 account_id: "acct".into(),
                 kind: KeyKind::General,
                 limits: None,
+                used: Default::default(),
             }),
         );
         (keys, format, catalog, issued.token, issued.key_id)

@@ -1106,6 +1106,7 @@ fn key_json(key: &pb::ApiKey) -> Value {
         "enabled": key.enabled,
         "previous_secret_expire_time": time(&key.previous_secret_expire_time),
         "allowed_cidrs": key.allowed_cidrs, "metadata": key.metadata,
+        "last_used_time": time(&key.last_used_time),
     })
 }
 

@@ -105,6 +105,10 @@ pub struct ServeOptions {
     /// limit.
     #[arg(long, env = "SCOPEGATE_MAX_KEY_LIFETIME_SECS")]
     pub max_key_lifetime_secs: Option<u64>,
+    /// Seconds between writes of the keys' "last used" marks (one batch of
+    /// the keys used since the round before). [default: 60]
+    #[arg(long, env = "SCOPEGATE_LAST_USED_INTERVAL_SECS")]
+    pub last_used_interval_secs: Option<u64>,
     /// Days the audit trail keeps each event. [default: 90]
     #[arg(long, env = "SCOPEGATE_AUDIT_RETENTION_DAYS")]
     pub audit_retention_days: Option<u64>,
@@ -310,6 +314,7 @@ impl ServeOptions {
             max_keys_per_account,
             max_key_lifetime_secs,
             audit_retention_days,
+            last_used_interval_secs,
             dry_run,
             store,
             etcd_endpoints,
@@ -564,7 +569,12 @@ impl ServeOptions {
             0 => return Err(invalid("audit_retention_days", "must be at least 1")),
             days => Duration::from_secs(days * 86_400),
         };
+        let last_used_interval = match options.last_used_interval_secs.unwrap_or(60) {
+            0 => return Err(invalid("last_used_interval_secs", "must be at least 1")),
+            secs => Duration::from_secs(secs),
+        };
         Ok(ServeConfig {
+            last_used_interval,
             audit_retention,
             max_key_lifetime,
             fleet,
@@ -669,6 +679,7 @@ mod tests {
             max_keys_per_account = 7
             max_key_lifetime_secs = 86400
             audit_retention_days = 30
+            last_used_interval_secs = 5
             dry_run = true
             drain_timeout_secs = 2.5
             max_concurrent_requests = 9

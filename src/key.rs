@@ -4,6 +4,7 @@
 //! taking any lock, and the store's single commit task publishes changes into
 //! it after they are durable.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use crate::scope::{KeyKind, ScopeSet};
@@ -19,6 +20,75 @@ pub struct AuthEntry {
     pub kind: KeyKind,
     /// `None` for a key with no lifecycle limits: it costs one branch.
     pub limits: Option<Box<KeyLimits>>,
+    /// When the key was last used (authenticated), in minutes.
+    pub used: UsageMark,
+}
+
+/// The coarse clock of "last used": unix minutes, kept by a one-second ticker
+/// of the server (0 until it runs: nothing is marked then). Check reads it
+/// with one relaxed load; a key's mark is written once a minute at most.
+pub static COARSE_MINUTE: AtomicU32 = AtomicU32::new(0);
+
+/// Sets the coarse clock from the wall clock.
+pub fn tick_coarse_minute() {
+    let minutes = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| (elapsed.as_secs() / 60) as u32)
+        .unwrap_or(0);
+    COARSE_MINUTE.store(minutes, Ordering::Relaxed);
+}
+
+/// A key's last-used minute (in memory) and the last one persisted. Not part
+/// of the key's identity: two entries compare equal whatever their marks.
+#[derive(Default)]
+pub struct UsageMark {
+    pub minute: AtomicU32,
+    pub persisted: AtomicU32,
+}
+
+impl UsageMark {
+    pub fn at(minute: u32) -> UsageMark {
+        UsageMark {
+            minute: AtomicU32::new(minute),
+            persisted: AtomicU32::new(minute),
+        }
+    }
+
+    /// Marks a use now: a load and, once a minute, a store.
+    #[inline]
+    pub fn mark(&self) {
+        let now = COARSE_MINUTE.load(Ordering::Relaxed);
+        if now != 0 && self.minute.load(Ordering::Relaxed) != now {
+            self.minute.store(now, Ordering::Relaxed);
+        }
+    }
+
+    pub fn minute(&self) -> u32 {
+        self.minute.load(Ordering::Relaxed)
+    }
+}
+
+impl Clone for UsageMark {
+    fn clone(&self) -> Self {
+        UsageMark {
+            minute: AtomicU32::new(self.minute.load(Ordering::Relaxed)),
+            persisted: AtomicU32::new(self.persisted.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+impl PartialEq for UsageMark {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for UsageMark {}
+
+impl std::fmt::Debug for UsageMark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "UsageMark({})", self.minute())
+    }
 }
 
 /// What restricts a key beyond its scopes.
@@ -104,8 +174,32 @@ impl KeyTable {
         f(keys.get(key_id).map(|entry| &**entry))
     }
 
+    /// Inserts or replaces an entry; a replaced entry's usage mark carries
+    /// over (a change does not make a key look unused).
     pub fn insert(&self, key_id: KeyId, entry: Arc<AuthEntry>) {
-        self.keys.load().pin().insert(key_id, entry);
+        let map = self.keys.load();
+        let pinned = map.pin();
+        if let Some(old) = pinned.get(&key_id) {
+            entry
+                .used
+                .minute
+                .store(old.used.minute(), Ordering::Relaxed);
+            entry.used.persisted.store(
+                old.used.persisted.load(Ordering::Relaxed),
+                Ordering::Relaxed,
+            );
+        }
+        pinned.insert(key_id, entry);
+    }
+
+    /// Sets a key's usage mark as loaded from disk.
+    pub fn restore_mark(&self, key_id: &KeyId, minute: u32) {
+        self.with(key_id, |entry| {
+            if let Some(entry) = entry {
+                entry.used.minute.fetch_max(minute, Ordering::Relaxed);
+                entry.used.persisted.fetch_max(minute, Ordering::Relaxed);
+            }
+        });
     }
 
     pub fn remove(&self, key_id: &KeyId) {
@@ -126,6 +220,32 @@ impl KeyTable {
 
     pub fn len(&self) -> usize {
         self.keys.load().len()
+    }
+
+    /// Keys used since their mark was last persisted: (id, minute). Marks
+    /// them persisted; `unmark` undoes that if the write fails.
+    pub fn take_used(&self) -> Vec<(KeyId, u32)> {
+        let map = self.keys.load();
+        let pinned = map.pin();
+        pinned
+            .iter()
+            .filter_map(|(key_id, entry)| {
+                let minute = entry.used.minute();
+                let persisted = entry.used.persisted.swap(minute, Ordering::Relaxed);
+                (minute > persisted).then_some((*key_id, minute))
+            })
+            .collect()
+    }
+
+    /// Forgets that these marks were persisted (their write failed).
+    pub fn unmark(&self, used: &[(KeyId, u32)]) {
+        for (key_id, _) in used {
+            self.with(key_id, |entry| {
+                if let Some(entry) = entry {
+                    entry.used.persisted.store(0, Ordering::Relaxed);
+                }
+            });
+        }
     }
 
     pub fn is_empty(&self) -> bool {

@@ -142,6 +142,8 @@ pub struct KeyView {
     pub previous_secret_expire_unix_ms: i64,
     pub allowed_cidrs: Vec<String>,
     pub metadata: BTreeMap<String, String>,
+    /// 0: not used since records began.
+    pub last_used_unix_ms: i64,
 }
 
 #[derive(Default)]
@@ -850,6 +852,13 @@ impl Manager {
             },
             allowed_cidrs: record.allowed_cidrs.clone(),
             metadata: record.metadata.clone(),
+            last_used_unix_ms: record
+                .key_id()
+                .and_then(|id| {
+                    self.table()
+                        .with(&id, |entry| entry.map(|e| e.used.minute()))
+                })
+                .map_or(0, |minute| i64::from(minute) * 60_000),
         })
     }
 }

@@ -38,6 +38,8 @@ const MIN_ADMIN_TOKEN_CHARS: usize = 16;
 /// Everything `serve` needs, resolved and validated (see `config.rs`).
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
+    /// How often the "last used" marks are written.
+    pub last_used_interval: Duration,
     /// How long audit events are kept.
     pub audit_retention: Duration,
     /// Every key must expire within this; `None`: no limit.
@@ -410,6 +412,7 @@ pub async fn run(
         "keys loaded; serving"
     );
 
+    let usage = tokio::spawn(record_usage(store.clone(), config.last_used_interval));
     let reloader = tokio::spawn(reload_files(
         watched,
         config.clone(),
@@ -431,6 +434,7 @@ pub async fn run(
     set_health(&health, ServingStatus::NotServing).await;
     let _ = stop_sender.send(true);
     reloader.abort();
+    usage.abort();
 
     // Graceful shutdown waits for clients to close their connections; an idle
     // client may never do so, so the drain is bounded.
@@ -467,6 +471,27 @@ pub async fn run(
     store.sync()?;
     tracing::info!("stopped");
     served.map_err(StartError::from)
+}
+
+/// Keeps the coarse clock of "last used" (every second) and writes the
+/// marks of the keys used since the last round (every `every`).
+async fn record_usage(store: Store, every: Duration) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    let mut last_write = std::time::Instant::now();
+    loop {
+        ticks.tick().await;
+        crate::key::tick_coarse_minute();
+        if last_write.elapsed() < every {
+            continue;
+        }
+        last_write = std::time::Instant::now();
+        let writing = store.clone();
+        match tokio::task::spawn_blocking(move || writing.persist_usage()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "could not record last-used times"),
+            Err(_) => {}
+        }
+    }
 }
 
 /// Fleet mode: the sync health service (`scopegate.v1.FleetSync`: SERVING

@@ -58,6 +58,7 @@ fn the_allow_path_does_not_allocate() {
                 account_id: "acme".into(),
                 kind: KeyKind::General,
                 limits: None,
+                used: Default::default(),
             }),
         );
         tokens.push(issued.token);

@@ -985,3 +985,63 @@ async fn every_change_is_audited_durably() {
     assert_eq!(printed["events"].as_array().unwrap().len(), 1);
     assert_eq!(printed["events"][0]["action"], "create");
 }
+
+/// "Last used" appears at once (from memory, to the minute), is written off
+/// the hot path in rounds, and survives kill -9 once its round is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_used_is_recorded_and_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, &["--last-used-interval-secs", "1"]);
+    let key = server.admin_key(&["mail.send"]).await;
+    let key_id = key.key.unwrap().key_id;
+    async fn get(server: &Server, key_id: &str) -> pb::ApiKey {
+        let request = bearer(
+            &server.admin_token,
+            pb::GetKeyRequest {
+                key_id: key_id.to_owned(),
+            },
+        );
+        server
+            .manage()
+            .await
+            .get_key(request)
+            .await
+            .unwrap()
+            .into_inner()
+    }
+    assert!(
+        get(&server, &key_id).await.last_used_time.is_none(),
+        "never used yet"
+    );
+    let before = SystemTime::now();
+    assert_eq!(
+        decision(&server, check(&key.token, &["mail.send"])).await,
+        pb::Decision::Allowed
+    );
+    let used: SystemTime = get(&server, &key_id)
+        .await
+        .last_used_time
+        .expect("marked")
+        .try_into()
+        .unwrap();
+    let minute_of = |time: SystemTime| {
+        time.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 60
+    };
+    assert!(
+        minute_of(used) >= minute_of(before) && minute_of(used) <= minute_of(SystemTime::now())
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await; // one round written
+    server.kill9();
+    let server = Server::start(&data, &[]);
+    let after: SystemTime = get(&server, &key_id)
+        .await
+        .last_used_time
+        .expect("survived")
+        .try_into()
+        .unwrap();
+    assert_eq!(after, used);
+}

@@ -31,6 +31,7 @@ fn service() -> &'static (ExtAuthzService, tokio::runtime::Runtime) {
                 account_id: "acme".into(),
                 kind: KeyKind::General,
                 limits: None,
+                used: Default::default(),
             }),
         );
         let readiness = Arc::new(Readiness::default());

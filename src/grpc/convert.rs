@@ -93,6 +93,7 @@ pub(super) fn key_to_pb(view: KeyView) -> pb::ApiKey {
         previous_secret_expire_time: optional_timestamp(view.previous_secret_expire_unix_ms),
         allowed_cidrs: view.allowed_cidrs,
         metadata: view.metadata.into_iter().collect(),
+        last_used_time: optional_timestamp(view.last_used_unix_ms),
     }
 }
 

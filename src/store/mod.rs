@@ -158,6 +158,8 @@ struct Inner {
     meta: sled::Tree,
     /// Audit events by `AuditEvent::sort_key` (standalone mode).
     audit: sled::Tree,
+    /// key id → the unix minute it was last used (this sidecar's view).
+    last_used: sled::Tree,
     audit_sequence: std::sync::atomic::AtomicU64,
     /// Events older than this are pruned (ms).
     audit_retention_ms: std::sync::atomic::AtomicI64,
@@ -246,6 +248,7 @@ impl Store {
         let keys = db.open_tree("keys")?;
         let accounts = db.open_tree("accounts")?;
         let audit = db.open_tree("audit")?;
+        let last_used = db.open_tree("last_used")?;
         // Continue the sequence after the newest event.
         let audit_sequence = audit
             .last()?
@@ -328,6 +331,7 @@ impl Store {
                 durable,
                 meta,
                 audit,
+                last_used,
                 audit_sequence: audit_sequence.into(),
                 audit_retention_ms: DEFAULT_AUDIT_RETENTION_MS.into(),
                 fleet: fleet.map(|config| Arc::new(fleet::Fleet::new(config, applied_revision))),
@@ -457,6 +461,7 @@ impl Store {
             })
             .collect();
         inner.table.replace_all(entries);
+        self.restore_marks()?;
         Ok(())
     }
 
@@ -556,7 +561,9 @@ impl Store {
         drop(batches);
         let published = publisher.join().map_err(|_| StoreError::Closed)?;
         walked?;
-        published
+        let loaded = published?;
+        self.restore_marks()?;
+        Ok(loaded)
     }
 
     fn publish_loaded(
@@ -626,6 +633,7 @@ impl Store {
             account_id: record.account_id.as_str().into(),
             kind,
             limits,
+            used: Default::default(),
         })
     }
 
@@ -776,9 +784,54 @@ impl Store {
                         Ok::<_, ConflictableTransactionError<StoreError>>(())
                     })
                     .map_err(transaction_error)?;
+                // Not part of the change's atomicity: a stale mark is harmless.
+                let _ = inner.last_used.remove(key_id.as_bytes());
                 Ok(Publish::Remove(key_id))
             }
         }
+    }
+
+    /// Writes the "last used" marks set since the last round, in one batch,
+    /// and syncs. Blocking. A crash loses at most one round (documented).
+    pub fn persist_usage(&self) -> Result<usize, StoreError> {
+        self.healthy()?;
+        let used = self.inner.table.take_used();
+        if used.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = sled::Batch::default();
+        for (key_id, minute) in &used {
+            batch.insert(&key_id.as_bytes()[..], &minute.to_be_bytes()[..]);
+        }
+        let written = self
+            .inner
+            .last_used
+            .apply_batch(batch)
+            .map_err(StoreError::from)
+            .and_then(|()| self.sync_or_fail());
+        if let Err(error) = written {
+            self.inner.table.unmark(&used);
+            return Err(error);
+        }
+        Ok(used.len())
+    }
+
+    /// Puts the persisted "last used" marks into the table (after a load or
+    /// a full resync).
+    fn restore_marks(&self) -> Result<(), StoreError> {
+        for item in self.inner.last_used.iter() {
+            let (key, value) = item?;
+            let (Ok(id), Ok(minute)) = (
+                <[u8; 16]>::try_from(key.as_ref()),
+                <[u8; 4]>::try_from(value.as_ref()),
+            ) else {
+                continue;
+            };
+            self.inner
+                .table
+                .restore_mark(&KeyId::from_bytes(id), u32::from_be_bytes(minute));
+        }
+        Ok(())
     }
 
     /// Sets how long audit events are kept.
