@@ -364,6 +364,15 @@ impl Store {
     /// Applies one batch of watch events and its revision to the mirror in
     /// one sled transaction, syncs, then publishes to the table.
     fn apply_mirror(&self, changes: &[MirrorChange], revision: i64) -> Result<(), StoreError> {
+        let applied = self.apply_mirror_unchecked(changes, revision);
+        self.fail_on_io(applied)
+    }
+
+    fn apply_mirror_unchecked(
+        &self,
+        changes: &[MirrorChange],
+        revision: i64,
+    ) -> Result<(), StoreError> {
         let inner = &self.inner;
         let _writer = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
         self.healthy()?;
@@ -419,6 +428,15 @@ impl Store {
     /// Replaces the whole mirror and table with a full read at `revision`:
     /// one sled transaction, then one swap of the table.
     fn replace_mirror(
+        &self,
+        records: Vec<(KeyId, KeyRecord)>,
+        revision: i64,
+    ) -> Result<(), StoreError> {
+        let replaced = self.replace_mirror_unchecked(records, revision);
+        self.fail_on_io(replaced)
+    }
+
+    fn replace_mirror_unchecked(
         &self,
         records: Vec<(KeyId, KeyRecord)>,
         revision: i64,
@@ -715,9 +733,33 @@ impl Store {
         .await
     }
 
+    /// A sled I/O error while writing leaves sled's state unknown: like a
+    /// failed sync, it is final (the store refuses everything, the server
+    /// restarts on what the disk holds).
+    fn fail_on_io<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        match result {
+            Err(StoreError::Io(error)) => {
+                let reason = format!("write failed: {error}");
+                tracing::error!(%reason, "store write failed; stopping to recover from disk");
+                self.inner.failed.send_replace(Some(reason.clone()));
+                Err(StoreError::Failed { reason })
+            }
+            other => other,
+        }
+    }
+
     /// Writes a change and its audit event into sled (the source of truth in
     /// standalone mode), in one transaction. Called under the writer lock.
     fn apply_local(&self, change: Change, event: AuditEvent) -> Result<Publish, StoreError> {
+        let applied = self.apply_local_unchecked(change, event);
+        self.fail_on_io(applied)
+    }
+
+    fn apply_local_unchecked(
+        &self,
+        change: Change,
+        event: AuditEvent,
+    ) -> Result<Publish, StoreError> {
         let inner = &self.inner;
         let sequence = inner
             .audit_sequence
@@ -803,12 +845,12 @@ impl Store {
         for (key_id, minute) in &used {
             batch.insert(&key_id.as_bytes()[..], &minute.to_be_bytes()[..]);
         }
-        let written = self
+        let applied = self
             .inner
             .last_used
             .apply_batch(batch)
-            .map_err(StoreError::from)
-            .and_then(|()| self.sync_or_fail());
+            .map_err(StoreError::from);
+        let written = self.fail_on_io(applied).and_then(|()| self.sync_or_fail());
         if let Err(error) = written {
             self.inner.table.unmark(&used);
             return Err(error);
