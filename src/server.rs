@@ -468,6 +468,10 @@ pub async fn run(
     if let Some(reason) = failed {
         return Err(StartError::Store(StoreError::Failed { reason }));
     }
+    // A clean stop keeps the last round of "last used" marks too.
+    if let Err(error) = store.persist_usage() {
+        tracing::warn!(%error, "could not record last-used times at shutdown");
+    }
     store.sync()?;
     tracing::info!("stopped");
     served.map_err(StartError::from)

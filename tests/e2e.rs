@@ -643,7 +643,7 @@ async fn restart_keeps_everything_and_a_second_server_is_refused() {
         .unwrap()
         .into_inner();
     assert_eq!(decision(&gone), pb::Decision::UnknownKey);
-    let key = manage
+    let mut key = manage
         .get_key(bearer(
             &admin,
             pb::GetKeyRequest {
@@ -653,6 +653,8 @@ async fn restart_keeps_everything_and_a_second_server_is_refused() {
         .await
         .unwrap()
         .into_inner();
+    // It was checked before the clean stop: its last use was kept too.
+    assert!(key.last_used_time.take().is_some());
     assert_eq!(key, kept.key.unwrap());
 }
 
