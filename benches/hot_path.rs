@@ -2,6 +2,10 @@
 //! scope decision at 1K / 100K / 1M keys, route matching, and an Envoy
 //! ext_authz request → response. Run: `cargo bench --bench hot_path`.
 
+// Measure what ships: the scopegate binary runs on mimalloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};

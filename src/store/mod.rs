@@ -160,6 +160,8 @@ struct Inner {
     audit: sled::Tree,
     /// key id → the unix minute it was last used (this sidecar's view).
     last_used: sled::Tree,
+    /// The minutes already written to `last_used`.
+    usage_persisted: Mutex<std::collections::HashMap<KeyId, u32>>,
     audit_sequence: std::sync::atomic::AtomicU64,
     /// Events older than this are pruned (ms).
     audit_retention_ms: std::sync::atomic::AtomicI64,
@@ -332,6 +334,7 @@ impl Store {
                 meta,
                 audit,
                 last_used,
+                usage_persisted: Mutex::default(),
                 audit_sequence: audit_sequence.into(),
                 audit_retention_ms: DEFAULT_AUDIT_RETENTION_MS.into(),
                 fleet: fleet.map(|config| Arc::new(fleet::Fleet::new(config, applied_revision))),
@@ -837,7 +840,18 @@ impl Store {
     /// and syncs. Blocking. A crash loses at most one round (documented).
     pub fn persist_usage(&self) -> Result<usize, StoreError> {
         self.healthy()?;
-        let used = self.inner.table.take_used();
+        let mut persisted = self
+            .inner
+            .usage_persisted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let used: Vec<(KeyId, u32)> = self
+            .inner
+            .table
+            .marks()
+            .into_iter()
+            .filter(|(key_id, minute)| persisted.get(key_id).is_none_or(|done| minute > done))
+            .collect();
         if used.is_empty() {
             return Ok(0);
         }
@@ -851,10 +865,8 @@ impl Store {
             .apply_batch(batch)
             .map_err(StoreError::from);
         let written = self.fail_on_io(applied).and_then(|()| self.sync_or_fail());
-        if let Err(error) = written {
-            self.inner.table.unmark(&used);
-            return Err(error);
-        }
+        written?;
+        persisted.extend(used.iter().copied());
         Ok(used.len())
     }
 
@@ -869,9 +881,13 @@ impl Store {
             ) else {
                 continue;
             };
+            let (key_id, minute) = (KeyId::from_bytes(id), u32::from_be_bytes(minute));
+            self.inner.table.restore_mark(&key_id, minute);
             self.inner
-                .table
-                .restore_mark(&KeyId::from_bytes(id), u32::from_be_bytes(minute));
+                .usage_persisted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key_id, minute);
         }
         Ok(())
     }
