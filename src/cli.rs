@@ -906,17 +906,7 @@ async fn run_keys(command: KeysCommand) -> Result<ExitCode, String> {
                 .await
                 .map_err(status_text)?
                 .into_inner();
-            let key = response.key.unwrap_or_default();
-            if client.json {
-                println!(
-                    "{}",
-                    json!({"key": key_json(&key), "token": response.token})
-                );
-            } else {
-                print_keys(std::slice::from_ref(&key));
-                println!("\ntoken: {}", response.token);
-                println!("(shown once: only its hash is stored)");
-            }
+            print_token(&client, response);
         }
         KeysCommand::Get { client, key_id } => {
             let mut manage = manage_client(&client).await?;
@@ -1014,17 +1004,7 @@ async fn run_keys(command: KeysCommand) -> Result<ExitCode, String> {
                 .await
                 .map_err(status_text)?
                 .into_inner();
-            let key = response.key.unwrap_or_default();
-            if client.json {
-                println!(
-                    "{}",
-                    json!({"key": key_json(&key), "token": response.token})
-                );
-            } else {
-                print_keys(std::slice::from_ref(&key));
-                println!("\ntoken: {}", response.token);
-                println!("(shown once: only its hash is stored)");
-            }
+            print_token(&client, response);
         }
         KeysCommand::Delete { client, key_id } => {
             let mut manage = manage_client(&client).await?;
@@ -1108,6 +1088,21 @@ fn key_json(key: &pb::ApiKey) -> Value {
         "allowed_cidrs": key.allowed_cidrs, "metadata": key.metadata,
         "last_used_time": time(&key.last_used_time),
     })
+}
+
+/// A key and its new token (CreateKey, RotateKey): the token is shown once.
+fn print_token(client: &ClientArgs, response: pb::CreateKeyResponse) {
+    let key = response.key.unwrap_or_default();
+    if client.json {
+        println!(
+            "{}",
+            json!({"key": key_json(&key), "token": response.token})
+        );
+    } else {
+        print_keys(std::slice::from_ref(&key));
+        println!("\ntoken: {}", response.token);
+        println!("(shown once: only its hash is stored)");
+    }
 }
 
 fn print_one_or_json(client: &ClientArgs, key: pb::ApiKey) {

@@ -471,29 +471,8 @@ impl Manager {
         query: ListQuery,
     ) -> Result<(Vec<KeyView>, String), ManageError> {
         self.require(caller, ManageAction::Read)?;
-        let account = match caller {
-            Caller::Admin if query.account_id.is_empty() => None,
-            Caller::Admin => Some(validate_account_id(&query.account_id)?),
-            Caller::Key { account_id, .. } => {
-                if !query.account_id.is_empty() && query.account_id != **account_id {
-                    return Err(ManageError::OtherAccount);
-                }
-                Some(account_id.to_string())
-            }
-        };
-        let page_size = match query.page_size {
-            size if size < 0 => return Err(invalid("page_size", "must not be negative")),
-            0 => DEFAULT_PAGE_SIZE,
-            size => (size as usize).min(MAX_PAGE_SIZE),
-        };
-        let after = match query.page_token.as_str() {
-            "" => None,
-            token => Some(
-                URL_SAFE_NO_PAD
-                    .decode(token)
-                    .map_err(|_| invalid("page_token", "not a token from a previous ListKeys"))?,
-            ),
-        };
+        let account = readable_account(caller, &query.account_id)?;
+        let (page_size, after) = page(query.page_size, &query.page_token, "ListKeys")?;
         let (records, next) = self
             .store
             .list(account.as_deref(), after.as_deref(), page_size)?;
@@ -731,16 +710,7 @@ impl Manager {
         query: AuditQuery,
     ) -> Result<(Vec<AuditEvent>, String), ManageError> {
         self.require(caller, ManageAction::Read)?;
-        let account_id = match caller {
-            Caller::Admin if query.account_id.is_empty() => None,
-            Caller::Admin => Some(validate_account_id(&query.account_id)?),
-            Caller::Key { account_id, .. } => {
-                if !query.account_id.is_empty() && query.account_id != **account_id {
-                    return Err(ManageError::OtherAccount);
-                }
-                Some(account_id.to_string())
-            }
-        };
+        let account_id = readable_account(caller, &query.account_id)?;
         let key_id = match query.key_id.as_str() {
             "" => None,
             text => Some(parse_key_id(text)?),
@@ -748,17 +718,7 @@ impl Manager {
         if query.end_unix_ms != 0 && query.end_unix_ms <= query.start_unix_ms {
             return Err(invalid("end_time", "must be after start_time"));
         }
-        let page_size = match query.page_size {
-            size if size < 0 => return Err(invalid("page_size", "must not be negative")),
-            0 => DEFAULT_PAGE_SIZE,
-            size => (size as usize).min(MAX_PAGE_SIZE),
-        };
-        let after = match query.page_token.as_str() {
-            "" => None,
-            token => Some(URL_SAFE_NO_PAD.decode(token).map_err(|_| {
-                invalid("page_token", "not a token from a previous ListAuditEvents")
-            })?),
-        };
+        let (page_size, after) = page(query.page_size, &query.page_token, "ListAuditEvents")?;
         let filter = AuditFilter {
             account_id,
             key_id,
@@ -900,6 +860,38 @@ fn visible_to(caller: &Caller, record: &KeyRecord) -> bool {
     match caller {
         Caller::Admin => true,
         Caller::Key { account_id, .. } => record.account_id == **account_id,
+    }
+}
+
+/// A page request: its size (default 50, at most 1000) and where to resume.
+fn page(size: i32, token: &str, rpc: &str) -> Result<(usize, Option<Vec<u8>>), ManageError> {
+    let size = match size {
+        size if size < 0 => return Err(invalid("page_size", "must not be negative")),
+        0 => DEFAULT_PAGE_SIZE,
+        size => (size as usize).min(MAX_PAGE_SIZE),
+    };
+    let after =
+        match token {
+            "" => None,
+            token => Some(URL_SAFE_NO_PAD.decode(token).map_err(|_| {
+                invalid("page_token", format!("not a token from a previous {rpc}"))
+            })?),
+        };
+    Ok((size, after))
+}
+
+/// The account a read may cover: for the admin the one asked for (`None`:
+/// every account), for an API key its own (asking for another is refused).
+fn readable_account(caller: &Caller, asked: &str) -> Result<Option<String>, ManageError> {
+    match caller {
+        Caller::Admin if asked.is_empty() => Ok(None),
+        Caller::Admin => Ok(Some(validate_account_id(asked)?)),
+        Caller::Key { account_id, .. } => {
+            if !asked.is_empty() && asked != &**account_id {
+                return Err(ManageError::OtherAccount);
+            }
+            Ok(Some(account_id.to_string()))
+        }
     }
 }
 

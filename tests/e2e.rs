@@ -762,13 +762,7 @@ async fn no_secret_ever_reaches_the_log() {
     assert!(log.contains("TRACE"), "the log is at trace level");
     let (_, metrics) = server.http_get("/metrics");
     let backup = dir.path().join("backup.jsonl");
-    let status = std::process::Command::new(common::BIN)
-        .args(["backup", "--server", &server.addr, "--out"])
-        .arg(&backup)
-        .env("SCOPEGATE_AUTH", &admin)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    server.backup(&backup);
     let backup = std::fs::read(&backup).unwrap();
     let mut on_disk = Vec::new();
     for entry in walk(&data.join("sled")) {
@@ -844,13 +838,7 @@ async fn files_are_private_and_readable_secret_files_are_refused() {
     }
     assert_eq!(mode(&socket), 0o660, "the socket gets exactly --uds-mode");
     let backup = dir.path().join("b.jsonl");
-    let status = std::process::Command::new(common::BIN)
-        .args(["backup", "--server", &server.addr, "--out"])
-        .arg(&backup)
-        .env("SCOPEGATE_AUTH", &server.admin_token)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    server.backup(&backup);
     assert_eq!(mode(&backup), 0o600);
     assert!(!dir.path().join("b.partial").exists());
     drop(server);

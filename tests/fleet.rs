@@ -661,13 +661,7 @@ async fn fleet_import_and_backup() {
 
     // Backup from a fleet sidecar.
     let backup = dir.path().join("fleet-backup.jsonl");
-    let status = std::process::Command::new(common::BIN)
-        .args(["backup", "--server", &a.addr, "--out"])
-        .arg(&backup)
-        .env("SCOPEGATE_AUTH", &a.admin_token)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    a.backup(&backup);
     let lines = std::fs::read_to_string(&backup).unwrap();
     assert_eq!(lines.lines().count(), 2);
     assert!(lines.contains("renamed"));

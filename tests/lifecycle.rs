@@ -631,13 +631,7 @@ async fn lifecycle_state_survives_restart_and_restore() {
     .await
     .unwrap();
     let backup = dir.path().join("backup.jsonl");
-    let status = std::process::Command::new(common::BIN)
-        .args(["backup", "--server", &server.addr, "--out"])
-        .arg(&backup)
-        .env("SCOPEGATE_AUTH", &server.admin_token)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    server.backup(&backup);
     assert!(server.terminate());
     let restored = dir.path().join("restored");
     let status = std::process::Command::new(common::BIN)

@@ -1184,13 +1184,7 @@ async fn catalogs_are_checked_against_stored_keys_everywhere() {
     let reports = server.admin_key(&["reports.read"]).await;
     let stats = server.admin_key(&["stats.read"]).await;
     let backup = dir.path().join("backup.jsonl");
-    let status = std::process::Command::new(common::BIN)
-        .args(["backup", "--server", &server.addr, "--out"])
-        .arg(&backup)
-        .env("SCOPEGATE_AUTH", &server.admin_token)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    server.backup(&backup);
 
     // Reload: `stats` turning exclusive would make the stats key a billing-like key.
     let exclusive_stats = with_reports.replace(

@@ -188,6 +188,17 @@ impl Server {
         std::fs::read_to_string(&self.log_path).unwrap()
     }
 
+    /// `scopegate backup --out FILE` against this server, as the admin.
+    pub fn backup(&self, out: &Path) {
+        let status = Command::new(BIN)
+            .args(["backup", "--server", &self.addr, "--out"])
+            .arg(out)
+            .env("SCOPEGATE_AUTH", &self.admin_token)
+            .status()
+            .unwrap();
+        assert!(status.success(), "backup to {} failed", out.display());
+    }
+
     /// Sends a signal by name (HUP, TERM, …).
     pub fn signal(&self, name: &str) {
         Command::new("kill")
