@@ -8,8 +8,8 @@
 //!   a full read at one revision instead;
 //! - **writer**: each watch response is applied to the sled mirror together
 //!   with its revision in one sled transaction, synced like any standalone
-//!   write, and only then published to the [`KeyTable`] (a full read swaps the
-//!   mirror and the table whole);
+//!   write, and only then published to the [`KeyTable`] (a full read replaces
+//!   the mirror in one transaction, then brings the table to the new set);
 //! - **readers**: Check reads the table; Get/List read the mirror.
 //!
 //! A mutation is one etcd transaction that compares the `mod_revision` of
@@ -609,7 +609,7 @@ impl Fleet {
         metrics::gauge!(crate::telemetry::FLEET_APPLIED_REVISION).set(applied as f64);
     }
 
-    /// A full read of every key at one revision, swapped in whole.
+    /// A full read of every key at one revision, replacing the mirror whole.
     async fn resync(&self, store: &Store, client: &mut Client) -> Result<(), StoreError> {
         let prefix = self.keys_prefix();
         let end = prefix_end(&prefix);

@@ -429,7 +429,7 @@ impl Store {
     }
 
     /// Replaces the whole mirror and table with a full read at `revision`:
-    /// one sled transaction, then one swap of the table.
+    /// one sled transaction, then brings the table to the new set.
     fn replace_mirror(
         &self,
         records: Vec<(KeyId, KeyRecord)>,
