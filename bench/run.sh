@@ -33,7 +33,7 @@ fi
 # Starts scopegate (on the same data dir each time) and the two bare tonic
 # ceiling servers (TCP, Unix socket), under an optional command prefix (taskset).
 start_servers() {
-  "$@" "$bin" serve --listen 127.0.0.1:0 --uds "$work/grpc.sock" --metrics-listen none \
+  "$@" "$bin" serve --listen 127.0.0.1:0 --uds "$work/grpc.sock" --metrics-listen 127.0.0.1:0 \
     --data-dir "$work/data" --log-format json --max-keys-per-account 100000 2> "$work/serve.log" &
   server_pid=$!; pids+=("$server_pid")
   rm -f "$work/ceiling.sock"

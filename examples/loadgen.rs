@@ -10,6 +10,11 @@
 //!   loadgen revocation --origin http://A --watchers http://B,http://C
 //!           --admin-token-file F --count 1000 [--etcd-pid PID]
 
+// The same allocator as the scopegate binary, so the bare-tonic ceiling and
+// scopegate are compared on equal terms.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
