@@ -540,10 +540,14 @@ impl Manager {
         let (before, updated) = self
             .store
             .mutate(caller_reads(caller, Some(id)), move |snapshot| {
-                let current = snapshot.get(&id).ok_or(StoreError::NotFound)?;
-                let caller = current_caller(snapshot, &catalog, &guard)?;
-                require(&catalog, &caller, ManageAction::Update)?;
-                check_may_change(&catalog, &caller, current, &key_id_text)?;
+                let (current, caller) = changeable(
+                    snapshot,
+                    &catalog,
+                    &guard,
+                    &id,
+                    &key_id_text,
+                    ManageAction::Update,
+                )?;
                 let mut updated = current.clone();
                 if let Some(name) = &name {
                     updated.name = name.clone();
@@ -636,10 +640,14 @@ impl Manager {
         let (_, rotated) = self
             .store
             .mutate(caller_reads(caller, Some(id)), move |snapshot| {
-                let current = snapshot.get(&id).ok_or(StoreError::NotFound)?;
-                let caller = current_caller(snapshot, &catalog, &guard)?;
-                require(&catalog, &caller, ManageAction::Update)?;
-                check_may_change(&catalog, &caller, current, &key_id_text)?;
+                let (current, caller) = changeable(
+                    snapshot,
+                    &catalog,
+                    &guard,
+                    &id,
+                    &key_id_text,
+                    ManageAction::Update,
+                )?;
                 let now = now_unix_ms();
                 let mut rotated = current.clone();
                 if overlap.is_zero() {
@@ -687,10 +695,14 @@ impl Manager {
         let deleted = self
             .store
             .mutate(caller_reads(caller, Some(id)), move |snapshot| {
-                let current = snapshot.get(&id).ok_or(StoreError::NotFound)?;
-                let caller = current_caller(snapshot, &catalog, &guard)?;
-                require(&catalog, &caller, ManageAction::Delete)?;
-                check_may_change(&catalog, &caller, current, &key_id_text)?;
+                let (current, caller) = changeable(
+                    snapshot,
+                    &catalog,
+                    &guard,
+                    &id,
+                    &key_id_text,
+                    ManageAction::Delete,
+                )?;
                 let event = audit_event("delete", &caller, Some(current), None);
                 Ok::<_, ManageError>((Change::Delete(current.clone()), event, current.clone()))
             })
@@ -1009,6 +1021,23 @@ fn check_no_escalation(
         }
     }
     Ok(())
+}
+
+/// The target of an update, rotation or delete and the caller as they are
+/// when the change applies, once the caller may do `action` to the target.
+fn changeable<'a>(
+    snapshot: &'a Snapshot,
+    catalog: &Catalog,
+    caller: &Caller,
+    id: &KeyId,
+    key_id: &str,
+    action: ManageAction,
+) -> Result<(&'a KeyRecord, Caller), ManageError> {
+    let current = snapshot.get(id).ok_or(StoreError::NotFound)?;
+    let caller = current_caller(snapshot, catalog, caller)?;
+    require(catalog, &caller, action)?;
+    check_may_change(catalog, &caller, current, key_id)?;
+    Ok((current, caller))
 }
 
 /// A lesser key cannot touch a stronger one.
