@@ -4,7 +4,7 @@
 //!   loadgen ceiling --listen 127.0.0.1:0 | --uds PATH
 //!   loadgen check --target http://127.0.0.1:50051|unix:/path --workload scopes|http|ext-authz
 //!           --token SG... --concurrency 16 --connections 4 --duration-secs 5 --warmup-secs 1
-//!           [--server-pid PID]
+//!           [--server-pid PID] [--rate REQ_PER_SEC (open loop)] [--requests N]
 //!   loadgen writes --target ... --admin-token-file F --concurrency 32 --count 2000
 //!   loadgen gen-backup --keys 1000000 --out keys.jsonl
 //!   loadgen revocation --origin http://A --watchers http://B,http://C
@@ -33,6 +33,36 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::Args)]
+struct CheckArgs {
+    #[arg(long)]
+    target: String,
+    #[arg(long)]
+    workload: String,
+    #[arg(long, default_value = "")]
+    token: String,
+    /// Requests in flight (closed loop), or most outstanding (open loop).
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    #[arg(long, default_value_t = 5.0)]
+    duration_secs: f64,
+    #[arg(long, default_value_t = 1.0)]
+    warmup_secs: f64,
+    /// Send exactly this many requests (no warm-up, no duration), then exit.
+    #[arg(long, conflicts_with = "rate")]
+    requests: Option<u64>,
+    /// Open loop: start a request every 1/rate s whatever the answers do;
+    /// latency counts from the intended start (no coordinated omission).
+    #[arg(long)]
+    rate: Option<f64>,
+    #[arg(long)]
+    server_pid: Option<u32>,
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// A bare tonic server: Authorize/Check answers a fixed message (and so
@@ -43,27 +73,10 @@ enum Command {
         #[arg(long)]
         uds: Option<String>,
     },
-    /// Drive Check (or ext_authz) for a fixed duration after a warm-up.
-    Check {
-        #[arg(long)]
-        target: String,
-        #[arg(long)]
-        workload: String,
-        #[arg(long, default_value = "")]
-        token: String,
-        #[arg(long, default_value_t = 16)]
-        concurrency: usize,
-        #[arg(long, default_value_t = 4)]
-        connections: usize,
-        #[arg(long, default_value_t = 5.0)]
-        duration_secs: f64,
-        #[arg(long, default_value_t = 1.0)]
-        warmup_secs: f64,
-        #[arg(long)]
-        server_pid: Option<u32>,
-        #[arg(long, default_value = "")]
-        label: String,
-    },
+    /// Drive Check (or ext_authz): closed loop for a fixed duration after a
+    /// warm-up, a fixed number of requests (`--requests`, for instruction
+    /// counts), or open loop at a fixed arrival rate (`--rate`).
+    Check(CheckArgs),
     /// Durable CreateKey then DeleteKey throughput, and stale allows after delete.
     Writes {
         #[arg(long)]
@@ -241,19 +254,9 @@ async fn one_request(workload: &Workload, channel: &Channel) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_check(
-    target: String,
-    workload: String,
-    token: String,
-    concurrency: usize,
-    connections: usize,
-    duration: Duration,
-    warmup: Duration,
-    server_pid: Option<u32>,
-    label: String,
-) {
-    let request = match workload.as_str() {
+async fn run_check(args: CheckArgs) {
+    let token = args.token.clone();
+    let request = match args.workload.as_str() {
         "scopes" | "ceiling" => Workload::Scopes(pb::CheckRequest {
             token: token.clone(),
             scopes: vec!["mail.send".into()],
@@ -272,43 +275,42 @@ async fn run_check(
         "ext-authz" | "ceiling-ext-authz" => {
             Workload::ExtAuthz(Box::new(envoy_request::envoy_request(&token)))
         }
+        "ext-authz-allowed" | "ceiling-ext-authz-allowed" => Workload::ExtAuthz(Box::new(
+            envoy_request::envoy_request_allowed_headers(&token),
+        )),
         other => panic!("unknown workload {other}"),
     };
     let mut channels = Vec::new();
-    for _ in 0..connections.max(1) {
-        channels.push(channel(&target).await);
+    for _ in 0..args.connections.max(1) {
+        channels.push(channel(&args.target).await);
     }
+    if let Some(count) = args.requests {
+        run_count(&request, &channels, args.concurrency.max(1), count).await;
+        return;
+    }
+    let duration = Duration::from_secs_f64(args.duration_secs);
+    let warmup = Duration::from_secs_f64(args.warmup_secs);
     let started = Instant::now();
     let measure_from = started + warmup;
     let stop_at = measure_from + duration;
-    let mut workers = Vec::new();
-    for worker in 0..concurrency {
-        let channel = channels[worker % channels.len()].clone();
-        let request = request.clone();
-        workers.push(tokio::spawn(async move {
-            let mut histogram = Histogram::<u64>::new_with_bounds(1, 10_000_000, 3).unwrap();
-            loop {
-                let sent = Instant::now();
-                if sent >= stop_at {
-                    break;
-                }
-                one_request(&request, &channel).await;
-                if sent >= measure_from {
-                    histogram
-                        .record(sent.elapsed().as_micros().max(1) as u64)
-                        .unwrap();
-                }
-            }
-            histogram
-        }));
-    }
+    let workers = match args.rate {
+        None => closed_loop(&request, &channels, args.concurrency, measure_from, stop_at),
+        Some(rate) => open_loop(
+            &request,
+            &channels,
+            args.concurrency,
+            rate,
+            measure_from,
+            stop_at,
+        ),
+    };
     tokio::time::sleep_until(measure_from.into()).await;
-    let usage_before = server_pid.map(process_usage);
-    let mut total = Histogram::<u64>::new_with_bounds(1, 10_000_000, 3).unwrap();
+    let usage_before = args.server_pid.map(process_usage);
+    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
     for worker in workers {
         total.add(worker.await.unwrap()).unwrap();
     }
-    let usage_after = server_pid.map(process_usage);
+    let usage_after = args.server_pid.map(process_usage);
     let seconds = duration.as_secs_f64();
     let (cpu_percent, rss_mib) = match (usage_before, usage_after) {
         (Some((before, _)), Some((after, rss))) => (100.0 * (after - before) / seconds, rss),
@@ -317,13 +319,122 @@ async fn run_check(
     println!(
         "{}",
         serde_json::json!({
-            "label": label, "workload": workload, "target": if target.starts_with("unix:") { "uds" } else { "tcp" },
-            "concurrency": concurrency, "connections": connections,
+            "label": args.label, "workload": args.workload,
+            "target": if args.target.starts_with("unix:") { "uds" } else { "tcp" },
+            "concurrency": args.concurrency, "connections": args.connections,
+            "rate": args.rate,
             "requests": total.len(), "rps": total.len() as f64 / seconds,
             "p50_us": total.value_at_quantile(0.50), "p99_us": total.value_at_quantile(0.99),
             "p999_us": total.value_at_quantile(0.999),
             "server_cpu_percent": cpu_percent, "server_rss_mib": rss_mib,
         })
+    );
+}
+
+type Recorder = tokio::task::JoinHandle<Histogram<u64>>;
+
+/// `concurrency` workers, each sending its next request when the last one
+/// is answered; latency from the send.
+fn closed_loop(
+    request: &Workload,
+    channels: &[Channel],
+    concurrency: usize,
+    measure_from: Instant,
+    stop_at: Instant,
+) -> Vec<Recorder> {
+    (0..concurrency)
+        .map(|worker| {
+            let channel = channels[worker % channels.len()].clone();
+            let request = request.clone();
+            tokio::spawn(async move {
+                let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+                loop {
+                    let sent = Instant::now();
+                    if sent >= stop_at {
+                        break;
+                    }
+                    one_request(&request, &channel).await;
+                    if sent >= measure_from {
+                        histogram
+                            .record(sent.elapsed().as_micros().max(1) as u64)
+                            .unwrap();
+                    }
+                }
+                histogram
+            })
+        })
+        .collect()
+}
+
+/// Requests start on a fixed schedule (one every 1/rate s) whether or not
+/// earlier ones were answered, up to `max_outstanding`; a request that has
+/// to wait for a slot still counts its latency from its intended start, so
+/// a stall shows in p99 instead of hiding (coordinated omission).
+fn open_loop(
+    request: &Workload,
+    channels: &[Channel],
+    max_outstanding: usize,
+    rate: f64,
+    measure_from: Instant,
+    stop_at: Instant,
+) -> Vec<Recorder> {
+    let request = request.clone();
+    let channels = channels.to_vec();
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_outstanding.max(1)));
+    let (results, mut received) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let schedule = tokio::spawn(async move {
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        let started = Instant::now();
+        for n in 0u64.. {
+            let intended = started + interval.mul_f64(n as f64);
+            if intended >= stop_at {
+                break;
+            }
+            tokio::time::sleep_until(intended.into()).await;
+            let slot = slots.clone().acquire_owned().await.unwrap();
+            let channel = channels[n as usize % channels.len()].clone();
+            let request = request.clone();
+            let results = results.clone();
+            tokio::spawn(async move {
+                one_request(&request, &channel).await;
+                drop(slot);
+                if intended >= measure_from {
+                    let _ = results.send(intended.elapsed().as_micros().max(1) as u64);
+                }
+            });
+        }
+    });
+    vec![tokio::spawn(async move {
+        let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+        schedule.await.unwrap();
+        // Every sender is gone once the last request has been answered.
+        while let Some(micros) = received.recv().await {
+            histogram.record(micros).unwrap();
+        }
+        histogram
+    })]
+}
+
+/// Exactly `count` requests over `concurrency` workers, for callgrind.
+async fn run_count(request: &Workload, channels: &[Channel], concurrency: usize, count: u64) {
+    let workers: Vec<_> = (0..concurrency as u64)
+        .map(|worker| {
+            let channel = channels[worker as usize % channels.len()].clone();
+            let request = request.clone();
+            let share = count / concurrency as u64 + u64::from(worker < count % concurrency as u64);
+            tokio::spawn(async move {
+                for _ in 0..share {
+                    one_request(&request, &channel).await;
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    println!(
+        "{}",
+        serde_json::json!({ "requests": count, "concurrency": concurrency })
     );
 }
 
@@ -503,27 +614,7 @@ fn main() {
                 (None, None) => panic!("give --listen or --uds"),
             }
         }),
-        Command::Check {
-            target,
-            workload,
-            token,
-            concurrency,
-            connections,
-            duration_secs,
-            warmup_secs,
-            server_pid,
-            label,
-        } => runtime.block_on(run_check(
-            target,
-            workload,
-            token,
-            concurrency,
-            connections,
-            Duration::from_secs_f64(duration_secs),
-            Duration::from_secs_f64(warmup_secs),
-            server_pid,
-            label,
-        )),
+        Command::Check(args) => runtime.block_on(run_check(args)),
         Command::Writes {
             target,
             admin_token_file,

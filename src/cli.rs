@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
-use crate::config::{ConfigError, ServeOptions};
+use crate::config::{ConfigError, ServeOptions, DEFAULT_WORKER_THREADS};
 use crate::grpc::pb;
 use crate::server::{self, ADMIN_TOKEN_FILE, DEFAULT_DATA_DIR};
 
@@ -349,18 +349,15 @@ pub fn main() -> ExitCode {
     // the Unix socket before its chmod) is private from the first byte.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    if let Command::Serve(args) = cli.command {
+        return serve(args);
+    }
+    let runtime = match runtime(DEFAULT_WORKER_THREADS) {
         Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(_) => unreachable!("served above"),
         Command::Config(command) => config_command(command),
         Command::Fleet(FleetCommand::Import(args)) => runtime.block_on(fleet_import(args)),
         Command::Restore {
@@ -372,6 +369,20 @@ pub fn main() -> ExitCode {
     }
 }
 
+fn runtime(worker_threads: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads)
+        // Store writes run on blocking threads; an idle one leaves soon
+        // instead of after tokio's 10 s, so an idle sidecar keeps few threads.
+        .thread_keep_alive(std::time::Duration::from_secs(2))
+        .enable_all()
+        .build()
+        .map_err(|error| {
+            eprintln!("error: cannot start the async runtime: {error}");
+            ExitCode::from(2)
+        })
+}
+
 fn effective_options(args: ServeArgs) -> Result<ServeOptions, ConfigError> {
     Ok(match &args.config {
         Some(path) => args.options.or(ServeOptions::from_file(path)?),
@@ -379,7 +390,7 @@ fn effective_options(args: ServeArgs) -> Result<ServeOptions, ConfigError> {
     })
 }
 
-async fn serve(args: ServeArgs) -> ExitCode {
+fn serve(args: ServeArgs) -> ExitCode {
     let config = match effective_options(args).and_then(|options| options.resolve()) {
         Ok(config) => config,
         Err(error) => {
@@ -387,8 +398,12 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let runtime = match runtime(config.worker_threads) {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
     init_logging(config.json_logs);
-    match server::run(config, shutdown_signal()).await {
+    match runtime.block_on(server::run(config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "scopegate failed");

@@ -20,6 +20,8 @@ use crate::store::FleetConfig;
 use crate::token::DEFAULT_PREFIX;
 
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9090";
+pub const DEFAULT_WORKER_THREADS: usize = 2;
+pub const DEFAULT_SLED_CACHE_MIB: u64 = crate::store::DEFAULT_CACHE_BYTES >> 20;
 
 /// Settings of `scopegate serve`. The same names are TOML keys (snake_case),
 /// flags (kebab-case) and env vars (SCOPEGATE_ + upper case).
@@ -194,6 +196,16 @@ pub struct ServeOptions {
     /// Log format: human or json. [default: human]
     #[arg(long, env = "SCOPEGATE_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Threads answering requests. Each check takes microseconds, so two
+    /// keep up with what a pod's app can send; more only help a sidecar given
+    /// more than two CPUs. [default: 2]
+    #[arg(long, env = "SCOPEGATE_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+    /// Memory sled may use to cache key records, MiB. Checks never read it
+    /// (keys are served from memory); it speeds up key management and
+    /// start-up on large stores. [default: 16]
+    #[arg(long, env = "SCOPEGATE_SLED_CACHE_MIB")]
+    pub sled_cache_mib: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -335,6 +347,8 @@ impl ServeOptions {
             http2_max_concurrent_streams,
             log_decisions_every,
             log_format,
+            worker_threads,
+            sled_cache_mib,
         );
         self
     }
@@ -363,6 +377,8 @@ impl ServeOptions {
             http2_max_concurrent_streams: Some(Limits::default().http2_max_concurrent_streams),
             log_decisions_every: Some(0),
             log_format: Some("human".into()),
+            worker_threads: Some(DEFAULT_WORKER_THREADS),
+            sled_cache_mib: Some(DEFAULT_SLED_CACHE_MIB),
             ..ServeOptions::default()
         };
         self.clone().or(defaults)
@@ -573,7 +589,25 @@ impl ServeOptions {
             0 => return Err(invalid("last_used_interval_secs", "must be at least 1")),
             secs => Duration::from_secs(secs),
         };
+        let worker_threads = match options.worker_threads.unwrap_or(DEFAULT_WORKER_THREADS) {
+            0 => return Err(invalid("worker_threads", "must be at least 1")),
+            threads if threads > 1024 => {
+                return Err(invalid(
+                    "worker_threads",
+                    format!("{threads} is above 1024"),
+                ))
+            }
+            threads => threads,
+        };
+        let sled_cache_bytes = match options.sled_cache_mib.unwrap_or(DEFAULT_SLED_CACHE_MIB) {
+            0 => return Err(invalid("sled_cache_mib", "must be at least 1")),
+            mib => mib
+                .checked_mul(1 << 20)
+                .ok_or_else(|| invalid("sled_cache_mib", format!("{mib} MiB is too large")))?,
+        };
         Ok(ServeConfig {
+            worker_threads,
+            sled_cache_bytes,
             last_used_interval,
             audit_retention,
             max_key_lifetime,

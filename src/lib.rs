@@ -15,6 +15,8 @@
 //!   reflection, reload, drain.
 //! - [`config`]: serve settings from file, env and flags; validation.
 //! - [`telemetry`]: metric names, the gRPC metrics layer, /metrics /healthz /readyz.
+//! - [`uds`]: Unix socket connections, with the `:authority` fix that lets
+//!   grpcio, grpcurl and grpc-java clients through hyper's h2.
 //! - [`cli`]: the command line, server and client subcommands.
 #![forbid(unsafe_code)]
 
@@ -31,3 +33,4 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod token;
+pub mod uds;

@@ -38,6 +38,10 @@ const MIN_ADMIN_TOKEN_CHARS: usize = 16;
 /// Everything `serve` needs, resolved and validated (see `config.rs`).
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
+    /// Runtime threads answering requests.
+    pub worker_threads: usize,
+    /// sled's record cache.
+    pub sled_cache_bytes: u64,
     /// How often the "last used" marks are written.
     pub last_used_interval: Duration,
     /// How long audit events are kept.
@@ -207,8 +211,18 @@ pub async fn run(
     let format = TokenFormat::new(&config.token_prefix, pepper.as_deref().map(str::as_bytes))?;
     let shared_catalog: SharedCatalog = Arc::new(arc_swap::ArcSwap::new(catalog.clone()));
     let store = match &config.fleet {
-        None => Store::open(&config.data_dir, shared_catalog.clone())?,
-        Some(fleet) => Store::open_fleet(&config.data_dir, shared_catalog.clone(), fleet.clone())?,
+        None => Store::open_in(
+            &config.data_dir,
+            shared_catalog.clone(),
+            None,
+            config.sled_cache_bytes,
+        )?,
+        Some(fleet) => Store::open_in(
+            &config.data_dir,
+            shared_catalog.clone(),
+            Some(fleet.clone()),
+            config.sled_cache_bytes,
+        )?,
     };
     store.set_audit_retention(config.audit_retention);
     let admin_token = zeroize::Zeroizing::new(resolve_admin_token(&config)?);
@@ -351,7 +365,11 @@ pub async fn run(
         tracing::info!(addr = %addr, data_dir = %config.data_dir.display(), tls = tls.is_some(), "scopegate listening");
     }
     if let Some((listener, path)) = uds {
-        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        // Each connection gets the `:authority` fix (see uds.rs).
+        let incoming = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            |accepted| accepted.map(crate::uds::UdsConnection::new),
+        );
         let (hot_plain, _) = router(None)?;
         servers.spawn(hot_plain.serve_with_incoming_shutdown(incoming, stopped()));
         tracing::info!(path = %path.display(), "scopegate listening on unix socket");

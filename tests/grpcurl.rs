@@ -137,3 +137,53 @@ fn grpcurl_discovers_and_drives_the_api() {
     );
     assert_eq!(health["status"], "SERVING");
 }
+
+/// grpcurl 1.8 sends the socket path as `:authority`, which hyper's h2
+/// refuses (PROTOCOL_ERROR) unless scopegate's Unix-socket fix rewrites it.
+#[test]
+fn grpcurl_works_over_the_unix_socket_without_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("scopegate.sock");
+    let socket_arg = socket.to_str().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--uds", socket_arg]);
+    let over_socket = |args: &[&str]| {
+        let output = Command::new(grpcurl())
+            .args(["-plaintext", "-unix"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "grpcurl -unix {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let services = over_socket(&[socket_arg, "list"]);
+    assert!(
+        services
+            .lines()
+            .any(|line| line == "scopegate.v1.Authorize"),
+        "{services}"
+    );
+    let auth = format!("authorization: Bearer {}", server.admin_token);
+    let created: Value = serde_json::from_str(&over_socket(&[
+        "-H",
+        &auth,
+        "-d",
+        r#"{"account_id": "acme", "name": "uds", "scopes": ["mail.send"]}"#,
+        socket_arg,
+        "scopegate.v1.ManageKey/CreateKey",
+    ]))
+    .unwrap();
+    let token = created["token"].as_str().unwrap();
+    let check = serde_json::json!({"token": token, "scopes": ["mail.send"]}).to_string();
+    let allowed: Value = serde_json::from_str(&over_socket(&[
+        "-d",
+        &check,
+        socket_arg,
+        "scopegate.v1.Authorize/Check",
+    ]))
+    .unwrap();
+    assert_eq!(allowed["decision"], "ALLOWED");
+}

@@ -7,8 +7,9 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
 };
 use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 
+/// Every header of the client's request, as Envoy sends them by default.
 pub fn envoy_request(token: &str) -> CheckRequest {
-    let headers = [
+    with_headers(&[
         (":authority", "api.example.com"),
         (":method", "POST"),
         (":path", "/v3/mail/send"),
@@ -23,10 +24,28 @@ pub fn envoy_request(token: &str) -> CheckRequest {
         ("x-forwarded-for", "203.0.113.7"),
         ("x-request-id", "4f1c1e2a-9b7d-4c55-8a21-0d3f5b6a7c8e"),
         ("x-envoy-expected-rq-timeout-ms", "15000"),
-    ]
-    .iter()
-    .map(|(name, value)| (name.to_string(), value.to_string()))
-    .collect();
+    ])
+}
+
+/// The same request through an Envoy whose ext_authz filter sets
+/// `allowed_headers` to what scopegate reads (examples/envoy.yaml): the
+/// credential and the method-override headers (Envoy adds the pseudo-headers).
+#[allow(dead_code)]
+pub fn envoy_request_allowed_headers(token: &str) -> CheckRequest {
+    with_headers(&[
+        (":authority", "api.example.com"),
+        (":method", "POST"),
+        (":path", "/v3/mail/send"),
+        (":scheme", "https"),
+        ("authorization", &format!("Bearer {token}")),
+    ])
+}
+
+fn with_headers(headers: &[(&str, &str)]) -> CheckRequest {
+    let headers = headers
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect();
     CheckRequest {
         attributes: Some(AttributeContext {
             request: Some(AttrRequest {

@@ -50,7 +50,8 @@ const MODE_FLEET: &[u8] = b"fleet";
 const ETCD_REVISION_KEY: &[u8] = b"etcd_revision";
 const ETCD_PREFIX_KEY: &[u8] = b"etcd_prefix";
 /// sled's page cache; the hot path never reads it, so keep it modest.
-const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// sled's record cache unless `serve --sled-cache-mib` says otherwise.
+pub const DEFAULT_CACHE_BYTES: u64 = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -176,24 +177,18 @@ impl Store {
     /// of truth, and starts its commit task. Call [`Store::load`] before
     /// serving.
     pub fn open(dir: &Path, catalog: SharedCatalog) -> Result<Store, StoreError> {
-        Store::open_in(dir, catalog, None)
+        Store::open_in(dir, catalog, None, DEFAULT_CACHE_BYTES)
     }
 
-    /// Opens (or creates) the local mirror of a fleet whose source of truth
-    /// is etcd. Call [`Store::load`] (the mirror, served at once if it has a
-    /// revision), then [`Store::follow_source`].
-    pub fn open_fleet(
-        dir: &Path,
-        catalog: SharedCatalog,
-        config: FleetConfig,
-    ) -> Result<Store, StoreError> {
-        Store::open_in(dir, catalog, Some(config))
-    }
-
-    fn open_in(
+    /// Opens (or creates) a store with sled's cache size; with `fleet`, the
+    /// local mirror of a fleet whose source of truth is etcd: call
+    /// [`Store::load`] (the mirror, served at once if it has a revision),
+    /// then [`Store::follow_source`].
+    pub fn open_in(
         dir: &Path,
         catalog: SharedCatalog,
         fleet: Option<FleetConfig>,
+        cache_bytes: u64,
     ) -> Result<Store, StoreError> {
         let io = |error: std::io::Error| StoreError::Io(error.into());
         std::fs::DirBuilder::new()
@@ -210,7 +205,7 @@ impl Store {
         let new = !sled_dir.exists();
         let db = sled::Config::new()
             .path(&sled_dir)
-            .cache_capacity(SLED_CACHE_BYTES)
+            .cache_capacity(cache_bytes)
             // Durability comes from the commit task's explicit flush + sync,
             // never from a timer.
             .flush_every_ms(None)

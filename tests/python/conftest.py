@@ -21,6 +21,9 @@ class Scopegate:
         self.data = os.path.join(self.dir, "data")
         self.log_path = os.path.join(self.dir, "serve.log")
         self.log = open(self.log_path, "w")
+        # "SOCKET" in args stands for a Unix socket path in this server's dir.
+        self.uds = os.path.join(self.dir, "scopegate.sock")
+        args = [self.uds if arg == "SOCKET" else arg for arg in args]
         self.proc = subprocess.Popen(
             [BIN, "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "none", "--log-format", "json",
              "--data-dir", self.data, "--routes", str(ROOT / "examples" / "routes.toml"), *args],

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Server instructions per request, counted by callgrind: scopegate (as
+# shipped: default flags, metrics recording on) against the bare tonic server
+# (examples/loadgen.rs `ceiling`) answering the same requests. Unlike req/s,
+# these counts repeat within a few per cent on a shared machine.
+#   bash bench/instructions.sh               # prints JSON lines and a table
+#   REQUESTS=500 bash bench/instructions.sh  # quicker
+# Each figure: counters zeroed after a warm-up, N requests sent, counters
+# dumped; then zeroed again, the server left idle for as long, dumped; the
+# idle count is subtracted and the rest divided by N.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scopegate/target}"
+requests=${REQUESTS:-2000}
+inflight_list=${INFLIGHT:-"1 16"}
+
+command -v valgrind > /dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
+cargo build --release --locked --bin scopegate --example loadgen
+bin="$CARGO_TARGET_DIR/release/scopegate"
+loadgen="$CARGO_TARGET_DIR/release/examples/loadgen"
+work=$(mktemp -d)
+server_pid=""
+cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2> /dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+
+wait_for() { # file pattern
+  for _ in $(seq 1 1200); do grep -q "$2" "$1" 2> /dev/null && return 0; sleep 0.1; done
+  echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1
+}
+
+# The Ir total of the newest callgrind dump of $1 (a prefix).
+last_dump_total() {
+  local file
+  file=$(ls -t "$1".* 2> /dev/null | head -1)
+  awk '/^(summary|totals):/ { print $2; exit }' "$file"
+}
+
+dump() { # pid prefix
+  callgrind_control -d "$1" > /dev/null
+  sleep 0.5
+  last_dump_total "$2"
+}
+
+# instructions <server-name> <pid> <dump-prefix> <target> <workload> <token> <in-flight>
+instructions() {
+  local name=$1 pid=$2 prefix=$3 target=$4 workload=$5 token=$6 inflight=$7
+  "$loadgen" check --target "$target" --workload "$workload" --token "$token" \
+    --concurrency "$inflight" --connections 1 --requests 200 > /dev/null
+  callgrind_control -z "$pid" > /dev/null
+  local started ended run idle
+  started=$(date +%s.%N)
+  "$loadgen" check --target "$target" --workload "$workload" --token "$token" \
+    --concurrency "$inflight" --connections 1 --requests "$requests" > /dev/null
+  run=$(dump "$pid" "$prefix")
+  ended=$(date +%s.%N)
+  callgrind_control -z "$pid" > /dev/null
+  sleep "$(python3 -c "print($ended - $started)")"
+  idle=$(dump "$pid" "$prefix")
+  python3 -c "import json; print(json.dumps({'server': '$name', 'workload': '$workload', 'in_flight': $inflight, \
+'requests': $requests, 'instructions_per_request': round(($run - $idle) / $requests), 'idle_instructions': $idle}))"
+}
+
+results="$work/results.jsonl"
+workloads="scopes http ext-authz ext-authz-allowed"
+
+echo "== the bare tonic server under callgrind" >&2
+valgrind --tool=callgrind --callgrind-out-file="$work/ceiling.cg" \
+  "$loadgen" ceiling --listen 127.0.0.1:0 > "$work/ceiling.addr" 2> "$work/ceiling.log" &
+server_pid=$!
+wait_for "$work/ceiling.addr" "127.0.0.1"
+ceiling="http://$(cat "$work/ceiling.addr")"
+for inflight in $inflight_list; do
+  for workload in $workloads; do
+    case $workload in
+      scopes | http) bare=ceiling ;;
+      ext-authz) bare=ceiling-ext-authz ;;
+      ext-authz-allowed) bare=ceiling-ext-authz-allowed ;;
+    esac
+    instructions bare "$server_pid" "$work/ceiling.cg" "$ceiling" "$bare" "" "$inflight" | tee -a "$results"
+  done
+done
+kill "$server_pid"; wait "$server_pid" 2> /dev/null || true; server_pid=""
+
+echo "== scopegate (default flags, metrics on) under callgrind" >&2
+"$bin" serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$work/data" \
+  --log-format json 2> "$work/prepare.log" &
+server_pid=$!
+wait_for "$work/prepare.log" "keys loaded; serving"
+addr=$(grep -o '"addr":"[^"]*"' "$work/prepare.log" | head -1 | cut -d'"' -f4)
+token=$("$bin" keys create --server "http://$addr" --data-dir "$work/data" --account bench \
+  --name load --scope mail.send --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+kill "$server_pid"; wait "$server_pid" 2> /dev/null || true
+valgrind --tool=callgrind --callgrind-out-file="$work/scopegate.cg" \
+  "$bin" serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$work/data" \
+  --log-format json 2> "$work/serve.log" &
+server_pid=$!
+wait_for "$work/serve.log" "keys loaded; serving"
+addr=$(grep -o '"addr":"[^"]*"' "$work/serve.log" | head -1 | cut -d'"' -f4)
+for inflight in $inflight_list; do
+  for workload in $workloads; do
+    instructions scopegate "$server_pid" "$work/scopegate.cg" "http://$addr" "$workload" "$token" "$inflight" \
+      | tee -a "$results"
+  done
+done
+kill "$server_pid"; wait "$server_pid" 2> /dev/null || true; server_pid=""
+
+python3 - "$results" <<'EOF'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+by = {(r["server"], r["workload"], r["in_flight"]): r["instructions_per_request"] for r in rows}
+print("| request | in flight | bare tonic server | scopegate | ratio |")
+print("|---|---|---|---|---|")
+names = {"scopes": "Authorize.Check (scopes)", "http": "Authorize.Check{http}",
+         "ext-authz": "ext_authz Check, all 14 headers", "ext-authz-allowed": "ext_authz Check, allowed headers (5)"}
+for (server, workload, inflight), value in sorted(by.items(), key=lambda kv: (kv[0][2], kv[0][1])):
+    if server != "scopegate":
+        continue
+    bare = by[("bare", workload, inflight)]
+    print(f"| {names[workload]} | {inflight} | {bare / 1000:.1f} K | {value / 1000:.1f} K | {value / bare:.2f}× |")
+EOF

@@ -1,0 +1,619 @@
+//! Unix-socket connections that every gRPC client can use.
+//!
+//! hyper's HTTP/2 (h2) resets any stream whose `:authority` is not a valid
+//! URI authority, with PROTOCOL_ERROR, before tonic sees it
+//! (hyperium/h2#487, open). Over a Unix socket several common clients send
+//! one: grpcio/grpc-core ≥ 1.57 the %-encoded socket path, grpcurl 1.8 and
+//! grpc-java the raw path. Envoy, tonic and grpc-go send a host name.
+//!
+//! [`UdsConnection`] sits under h2 and looks at the first header block of a
+//! connection. If its `:authority` is acceptable (or absent), every byte
+//! from then on passes through untouched: the clients that already worked
+//! pay one decoded header block per connection. Otherwise the connection is
+//! rewritten for its whole life: each header block is decoded (HPACK, with
+//! the client's dynamic table) and encoded again as plain literals that never
+//! touch h2's table, with `:authority: localhost`. Only the client → server
+//! direction is read; frames other than HEADERS/CONTINUATION are copied as is.
+//! Anything unexpected (a bad preface, an oversized frame, a block that does
+//! not decode) is handed to h2 unchanged, which answers it as it would have.
+
+use std::borrow::Cow;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BufMut, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::UnixStream;
+
+/// What a rewritten connection says instead of the socket path.
+pub const AUTHORITY: &[u8] = b"localhost";
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const FRAME_HEADER: usize = 9;
+/// HTTP/2's default SETTINGS_MAX_FRAME_SIZE, which scopegate never raises.
+const MAX_FRAME: usize = 16_384;
+/// A header block (HEADERS + CONTINUATION) larger than this is passed to h2
+/// as is (which refuses it: its header list limit is smaller).
+const MAX_BLOCK: usize = 64 * 1024;
+/// h2's (and HTTP/2's default) SETTINGS_HEADER_TABLE_SIZE.
+const TABLE_SIZE: usize = 4096;
+
+const HEADERS: u8 = 0x1;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY: u8 = 0x20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Preface,
+    /// Until the first header block.
+    Inspect,
+    PassThrough,
+    Rewrite,
+}
+
+/// The client → server byte stream of one connection, as h2 should see it.
+pub struct AuthorityFix {
+    mode: Mode,
+    decoder: loona_hpack::Decoder<'static>,
+    /// Bytes read from the client, not yet looked at.
+    input: BytesMut,
+    /// Bytes ready for h2.
+    output: BytesMut,
+}
+
+impl Default for AuthorityFix {
+    fn default() -> Self {
+        let mut decoder = loona_hpack::Decoder::new();
+        decoder.set_max_allowed_table_size(TABLE_SIZE);
+        AuthorityFix {
+            mode: Mode::Preface,
+            decoder,
+            input: BytesMut::new(),
+            output: BytesMut::new(),
+        }
+    }
+}
+
+impl AuthorityFix {
+    /// Whether this connection's header blocks are being rewritten.
+    pub fn rewriting(&self) -> bool {
+        self.mode == Mode::Rewrite
+    }
+
+    /// Takes bytes from the client; what h2 may read is then in
+    /// [`AuthorityFix::output`].
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.mode == Mode::PassThrough {
+            self.output.extend_from_slice(bytes);
+            return;
+        }
+        self.input.extend_from_slice(bytes);
+        self.process();
+    }
+
+    /// The client closed its side: whatever is held back goes to h2 as is.
+    pub fn finish(&mut self) {
+        let rest = self.input.split();
+        self.output.extend_from_slice(&rest);
+        self.mode = Mode::PassThrough;
+    }
+
+    pub fn output(&mut self) -> &mut BytesMut {
+        &mut self.output
+    }
+
+    fn pass_through(&mut self) {
+        self.mode = Mode::PassThrough;
+        let rest = self.input.split();
+        self.output.extend_from_slice(&rest);
+    }
+
+    fn process(&mut self) {
+        if self.mode == Mode::Preface {
+            let seen = self.input.len().min(PREFACE.len());
+            if self.input[..seen] != PREFACE[..seen] {
+                return self.pass_through();
+            }
+            if seen < PREFACE.len() {
+                return;
+            }
+            let preface = self.input.split_to(PREFACE.len());
+            self.output.extend_from_slice(&preface);
+            self.mode = Mode::Inspect;
+        }
+        while self.mode != Mode::PassThrough {
+            let Some((kind, length)) = frame_at(&self.input, 0) else {
+                return;
+            };
+            if length > MAX_FRAME {
+                return self.pass_through();
+            }
+            if kind != HEADERS {
+                if self.input.len() < FRAME_HEADER + length {
+                    return;
+                }
+                let frame = self.input.split_to(FRAME_HEADER + length);
+                self.output.extend_from_slice(&frame);
+                continue;
+            }
+            match header_block(&self.input) {
+                Block::Incomplete => return,
+                Block::Invalid => return self.pass_through(),
+                Block::Complete {
+                    len,
+                    fragments,
+                    frame,
+                } => {
+                    let Some(block) = self.reencode(&fragments) else {
+                        // Not decodable, or (first block) nothing to fix:
+                        // h2 gets this block and all that follows as sent.
+                        return self.pass_through();
+                    };
+                    write_headers(&frame, &block, &mut self.output);
+                    self.input.advance(len);
+                }
+            }
+        }
+    }
+
+    /// Decodes one header block (keeping the client's HPACK table in step)
+    /// and returns it encoded again with the `:authority` fixed. `None`: it
+    /// does not decode, or it is the first block and needs no fix.
+    fn reencode(&mut self, fragment: &[u8]) -> Option<Vec<u8>> {
+        let mut block = Vec::with_capacity(fragment.len() + 32);
+        let mut bad_authority = false;
+        self.decoder
+            .decode_with_cb(fragment, |name, value| {
+                let value: Cow<[u8]> = if name.as_ref() == b":authority"
+                    && http::uri::Authority::try_from(value.as_ref()).is_err()
+                {
+                    bad_authority = true;
+                    Cow::Borrowed(AUTHORITY)
+                } else {
+                    value
+                };
+                literal_without_indexing(name.as_ref(), value.as_ref(), &mut block);
+            })
+            .ok()?;
+        if self.mode == Mode::Inspect {
+            if !bad_authority {
+                return None;
+            }
+            tracing::debug!(
+                "a unix socket client sent an invalid :authority; rewriting it to localhost"
+            );
+            self.mode = Mode::Rewrite;
+        }
+        Some(block)
+    }
+}
+
+/// (type, payload length) of the frame starting at `at`, if its header is in.
+fn frame_at(input: &[u8], at: usize) -> Option<(u8, usize)> {
+    let header = input.get(at..at + FRAME_HEADER)?;
+    let length =
+        (usize::from(header[0]) << 16) | (usize::from(header[1]) << 8) | usize::from(header[2]);
+    Some((header[3], length))
+}
+
+/// What the HEADERS frame that opens a block said, minus its fragment.
+struct HeadersFrame {
+    stream: [u8; 4],
+    end_stream: bool,
+    /// The 5 priority bytes, if the frame carried them.
+    priority: Option<[u8; 5]>,
+}
+
+enum Block {
+    Incomplete,
+    /// Not a well-formed block: left for h2 to refuse.
+    Invalid,
+    Complete {
+        len: usize,
+        fragments: Vec<u8>,
+        frame: HeadersFrame,
+    },
+}
+
+/// Parses the HEADERS frame at the start of `input` and its CONTINUATIONs.
+fn header_block(input: &[u8]) -> Block {
+    let Some((_, length)) = frame_at(input, 0) else {
+        return Block::Incomplete;
+    };
+    if input.len() < FRAME_HEADER + length {
+        return Block::Incomplete;
+    }
+    let flags = input[4];
+    let stream: [u8; 4] = input[5..9].try_into().expect("4 bytes");
+    let mut payload = &input[FRAME_HEADER..FRAME_HEADER + length];
+    let mut padding = 0;
+    if flags & PADDED != 0 {
+        let Some((&pad, rest)) = payload.split_first() else {
+            return Block::Invalid;
+        };
+        padding = usize::from(pad);
+        payload = rest;
+    }
+    let mut priority = None;
+    if flags & PRIORITY != 0 {
+        let Some(bytes) = payload.get(..5) else {
+            return Block::Invalid;
+        };
+        priority = Some(bytes.try_into().expect("5 bytes"));
+        payload = &payload[5..];
+    }
+    if padding > payload.len() {
+        return Block::Invalid;
+    }
+    let mut fragments = payload[..payload.len() - padding].to_vec();
+    let mut at = FRAME_HEADER + length;
+    let mut end = flags & END_HEADERS != 0;
+    while !end {
+        let Some((kind, length)) = frame_at(input, at) else {
+            return Block::Incomplete;
+        };
+        if kind != CONTINUATION || input[at + 5..at + 9] != stream || length > MAX_FRAME {
+            return Block::Invalid;
+        }
+        if input.len() < at + FRAME_HEADER + length {
+            return Block::Incomplete;
+        }
+        fragments.extend_from_slice(&input[at + FRAME_HEADER..at + FRAME_HEADER + length]);
+        end = input[at + 4] & END_HEADERS != 0;
+        at += FRAME_HEADER + length;
+        if at > MAX_BLOCK {
+            return Block::Invalid;
+        }
+    }
+    Block::Complete {
+        len: at,
+        fragments,
+        frame: HeadersFrame {
+            stream,
+            end_stream: flags & END_STREAM != 0,
+            priority,
+        },
+    }
+}
+
+/// HPACK "literal header field without indexing, new name", no Huffman.
+fn literal_without_indexing(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    out.push(0x00);
+    hpack_string(name, out);
+    hpack_string(value, out);
+}
+
+fn hpack_string(bytes: &[u8], out: &mut Vec<u8>) {
+    // 7-bit prefix integer (RFC 7541 §5.1), H bit clear.
+    let mut length = bytes.len();
+    if length < 0x7f {
+        out.push(length as u8);
+    } else {
+        out.push(0x7f);
+        length -= 0x7f;
+        while length >= 0x80 {
+            out.push((length as u8 & 0x7f) | 0x80);
+            length >>= 7;
+        }
+        out.push(length as u8);
+    }
+    out.extend_from_slice(bytes);
+}
+
+/// One HEADERS frame and as many CONTINUATIONs as `block` needs.
+fn write_headers(frame: &HeadersFrame, block: &[u8], out: &mut BytesMut) {
+    let prefix = if frame.priority.is_some() { 5 } else { 0 };
+    let first = block.len().min(MAX_FRAME - prefix);
+    let mut flags = 0;
+    if frame.end_stream {
+        flags |= END_STREAM;
+    }
+    if frame.priority.is_some() {
+        flags |= PRIORITY;
+    }
+    if first == block.len() {
+        flags |= END_HEADERS;
+    }
+    put_frame_header(out, prefix + first, HEADERS, flags, frame.stream);
+    if let Some(priority) = frame.priority {
+        out.put_slice(&priority);
+    }
+    out.put_slice(&block[..first]);
+    let mut rest = &block[first..];
+    while !rest.is_empty() {
+        let take = rest.len().min(MAX_FRAME);
+        let flags = if take == rest.len() { END_HEADERS } else { 0 };
+        put_frame_header(out, take, CONTINUATION, flags, frame.stream);
+        out.put_slice(&rest[..take]);
+        rest = &rest[take..];
+    }
+}
+
+fn put_frame_header(out: &mut BytesMut, length: usize, kind: u8, flags: u8, stream: [u8; 4]) {
+    out.put_slice(&[
+        (length >> 16) as u8,
+        (length >> 8) as u8,
+        length as u8,
+        kind,
+        flags,
+    ]);
+    out.put_slice(&stream);
+}
+
+/// A Unix socket connection with the `:authority` fix applied to what the
+/// server reads; writes go straight to the socket.
+pub struct UdsConnection {
+    stream: UnixStream,
+    fix: AuthorityFix,
+    /// Set once the connection passes through: reads then go straight to
+    /// the socket once the held-back bytes are drained.
+    direct: bool,
+}
+
+impl UdsConnection {
+    pub fn new(stream: UnixStream) -> UdsConnection {
+        UdsConnection {
+            stream,
+            fix: AuthorityFix::default(),
+            direct: false,
+        }
+    }
+}
+
+impl AsyncRead for UdsConnection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            let ready = this.fix.output();
+            if !ready.is_empty() {
+                let take = ready.len().min(buf.remaining());
+                buf.put_slice(&ready[..take]);
+                ready.advance(take);
+                return Poll::Ready(Ok(()));
+            }
+            if this.direct {
+                return Pin::new(&mut this.stream).poll_read(cx, buf);
+            }
+            let mut chunk = [0u8; 8192];
+            let mut read = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.stream).poll_read(cx, &mut read) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Ready(Ok(())) if read.filled().is_empty() => {
+                    this.fix.finish();
+                    if this.fix.output().is_empty() {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                Poll::Ready(Ok(())) => {
+                    this.fix.push(read.filled());
+                    this.direct = this.fix.mode == Mode::PassThrough;
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for UdsConnection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for UdsConnection {
+    type ConnectInfo = <UnixStream as tonic::transport::server::Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        put_frame_header(&mut out, payload.len(), kind, flags, stream.to_be_bytes());
+        out.put_slice(payload);
+        out.to_vec()
+    }
+
+    fn request(authority: &str, path: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", authority),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+        .iter()
+        .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect()
+    }
+
+    /// A client connection: preface, SETTINGS, then for each request a
+    /// HEADERS block (dynamic table in use, as real clients do) and a DATA frame.
+    fn client_bytes(requests: &[Vec<(Vec<u8>, Vec<u8>)>], split_headers: bool) -> Vec<u8> {
+        let mut encoder = loona_hpack::Encoder::new();
+        let mut out = PREFACE.to_vec();
+        out.extend(frame(0x4, 0, 0, &[]));
+        for (n, headers) in requests.iter().enumerate() {
+            let stream = 1 + 2 * n as u32;
+            let block = encoder.encode(headers.iter().map(|(n, v)| (&n[..], &v[..])));
+            if split_headers {
+                let (first, second) = block.split_at(block.len() / 2);
+                // PADDED + PRIORITY on the HEADERS frame, the rest in a CONTINUATION.
+                let mut payload = vec![3u8];
+                payload.extend([0, 0, 0, 0, 16]);
+                payload.extend(first);
+                payload.extend([0, 0, 0]);
+                out.extend(frame(HEADERS, PADDED | PRIORITY, stream, &payload));
+                out.extend(frame(CONTINUATION, END_HEADERS, stream, second));
+            } else {
+                out.extend(frame(HEADERS, END_HEADERS, stream, &block));
+            }
+            out.extend(frame(0x0, END_STREAM, stream, b"\0\0\0\0\0"));
+        }
+        out
+    }
+
+    /// What a server reading `bytes` decodes: each block's headers.
+    fn server_view(bytes: &[u8]) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
+        assert_eq!(&bytes[..PREFACE.len()], PREFACE);
+        let mut decoder = loona_hpack::Decoder::new();
+        let mut at = PREFACE.len();
+        let mut blocks = Vec::new();
+        let mut pending = Vec::new();
+        while at < bytes.len() {
+            let (kind, length) = frame_at(bytes, at).unwrap();
+            let flags = bytes[at + 4];
+            let payload = &bytes[at + FRAME_HEADER..at + FRAME_HEADER + length];
+            if kind == HEADERS || kind == CONTINUATION {
+                let mut payload = payload;
+                let mut padding = 0;
+                if kind == HEADERS && flags & PADDED != 0 {
+                    padding = payload[0] as usize;
+                    payload = &payload[1..];
+                }
+                if kind == HEADERS && flags & PRIORITY != 0 {
+                    payload = &payload[5..];
+                }
+                pending.extend_from_slice(&payload[..payload.len() - padding]);
+                if flags & END_HEADERS != 0 {
+                    let mut headers = Vec::new();
+                    decoder
+                        .decode_with_cb(&pending, |n, v| headers.push((n.to_vec(), v.to_vec())))
+                        .unwrap();
+                    blocks.push(headers);
+                    pending.clear();
+                }
+            }
+            at += FRAME_HEADER + length;
+        }
+        blocks
+    }
+
+    fn run(input: &[u8], chunk: usize) -> (Vec<u8>, bool) {
+        let mut fix = AuthorityFix::default();
+        for piece in input.chunks(chunk) {
+            fix.push(piece);
+        }
+        let rewriting = fix.rewriting();
+        fix.finish();
+        (fix.output().to_vec(), rewriting)
+    }
+
+    #[test]
+    fn a_valid_authority_passes_through_byte_for_byte() {
+        let requests = [request("localhost", "/a/B"), request("localhost", "/a/C")];
+        let input = client_bytes(&requests, false);
+        for chunk in [1, 7, 4096] {
+            let (output, rewriting) = run(&input, chunk);
+            assert_eq!(output, input, "chunk {chunk}");
+            assert!(!rewriting);
+        }
+    }
+
+    #[test]
+    fn a_socket_path_authority_becomes_localhost_on_every_request() {
+        for authority in ["/tmp/scopegate.sock", "%2Ftmp%2Fscopegate.sock"] {
+            let requests: Vec<_> = (0..5)
+                .map(|n| request(authority, &format!("/a/{n}")))
+                .collect();
+            for split in [false, true] {
+                let input = client_bytes(&requests, split);
+                for chunk in [1, 5, 100, 1 << 20] {
+                    let (output, rewriting) = run(&input, chunk);
+                    assert!(rewriting);
+                    let blocks = server_view(&output);
+                    assert_eq!(blocks.len(), requests.len());
+                    for (block, sent) in blocks.iter().zip(&requests) {
+                        let expected: Vec<_> = sent
+                            .iter()
+                            .map(|(n, v)| {
+                                let v = if n == b":authority" {
+                                    AUTHORITY.to_vec()
+                                } else {
+                                    v.clone()
+                                };
+                                (n.clone(), v)
+                            })
+                            .collect();
+                        assert_eq!(block, &expected, "{authority} split {split} chunk {chunk}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_large_rewritten_block_is_split_into_continuations() {
+        let mut headers = request("/tmp/s.sock", "/a/B");
+        headers.push((b"x-big".to_vec(), vec![b'v'; 40_000]));
+        let mut encoder = loona_hpack::Encoder::new();
+        let block = encoder.encode(headers.iter().map(|(n, v)| (&n[..], &v[..])));
+        let mut input = PREFACE.to_vec();
+        let mut rest = &block[..];
+        let mut kind = HEADERS;
+        while !rest.is_empty() {
+            let take = rest.len().min(MAX_FRAME);
+            let flags = if take == rest.len() { END_HEADERS } else { 0 };
+            input.extend(frame(kind, flags, 1, &rest[..take]));
+            rest = &rest[take..];
+            kind = CONTINUATION;
+        }
+        let (output, rewriting) = run(&input, 3000);
+        assert!(rewriting);
+        let blocks = server_view(&output);
+        assert_eq!(blocks[0].last().unwrap().1.len(), 40_000);
+        assert_eq!(blocks[0][3], (b":authority".to_vec(), AUTHORITY.to_vec()));
+    }
+
+    #[test]
+    fn what_is_not_http2_or_does_not_decode_reaches_h2_unchanged() {
+        let not_h2 = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+        assert_eq!(run(&not_h2, 3).0, not_h2);
+        let mut garbage = PREFACE.to_vec();
+        garbage.extend(frame(HEADERS, END_HEADERS, 1, &[0xff, 0xff, 0xff, 0xff]));
+        assert_eq!(run(&garbage, 2).0, garbage);
+        let mut oversized = PREFACE.to_vec();
+        oversized.extend([0xff, 0xff, 0xff, HEADERS, END_HEADERS, 0, 0, 0, 1]);
+        assert_eq!(run(&oversized, 4).0, oversized);
+        let truncated = &client_bytes(&[request("/tmp/s", "/a")], false)[..40];
+        assert_eq!(run(truncated, 1).0, truncated);
+    }
+}
