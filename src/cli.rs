@@ -151,7 +151,8 @@ pub enum ConfigCommand {
 
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
-    /// Server to talk to.
+    /// Server to talk to: host:port, http://host:port, https://host:port or
+    /// unix:/path/to/socket (the forms grpcurl and grpcio take).
     #[arg(
         long,
         env = "SCOPEGATE_SERVER",
@@ -1042,12 +1043,67 @@ async fn run_keys(command: KeysCommand) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where `--server` points, in the forms grpcurl users type.
+#[derive(Debug, PartialEq)]
+enum ServerAddress {
+    /// `http(s)://host:port`, or `host:port` (plaintext).
+    Uri(String),
+    /// `unix:/path`, `unix:///path` or `unix:relative/path`.
+    Unix(PathBuf),
+}
+
+fn server_address(text: &str) -> Result<ServerAddress, String> {
+    if let Some(path) = text
+        .strip_prefix("unix://")
+        .or_else(|| text.strip_prefix("unix:"))
+    {
+        if path.is_empty() {
+            return Err(format!(
+                "--server {text}: the socket path is missing (e.g. unix:/run/scopegate/grpc.sock)"
+            ));
+        }
+        return Ok(ServerAddress::Unix(PathBuf::from(path)));
+    }
+    if text.starts_with("http://") || text.starts_with("https://") {
+        return Ok(ServerAddress::Uri(text.to_owned()));
+    }
+    if let Some((scheme, _)) = text.split_once("://") {
+        return Err(format!(
+            "--server {text}: `{scheme}://` is not supported; give host:port, http(s)://host:port or unix:/path"
+        ));
+    }
+    Ok(ServerAddress::Uri(format!("http://{text}")))
+}
+
 async fn connect(client: &ClientArgs) -> Result<Channel, String> {
-    Channel::from_shared(client.server.clone())
-        .map_err(|error| format!("--server {}: {error}", client.server))?
-        .connect()
-        .await
-        .map_err(|error| format!("cannot reach {}: {error}", client.server))
+    let reach = |error: tonic::transport::Error| {
+        let detail = std::error::Error::source(&error)
+            .map(|source| format!("{error}: {source}"))
+            .unwrap_or_else(|| error.to_string());
+        format!("cannot reach {}: {detail}", client.server)
+    };
+    match server_address(&client.server)? {
+        ServerAddress::Uri(uri) => Channel::from_shared(uri)
+            .map_err(|error| format!("--server {}: {error}", client.server))?
+            .connect()
+            .await
+            .map_err(reach),
+        ServerAddress::Unix(path) => {
+            // The URI is a placeholder: the connector below dials the socket,
+            // and `localhost` is the :authority every server accepts.
+            tonic::transport::Endpoint::from_static("http://localhost")
+                .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+                    let path = path.clone();
+                    async move {
+                        tokio::net::UnixStream::connect(path)
+                            .await
+                            .map(hyper_util::rt::TokioIo::new)
+                    }
+                }))
+                .await
+                .map_err(reach)
+        }
+    }
 }
 
 async fn manage_client(
@@ -1156,6 +1212,31 @@ fn print_keys(keys: &[pb::ApiKey]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_takes_the_forms_grpcurl_users_type() {
+        let uri = |text: &str| ServerAddress::Uri(text.to_owned());
+        let unix = |path: &str| ServerAddress::Unix(PathBuf::from(path));
+        for (given, expected) in [
+            ("127.0.0.1:50051", uri("http://127.0.0.1:50051")),
+            ("localhost:1", uri("http://localhost:1")),
+            ("http://h:1", uri("http://h:1")),
+            ("https://h:443", uri("https://h:443")),
+            ("unix:/run/s.sock", unix("/run/s.sock")),
+            ("unix:///run/s.sock", unix("/run/s.sock")),
+            ("unix:rel/s.sock", unix("rel/s.sock")),
+        ] {
+            assert_eq!(server_address(given).unwrap(), expected, "{given}");
+        }
+        let error = server_address("ftp://h:1").unwrap_err();
+        assert!(
+            error.contains("host:port, http(s)://host:port or unix:/path"),
+            "{error}"
+        );
+        assert!(server_address("unix:")
+            .unwrap_err()
+            .contains("socket path is missing"));
+    }
 
     fn parsed_key_id(args: &[&str]) -> String {
         let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));

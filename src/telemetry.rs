@@ -11,7 +11,6 @@ use std::task::{Context, Poll};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 pub const DECISIONS_TOTAL: &str = "scopegate_decisions_total";
-pub const DECISION_SECONDS: &str = "scopegate_decision_seconds";
 pub const GRPC_REQUESTS_TOTAL: &str = "scopegate_grpc_requests_total";
 pub const GRPC_REQUEST_SECONDS: &str = "scopegate_grpc_request_seconds";
 pub const REQUESTS_REJECTED_TOTAL: &str = "scopegate_requests_rejected_total";
@@ -158,14 +157,6 @@ const KNOWN_METHODS: [&str; 12] = [
     "/grpc.health.v1.Health/Watch",
 ];
 
-fn method_label(path: &str) -> &'static str {
-    KNOWN_METHODS
-        .iter()
-        .find(|known| **known == path)
-        .copied()
-        .unwrap_or("other")
-}
-
 impl<S, B, RB> tower::Service<http::Request<B>> for GrpcMetrics<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
@@ -183,7 +174,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = method_label(request.uri().path());
+        let method = method_index(request.uri().path());
         let started = std::time::Instant::now();
         let future = self.inner.call(request);
         Box::pin(async move {
@@ -194,9 +185,7 @@ where
                 Ok(response) => response
                     .headers()
                     .get("grpc-status")
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|code| code.parse::<i32>().ok())
-                    .map(tonic::Code::from_i32)
+                    .map(|value| grpc_status_code(value.as_bytes()))
                     .unwrap_or(tonic::Code::Ok),
                 Err(_) => {
                     metrics::counter!(REQUESTS_REJECTED_TOTAL, "reason" => "overloaded")
@@ -204,11 +193,91 @@ where
                     tonic::Code::ResourceExhausted
                 }
             };
-            metrics::counter!(GRPC_REQUESTS_TOTAL, "method" => method, "code" => code_name(code))
-                .increment(1);
-            metrics::histogram!(GRPC_REQUEST_SECONDS, "method" => method).record(started.elapsed());
+            let handles = &REQUEST_HANDLES[method];
+            handles.count(method, code).increment(1);
+            handles.seconds(method).record(started.elapsed());
             result
         })
+    }
+}
+
+/// `grpc-status` as sent (ASCII decimal); anything else is UNKNOWN.
+fn grpc_status_code(value: &[u8]) -> tonic::Code {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|code| code.parse::<i32>().ok())
+        .map_or(tonic::Code::Unknown, tonic::Code::from_i32)
+}
+
+fn method_index(path: &str) -> usize {
+    KNOWN_METHODS
+        .iter()
+        .position(|known| *known == path)
+        .unwrap_or(KNOWN_METHODS.len())
+}
+
+/// gRPC status codes 0..=16.
+const CODES: usize = 17;
+
+/// A method's metric handles, each registered on first use: recording is
+/// then an atomic add, with no label lookup, string or allocation.
+struct RequestHandles {
+    requests: [OnceLock<metrics::Counter>; CODES],
+    seconds: OnceLock<metrics::Histogram>,
+}
+
+static REQUEST_HANDLES: [RequestHandles; KNOWN_METHODS.len() + 1] =
+    [const { RequestHandles::new() }; KNOWN_METHODS.len() + 1];
+
+impl RequestHandles {
+    const fn new() -> RequestHandles {
+        RequestHandles {
+            requests: [const { OnceLock::new() }; CODES],
+            seconds: OnceLock::new(),
+        }
+    }
+
+    fn count(&self, method: usize, code: tonic::Code) -> &metrics::Counter {
+        self.requests[code as usize].get_or_init(|| {
+            metrics::counter!(GRPC_REQUESTS_TOTAL, "method" => method_label(method), "code" => code_name(code))
+        })
+    }
+
+    fn seconds(&self, method: usize) -> &metrics::Histogram {
+        self.seconds.get_or_init(
+            || metrics::histogram!(GRPC_REQUEST_SECONDS, "method" => method_label(method)),
+        )
+    }
+}
+
+fn method_label(method: usize) -> &'static str {
+    KNOWN_METHODS.get(method).copied().unwrap_or("other")
+}
+
+/// Which entry point decided.
+#[derive(Debug, Clone, Copy)]
+pub enum Api {
+    Check = 0,
+    ExtAuthz = 1,
+}
+
+/// Decision codes (the wire enum's values) with a handle each.
+const DECISION_CODES: usize = 16;
+
+static DECISION_HANDLES: [[OnceLock<metrics::Counter>; DECISION_CODES]; 2] =
+    [const { [const { OnceLock::new() }; DECISION_CODES] }; 2];
+
+/// Counts one decision in `scopegate_decisions_total{api, decision}`.
+/// `code` is the wire enum's value, `name` its name.
+pub fn count_decision(api: Api, code: i32, name: &'static str) {
+    let label = match api {
+        Api::Check => "check",
+        Api::ExtAuthz => "ext_authz",
+    };
+    let register = || metrics::counter!(DECISIONS_TOTAL, "api" => label, "decision" => name);
+    match DECISION_HANDLES[api as usize].get(code as usize) {
+        Some(cell) => cell.get_or_init(register).increment(1),
+        None => register().increment(1),
     }
 }
 

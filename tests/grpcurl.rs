@@ -186,4 +186,32 @@ fn grpcurl_works_over_the_unix_socket_without_options() {
     ]))
     .unwrap();
     assert_eq!(allowed["decision"], "ALLOWED");
+
+    // scopegate's own CLI takes the same forms: unix:/path and bare host:port.
+    let host_port = server.addr.trim_start_matches("http://").to_owned();
+    for address in [format!("unix:{socket_arg}"), host_port] {
+        let output = Command::new(common::BIN)
+            .args([
+                "keys",
+                "list",
+                "--account",
+                "acme",
+                "--json",
+                "--server",
+                &address,
+            ])
+            .env("SCOPEGATE_AUTH", &server.admin_token)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "keys list --server {address}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let listed = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            listed.contains(created["key"]["keyId"].as_str().unwrap()),
+            "{listed}"
+        );
+    }
 }

@@ -131,7 +131,12 @@ async fn metrics_count_what_happened_and_carry_no_secret() {
         1.0
     );
     assert!(metric(&body, "scopegate_store_flush_seconds_count") >= 1.0);
-    assert!(metric(&body, r#"scopegate_decision_seconds_count{api="check"}"#) >= 5.0);
+    assert!(
+        metric(
+            &body,
+            r#"scopegate_grpc_request_seconds_count{method="/scopegate.v1.Authorize/Check"}"#
+        ) >= 5.0
+    );
     assert!(
         !body.contains(&created.token[3..25]),
         "no key id or token in labels"

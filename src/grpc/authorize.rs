@@ -23,7 +23,6 @@ impl Authorize for AuthorizeService {
         let context = &*self.context;
         context.readiness.check()?;
         let request = request.into_inner();
-        let started = std::time::Instant::now();
         let client_ip = match request.client_ip.as_str() {
             "" => None,
             text => Some(text.parse::<std::net::IpAddr>().map_err(|_| {
@@ -73,8 +72,6 @@ impl Authorize for AuthorizeService {
                 )
             }
         };
-        metrics::histogram!("scopegate_decision_seconds", "api" => "check")
-            .record(started.elapsed());
         Ok(Response::new(self.response(decision, &policy.catalog)))
     }
 }
@@ -119,7 +116,11 @@ impl AuthorizeService {
             Decision::Disabled => pb::Decision::Disabled,
             Decision::IpNotAllowed => pb::Decision::IpNotAllowed,
         };
-        metrics::counter!("scopegate_decisions_total", "api" => "check", "decision" => code.as_str_name()).increment(1);
+        crate::telemetry::count_decision(
+            crate::telemetry::Api::Check,
+            code as i32,
+            code.as_str_name(),
+        );
         self.context.log_decision(
             "check",
             code.as_str_name(),

@@ -98,7 +98,6 @@ impl Authorization for ExtAuthzService {
                 "attributes.request.http is required",
             ));
         };
-        let started = std::time::Instant::now();
         let credential = self.credential(http);
         let token = match &credential {
             Credential::Token(_, token) => token.as_ref(),
@@ -120,8 +119,6 @@ impl Authorization for ExtAuthzService {
                 },
             ),
         };
-        metrics::histogram!("scopegate_decision_seconds", "api" => "ext_authz")
-            .record(started.elapsed());
         // The route's scope is shown only to an identified key: an
         // unauthenticated caller must not learn which routes exist.
         let identified = matches!(
@@ -240,8 +237,13 @@ impl ExtAuthzService {
         scope: Option<&str>,
         catalog: &Catalog,
     ) -> CheckResponse {
-        let decision_name = decision_name(&decision);
-        metrics::counter!("scopegate_decisions_total", "api" => "ext_authz", "decision" => decision_name).increment(1);
+        let wire = wire_decision(&decision);
+        let decision_name = wire.as_str_name();
+        crate::telemetry::count_decision(
+            crate::telemetry::Api::ExtAuthz,
+            wire as i32,
+            decision_name,
+        );
         let (key_id, account_id) = match &decision {
             Decision::Allowed {
                 key_id, account_id, ..
@@ -416,6 +418,10 @@ fn has_method_override(http: &HttpRequest) -> bool {
 }
 
 fn decision_name(decision: &Decision) -> &'static str {
+    wire_decision(decision).as_str_name()
+}
+
+fn wire_decision(decision: &Decision) -> super::pb::Decision {
     use super::pb::Decision as Wire;
     match decision {
         Decision::Allowed { .. } => Wire::Allowed,
@@ -430,7 +436,6 @@ fn decision_name(decision: &Decision) -> &'static str {
         Decision::Disabled => Wire::Disabled,
         Decision::IpNotAllowed => Wire::IpNotAllowed,
     }
-    .as_str_name()
 }
 
 fn metadata(values: [&str; 4]) -> Struct {
