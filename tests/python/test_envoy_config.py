@@ -32,6 +32,15 @@ def test_example_envoy_config_is_a_fail_closed_ext_authz_setup():
     assert ext_authz.transport_api_version == 2  # V3
     assert ext_authz.grpc_service.envoy_grpc.cluster_name == "scopegate"
     assert 0 < ext_authz.grpc_service.timeout.ToMilliseconds() <= 1000
+    # Only the headers scopegate reads are sent, and every one of them is.
+    patterns = ext_authz.allowed_headers.patterns
+    def sent(header):
+        return any(p.exact == header or (p.prefix and header.startswith(p.prefix)) for p in patterns)
+    for header in ["authorization", "x-api-key", "x-http-method-override", "x-http-method",
+                   "x-method-override", "x-scopegate-key-id", "x-scopegate-anything"]:
+        assert sent(header), header
+    for header in ["cookie", "user-agent", "x-forwarded-for", "content-type"]:
+        assert not sent(header), header
     clusters = {c.name: c for c in bootstrap.static_resources.clusters}
     options = http_protocol_options_pb2.HttpProtocolOptions()
     clusters["scopegate"].typed_extension_protocol_options[

@@ -97,7 +97,8 @@ def test_the_demo_pod_is_wired_safely(values):
 
     # A bounded runtime: a sidecar must not start one thread per node CPU.
     env = {e["name"]: e["value"] for e in scopegate.get("env", [])}
-    assert env["TOKIO_WORKER_THREADS"] == "2"
+    assert env["SCOPEGATE_WORKER_THREADS"] == "2"
+    assert env["SCOPEGATE_SLED_CACHE_MIB"] == "16"
 
     # A config change rolls the pods.
     assert len(pod["metadata"]["annotations"]["checksum/config"]) == 64
