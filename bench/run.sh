@@ -33,8 +33,12 @@ fi
 # Starts scopegate (on the same data dir each time) and the two bare tonic
 # ceiling servers (TCP, Unix socket), under an optional command prefix (taskset).
 start_servers() {
+  # One worker thread when pinned to one CPU (as under a one-CPU limit), else the default.
+  local workers=2
+  [ "$#" -gt 0 ] && workers=1
   "$@" "$bin" serve --listen 127.0.0.1:0 --uds "$work/grpc.sock" --metrics-listen 127.0.0.1:0 \
-    --data-dir "$work/data" --log-format json --max-keys-per-account 100000 2> "$work/serve.log" &
+    --data-dir "$work/data" --log-format json --max-keys-per-account 100000 \
+    --worker-threads "$workers" 2> "$work/serve.log" &
   server_pid=$!; pids+=("$server_pid")
   rm -f "$work/ceiling.sock"
   "$@" "$loadgen" ceiling --listen 127.0.0.1:0 > "$work/ceiling.addr" &

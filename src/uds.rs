@@ -14,8 +14,10 @@
 //! the client's dynamic table) and encoded again as plain literals that never
 //! touch h2's table, with `:authority: localhost`. Only the client → server
 //! direction is read; frames other than HEADERS/CONTINUATION are copied as is.
-//! Anything unexpected (a bad preface, an oversized frame, a block that does
-//! not decode) is handed to h2 unchanged, which answers it as it would have.
+//! Anything unexpected before the first block (a bad preface, an oversized
+//! frame, a block that does not decode) is handed to h2 unchanged, which
+//! answers it as it would have; on a connection being rewritten it closes the
+//! connection instead (raw bytes would no longer match h2's HPACK table).
 
 use std::borrow::Cow;
 use std::io;
@@ -53,6 +55,10 @@ enum Mode {
     Inspect,
     PassThrough,
     Rewrite,
+    /// A rewritten connection sent something that cannot be rewritten: its
+    /// raw bytes would reach h2 encoded against a table h2 never saw, so
+    /// the connection is closed instead.
+    Broken,
 }
 
 /// The client → server byte stream of one connection, as h2 should see it.
@@ -79,14 +85,23 @@ impl Default for AuthorityFix {
 }
 
 impl AuthorityFix {
-    /// Whether this connection's header blocks are being rewritten.
+    /// Whether this connection's header blocks are (or were, until it
+    /// broke) being rewritten.
     pub fn rewriting(&self) -> bool {
-        self.mode == Mode::Rewrite
+        matches!(self.mode, Mode::Rewrite | Mode::Broken)
+    }
+
+    /// The connection must be closed (see `Mode::Broken`).
+    pub fn broken(&self) -> bool {
+        self.mode == Mode::Broken
     }
 
     /// Takes bytes from the client; what h2 may read is then in
     /// [`AuthorityFix::output`].
     pub fn push(&mut self, bytes: &[u8]) {
+        if self.mode == Mode::Broken {
+            return;
+        }
         if self.mode == Mode::PassThrough {
             self.output.extend_from_slice(bytes);
             return;
@@ -97,6 +112,9 @@ impl AuthorityFix {
 
     /// The client closed its side: whatever is held back goes to h2 as is.
     pub fn finish(&mut self) {
+        if self.mode == Mode::Broken {
+            return;
+        }
         let rest = self.input.split();
         self.output.extend_from_slice(&rest);
         self.mode = Mode::PassThrough;
@@ -106,7 +124,14 @@ impl AuthorityFix {
         &mut self.output
     }
 
+    /// Hands everything from here on to h2 unchanged; on a connection being
+    /// rewritten that would desynchronise HPACK, so it breaks instead.
     fn pass_through(&mut self) {
+        if self.mode == Mode::Rewrite {
+            self.mode = Mode::Broken;
+            self.input.clear();
+            return;
+        }
         self.mode = Mode::PassThrough;
         let rest = self.input.split();
         self.output.extend_from_slice(&rest);
@@ -125,7 +150,7 @@ impl AuthorityFix {
             self.output.extend_from_slice(&preface);
             self.mode = Mode::Inspect;
         }
-        while self.mode != Mode::PassThrough {
+        while matches!(self.mode, Mode::Inspect | Mode::Rewrite) {
             let Some((kind, length)) = frame_at(&self.input, 0) else {
                 return;
             };
@@ -382,6 +407,12 @@ impl AsyncRead for UdsConnection {
             if this.direct {
                 return Pin::new(&mut this.stream).poll_read(cx, buf);
             }
+            if this.fix.broken() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a unix socket client sent a header block that cannot be rewritten",
+                )));
+            }
             let mut chunk = [0u8; 8192];
             let mut read = ReadBuf::new(&mut chunk);
             match Pin::new(&mut this.stream).poll_read(cx, &mut read) {
@@ -615,5 +646,20 @@ mod tests {
         assert_eq!(run(&oversized, 4).0, oversized);
         let truncated = &client_bytes(&[request("/tmp/s", "/a")], false)[..40];
         assert_eq!(run(truncated, 1).0, truncated);
+    }
+
+    #[test]
+    fn a_rewritten_connection_breaks_rather_than_pass_raw_blocks() {
+        let mut input = client_bytes(&[request("/tmp/s.sock", "/a")], false);
+        let rewritten_len = run(&input, 1 << 20).0.len();
+        // A second block that does not decode (index 70 is in no table).
+        input.extend(frame(HEADERS, END_HEADERS, 3, &[0x80 | 70]));
+        input.extend(frame(0x0, END_STREAM, 3, b"\0"));
+        let mut fix = AuthorityFix::default();
+        fix.push(&input);
+        assert!(fix.broken());
+        fix.finish();
+        // What was rewritten before stays; nothing raw follows it.
+        assert_eq!(fix.output().len(), rewritten_len);
     }
 }

@@ -1,6 +1,6 @@
 //! The Unix-socket `:authority` fix on arbitrary client bytes, fed in
-//! arbitrary pieces: never panics; bytes it does not rewrite reach h2
-//! unchanged, and a connection that starts with the HTTP/2 preface keeps it.
+//! arbitrary pieces: never panics; a connection it never rewrote reaches h2
+//! byte for byte, and a rewritten one keeps its preface.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
