@@ -18,6 +18,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ],
             &[PathBuf::from("proto"), protoc_bin_vendored::include_path()?],
         )?;
+    // Envoy's ext_authz request, lean (see the proto's header); only the
+    // server is generated, and the response is envoy-types' own message.
+    tonic_prost_build::configure()
+        .build_client(false)
+        .bytes(".envoy.service.auth.v3")
+        .extern_path(
+            ".envoy.service.auth.v3.CheckResponse",
+            "::envoy_types::pb::envoy::service::auth::v3::CheckResponse",
+        )
+        .compile_protos(
+            &[PathBuf::from("proto/envoy_lean/external_auth.proto")],
+            &[PathBuf::from("proto")],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

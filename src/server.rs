@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+use crate::grpc::envoy_lean::authorization_server::AuthorizationServer;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
@@ -94,9 +94,9 @@ pub struct Limits {
     pub max_concurrent_manage: usize,
     /// Mutations per second (and burst) for the API keys of one account.
     pub mutations_per_account_per_sec: u32,
-    /// A request still running after this is cancelled; a shorter client
-    /// `grpc-timeout` wins. Checks take microseconds; only a stuck disk could
-    /// come near it.
+    /// A management request still running after this is cancelled; a
+    /// shorter client `grpc-timeout` wins. Only a stuck disk or etcd could
+    /// come near it; checks never wait, so they carry no timer.
     pub request_timeout: Duration,
     /// Check and management messages are small; anything larger is a mistake
     /// or an attack.
@@ -311,14 +311,16 @@ pub async fn run(
         .layer(telemetry::GrpcMetricsLayer)
         // Bound the requests in progress across all connections, checks and
         // management apart; refuse at once beyond it instead of queueing.
+        // ManageKey and Admin also get their deadline here; checks never
+        // wait, so they pay for no timer.
         .layer(crate::limit::ShedLayer::new(
             limits.max_concurrent_requests,
             limits.max_concurrent_manage,
+            limits.request_timeout,
         ));
     let tls = config.tls.as_ref().map(load_tls).transpose()?;
     let router = |tls: Option<&tonic::transport::ServerTlsConfig>| {
         let mut server = tonic::transport::Server::builder()
-            .timeout(limits.request_timeout)
             .max_concurrent_streams(limits.http2_max_concurrent_streams)
             .http2_max_local_error_reset_streams(Some(limits.http2_max_local_error_reset_streams))
             .http2_keepalive_interval(Some(limits.http2_keepalive_interval))

@@ -5,10 +5,11 @@
 
 use std::sync::{Arc, OnceLock};
 
-use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use scopegate::authz::Policy;
+use scopegate::grpc::envoy_lean::authorization_server::Authorization;
+use scopegate::grpc::envoy_lean::CheckRequest;
 use scopegate::grpc::{CheckContext, ExtAuthzConfig, ExtAuthzService, Readiness};
 use scopegate::key::{AuthEntry, KeyTable};
 use scopegate::route::{RouteTable, DEFAULT_ROUTES_TOML};

@@ -1,5 +1,7 @@
-//! Envoy's `envoy.service.auth.v3.Authorization/Check` (ext_authz), served with
-//! the `envoy-types` generated server. Translates Envoy's request to
+//! Envoy's `envoy.service.auth.v3.Authorization/Check` (ext_authz). The request
+//! is decoded as `envoy_lean::CheckRequest` (only the fields the decision
+//! reads; headers as byte slices), the response is envoy-types' own
+//! `CheckResponse`. Translates Envoy's request to
 //! [`authz::decide_http`] (the same decision `Authorize.Check{http}` makes)
 //! and the decision to an Envoy response:
 //! - allow: upstream headers with the key and account ids (client-sent copies
@@ -12,13 +14,14 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use envoy_types::ext_authz::v3::pb::{
-    Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode,
-};
+use envoy_types::ext_authz::v3::pb::{CheckResponse, HeaderAppendAction, HttpStatusCode};
 use envoy_types::ext_authz::v3::{
     CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
 };
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
+
+use super::envoy_lean::attribute_context::HttpRequest;
+use super::envoy_lean::authorization_server::Authorization;
+use super::envoy_lean::CheckRequest;
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use tonic::{Code, Request, Response, Status};
 
@@ -148,17 +151,18 @@ impl ExtAuthzService {
         let mut found = Credential::Missing;
         let mut count = 0;
         for (name, value) in request_headers(http) {
-            let is_bearer = name.eq_ignore_ascii_case("authorization");
+            let is_bearer = name.eq_ignore_ascii_case(b"authorization");
             let is_api_key = self
                 .config
                 .api_key_header
                 .as_deref()
-                .is_some_and(|header| name.eq_ignore_ascii_case(header));
+                .is_some_and(|header| name.eq_ignore_ascii_case(header.as_bytes()));
             if !is_bearer && !is_api_key {
                 continue;
             }
             count += 1;
-            let Some(value) = value else {
+            // Both names matched ASCII text, so the name is UTF-8.
+            let (Ok(name), Some(value)) = (std::str::from_utf8(name), value) else {
                 return Credential::Malformed;
             };
             // Envoy joins repeated headers with ','; a token never holds one.
@@ -212,14 +216,10 @@ impl ExtAuthzService {
         );
         let mut ok = OkHttpResponseBuilder::new();
         for (name, _) in request_headers(http) {
-            let reserved = name
-                .as_bytes()
-                .get(..RESERVED_HEADER_PREFIX.len())
-                .is_some_and(|start| start.eq_ignore_ascii_case(RESERVED_HEADER_PREFIX.as_bytes()));
-            let ours = name.eq_ignore_ascii_case(&self.config.key_id_header)
-                || name.eq_ignore_ascii_case(&self.config.account_id_header);
-            if reserved || ours {
-                ok.remove_header(name.to_ascii_lowercase());
+            let ours = name.eq_ignore_ascii_case(self.config.key_id_header.as_bytes())
+                || name.eq_ignore_ascii_case(self.config.account_id_header.as_bytes());
+            if is_reserved(name) || ours {
+                ok.remove_header(lower_name(name));
             }
         }
         let mut response = CheckResponse::new();
@@ -292,17 +292,10 @@ impl ExtAuthzService {
             ok.add_header(&self.config.key_id_header, key_id, overwrite, false);
             ok.add_header(&self.config.account_id_header, account_id, overwrite, false);
             for (name, _) in request_headers(http) {
-                // Bytes, not str slicing: a header name may hold non-ASCII.
-                let reserved = name
-                    .as_bytes()
-                    .get(..RESERVED_HEADER_PREFIX.len())
-                    .is_some_and(|start| {
-                        start.eq_ignore_ascii_case(RESERVED_HEADER_PREFIX.as_bytes())
-                    });
-                let ours = name.eq_ignore_ascii_case(&self.config.key_id_header)
-                    || name.eq_ignore_ascii_case(&self.config.account_id_header);
-                if reserved && !ours {
-                    ok.remove_header(name.to_ascii_lowercase());
+                let ours = name.eq_ignore_ascii_case(self.config.key_id_header.as_bytes())
+                    || name.eq_ignore_ascii_case(self.config.account_id_header.as_bytes());
+                if is_reserved(name) && !ours {
+                    ok.remove_header(lower_name(name));
                 }
             }
             if let (true, Credential::Token(header, _)) = (self.config.hide_credentials, credential)
@@ -348,24 +341,35 @@ impl ExtAuthzService {
 
 /// Every request header as (name, value); `None` for a value that is not
 /// UTF-8. Reads both Envoy's `headers` map and its newer `header_map`.
-fn request_headers(http: &HttpRequest) -> impl Iterator<Item = (&str, Option<&str>)> {
+fn request_headers(http: &HttpRequest) -> impl Iterator<Item = (&[u8], Option<&str>)> {
     let map = http
         .headers
         .iter()
-        .map(|(name, value)| (name.as_str(), Some(value.as_str())));
+        .map(|header| (&header.key[..], std::str::from_utf8(&header.value).ok()));
     let list = http
         .header_map
         .iter()
         .flat_map(|header_map| header_map.headers.iter())
         .map(|header| {
             let value = if header.raw_value.is_empty() {
-                Some(header.value.as_str())
+                &header.value
             } else {
-                std::str::from_utf8(&header.raw_value).ok()
+                &header.raw_value
             };
-            (header.key.as_str(), value)
+            (&header.key[..], std::str::from_utf8(value).ok())
         });
     map.chain(list)
+}
+
+/// A client-sent `x-scopegate-*` header (bytes: a name may hold non-ASCII).
+fn is_reserved(name: &[u8]) -> bool {
+    name.get(..RESERVED_HEADER_PREFIX.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(RESERVED_HEADER_PREFIX.as_bytes()))
+}
+
+/// A header name as Envoy's `headers_to_remove` wants it.
+fn lower_name(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).to_ascii_lowercase()
 }
 
 /// 503: scopegate cannot decide now (fleet mode, past --max-staleness-secs).
@@ -388,7 +392,6 @@ fn unavailable(reason: &str) -> CheckResponse {
 
 /// The downstream address Envoy reports (`attributes.source.address`).
 fn source_ip(request: &CheckRequest) -> Option<std::net::IpAddr> {
-    use envoy_types::pb::envoy::config::core::v3::address::Address;
     let address = request
         .attributes
         .as_ref()?
@@ -396,10 +399,7 @@ fn source_ip(request: &CheckRequest) -> Option<std::net::IpAddr> {
         .as_ref()?
         .address
         .as_ref()?;
-    match address.address.as_ref()? {
-        Address::SocketAddress(socket) => socket.address.parse().ok(),
-        _ => None,
-    }
+    address.socket_address.as_ref()?.address.parse().ok()
 }
 
 /// Headers with which clients ask an upstream to act on another method.
@@ -413,7 +413,7 @@ fn has_method_override(http: &HttpRequest) -> bool {
     request_headers(http).any(|(name, _)| {
         METHOD_OVERRIDE_HEADERS
             .iter()
-            .any(|header| name.eq_ignore_ascii_case(header))
+            .any(|header| name.eq_ignore_ascii_case(header.as_bytes()))
     })
 }
 

@@ -67,6 +67,13 @@ pub mod pb {
         tonic::include_file_descriptor_set!("scopegate_descriptor");
 }
 
+/// Envoy's ext_authz request as scopegate reads it (`proto/envoy_lean`): the
+/// same wire format, decoding only what the decision needs.
+pub mod envoy_lean {
+    #![allow(clippy::all)]
+    tonic::include_proto!("envoy.service.auth.v3");
+}
+
 /// Serving gate: the services answer UNAVAILABLE until the store is loaded
 /// and, in fleet mode with `--max-staleness-secs`, while etcd has not been
 /// heard from for longer than that.
