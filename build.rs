@@ -18,17 +18,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ],
             &[PathBuf::from("proto"), protoc_bin_vendored::include_path()?],
         )?;
-    // Envoy's ext_authz request, lean (see the proto's header); only the
-    // server is generated, and the response is envoy-types' own message.
+    // Envoy's ext_authz service: only the server, with the request read in
+    // place (src/grpc/envoy_request.rs) and envoy-types' response.
     tonic_prost_build::configure()
         .build_client(false)
-        .bytes(".envoy.service.auth.v3")
+        .codec_path("crate::grpc::envoy_request::EnvoyCodec")
+        .extern_path(
+            ".envoy.service.auth.v3.CheckRequest",
+            "crate::grpc::envoy_request::EnvoyCheck",
+        )
         .extern_path(
             ".envoy.service.auth.v3.CheckResponse",
             "::envoy_types::pb::envoy::service::auth::v3::CheckResponse",
         )
         .compile_protos(
-            &[PathBuf::from("proto/envoy_lean/external_auth.proto")],
+            &[PathBuf::from("proto/envoy/external_auth.proto")],
             &[PathBuf::from("proto")],
         )?;
     println!("cargo:rerun-if-changed=proto");

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
 use scopegate::authz::{decide, decide_http};
-use scopegate::grpc::envoy_lean::authorization_server::Authorization;
-use scopegate::grpc::envoy_lean::CheckRequest;
+use scopegate::grpc::envoy_request::EnvoyCheck;
+use scopegate::grpc::envoy_service::authorization_server::Authorization;
 use scopegate::grpc::{CheckContext, ExtAuthzConfig, ExtAuthzService, Readiness};
 use scopegate::key::{AuthEntry, KeyTable};
 use scopegate::route::{RouteTable, DEFAULT_ROUTES_TOML};
@@ -150,7 +150,7 @@ fn benches(c: &mut Criterion) {
         b.to_async(&runtime).iter_batched(
             || bytes::Bytes::from(request.clone()),
             |bytes| async {
-                let request = <CheckRequest as prost::Message>::decode(bytes).unwrap();
+                let request = EnvoyCheck::parse(bytes).unwrap();
                 service.check(tonic::Request::new(request)).await.unwrap()
             },
             BatchSize::SmallInput,

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::grpc::envoy_lean::authorization_server::AuthorizationServer;
+use crate::grpc::envoy_service::authorization_server::AuthorizationServer;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 

@@ -8,8 +8,8 @@ use std::sync::{Arc, OnceLock};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use scopegate::authz::Policy;
-use scopegate::grpc::envoy_lean::authorization_server::Authorization;
-use scopegate::grpc::envoy_lean::CheckRequest;
+use scopegate::grpc::envoy_request::EnvoyCheck;
+use scopegate::grpc::envoy_service::authorization_server::Authorization;
 use scopegate::grpc::{CheckContext, ExtAuthzConfig, ExtAuthzService, Readiness};
 use scopegate::key::{AuthEntry, KeyTable};
 use scopegate::route::{RouteTable, DEFAULT_ROUTES_TOML};
@@ -59,7 +59,31 @@ fn service() -> &'static (ExtAuthzService, tokio::runtime::Runtime) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(request) = CheckRequest::decode(data) else {
+    // The in-place reader agrees with envoy-types' decoder wherever that
+    // decoder accepts the bytes: same method, path and header names.
+    let parsed = EnvoyCheck::parse(bytes::Bytes::copy_from_slice(data));
+    if let Ok(full) = envoy_types::ext_authz::v3::pb::CheckRequest::decode(data) {
+        let check = parsed.as_ref().expect("envoy-types accepts what we refuse");
+        let http = full
+            .attributes
+            .as_ref()
+            .and_then(|attributes| attributes.request.as_ref())
+            .and_then(|request| request.http.as_ref());
+        assert_eq!(check.has_http(), http.is_some());
+        if let Some(http) = http {
+            assert_eq!(check.method(), http.method);
+            assert_eq!(check.path(), http.path);
+            let ours: std::collections::BTreeSet<&[u8]> = check.headers().map(|(name, _)| name).collect();
+            let theirs: std::collections::BTreeSet<&[u8]> = http
+                .headers
+                .keys()
+                .map(|name| name.as_bytes())
+                .chain(http.header_map.iter().flat_map(|map| map.headers.iter().map(|h| h.key.as_bytes())))
+                .collect();
+            assert_eq!(ours, theirs);
+        }
+    }
+    let Ok(request) = parsed else {
         return;
     };
     let (service, runtime) = service();

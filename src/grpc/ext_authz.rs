@@ -1,6 +1,6 @@
 //! Envoy's `envoy.service.auth.v3.Authorization/Check` (ext_authz). The request
-//! is decoded as `envoy_lean::CheckRequest` (only the fields the decision
-//! reads; headers as byte slices), the response is envoy-types' own
+//! is read in place ([`EnvoyCheck`]: only the fields the decision reads,
+//! headers as byte slices), the response is envoy-types' own
 //! `CheckResponse`. Translates Envoy's request to
 //! [`authz::decide_http`] (the same decision `Authorize.Check{http}` makes)
 //! and the decision to an Envoy response:
@@ -19,9 +19,8 @@ use envoy_types::ext_authz::v3::{
     CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
 };
 
-use super::envoy_lean::attribute_context::HttpRequest;
-use super::envoy_lean::authorization_server::Authorization;
-use super::envoy_lean::CheckRequest;
+use super::envoy_request::EnvoyCheck;
+use super::envoy_service::authorization_server::Authorization;
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use tonic::{Code, Request, Response, Status};
 
@@ -80,27 +79,20 @@ enum Credential<'a> {
 
 #[tonic::async_trait]
 impl Authorization for ExtAuthzService {
-    async fn check(
-        &self,
-        request: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, Status> {
+    async fn check(&self, request: Request<EnvoyCheck>) -> Result<Response<CheckResponse>, Status> {
         let context = &*self.context;
         if let Some(reason) = context.readiness.stale() {
             // Fail closed with a status Envoy passes on as is.
             return Ok(Response::new(unavailable(&reason)));
         }
         context.readiness.check()?;
-        let request = request.into_inner();
-        let Some(http) = request
-            .attributes
-            .as_ref()
-            .and_then(|attributes| attributes.request.as_ref())
-            .and_then(|request| request.http.as_ref())
-        else {
+        let http = request.into_inner();
+        if !http.has_http() {
             return Err(Status::invalid_argument(
                 "attributes.request.http is required",
             ));
-        };
+        }
+        let http = &http;
         let credential = self.credential(http);
         let token = match &credential {
             Credential::Token(_, token) => token.as_ref(),
@@ -115,10 +107,10 @@ impl Authorization for ExtAuthzService {
                 &policy.routes,
                 token,
                 &authz::HttpCheck {
-                    method: &http.method,
-                    path: &http.path,
+                    method: http.method(),
+                    path: http.path(),
                     method_override: has_method_override(http),
-                    client_ip: source_ip(&request),
+                    client_ip: http.source_address().parse().ok(),
                 },
             ),
         };
@@ -132,7 +124,7 @@ impl Authorization for ExtAuthzService {
             .filter(|_| identified)
             .map(|scope| policy.catalog.scope_name(scope));
         if !decision.is_allowed()
-            && (self.config.dry_run || policy.routes.is_dry_run(&http.method, &http.path))
+            && (self.config.dry_run || policy.routes.is_dry_run(http.method(), http.path()))
         {
             return Ok(Response::new(self.dry_run(http, &decision, scope_name)));
         }
@@ -147,10 +139,10 @@ impl Authorization for ExtAuthzService {
 }
 
 impl ExtAuthzService {
-    fn credential<'a>(&self, http: &'a HttpRequest) -> Credential<'a> {
+    fn credential<'a>(&self, http: &'a EnvoyCheck) -> Credential<'a> {
         let mut found = Credential::Missing;
         let mut count = 0;
-        for (name, value) in request_headers(http) {
+        for (name, value) in http.headers() {
             let is_bearer = name.eq_ignore_ascii_case(b"authorization");
             let is_api_key = self
                 .config
@@ -162,7 +154,8 @@ impl ExtAuthzService {
             }
             count += 1;
             // Both names matched ASCII text, so the name is UTF-8.
-            let (Ok(name), Some(value)) = (std::str::from_utf8(name), value) else {
+            let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value))
+            else {
                 return Credential::Malformed;
             };
             // Envoy joins repeated headers with ','; a token never holds one.
@@ -193,7 +186,7 @@ impl ExtAuthzService {
     /// upstream's own checks.
     fn dry_run(
         &self,
-        http: &HttpRequest,
+        http: &EnvoyCheck,
         decision: &Decision,
         scope: Option<&str>,
     ) -> CheckResponse {
@@ -205,7 +198,12 @@ impl ExtAuthzService {
             .dry_run_seen
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if seen % DRY_RUN_LOG_EVERY == 0 {
-            tracing::info!(decision = decision_name, scope, method = %http.method, "dry run: would have denied");
+            tracing::info!(
+                decision = decision_name,
+                scope,
+                method = http.method(),
+                "dry run: would have denied"
+            );
         }
         let mut metadata = metadata(["", "", scope.unwrap_or(""), decision_name]);
         metadata.fields.insert(
@@ -215,7 +213,7 @@ impl ExtAuthzService {
             },
         );
         let mut ok = OkHttpResponseBuilder::new();
-        for (name, _) in request_headers(http) {
+        for (name, _) in http.headers() {
             let ours = name.eq_ignore_ascii_case(self.config.key_id_header.as_bytes())
                 || name.eq_ignore_ascii_case(self.config.account_id_header.as_bytes());
             if is_reserved(name) || ours {
@@ -231,7 +229,7 @@ impl ExtAuthzService {
 
     fn response(
         &self,
-        http: &HttpRequest,
+        http: &EnvoyCheck,
         credential: &Credential<'_>,
         decision: Decision,
         scope: Option<&str>,
@@ -291,7 +289,7 @@ impl ExtAuthzService {
             let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
             ok.add_header(&self.config.key_id_header, key_id, overwrite, false);
             ok.add_header(&self.config.account_id_header, account_id, overwrite, false);
-            for (name, _) in request_headers(http) {
+            for (name, _) in http.headers() {
                 let ours = name.eq_ignore_ascii_case(self.config.key_id_header.as_bytes())
                     || name.eq_ignore_ascii_case(self.config.account_id_header.as_bytes());
                 if is_reserved(name) && !ours {
@@ -339,28 +337,6 @@ impl ExtAuthzService {
     }
 }
 
-/// Every request header as (name, value); `None` for a value that is not
-/// UTF-8. Reads both Envoy's `headers` map and its newer `header_map`.
-fn request_headers(http: &HttpRequest) -> impl Iterator<Item = (&[u8], Option<&str>)> {
-    let map = http
-        .headers
-        .iter()
-        .map(|header| (&header.key[..], std::str::from_utf8(&header.value).ok()));
-    let list = http
-        .header_map
-        .iter()
-        .flat_map(|header_map| header_map.headers.iter())
-        .map(|header| {
-            let value = if header.raw_value.is_empty() {
-                &header.value
-            } else {
-                &header.raw_value
-            };
-            (&header.key[..], std::str::from_utf8(value).ok())
-        });
-    map.chain(list)
-}
-
 /// A client-sent `x-scopegate-*` header (bytes: a name may hold non-ASCII).
 fn is_reserved(name: &[u8]) -> bool {
     name.get(..RESERVED_HEADER_PREFIX.len())
@@ -390,18 +366,6 @@ fn unavailable(reason: &str) -> CheckResponse {
     response
 }
 
-/// The downstream address Envoy reports (`attributes.source.address`).
-fn source_ip(request: &CheckRequest) -> Option<std::net::IpAddr> {
-    let address = request
-        .attributes
-        .as_ref()?
-        .source
-        .as_ref()?
-        .address
-        .as_ref()?;
-    address.socket_address.as_ref()?.address.parse().ok()
-}
-
 /// Headers with which clients ask an upstream to act on another method.
 const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
     "x-http-method-override",
@@ -409,8 +373,8 @@ const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
     "x-method-override",
 ];
 
-fn has_method_override(http: &HttpRequest) -> bool {
-    request_headers(http).any(|(name, _)| {
+fn has_method_override(http: &EnvoyCheck) -> bool {
+    http.headers().any(|(name, _)| {
         METHOD_OVERRIDE_HEADERS
             .iter()
             .any(|header| name.eq_ignore_ascii_case(header.as_bytes()))

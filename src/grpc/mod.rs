@@ -4,6 +4,7 @@
 mod admin;
 mod authorize;
 mod convert;
+pub mod envoy_request;
 mod ext_authz;
 mod manage;
 mod status;
@@ -67,9 +68,9 @@ pub mod pb {
         tonic::include_file_descriptor_set!("scopegate_descriptor");
 }
 
-/// Envoy's ext_authz request as scopegate reads it (`proto/envoy_lean`): the
-/// same wire format, decoding only what the decision needs.
-pub mod envoy_lean {
+/// Envoy's ext_authz service (`proto/envoy`): its request is read in place
+/// by [`envoy_request::EnvoyCheck`], its response is envoy-types' own.
+pub mod envoy_service {
     #![allow(clippy::all)]
     tonic::include_proto!("envoy.service.auth.v3");
 }
