@@ -44,7 +44,11 @@ impl std::fmt::Display for WireError {
 const VARINT: u64 = 0;
 const I64: u64 = 1;
 const LEN: u64 = 2;
+const START_GROUP: u64 = 3;
+const END_GROUP: u64 = 4;
 const I32: u64 = 5;
+/// Nesting of (deprecated, skipped) groups, as deep as prost allows.
+const MAX_GROUP_DEPTH: u32 = 100;
 
 /// One field of a message: its number and, for length-delimited fields,
 /// the range of its payload.
@@ -107,7 +111,19 @@ impl<'a> Fields<'a> {
         if number == 0 {
             return Err(WireError("field number 0"));
         }
-        let payload = match key & 7 {
+        let payload = self.value(key & 7, number, 0)?;
+        Ok(Field { number, payload })
+    }
+
+    /// Reads one value of `wire_type`; a group (unknown to every message
+    /// here, so skipped as protobuf requires) is read to its end.
+    fn value(
+        &mut self,
+        wire_type: u64,
+        number: u64,
+        depth: u32,
+    ) -> Result<Option<Range<usize>>, WireError> {
+        Ok(match wire_type {
             VARINT => {
                 self.varint()?;
                 None
@@ -125,9 +141,29 @@ impl<'a> Fields<'a> {
                 self.skip(4)?;
                 None
             }
-            _ => return Err(WireError("unsupported wire type (groups)")),
-        };
-        Ok(Field { number, payload })
+            START_GROUP => {
+                if depth >= MAX_GROUP_DEPTH {
+                    return Err(WireError("groups nested too deep"));
+                }
+                loop {
+                    let key = self.varint()?;
+                    let inner = key >> 3;
+                    if inner == 0 {
+                        return Err(WireError("field number 0"));
+                    }
+                    if key & 7 == END_GROUP {
+                        if inner != number {
+                            return Err(WireError("a group ends with another group's number"));
+                        }
+                        break;
+                    }
+                    self.value(key & 7, inner, depth + 1)?;
+                }
+                None
+            }
+            END_GROUP => return Err(WireError("a group ends that never started")),
+            _ => return Err(WireError("unknown wire type")),
+        })
     }
 }
 
@@ -473,7 +509,11 @@ mod tests {
             // outer message) parses; never panics.
             let _ = EnvoyCheck::parse(Bytes::copy_from_slice(&good[..cut]));
         }
-        assert!(EnvoyCheck::parse(Bytes::from_static(&[0x0b])).is_err()); // group
+        assert!(EnvoyCheck::parse(Bytes::from_static(&[0x0b])).is_err()); // unterminated group
+        assert!(EnvoyCheck::parse(Bytes::from_static(&[0x0c])).is_err()); // stray group end
+        assert!(EnvoyCheck::parse(Bytes::from_static(&[0x0b, 0x14])).is_err()); // wrong group end
+                                                                                // A group (of an unknown field) is skipped, as prost does.
+        assert!(EnvoyCheck::parse(Bytes::from_static(&[0x73, 0x08, 0x01, 0x74])).is_ok());
         assert!(EnvoyCheck::parse(Bytes::from_static(&[0x08, 0x80])).is_err()); // truncated varint
         assert!(EnvoyCheck::parse(Bytes::from_static(&[0x0a, 0x05, 0x00])).is_err()); // past end
         assert!(EnvoyCheck::parse(Bytes::from_static(&[0x08, 0x01])).is_err()); // attributes as varint
