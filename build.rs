@@ -19,7 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[PathBuf::from("proto"), protoc_bin_vendored::include_path()?],
         )?;
     // Envoy's ext_authz service: only the server, with the request read in
-    // place (src/grpc/envoy_request.rs) and envoy-types' response.
+    // place (src/grpc/envoy_request.rs), the response written as bytes
+    // (src/grpc/envoy_response.rs).
     tonic_prost_build::configure()
         .build_client(false)
         .codec_path("crate::grpc::envoy_request::EnvoyCodec")
@@ -29,7 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .extern_path(
             ".envoy.service.auth.v3.CheckResponse",
-            "::envoy_types::pb::envoy::service::auth::v3::CheckResponse",
+            "crate::grpc::envoy_response::EnvoyAnswer",
         )
         .compile_protos(
             &[PathBuf::from("proto/envoy/external_auth.proto")],

@@ -8,13 +8,16 @@
 //! keeps byte ranges of what the decision reads; every other field is
 //! skipped, nothing is copied. Same wire format as
 //! `envoy/service/auth/v3/external_auth.proto`; fuzzed against envoy-types'
-//! own decoder (`fuzz/fuzz_targets/ext_authz.rs`).
+//! own decoder (`fuzz/fuzz_targets/ext_authz.rs`). The service's codec
+//! ([`EnvoyCodec`]) lives here too.
 
 use std::ops::Range;
 
 use bytes::{Buf, Bytes};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
+
+use super::envoy_response::EnvoyAnswer;
 
 /// A parsed `CheckRequest`: the buffer and where its useful fields are.
 #[derive(Debug, Clone, Default)]
@@ -343,7 +346,7 @@ fn entry(
 }
 
 /// The codec of the ext_authz service: requests are read by [`EnvoyCheck`],
-/// responses (envoy-types' `CheckResponse`) encoded by prost.
+/// responses are already bytes ([`EnvoyAnswer`]).
 #[derive(Debug, Clone)]
 pub struct EnvoyCodec<T, U>(std::marker::PhantomData<(T, U)>);
 
@@ -353,14 +356,14 @@ impl<T, U> Default for EnvoyCodec<T, U> {
     }
 }
 
-impl<T: prost::Message + Send + 'static> Codec for EnvoyCodec<T, EnvoyCheck> {
-    type Encode = T;
+impl Codec for EnvoyCodec<EnvoyAnswer, EnvoyCheck> {
+    type Encode = EnvoyAnswer;
     type Decode = EnvoyCheck;
-    type Encoder = ProstEncoder<T>;
+    type Encoder = AnswerEncoder;
     type Decoder = CheckDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstEncoder(std::marker::PhantomData)
+        AnswerEncoder
     }
 
     fn decoder(&mut self) -> Self::Decoder {
@@ -369,15 +372,15 @@ impl<T: prost::Message + Send + 'static> Codec for EnvoyCodec<T, EnvoyCheck> {
 }
 
 #[derive(Debug)]
-pub struct ProstEncoder<T>(std::marker::PhantomData<T>);
+pub struct AnswerEncoder;
 
-impl<T: prost::Message> Encoder for ProstEncoder<T> {
-    type Item = T;
+impl Encoder for AnswerEncoder {
+    type Item = EnvoyAnswer;
     type Error = Status;
 
-    fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        item.encode(buf)
-            .map_err(|error| Status::internal(format!("encoding the response: {error}")))
+    fn encode(&mut self, item: EnvoyAnswer, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        bytes::BufMut::put_slice(buf, item.as_bytes());
+        Ok(())
     }
 }
 

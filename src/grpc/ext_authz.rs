@@ -20,6 +20,7 @@ use envoy_types::ext_authz::v3::{
 };
 
 use super::envoy_request::EnvoyCheck;
+use super::envoy_response::{Allow, EnvoyAnswer};
 use super::envoy_service::authorization_server::Authorization;
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use tonic::{Code, Request, Response, Status};
@@ -79,11 +80,11 @@ enum Credential<'a> {
 
 #[tonic::async_trait]
 impl Authorization for ExtAuthzService {
-    async fn check(&self, request: Request<EnvoyCheck>) -> Result<Response<CheckResponse>, Status> {
+    async fn check(&self, request: Request<EnvoyCheck>) -> Result<Response<EnvoyAnswer>, Status> {
         let context = &*self.context;
         if let Some(reason) = context.readiness.stale() {
             // Fail closed with a status Envoy passes on as is.
-            return Ok(Response::new(unavailable(&reason)));
+            return Ok(Response::new(unavailable(&reason).into()));
         }
         context.readiness.check()?;
         let http = request.into_inner();
@@ -126,7 +127,9 @@ impl Authorization for ExtAuthzService {
         if !decision.is_allowed()
             && (self.config.dry_run || policy.routes.is_dry_run(http.method(), http.path()))
         {
-            return Ok(Response::new(self.dry_run(http, &decision, scope_name)));
+            return Ok(Response::new(
+                self.dry_run(http, &decision, scope_name).into(),
+            ));
         }
         Ok(Response::new(self.response(
             http,
@@ -234,7 +237,7 @@ impl ExtAuthzService {
         decision: Decision,
         scope: Option<&str>,
         catalog: &Catalog,
-    ) -> CheckResponse {
+    ) -> EnvoyAnswer {
         let wire = wire_decision(&decision);
         let decision_name = wire.as_str_name();
         crate::telemetry::count_decision(
@@ -251,59 +254,56 @@ impl ExtAuthzService {
             } => (key_id.to_string(), account_id.to_string()),
             _ => (String::new(), String::new()),
         };
-        let mut metadata = metadata([
-            key_id.as_str(),
-            account_id.as_str(),
-            scope.unwrap_or(""),
-            decision_name,
-        ]);
-        // The key's own metadata, for access logs and later filters; never
-        // as upstream headers.
+        self.context
+            .log_decision("ext_authz", decision_name, &key_id, &account_id, scope);
         if let Decision::Allowed {
-            metadata: Some(key_metadata),
+            metadata: key_metadata,
             ..
         } = &decision
         {
-            let fields = key_metadata
-                .iter()
-                .map(|(name, value)| {
-                    let value = Value {
-                        kind: Some(Kind::StringValue(value.clone())),
-                    };
-                    (name.clone(), value)
-                })
-                .collect();
-            metadata.fields.insert(
-                "key_metadata".into(),
-                Value {
-                    kind: Some(Kind::StructValue(Struct { fields })),
-                },
-            );
-        }
-        self.context
-            .log_decision("ext_authz", decision_name, &key_id, &account_id, scope);
-        let mut response = CheckResponse::new();
-        response.set_dynamic_metadata(Some(metadata));
-        if decision.is_allowed() {
-            let mut ok = OkHttpResponseBuilder::new();
-            let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
-            ok.add_header(&self.config.key_id_header, key_id, overwrite, false);
-            ok.add_header(&self.config.account_id_header, account_id, overwrite, false);
+            // Client-sent x-scopegate-* copies and (by default) the
+            // credential never reach the upstream.
+            let mut remove: Vec<Cow<'_, str>> = Vec::new();
             for (name, _) in http.headers() {
                 let ours = name.eq_ignore_ascii_case(self.config.key_id_header.as_bytes())
                     || name.eq_ignore_ascii_case(self.config.account_id_header.as_bytes());
                 if is_reserved(name) && !ours {
-                    ok.remove_header(lower_name(name));
+                    remove.push(Cow::Owned(lower_name(name)));
                 }
             }
             if let (true, Credential::Token(header, _)) = (self.config.hide_credentials, credential)
             {
-                ok.remove_header(header.to_ascii_lowercase());
+                remove.push(if header.bytes().any(|byte| byte.is_ascii_uppercase()) {
+                    Cow::Owned(header.to_ascii_lowercase())
+                } else {
+                    Cow::Borrowed(header)
+                });
             }
-            response.set_status(Status::new(Code::Ok, ""));
-            response.set_http_response(ok);
-            return response;
+            return Allow {
+                set_headers: [
+                    (&self.config.key_id_header, &key_id),
+                    (&self.config.account_id_header, &account_id),
+                ],
+                remove_headers: &remove,
+                metadata: [
+                    ("key_id", &key_id),
+                    ("account_id", &account_id),
+                    ("scope", scope.unwrap_or("")),
+                    ("decision", decision_name),
+                ],
+                // The key's own metadata, for access logs and later filters;
+                // never as upstream headers.
+                key_metadata: key_metadata.as_deref().map(Vec::as_slice),
+            }
+            .encode();
         }
+        let mut response = CheckResponse::new();
+        response.set_dynamic_metadata(Some(metadata([
+            key_id.as_str(),
+            account_id.as_str(),
+            scope.unwrap_or(""),
+            decision_name,
+        ])));
         let message = decision.message(catalog);
         let (http_status, code) = match decision {
             Decision::MissingToken
@@ -333,7 +333,7 @@ impl ExtAuthzService {
         );
         response.set_status(Status::new(code, message));
         response.set_http_response(denied);
-        response
+        response.into()
     }
 }
 

@@ -5,6 +5,7 @@ mod admin;
 mod authorize;
 mod convert;
 pub mod envoy_request;
+pub mod envoy_response;
 mod ext_authz;
 mod manage;
 mod status;
@@ -69,7 +70,8 @@ pub mod pb {
 }
 
 /// Envoy's ext_authz service (`proto/envoy`): its request is read in place
-/// by [`envoy_request::EnvoyCheck`], its response is envoy-types' own.
+/// by [`envoy_request::EnvoyCheck`], its response written as bytes
+/// ([`envoy_response::EnvoyAnswer`]).
 pub mod envoy_service {
     #![allow(clippy::all)]
     tonic::include_proto!("envoy.service.auth.v3");
