@@ -61,6 +61,8 @@ instructions() {
 }
 
 results="$work/results.jsonl"
+# bench/run.sh passes its results file, to render these rows too.
+[ -n "${RESULTS:-}" ] && results_copy=$RESULTS || results_copy=/dev/null
 workloads="scopes http ext-authz ext-authz-allowed"
 
 echo "== the bare tonic server under callgrind" >&2
@@ -104,6 +106,7 @@ for inflight in $inflight_list; do
 done
 kill "$server_pid"; wait "$server_pid" 2> /dev/null || true; server_pid=""
 
+sed 's/^{/{"workload_kind": "instructions", /' "$results" >> "$results_copy"
 python3 - "$results" <<'EOF'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]

@@ -69,7 +69,10 @@ def main(results_path, criterion_path, out_path):
     for name, micros in criterion(criterion_path):
         lines.append(f"| `{name}` | {micros * 1000:.0f} ns |" if micros < 10 else f"| `{name}` | {micros:.1f} µs |")
 
-    checks = [r for r in results if r.get("workload") in ("ceiling", "ceiling-ext-authz", "scopes", "http", "ext-authz")]
+    instructions = [r for r in results if r.get("workload_kind") == "instructions"]
+    results = [r for r in results if r.get("workload_kind") != "instructions"]
+    checks = [r for r in results if r.get("workload") in ("ceiling", "ceiling-ext-authz", "scopes", "http", "ext-authz")
+              and r.get("label", "") != "open"]
     lines += ["", "### Over the network (loadgen; fixed duration after warm-up)", "",
               "`ceiling`: bare tonic server, small fixed message. `ceiling-ext-authz`: the same bare server "
               "decoding the same Envoy request and answering a fixed allow of the same shape and size as scopegate's (headers, metadata: 212 bytes); ext_authz rows are also compared with it."]
@@ -79,6 +82,36 @@ def main(results_path, criterion_path, out_path):
         rows = [r for r in checks if r.get("label", "") == label]
         if rows:
             lines += ["", f"#### {title}", ""] + network_table(rows)
+    open_loop = [r for r in results if r.get("label") == "open"]
+    if open_loop:
+        lines += ["", "#### Open loop: fixed arrival rate, latency from the intended send time (TCP, shared cores)", "",
+                  "| workload | offered req/s | achieved req/s | p50 µs | p99 µs | p99.9 µs | server CPU % |", "|---|---|---|---|---|---|---|"]
+        for r in open_loop:
+            lines.append(f"| {r['workload']} | {r['rate']:.0f} | {r['rps']:.0f} | {r['p50_us']} | {r['p99_us']} | "
+                         f"{r['p999_us']} | {r['server_cpu_percent']:.0f} |")
+    if instructions:
+        by = {(r["server"], r["workload"], r["in_flight"]): r["instructions_per_request"] for r in instructions}
+        same = {"scopes": "ceiling", "http": "ceiling", "ext-authz": "ceiling-ext-authz",
+                "ext-authz-allowed": "ceiling-ext-authz-allowed"}
+        names = {"scopes": "Authorize.Check (scopes)", "http": "Authorize.Check{http}",
+                 "ext-authz": "ext_authz Check, all 14 headers", "ext-authz-allowed": "ext_authz Check, allowed headers (5)"}
+        lines += ["", "### Server instructions per request (callgrind, idle subtracted; `bench/instructions.sh`)", "",
+                  "Bare server: the loadgen ceiling answering Authorize.Check with a fixed message, or decoding "
+                  "the same Envoy request with envoy-types and answering a fixed allow of scopegate's size. "
+                  "Under valgrind SHA-256 runs without SHA-NI (about 3.4 K of scopegate's instructions).", "",
+                  "| request | in flight | bare, Authorize.Check | bare, same request | scopegate | vs bare Check | vs same request |",
+                  "|---|---|---|---|---|---|---|"]
+        for (server, workload, inflight), value in sorted(by.items(), key=lambda kv: (kv[0][2], kv[0][1])):
+            if server != "scopegate":
+                continue
+            bare, twin = by[("bare", "ceiling", inflight)], by[("bare", same[workload], inflight)]
+            lines.append(f"| {names[workload]} | {inflight} | {bare / 1000:.1f} K | {twin / 1000:.1f} K | "
+                         f"{value / 1000:.1f} K | {value / bare:.2f}× | {value / twin:.2f}× |")
+    footprint = [r for r in results if r.get("workload") == "footprint"]
+    if footprint:
+        lines += ["", "### Footprint (idle, default flags)", "", "| keys | RSS | threads |", "|---|---|---|"]
+        for r in footprint:
+            lines.append(f"| {r['keys']} | {r['rss_kib'] / 1024:.1f} MiB | {r['threads']} |")
     writes = [r for r in results if r.get("workload") == "writes"]
     lines += ["", "### Durable writes (each acknowledged after fsync; group commit)", "",
               "| concurrency | keys | CreateKey/s | DeleteKey/s | checks right after DeleteKey | stale allows |", "|---|---|---|---|---|---|"]
@@ -87,10 +120,10 @@ def main(results_path, criterion_path, out_path):
                      f"{r['checks_after_delete']} | {r['stale_allows_after_delete']} |")
 
     scale = [r for r in results if r.get("workload") == "scale"]
-    lines += ["", "### Scale", "", "| keys | start-up to serving | of which loading | RSS | RAM per key |", "|---|---|---|---|---|"]
+    lines += ["", "### Scale", "", "| keys | start-up to serving | of which loading | RSS | RAM per key | threads |", "|---|---|---|---|---|---|"]
     for r in scale:
         lines.append(f"| {r['keys']} | {r['startup_ms']} ms | {r['load_ms']} ms | {r['rss_kib'] / 1024:.0f} MiB | "
-                     f"{r['rss_kib'] * 1024 / r['keys']:.0f} B |")
+                     f"{r['rss_kib'] * 1024 / r['keys']:.0f} B | {r.get('threads', '')} |")
     lines += ["", END]
 
     text = open(out_path).read() if os.path.exists(out_path) else f"# Benchmarks\n\n{START}\n{END}\n"

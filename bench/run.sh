@@ -85,6 +85,15 @@ for concurrency in 1 16 64; do
   load_round "$concurrency" ""
 done
 
+echo "== open loop: fixed arrival rates (latency from the intended send time)"
+for rate in 1000 5000 20000; do
+  for workload in scopes ext-authz; do
+    "$loadgen" check --target "http://$addr" --workload "$workload" --token "$token" --rate "$rate" \
+      --concurrency 512 --connections 4 --duration-secs "$duration" --warmup-secs "$warmup" \
+      --server-pid "$server_pid" --label open | tee -a "$results"
+  done
+done
+
 echo "== durable writes"
 for concurrency in 1 32; do
   count=$(( concurrency == 1 ? 300 : 3000 ))
@@ -106,6 +115,22 @@ if [ "$(nproc)" -ge 2 ] && command -v taskset > /dev/null; then
   stop_servers
 fi
 
+echo "== footprint: idle, default flags, 1,000 keys"
+"$loadgen" gen-backup --keys 1000 --out "$work/footprint.jsonl"
+"$bin" restore --in "$work/footprint.jsonl" --data-dir "$work/footprint" > /dev/null
+"$bin" serve --listen 127.0.0.1:0 --data-dir "$work/footprint" --metrics-listen 127.0.0.1:0 \
+  --log-format json 2> "$work/footprint.log" &
+pids+=($!); footprint_pid=$!
+wait_for_log "$work/footprint.log" "keys loaded; serving"
+footprint_addr=$(grep -o '"addr":"[^"]*"' "$work/footprint.log" | head -1 | cut -d'"' -f4)
+for n in 1 2 3; do # every lazily started thread (store writes) is counted, then left to idle
+  "$bin" keys create --server "$footprint_addr" --data-dir "$work/footprint" --account idle \
+    --name "k$n" --scope mail.send > /dev/null
+done
+sleep 5
+echo "{\"workload\":\"footprint\",\"keys\":1000,\"rss_kib\":$(awk '/VmRSS/ {print $2}' "/proc/$footprint_pid/status"),\"threads\":$(awk '/Threads/ {print $2}' "/proc/$footprint_pid/status")}" | tee -a "$results"
+kill "$footprint_pid"
+
 echo "== scale: $scale_keys keys"
 "$loadgen" gen-backup --keys "$scale_keys" --out "$work/scale.jsonl"
 "$bin" restore --in "$work/scale.jsonl" --data-dir "$work/scale" > /dev/null
@@ -116,8 +141,14 @@ wait_for_log "$work/scale.log" "keys loaded; serving"
 end_ns=$(date +%s%N)
 rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$scale_pid/status")
 load_ms=$(grep -o '"elapsed_ms":[0-9]*' "$work/scale.log" | cut -d: -f2)
-echo "{\"workload\":\"scale\",\"keys\":$scale_keys,\"startup_ms\":$(( (end_ns - start_ns) / 1000000 )),\"load_ms\":$load_ms,\"rss_kib\":$rss_kib}" | tee -a "$results"
+threads=$(awk '/Threads/ {print $2}' "/proc/$scale_pid/status")
+echo "{\"workload\":\"scale\",\"keys\":$scale_keys,\"startup_ms\":$(( (end_ns - start_ns) / 1000000 )),\"load_ms\":$load_ms,\"rss_kib\":$rss_kib,\"threads\":$threads}" | tee -a "$results"
 kill "$scale_pid"
+
+if command -v valgrind > /dev/null && [ -z "${QUICK:-}" ]; then
+  echo "== instructions per request (callgrind)"
+  RESULTS="$results" bash bench/instructions.sh
+fi
 
 python3 bench/report.py "$results" "$work/criterion.txt" BENCHMARKS.md
 echo "== BENCHMARKS.md rewritten"

@@ -94,7 +94,11 @@ impl Authorization for ExtAuthzService {
             ));
         }
         let http = &http;
-        let credential = self.credential(http);
+        let HeaderScan {
+            credential,
+            method_override,
+            reserved,
+        } = self.scan(http);
         let token = match &credential {
             Credential::Token(_, token) => token.as_ref(),
             _ => "",
@@ -110,7 +114,7 @@ impl Authorization for ExtAuthzService {
                 &authz::HttpCheck {
                     method: http.method(),
                     path: http.path(),
-                    method_override: has_method_override(http),
+                    method_override,
                     client_ip: http.source_address().parse().ok(),
                 },
             ),
@@ -134,6 +138,7 @@ impl Authorization for ExtAuthzService {
         Ok(Response::new(self.response(
             http,
             &credential,
+            reserved,
             decision,
             scope_name,
             &policy.catalog,
@@ -142,10 +147,19 @@ impl Authorization for ExtAuthzService {
 }
 
 impl ExtAuthzService {
-    fn credential<'a>(&self, http: &'a EnvoyCheck) -> Credential<'a> {
-        let mut found = Credential::Missing;
+    /// One pass over the request headers: the credential, whether a
+    /// method-override header is present, and whether any client-sent
+    /// `x-scopegate-*` header is (to be stripped on allow).
+    fn scan<'a>(&self, http: &'a EnvoyCheck) -> HeaderScan<'a> {
+        let mut credential = Credential::Missing;
         let mut count = 0;
+        let mut method_override = false;
+        let mut reserved = false;
         for (name, value) in http.headers() {
+            method_override |= METHOD_OVERRIDE_HEADERS
+                .iter()
+                .any(|header| name.eq_ignore_ascii_case(header.as_bytes()));
+            reserved |= is_reserved(name);
             let is_bearer = name.eq_ignore_ascii_case(b"authorization");
             let is_api_key = self
                 .config
@@ -156,29 +170,15 @@ impl ExtAuthzService {
                 continue;
             }
             count += 1;
-            // Both names matched ASCII text, so the name is UTF-8.
-            let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value))
-            else {
-                return Credential::Malformed;
-            };
-            // Envoy joins repeated headers with ','; a token never holds one.
-            if value.contains(',') {
-                return Credential::Malformed;
-            }
-            let token = if is_bearer {
-                match value.trim().split_once(' ') {
-                    Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-                    _ => return Credential::Malformed,
-                }
-            } else {
-                value.trim()
-            };
-            found = Credential::Token(name, Cow::Borrowed(token));
+            credential = parse_credential(name, value, is_bearer);
         }
         if count > 1 {
-            Credential::Malformed
-        } else {
-            found
+            credential = Credential::Malformed;
+        }
+        HeaderScan {
+            credential,
+            method_override,
+            reserved,
         }
     }
 
@@ -234,6 +234,7 @@ impl ExtAuthzService {
         &self,
         http: &EnvoyCheck,
         credential: &Credential<'_>,
+        reserved: bool,
         decision: Decision,
         scope: Option<&str>,
         catalog: &Catalog,
@@ -264,11 +265,13 @@ impl ExtAuthzService {
             // Client-sent x-scopegate-* copies and (by default) the
             // credential never reach the upstream.
             let mut remove: Vec<Cow<'_, str>> = Vec::new();
-            for (name, _) in http.headers() {
-                let ours = name.eq_ignore_ascii_case(self.config.key_id_header.as_bytes())
-                    || name.eq_ignore_ascii_case(self.config.account_id_header.as_bytes());
-                if is_reserved(name) && !ours {
-                    remove.push(Cow::Owned(lower_name(name)));
+            if reserved {
+                for (name, _) in http.headers() {
+                    let ours = name.eq_ignore_ascii_case(self.config.key_id_header.as_bytes())
+                        || name.eq_ignore_ascii_case(self.config.account_id_header.as_bytes());
+                    if is_reserved(name) && !ours {
+                        remove.push(Cow::Owned(lower_name(name)));
+                    }
                 }
             }
             if let (true, Credential::Token(header, _)) = (self.config.hide_credentials, credential)
@@ -373,12 +376,34 @@ const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
     "x-method-override",
 ];
 
-fn has_method_override(http: &EnvoyCheck) -> bool {
-    http.headers().any(|(name, _)| {
-        METHOD_OVERRIDE_HEADERS
-            .iter()
-            .any(|header| name.eq_ignore_ascii_case(header.as_bytes()))
-    })
+/// What the headers say, from [`ExtAuthzService::scan`].
+struct HeaderScan<'a> {
+    credential: Credential<'a>,
+    method_override: bool,
+    /// A client-sent `x-scopegate-*` header is present.
+    reserved: bool,
+}
+
+/// The token in a credential header: `Bearer <token>` for `authorization`,
+/// the raw value for the API-key header.
+fn parse_credential<'a>(name: &'a [u8], value: &'a [u8], is_bearer: bool) -> Credential<'a> {
+    // Both names matched ASCII text, so the name is UTF-8.
+    let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value)) else {
+        return Credential::Malformed;
+    };
+    // Envoy joins repeated headers with ','; a token never holds one.
+    if value.contains(',') {
+        return Credential::Malformed;
+    }
+    let token = if is_bearer {
+        match value.trim().split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+            _ => return Credential::Malformed,
+        }
+    } else {
+        value.trim()
+    };
+    Credential::Token(name, Cow::Borrowed(token))
 }
 
 fn decision_name(decision: &Decision) -> &'static str {

@@ -389,20 +389,32 @@ pub fn normalize_path(raw: &str) -> Option<Cow<'_, str>> {
 ///
 /// Returns the input unchanged (no allocation) when it is already normal.
 pub fn normalize_path_with(raw: &str, options: PathOptions) -> Option<Cow<'_, str>> {
-    let path = raw.split(['?', '#']).next().unwrap_or("");
-    if !path.starts_with('/') || path.contains('\\') || path.contains('\0') {
+    let end = raw.find(['?', '#']).unwrap_or(raw.len());
+    let path = &raw[..end];
+    if !path.starts_with('/') {
         return None;
     }
-    if !options.allow_semicolon && path.contains(';') {
-        return None;
+    // One pass over the bytes (this runs on every HTTP check): refuse what
+    // is never allowed, and see whether anything needs decoding or
+    // collapsing (a '%', an empty, "." or ".." segment, a trailing slash).
+    let bytes = path.as_bytes();
+    let mut needs_work = false;
+    for (index, byte) in bytes.iter().enumerate() {
+        match byte {
+            b'\\' | 0 => return None,
+            b';' if !options.allow_semicolon => return None,
+            b'%' => needs_work = true,
+            b'/' => {
+                let rest = &bytes[index + 1..];
+                let segment_end = |at: usize| rest.len() == at || rest[at] == b'/';
+                needs_work |= (rest.is_empty() && index > 0)
+                    || rest.first() == Some(&b'/')
+                    || (rest.first() == Some(&b'.') && segment_end(1))
+                    || (rest.starts_with(b"..") && segment_end(2));
+            }
+            _ => {}
+        }
     }
-    let needs_work = path.contains('%')
-        || path.contains("//")
-        || path.contains("/./")
-        || path.contains("/../")
-        || path.ends_with("/.")
-        || path.ends_with("/..")
-        || (path.len() > 1 && path.ends_with('/'));
     if !needs_work {
         return Some(Cow::Borrowed(path));
     }

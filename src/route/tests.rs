@@ -224,3 +224,58 @@ fn default_scope_never_covers_an_unlisted_method_on_a_matched_path() {
         Ok("stats.read".into())
     );
 }
+
+/// The one-pass scan agrees with the plain definition (the substring tests
+/// it replaced) on every short path over the characters that matter.
+#[test]
+fn normalisation_fast_path_matches_its_definition() {
+    fn definition(raw: &str, options: PathOptions) -> Option<bool> {
+        let path = raw.split(['?', '#']).next().unwrap_or("");
+        if !path.starts_with('/') || path.contains('\\') || path.contains('\0') {
+            return None;
+        }
+        if !options.allow_semicolon && path.contains(';') {
+            return None;
+        }
+        Some(
+            path.contains('%')
+                || path.contains("//")
+                || path.contains("/./")
+                || path.contains("/../")
+                || path.ends_with("/.")
+                || path.ends_with("/..")
+                || (path.len() > 1 && path.ends_with('/')),
+        )
+    }
+    let alphabet = ['/', '.', 'a', ';', '?', '\\'];
+    let mut paths = vec![String::new()];
+    for _ in 0..6 {
+        let longer: Vec<String> = paths
+            .iter()
+            .flat_map(|path| alphabet.iter().map(move |c| format!("{path}{c}")))
+            .collect();
+        paths.extend(longer);
+        paths.dedup();
+    }
+    for options in [
+        PathOptions::default(),
+        PathOptions {
+            allow_semicolon: true,
+            ..PathOptions::default()
+        },
+    ] {
+        for path in &paths {
+            let expected = definition(path, options);
+            let got = normalize_path_with(path, options);
+            match expected {
+                None => assert!(got.is_none(), "{path:?}"),
+                // A path needing no work comes back borrowed and unchanged.
+                Some(false) => assert!(
+                    matches!(got, Some(Cow::Borrowed(p)) if path.starts_with(p)),
+                    "{path:?}"
+                ),
+                Some(true) => assert!(!matches!(got, Some(Cow::Borrowed(_))), "{path:?}"),
+            }
+        }
+    }
+}
