@@ -322,7 +322,7 @@ async fn run_check(args: CheckArgs) {
             "label": args.label, "workload": args.workload,
             "target": if args.target.starts_with("unix:") { "uds" } else { "tcp" },
             "concurrency": args.concurrency, "connections": args.connections,
-            "rate": args.rate,
+            "rate": args.rate, "schedule_late_p99_us": SCHEDULE_LATE_P99_US.get(),
             "requests": total.len(), "rps": total.len() as f64 / seconds,
             "p50_us": total.value_at_quantile(0.50), "p99_us": total.value_at_quantile(0.99),
             "p999_us": total.value_at_quantile(0.999),
@@ -382,20 +382,31 @@ fn open_loop(
     let channels = channels.to_vec();
     let slots = Arc::new(tokio::sync::Semaphore::new(max_outstanding.max(1)));
     let (results, mut received) = tokio::sync::mpsc::unbounded_channel::<u64>();
-    let schedule = tokio::spawn(async move {
+    // The schedule runs on a thread of its own with the OS timer (tens of
+    // µs), not tokio's (1 ms ticks, which alone would add up to 1 ms to
+    // every latency counted from the intended time).
+    let runtime = tokio::runtime::Handle::current();
+    let schedule = std::thread::spawn(move || {
         let interval = Duration::from_secs_f64(1.0 / rate);
         let started = Instant::now();
+        let mut late = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
         for n in 0u64.. {
             let intended = started + interval.mul_f64(n as f64);
             if intended >= stop_at {
                 break;
             }
-            tokio::time::sleep_until(intended.into()).await;
-            let slot = slots.clone().acquire_owned().await.unwrap();
+            let now = Instant::now();
+            if intended > now {
+                std::thread::sleep(intended - now);
+            }
+            late.record(intended.elapsed().as_micros().max(1) as u64)
+                .unwrap();
+            let slots = slots.clone();
             let channel = channels[n as usize % channels.len()].clone();
             let request = request.clone();
             let results = results.clone();
-            tokio::spawn(async move {
+            runtime.spawn(async move {
+                let slot = slots.acquire_owned().await.unwrap();
                 one_request(&request, &channel).await;
                 drop(slot);
                 if intended >= measure_from {
@@ -403,7 +414,9 @@ fn open_loop(
                 }
             });
         }
+        let _ = SCHEDULE_LATE_P99_US.set(late.value_at_quantile(0.99));
     });
+    let schedule = tokio::task::spawn_blocking(move || schedule.join().unwrap());
     vec![tokio::spawn(async move {
         let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
         schedule.await.unwrap();
@@ -414,6 +427,10 @@ fn open_loop(
         histogram
     })]
 }
+
+/// How late the open-loop schedule itself started its requests (p99, µs):
+/// the generator's own error, reported beside its latencies.
+static SCHEDULE_LATE_P99_US: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 
 /// Exactly `count` requests over `concurrency` workers, for callgrind.
 async fn run_count(request: &Workload, channels: &[Channel], concurrency: usize, count: u64) {
