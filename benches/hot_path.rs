@@ -32,14 +32,13 @@ fn table(count: usize, catalog: &Catalog, format: &TokenFormat) -> (KeyTable, Ve
         let issued = format.issue();
         keys.insert(
             issued.key_id,
-            Arc::new(AuthEntry {
-                secret_hash: issued.secret_hash,
-                scopes,
-                account_id: account.clone(),
-                kind: KeyKind::General,
-                limits: None,
-                used: Default::default(),
-            }),
+            Arc::new(AuthEntry::new(
+                issued.secret_hash,
+                scopes.clone(),
+                account.clone(),
+                KeyKind::General,
+                None,
+            )),
         );
         tokens.push(issued.token);
     }

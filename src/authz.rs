@@ -85,7 +85,7 @@ impl Decision {
 
 /// May `token` use every scope in `required`?
 pub fn decide(keys: &KeyTable, format: &TokenFormat, token: &str, required: &ScopeSet) -> Decision {
-    decide_with(keys, format, token, None, Ok(*required))
+    decide_with(keys, format, token, None, Ok(Required::Set(required)))
 }
 
 /// May `token` make the HTTP request `method path`? The route table names the
@@ -148,7 +148,7 @@ pub fn decide_http_request(
     }
     let route = routes.resolve(method, path);
     let required = match route {
-        Ok(scope) => Ok(ScopeSet::single(scope)),
+        Ok(scope) => Ok(Required::Scope(scope)),
         Err(RouteMiss::NoRoute) => Err(Decision::NoRoute),
         Err(RouteMiss::InvalidPath) => Err(Decision::InvalidPath),
     };
@@ -167,7 +167,14 @@ pub fn decide_from(
     client_ip: Option<IpAddr>,
     required: &ScopeSet,
 ) -> Decision {
-    decide_with(keys, format, token, client_ip, Ok(*required))
+    decide_with(keys, format, token, client_ip, Ok(Required::Set(required)))
+}
+
+/// What a check needs: one route's scope, or the scopes a caller named.
+#[derive(Clone, Copy)]
+enum Required<'a> {
+    Scope(ScopeId),
+    Set(&'a ScopeSet),
 }
 
 fn decide_with(
@@ -175,7 +182,7 @@ fn decide_with(
     format: &TokenFormat,
     token: &str,
     client_ip: Option<IpAddr>,
-    required: Result<ScopeSet, Decision>,
+    required: Result<Required<'_>, Decision>,
 ) -> Decision {
     if token.is_empty() {
         return Decision::MissingToken;
@@ -213,8 +220,12 @@ fn decide_with(
             Ok(required) => required,
             Err(unroutable) => return unroutable,
         };
-        let missing = required.difference(&entry.scopes);
-        if missing.is_empty() {
+        let held = entry.scopes();
+        let allowed = match required {
+            Required::Scope(scope) => held.contains(scope),
+            Required::Set(required) => required.is_subset_of(&held),
+        };
+        if allowed {
             Decision::Allowed {
                 key_id: parsed.key_id,
                 account_id: entry.account_id.clone(),
@@ -224,7 +235,10 @@ fn decide_with(
             Decision::InsufficientScope {
                 key_id: parsed.key_id,
                 account_id: entry.account_id.clone(),
-                missing,
+                missing: match required {
+                    Required::Scope(scope) => ScopeSet::single(scope),
+                    Required::Set(required) => required.difference(&held),
+                },
             }
         }
     })
@@ -276,14 +290,13 @@ mod tests {
         let issued = format.issue();
         keys.insert(
             issued.key_id,
-            Arc::new(AuthEntry {
-                secret_hash: issued.secret_hash,
-                scopes: catalog.resolve(scopes.iter().copied()).unwrap(),
-                account_id: "acct".into(),
-                kind: KeyKind::General,
-                limits: None,
-                used: Default::default(),
-            }),
+            Arc::new(AuthEntry::new(
+                issued.secret_hash,
+                catalog.resolve(scopes.iter().copied()).unwrap(),
+                "acct".into(),
+                KeyKind::General,
+                None,
+            )),
         );
         (keys, format, catalog, issued.token, issued.key_id)
     }

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use crate::scope::{KeyKind, ScopeSet};
+use crate::scope::{HighWords, KeyKind, ScopeSet};
 use crate::token::KeyId;
 
 /// The part of a key that `Check` needs. The full record (name, times) stays
@@ -15,7 +15,9 @@ use crate::token::KeyId;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthEntry {
     pub secret_hash: [u8; 32],
-    pub scopes: ScopeSet,
+    /// The key's scopes among the catalog's first 256 (all of them, for such
+    /// a catalog); any past those sit in `limits` (see [`AuthEntry::new`]).
+    low_scopes: [u64; 4],
     pub account_id: Arc<str>,
     pub kind: KeyKind,
     /// `None` for a key with no lifecycle limits: it costs one branch.
@@ -104,6 +106,10 @@ pub struct KeyLimits {
     pub cidrs: Vec<ipnet::IpNet>,
     /// Returned with allowed decisions.
     pub metadata: Option<Arc<Metadata>>,
+    /// The key's scopes past the catalog's first 256, for catalogs that have
+    /// them: kept here so that the entry stays its size (a `ScopeSet` inline
+    /// would push it into the next allocator size class).
+    pub high_scopes: Option<Arc<HighWords>>,
 }
 
 /// A key's metadata, in key order.
@@ -118,6 +124,43 @@ impl KeyLimits {
 
     pub fn is_timed(&self) -> bool {
         self.not_before_ms != 0 || self.expire_ms != 0 || self.previous.is_some()
+    }
+}
+
+impl AuthEntry {
+    pub fn new(
+        secret_hash: [u8; 32],
+        scopes: ScopeSet,
+        account_id: Arc<str>,
+        kind: KeyKind,
+        limits: Option<Box<KeyLimits>>,
+    ) -> AuthEntry {
+        let (low_scopes, high) = scopes.into_parts();
+        let limits = match high {
+            None => limits,
+            Some(high) => {
+                let mut limits = limits.unwrap_or_default();
+                limits.high_scopes = Some(high);
+                Some(limits)
+            }
+        };
+        AuthEntry {
+            secret_hash,
+            low_scopes,
+            account_id,
+            kind,
+            limits,
+            used: UsageMark::default(),
+        }
+    }
+
+    /// The key's scopes (no allocation: the part past 256 is shared).
+    pub fn scopes(&self) -> ScopeSet {
+        let high = self
+            .limits
+            .as_ref()
+            .and_then(|limits| limits.high_scopes.clone());
+        ScopeSet::from_parts(self.low_scopes, high)
     }
 }
 

@@ -330,7 +330,7 @@ impl Manager {
         Ok(Caller::Key {
             key_id: parsed.key_id,
             account_id: entry.account_id.clone(),
-            scopes: entry.scopes,
+            scopes: entry.scopes(),
             secret_hash,
         })
     }
@@ -353,7 +353,7 @@ impl Manager {
         if all_but_exclusive {
             let held = match caller {
                 Caller::Admin => catalog.all_scopes(),
-                Caller::Key { scopes, .. } => *scopes,
+                Caller::Key { scopes, .. } => scopes.clone(),
             };
             names.extend(catalog.names(&held.difference(&catalog.exclusive_scopes())));
         }
@@ -758,7 +758,7 @@ impl Manager {
     pub fn scopes(&self, caller: &Caller) -> ScopesView {
         let (held, caller_is_admin) = match caller {
             Caller::Admin => (self.catalog.load().all_scopes(), true),
-            Caller::Key { scopes, .. } => (*scopes, false),
+            Caller::Key { scopes, .. } => (scopes.clone(), false),
         };
         let resources = self
             .catalog

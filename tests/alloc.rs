@@ -52,14 +52,13 @@ fn the_allow_path_does_not_allocate() {
         let issued = format.issue();
         keys.insert(
             issued.key_id,
-            Arc::new(AuthEntry {
-                secret_hash: issued.secret_hash,
-                scopes,
-                account_id: "acme".into(),
-                kind: KeyKind::General,
-                limits: None,
-                used: Default::default(),
-            }),
+            Arc::new(AuthEntry::new(
+                issued.secret_hash,
+                scopes.clone(),
+                "acme".into(),
+                KeyKind::General,
+                None,
+            )),
         );
         tokens.push(issued.token);
     }

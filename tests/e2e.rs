@@ -884,3 +884,87 @@ async fn files_are_private_and_readable_secret_files_are_refused() {
         .expect("a foreign db was opened");
     assert!(refused.contains("did not create"), "{refused}");
 }
+
+/// A catalog of 4,096 scopes (the bound; Microsoft Graph lists about
+/// a thousand): keys hold scopes past the first 256 (which sit outside the
+/// inline bitset), checks and escalation rules see them, and they survive a
+/// restart.
+#[tokio::test]
+async fn a_catalog_of_4096_scopes_works_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::from(
+        "[[resource]]\nname = \"api_keys\"\nverbs = [\"create\", \"read\", \"update\", \"delete\"]\n",
+    );
+    for n in 0..1023 {
+        text.push_str(&format!(
+            "[[resource]]\nname = \"r{n}\"\nverbs = [\"create\", \"read\", \"update\", \"delete\"]\n"
+        ));
+    }
+    let catalog = dir.path().join("wide.toml");
+    std::fs::write(&catalog, text).unwrap();
+    let catalog = catalog.to_str().unwrap().to_owned();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--catalog", &catalog]);
+    let mut manage = server.manage().await;
+    let parent = manage
+        .create_key(bearer(
+            &server.admin_token,
+            create(
+                "acme",
+                "parent",
+                &["api_keys.create", "r3.read", "r1000.update", "r1022.delete"],
+            ),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut authorize = server.authorize().await;
+    let allowed = authorize
+        .check(check(
+            &parent.token,
+            &["r1000.update", "r1022.delete", "r3.read"],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(allowed.allowed, "{allowed:?}");
+    let denied = authorize
+        .check(check(&parent.token, &["r1000.update", "r1021.delete"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(denied.missing_scopes, ["r1021.delete"]);
+    // No escalation past 256 either: the parent cannot grant what it lacks.
+    let status = manage
+        .create_key(bearer(
+            &parent.token,
+            create("acme", "child", &["r1000.update", "r999.read"]),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("r999.read"), "{status:?}");
+    let child = manage
+        .create_key(bearer(
+            &parent.token,
+            create("acme", "child", &["r1022.delete"]),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    drop(server);
+    let server = Server::start(&data, &["--catalog", &catalog]);
+    let mut authorize = server.authorize().await;
+    for (token, scope, expected) in [
+        (&child.token, "r1022.delete", true),
+        (&child.token, "r1000.update", false),
+        (&parent.token, "r1000.update", true),
+    ] {
+        let answer = authorize
+            .check(check(token, &[scope]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.allowed, expected, "{scope}: {answer:?}");
+    }
+}

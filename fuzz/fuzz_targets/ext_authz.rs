@@ -26,14 +26,7 @@ fn service() -> &'static (ExtAuthzService, tokio::runtime::Runtime) {
         let issued = format.issue();
         keys.insert(
             issued.key_id,
-            Arc::new(AuthEntry {
-                secret_hash: issued.secret_hash,
-                scopes: catalog.all_scopes(),
-                account_id: "acme".into(),
-                kind: KeyKind::General,
-                limits: None,
-                used: Default::default(),
-            }),
+            Arc::new(AuthEntry::new(issued.secret_hash, catalog.all_scopes(), "acme".into(), KeyKind::General, None)),
         );
         let readiness = Arc::new(Readiness::default());
         readiness.set_ready();

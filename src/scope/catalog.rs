@@ -281,7 +281,7 @@ impl Catalog {
     }
 
     pub fn exclusive_scopes(&self) -> ScopeSet {
-        self.exclusive_scopes
+        self.exclusive_scopes.clone()
     }
 
     pub fn manage_scope(&self, action: ManageAction) -> ScopeId {

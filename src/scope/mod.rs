@@ -12,7 +12,7 @@ mod set;
 pub use catalog::{
     Catalog, ManageAction, Resource, ResourceId, API_KEYS_RESOURCE, DEFAULT_CATALOG_TOML,
 };
-pub use set::{ScopeId, ScopeSet, MAX_SCOPES};
+pub use set::{HighWords, ScopeId, ScopeSet, INLINE_SCOPES, MAX_SCOPES};
 
 /// The catalog in force, swapped whole on reload. Scope ids are stable
 /// across reloads (see [`Catalog::load_after`]), so a check that reads two

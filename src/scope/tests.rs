@@ -305,17 +305,17 @@ proptest! {
             0..40,
         ),
     ) {
-        let mut keys = vec![root];
+        let mut keys = vec![root.clone()];
         for step in steps {
             match step {
                 Step::Create { parent, requested } => {
-                    let parent = keys[parent % keys.len()];
+                    let parent = keys[parent % keys.len()].clone();
                     if missing(&parent, &requested).is_empty() {
                         keys.push(requested);
                     }
                 }
                 Step::Update { actor, target, requested } => {
-                    let actor_scopes = keys[actor % keys.len()];
+                    let actor_scopes = keys[actor % keys.len()].clone();
                     let target = target % keys.len();
                     if keys[target].is_subset_of(&actor_scopes) && missing(&actor_scopes, &requested).is_empty() {
                         keys[target] = requested;
@@ -359,4 +359,43 @@ fn a_reloaded_catalog_keeps_every_scope_id() {
         !after.all_scopes().contains(renamed),
         "no id of the previous catalog is reused"
     );
+}
+
+/// A catalog of `resources` four-verb resources besides api_keys.
+fn wide_catalog_toml(resources: usize) -> String {
+    let mut text = String::from(
+        "[[resource]]\nname = \"api_keys\"\nverbs = [\"create\", \"read\", \"update\", \"delete\"]\n",
+    );
+    for n in 0..resources {
+        text.push_str(&format!(
+            "[[resource]]\nname = \"r{n}\"\nverbs = [\"create\", \"read\", \"update\", \"delete\"]\n"
+        ));
+    }
+    text
+}
+
+#[test]
+fn a_catalog_may_hold_4096_scopes_and_no_more() {
+    let catalog = Catalog::from_toml(&wide_catalog_toml(1023)).unwrap();
+    assert_eq!(catalog.scope_count(), MAX_SCOPES);
+    // Scopes on both sides of the inline 256 resolve, combine and print.
+    let key = catalog
+        .resolve(["r0.read", "r1000.update", "r1022.delete"])
+        .unwrap();
+    let high = catalog.resolve(["r1000.update"]).unwrap();
+    assert!(high.is_subset_of(&key));
+    assert!(!catalog.resolve(["r1000.read"]).unwrap().is_subset_of(&key));
+    assert_eq!(
+        catalog.names(&key.difference(&catalog.resolve(["r0.read"]).unwrap())),
+        ["r1000.update", "r1022.delete"]
+    );
+    let full = catalog.expand("r900", Access::Full).unwrap();
+    assert_eq!(catalog.names(&full).len(), 4);
+    let error = Catalog::from_toml(&format!(
+        "{}[[resource]]\nname = \"one_more\"\nverbs = [\"read\"]\n",
+        wide_catalog_toml(1023)
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("more than 4096 scopes"), "{error}");
 }

@@ -643,14 +643,13 @@ impl Store {
             key_id: key_id().to_string(),
             reason,
         })?;
-        Ok(AuthEntry {
+        Ok(AuthEntry::new(
             secret_hash,
             scopes,
-            account_id: record.account_id.as_str().into(),
+            record.account_id.as_str().into(),
             kind,
             limits,
-            used: Default::default(),
-        })
+        ))
     }
 
     pub fn get(&self, key_id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {

@@ -89,6 +89,7 @@ impl KeyRecord {
             previous,
             cidrs,
             metadata,
+            high_scopes: None,
         };
         Ok((!limits.is_empty()).then(|| Box::new(limits)))
     }
