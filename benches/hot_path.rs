@@ -24,8 +24,17 @@ use envoy_request::envoy_request;
 
 /// A table of `count` keys holding mail.send + stats.read, and every key's token.
 fn table(count: usize, catalog: &Catalog, format: &TokenFormat) -> (KeyTable, Vec<String>) {
+    table_with(count, catalog, format, &["mail.send", "stats.read"])
+}
+
+fn table_with(
+    count: usize,
+    catalog: &Catalog,
+    format: &TokenFormat,
+    names: &[&str],
+) -> (KeyTable, Vec<String>) {
     let keys = KeyTable::default();
-    let scopes = catalog.resolve(["mail.send", "stats.read"]).unwrap();
+    let scopes = catalog.resolve(names.iter().copied()).unwrap();
     let account: Arc<str> = "acme".into();
     let mut tokens = Vec::with_capacity(count);
     for _ in 0..count {
@@ -104,6 +113,27 @@ fn benches(c: &mut Criterion) {
             });
         }
     }
+    // A catalog of 4,096 scopes, keys holding scopes past the inline 256.
+    let mut wide = String::from(
+        "[[resource]]\nname = \"api_keys\"\nverbs = [\"create\", \"read\", \"update\", \"delete\"]\n",
+    );
+    for n in 0..1023 {
+        wide.push_str(&format!(
+            "[[resource]]\nname = \"r{n}\"\nverbs = [\"create\", \"read\", \"update\", \"delete\"]\n"
+        ));
+    }
+    let wide = Catalog::from_toml(&wide).unwrap();
+    let (keys, tokens) = table_with(1_000, &wide, &format, &["r3.read", "r1000.update"]);
+    let required = wide.resolve(["r1000.update"]).unwrap();
+    let mut next = 0;
+    group.bench_function("wide_catalog_4096_1000", |b| {
+        b.iter(|| {
+            next = (next + 1) % tokens.len();
+            let decision = decide(&keys, &format, &tokens[next], &required);
+            assert!(decision.is_allowed());
+            decision
+        })
+    });
     group.finish();
 
     let paths = [

@@ -220,10 +220,9 @@ fn decide_with(
             Ok(required) => required,
             Err(unroutable) => return unroutable,
         };
-        let held = entry.scopes();
         let allowed = match required {
-            Required::Scope(scope) => held.contains(scope),
-            Required::Set(required) => required.is_subset_of(&held),
+            Required::Scope(scope) => entry.holds_scope(scope),
+            Required::Set(required) => entry.holds(required),
         };
         if allowed {
             Decision::Allowed {
@@ -237,7 +236,7 @@ fn decide_with(
                 account_id: entry.account_id.clone(),
                 missing: match required {
                     Required::Scope(scope) => ScopeSet::single(scope),
-                    Required::Set(required) => required.difference(&held),
+                    Required::Set(required) => required.difference(&entry.scopes()),
                 },
             }
         }

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use crate::scope::{HighWords, KeyKind, ScopeSet};
+use crate::scope::{HighWords, KeyKind, ScopeId, ScopeSet};
 use crate::token::KeyId;
 
 /// The part of a key that `Check` needs. The full record (name, times) stays
@@ -152,6 +152,25 @@ impl AuthEntry {
             limits,
             used: UsageMark::default(),
         }
+    }
+
+    /// Whether the key holds every scope of `required` (the hot path: no
+    /// set is assembled).
+    #[inline]
+    pub fn holds(&self, required: &ScopeSet) -> bool {
+        required.is_subset_of_parts(&self.low_scopes, self.high_scopes())
+    }
+
+    /// Whether the key holds `scope`.
+    #[inline]
+    pub fn holds_scope(&self, scope: ScopeId) -> bool {
+        ScopeSet::parts_contain(&self.low_scopes, self.high_scopes(), scope)
+    }
+
+    fn high_scopes(&self) -> Option<&HighWords> {
+        self.limits
+            .as_deref()
+            .and_then(|limits| limits.high_scopes.as_deref())
     }
 
     /// The key's scopes (no allocation: the part past 256 is shared).

@@ -93,21 +93,45 @@ impl ScopeSet {
     }
 
     pub fn is_subset_of(&self, other: &ScopeSet) -> bool {
-        let low = self
+        self.is_subset_of_parts(&other.low, other.high.as_deref())
+    }
+
+    /// [`ScopeSet::is_subset_of`] a set given as its parts (a key entry
+    /// keeps them apart), without assembling it.
+    #[inline]
+    pub fn is_subset_of_parts(&self, low: &[u64; INLINE_WORDS], high: Option<&HighWords>) -> bool {
+        let within_low = self
             .low
             .iter()
-            .zip(other.low.iter())
+            .zip(low.iter())
             .all(|(mine, theirs)| mine & !theirs == 0);
         // A set of the first 256 scopes (every set of a small catalog) stops here.
-        low && match &self.high {
-            None => true,
-            Some(mine) => {
-                let theirs = other.high_words();
-                mine.iter()
-                    .enumerate()
-                    .all(|(index, word)| word & !theirs.get(index).copied().unwrap_or(0) == 0)
+        within_low
+            && match &self.high {
+                None => true,
+                Some(mine) => {
+                    let theirs: &[u64] = high.map_or(&[], |words| &words[..]);
+                    mine.iter()
+                        .enumerate()
+                        .all(|(index, word)| word & !theirs.get(index).copied().unwrap_or(0) == 0)
+                }
             }
+    }
+
+    /// Whether a set given as its parts holds `scope`.
+    #[inline]
+    pub fn parts_contain(
+        low: &[u64; INLINE_WORDS],
+        high: Option<&HighWords>,
+        scope: ScopeId,
+    ) -> bool {
+        let index = scope.0 as usize;
+        if index < INLINE_SCOPES {
+            return low[index / 64] & (1 << (index % 64)) != 0;
         }
+        let index = index - INLINE_SCOPES;
+        high.and_then(|words| words.get(index / 64))
+            .is_some_and(|word| word & (1 << (index % 64)) != 0)
     }
 
     pub fn intersects(&self, other: &ScopeSet) -> bool {
