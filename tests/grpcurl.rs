@@ -20,15 +20,10 @@ fn grpcurl() -> String {
     }
 }
 
-fn run(server: &Server, args: &[&str]) -> String {
-    let address = server.addr.trim_start_matches("http://");
-    let mut command = Command::new(grpcurl());
-    // grpcurl [flags] ADDRESS VERB [SYMBOL]
-    let output = command
-        .args(["-plaintext", address])
-        .args(args)
-        .output()
-        .unwrap();
+/// Runs grpcurl with `args` (flags, address, verb...) and returns its output,
+/// failing the test with grpcurl's own error otherwise.
+fn grpcurl_ok(args: &[&str]) -> String {
+    let output = Command::new(grpcurl()).args(args).output().unwrap();
     assert!(
         output.status.success(),
         "grpcurl {args:?} failed: {}",
@@ -37,23 +32,21 @@ fn run(server: &Server, args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
+fn run(server: &Server, args: &[&str]) -> String {
+    let address = server.addr.trim_start_matches("http://");
+    // grpcurl [flags] ADDRESS VERB [SYMBOL]
+    grpcurl_ok(&[&["-plaintext", address][..], args].concat())
+}
+
 fn call(server: &Server, auth: Option<&str>, method: &str, body: &str) -> Value {
     let address = server.addr.trim_start_matches("http://");
-    let mut command = Command::new(grpcurl());
-    command.arg("-plaintext");
-    if let Some(token) = auth {
-        command.args(["-H", &format!("authorization: Bearer {token}")]);
+    let header = auth.map(|token| format!("authorization: Bearer {token}"));
+    let mut args = vec!["-plaintext"];
+    if let Some(header) = &header {
+        args.extend(["-H", header]);
     }
-    let output = command
-        .args(["-d", body, address, method])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "grpcurl {method} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    args.extend(["-d", body, address, method]);
+    serde_json::from_str(&grpcurl_ok(&args)).unwrap()
 }
 
 #[test]
@@ -146,19 +139,7 @@ fn grpcurl_works_over_the_unix_socket_without_options() {
     let socket = dir.path().join("scopegate.sock");
     let socket_arg = socket.to_str().unwrap();
     let server = Server::start(&dir.path().join("data"), &["--uds", socket_arg]);
-    let over_socket = |args: &[&str]| {
-        let output = Command::new(grpcurl())
-            .args(["-plaintext", "-unix"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "grpcurl -unix {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
-    };
+    let over_socket = |args: &[&str]| grpcurl_ok(&[&["-plaintext", "-unix"][..], args].concat());
     let services = over_socket(&[socket_arg, "list"]);
     assert!(
         services

@@ -9,12 +9,31 @@ use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 
 /// Every header of the client's request, as Envoy sends them by default.
 pub fn envoy_request(token: &str) -> CheckRequest {
-    with_headers(&[
+    with_headers(&all_headers(&format!("Bearer {token}")))
+}
+
+/// The same request through an Envoy whose ext_authz filter sets
+/// `allowed_headers` to what scopegate reads (examples/envoy.yaml): the
+/// credential and the method-override headers (Envoy adds the pseudo-headers).
+#[allow(dead_code)]
+pub fn envoy_request_allowed_headers(token: &str) -> CheckRequest {
+    let credential = format!("Bearer {token}");
+    let headers = all_headers(&credential);
+    let allowed: Vec<_> = headers
+        .iter()
+        .filter(|(name, _)| name.starts_with(':') || *name == "authorization")
+        .copied()
+        .collect();
+    with_headers(&allowed)
+}
+
+fn all_headers(credential: &str) -> [(&'static str, &str); 14] {
+    [
         (":authority", "api.example.com"),
         (":method", "POST"),
         (":path", "/v3/mail/send"),
         (":scheme", "https"),
-        ("authorization", &format!("Bearer {token}")),
+        ("authorization", credential),
         ("content-type", "application/json"),
         ("user-agent", "sendgrid/6.11.0;python"),
         ("accept", "application/json"),
@@ -24,21 +43,7 @@ pub fn envoy_request(token: &str) -> CheckRequest {
         ("x-forwarded-for", "203.0.113.7"),
         ("x-request-id", "4f1c1e2a-9b7d-4c55-8a21-0d3f5b6a7c8e"),
         ("x-envoy-expected-rq-timeout-ms", "15000"),
-    ])
-}
-
-/// The same request through an Envoy whose ext_authz filter sets
-/// `allowed_headers` to what scopegate reads (examples/envoy.yaml): the
-/// credential and the method-override headers (Envoy adds the pseudo-headers).
-#[allow(dead_code)]
-pub fn envoy_request_allowed_headers(token: &str) -> CheckRequest {
-    with_headers(&[
-        (":authority", "api.example.com"),
-        (":method", "POST"),
-        (":path", "/v3/mail/send"),
-        (":scheme", "https"),
-        ("authorization", &format!("Bearer {token}")),
-    ])
+    ]
 }
 
 fn with_headers(headers: &[(&str, &str)]) -> CheckRequest {
