@@ -210,20 +210,12 @@ pub async fn run(
         .map_err(|(path, reason)| StartError::Pepper { path, reason })?;
     let format = TokenFormat::new(&config.token_prefix, pepper.as_deref().map(str::as_bytes))?;
     let shared_catalog: SharedCatalog = Arc::new(arc_swap::ArcSwap::new(catalog.clone()));
-    let store = match &config.fleet {
-        None => Store::open_in(
-            &config.data_dir,
-            shared_catalog.clone(),
-            None,
-            config.sled_cache_bytes,
-        )?,
-        Some(fleet) => Store::open_in(
-            &config.data_dir,
-            shared_catalog.clone(),
-            Some(fleet.clone()),
-            config.sled_cache_bytes,
-        )?,
-    };
+    let store = Store::open_in(
+        &config.data_dir,
+        shared_catalog.clone(),
+        config.fleet.clone(),
+        config.sled_cache_bytes,
+    )?;
     store.set_audit_retention(config.audit_retention);
     let admin_token = zeroize::Zeroizing::new(resolve_admin_token(&config)?);
     // Without a metrics listener nobody reads metrics: record none.

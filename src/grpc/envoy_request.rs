@@ -218,24 +218,15 @@ impl EnvoyCheck {
                 1 => {
                     // Peer { Address address = 1; } → Address { SocketAddress
                     // socket_address = 1; } → SocketAddress { string address = 2; }
-                    let mut path = [1u64, 1, 2].into_iter();
-                    let mut range = payload(&field)?;
-                    'down: while let Some(number) = path.next() {
-                        let mut inner = Fields::new(bytes, range.clone());
-                        let mut found = None;
-                        while let Some(field) = inner.next() {
-                            let field = field?;
-                            if field.number == number {
-                                found = Some(payload(&field)?);
-                            }
-                        }
-                        match found {
-                            Some(next) => range = next,
-                            None => break 'down,
-                        }
-                        if path.len() == 0 {
-                            self.source = narrow(range.clone());
-                        }
+                    let mut range = Some(payload(&field)?);
+                    for number in [1, 1, 2] {
+                        range = match range {
+                            Some(range) => last_field(bytes, range, number)?,
+                            None => break,
+                        };
+                    }
+                    if let Some(address) = range {
+                        self.source = narrow(address);
                     }
                 }
                 4 => {
@@ -322,6 +313,24 @@ impl EnvoyCheck {
             .iter()
             .map(|(name, value)| (self.slice(name), self.slice(value)))
     }
+}
+
+/// The payload of the last field `number` in the message at `range` (the
+/// last one wins, as protobuf merges them).
+fn last_field(
+    bytes: &[u8],
+    range: Range<usize>,
+    number: u64,
+) -> Result<Option<Range<usize>>, WireError> {
+    let mut found = None;
+    let mut fields = Fields::new(bytes, range);
+    while let Some(field) = fields.next() {
+        let field = field?;
+        if field.number == number {
+            found = Some(payload(&field)?);
+        }
+    }
+    Ok(found)
 }
 
 /// A header entry: (key = 1, value = 2), or with `raw` a HeaderValue whose
