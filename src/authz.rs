@@ -261,7 +261,14 @@ fn limits_deny(
         }
     }
     if !limits.cidrs.is_empty()
-        && !client_ip.is_some_and(|ip| limits.cidrs.iter().any(|cidr| cidr.contains(&ip)))
+        && !client_ip.is_some_and(|ip| {
+            // Dual-stack listeners report IPv4 peers as `::ffff:a.b.c.d`.
+            let canonical = ip.to_canonical();
+            limits
+                .cidrs
+                .iter()
+                .any(|cidr| cidr.contains(&ip) || cidr.contains(&canonical))
+        })
     {
         return Some(Decision::IpNotAllowed);
     }

@@ -16,7 +16,7 @@ use crate::scope::{Access, Catalog, KeyKind, ManageAction, ScopeError, ScopeSet,
 use crate::store::{
     AuditEvent, AuditFilter, Change, KeyRecord, KeyState, Snapshot, Store, StoreError,
 };
-use crate::token::{admin_token_hash, KeyId, TokenFormat};
+use crate::token::{admin_token_hash, secret_fingerprint, KeyId, TokenFormat};
 
 pub const DEFAULT_MAX_KEYS_PER_ACCOUNT: usize = 100;
 pub const DEFAULT_PAGE_SIZE: usize = 50;
@@ -90,6 +90,11 @@ pub enum ManageError {
     Inactive(String),
     #[error("the API key may not be used from this address")]
     IpNotAllowed,
+    /// A secret replaced by RotateKey still passes Check for its overlap (so
+    /// deployments can roll) and never manages keys: whoever holds a leaked
+    /// old secret cannot rotate the owner out.
+    #[error("this is the key's previous secret, replaced by a rotation: it passes Check until its overlap ends but may not manage keys; use the current secret")]
+    PreviousSecret,
     #[error("account {account} is changing keys too fast: retry in {} ms", retry_after.as_millis().max(1))]
     RateLimited {
         account: String,
@@ -140,6 +145,8 @@ pub struct KeyView {
     pub enabled: bool,
     /// When the secret before the last rotation stops (0: none).
     pub previous_secret_expire_unix_ms: i64,
+    /// Names the current secret without revealing it ([`secret_fingerprint`]).
+    pub secret_fingerprint: String,
     pub allowed_cidrs: Vec<String>,
     pub metadata: BTreeMap<String, String>,
     /// 0: not used since records began.
@@ -279,8 +286,9 @@ impl Manager {
     }
 
     /// Identifies the caller; an API key is held to everything Check holds
-    /// it to (secret or the previous one within its overlap, enabled, within
-    /// its validity window, from an allowed address).
+    /// it to (enabled, within its validity window, from an allowed address)
+    /// and must present its current secret: a previous one within its
+    /// rotation overlap decides, it never manages.
     pub fn authenticate_from(
         &self,
         bearer: Option<&str>,
@@ -317,16 +325,11 @@ impl Manager {
             .table()
             .get(&parsed.key_id)
             .ok_or(ManageError::BadCredentials)?;
-        let secret_hash = if self.format.verify(&parsed, &entry.secret_hash) {
-            entry.secret_hash
-        } else {
-            entry
-                .limits
-                .as_ref()
-                .and_then(|limits| limits.previous)
-                .map(|(hash, _)| hash)
-                .ok_or(ManageError::BadCredentials)?
-        };
+        if !self.format.verify(&parsed, &entry.secret_hash) {
+            // Check allowed it, so it is the previous secret within its overlap.
+            return Err(ManageError::PreviousSecret);
+        }
+        let secret_hash = entry.secret_hash;
         Ok(Caller::Key {
             key_id: parsed.key_id,
             account_id: entry.account_id.clone(),
@@ -822,6 +825,7 @@ impl Manager {
             } else {
                 record.previous_secret_expire_unix_ms
             },
+            secret_fingerprint: secret_fingerprint(&record.secret_hash),
             allowed_cidrs: record.allowed_cidrs.clone(),
             metadata: record.metadata.clone(),
             last_used_unix_ms: record
@@ -856,6 +860,7 @@ fn record_mutation<T>(kind: &'static str, result: &Result<T, ManageError>) {
             | ManageError::AdminOnly
             | ManageError::Inactive(_)
             | ManageError::IpNotAllowed
+            | ManageError::PreviousSecret
             | ManageError::AccountFull { .. },
         ) => "denied",
         Err(ManageError::RateLimited { .. }) => "rate_limited",
@@ -923,6 +928,10 @@ fn audit_event(
             Caller::Admin => String::new(),
             Caller::Key { account_id, .. } => account_id.to_string(),
         },
+        actor_secret: match caller {
+            Caller::Admin => String::new(),
+            Caller::Key { secret_hash, .. } => secret_fingerprint(secret_hash),
+        },
         action: action.into(),
         key_id: record.key_id.clone(),
         account_id: record.account_id.clone(),
@@ -965,13 +974,16 @@ fn current_caller(
     let now = crate::authz::now_unix_ms();
     let record = snapshot
         .get(key_id)
-        .filter(|record| {
-            let secret = record.secret_hash.as_slice() == secret_hash
-                || (record.previous_secret_hash.as_slice() == secret_hash
-                    && now < record.previous_secret_expire_unix_ms);
-            record.account_id == **account_id && secret
-        })
+        .filter(|record| record.account_id == **account_id)
         .ok_or(ManageError::BadCredentials)?;
+    if record.secret_hash.as_slice() != secret_hash {
+        // Rotated since authentication: the secret presented is no longer current.
+        return Err(if record.previous_secret_hash.as_slice() == secret_hash {
+            ManageError::PreviousSecret
+        } else {
+            ManageError::BadCredentials
+        });
+    }
     let window = (record.not_before_unix_ms == 0 || now >= record.not_before_unix_ms)
         && (record.expire_time_unix_ms == 0 || now < record.expire_time_unix_ms);
     if record.disabled || !window {

@@ -31,6 +31,9 @@ pub const FLEET_SECONDS_SINCE_CONTACT: &str = "scopegate_fleet_seconds_since_con
 /// Fleet mode: full reads (first sync, compaction, restore).
 pub const FLEET_RESYNCS_TOTAL: &str = "scopegate_fleet_resyncs_total";
 /// Fleet mode: etcd transactions that lost their compare and were retried.
+/// Records from etcd this sidecar cannot use (a scope its catalog lacks, an
+/// unreadable field, an id that differs from its path): denied here.
+pub const FLEET_UNFIT_RECORDS: &str = "scopegate_fleet_unfit_records";
 pub const FLEET_CONFLICTS_TOTAL: &str = "scopegate_fleet_conflicts_total";
 
 /// The `kind` label of the keys gauge.

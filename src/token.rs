@@ -274,6 +274,20 @@ pub fn admin_token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.trim().as_bytes()).into()
 }
 
+/// Names a secret without revealing it: the first 12 hex digits of its
+/// stored hash (48 bits of a hash of 256 random bits: tells secrets apart,
+/// helps no one guess one).
+pub fn secret_fingerprint(stored_hash: &[u8]) -> String {
+    use std::fmt::Write;
+    stored_hash
+        .iter()
+        .take(6)
+        .fold(String::new(), |mut text, byte| {
+            let _ = write!(text, "{byte:02x}");
+            text
+        })
+}
+
 /// A fresh random admin token (`scopegate-admin.` + 43 base64url chars).
 pub fn new_admin_token() -> String {
     let mut bytes = [0; SECRET_BYTES];

@@ -5,47 +5,12 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::time::{Duration, Instant};
 
+use common::fleet::{create_on, decision, eventually, fleet};
 use common::{bearer, check, create, Etcd, Server};
 use scopegate::grpc::pb;
 use tonic::Code;
-
-fn fleet(dir: &std::path::Path, name: &str, etcd: &Etcd, extra: &[&str]) -> Server {
-    let mut args = vec![
-        "--store",
-        "etcd",
-        "--etcd-endpoints",
-        etcd.endpoint.as_str(),
-    ];
-    args.extend_from_slice(extra);
-    Server::start(&dir.join(name), &args)
-}
-
-async fn decision(server: &Server, token: &str, scopes: &[&str]) -> pb::Decision {
-    let response = server
-        .authorize()
-        .await
-        .check(check(token, scopes))
-        .await
-        .unwrap()
-        .into_inner();
-    pb::Decision::try_from(response.decision).unwrap()
-}
-
-/// Polls `probe` until it returns true, for up to 10 s.
-async fn eventually<F, Fut>(what: &str, mut probe: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !probe().await {
-        assert!(Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 async fn key_ids(server: &Server) -> BTreeSet<String> {
     let response = server
@@ -87,17 +52,6 @@ async fn etcd_key_ids(etcd: &Etcd) -> BTreeSet<String> {
                 .to_owned()
         })
         .collect()
-}
-
-async fn create_on(server: &Server, account: &str, scopes: &[&str]) -> (String, String) {
-    let response = server
-        .manage()
-        .await
-        .create_key(bearer(&server.admin_token, create(account, "k", scopes)))
-        .await
-        .unwrap()
-        .into_inner();
-    (response.key.unwrap().key_id, response.token)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

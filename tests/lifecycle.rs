@@ -6,9 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{bearer, check, create, create_manager, Server};
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use common::{bearer, check, create, create_manager, ext_authz, Server};
 use scopegate::grpc::pb;
 use tonic::Code;
 
@@ -50,86 +48,6 @@ async fn update(
         .update_key(bearer(credential, request))
         .await
         .map(|response| response.into_inner())
-}
-
-/// (decision in the metadata, HTTP status) for `POST /v3/mail/send` from `source`.
-async fn ext_authz(
-    server: &Server,
-    token: &str,
-    source: Option<&str>,
-) -> (String, i32, Option<prost_types::Struct>) {
-    use envoy_types::pb::envoy::config::core::v3::{address, Address, SocketAddress};
-    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
-        HttpRequest, Peer, Request,
-    };
-    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
-    use envoy_types::pb::google::protobuf::value::Kind;
-    let request = CheckRequest {
-        attributes: Some(AttributeContext {
-            source: source.map(|ip| Peer {
-                address: Some(Address {
-                    address: Some(address::Address::SocketAddress(SocketAddress {
-                        address: ip.into(),
-                        ..Default::default()
-                    })),
-                }),
-                ..Default::default()
-            }),
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "POST".into(),
-                    path: "/v3/mail/send".into(),
-                    headers: [("authorization".to_owned(), format!("Bearer {token}"))]
-                        .into_iter()
-                        .collect(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    };
-    let response = AuthorizationClient::new(server.channel().await)
-        .check(request)
-        .await
-        .unwrap()
-        .into_inner();
-    let metadata = response.dynamic_metadata.clone().unwrap();
-    let decision = match &metadata.fields["decision"].kind {
-        Some(Kind::StringValue(decision)) => decision.clone(),
-        other => panic!("{other:?}"),
-    };
-    let key_metadata = match metadata
-        .fields
-        .get("key_metadata")
-        .and_then(|v| v.kind.clone())
-    {
-        Some(Kind::StructValue(fields)) => Some(prost_types::Struct {
-            fields: fields
-                .fields
-                .into_iter()
-                .map(|(k, v)| {
-                    let text = match v.kind {
-                        Some(Kind::StringValue(text)) => text,
-                        other => panic!("{other:?}"),
-                    };
-                    (
-                        k,
-                        prost_types::Value {
-                            kind: Some(prost_types::value::Kind::StringValue(text)),
-                        },
-                    )
-                })
-                .collect(),
-        }),
-        _ => None,
-    };
-    let status = match response.http_response.unwrap() {
-        HttpResponse::OkResponse(_) => 200,
-        HttpResponse::DeniedResponse(denied) => denied.status.unwrap().code,
-        other => panic!("{other:?}"),
-    };
-    (decision, status, key_metadata)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

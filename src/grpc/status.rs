@@ -28,7 +28,9 @@ impl From<ManageError> for Status {
             ManageError::MissingCredentials
             | ManageError::BadCredentials
             | ManageError::Inactive(_) => Status::unauthenticated(message),
-            ManageError::IpNotAllowed => Status::permission_denied(message),
+            ManageError::IpNotAllowed | ManageError::PreviousSecret => {
+                Status::permission_denied(message)
+            }
             ManageError::NeedsScope(_)
             | ManageError::Escalation(_)
             | ManageError::TargetStronger { .. }

@@ -26,6 +26,9 @@ pub struct AuditEvent {
     pub before: Option<KeyState>,
     #[prost(message, optional, tag = "8")]
     pub after: Option<KeyState>,
+    /// The fingerprint of the secret a key acted with ("" for the admin).
+    #[prost(string, tag = "9")]
+    pub actor_secret: String,
 }
 
 /// What an audit event shows of a key.

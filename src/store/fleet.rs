@@ -504,9 +504,22 @@ impl Fleet {
     /// until it breaks.
     async fn follow_once(&self, store: &Store) -> Result<(), StoreError> {
         let mut client = self.connect().await?;
-        if *self.applied.borrow() == 0 {
+        let position = self.position(&mut client).await?;
+        let applied = *self.applied.borrow();
+        if applied == 0 {
+            self.resync(store, &mut client).await?;
+        } else if let Some(reason) = went_back(applied, store.mirror_identity()?, position) {
+            // Watching from `applied + 1` would hear nothing of etcd's new
+            // history (a restore from a snapshot, another cluster): read it whole.
+            tracing::warn!(
+                applied,
+                etcd_revision = position.revision,
+                %reason,
+                "etcd is not the history this mirror followed: full resync"
+            );
             self.resync(store, &mut client).await?;
         }
+        store.set_mirror_identity(position.cluster, position.term)?;
         let from = *self.applied.borrow() + 1;
         let options = WatchOptions::new()
             .with_prefix()
@@ -580,10 +593,7 @@ impl Fleet {
                     EventType::Put => match decode(key_id.as_bytes(), kv.value()) {
                         Ok(record) => MirrorChange::Put(key_id, Box::new(record)),
                         // Never stall the fleet on one bad record: deny it here.
-                        Err(error) => {
-                            tracing::error!(%key_id, %error, "unreadable key record in etcd: denied on this sidecar");
-                            MirrorChange::Delete(key_id)
-                        }
+                        Err(error) => MirrorChange::Unreadable(key_id, error.to_string()),
                     },
                     EventType::Delete => MirrorChange::Delete(key_id),
                 });
@@ -609,11 +619,30 @@ impl Fleet {
         metrics::gauge!(crate::telemetry::FLEET_APPLIED_REVISION).set(applied as f64);
     }
 
+    /// etcd's cluster id, current revision and raft term, from a
+    /// linearizable read (the member answering has a leader).
+    async fn position(&self, client: &mut Client) -> Result<Position, StoreError> {
+        let options = GetOptions::new().with_prefix().with_count_only();
+        let got = client
+            .get(self.keys_prefix(), Some(options))
+            .await
+            .map_err(unreachable)?;
+        let header = got
+            .header()
+            .ok_or_else(|| StoreError::EtcdUnavailable("a reply without a header".into()))?;
+        Ok(Position {
+            cluster: header.cluster_id(),
+            revision: header.revision(),
+            term: header.raft_term(),
+        })
+    }
+
     /// A full read of every key at one revision, replacing the mirror whole.
     async fn resync(&self, store: &Store, client: &mut Client) -> Result<(), StoreError> {
         let prefix = self.keys_prefix();
         let end = prefix_end(&prefix);
         let mut records = Vec::new();
+        let mut unreadable = Vec::new();
         let mut revision = 0;
         let mut start = prefix.clone();
         loop {
@@ -635,9 +664,7 @@ impl Fleet {
                 };
                 match decode(key_id.as_bytes(), kv.value()) {
                     Ok(record) => records.push((key_id, record)),
-                    Err(error) => {
-                        tracing::error!(%key_id, %error, "unreadable key record in etcd: denied on this sidecar")
-                    }
+                    Err(error) => unreadable.push((key_id, error.to_string())),
                 }
             }
             match (page.more(), page.kvs().last()) {
@@ -649,7 +676,7 @@ impl Fleet {
             }
         }
         let count = records.len();
-        store.replace_mirror(records, revision)?;
+        store.replace_mirror(records, &unreadable, revision)?;
         self.state.touch();
         self.state.synced.store(true, Ordering::Release);
         self.state.resyncs.fetch_add(1, Ordering::Relaxed);
@@ -670,6 +697,39 @@ async fn backoff(attempt: u32) {
     tokio::time::sleep(Duration::from_micros(u64::from(jitter))).await;
 }
 
+/// Where etcd is: which cluster, how far its history goes, which raft term.
+#[derive(Clone, Copy, Debug)]
+struct Position {
+    cluster: u64,
+    revision: i64,
+    term: u64,
+}
+
+/// Why etcd's history cannot be the one the mirror followed up to `applied`:
+/// another cluster, or a revision or raft term behind what the mirror saw
+/// (neither ever goes back in a living cluster; a restore takes both back).
+fn went_back(applied: i64, recorded: Option<(u64, u64)>, now: Position) -> Option<String> {
+    if now.revision < applied {
+        return Some(format!(
+            "etcd's revision {} is behind the mirror's {applied}",
+            now.revision
+        ));
+    }
+    let (cluster, term) = recorded?;
+    if cluster != now.cluster {
+        return Some(format!(
+            "etcd's cluster id {:x} is not the mirror's {cluster:x}",
+            now.cluster
+        ));
+    }
+    (now.term < term).then(|| {
+        format!(
+            "etcd's raft term {} is behind the mirror's {term}",
+            now.term
+        )
+    })
+}
+
 enum StreamEnd {
     Compacted(i64),
     Broken(String),
@@ -679,6 +739,8 @@ enum StreamEnd {
 pub(super) enum MirrorChange {
     Put(KeyId, Box<KeyRecord>),
     Delete(KeyId),
+    /// A value that does not decode: removed from the mirror, denied here.
+    Unreadable(KeyId, String),
 }
 
 /// The first key after every key that starts with `prefix`.

@@ -16,6 +16,7 @@
 pub mod audit;
 mod commit;
 pub mod fleet;
+mod mirror;
 mod record;
 
 pub use audit::{AuditEvent, AuditFilter, KeyState};
@@ -34,7 +35,6 @@ use crate::key::{AuthEntry, KeyTable};
 use crate::scope::{Catalog, KeyKind, ScopeError, SharedCatalog};
 use crate::token::KeyId;
 use commit::{sync_dir, Commit, Durable, Publish};
-use fleet::MirrorChange;
 use record::{account_index_key, account_prefix};
 
 const FORMAT_VERSION_KEY: &[u8] = b"format_version";
@@ -49,6 +49,9 @@ const MODE_FLEET: &[u8] = b"fleet";
 /// Fleet mirror: the etcd revision it reflects, and the prefix it mirrors.
 const ETCD_REVISION_KEY: &[u8] = b"etcd_revision";
 const ETCD_PREFIX_KEY: &[u8] = b"etcd_prefix";
+/// Fleet mirror: the etcd cluster id and raft term it last followed (an etcd
+/// restored from a snapshot may keep the id; its revision and term go back).
+const ETCD_CLUSTER_KEY: &[u8] = b"etcd_cluster";
 /// sled's page cache; the hot path never reads it, so keep it modest.
 /// sled's record cache unless `serve --sled-cache-mib` says otherwise.
 pub const DEFAULT_CACHE_BYTES: u64 = 16 << 20;
@@ -170,6 +173,8 @@ struct Inner {
     fleet: Option<Arc<fleet::Fleet>>,
     /// `Some(reason)` once a change could not be made durable.
     failed: watch::Sender<Option<String>>,
+    /// Fleet mode: the records denied here because this sidecar cannot use them.
+    unfit: mirror::Unfit,
 }
 
 impl Store {
@@ -334,6 +339,7 @@ impl Store {
                 audit_retention_ms: DEFAULT_AUDIT_RETENTION_MS.into(),
                 fleet: fleet.map(|config| Arc::new(fleet::Fleet::new(config, applied_revision))),
                 failed,
+                unfit: mirror::Unfit::default(),
             }),
         })
     }
@@ -359,145 +365,34 @@ impl Store {
             .is_none_or(|state| state.synced.load(std::sync::atomic::Ordering::Acquire))
     }
 
-    /// Applies one batch of watch events and its revision to the mirror in
-    /// one sled transaction, syncs, then publishes to the table.
-    fn apply_mirror(&self, changes: &[MirrorChange], revision: i64) -> Result<(), StoreError> {
-        let applied = self.apply_mirror_unchecked(changes, revision);
-        self.fail_on_io(applied)
+    /// Fleet mode: the etcd cluster id and raft term the mirror last
+    /// followed, if recorded.
+    fn mirror_identity(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        Ok(self.inner.meta.get(ETCD_CLUSTER_KEY)?.and_then(|bytes| {
+            let bytes: [u8; 16] = bytes.as_ref().try_into().ok()?;
+            let (cluster, term) = bytes.split_at(8);
+            Some((
+                u64::from_be_bytes(cluster.try_into().ok()?),
+                u64::from_be_bytes(term.try_into().ok()?),
+            ))
+        }))
     }
 
-    fn apply_mirror_unchecked(
-        &self,
-        changes: &[MirrorChange],
-        revision: i64,
-    ) -> Result<(), StoreError> {
-        let inner = &self.inner;
-        let _writer = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
-        self.healthy()?;
-        // Accounts of deleted keys, from the mirror (a delete event has no value).
-        let mut deleted_accounts = Vec::new();
-        for change in changes {
-            if let MirrorChange::Delete(key_id) = change {
-                if let Some(value) = inner.keys.get(key_id.as_bytes())? {
-                    deleted_accounts.push((*key_id, decode(key_id.as_bytes(), &value)?.account_id));
-                }
-            }
+    fn set_mirror_identity(&self, cluster: u64, term: u64) -> Result<(), StoreError> {
+        let mut bytes = [0; 16];
+        bytes[..8].copy_from_slice(&cluster.to_be_bytes());
+        bytes[8..].copy_from_slice(&term.to_be_bytes());
+        if self.mirror_identity()? == Some((cluster, term)) {
+            return Ok(());
         }
-        let encoded: Vec<Option<Vec<u8>>> = changes
-            .iter()
-            .map(|change| match change {
-                MirrorChange::Put(_, record) => Some(prost::Message::encode_to_vec(record)),
-                MirrorChange::Delete(_) => None,
-            })
-            .collect();
-        (&inner.keys, &inner.accounts, &inner.meta)
-            .transaction(|(keys, accounts, meta)| {
-                for (change, value) in changes.iter().zip(&encoded) {
-                    match (change, value) {
-                        (MirrorChange::Put(key_id, record), Some(value)) => {
-                            keys.insert(key_id.as_bytes(), value.as_slice())?;
-                            accounts.insert(account_index_key(&record.account_id, key_id), &[])?;
-                        }
-                        (MirrorChange::Delete(key_id), _) => {
-                            keys.remove(key_id.as_bytes())?;
-                            if let Some((_, account)) =
-                                deleted_accounts.iter().find(|(id, _)| id == key_id)
-                            {
-                                accounts.remove(account_index_key(account, key_id))?;
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                meta.insert(ETCD_REVISION_KEY, &revision.to_be_bytes())?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(())
-            })
-            .map_err(transaction_error)?;
-        self.sync_or_fail()?;
-        for change in changes {
-            match change {
-                MirrorChange::Put(key_id, record) => self.publish(*key_id, record),
-                MirrorChange::Delete(key_id) => inner.table.remove(key_id),
-            }
-        }
-        Ok(())
-    }
-
-    /// Replaces the whole mirror and table with a full read at `revision`:
-    /// one sled transaction, then brings the table to the new set.
-    fn replace_mirror(
-        &self,
-        records: Vec<(KeyId, KeyRecord)>,
-        revision: i64,
-    ) -> Result<(), StoreError> {
-        let replaced = self.replace_mirror_unchecked(records, revision);
-        self.fail_on_io(replaced)
-    }
-
-    fn replace_mirror_unchecked(
-        &self,
-        records: Vec<(KeyId, KeyRecord)>,
-        revision: i64,
-    ) -> Result<(), StoreError> {
-        let inner = &self.inner;
-        let _writer = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
-        self.healthy()?;
-        let keep: std::collections::HashSet<KeyId> = records.iter().map(|(id, _)| *id).collect();
-        let mut stale = Vec::new();
-        for item in inner.keys.iter() {
-            let (id_bytes, value) = item?;
-            let record = decode(&id_bytes, &value)?;
-            if let Some(key_id) = record.key_id().filter(|id| !keep.contains(id)) {
-                stale.push((key_id, record.account_id));
-            }
-        }
-        let encoded: Vec<Vec<u8>> = records
-            .iter()
-            .map(|(_, record)| prost::Message::encode_to_vec(record))
-            .collect();
-        (&inner.keys, &inner.accounts, &inner.meta)
-            .transaction(|(keys, accounts, meta)| {
-                for (key_id, account) in &stale {
-                    keys.remove(key_id.as_bytes())?;
-                    accounts.remove(account_index_key(account, key_id))?;
-                }
-                for ((key_id, record), value) in records.iter().zip(&encoded) {
-                    keys.insert(key_id.as_bytes(), value.as_slice())?;
-                    accounts.insert(account_index_key(&record.account_id, key_id), &[])?;
-                }
-                meta.insert(ETCD_REVISION_KEY, &revision.to_be_bytes())?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(())
-            })
-            .map_err(transaction_error)?;
-        self.sync_or_fail()?;
-        let entries: Vec<(KeyId, Arc<AuthEntry>)> = records
-            .iter()
-            .filter_map(|(key_id, record)| {
-                self.entry_or_deny(*key_id, record).map(|e| (*key_id, e))
-            })
-            .collect();
-        inner.table.replace_all(entries);
-        self.restore_marks()?;
-        Ok(())
-    }
-
-    /// Publishes a record that arrived from etcd; one this sidecar's catalog
-    /// cannot read is denied (left out of the table), never guessed at.
-    fn publish(&self, key_id: KeyId, record: &KeyRecord) {
-        match self.entry_or_deny(key_id, record) {
-            Some(entry) => self.inner.table.insert(key_id, entry),
-            None => self.inner.table.remove(&key_id),
-        }
-    }
-
-    fn entry_or_deny(&self, key_id: KeyId, record: &KeyRecord) -> Option<Arc<AuthEntry>> {
-        match self.auth_entry(record) {
-            Ok(entry) => Some(Arc::new(entry)),
-            Err(error) => {
-                tracing::error!(%key_id, %error, "a key from etcd does not fit this sidecar's catalog: denied here");
-                None
-            }
-        }
+        let written = self
+            .inner
+            .meta
+            .insert(ETCD_CLUSTER_KEY, &bytes[..])
+            .map(drop)
+            .map_err(StoreError::from);
+        self.fail_on_io(written)?;
+        self.sync_or_fail()
     }
 
     /// Syncs the mirror; a failure is final, as in standalone mode.
@@ -590,14 +485,26 @@ impl Store {
         // Keys of one account share one account id allocation.
         let mut accounts: std::collections::HashMap<String, Arc<str>> =
             std::collections::HashMap::new();
+        let fleet = self.inner.fleet.is_some();
         for batch in batches {
             for (id_bytes, value) in batch {
-                let record = decode(&id_bytes, &value)?;
-                let key_id = record.key_id().ok_or_else(|| StoreError::Corrupt {
-                    key_id: format!("{id_bytes:?}"),
-                    reason: "key id is not 16 bytes".into(),
-                })?;
-                let mut entry = self.auth_entry(&record)?;
+                let key_id = <[u8; 16]>::try_from(id_bytes.as_ref())
+                    .map(KeyId::from_bytes)
+                    .map_err(|_| StoreError::Corrupt {
+                        key_id: format!("{id_bytes:?}"),
+                        reason: "key id is not 16 bytes".into(),
+                    })?;
+                let judged = decode(&id_bytes, &value)
+                    .and_then(|record| Ok((self.fit_entry(key_id, &record)?, record)));
+                let (mut entry, record) = match judged {
+                    Ok(judged) => judged,
+                    // Fleet mode: one record this sidecar cannot use stops nothing.
+                    Err(error) if fleet => {
+                        self.inner.unfit.deny(key_id, &error);
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                };
                 match accounts.get(record.account_id.as_str()) {
                     Some(shared) => entry.account_id = shared.clone(),
                     None => {
@@ -1064,10 +971,12 @@ impl Store {
         Ok(count)
     }
 
-    /// Puts `catalog` in force, if every stored key fits it: all its scopes
-    /// exist and its kind (billing or not) is unchanged; `also` runs right
-    /// after the swap (to publish what was built against it). Runs under the
-    /// writer lock, so no mutation slips in between the check and the swap.
+    /// Puts `catalog` in force. Standalone: only if every stored key fits it
+    /// (all its scopes exist and its kind, billing or not, is unchanged).
+    /// Fleet mode: always, each mirror record judged again under it (see
+    /// `mirror`). `also` runs right after the swap (to publish what was built
+    /// against it). Runs under the writer lock, so no mutation slips in
+    /// between the check and the swap.
     pub fn swap_catalog(
         &self,
         catalog: Arc<Catalog>,
@@ -1078,6 +987,11 @@ impl Store {
             .writer
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
+        if self.inner.fleet.is_some() {
+            self.inner.catalog.store(catalog);
+            also();
+            return self.rejudge_mirror();
+        }
         let current = self.inner.catalog.load();
         for item in self.inner.keys.iter() {
             let (id_bytes, value) = item?;

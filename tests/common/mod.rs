@@ -2,6 +2,8 @@
 //! dir, and real gRPC clients.
 #![allow(dead_code)]
 
+pub mod fleet;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -290,6 +292,88 @@ pub fn create_manager(account: &str, name: &str, scopes: &[&str]) -> pb::CreateK
     }
 }
 
+/// (decision in the metadata, HTTP status) for `POST /v3/mail/send` from `source`.
+pub async fn ext_authz(
+    server: &Server,
+    token: &str,
+    source: Option<&str>,
+) -> (String, i32, Option<prost_types::Struct>) {
+    use envoy_types::pb::envoy::config::core::v3::{address, Address, SocketAddress};
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+        HttpRequest, Peer, Request,
+    };
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let request = CheckRequest {
+        attributes: Some(AttributeContext {
+            source: source.map(|ip| Peer {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: ip.into(),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            }),
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "POST".into(),
+                    path: "/v3/mail/send".into(),
+                    headers: [("authorization".to_owned(), format!("Bearer {token}"))]
+                        .into_iter()
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    let response = AuthorizationClient::new(server.channel().await)
+        .check(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let metadata = response.dynamic_metadata.clone().unwrap();
+    let decision = match &metadata.fields["decision"].kind {
+        Some(Kind::StringValue(decision)) => decision.clone(),
+        other => panic!("{other:?}"),
+    };
+    let key_metadata = match metadata
+        .fields
+        .get("key_metadata")
+        .and_then(|v| v.kind.clone())
+    {
+        Some(Kind::StructValue(fields)) => Some(prost_types::Struct {
+            fields: fields
+                .fields
+                .into_iter()
+                .map(|(k, v)| {
+                    let text = match v.kind {
+                        Some(Kind::StringValue(text)) => text,
+                        other => panic!("{other:?}"),
+                    };
+                    (
+                        k,
+                        prost_types::Value {
+                            kind: Some(prost_types::value::Kind::StringValue(text)),
+                        },
+                    )
+                })
+                .collect(),
+        }),
+        _ => None,
+    };
+    let status = match response.http_response.unwrap() {
+        HttpResponse::OkResponse(_) => 200,
+        HttpResponse::DeniedResponse(denied) => denied.status.unwrap().code,
+        other => panic!("{other:?}"),
+    };
+    (decision, status, key_metadata)
+}
+
 /// The decision for `GET path` through Authorize.Check{http}.
 pub async fn http_decision(
     authorize: &mut pb::authorize_client::AuthorizeClient<Channel>,
@@ -457,6 +541,48 @@ impl Etcd {
     /// Starts again on the same data dir and ports.
     pub fn restart(&mut self) {
         self.kill9();
+        self.spawn();
+        self.wait_healthy();
+    }
+
+    /// `etcdctl snapshot save FILE` (Debian's etcd-client).
+    pub fn snapshot(&self, file: &Path) {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.endpoint, "snapshot", "save"])
+            .arg(file)
+            .output()
+            .expect("etcdctl (scripts/test.sh installs Debian's etcd-client)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Stops etcd, restores its data dir from a snapshot the way an operator
+    /// would (same name, peer URLs and cluster token: the revision goes back),
+    /// and starts it again on the same ports.
+    pub fn restore(&mut self, file: &Path) {
+        self.kill9();
+        std::fs::remove_dir_all(&self.dir).unwrap();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["snapshot", "restore"])
+            .arg(file)
+            .args(["--name", &self.name, "--data-dir"])
+            .arg(&self.dir)
+            .args(["--initial-cluster", &self.cluster])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster-token", "scopegate-test"])
+            .output()
+            .expect("etcdctl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         self.spawn();
         self.wait_healthy();
     }

@@ -1,0 +1,55 @@
+//! Fleet-mode helpers: sidecars on a real etcd, and polling for what arrives
+//! through the watch.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use scopegate::grpc::pb;
+
+use super::{bearer, check, create, Etcd, Server};
+
+pub fn fleet(dir: &std::path::Path, name: &str, etcd: &Etcd, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        etcd.endpoint.as_str(),
+    ];
+    args.extend_from_slice(extra);
+    Server::start(&dir.join(name), &args)
+}
+
+pub async fn decision(server: &Server, token: &str, scopes: &[&str]) -> pb::Decision {
+    let response = server
+        .authorize()
+        .await
+        .check(check(token, scopes))
+        .await
+        .unwrap()
+        .into_inner();
+    pb::Decision::try_from(response.decision).unwrap()
+}
+
+/// Polls `probe` until it returns true, for up to 10 s.
+pub async fn eventually<F, Fut>(what: &str, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !probe().await {
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn create_on(server: &Server, account: &str, scopes: &[&str]) -> (String, String) {
+    let response = server
+        .manage()
+        .await
+        .create_key(bearer(&server.admin_token, create(account, "k", scopes)))
+        .await
+        .unwrap()
+        .into_inner();
+    (response.key.unwrap().key_id, response.token)
+}
