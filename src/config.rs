@@ -176,6 +176,12 @@ pub struct ServeOptions {
     /// [default: 20]
     #[arg(long, env = "SCOPEGATE_MUTATIONS_PER_ACCOUNT_PER_SEC")]
     pub mutations_per_account_per_sec: Option<u32>,
+    /// Management reads (GetKey, ListKeys, ListAuditEvents) per second that
+    /// the API keys of one account may make, with bursts of as many; beyond
+    /// it RESOURCE_EXHAUSTED with a retry delay. They run off the decision
+    /// workers either way. The admin token is not limited. [default: 50]
+    #[arg(long, env = "SCOPEGATE_READS_PER_ACCOUNT_PER_SEC")]
+    pub reads_per_account_per_sec: Option<u32>,
     /// Per-request timeout in milliseconds (a shorter grpc-timeout wins).
     /// [default: 1000]
     #[arg(long, env = "SCOPEGATE_REQUEST_TIMEOUT_MS")]
@@ -341,6 +347,7 @@ impl ServeOptions {
             max_concurrent_requests,
             max_concurrent_manage,
             mutations_per_account_per_sec,
+            reads_per_account_per_sec,
             request_timeout_ms,
             max_message_bytes,
             ext_authz_max_message_bytes,
@@ -371,6 +378,7 @@ impl ServeOptions {
             max_concurrent_requests: Some(Limits::default().max_concurrent_requests),
             max_concurrent_manage: Some(Limits::default().max_concurrent_manage),
             mutations_per_account_per_sec: Some(Limits::default().mutations_per_account_per_sec),
+            reads_per_account_per_sec: Some(Limits::default().reads_per_account_per_sec),
             request_timeout_ms: Some(Limits::default().request_timeout.as_millis() as u64),
             max_message_bytes: Some(Limits::default().max_message_bytes),
             ext_authz_max_message_bytes: Some(Limits::default().ext_authz_max_message_bytes),
@@ -459,6 +467,12 @@ impl ServeOptions {
                 options
                     .mutations_per_account_per_sec
                     .unwrap_or(defaults.mutations_per_account_per_sec) as usize,
+            )? as u32,
+            reads_per_account_per_sec: positive(
+                "reads_per_account_per_sec",
+                options
+                    .reads_per_account_per_sec
+                    .unwrap_or(defaults.reads_per_account_per_sec) as usize,
             )? as u32,
             request_timeout: Duration::from_millis(positive(
                 "request_timeout_ms",

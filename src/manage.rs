@@ -95,9 +95,11 @@ pub enum ManageError {
     /// old secret cannot rotate the owner out.
     #[error("this is the key's previous secret, replaced by a rotation: it passes Check until its overlap ends but may not manage keys; use the current secret")]
     PreviousSecret,
-    #[error("account {account} is changing keys too fast: retry in {} ms", retry_after.as_millis().max(1))]
+    #[error("account {account} is {what} too fast: retry in {} ms", retry_after.as_millis().max(1))]
     RateLimited {
         account: String,
+        /// "changing keys" or "reading keys".
+        what: &'static str,
         retry_after: std::time::Duration,
     },
     #[error("store error: {0}")]
@@ -106,7 +108,10 @@ pub enum ManageError {
 
 impl From<StoreError> for ManageError {
     fn from(error: StoreError) -> Self {
-        ManageError::Store(error)
+        match error {
+            StoreError::BadCursor => invalid("page_token", error.to_string()),
+            error => ManageError::Store(error),
+        }
     }
 }
 
@@ -229,6 +234,8 @@ pub struct Manager {
     max_keys_per_account: usize,
     /// Key changes by API keys, per account; `None`: unlimited.
     mutation_rate: Option<AccountRate>,
+    /// Management reads by API keys, per account; `None`: unlimited.
+    read_rate: Option<AccountRate>,
     /// Every key must expire within this of now; `None`: no limit.
     max_key_lifetime: Option<std::time::Duration>,
 }
@@ -248,6 +255,7 @@ impl Manager {
             admin_token_hash: admin_token_hash(admin_token),
             max_keys_per_account,
             mutation_rate: None,
+            read_rate: None,
             max_key_lifetime: None,
         }
     }
@@ -265,17 +273,42 @@ impl Manager {
         self
     }
 
+    /// Limits management reads (GetKey, ListKeys, ListAuditEvents) by the
+    /// API keys of one account to `per_second` (bursts of as many).
+    pub fn with_read_rate(mut self, per_second: u32) -> Manager {
+        self.read_rate = Some(AccountRate::new(per_second));
+        self
+    }
+
     fn admit_mutation(&self, caller: &Caller) -> Result<(), ManageError> {
-        let (Some(rate), Caller::Key { account_id, .. }) = (&self.mutation_rate, caller) else {
+        admit(self.mutation_rate.as_ref(), caller, "changing keys")
+    }
+
+    fn admit_read(&self, caller: &Caller) -> Result<(), ManageError> {
+        admit(self.read_rate.as_ref(), caller, "reading keys")
+    }
+}
+
+/// Takes a token from the caller's account bucket (API keys only).
+fn admit(
+    rate: Option<&AccountRate>,
+    caller: &Caller,
+    what: &'static str,
+) -> Result<(), ManageError> {
+    {
+        let (Some(rate), Caller::Key { account_id, .. }) = (rate, caller) else {
             return Ok(());
         };
         rate.take(account_id)
             .map_err(|retry_after| ManageError::RateLimited {
                 account: account_id.to_string(),
+                what,
                 retry_after,
             })
     }
+}
 
+impl Manager {
     fn table(&self) -> &KeyTable {
         self.store.table()
     }
@@ -457,8 +490,10 @@ impl Manager {
         Ok((view, issued.token))
     }
 
+    /// One key. Blocking (reads sled): call it off the decision workers.
     pub fn get(&self, caller: &Caller, key_id: &str) -> Result<KeyView, ManageError> {
         self.require(caller, ManageAction::Read)?;
+        self.admit_read(caller)?;
         let id = parse_key_id(key_id)?;
         let record = self
             .store
@@ -468,14 +503,17 @@ impl Manager {
         self.view(&record)
     }
 
+    /// A page of keys. Blocking (reads sled): call it off the decision workers.
     pub fn list(
         &self,
         caller: &Caller,
         query: ListQuery,
     ) -> Result<(Vec<KeyView>, String), ManageError> {
         self.require(caller, ManageAction::Read)?;
+        self.admit_read(caller)?;
         let account = readable_account(caller, &query.account_id)?;
-        let (page_size, after) = page(query.page_size, &query.page_token, "ListKeys")?;
+        let binding = page_binding(&[b"ListKeys", account.as_deref().unwrap_or("").as_bytes()]);
+        let (page_size, after) = page(query.page_size, &query.page_token, &binding)?;
         let (records, next) = self
             .store
             .list(account.as_deref(), after.as_deref(), page_size)?;
@@ -483,10 +521,7 @@ impl Manager {
             .iter()
             .map(|record| self.view(record))
             .collect::<Result<_, _>>()?;
-        let next = next
-            .map(|next| URL_SAFE_NO_PAD.encode(next))
-            .unwrap_or_default();
-        Ok((views, next))
+        Ok((views, next_page_token(&binding, next)))
     }
 
     pub async fn update(&self, caller: &Caller, change: KeyChange) -> Result<KeyView, ManageError> {
@@ -725,6 +760,7 @@ impl Manager {
         query: AuditQuery,
     ) -> Result<(Vec<AuditEvent>, String), ManageError> {
         self.require(caller, ManageAction::Read)?;
+        self.admit_read(caller)?;
         let account_id = readable_account(caller, &query.account_id)?;
         let key_id = match query.key_id.as_str() {
             "" => None,
@@ -733,7 +769,14 @@ impl Manager {
         if query.end_unix_ms != 0 && query.end_unix_ms <= query.start_unix_ms {
             return Err(invalid("end_time", "must be after start_time"));
         }
-        let (page_size, after) = page(query.page_size, &query.page_token, "ListAuditEvents")?;
+        let binding = page_binding(&[
+            b"ListAuditEvents",
+            account_id.as_deref().unwrap_or("").as_bytes(),
+            key_id.as_ref().map_or(&[][..], |id| &id.as_bytes()[..]),
+            &query.start_unix_ms.to_be_bytes(),
+            &query.end_unix_ms.to_be_bytes(),
+        ]);
+        let (page_size, after) = page(query.page_size, &query.page_token, &binding)?;
         let filter = AuditFilter {
             account_id,
             key_id,
@@ -741,11 +784,7 @@ impl Manager {
             end_unix_ms: query.end_unix_ms,
         };
         let (events, next) = self.store.audit_events(&filter, after, page_size).await?;
-        Ok((
-            events,
-            next.map(|next| URL_SAFE_NO_PAD.encode(next))
-                .unwrap_or_default(),
-        ))
+        Ok((events, next_page_token(&binding, next)))
     }
 
     /// Every stored record, encoded: admin only. Blocking.
@@ -881,20 +920,62 @@ fn visible_to(caller: &Caller, record: &KeyRecord) -> bool {
 }
 
 /// A page request: its size (default 50, at most 1000) and where to resume.
-fn page(size: i32, token: &str, rpc: &str) -> Result<(usize, Option<Vec<u8>>), ManageError> {
+/// Page size and the store's cursor from a request. Page tokens are opaque
+/// and bound to the listing that issued them (`binding`: the RPC and its
+/// filter); one from another listing is refused, never followed.
+fn page(
+    size: i32,
+    token: &str,
+    binding: &[u8; 8],
+) -> Result<(usize, Option<Vec<u8>>), ManageError> {
     let size = match size {
         size if size < 0 => return Err(invalid("page_size", "must not be negative")),
         0 => DEFAULT_PAGE_SIZE,
         size => (size as usize).min(MAX_PAGE_SIZE),
     };
-    let after =
-        match token {
-            "" => None,
-            token => Some(URL_SAFE_NO_PAD.decode(token).map_err(|_| {
-                invalid("page_token", format!("not a token from a previous {rpc}"))
-            })?),
-        };
-    Ok((size, after))
+    if token.is_empty() {
+        return Ok((size, None));
+    }
+    let foreign = || {
+        invalid(
+            "page_token",
+            "not a token of this listing (same call, same filter)",
+        )
+    };
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| foreign())?;
+    match bytes.split_first_chunk::<9>() {
+        Some((head, cursor)) if head[0] == PAGE_TOKEN_VERSION && head[1..] == binding[..] => {
+            Ok((size, Some(cursor.to_vec())))
+        }
+        _ => Err(foreign()),
+    }
+}
+
+const PAGE_TOKEN_VERSION: u8 = 1;
+
+/// The next page's token: version, binding, the store's cursor.
+fn next_page_token(binding: &[u8; 8], cursor: Option<Vec<u8>>) -> String {
+    cursor.map_or_else(String::new, |cursor| {
+        let mut bytes = Vec::with_capacity(9 + cursor.len());
+        bytes.push(PAGE_TOKEN_VERSION);
+        bytes.extend_from_slice(binding);
+        bytes.extend_from_slice(&cursor);
+        URL_SAFE_NO_PAD.encode(bytes)
+    })
+}
+
+/// What a page token is bound to: the RPC and every part of its filter.
+fn page_binding(parts: &[&[u8]]) -> [u8; 8] {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for part in parts {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    let digest = hash.finalize();
+    let mut binding = [0; 8];
+    binding.copy_from_slice(&digest[..8]);
+    binding
 }
 
 /// The account a read may cover: for the admin the one asked for (`None`:

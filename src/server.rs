@@ -94,6 +94,8 @@ pub struct Limits {
     pub max_concurrent_manage: usize,
     /// Mutations per second (and burst) for the API keys of one account.
     pub mutations_per_account_per_sec: u32,
+    /// Management reads per second (and burst) for the API keys of one account.
+    pub reads_per_account_per_sec: u32,
     /// A management request still running after this is cancelled; a
     /// shorter client `grpc-timeout` wins. Only a stuck disk or etcd could
     /// come near it; checks never wait, so they carry no timer.
@@ -121,6 +123,7 @@ impl Default for Limits {
             max_concurrent_requests: 1024,
             max_concurrent_manage: 64,
             mutations_per_account_per_sec: 20,
+            reads_per_account_per_sec: 50,
             request_timeout: Duration::from_secs(1),
             max_message_bytes: 64 * 1024,
             ext_authz_max_message_bytes: 1024 * 1024,
@@ -276,6 +279,7 @@ pub async fn run(
             config.max_keys_per_account,
         )
         .with_mutation_rate(limits.mutations_per_account_per_sec)
+        .with_read_rate(limits.reads_per_account_per_sec)
         .with_max_key_lifetime(config.max_key_lifetime),
     );
     drop(admin_token);

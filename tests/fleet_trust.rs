@@ -228,3 +228,65 @@ async fn one_unfit_record_never_stops_a_sidecar() {
         pb::Decision::Allowed
     );
 }
+
+/// Two deployments share one etcd under different prefixes: a page token
+/// that names the other prefix's audit range (or all of etcd) is refused,
+/// never followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_page_tokens_cannot_cross_deployments() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    etcd.wait_healthy();
+    let ours = fleet(dir.path(), "ours", &etcd, &[]);
+    let theirs = fleet(
+        dir.path(),
+        "theirs",
+        &etcd,
+        &["--etcd-prefix", "/other-prefix/"],
+    );
+    for _ in 0..3 {
+        create_on(&ours, "acme", &["mail.send"]).await;
+        create_on(&theirs, "acme", &["stats.read"]).await;
+    }
+    let list = |token: &str| pb::ListAuditEventsRequest {
+        account_id: "acme".into(),
+        page_size: 1,
+        page_token: token.into(),
+        ..Default::default()
+    };
+    let mut manage = ours.manage().await;
+    let first = manage
+        .list_audit_events(bearer(&ours.admin_token, list("")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.next_page_token.is_empty());
+    let encode = |raw: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    for forged in [
+        encode(b"/other-prefix/audit/"),
+        encode(b"/"),
+        encode(b"\x01\x00\x00\x00\x00\x00\x00\x00\x00/other-prefix/audit/"),
+    ] {
+        let status = manage
+            .list_audit_events(bearer(&ours.admin_token, list(&forged)))
+            .await
+            .expect_err("a forged page token");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    }
+    // Our own pages hold our three events and none of theirs.
+    let (mut events, mut token) = (first.events, first.next_page_token);
+    while !token.is_empty() {
+        let page = manage
+            .list_audit_events(bearer(&ours.admin_token, list(&token)))
+            .await
+            .unwrap()
+            .into_inner();
+        events.extend(page.events);
+        token = page.next_page_token;
+    }
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert!(events
+        .iter()
+        .all(|event| event.after.as_ref().unwrap().scopes == ["mail.send"]));
+}

@@ -205,3 +205,197 @@ async fn ipv4_mapped_sources_are_compared_as_ipv4() {
         );
     }
 }
+
+async fn list_keys(
+    server: &Server,
+    credential: &str,
+    account: &str,
+    page_token: &str,
+) -> Result<pb::ListKeysResponse, tonic::Status> {
+    let request = pb::ListKeysRequest {
+        account_id: account.into(),
+        page_size: 1,
+        page_token: page_token.into(),
+    };
+    server
+        .manage()
+        .await
+        .list_keys(bearer(credential, request))
+        .await
+        .map(|response| response.into_inner())
+}
+
+async fn list_audit(
+    server: &Server,
+    credential: &str,
+    request: pb::ListAuditEventsRequest,
+) -> Result<pb::ListAuditEventsResponse, tonic::Status> {
+    server
+        .manage()
+        .await
+        .list_audit_events(bearer(credential, request))
+        .await
+        .map(|response| response.into_inner())
+}
+
+fn assert_foreign_token(what: &str, result: Result<impl std::fmt::Debug, tonic::Status>) {
+    let status = result.expect_err(what);
+    assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+    assert!(
+        status.message().starts_with("page_token:"),
+        "{what}: {status:?}"
+    );
+}
+
+/// Page tokens are opaque and bound to the listing that issued them: one
+/// from another account, another filter or a hand-made cursor is refused,
+/// never followed; and a tenant's pages list exactly its own events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_tokens_stay_inside_their_listing() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let admin = server.admin_token.clone();
+    let mut manage = server.manage().await;
+    let mut acme_ids = Vec::new();
+    for account in ["acme", "other", "acme", "other", "other"] {
+        let created = manage
+            .create_key(bearer(&admin, common::create(account, "k", &["mail.send"])))
+            .await
+            .unwrap()
+            .into_inner();
+        if account == "acme" {
+            acme_ids.push(created.key.unwrap().key_id);
+        }
+    }
+    let reader = manage
+        .create_key(bearer(
+            &admin,
+            pb::CreateKeyRequest {
+                grants: vec![pb::Grant {
+                    resource: "api_keys".into(),
+                    access: pb::Access::Read as i32,
+                }],
+                ..common::create("acme", "reader", &[])
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    acme_ids.push(reader.key.unwrap().key_id);
+    let reader = reader.token;
+
+    // ListKeys: the admin's token for "other" is no token of acme's listing.
+    let other_page = list_keys(&server, &admin, "other", "").await.unwrap();
+    assert!(!other_page.next_page_token.is_empty());
+    assert_foreign_token(
+        "another account's ListKeys token",
+        list_keys(&server, &reader, "", &other_page.next_page_token).await,
+    );
+    // A raw index key, as tokens were before they were bound.
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b"other\0");
+    assert_foreign_token("a raw cursor", list_keys(&server, &reader, "", &raw).await);
+    // Acme's own pages walk exactly its keys.
+    let (mut seen, mut token) = (Vec::new(), String::new());
+    loop {
+        let page = list_keys(&server, &reader, "", &token).await.unwrap();
+        seen.extend(page.keys.into_iter().map(|key| key.key_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    seen.sort();
+    acme_ids.sort();
+    assert_eq!(seen, acme_ids);
+
+    // ListAuditEvents: bound to account and filter.
+    let request = |account: &str, key_id: &str, token: &str| pb::ListAuditEventsRequest {
+        account_id: account.into(),
+        key_id: key_id.into(),
+        page_size: 1,
+        page_token: token.into(),
+        ..Default::default()
+    };
+    let other_events = list_audit(&server, &admin, request("other", "", ""))
+        .await
+        .unwrap();
+    assert_foreign_token(
+        "another account's audit token",
+        list_audit(
+            &server,
+            &reader,
+            request("", "", &other_events.next_page_token),
+        )
+        .await,
+    );
+    let acme_first = list_audit(&server, &reader, request("", "", ""))
+        .await
+        .unwrap();
+    assert_foreign_token(
+        "a token of another filter",
+        list_audit(
+            &server,
+            &reader,
+            request("", &acme_ids[0], &acme_first.next_page_token),
+        )
+        .await,
+    );
+    let (mut events, mut token) = (Vec::new(), String::new());
+    loop {
+        let page = list_audit(&server, &reader, request("", "", &token))
+            .await
+            .unwrap();
+        events.extend(page.events);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(events.len(), 3, "acme's three creates: {events:?}");
+    assert!(events.iter().all(|event| event.account_id == "acme"));
+    let one_key = list_audit(&server, &reader, request("", &acme_ids[1], ""))
+        .await
+        .unwrap();
+    assert_eq!(one_key.events.len(), 1);
+    assert_eq!(one_key.events[0].key_id, acme_ids[1]);
+}
+
+/// Management reads by an API key are limited per account (bursts of
+/// `--reads-per-account-per-sec`), with a retry delay; the admin is not.
+#[tokio::test]
+async fn management_reads_are_limited_per_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--reads-per-account-per-sec", "5"],
+    );
+    let manager = server
+        .manage()
+        .await
+        .create_key(bearer(
+            &server.admin_token,
+            create_manager("acme", "reader", &[]),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut limited = None;
+    for _ in 0..20 {
+        if let Err(status) = list_keys(&server, &manager, "", "").await {
+            limited = Some(status);
+            break;
+        }
+    }
+    let status = limited.expect("20 reads at once exceed a burst of 5");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("retry in"), "{status:?}");
+    let audit = list_audit(&server, &manager, Default::default()).await;
+    assert_eq!(audit.unwrap_err().code(), Code::ResourceExhausted);
+    for _ in 0..20 {
+        list_keys(&server, &server.admin_token, "acme", "")
+            .await
+            .expect("the admin is not limited");
+    }
+}

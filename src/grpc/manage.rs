@@ -54,6 +54,16 @@ async fn detached<T: Send + 'static>(
         .map_err(Status::from)
 }
 
+/// Runs a blocking read (sled) on the blocking pool, never on a decision worker.
+async fn off_workers<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, ManageError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(read)
+        .await
+        .map_err(|_| Status::internal("the read task failed"))?
+        .map_err(Status::from)
+}
+
 #[tonic::async_trait]
 impl ManageKey for ManageKeyService {
     async fn create_key(
@@ -97,7 +107,8 @@ impl ManageKey for ManageKeyService {
         request: Request<pb::GetKeyRequest>,
     ) -> Result<Response<pb::ApiKey>, Status> {
         let caller = self.caller(&request)?;
-        let view = self.manager.get(&caller, &request.into_inner().key_id)?;
+        let (manager, key_id) = (self.manager.clone(), request.into_inner().key_id);
+        let view = off_workers(move || manager.get(&caller, &key_id)).await?;
         Ok(Response::new(key_to_pb(view)))
     }
 
@@ -112,7 +123,8 @@ impl ManageKey for ManageKeyService {
             page_size: request.page_size,
             page_token: request.page_token,
         };
-        let (views, next_page_token) = self.manager.list(&caller, query)?;
+        let manager = self.manager.clone();
+        let (views, next_page_token) = off_workers(move || manager.list(&caller, query)).await?;
         Ok(Response::new(pb::ListKeysResponse {
             keys: views.into_iter().map(key_to_pb).collect(),
             next_page_token,

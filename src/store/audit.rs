@@ -1,7 +1,12 @@
 //! The audit trail: one event per key change, written in the same atomic
 //! write as the change (the sled transaction, or the etcd transaction), so
 //! it survives exactly what the keys survive. Never a secret or a hash.
+//! Standalone, events are also indexed by account and by key, and read off
+//! the decision workers: one tenant's listing never walks another's events.
 
+use std::sync::atomic::Ordering;
+
+use super::{Store, StoreError};
 use crate::token::KeyId;
 
 /// One key change, as stored.
@@ -91,5 +96,205 @@ impl AuditFilter {
                 .is_none_or(|key_id| event.key_id.as_slice() == key_id.as_bytes())
             && event.time_unix_ms >= self.start_unix_ms
             && (self.end_unix_ms == 0 || event.time_unix_ms < self.end_unix_ms)
+    }
+}
+
+/// The standalone audit index entries of an event stored under `sort_key`:
+/// `a` account NUL sort key, and `k` key id sort key.
+pub(super) fn index_keys(event: &AuditEvent, sort_key: &[u8; 16]) -> [Vec<u8>; 2] {
+    let mut by_account = Vec::with_capacity(event.account_id.len() + 18);
+    by_account.push(b'a');
+    by_account.extend_from_slice(event.account_id.as_bytes());
+    by_account.push(0);
+    by_account.extend_from_slice(sort_key);
+    let mut by_key = Vec::with_capacity(33);
+    by_key.push(b'k');
+    by_key.extend_from_slice(&event.key_id);
+    by_key.extend_from_slice(sort_key);
+    [by_account, by_key]
+}
+
+/// Where a listing with `filter` reads: the index prefix its entries share
+/// (`None`: the events tree itself, every account).
+fn index_prefix(filter: &AuditFilter) -> Option<Vec<u8>> {
+    if let Some(key_id) = filter.key_id {
+        let mut prefix = vec![b'k'];
+        prefix.extend_from_slice(key_id.as_bytes());
+        return Some(prefix);
+    }
+    let account = filter.account_id.as_ref()?;
+    let mut prefix = vec![b'a'];
+    prefix.extend_from_slice(account.as_bytes());
+    prefix.push(0);
+    Some(prefix)
+}
+
+/// Indexes the events of a store written before the index existed (once).
+pub(super) fn build_index_once(events: &sled::Tree, index: &sled::Tree) -> Result<(), StoreError> {
+    if !index.is_empty() || events.is_empty() {
+        return Ok(());
+    }
+    let mut batch = sled::Batch::default();
+    for item in events.iter() {
+        let (key, value) = item?;
+        let (Ok(sort_key), Ok(event)) = (
+            <[u8; 16]>::try_from(key.as_ref()),
+            <AuditEvent as prost::Message>::decode(value.as_ref()),
+        ) else {
+            continue;
+        };
+        for index_key in index_keys(&event, &sort_key) {
+            batch.insert(index_key, &[]);
+        }
+    }
+    index.apply_batch(batch)?;
+    Ok(())
+}
+
+impl Store {
+    /// Removes (a bounded batch of) standalone audit events past retention,
+    /// with their index entries. Called under the writer lock; made durable
+    /// with the next group.
+    pub(super) fn prune_audit(&self, now_ms: i64) -> Result<(), StoreError> {
+        let retention = self.inner.audit_retention_ms.load(Ordering::Relaxed);
+        let cutoff = (now_ms.saturating_sub(retention)).max(0) as u64;
+        let (mut events, mut index) = (sled::Batch::default(), sled::Batch::default());
+        for item in self.inner.audit.iter().take(10_000) {
+            let (key, value) = item?;
+            let time = key
+                .get(..8)
+                .and_then(|t| t.try_into().ok())
+                .map(u64::from_be_bytes);
+            if time.is_none_or(|time| time >= cutoff) {
+                break;
+            }
+            if let (Ok(sort_key), Ok(event)) = (
+                <[u8; 16]>::try_from(key.as_ref()),
+                <AuditEvent as prost::Message>::decode(value.as_ref()),
+            ) {
+                for index_key in index_keys(&event, &sort_key) {
+                    index.remove(index_key);
+                }
+            }
+            events.remove(key);
+        }
+        self.inner.audit_index.apply_batch(index)?;
+        self.inner.audit.apply_batch(events)?;
+        Ok(())
+    }
+
+    /// Up to `limit` audit events matching `filter`, oldest first, after the
+    /// cursor `after`; and the cursor to continue from. Standalone reads run
+    /// on a blocking thread, never on a decision worker, and through the
+    /// account's (or key's) index, so a page costs what it returns.
+    pub async fn audit_events(
+        &self,
+        filter: &AuditFilter,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<(Vec<AuditEvent>, Option<Vec<u8>>), StoreError> {
+        if let Some(fleet) = &self.inner.fleet {
+            return fleet.audit_events(filter, after, limit).await;
+        }
+        let (store, filter) = (self.clone(), filter.clone());
+        tokio::task::spawn_blocking(move || store.local_audit_events(&filter, after, limit))
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+
+    fn local_audit_events(
+        &self,
+        filter: &AuditFilter,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<(Vec<AuditEvent>, Option<Vec<u8>>), StoreError> {
+        self.healthy()?;
+        let from: [u8; 16] = match after {
+            Some(after) => {
+                let mut cursor: [u8; 16] = after
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::BadCursor)?;
+                // The first key after the cursor.
+                for byte in cursor.iter_mut().rev() {
+                    let (next, carry) = byte.overflowing_add(1);
+                    *byte = next;
+                    if !carry {
+                        break;
+                    }
+                }
+                cursor
+            }
+            None => {
+                let mut start = [0; 16];
+                start[..8].copy_from_slice(&(filter.start_unix_ms.max(0) as u64).to_be_bytes());
+                start
+            }
+        };
+        let decode = |value: &[u8]| {
+            <AuditEvent as prost::Message>::decode(value).map_err(|error| StoreError::Corrupt {
+                key_id: "audit event".into(),
+                reason: error.to_string(),
+            })
+        };
+        // (sort key, event) in order, from the index or the events tree.
+        let mut walk: Box<dyn Iterator<Item = Result<([u8; 16], AuditEvent), StoreError>>> =
+            match index_prefix(filter) {
+                Some(prefix) => {
+                    let mut start = prefix.clone();
+                    start.extend_from_slice(&from);
+                    let events = self.inner.audit.clone();
+                    Box::new(
+                        self.inner
+                            .audit_index
+                            .range(start..)
+                            .take_while(move |item| {
+                                item.as_ref()
+                                    .map_or(true, |(key, _)| key.starts_with(&prefix))
+                            })
+                            .filter_map(move |item| {
+                                let sort_key = match item {
+                                    Ok((key, _)) => <[u8; 16]>::try_from(&key[key.len() - 16..])
+                                        .expect("16 bytes"),
+                                    Err(error) => return Some(Err(error.into())),
+                                };
+                                // A pruned event's index entry may outlive it briefly.
+                                match events.get(sort_key) {
+                                    Ok(Some(value)) => {
+                                        Some(decode(&value).map(|event| (sort_key, event)))
+                                    }
+                                    Ok(None) => None,
+                                    Err(error) => Some(Err(error.into())),
+                                }
+                            }),
+                    )
+                }
+                None => Box::new(self.inner.audit.range(from..).map(|item| {
+                    let (key, value) = item?;
+                    let sort_key =
+                        <[u8; 16]>::try_from(key.as_ref()).map_err(|_| StoreError::Corrupt {
+                            key_id: "audit event".into(),
+                            reason: "an audit key is not 16 bytes".into(),
+                        })?;
+                    Ok((sort_key, decode(&value)?))
+                })),
+            };
+        let mut events = Vec::new();
+        let mut last = None;
+        for item in &mut walk {
+            let (sort_key, event) = item?;
+            if filter.end_unix_ms != 0 && event.time_unix_ms >= filter.end_unix_ms {
+                break;
+            }
+            if !filter.matches(&event) {
+                continue;
+            }
+            if events.len() == limit {
+                return Ok((events, last));
+            }
+            events.push(event);
+            last = Some(sort_key.to_vec());
+        }
+        Ok((events, None))
     }
 }

@@ -338,9 +338,16 @@ impl Fleet {
         let prefix = self.audit_prefix();
         let end = prefix_end(&prefix);
         let mut start = match after {
-            Some(mut after) => {
-                after.push(0);
-                after
+            // A cursor is a position inside this prefix's audit range, never
+            // a raw etcd key: the listing cannot leave it.
+            Some(after) => {
+                if !is_audit_suffix(&after) {
+                    return Err(StoreError::BadCursor);
+                }
+                let mut start = prefix.clone();
+                start.extend_from_slice(&after);
+                start.push(0);
+                start
             }
             None => {
                 let mut start = prefix.clone();
@@ -372,7 +379,7 @@ impl Fleet {
                     return Ok((events, last));
                 }
                 events.push(event);
-                last = Some(kv.key().to_vec());
+                last = Some(kv.key()[prefix.len()..].to_vec());
             }
             match (page.more(), page.kvs().last()) {
                 (true, Some(kv)) => {
@@ -688,6 +695,15 @@ impl Fleet {
         tracing::info!(revision, keys = count, "full sync from etcd applied");
         Ok(())
     }
+}
+
+/// `{time:016}-{nonce:08x}`: the part of an audit event's etcd key after
+/// the audit prefix.
+fn is_audit_suffix(suffix: &[u8]) -> bool {
+    suffix.len() == 25
+        && suffix[..16].iter().all(u8::is_ascii_digit)
+        && suffix[16] == b'-'
+        && suffix[17..].iter().all(u8::is_ascii_hexdigit)
 }
 
 /// Up to 1 ms << min(attempt, 5), at random, so contenders spread out.

@@ -84,6 +84,9 @@ pub enum StoreError {
     ModeMismatch { dir: String, reason: String },
     #[error("etcd is unreachable: {0}")]
     EtcdUnavailable(String),
+    /// A page token that is not a position of this listing.
+    #[error("not a page token of this listing")]
+    BadCursor,
     #[error("the change conflicted with concurrent changes too often; retry")]
     Conflict,
     #[error("key {key_id} is already in etcd with different content; nothing was overwritten")]
@@ -162,6 +165,9 @@ struct Inner {
     meta: sled::Tree,
     /// Audit events by `AuditEvent::sort_key` (standalone mode).
     audit: sled::Tree,
+    /// The same events by account and by key (`audit::index_keys`), so a
+    /// page of one account's events costs what it returns.
+    audit_index: sled::Tree,
     /// key id → the unix minute it was last used (this sidecar's view).
     last_used: sled::Tree,
     /// The minutes already written to `last_used`.
@@ -250,6 +256,8 @@ impl Store {
         let keys = db.open_tree("keys")?;
         let accounts = db.open_tree("accounts")?;
         let audit = db.open_tree("audit")?;
+        let audit_index = db.open_tree("audit_index")?;
+        audit::build_index_once(&audit, &audit_index)?;
         let last_used = db.open_tree("last_used")?;
         // Continue the sequence after the newest event.
         let audit_sequence = audit
@@ -333,6 +341,7 @@ impl Store {
                 durable,
                 meta,
                 audit,
+                audit_index,
                 last_used,
                 usage_persisted: Mutex::default(),
                 audit_sequence: audit_sequence.into(),
@@ -578,12 +587,14 @@ impl Store {
         self.healthy()?;
         let prefix = account.map(account_prefix).unwrap_or_default();
         let start = match after {
-            Some(after) if after >= prefix.as_slice() => {
+            // A cursor is an index key of this account's range (16-byte key id last).
+            Some(after) if after.starts_with(&prefix) && after.len() > prefix.len() + 16 - 1 => {
                 let mut start = after.to_vec();
                 start.push(0);
                 start
             }
-            _ => prefix.clone(),
+            Some(_) => return Err(StoreError::BadCursor),
+            None => prefix.clone(),
         };
         let mut records = Vec::new();
         let mut last = None;
@@ -673,9 +684,14 @@ impl Store {
         if sequence % AUDIT_PRUNE_EVERY == AUDIT_PRUNE_EVERY - 1 {
             self.prune_audit(event.time_unix_ms)?;
         }
-        let audit = |tree: &sled::transaction::TransactionalTree| {
-            tree.insert(&event_key[..], event_value.as_slice())
-                .map(drop)
+        let indexed = audit::index_keys(&event, &event_key);
+        let audit = |trail: &sled::transaction::TransactionalTree,
+                     index: &sled::transaction::TransactionalTree| {
+            trail.insert(&event_key[..], event_value.as_slice())?;
+            for index_key in &indexed {
+                index.insert(index_key.as_slice(), &[])?;
+            }
+            Ok::<_, sled::transaction::UnabortableTransactionError>(())
         };
         match change {
             Change::Create { record, cap } => {
@@ -691,8 +707,13 @@ impl Store {
                 }
                 let index_key = account_index_key(&record.account_id, &key_id);
                 let value = prost::Message::encode_to_vec(&record);
-                (&inner.keys, &inner.accounts, &inner.audit)
-                    .transaction(|(keys, accounts, trail)| {
+                (
+                    &inner.keys,
+                    &inner.accounts,
+                    &inner.audit,
+                    &inner.audit_index,
+                )
+                    .transaction(|(keys, accounts, trail, index)| {
                         if keys.insert(key_id.as_bytes(), value.as_slice())?.is_some() {
                             return Err(ConflictableTransactionError::Abort(StoreError::Corrupt {
                                 key_id: key_id.to_string(),
@@ -700,7 +721,7 @@ impl Store {
                             }));
                         }
                         accounts.insert(index_key.as_slice(), &[])?;
-                        audit(trail)?;
+                        audit(trail, index)?;
                         Ok(())
                     })
                     .map_err(transaction_error)?;
@@ -710,10 +731,10 @@ impl Store {
                 let key_id = record_id(&record)?;
                 let entry = self.auth_entry(&record)?;
                 let value = prost::Message::encode_to_vec(&record);
-                (&inner.keys, &inner.audit)
-                    .transaction(|(keys, trail)| {
+                (&inner.keys, &inner.audit, &inner.audit_index)
+                    .transaction(|(keys, trail, index)| {
                         keys.insert(key_id.as_bytes(), value.as_slice())?;
-                        audit(trail)?;
+                        audit(trail, index)?;
                         Ok::<_, ConflictableTransactionError<StoreError>>(())
                     })
                     .map_err(transaction_error)?;
@@ -722,11 +743,16 @@ impl Store {
             Change::Delete(record) => {
                 let key_id = record_id(&record)?;
                 let index_key = account_index_key(&record.account_id, &key_id);
-                (&inner.keys, &inner.accounts, &inner.audit)
-                    .transaction(|(keys, accounts, trail)| {
+                (
+                    &inner.keys,
+                    &inner.accounts,
+                    &inner.audit,
+                    &inner.audit_index,
+                )
+                    .transaction(|(keys, accounts, trail, index)| {
                         keys.remove(key_id.as_bytes())?;
                         accounts.remove(index_key.as_slice())?;
-                        audit(trail)?;
+                        audit(trail, index)?;
                         Ok::<_, ConflictableTransactionError<StoreError>>(())
                     })
                     .map_err(transaction_error)?;
@@ -802,73 +828,6 @@ impl Store {
         if let Some(fleet) = &self.inner.fleet {
             fleet.set_audit_retention(retention);
         }
-    }
-
-    /// Removes (a bounded batch of) standalone audit events past retention.
-    /// Called under the writer lock; made durable with the next group.
-    fn prune_audit(&self, now_ms: i64) -> Result<(), StoreError> {
-        let retention = self
-            .inner
-            .audit_retention_ms
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let cutoff = (now_ms.saturating_sub(retention)).max(0) as u64;
-        let mut batch = sled::Batch::default();
-        for item in self.inner.audit.iter().take(10_000) {
-            let (key, _) = item?;
-            let time = key
-                .get(..8)
-                .and_then(|t| t.try_into().ok())
-                .map(u64::from_be_bytes);
-            if time.is_none_or(|time| time >= cutoff) {
-                break;
-            }
-            batch.remove(key);
-        }
-        self.inner.audit.apply_batch(batch)?;
-        Ok(())
-    }
-
-    /// Up to `limit` audit events matching `filter`, oldest first, after the
-    /// cursor `after`; and the cursor to continue from.
-    pub async fn audit_events(
-        &self,
-        filter: &AuditFilter,
-        after: Option<Vec<u8>>,
-        limit: usize,
-    ) -> Result<(Vec<AuditEvent>, Option<Vec<u8>>), StoreError> {
-        if let Some(fleet) = &self.inner.fleet {
-            return fleet.audit_events(filter, after, limit).await;
-        }
-        self.healthy()?;
-        let start = match after {
-            Some(mut after) => {
-                after.push(0);
-                after
-            }
-            None => (filter.start_unix_ms.max(0) as u64).to_be_bytes().to_vec(),
-        };
-        let mut events = Vec::new();
-        let mut last = None;
-        for item in self.inner.audit.range(start..) {
-            let (key, value) = item?;
-            let event: AuditEvent =
-                prost::Message::decode(value.as_ref()).map_err(|error| StoreError::Corrupt {
-                    key_id: "audit event".into(),
-                    reason: error.to_string(),
-                })?;
-            if filter.end_unix_ms != 0 && event.time_unix_ms >= filter.end_unix_ms {
-                break;
-            }
-            if !filter.matches(&event) {
-                continue;
-            }
-            if events.len() == limit {
-                return Ok((events, last));
-            }
-            events.push(event);
-            last = Some(key.to_vec());
-        }
-        Ok((events, None))
     }
 
     /// Runs `apply` under the writer lock on a blocking thread, queues its
@@ -961,10 +920,13 @@ impl Store {
                 .inner
                 .audit_sequence
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.inner.audit.insert(
-                &event.sort_key(sequence)[..],
-                prost::Message::encode_to_vec(&event),
-            )?;
+            let sort_key = event.sort_key(sequence);
+            self.inner
+                .audit
+                .insert(&sort_key[..], prost::Message::encode_to_vec(&event))?;
+            for index_key in audit::index_keys(&event, &sort_key) {
+                self.inner.audit_index.insert(index_key, &[])?;
+            }
             count += 1;
         }
         self.sync()?;
