@@ -151,6 +151,9 @@ pub(super) fn build_index_once(events: &sled::Tree, index: &sled::Tree) -> Resul
     Ok(())
 }
 
+/// An event and the sort key it is stored under.
+type Stored = ([u8; 16], AuditEvent);
+
 impl Store {
     /// Removes (a bounded batch of) standalone audit events past retention,
     /// with their index entries. Called under the writer lock; made durable
@@ -238,7 +241,7 @@ impl Store {
             })
         };
         // (sort key, event) in order, from the index or the events tree.
-        let mut walk: Box<dyn Iterator<Item = Result<([u8; 16], AuditEvent), StoreError>>> =
+        let mut walk: Box<dyn Iterator<Item = Result<Stored, StoreError>>> =
             match index_prefix(filter) {
                 Some(prefix) => {
                     let mut start = prefix.clone();
