@@ -192,6 +192,12 @@ pub enum KeysCommand {
         grants: Vec<pb::Grant>,
         #[command(flatten)]
         terms: TermsArgs,
+        /// Makes a retry safe: run the same command again with the same id
+        /// (within 24 h) and it prints the first key and token instead of
+        /// making a second key. Use a fresh random value per key, e.g.
+        /// `--request-id "$(cat /proc/sys/kernel/random/uuid)"`.
+        #[arg(long, default_value = "")]
+        request_id: String,
     },
     /// A new secret for a key (same id, scopes, name, metadata); prints the
     /// new token once. The old secret keeps working for --overlap-secs.
@@ -904,9 +910,11 @@ async fn run_keys(command: KeysCommand) -> Result<ExitCode, String> {
             scopes,
             grants,
             terms,
+            request_id,
         } => {
             let mut manage = manage_client(&client).await?;
             let request = pb::CreateKeyRequest {
+                request_id,
                 account_id: account,
                 name,
                 scopes,

@@ -182,8 +182,11 @@ pub struct ServeOptions {
     /// workers either way. The admin token is not limited. [default: 50]
     #[arg(long, env = "SCOPEGATE_READS_PER_ACCOUNT_PER_SEC")]
     pub reads_per_account_per_sec: Option<u32>,
-    /// Per-request timeout in milliseconds (a shorter grpc-timeout wins).
-    /// [default: 1000]
+    /// Deadline of a management call in milliseconds (a shorter grpc-timeout
+    /// wins); checks never wait. A change cut by it still completes or never
+    /// happens; retry a CreateKey with the same request_id to get its result.
+    /// [default: 5000 standalone (an fdatasync on a busy disk), 15000 with
+    /// --store etcd (a commit across a leader election)]
     #[arg(long, env = "SCOPEGATE_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
     /// Largest request message for Authorize and ManageKey, bytes. [default: 65536]
@@ -379,7 +382,10 @@ impl ServeOptions {
             max_concurrent_manage: Some(Limits::default().max_concurrent_manage),
             mutations_per_account_per_sec: Some(Limits::default().mutations_per_account_per_sec),
             reads_per_account_per_sec: Some(Limits::default().reads_per_account_per_sec),
-            request_timeout_ms: Some(Limits::default().request_timeout.as_millis() as u64),
+            request_timeout_ms: Some(match self.store.as_deref() {
+                Some("etcd") => crate::server::DEFAULT_FLEET_REQUEST_TIMEOUT_MS,
+                _ => crate::server::DEFAULT_REQUEST_TIMEOUT_MS,
+            }),
             max_message_bytes: Some(Limits::default().max_message_bytes),
             ext_authz_max_message_bytes: Some(Limits::default().ext_authz_max_message_bytes),
             http2_max_concurrent_streams: Some(Limits::default().http2_max_concurrent_streams),
@@ -476,7 +482,12 @@ impl ServeOptions {
             )? as u32,
             request_timeout: Duration::from_millis(positive(
                 "request_timeout_ms",
-                options.request_timeout_ms.unwrap_or(1000) as usize,
+                options
+                    .request_timeout_ms
+                    .unwrap_or(match options.store.as_deref() {
+                        Some("etcd") => crate::server::DEFAULT_FLEET_REQUEST_TIMEOUT_MS,
+                        _ => crate::server::DEFAULT_REQUEST_TIMEOUT_MS,
+                    }) as usize,
             )? as u64),
             max_message_bytes: positive(
                 "max_message_bytes",

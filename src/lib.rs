@@ -27,6 +27,7 @@ pub mod grpc;
 pub mod key;
 pub mod limit;
 pub mod manage;
+pub mod request_id;
 pub mod route;
 pub mod scope;
 pub mod server;

@@ -12,9 +12,11 @@ use subtle::ConstantTimeEq;
 use crate::authz::Decision;
 use crate::key::KeyTable;
 use crate::limit::AccountRate;
+use crate::request_id::{request_digest, RequestId};
 use crate::scope::{Access, Catalog, KeyKind, ManageAction, ScopeError, ScopeSet, SharedCatalog};
 use crate::store::{
-    AuditEvent, AuditFilter, Change, KeyRecord, KeyState, Snapshot, Store, StoreError,
+    AuditEvent, AuditFilter, Change, CreateRequest, CreateRequestRecord, KeyRecord, KeyState,
+    Snapshot, Store, StoreError,
 };
 use crate::token::{admin_token_hash, secret_fingerprint, KeyId, TokenFormat};
 
@@ -167,6 +169,9 @@ pub struct NewKey {
     pub terms: KeyTerms,
     /// Every scope the caller holds except exclusive (billing) ones.
     pub all_my_scopes_except_billing: bool,
+    /// Optional: a retry with the same id returns the first result
+    /// ([`crate::request_id`]).
+    pub request_id: String,
 }
 
 /// A key's lifecycle settings (all optional).
@@ -434,6 +439,19 @@ impl Manager {
                 account_id.to_string()
             }
         };
+        let retry = match request.request_id.as_str() {
+            "" => None,
+            text => Some((
+                RequestId::new(&account_id, text)
+                    .map_err(|message| invalid("request_id", message))?,
+                create_digest(&request),
+            )),
+        };
+        if let Some((id, digest)) = &retry {
+            if let Some(first) = self.first_result(id, digest).await? {
+                return Ok(first);
+            }
+        }
         let name = validate_name(&request.name)?;
         let scopes = self.requested_scopes(
             caller,
@@ -469,25 +487,93 @@ impl Manager {
         let catalog = self.catalog.load_full();
         let guard = caller.clone();
         let cap = self.max_keys_per_account;
-        self.store
+        let filed = retry.as_ref().map(|(id, digest)| CreateRequest {
+            lookup: *id.lookup(),
+            record: CreateRequestRecord {
+                key_id: record.key_id.clone(),
+                sealed_token: id.seal(&issued.token),
+                request_digest: digest.to_vec(),
+                time_unix_ms: now,
+            },
+        });
+        let created = self
+            .store
             .mutate(caller_reads(caller, None), move |snapshot| {
                 let caller = current_caller(snapshot, &catalog, &guard)?;
                 require(&catalog, &caller, ManageAction::Create)?;
                 check_no_escalation(&catalog, &caller, &scopes)?;
                 let event = audit_event("create", &caller, None, Some(&record));
-                let record = record.clone();
-                Ok::<_, ManageError>((Change::Create { record, cap }, event, ()))
+                let (record, request) = (record.clone(), filed.clone());
+                let change = Change::Create {
+                    record,
+                    cap,
+                    request,
+                };
+                Ok::<_, ManageError>((change, event, ()))
             })
-            .await
-            .map_err(|error| match error {
-                ManageError::Store(StoreError::AccountFull { cap }) => ManageError::AccountFull {
+            .await;
+        match created {
+            Ok(()) => {}
+            // A concurrent retry with the same request id won: its result.
+            Err(ManageError::Store(StoreError::DuplicateRequest)) => {
+                if let Some((id, digest)) = &retry {
+                    if let Some(first) = self.first_result(id, digest).await? {
+                        return Ok(first);
+                    }
+                }
+                return Err(ManageError::Store(StoreError::Conflict));
+            }
+            Err(ManageError::Store(StoreError::AccountFull { cap })) => {
+                return Err(ManageError::AccountFull {
                     account: account_id.clone(),
                     cap,
-                },
-                other => other,
-            })?;
+                })
+            }
+            Err(other) => return Err(other),
+        }
         tracing::info!(%caller, key_id = %issued.key_id, account_id = %account_id, scopes = ?view.scopes, "key created");
         Ok((view, issued.token))
+    }
+
+    /// One key. Blocking (reads sled): call it off the decision workers.
+    /// The first result of a create made with this request id, if it was
+    /// made within the retry window; a reuse for another request is refused.
+    async fn first_result(
+        &self,
+        id: &RequestId,
+        digest: &[u8; 32],
+    ) -> Result<Option<(KeyView, String)>, ManageError> {
+        let Some(first) = self.store.create_request(id.lookup()).await? else {
+            return Ok(None);
+        };
+        if now_unix_ms() - first.time_unix_ms > crate::request_id::RETENTION_MS {
+            return Ok(None);
+        }
+        if first.request_digest != digest {
+            return Err(invalid(
+                "request_id",
+                "was used for a different CreateKey within the last 24 h: use a new request_id for a new key",
+            ));
+        }
+        let token = id
+            .open(&first.sealed_token)
+            .ok_or_else(|| StoreError::Corrupt {
+                key_id: "create request".into(),
+                reason: "the sealed token does not open".into(),
+            })?;
+        let key_id = <[u8; 16]>::try_from(first.key_id.as_slice())
+            .map(KeyId::from_bytes)
+            .map_err(|_| StoreError::Corrupt {
+                key_id: "create request".into(),
+                reason: "key id is not 16 bytes".into(),
+            })?;
+        let record = self.store.get(&key_id)?.ok_or_else(|| {
+            ManageError::NotFound(format!(
+                "{key_id} (created by this request_id, deleted since)"
+            ))
+        })?;
+        tracing::info!(%key_id, "CreateKey retried with its request id: the first result");
+        Ok(Some((self.view(&record)?, token)))
     }
 
     /// One key. Blocking (reads sled): call it off the decision workers.
@@ -876,6 +962,47 @@ impl Manager {
                 .map_or(0, |minute| i64::from(minute) * 60_000),
         })
     }
+}
+
+/// What a CreateKey asked for, as sent (a retry sends the same).
+fn create_digest(request: &NewKey) -> [u8; 32] {
+    let mut parts: Vec<Vec<u8>> = vec![
+        request.account_id.clone().into_bytes(),
+        request.name.clone().into_bytes(),
+        vec![u8::from(request.all_my_scopes_except_billing)],
+        format!("{:?}", request.terms.expire_time).into_bytes(),
+        format!("{:?}", request.terms.not_before).into_bytes(),
+    ];
+    parts.extend(
+        request
+            .scopes
+            .iter()
+            .map(|scope| scope.clone().into_bytes()),
+    );
+    parts.push(b"|grants".to_vec());
+    parts.extend(
+        request
+            .grants
+            .iter()
+            .map(|(resource, access)| format!("{resource}={access:?}").into_bytes()),
+    );
+    parts.push(b"|cidrs".to_vec());
+    parts.extend(
+        request
+            .terms
+            .allowed_cidrs
+            .iter()
+            .map(|c| c.clone().into_bytes()),
+    );
+    parts.push(b"|metadata".to_vec());
+    parts.extend(
+        request
+            .terms
+            .metadata
+            .iter()
+            .map(|(key, value)| format!("{key}={value}").into_bytes()),
+    );
+    request_digest(&parts.iter().map(Vec::as_slice).collect::<Vec<_>>())
 }
 
 /// Moves the keys gauge of `kind` by `delta`.

@@ -81,6 +81,12 @@ pub struct ServeConfig {
     pub decision_log_every: u64,
 }
 
+/// Management deadlines: long enough for an fdatasync on a busy disk, or an
+/// etcd commit across a leader election, so a change that will complete is
+/// not reported as DEADLINE_EXCEEDED (and retried into a duplicate).
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_FLEET_REQUEST_TIMEOUT_MS: u64 = 15_000;
+
 /// Resource bounds, each with its reason.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -124,7 +130,7 @@ impl Default for Limits {
             max_concurrent_manage: 64,
             mutations_per_account_per_sec: 20,
             reads_per_account_per_sec: 50,
-            request_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),
             max_message_bytes: 64 * 1024,
             ext_authz_max_message_bytes: 1024 * 1024,
             http2_max_concurrent_streams: 256,

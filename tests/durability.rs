@@ -203,37 +203,10 @@ async fn a_failed_persist_is_never_acknowledged_and_the_restart_matches_disk() {
 /// syncs while creates run one at a time (one group each).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_batch_is_synced_to_stable_storage() {
-    use std::process::{Command, Stdio};
-    let strace = Command::new("strace").arg("-V").output();
-    assert!(
-        strace.is_ok_and(|out| out.status.success()),
-        "strace is needed (scripts/test.sh installs it)"
-    );
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);
     let trace = dir.path().join("trace");
-    let mut tracer = Command::new("strace")
-        .args(["-f", "-qq", "-e", "trace=fsync,fdatasync", "-o"])
-        .arg(&trace)
-        .args(["-p", &server.child.id().to_string()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // strace writes nothing until a traced call; wait for it to attach by
-    // watching the tracer pid appear as the server's tracer.
-    let status_path = format!("/proc/{}/status", server.child.id());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(&status_path)
-        .unwrap()
-        .contains(&format!("TracerPid:\t{}", tracer.id()))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "strace did not attach"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(300)); // every thread attached
+    let tracer = common::Strace::attach(&server, &["-e", "trace=fsync,fdatasync"], &trace);
     let mut manage = server.manage().await;
     const CREATES: usize = 20;
     for index in 0..CREATES {
@@ -245,11 +218,7 @@ async fn every_acknowledged_batch_is_synced_to_stable_storage() {
             .await
             .unwrap();
     }
-    Command::new("kill")
-        .args(["-INT", &tracer.id().to_string()])
-        .status()
-        .unwrap();
-    tracer.wait().unwrap();
+    tracer.detach();
     let trace = std::fs::read_to_string(&trace).unwrap();
     let syncs = trace
         .lines()

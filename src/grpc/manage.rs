@@ -93,6 +93,7 @@ impl ManageKey for ManageKeyService {
             grants: grants_from_pb(request.grants)?,
             terms,
             all_my_scopes_except_billing: request.all_my_scopes_except_billing,
+            request_id: request.request_id,
         };
         let manager = self.manager.clone();
         let (view, token) = detached(async move { manager.create(&caller, new_key).await }).await?;

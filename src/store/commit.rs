@@ -26,6 +26,8 @@ use crate::token::KeyId;
 pub(super) enum Publish {
     Upsert(KeyId, Arc<AuthEntry>),
     Remove(KeyId),
+    /// A barrier: done once everything queued before it is durable.
+    Nothing,
 }
 
 pub(super) struct Commit {
@@ -101,6 +103,7 @@ pub(super) async fn run(
                     match commit.publish {
                         Publish::Upsert(key_id, entry) => table.insert(key_id, entry),
                         Publish::Remove(key_id) => table.remove(&key_id),
+                        Publish::Nothing => {}
                     }
                     let _ = commit.done.send(Ok(()));
                 }

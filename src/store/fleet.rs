@@ -45,6 +45,8 @@ pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// and deletes in one account contend on its counter; a jittered backoff
 /// between attempts lets one of them win each round.
 const MAX_ATTEMPTS: u32 = 24;
+/// One etcd call gives up after this.
+const ETCD_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Keys per page of a full read.
 const PAGE: i64 = 1000;
 
@@ -112,6 +114,8 @@ pub(super) struct Fleet {
     audit_retention_secs: AtomicU64,
     /// (lease id, when granted) for audit events.
     audit_lease: std::sync::Mutex<Option<(i64, Instant)>>,
+    /// The same for CreateKey request ids.
+    request_lease: std::sync::Mutex<Option<(i64, Instant)>>,
     /// The etcd revision the mirror and table reflect.
     applied: watch::Sender<i64>,
     pub state: Arc<SyncState>,
@@ -134,6 +138,7 @@ impl Fleet {
             client: OnceLock::new(),
             audit_retention_secs: AtomicU64::new((super::DEFAULT_AUDIT_RETENTION_MS / 1000) as u64),
             audit_lease: std::sync::Mutex::new(None),
+            request_lease: std::sync::Mutex::new(None),
             applied: watch::channel(applied_revision).0,
             state,
         }
@@ -219,9 +224,28 @@ impl Fleet {
                 Some(etcd_client::PutOptions::new().with_lease(lease)),
             )];
             match &change {
-                Change::Create { record, cap } => {
+                Change::Create {
+                    record,
+                    cap,
+                    request,
+                } => {
                     store.auth_entry(record)?;
                     let key_id = super::record_id(record)?;
+                    if let Some(request) = request {
+                        // Checked on every attempt: after a lost compare, a
+                        // concurrent retry that won is found here.
+                        if self.create_request(None, &request.lookup).await?.is_some() {
+                            return Err(StoreError::DuplicateRequest.into());
+                        }
+                        let path = self.request_path(&request.lookup);
+                        compares.push(Compare::create_revision(path.clone(), CompareOp::Equal, 0));
+                        let lease = self.request_lease(&mut client).await?;
+                        ops.push(TxnOp::put(
+                            path,
+                            prost::Message::encode_to_vec(&request.record),
+                            Some(etcd_client::PutOptions::new().with_lease(lease)),
+                        ));
+                    }
                     let (count, revision) =
                         self.account_count(&mut client, &record.account_id).await?;
                     if count >= *cap {
@@ -297,6 +321,44 @@ impl Fleet {
         .into_bytes()
     }
 
+    fn request_path(&self, lookup: &[u8; 32]) -> Vec<u8> {
+        let hex: String = lookup.iter().map(|byte| format!("{byte:02x}")).collect();
+        format!("{}requests/{hex}", self.config.prefix).into_bytes()
+    }
+
+    /// The first result filed under a CreateKey request id, from etcd.
+    /// The first result filed under a CreateKey request id, from etcd; with
+    /// `store`, once this sidecar has applied it (so the key can be read).
+    pub async fn create_request(
+        &self,
+        store: Option<&Store>,
+        lookup: &[u8; 32],
+    ) -> Result<Option<super::CreateRequestRecord>, StoreError> {
+        let mut client = self.connected()?;
+        let got = client
+            .get(self.request_path(lookup), None)
+            .await
+            .map_err(unreachable)?;
+        let Some(kv) = got.kvs().first() else {
+            return Ok(None);
+        };
+        let filed = prost::Message::decode(kv.value()).map_err(|error| StoreError::Corrupt {
+            key_id: "create request".into(),
+            reason: error.to_string(),
+        })?;
+        if let Some(store) = store {
+            self.wait_applied(store, kv.mod_revision()).await?;
+        }
+        Ok(Some(filed))
+    }
+
+    /// The lease request ids are filed under: etcd drops them after the
+    /// retry window. One lease per hour, lasting the window plus that hour.
+    async fn request_lease(&self, client: &mut Client) -> Result<i64, StoreError> {
+        let ttl = (crate::request_id::RETENTION_MS / 1000) as u64 + 3600;
+        lease(&self.request_lease, client, ttl).await
+    }
+
     fn audit_prefix(&self) -> Vec<u8> {
         format!("{}audit/", self.config.prefix).into_bytes()
     }
@@ -310,20 +372,8 @@ impl Fleet {
     /// expires, which is how retention works in fleet mode. One lease per
     /// hour, lasting the retention plus that hour.
     async fn audit_lease(&self, client: &mut Client) -> Result<i64, StoreError> {
-        let current = *self.audit_lease.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((id, granted)) = current {
-            if granted.elapsed() < Duration::from_secs(3600) {
-                return Ok(id);
-            }
-        }
         let ttl = self.audit_retention_secs.load(Ordering::Relaxed) + 3600;
-        let granted = client
-            .lease_grant(ttl.min(i64::MAX as u64) as i64, None)
-            .await
-            .map_err(unreachable)?;
-        *self.audit_lease.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((granted.id(), Instant::now()));
-        Ok(granted.id())
+        lease(&self.audit_lease, client, ttl).await
     }
 
     /// Audit events from etcd (fleet mode lists them from the source of
@@ -452,9 +502,10 @@ impl Fleet {
         }
         let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
-            // Below the server's default request timeout (1 s), so a caller
-            // hears "etcd is unreachable" rather than a bare deadline.
-            .with_timeout(Duration::from_millis(800))
+            // One etcd call; well below the fleet's management deadline
+            // (15 s), so a caller hears "etcd is unreachable" rather than a
+            // bare deadline, and long enough for a leader election.
+            .with_timeout(ETCD_CALL_TIMEOUT)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
         if let Some((user, file)) = &self.config.user {
             let password = crate::config::read_secret_file(file, 1).map_err(|(path, reason)| {
@@ -704,6 +755,26 @@ fn is_audit_suffix(suffix: &[u8]) -> bool {
         && suffix[..16].iter().all(u8::is_ascii_digit)
         && suffix[16] == b'-'
         && suffix[17..].iter().all(u8::is_ascii_hexdigit)
+}
+
+/// A lease of `ttl_secs`, granted anew once an hour and shared until then.
+async fn lease(
+    held: &std::sync::Mutex<Option<(i64, Instant)>>,
+    client: &mut Client,
+    ttl_secs: u64,
+) -> Result<i64, StoreError> {
+    let current = *held.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((id, granted)) = current {
+        if granted.elapsed() < Duration::from_secs(3600) {
+            return Ok(id);
+        }
+    }
+    let granted = client
+        .lease_grant(ttl_secs.min(i64::MAX as u64) as i64, None)
+        .await
+        .map_err(unreachable)?;
+    *held.lock().unwrap_or_else(|p| p.into_inner()) = Some((granted.id(), Instant::now()));
+    Ok(granted.id())
 }
 
 /// Up to 1 ms << min(attempt, 5), at random, so contenders spread out.

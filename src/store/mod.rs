@@ -21,7 +21,7 @@ mod record;
 
 pub use audit::{AuditEvent, AuditFilter, KeyState};
 pub use fleet::{FleetConfig, SyncState};
-pub use record::{KeyRecord, FORMAT_VERSION};
+pub use record::{CreateRequest, CreateRequestRecord, KeyRecord, FORMAT_VERSION};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -87,6 +87,9 @@ pub enum StoreError {
     /// A page token that is not a position of this listing.
     #[error("not a page token of this listing")]
     BadCursor,
+    /// A CreateKey's request id is filed already (a concurrent retry won).
+    #[error("this request id has been used already")]
+    DuplicateRequest,
     #[error("the change conflicted with concurrent changes too often; retry")]
     Conflict,
     #[error("key {key_id} is already in etcd with different content; nothing was overwritten")]
@@ -117,8 +120,13 @@ impl Snapshot {
 /// One key change.
 #[derive(Debug, Clone)]
 pub enum Change {
-    /// A new key, unless its account already holds `cap` keys.
-    Create { record: KeyRecord, cap: usize },
+    /// A new key, unless its account already holds `cap` keys, or its
+    /// request id (if any) has been filed already.
+    Create {
+        record: KeyRecord,
+        cap: usize,
+        request: Option<CreateRequest>,
+    },
     /// The whole new record of an existing key (same id and account).
     Update(KeyRecord),
     /// The record being deleted, as read.
@@ -168,6 +176,10 @@ struct Inner {
     /// The same events by account and by key (`audit::index_keys`), so a
     /// page of one account's events costs what it returns.
     audit_index: sled::Tree,
+    /// CreateKey request ids (hashed) → their first result, for a day.
+    requests: sled::Tree,
+    /// Where the next prune of expired request ids starts.
+    requests_pruned_to: Mutex<Vec<u8>>,
     /// key id → the unix minute it was last used (this sidecar's view).
     last_used: sled::Tree,
     /// The minutes already written to `last_used`.
@@ -257,6 +269,7 @@ impl Store {
         let accounts = db.open_tree("accounts")?;
         let audit = db.open_tree("audit")?;
         let audit_index = db.open_tree("audit_index")?;
+        let requests = db.open_tree("requests")?;
         audit::build_index_once(&audit, &audit_index)?;
         let last_used = db.open_tree("last_used")?;
         // Continue the sequence after the newest event.
@@ -342,6 +355,8 @@ impl Store {
                 meta,
                 audit,
                 audit_index,
+                requests,
+                requests_pruned_to: Mutex::default(),
                 last_used,
                 usage_persisted: Mutex::default(),
                 audit_sequence: audit_sequence.into(),
@@ -683,6 +698,7 @@ impl Store {
         let event_value = prost::Message::encode_to_vec(&event);
         if sequence % AUDIT_PRUNE_EVERY == AUDIT_PRUNE_EVERY - 1 {
             self.prune_audit(event.time_unix_ms)?;
+            self.prune_requests(event.time_unix_ms)?;
         }
         let indexed = audit::index_keys(&event, &event_key);
         let audit = |trail: &sled::transaction::TransactionalTree,
@@ -694,8 +710,23 @@ impl Store {
             Ok::<_, sled::transaction::UnabortableTransactionError>(())
         };
         match change {
-            Change::Create { record, cap } => {
+            Change::Create {
+                record,
+                cap,
+                request,
+            } => {
                 let key_id = record_id(&record)?;
+                if let Some(request) = &request {
+                    if inner.requests.contains_key(request.lookup)? {
+                        return Err(StoreError::DuplicateRequest);
+                    }
+                }
+                let request = request.map(|request| {
+                    (
+                        request.lookup,
+                        prost::Message::encode_to_vec(&request.record),
+                    )
+                });
                 // Resolved under the lock: the catalog cannot change until it is released.
                 let entry = self.auth_entry(&record)?;
                 let held = inner
@@ -712,8 +743,12 @@ impl Store {
                     &inner.accounts,
                     &inner.audit,
                     &inner.audit_index,
+                    &inner.requests,
                 )
-                    .transaction(|(keys, accounts, trail, index)| {
+                    .transaction(|(keys, accounts, trail, index, requests)| {
+                        if let Some((lookup, value)) = &request {
+                            requests.insert(&lookup[..], value.as_slice())?;
+                        }
                         if keys.insert(key_id.as_bytes(), value.as_slice())?.is_some() {
                             return Err(ConflictableTransactionError::Abort(StoreError::Corrupt {
                                 key_id: key_id.to_string(),
@@ -828,6 +863,64 @@ impl Store {
         if let Some(fleet) = &self.inner.fleet {
             fleet.set_audit_retention(retention);
         }
+    }
+
+    /// The first result filed under a CreateKey request id's `lookup`, if any.
+    pub async fn create_request(
+        &self,
+        lookup: &[u8; 32],
+    ) -> Result<Option<CreateRequestRecord>, StoreError> {
+        self.healthy()?;
+        if let Some(fleet) = &self.inner.fleet {
+            return fleet.create_request(Some(self), lookup).await;
+        }
+        // Read under the writer lock and answered once everything applied
+        // before it is durable: a retry never returns a key its first call
+        // has applied but not yet synced.
+        let (store, lookup) = (self.clone(), *lookup);
+        let value = self
+            .commit(move || {
+                let value = store.inner.requests.get(lookup)?;
+                Ok::<_, StoreError>((Publish::Nothing, value))
+            })
+            .await?;
+        value
+            .map(|value| {
+                prost::Message::decode(value.as_ref()).map_err(|error| StoreError::Corrupt {
+                    key_id: "create request".into(),
+                    reason: error.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    /// Removes request ids past their retry window: a bounded batch from
+    /// where the last prune stopped. Called under the writer lock.
+    fn prune_requests(&self, now_ms: i64) -> Result<(), StoreError> {
+        let mut cursor = self
+            .inner
+            .requests_pruned_to
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut batch = sled::Batch::default();
+        let mut seen = 0;
+        for item in self.inner.requests.range(cursor.clone()..).take(10_000) {
+            let (key, value) = item?;
+            seen += 1;
+            let filed: Result<CreateRequestRecord, _> = prost::Message::decode(value.as_ref());
+            if filed
+                .is_ok_and(|filed| now_ms - filed.time_unix_ms > crate::request_id::RETENTION_MS)
+            {
+                batch.remove(key.clone());
+            }
+            *cursor = key.to_vec();
+            cursor.push(0);
+        }
+        if seen < 10_000 {
+            cursor.clear(); // wrapped: start over next time
+        }
+        self.inner.requests.apply_batch(batch)?;
+        Ok(())
     }
 
     /// Runs `apply` under the writer lock on a blocking thread, queues its

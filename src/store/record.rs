@@ -114,3 +114,26 @@ pub fn account_prefix(account_id: &str) -> Vec<u8> {
     prefix.push(0);
     prefix
 }
+
+/// The first result of a CreateKey made with a request id
+/// ([`crate::request_id`]), filed under the id's hash for the retry window.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CreateRequestRecord {
+    #[prost(bytes = "vec", tag = "1")]
+    pub key_id: Vec<u8>,
+    /// The token, sealed under a key only the request id derives.
+    #[prost(bytes = "vec", tag = "2")]
+    pub sealed_token: Vec<u8>,
+    /// What the request asked for (a reuse for another request is refused).
+    #[prost(bytes = "vec", tag = "3")]
+    pub request_digest: Vec<u8>,
+    #[prost(int64, tag = "4")]
+    pub time_unix_ms: i64,
+}
+
+/// A create's request id, filed with the key in the same transaction.
+#[derive(Clone, Debug)]
+pub struct CreateRequest {
+    pub lookup: [u8; 32],
+    pub record: CreateRequestRecord,
+}

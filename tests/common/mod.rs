@@ -601,6 +601,60 @@ impl Drop for Etcd {
     }
 }
 
+/// strace attached to a running server (every thread), e.g. to count its
+/// syncs or to inject a delay or an error into them (`-e inject=…`).
+pub struct Strace {
+    child: Child,
+}
+
+impl Strace {
+    /// Attaches with `args` (plus `-f -qq -o out`), and returns once every
+    /// thread is traced.
+    pub fn attach(server: &Server, args: &[&str], out: &Path) -> Strace {
+        let found = Command::new("strace").arg("-V").output();
+        assert!(
+            found.is_ok_and(|out| out.status.success()),
+            "strace is needed (scripts/test.sh installs it)"
+        );
+        let pid = server.child.id();
+        let child = Command::new("strace")
+            .args(["-f", "-qq"])
+            .args(args)
+            .arg("-o")
+            .arg(out)
+            .args(["-p", &pid.to_string()])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // strace writes nothing until a traced call: wait until the kernel
+        // names it the server's tracer.
+        let status_path = format!("/proc/{pid}/status");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&status_path)
+            .unwrap()
+            .contains(&format!("TracerPid:\t{}", child.id()))
+        {
+            assert!(Instant::now() < deadline, "strace did not attach");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300)); // every thread attached
+        Strace { child }
+    }
+
+    /// Detaches (the server runs on untraced).
+    pub fn detach(mut self) {
+        signal(self.child.id(), "INT");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Strace {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Sends a signal by name to a process.
 pub fn signal(pid: u32, name: &str) {
     Command::new("kill")
