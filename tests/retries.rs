@@ -88,7 +88,7 @@ async fn a_create_retried_with_its_request_id_makes_one_key() {
     assert_eq!(retried.key, again.key, "every retry: the first key");
     assert_eq!(retried.token, again.token, "and its token");
     let key_id = retried.key.unwrap().key_id;
-    assert_eq!(key_ids(&server, "acme").await, [key_id.clone()], "one key");
+    assert_eq!(key_ids(&server, "acme").await, vec![key_id.clone()], "one key");
     let check = server
         .authorize()
         .await
