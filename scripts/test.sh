@@ -10,8 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Build outside the checkout so fresh clones on one machine share the work.
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scopegate/target}"
+# The project's own target/ unless CARGO_TARGET_DIR says otherwise, so the
+# release binary `cargo run --release -- serve` built is the one tested here
+# (one release build for the README's two commands). CI sets a shared cache.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 tools="${SCOPEGATE_TOOLS_DIR:-$HOME/.cache/scopegate/tools}"
 requirements=tests/python/requirements.txt
 
