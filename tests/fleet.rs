@@ -374,8 +374,9 @@ async fn a_sidecar_restarted_while_etcd_is_down_serves_its_mirror() {
     assert!(common::serving(a.channel().await, "scopegate.v1.Authorize").await);
     assert!(!common::serving(a.channel().await, "scopegate.v1.FleetSync").await);
 
-    // Without a mirror and without etcd, nothing is served as if it were real.
-    let refused = Server::try_start_for(
+    // Without a mirror and without etcd, nothing is served as if it were
+    // real: the sidecar stays up, NOT_SERVING, until its first full read.
+    let mut empty = Server::start_listening(
         &dir.path().join("empty"),
         &[
             "--store",
@@ -383,12 +384,30 @@ async fn a_sidecar_restarted_while_etcd_is_down_serves_its_mirror() {
             "--etcd-endpoints",
             etcd.endpoint.as_str(),
         ],
-        Duration::from_secs(2),
     );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
-        refused.is_err(),
-        "a sidecar without a mirror served before any sync"
+        empty.child.try_wait().unwrap().is_none(),
+        "it waits for etcd, it does not exit"
     );
+    for service in ["", "scopegate.v1.Authorize"] {
+        assert!(
+            !common::serving(empty.channel().await, service).await,
+            "health of {service:?} is NOT_SERVING before any sync"
+        );
+    }
+    assert_ne!(empty.http_get("/readyz").0, 200);
+    etcd.restart();
+    eventually("the empty sidecar serves after its first full read", || async {
+        common::serving(empty.channel().await, "scopegate.v1.Authorize").await
+    })
+    .await;
+    assert_eq!(empty.http_get("/readyz").0, 200);
+    assert_eq!(
+        decision(&empty, &token, &["mail.send"]).await,
+        pb::Decision::Allowed
+    );
+    assert!(empty.terminate());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -88,7 +88,11 @@ async fn a_create_retried_with_its_request_id_makes_one_key() {
     assert_eq!(retried.key, again.key, "every retry: the first key");
     assert_eq!(retried.token, again.token, "and its token");
     let key_id = retried.key.unwrap().key_id;
-    assert_eq!(key_ids(&server, "acme").await, vec![key_id.clone()], "one key");
+    assert_eq!(
+        key_ids(&server, "acme").await,
+        vec![key_id.clone()],
+        "one key"
+    );
     let check = server
         .authorize()
         .await
@@ -143,7 +147,7 @@ async fn a_create_retried_with_its_request_id_makes_one_key() {
     assert_eq!(after.key.unwrap().key_id, key_id);
     assert_eq!(after.token, retried.token);
     // Nothing on disk holds the token in the clear.
-    for file in walk(&data) {
+    for file in common::files_under(&data) {
         let bytes = std::fs::read(&file).unwrap();
         assert!(
             !bytes
@@ -153,19 +157,6 @@ async fn a_create_retried_with_its_request_id_makes_one_key() {
             file.display()
         );
     }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }
 
 /// Fleet mode: concurrent retries on two sidecars of one request id make one

@@ -36,6 +36,13 @@ impl Server {
         Server::try_start_in(None, data_dir, extra_args, Duration::from_secs(30))
     }
 
+    /// Starts a server and returns once it listens, serving or not (a fleet
+    /// sidecar with no mirror listens NOT_SERVING until its first sync).
+    pub fn start_listening(data_dir: &Path, extra_args: &[&str]) -> Server {
+        Server::launch(None, data_dir, extra_args, Duration::from_secs(30), false)
+            .unwrap_or_else(|log| panic!("server did not listen:\n{log}"))
+    }
+
     /// Starts a server; `Err(log)` if it does not serve within `wait`.
     pub fn try_start_for(
         data_dir: &Path,
@@ -57,6 +64,18 @@ impl Server {
         data_dir: &Path,
         extra_args: &[&str],
         wait: Duration,
+    ) -> Result<Server, String> {
+        Server::launch(shell, data_dir, extra_args, wait, true)
+    }
+
+    /// Spawns the server; returns once it serves (`until_serving`) or once
+    /// it listens with its metrics address known.
+    fn launch(
+        shell: Option<&str>,
+        data_dir: &Path,
+        extra_args: &[&str],
+        wait: Duration,
+        until_serving: bool,
     ) -> Result<Server, String> {
         std::fs::create_dir_all(data_dir).unwrap();
         let log_path = data_dir.with_extension(format!("{}.log", unique()));
@@ -97,6 +116,7 @@ impl Server {
         let deadline = Instant::now() + wait;
         let mut addr = None;
         let mut metrics_addr = None;
+        let mut serving = false;
         loop {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
             for line in BufReader::new(text.as_bytes())
@@ -113,21 +133,24 @@ impl Server {
                     Some("metrics listening (/metrics, /healthz, /readyz)") => {
                         metrics_addr = event["fields"]["addr"].as_str().map(str::to_owned);
                     }
-                    Some("keys loaded; serving") if addr.is_some() => {
-                        let admin_token = std::fs::read_to_string(data_dir.join("admin.token"))
-                            .unwrap()
-                            .trim()
-                            .to_owned();
-                        return Ok(Server {
-                            child,
-                            addr: format!("http://{}", addr.unwrap()),
-                            metrics_addr: metrics_addr.expect("metrics address logged"),
-                            data_dir: data_dir.to_owned(),
-                            log_path,
-                            admin_token,
-                        });
-                    }
+                    Some("keys loaded; serving") => serving = true,
                     _ => {}
+                }
+            }
+            if let (Some(addr), Some(metrics_addr)) = (&addr, &metrics_addr) {
+                if serving || !until_serving {
+                    let admin_token = std::fs::read_to_string(data_dir.join("admin.token"))
+                        .unwrap()
+                        .trim()
+                        .to_owned();
+                    return Ok(Server {
+                        child,
+                        addr: format!("http://{addr}"),
+                        metrics_addr: metrics_addr.clone(),
+                        data_dir: data_dir.to_owned(),
+                        log_path,
+                        admin_token,
+                    });
                 }
             }
             if let Some(status) = child.try_wait().unwrap() {
@@ -653,6 +676,30 @@ impl Drop for Strace {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Every file below `dir`.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// Whether any file below `dir` holds `needle`.
+pub fn disk_holds(dir: &Path, needle: &[u8]) -> bool {
+    files_under(dir).iter().any(|file| {
+        std::fs::read(file)
+            .unwrap()
+            .windows(needle.len())
+            .any(|window| window == needle)
+    })
 }
 
 /// Sends a signal by name to a process.
