@@ -157,7 +157,7 @@ fn event(key_id: KeyId) -> AuditEvent {
 #[derive(Debug)]
 enum Refused {
     CallerGone,
-    Store(StoreError),
+    Store(#[allow(dead_code)] StoreError), // shown by Debug in a failure
 }
 
 impl From<StoreError> for Refused {
