@@ -5,7 +5,7 @@
 # modified); new inputs go to a scratch corpus. A crash fails the run and its
 # input is left in fuzz/artifacts/TARGET: turn it into a regression test.
 #
-#   bash scripts/fuzz.sh 20          # CI's smoke
+#   bash scripts/fuzz.sh 10          # CI's smoke (scripts/test.sh)
 #   bash scripts/fuzz.sh 3600 route  # one target, an hour
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,9 +25,13 @@ trap 'rm -rf "$scratch"' EXIT
 for target in "${targets[@]}"; do
   mkdir -p "$scratch/$target"
   echo "== fuzz $target for ${seconds}s"
+  # Memory bounds: a header block that decodes to megabytes (uds.rs) trips
+  # the malloc limit at once, anything that grows without bound the RSS one.
+  limits=(-rss_limit_mb=512)
+  [ "$target" = uds_authority ] && limits=(-rss_limit_mb=256 -malloc_limit_mb=8)
   cargo +nightly fuzz run --target-dir "$target_dir" "$target" \
     "$scratch/$target" "fuzz/corpus/$target" \
-    -- -max_total_time="$seconds" -print_final_stats=1 2>"$scratch/$target.log" \
+    -- -max_total_time="$seconds" -print_final_stats=1 "${limits[@]}" 2>"$scratch/$target.log" \
     || { tail -40 "$scratch/$target.log"; echo "fuzz $target: FAILED (input in fuzz/artifacts/$target)"; exit 1; }
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$scratch/$target.log" | grep -o '[0-9]*$' || echo "?")
   echo "fuzz $target: ${runs} executions in ${seconds}s, no crash"

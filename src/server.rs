@@ -326,7 +326,9 @@ pub async fn run(
             .max_concurrent_streams(limits.http2_max_concurrent_streams)
             .http2_max_local_error_reset_streams(Some(limits.http2_max_local_error_reset_streams))
             .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
-            .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout));
+            .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+            // hyper's default, stated: the socket adapter stops at the same bound.
+            .http2_max_header_list_size(Some(crate::uds::MAX_HEADER_LIST as u32));
         if let Some(tls) = tls {
             server = server.tls_config(tls.clone())?;
         }

@@ -40,6 +40,12 @@ const MAX_FRAME: usize = 16_384;
 const MAX_BLOCK: usize = 64 * 1024;
 /// h2's (and HTTP/2's default) SETTINGS_HEADER_TABLE_SIZE.
 const TABLE_SIZE: usize = 4096;
+/// The largest decoded header list (RFC 9113's size: name + value + 32 per
+/// field) a block may have: hyper's server default, which tonic keeps. A
+/// block that references a 4 KiB table entry thousands of times decodes to
+/// far more than it weighs on the wire; decoding stops here and the
+/// connection is closed, so memory stays bounded.
+pub const MAX_HEADER_LIST: usize = 16 * 1024;
 
 const HEADERS: u8 = 0x1;
 const CONTINUATION: u8 = 0x9;
@@ -69,6 +75,8 @@ pub struct AuthorityFix {
     input: BytesMut,
     /// Bytes ready for h2.
     output: BytesMut,
+    /// [`MAX_HEADER_LIST`] (tests may raise it).
+    max_header_list: usize,
 }
 
 impl Default for AuthorityFix {
@@ -80,6 +88,7 @@ impl Default for AuthorityFix {
             decoder,
             input: BytesMut::new(),
             output: BytesMut::new(),
+            max_header_list: MAX_HEADER_LIST,
         }
     }
 }
@@ -174,6 +183,9 @@ impl AuthorityFix {
                     frame,
                 } => {
                     let Some(block) = self.reencode(&fragments) else {
+                        if self.mode == Mode::Broken {
+                            return;
+                        }
                         // Not decodable, or (first block) nothing to fix:
                         // h2 gets this block and all that follows as sent.
                         return self.pass_through();
@@ -191,8 +203,14 @@ impl AuthorityFix {
     fn reencode(&mut self, fragment: &[u8]) -> Option<Vec<u8>> {
         let mut block = Vec::with_capacity(fragment.len() + 32);
         let mut bad_authority = false;
+        let mut list_size = 0;
+        let max = self.max_header_list;
         self.decoder
             .decode_with_cb(fragment, |name, value| {
+                list_size += name.len() + value.len() + 32;
+                if list_size > max {
+                    return; // nothing more is kept; the connection breaks below
+                }
                 let value: Cow<[u8]> = if name.as_ref() == b":authority"
                     && http::uri::Authority::try_from(value.as_ref()).is_err()
                 {
@@ -204,6 +222,15 @@ impl AuthorityFix {
                 literal_without_indexing(name.as_ref(), value.as_ref(), &mut block);
             })
             .ok()?;
+        if list_size > max {
+            tracing::debug!(
+                list_size,
+                "a unix socket client sent a header list over the limit; closing the connection"
+            );
+            self.mode = Mode::Broken;
+            self.input.clear();
+            return None;
+        }
         if self.mode == Mode::Inspect {
             if !bad_authority {
                 return None;
@@ -627,7 +654,18 @@ mod tests {
             rest = &rest[take..];
             kind = CONTINUATION;
         }
-        let (output, rewriting) = run(&input, 3000);
+        // Past the production limit: only a server configured for larger
+        // header lists would get here.
+        let mut fix = AuthorityFix {
+            max_header_list: 64 * 1024,
+            ..AuthorityFix::default()
+        };
+        for piece in input.chunks(3000) {
+            fix.push(piece);
+        }
+        let rewriting = fix.rewriting();
+        fix.finish();
+        let output = fix.output().to_vec();
         assert!(rewriting);
         let blocks = server_view(&output);
         assert_eq!(blocks[0].last().unwrap().1.len(), 40_000);
@@ -661,5 +699,34 @@ mod tests {
         fix.finish();
         // What was rewritten before stays; nothing raw follows it.
         assert_eq!(fix.output().len(), rewritten_len);
+    }
+
+    /// One small block that references a 4 KiB dynamic-table entry thousands
+    /// of times would decode to many megabytes: the fix stops at the header
+    /// list limit and breaks the connection, whatever the chunking.
+    #[test]
+    fn a_header_block_that_decodes_huge_breaks_the_connection() {
+        let mut encoder = loona_hpack::Encoder::new();
+        let big = vec![b'x'; 4000];
+        let mut first = request("/tmp/scopegate.sock", "/a/B");
+        first.push((b"x-big".to_vec(), big));
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(0x4, 0, 0, &[]));
+        let block = encoder.encode(first.iter().map(|(n, v)| (&n[..], &v[..])));
+        input.extend(frame(HEADERS, END_HEADERS, 1, &block));
+        // Index 62: the newest dynamic-table entry (x-big), 4,000 times.
+        input.extend(frame(HEADERS, END_HEADERS, 3, &[0xbe; 4000]));
+        for chunk in [7, 1 << 20] {
+            let mut fix = AuthorityFix::default();
+            for piece in input.chunks(chunk) {
+                fix.push(piece);
+            }
+            assert!(fix.broken(), "chunk {chunk}");
+            assert!(
+                fix.output().len() < 2 * MAX_HEADER_LIST + 8192,
+                "chunk {chunk}: {} bytes held for h2",
+                fix.output().len()
+            );
+        }
     }
 }
