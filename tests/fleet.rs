@@ -398,9 +398,10 @@ async fn a_sidecar_restarted_while_etcd_is_down_serves_its_mirror() {
     }
     assert_ne!(empty.http_get("/readyz").0, 200);
     etcd.restart();
-    eventually("the empty sidecar serves after its first full read", || async {
-        common::serving(empty.channel().await, "scopegate.v1.Authorize").await
-    })
+    eventually(
+        "the empty sidecar serves after its first full read",
+        || async { common::serving(empty.channel().await, "scopegate.v1.Authorize").await },
+    )
     .await;
     assert_eq!(empty.http_get("/readyz").0, 200);
     assert_eq!(

@@ -290,3 +290,116 @@ async fn audit_page_tokens_cannot_cross_deployments() {
         .iter()
         .all(|event| event.after.as_ref().unwrap().scopes == ["mail.send"]));
 }
+
+/// Polls for up to `seconds`.
+async fn within<F, Fut>(seconds: u64, what: &str, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !probe().await {
+        assert!(Instant::now() < deadline, "not within {seconds} s: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A sidecar whose etcd member is cut off from the rest of its cluster (the
+/// other two stopped: no leader) must not count that member's replies as
+/// contact: revocations made on the majority would never reach it, so with
+/// `--max-staleness-secs` its decisions fail closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_without_a_leader_is_no_contact() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<(u16, u16)> = (0..3)
+        .map(|_| (common::free_port(), common::free_port()))
+        .collect();
+    let cluster = ports
+        .iter()
+        .enumerate()
+        .map(|(index, (_, peer))| format!("m{index}=http://127.0.0.1:{peer}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut members: Vec<Etcd> = ports
+        .iter()
+        .enumerate()
+        .map(|(index, (client, peer))| {
+            Etcd::member(&format!("m{index}"), dir.path(), *client, *peer, &cluster)
+        })
+        .collect();
+    for member in &members {
+        member.wait_healthy();
+    }
+    let sidecar = fleet(dir.path(), "a", &members[0], &["--max-staleness-secs", "3"]);
+    let (_, token) = create_on(&sidecar, "acme", &["mail.send"]).await;
+    assert_eq!(
+        decision(&sidecar, &token, &["mail.send"]).await,
+        pb::Decision::Allowed
+    );
+    members[1].kill9();
+    members[2].kill9();
+    within(
+        40,
+        "checks fail closed once the member has no leader",
+        || async {
+            let answer = sidecar
+                .authorize()
+                .await
+                .check(common::check(&token, &["mail.send"]))
+                .await;
+            matches!(answer, Err(status) if status.code() == Code::Unavailable)
+        },
+    )
+    .await;
+    assert!(!common::serving(sidecar.channel().await, "scopegate.v1.FleetSync").await);
+    members[1].restart();
+    members[2].restart();
+    within(40, "checks come back with the leader", || async {
+        let answer = sidecar
+            .authorize()
+            .await
+            .check(common::check(&token, &["mail.send"]))
+            .await;
+        matches!(answer, Ok(response) if response.get_ref().allowed)
+    })
+    .await;
+}
+
+fn applied_revision(server: &Server) -> f64 {
+    gauge(
+        &server.http_get("/metrics").1,
+        "scopegate_fleet_applied_revision",
+    )
+    .unwrap()
+}
+
+/// The applied revision moves only on events of this deployment's keys, never
+/// on a progress reply (which etcd before 3.4.25 / 3.5.8 can send ahead of a
+/// queued event): writes under another prefix move etcd's revision and
+/// bring progress replies, and the applied revision stays where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_applied_revision_moves_only_on_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    etcd.wait_healthy();
+    let ours = fleet(dir.path(), "ours", &etcd, &[]);
+    create_on(&ours, "acme", &["mail.send"]).await;
+    let before = applied_revision(&ours);
+    let mut client = etcd.client().await;
+    for index in 0..20 {
+        client
+            .put(format!("/elsewhere/{index}"), "x", None)
+            .await
+            .unwrap();
+    }
+    // Idle for over two progress periods: progress replies have come.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert!(common::serving(ours.channel().await, "scopegate.v1.FleetSync").await);
+    assert_eq!(applied_revision(&ours), before);
+    let (_, token) = create_on(&ours, "acme", &["mail.send"]).await;
+    assert!(applied_revision(&ours) > before + 20.0);
+    assert_eq!(
+        decision(&ours, &token, &["mail.send"]).await,
+        pb::Decision::Allowed
+    );
+}

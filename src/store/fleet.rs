@@ -506,7 +506,11 @@ impl Fleet {
             // (15 s), so a caller hears "etcd is unreachable" rather than a
             // bare deadline, and long enough for a leader election.
             .with_timeout(ETCD_CALL_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            // `hasleader` on every call: a member cut off from its leader
+            // cancels our watch instead of answering progress requests, so
+            // it never counts as contact while revocations pass it by.
+            .with_require_leader(true);
         if let Some((user, file)) = &self.config.user {
             let password = crate::config::read_secret_file(file, 1).map_err(|(path, reason)| {
                 StoreError::EtcdUnavailable(format!("password file {path}: {reason}"))
@@ -629,13 +633,11 @@ impl Fleet {
             self.state.touch();
             self.state.watching.store(true, Ordering::Release);
             if message.events().is_empty() {
-                // Created, or a progress notification: every event up to the
-                // header's revision has been delivered.
-                if !message.created() {
-                    if let Some(header) = message.header() {
-                        self.advance(header.revision());
-                    }
-                }
+                // Created, or a progress notification: contact, nothing more.
+                // The applied revision moves only on events: before etcd
+                // 3.4.25 / 3.5.8 (etcd issue 15220) a progress reply can pass
+                // an event still queued, and advancing on it would let a
+                // re-watch skip that event.
                 continue;
             }
             let mut changes = Vec::with_capacity(message.events().len());
