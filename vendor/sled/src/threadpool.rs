@@ -103,18 +103,18 @@ fn perform_work(is_immortal: bool) {
         debug_delay();
         let task_res = QUEUE.recv_timeout(wait_limit);
 
+        // scopegate patch: no decrement around a task. `recv_timeout` counts
+        // a thread as waiting only while it waits; decrementing again here
+        // wrapped the count below zero while the only thread worked, so no
+        // thread was ever spawned on demand.
         if let Some(task) = task_res {
-            WAITING_THREAD_COUNT.fetch_sub(1, SeqCst);
             (task)();
-            WAITING_THREAD_COUNT.fetch_add(1, SeqCst);
             performed += 1;
         }
 
         while let Some(task) = QUEUE.try_recv() {
             debug_delay();
-            WAITING_THREAD_COUNT.fetch_sub(1, SeqCst);
             (task)();
-            WAITING_THREAD_COUNT.fetch_add(1, SeqCst);
             performed += 1;
         }
 
@@ -214,7 +214,11 @@ where
 
     let depth = QUEUE.send(Box::new(task));
 
-    if depth > DESIRED_WAITING_THREADS {
+    // scopegate patch: a thread on demand whenever more tasks are queued
+    // than threads wait for them (was: only past DESIRED_WAITING_THREADS
+    // queued tasks), so a task queued behind a busy thread never waits for
+    // that thread.
+    if depth > WAITING_THREAD_COUNT.load(Acquire) {
         maybe_spawn_new_thread()?;
     }
 
