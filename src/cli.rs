@@ -18,7 +18,7 @@ Quick start:
   scopegate serve &                                   # 127.0.0.1:50051, data in ./scopegate-data
   scopegate keys create --account acme --name ops --grant api_keys=full --scope mail.send
   scopegate keys list --account acme
-  scopegate check --token SG.xxx.yyy --scope mail.send
+  SCOPEGATE_CHECK_TOKEN=SG.xxx.yyy scopegate check --scope mail.send
   scopegate scopes
 
 Client commands authenticate with the admin token in ./scopegate-data/admin.token
@@ -57,7 +57,8 @@ pub enum Command {
     /// Ask the server whether a token may use scopes. Exit code 0: allowed,
     /// 1: denied, 2: error.
     ///
-    /// Example: scopegate check --token "$TOKEN" --scope mail.send --scope stats.read
+    /// Example: SCOPEGATE_CHECK_TOKEN="$TOKEN" scopegate check --scope mail.send --scope stats.read
+    /// (or --token-file FILE; a token on the command line shows in `ps`).
     Check(CheckArgs),
     /// Validate or print the serve configuration.
     #[command(subcommand)]
@@ -111,6 +112,10 @@ pub enum Command {
         /// Catalog the keys must fit (default: the built-in one).
         #[arg(long)]
         catalog: Option<PathBuf>,
+        /// Refuse a backup with more keys in one account than this (as
+        /// `serve --max-keys-per-account`).
+        #[arg(long, default_value_t = crate::manage::DEFAULT_MAX_KEYS_PER_ACCOUNT)]
+        max_keys_per_account: usize,
     },
 }
 
@@ -324,9 +329,13 @@ fn parse_meta(text: &str) -> Result<(String, String), String> {
 pub struct CheckArgs {
     #[command(flatten)]
     pub client: ClientArgs,
-    /// The API key to check.
+    /// The API key to check. Prefer SCOPEGATE_CHECK_TOKEN or --token-file:
+    /// a token on the command line shows in `ps` and shell history.
     #[arg(long, env = "SCOPEGATE_CHECK_TOKEN", hide_env_values = true)]
-    pub token: String,
+    pub token: Option<String>,
+    /// A file holding the API key to check (surrounding whitespace ignored).
+    #[arg(long, conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
     /// A scope the key must hold (repeatable).
     #[arg(long = "scope", required = true)]
     pub scopes: Vec<String>,
@@ -371,7 +380,8 @@ pub fn main() -> ExitCode {
             input,
             data_dir,
             catalog,
-        } => runtime.block_on(restore(input, data_dir, catalog)),
+            max_keys_per_account,
+        } => runtime.block_on(restore(input, data_dir, catalog, max_keys_per_account)),
         command => runtime.block_on(client(command)),
     }
 }
@@ -480,6 +490,14 @@ async fn fleet_import(args: ServeArgs) -> ExitCode {
             .map(|value| crate::store::decode(&[], value))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|error| error.to_string())?;
+        for record in &records {
+            crate::manage::validate_imported(record).map_err(|error| {
+                let key_id = record.key_id().map(|id| id.to_string()).unwrap_or_default();
+                format!("key {key_id}: {error}")
+            })?;
+        }
+        crate::manage::check_account_caps(&records, config.max_keys_per_account)
+            .map_err(|error| error.to_string())?;
         crate::store::fleet::import(&fleet, records)
             .await
             .map_err(|error| error.to_string())
@@ -497,7 +515,12 @@ async fn fleet_import(args: ServeArgs) -> ExitCode {
     }
 }
 
-async fn restore(input: PathBuf, data_dir: PathBuf, catalog: Option<PathBuf>) -> ExitCode {
+async fn restore(
+    input: PathBuf,
+    data_dir: PathBuf,
+    catalog: Option<PathBuf>,
+    cap: usize,
+) -> ExitCode {
     let result = async {
         let catalog = std::sync::Arc::new(match &catalog {
             Some(path) => crate::scope::Catalog::load(path).map_err(|e| e.to_string())?,
@@ -511,9 +534,15 @@ async fn restore(input: PathBuf, data_dir: PathBuf, catalog: Option<PathBuf>) ->
             .filter(|(_, line)| !line.trim().is_empty())
             .map(|(index, line)| {
                 backup::record_from_json(line)
+                    .and_then(|record| {
+                        crate::manage::validate_imported(&record)
+                            .map(|()| record)
+                            .map_err(|error| error.to_string())
+                    })
                     .map_err(|error| format!("{} line {}: {error}", input.display(), index + 1))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        crate::manage::check_account_caps(&records, cap).map_err(|error| error.to_string())?;
         let store = crate::store::Store::open(
             &data_dir,
             std::sync::Arc::new(arc_swap::ArcSwap::new(catalog)),
@@ -812,10 +841,21 @@ async fn run_client(command: Command) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check(args) => {
+            let token = match (args.token, &args.token_file) {
+                (Some(token), _) => token,
+                (None, Some(file)) => std::fs::read_to_string(file)
+                    .map(|text| text.trim().to_owned())
+                    .map_err(|error| format!("cannot read {}: {error}", file.display()))?,
+                (None, None) => {
+                    return Err(
+                        "no token: set SCOPEGATE_CHECK_TOKEN or give --token-file FILE".into(),
+                    )
+                }
+            };
             let channel = connect(&args.client).await?;
             let response = pb::authorize_client::AuthorizeClient::new(channel)
                 .check(pb::CheckRequest {
-                    token: args.token,
+                    token,
                     scopes: args.scopes,
                     http: None,
                     client_ip: args.client_ip.unwrap_or_default(),

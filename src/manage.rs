@@ -1304,6 +1304,51 @@ fn parse_key_id(text: &str) -> Result<KeyId, ManageError> {
     KeyId::parse(text).ok_or_else(|| invalid("key_id", "is not a key id (22 base64url characters)"))
 }
 
+/// A record that arrives from outside the API (`restore`, `fleet import`)
+/// is held to the API's rules: its shape and version, account id, name,
+/// CIDRs and metadata. (Scopes and limits are checked against the catalog by
+/// the store; the per-account cap by the caller, which sees every record.)
+pub fn validate_imported(record: &KeyRecord) -> Result<(), ManageError> {
+    if record.version == 0 || record.version > KeyRecord::VERSION {
+        return Err(invalid(
+            "version",
+            format!(
+                "record version {} is not one this build writes (1 to {})",
+                record.version,
+                KeyRecord::VERSION
+            ),
+        ));
+    }
+    if record.key_id.len() != 16 {
+        return Err(invalid("key_id", "is not 16 bytes"));
+    }
+    if record.secret_hash.len() != 32 {
+        return Err(invalid("secret_hash", "is not 32 bytes"));
+    }
+    validate_account_id(&record.account_id)?;
+    validate_name(&record.name)?;
+    validate_cidrs(&record.allowed_cidrs)?;
+    validate_metadata(&record.metadata)?;
+    Ok(())
+}
+
+/// Refuses a set of records that would put more than `cap` keys in one
+/// account.
+pub fn check_account_caps(records: &[KeyRecord], cap: usize) -> Result<(), ManageError> {
+    let mut counts: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for record in records {
+        let count = counts.entry(record.account_id.as_str()).or_default();
+        *count += 1;
+        if *count > cap {
+            return Err(ManageError::AccountFull {
+                account: record.account_id.clone(),
+                cap,
+            });
+        }
+    }
+    Ok(())
+}
+
 fn validate_name(name: &str) -> Result<String, ManageError> {
     let name = name.trim();
     if name.is_empty() {

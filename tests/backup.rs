@@ -183,3 +183,77 @@ async fn backup_and_restore_round_trip() {
         .into_inner();
     assert_eq!(first.scopes, vec!["mail.send"]);
 }
+
+/// A backup edited by hand is held to the API's rules on restore: the line
+/// at fault is named, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_holds_a_backup_to_the_api_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let mut manage = server.manage().await;
+    for name in ["one", "two"] {
+        manage
+            .create_key(bearer(
+                &server.admin_token,
+                create("acme", name, &["mail.send"]),
+            ))
+            .await
+            .unwrap();
+    }
+    let file = dir.path().join("backup.jsonl");
+    server.backup(&file);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let cases: [(&str, serde_json::Value, &str); 5] = [
+        (
+            "account_id",
+            "has space".into(),
+            "account_id: must not contain whitespace",
+        ),
+        (
+            "allowed_cidrs",
+            serde_json::json!(["not-a-cidr"]),
+            "allowed_cidrs",
+        ),
+        ("metadata", serde_json::json!({"bad key!": "v"}), "metadata"),
+        ("name", "".into(), "name: is required"),
+        ("version", 9.into(), "version: record version 9"),
+    ];
+    for (index, (field, value, expected)) in cases.into_iter().enumerate() {
+        let mut edited = lines.clone();
+        edited[1][field] = value;
+        let text: String = edited.iter().map(|line| format!("{line}\n")).collect();
+        let input = dir.path().join(format!("edited-{index}.jsonl"));
+        std::fs::write(&input, text).unwrap();
+        let target = dir.path().join(format!("restored-{index}"));
+        let (code, _, err) = cli(&[
+            "restore",
+            "--in",
+            input.to_str().unwrap(),
+            "--data-dir",
+            target.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 2, "{field}: {err}");
+        assert!(
+            err.contains("line 2") && err.contains(expected),
+            "{field}: {err}"
+        );
+        assert!(!target.join("sled").exists(), "{field}: nothing is written");
+    }
+    // The per-account cap holds for restores too.
+    let target = dir.path().join("capped");
+    let (code, _, err) = cli(&[
+        "restore",
+        "--in",
+        file.to_str().unwrap(),
+        "--data-dir",
+        target.to_str().unwrap(),
+        "--max-keys-per-account",
+        "1",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("maximum of 1 keys"), "{err}");
+}

@@ -604,6 +604,23 @@ async fn fleet_import_and_backup() {
         decision(&a, &second, &["stats.read"]).await,
         pb::Decision::Allowed
     );
+    // Each imported key is audited, once (the second import copied nothing).
+    let events = a
+        .manage()
+        .await
+        .list_audit_events(bearer(
+            &a.admin_token,
+            pb::ListAuditEventsRequest::default(),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let imports: Vec<_> = events.iter().filter(|e| e.action == "import").collect();
+    assert_eq!(imports.len(), 2, "{events:?}");
+    assert!(imports
+        .iter()
+        .all(|e| e.actor == "admin" && e.after.is_some()));
     // The per-account counters came along: the cap still holds.
     let mut client = etcd.client().await;
     let counter = client

@@ -399,3 +399,53 @@ async fn management_reads_are_limited_per_account() {
             .expect("the admin is not limited");
     }
 }
+
+/// `scopegate check` takes the token from the environment or a file (never
+/// needing it on the command line) and answers by exit code.
+#[tokio::test]
+async fn the_check_command_reads_its_token_from_env_or_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let key = server
+        .manage()
+        .await
+        .create_key(bearer(
+            &server.admin_token,
+            common::create("acme", "k", &["mail.send"]),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{}\n", key.token)).unwrap();
+    let run = |scope: &str, env: bool, file: bool| {
+        let mut command = std::process::Command::new(common::BIN);
+        command.args(["check", "--server", &server.addr, "--scope", scope]);
+        command.env_remove("SCOPEGATE_CHECK_TOKEN");
+        if env {
+            command.env("SCOPEGATE_CHECK_TOKEN", &key.token);
+        }
+        if file {
+            command.arg("--token-file").arg(&token_file);
+        }
+        let output = command.output().unwrap();
+        (
+            output.status.code().unwrap(),
+            String::from_utf8_lossy(&output.stdout).to_string()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    for (env, file) in [(true, false), (false, true)] {
+        assert_eq!(run("mail.send", env, file).0, 0, "env {env} file {file}");
+        let (code, out) = run("stats.read", env, file);
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains("INSUFFICIENT_SCOPE"), "{out}");
+        assert!(
+            !out.contains(&key.token),
+            "the token is never printed: {out}"
+        );
+    }
+    let (code, out) = run("mail.send", false, false);
+    assert_eq!(code, 2);
+    assert!(out.contains("SCOPEGATE_CHECK_TOKEN"), "{out}");
+}

@@ -20,7 +20,7 @@ pub struct AuditEvent {
     /// The acting key's account ("" for the admin).
     #[prost(string, tag = "3")]
     pub actor_account_id: String,
-    /// create, update, rotate, disable, enable, delete, restore.
+    /// create, update, rotate, disable, enable, delete, restore, import.
     #[prost(string, tag = "4")]
     pub action: String,
     #[prost(bytes = "vec", tag = "5")]

@@ -876,6 +876,17 @@ pub async fn import(
             }
             let (count, revision) = fleet.account_count(&mut client, &record.account_id).await?;
             let account = fleet.account_path(&record.account_id);
+            // Audited like any other way in, in the same transaction.
+            let event = AuditEvent {
+                time_unix_ms: crate::authz::now_unix_ms(),
+                actor: "admin".into(),
+                action: "import".into(),
+                key_id: key_id.as_bytes().to_vec(),
+                account_id: record.account_id.clone(),
+                after: Some(super::KeyState::of(&record)),
+                ..AuditEvent::default()
+            };
+            let lease = fleet.audit_lease(&mut client).await?;
             let txn = Txn::new()
                 .when(vec![
                     Compare::create_revision(path.clone(), CompareOp::Equal, 0),
@@ -884,6 +895,11 @@ pub async fn import(
                 .and_then(vec![
                     TxnOp::put(path.clone(), value.clone(), None),
                     TxnOp::put(account, (count + 1).to_string(), None),
+                    TxnOp::put(
+                        fleet.audit_path(&event),
+                        prost::Message::encode_to_vec(&event),
+                        Some(etcd_client::PutOptions::new().with_lease(lease)),
+                    ),
                 ]);
             if client.txn(txn).await.map_err(unreachable)?.succeeded() {
                 copied += 1;
