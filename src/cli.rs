@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
-use crate::config::{ConfigError, ServeOptions, DEFAULT_WORKER_THREADS};
+use crate::config::{default_worker_threads, ConfigError, ServeOptions};
 use crate::grpc::pb;
 use crate::server::{self, ADMIN_TOKEN_FILE, DEFAULT_DATA_DIR};
 
@@ -368,7 +368,7 @@ pub fn main() -> ExitCode {
     if let Command::Serve(args) = cli.command {
         return serve(args);
     }
-    let runtime = match runtime(DEFAULT_WORKER_THREADS) {
+    let runtime = match runtime(default_worker_threads()) {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };

@@ -20,7 +20,12 @@ use crate::store::FleetConfig;
 use crate::token::DEFAULT_PREFIX;
 
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9090";
-pub const DEFAULT_WORKER_THREADS: usize = 2;
+/// Threads answering requests unless `--worker-threads` says otherwise: two,
+/// or one where the process may use only one CPU (taskset, a 1-CPU
+/// container): two workers pinned to one CPU measured 0.61x one worker.
+pub fn default_worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |cpus| cpus.get().min(2))
+}
 pub const DEFAULT_SLED_CACHE_MIB: u64 = crate::store::DEFAULT_CACHE_BYTES >> 20;
 
 /// Settings of `scopegate serve`. The same names are TOML keys (snake_case),
@@ -207,7 +212,8 @@ pub struct ServeOptions {
     pub log_format: Option<String>,
     /// Threads answering requests. Each check takes microseconds, so two
     /// keep up with what a pod's app can send; more only help a sidecar given
-    /// more than two CPUs. [default: 2]
+    /// more than two CPUs. [default: 2, or 1 where the process may use only
+    /// one CPU (taskset, cgroup CPU quota)]
     #[arg(long, env = "SCOPEGATE_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
     /// Memory sled may use to cache key records, MiB. Checks never read it
@@ -391,7 +397,7 @@ impl ServeOptions {
             http2_max_concurrent_streams: Some(Limits::default().http2_max_concurrent_streams),
             log_decisions_every: Some(0),
             log_format: Some("human".into()),
-            worker_threads: Some(DEFAULT_WORKER_THREADS),
+            worker_threads: Some(default_worker_threads()),
             sled_cache_mib: Some(DEFAULT_SLED_CACHE_MIB),
             ..ServeOptions::default()
         };
@@ -614,7 +620,7 @@ impl ServeOptions {
             0 => return Err(invalid("last_used_interval_secs", "must be at least 1")),
             secs => Duration::from_secs(secs),
         };
-        let worker_threads = match options.worker_threads.unwrap_or(DEFAULT_WORKER_THREADS) {
+        let worker_threads = match options.worker_threads.unwrap_or_else(default_worker_threads) {
             0 => return Err(invalid("worker_threads", "must be at least 1")),
             threads if threads > 1024 => {
                 return Err(invalid(
@@ -665,33 +671,6 @@ impl ServeOptions {
             decision_log_every: options.log_decisions_every.unwrap_or(0),
         })
     }
-}
-
-/// Reads a secret from a file, trimmed; the error names the file, never the
-/// content. Like ssh with a private key, refuses a file that others may
-/// access, or that a group other than scopegate's own may (Kubernetes mounts
-/// Secrets group-readable by the pod's fsGroup, which is scopegate's group).
-pub fn read_secret_file(path: &Path, min_chars: usize) -> Result<String, (String, String)> {
-    use std::os::unix::fs::MetadataExt;
-    let shown = path.display().to_string();
-    let metadata = std::fs::metadata(path).map_err(|error| (shown.clone(), error.to_string()))?;
-    let mode = metadata.mode();
-    let own_group = metadata.gid() == rustix::process::getegid().as_raw();
-    if mode & 0o007 != 0 || (mode & 0o070 != 0 && !own_group) {
-        return Err((
-            shown.clone(),
-            format!(
-                "is accessible by group or others (mode {:03o}); fix with: chmod 600 {shown}",
-                mode & 0o777
-            ),
-        ));
-    }
-    let text = std::fs::read_to_string(path).map_err(|error| (shown.clone(), error.to_string()))?;
-    let secret = text.trim();
-    if secret.len() < min_chars {
-        return Err((shown, format!("must hold at least {min_chars} characters")));
-    }
-    Ok(secret.to_owned())
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ pub mod manage;
 pub mod request_id;
 pub mod route;
 pub mod scope;
+pub mod secret_file;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -214,7 +214,7 @@ pub async fn run(
     let pepper = config
         .pepper_file
         .as_deref()
-        .map(|path| crate::config::read_secret_file(path, 16))
+        .map(|path| crate::secret_file::read_secret_file(path, 16))
         .transpose()
         .map_err(|(path, reason)| StartError::Pepper { path, reason })?;
     let format = TokenFormat::new(&config.token_prefix, pepper.as_deref().map(str::as_bytes))?;
@@ -756,13 +756,13 @@ fn resolve_admin_token(config: &ServeConfig) -> Result<String, StartError> {
             Ok(token.trim().to_owned())
         }
         AdminTokenSource::File(path) => {
-            crate::config::read_secret_file(path, MIN_ADMIN_TOKEN_CHARS)
+            crate::secret_file::read_secret_file(path, MIN_ADMIN_TOKEN_CHARS)
                 .map_err(|(path, reason)| StartError::AdminToken { path, reason })
         }
         AdminTokenSource::DataDir => {
             let path = config.data_dir.join(ADMIN_TOKEN_FILE);
             if path.exists() {
-                return crate::config::read_secret_file(&path, MIN_ADMIN_TOKEN_CHARS)
+                return crate::secret_file::read_secret_file(&path, MIN_ADMIN_TOKEN_CHARS)
                     .map_err(|(path, reason)| StartError::AdminToken { path, reason });
             }
             let token = new_admin_token();

@@ -512,9 +512,10 @@ impl Fleet {
             // it never counts as contact while revocations pass it by.
             .with_require_leader(true);
         if let Some((user, file)) = &self.config.user {
-            let password = crate::config::read_secret_file(file, 1).map_err(|(path, reason)| {
-                StoreError::EtcdUnavailable(format!("password file {path}: {reason}"))
-            })?;
+            let password =
+                crate::secret_file::read_secret_file(file, 1).map_err(|(path, reason)| {
+                    StoreError::EtcdUnavailable(format!("password file {path}: {reason}"))
+                })?;
             options = options.with_user(user.clone(), password);
         }
         if self.config.ca_file.is_some() || self.config.cert_key.is_some() {

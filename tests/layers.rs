@@ -1,0 +1,156 @@
+//! The house stays in order: every `crate::…` path in `src/` points down the
+//! layers ARCHITECTURE.md draws, so there is no import circle and no upward
+//! import. Test code (`#[cfg(test)]` modules, `tests.rs` files) and doc
+//! comments are not counted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Top to bottom; a module may import only modules of lower layers.
+const LAYERS: &[&[&str]] = &[
+    &["cli"],
+    &["config"],
+    &["server"],
+    &["grpc", "uds"],
+    &["manage"],
+    &["limit"],
+    &["store"],
+    &["telemetry"],
+    &["authz"],
+    &["route", "key"],
+    &["token", "scope", "request_id", "secret_file"],
+];
+
+fn layer_of(module: &str) -> usize {
+    LAYERS
+        .iter()
+        .position(|layer| layer.contains(&module))
+        .unwrap_or_else(|| panic!("src/{module}: add it to a layer here and in ARCHITECTURE.md"))
+}
+
+/// The code of a file without comments and without its test module.
+fn code(text: &str) -> String {
+    let before_tests = text.split("#[cfg(test)]").next().unwrap_or("");
+    before_tests
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The top-level modules `text` names through `crate::`.
+fn imports(text: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    for (at, _) in text.match_indices("crate::") {
+        let rest = &text[at + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let group = &group[..group.find('}').unwrap_or(group.len())];
+            for part in group.split(',') {
+                let name = part.trim().split("::").next().unwrap_or("");
+                if !name.is_empty() {
+                    found.insert(name.to_owned());
+                }
+            }
+        } else {
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            found.insert(name);
+        }
+    }
+    found
+}
+
+fn walk(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            walk(&path, files);
+        } else if path.extension().is_some_and(|ext| ext == "rs") {
+            files.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_import_in_src_points_down_the_layers() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    walk(&src, &mut files);
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut upward = Vec::new();
+    for file in &files {
+        let relative = file.strip_prefix(&src).unwrap();
+        if relative.file_name().is_some_and(|name| name == "tests.rs") {
+            continue;
+        }
+        let module = relative
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy()
+            .trim_end_matches(".rs")
+            .to_owned();
+        if module == "main" || module == "lib" {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).unwrap();
+        for dependency in imports(&code(&text)) {
+            if dependency == module {
+                continue;
+            }
+            if layer_of(&dependency) <= layer_of(&module) {
+                upward.push(format!(
+                    "{} imports crate::{dependency} (layer {} → {})",
+                    relative.display(),
+                    layer_of(&module),
+                    layer_of(&dependency)
+                ));
+            }
+            graph.entry(module.clone()).or_default().insert(dependency);
+        }
+    }
+    assert!(
+        upward.is_empty(),
+        "imports that go up or sideways:\n{}",
+        upward.join("\n")
+    );
+    // The layers are a total order, so the graph has no circle; say so
+    // anyway with a walk, in case LAYERS is ever edited into one.
+    fn visit(
+        node: &str,
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) {
+        if let Some(at) = path.iter().position(|seen| seen == node) {
+            panic!("import circle: {}", path[at..].join(" → "));
+        }
+        if done.contains(node) {
+            return;
+        }
+        path.push(node.to_owned());
+        for next in graph.get(node).into_iter().flatten() {
+            visit(next, graph, path, done);
+        }
+        path.pop();
+        done.insert(node.to_owned());
+    }
+    let mut done = BTreeSet::new();
+    for node in graph.keys() {
+        visit(node, &graph, &mut Vec::new(), &mut done);
+    }
+}
+
+#[test]
+fn the_scan_sees_imports_and_skips_comments_and_tests() {
+    let text = "use crate::{store::Store, token};\n/// [`crate::server`]\nfn f() { crate::scope::x(); }\n#[cfg(test)]\nmod tests { use crate::cli; }";
+    let found = imports(&code(text));
+    let expected: BTreeSet<String> = ["store", "token", "scope"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(found, expected);
+}
