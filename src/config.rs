@@ -620,7 +620,10 @@ impl ServeOptions {
             0 => return Err(invalid("last_used_interval_secs", "must be at least 1")),
             secs => Duration::from_secs(secs),
         };
-        let worker_threads = match options.worker_threads.unwrap_or_else(default_worker_threads) {
+        let worker_threads = match options
+            .worker_threads
+            .unwrap_or_else(default_worker_threads)
+        {
             0 => return Err(invalid("worker_threads", "must be at least 1")),
             threads if threads > 1024 => {
                 return Err(invalid(

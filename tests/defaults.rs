@@ -34,17 +34,15 @@ fn printed(prefix: &[&str], args: &[&str], key: &str) -> String {
 #[test]
 fn worker_threads_follow_the_cpus_the_process_may_use() {
     let cpus = std::thread::available_parallelism().unwrap().get();
-    assert_eq!(
-        printed(&[], &[], "worker_threads"),
-        cpus.min(2).to_string()
-    );
+    assert_eq!(printed(&[], &[], "worker_threads"), cpus.min(2).to_string());
     // Pinned to one CPU, as taskset or a 1-CPU container does.
+    assert_eq!(printed(&["taskset", "-c", "0"], &[], "worker_threads"), "1");
     assert_eq!(
-        printed(&["taskset", "-c", "0"], &[], "worker_threads"),
-        "1"
-    );
-    assert_eq!(
-        printed(&["taskset", "-c", "0"], &["--worker-threads", "3"], "worker_threads"),
+        printed(
+            &["taskset", "-c", "0"],
+            &["--worker-threads", "3"],
+            "worker_threads"
+        ),
         "3",
         "a flag still wins"
     );

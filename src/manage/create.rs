@@ -1,0 +1,212 @@
+//! CreateKey, and its safe retry by request id ([`crate::request_id`]).
+
+use super::*;
+
+impl Manager {
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        request: NewKey,
+    ) -> Result<(KeyView, String), ManageError> {
+        let result = self.create_key(caller, request).await;
+        record_mutation("create", &result);
+        if let Ok((view, _)) = &result {
+            count_key(view.kind, 1.0);
+        }
+        result
+    }
+
+    async fn create_key(
+        &self,
+        caller: &Caller,
+        request: NewKey,
+    ) -> Result<(KeyView, String), ManageError> {
+        self.require(caller, ManageAction::Create)?;
+        self.admit_mutation(caller)?;
+        let account_id = match caller {
+            Caller::Admin => validate_account_id(&request.account_id)?,
+            Caller::Key { account_id, .. } => {
+                if !request.account_id.is_empty() && request.account_id != **account_id {
+                    return Err(ManageError::OtherAccount);
+                }
+                account_id.to_string()
+            }
+        };
+        let retry = match request.request_id.as_str() {
+            "" => None,
+            text => Some((
+                RequestId::new(&account_id, text)
+                    .map_err(|message| invalid("request_id", message))?,
+                create_digest(&request),
+            )),
+        };
+        if let Some((id, digest)) = &retry {
+            if let Some(first) = self.first_result(id, digest).await? {
+                return Ok(first);
+            }
+        }
+        let name = validate_name(&request.name)?;
+        let scopes = self.requested_scopes(
+            caller,
+            &request.scopes,
+            &request.grants,
+            request.all_my_scopes_except_billing,
+        )?;
+        let issued = self.format.issue();
+        let now = now_unix_ms();
+        let terms = &request.terms;
+        let (not_before, expire) = self.validity(
+            now,
+            terms.not_before.unwrap_or(0),
+            terms.expire_time.unwrap_or(0),
+        )?;
+        let record = KeyRecord {
+            version: KeyRecord::VERSION,
+            key_id: issued.key_id.as_bytes().to_vec(),
+            account_id: account_id.clone(),
+            name,
+            scopes: self.catalog.load().names(&scopes),
+            secret_hash: issued.secret_hash.to_vec(),
+            create_time_unix_ms: now,
+            update_time_unix_ms: now,
+            created_by: caller.to_string(),
+            expire_time_unix_ms: expire,
+            not_before_unix_ms: not_before,
+            allowed_cidrs: validate_cidrs(&terms.allowed_cidrs)?,
+            metadata: validate_metadata(&terms.metadata)?,
+            ..KeyRecord::default()
+        };
+        let view = self.view(&record)?;
+        let catalog = self.catalog.load_full();
+        let guard = caller.clone();
+        let cap = self.max_keys_per_account;
+        let filed = retry.as_ref().map(|(id, digest)| CreateRequest {
+            lookup: *id.lookup(),
+            record: CreateRequestRecord {
+                key_id: record.key_id.clone(),
+                sealed_token: id.seal(&issued.token),
+                request_digest: digest.to_vec(),
+                time_unix_ms: now,
+            },
+        });
+        let created = self
+            .store
+            .mutate(caller_reads(caller, None), move |snapshot| {
+                let caller = current_caller(snapshot, &catalog, &guard)?;
+                require(&catalog, &caller, ManageAction::Create)?;
+                check_no_escalation(&catalog, &caller, &scopes)?;
+                let event = audit_event("create", &caller, None, Some(&record));
+                let (record, request) = (record.clone(), filed.clone());
+                let change = Change::Create {
+                    record,
+                    cap,
+                    request,
+                };
+                Ok::<_, ManageError>((change, event, ()))
+            })
+            .await;
+        match created {
+            Ok(()) => {}
+            // A concurrent retry with the same request id won: its result.
+            Err(ManageError::Store(StoreError::DuplicateRequest)) => {
+                if let Some((id, digest)) = &retry {
+                    if let Some(first) = self.first_result(id, digest).await? {
+                        return Ok(first);
+                    }
+                }
+                return Err(ManageError::Store(StoreError::Conflict));
+            }
+            Err(ManageError::Store(StoreError::AccountFull { cap })) => {
+                return Err(ManageError::AccountFull {
+                    account: account_id.clone(),
+                    cap,
+                })
+            }
+            Err(other) => return Err(other),
+        }
+        tracing::info!(%caller, key_id = %issued.key_id, account_id = %account_id, scopes = ?view.scopes, "key created");
+        Ok((view, issued.token))
+    }
+
+    /// One key. Blocking (reads sled): call it off the decision workers.
+    /// The first result of a create made with this request id, if it was
+    /// made within the retry window; a reuse for another request is refused.
+    async fn first_result(
+        &self,
+        id: &RequestId,
+        digest: &[u8; 32],
+    ) -> Result<Option<(KeyView, String)>, ManageError> {
+        let Some(first) = self.store.create_request(id.lookup()).await? else {
+            return Ok(None);
+        };
+        if now_unix_ms() - first.time_unix_ms > crate::request_id::RETENTION_MS {
+            return Ok(None);
+        }
+        if first.request_digest != digest {
+            return Err(invalid(
+                "request_id",
+                "was used for a different CreateKey within the last 24 h: use a new request_id for a new key",
+            ));
+        }
+        let token = id
+            .open(&first.sealed_token)
+            .ok_or_else(|| StoreError::Corrupt {
+                key_id: "create request".into(),
+                reason: "the sealed token does not open".into(),
+            })?;
+        let key_id = <[u8; 16]>::try_from(first.key_id.as_slice())
+            .map(KeyId::from_bytes)
+            .map_err(|_| StoreError::Corrupt {
+                key_id: "create request".into(),
+                reason: "key id is not 16 bytes".into(),
+            })?;
+        let record = self.store.get(&key_id)?.ok_or_else(|| {
+            ManageError::NotFound(format!(
+                "{key_id} (created by this request_id, deleted since)"
+            ))
+        })?;
+        tracing::info!(%key_id, "CreateKey retried with its request id: the first result");
+        Ok(Some((self.view(&record)?, token)))
+    }
+}
+
+/// What a CreateKey asked for, as sent (a retry sends the same).
+pub(super) fn create_digest(request: &NewKey) -> [u8; 32] {
+    let mut parts: Vec<Vec<u8>> = vec![
+        request.account_id.clone().into_bytes(),
+        request.name.clone().into_bytes(),
+        vec![u8::from(request.all_my_scopes_except_billing)],
+        format!("{:?}", request.terms.expire_time).into_bytes(),
+        format!("{:?}", request.terms.not_before).into_bytes(),
+    ];
+    parts.extend(
+        request
+            .scopes
+            .iter()
+            .map(|scope| scope.clone().into_bytes()),
+    );
+    parts.push(b"|grants".to_vec());
+    parts.extend(
+        request
+            .grants
+            .iter()
+            .map(|(resource, access)| format!("{resource}={access:?}").into_bytes()),
+    );
+    parts.push(b"|cidrs".to_vec());
+    parts.extend(
+        request
+            .terms
+            .allowed_cidrs
+            .iter()
+            .map(|c| c.clone().into_bytes()),
+    );
+    parts.push(b"|metadata".to_vec());
+    parts.extend(
+        request
+            .terms
+            .metadata
+            .iter()
+            .map(|(key, value)| format!("{key}={value}").into_bytes()),
+    );
+    request_digest(&parts.iter().map(Vec::as_slice).collect::<Vec<_>>())
+}

@@ -1,0 +1,84 @@
+//! What a management call can fail with: one enum, mapped to transport
+//! statuses by each edge (grpc/status.rs).
+
+use super::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManageError {
+    #[error("missing credentials: send `authorization: Bearer <admin token or API key>`")]
+    MissingCredentials,
+    #[error("invalid credentials")]
+    BadCredentials,
+    #[error("this call needs scope {0}")]
+    NeedsScope(String),
+    #[error("caller lacks scopes: {}", .0.join(", "))]
+    Escalation(Vec<String>),
+    #[error("key {key_id} holds scopes the caller lacks ({}): a key cannot change a stronger key", .missing.join(", "))]
+    TargetStronger {
+        key_id: String,
+        missing: Vec<String>,
+    },
+    #[error("an API key acts only inside its own account")]
+    OtherAccount,
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        field: &'static str,
+        message: String,
+    },
+    #[error("{field}: {source}")]
+    Scope {
+        field: &'static str,
+        source: ScopeError,
+    },
+    #[error("key {0} not found")]
+    NotFound(String),
+    #[error("account {account} already holds the maximum of {cap} keys")]
+    AccountFull { account: String, cap: usize },
+    #[error("only the admin token may do this")]
+    AdminOnly,
+    #[error("{0}")]
+    Inactive(String),
+    #[error("the API key may not be used from this address")]
+    IpNotAllowed,
+    /// A secret replaced by RotateKey still passes Check for its overlap (so
+    /// deployments can roll) and never manages keys: whoever holds a leaked
+    /// old secret cannot rotate the owner out.
+    #[error("this is the key's previous secret, replaced by a rotation: it passes Check until its overlap ends but may not manage keys; use the current secret")]
+    PreviousSecret,
+    #[error("account {account} is {what} too fast: retry in {} ms", retry_after.as_millis().max(1))]
+    RateLimited {
+        account: String,
+        /// "changing keys" or "reading keys".
+        what: &'static str,
+        retry_after: std::time::Duration,
+    },
+    #[error("store error: {0}")]
+    Store(StoreError),
+}
+
+impl From<StoreError> for ManageError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::BadCursor => invalid("page_token", error.to_string()),
+            error => ManageError::Store(error),
+        }
+    }
+}
+
+pub(super) fn invalid(field: &'static str, message: impl Into<String>) -> ManageError {
+    ManageError::InvalidArgument {
+        field,
+        message: message.into(),
+    }
+}
+
+pub(super) fn scope_error(source: ScopeError) -> ManageError {
+    let field = match source {
+        ScopeError::UnknownResource(_)
+        | ScopeError::ReadOnly { .. }
+        | ScopeError::WriteOnly { .. }
+        | ScopeError::UngrantableAccess(_) => "grants",
+        _ => "scopes",
+    };
+    ManageError::Scope { field, source }
+}

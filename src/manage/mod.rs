@@ -1,0 +1,408 @@
+//! Key management use-cases: who is calling, what they may do, and the rules
+//! (known scopes, billing alone, no escalation, account isolation, caps).
+//! Transport-free: every edge (gRPC today, REST and the console next)
+//! converts to and from these types and calls [`Manager`], and nothing else.
+//!
+//! Where things live: `rules` (who may change what, pure), `validate` (field
+//! rules), `create`, `change` (update, delete), `rotate`, `audit`, `paging`
+//! (page tokens); this file holds [`Manager`] itself, authentication and the
+//! reads. The submodules share this module's imports (`use super::*`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use subtle::ConstantTimeEq;
+
+use crate::authz::Decision;
+use crate::key::KeyTable;
+use crate::limit::AccountRate;
+use crate::request_id::{request_digest, RequestId};
+use crate::scope::{Access, Catalog, KeyKind, ManageAction, ScopeError, ScopeSet, SharedCatalog};
+use crate::store::{
+    AuditEvent, AuditFilter, Change, CreateRequest, CreateRequestRecord, KeyRecord, KeyState,
+    Snapshot, Store, StoreError,
+};
+use crate::token::{admin_token_hash, secret_fingerprint, KeyId, TokenFormat};
+
+mod audit;
+mod change;
+mod create;
+mod error;
+mod paging;
+mod rotate;
+mod rules;
+mod types;
+mod validate;
+
+use audit::audit_event;
+use change::not_found_as;
+pub use error::ManageError;
+use error::{invalid, scope_error};
+use paging::{next_page_token, page, page_binding};
+use rules::{
+    caller_reads, changeable, check_no_escalation, current_caller, readable_account, require,
+    visible_to,
+};
+pub use types::{
+    AuditQuery, Caller, KeyChange, KeyTerms, KeyView, ListQuery, NewKey, ResourceView, ScopesView,
+};
+pub use validate::{check_account_caps, validate_imported};
+use validate::{
+    parse_key_id, validate_account_id, validate_cidrs, validate_metadata, validate_name, validity,
+};
+
+pub const DEFAULT_MAX_KEYS_PER_ACCOUNT: usize = 100;
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+pub struct Manager {
+    store: Store,
+    catalog: SharedCatalog,
+    format: TokenFormat,
+    admin_token_hash: [u8; 32],
+    max_keys_per_account: usize,
+    /// Key changes by API keys, per account; `None`: unlimited.
+    mutation_rate: Option<AccountRate>,
+    /// Management reads by API keys, per account; `None`: unlimited.
+    read_rate: Option<AccountRate>,
+    /// Every key must expire within this of now; `None`: no limit.
+    max_key_lifetime: Option<std::time::Duration>,
+}
+
+impl Manager {
+    pub fn new(
+        store: Store,
+        catalog: SharedCatalog,
+        format: TokenFormat,
+        admin_token: &str,
+        max_keys_per_account: usize,
+    ) -> Manager {
+        Manager {
+            store,
+            catalog,
+            format,
+            admin_token_hash: admin_token_hash(admin_token),
+            max_keys_per_account,
+            mutation_rate: None,
+            read_rate: None,
+            max_key_lifetime: None,
+        }
+    }
+
+    /// Every key must have an expiry no further than `lifetime` from now.
+    pub fn with_max_key_lifetime(mut self, lifetime: Option<std::time::Duration>) -> Manager {
+        self.max_key_lifetime = lifetime;
+        self
+    }
+
+    /// Limits key changes by the API keys of one account to `per_second`
+    /// (bursts of as many). The admin is not limited.
+    pub fn with_mutation_rate(mut self, per_second: u32) -> Manager {
+        self.mutation_rate = Some(AccountRate::new(per_second));
+        self
+    }
+
+    /// Limits management reads (GetKey, ListKeys, ListAuditEvents) by the
+    /// API keys of one account to `per_second` (bursts of as many).
+    pub fn with_read_rate(mut self, per_second: u32) -> Manager {
+        self.read_rate = Some(AccountRate::new(per_second));
+        self
+    }
+
+    fn admit_mutation(&self, caller: &Caller) -> Result<(), ManageError> {
+        admit(self.mutation_rate.as_ref(), caller, "changing keys")
+    }
+
+    fn admit_read(&self, caller: &Caller) -> Result<(), ManageError> {
+        admit(self.read_rate.as_ref(), caller, "reading keys")
+    }
+}
+
+/// Takes a token from the caller's account bucket (API keys only).
+fn admit(
+    rate: Option<&AccountRate>,
+    caller: &Caller,
+    what: &'static str,
+) -> Result<(), ManageError> {
+    {
+        let (Some(rate), Caller::Key { account_id, .. }) = (rate, caller) else {
+            return Ok(());
+        };
+        rate.take(account_id)
+            .map_err(|retry_after| ManageError::RateLimited {
+                account: account_id.to_string(),
+                what,
+                retry_after,
+            })
+    }
+}
+
+impl Manager {
+    fn table(&self) -> &KeyTable {
+        self.store.table()
+    }
+
+    /// Identifies the caller from its bearer credential.
+    pub fn authenticate(&self, bearer: Option<&str>) -> Result<Caller, ManageError> {
+        self.authenticate_from(bearer, None)
+    }
+
+    /// Identifies the caller; an API key is held to everything Check holds
+    /// it to (enabled, within its validity window, from an allowed address)
+    /// and must present its current secret: a previous one within its
+    /// rotation overlap decides, it never manages.
+    pub fn authenticate_from(
+        &self,
+        bearer: Option<&str>,
+        client_ip: Option<std::net::IpAddr>,
+    ) -> Result<Caller, ManageError> {
+        let Some(presented) = bearer.filter(|token| !token.is_empty()) else {
+            return Err(ManageError::MissingCredentials);
+        };
+        if bool::from(admin_token_hash(presented).ct_eq(&self.admin_token_hash)) {
+            return Ok(Caller::Admin);
+        }
+        let parsed = self
+            .format
+            .parse(presented)
+            .map_err(|_| ManageError::BadCredentials)?;
+        let decision = crate::authz::decide_from(
+            self.table(),
+            &self.format,
+            presented,
+            client_ip,
+            &ScopeSet::EMPTY,
+        );
+        match decision {
+            Decision::Allowed { .. } => {}
+            Decision::Expired | Decision::Disabled => {
+                return Err(ManageError::Inactive(
+                    decision.message(&self.catalog.load()),
+                ))
+            }
+            Decision::IpNotAllowed => return Err(ManageError::IpNotAllowed),
+            _ => return Err(ManageError::BadCredentials),
+        }
+        let entry = self
+            .table()
+            .get(&parsed.key_id)
+            .ok_or(ManageError::BadCredentials)?;
+        if !self.format.verify(&parsed, &entry.secret_hash) {
+            // Check allowed it, so it is the previous secret within its overlap.
+            return Err(ManageError::PreviousSecret);
+        }
+        let secret_hash = entry.secret_hash;
+        Ok(Caller::Key {
+            key_id: parsed.key_id,
+            account_id: entry.account_id.clone(),
+            scopes: entry.scopes(),
+            secret_hash,
+        })
+    }
+
+    fn require(&self, caller: &Caller, action: ManageAction) -> Result<(), ManageError> {
+        require(&self.catalog.load(), caller, action)
+    }
+
+    /// Resolves scopes + grants into a key's scopes and checks that the
+    /// caller holds all of them.
+    fn requested_scopes(
+        &self,
+        caller: &Caller,
+        scopes: &[String],
+        grants: &[(String, Access)],
+        all_but_exclusive: bool,
+    ) -> Result<ScopeSet, ManageError> {
+        let catalog = self.catalog.load();
+        let mut names: Vec<String> = scopes.to_vec();
+        if all_but_exclusive {
+            let held = match caller {
+                Caller::Admin => catalog.all_scopes(),
+                Caller::Key { scopes, .. } => scopes.clone(),
+            };
+            names.extend(catalog.names(&held.difference(&catalog.exclusive_scopes())));
+        }
+        let (requested, _kind) = catalog
+            .key_scopes(
+                names.iter().map(String::as_str),
+                grants
+                    .iter()
+                    .map(|(resource, access)| (resource.as_str(), *access)),
+            )
+            .map_err(scope_error)?;
+        check_no_escalation(&catalog, caller, &requested)?;
+        Ok(requested)
+    }
+
+    /// One key. Blocking (reads sled): call it off the decision workers.
+    pub fn get(&self, caller: &Caller, key_id: &str) -> Result<KeyView, ManageError> {
+        self.require(caller, ManageAction::Read)?;
+        self.admit_read(caller)?;
+        let id = parse_key_id(key_id)?;
+        let record = self
+            .store
+            .get(&id)?
+            .filter(|record| visible_to(caller, record))
+            .ok_or_else(|| ManageError::NotFound(key_id.to_owned()))?;
+        self.view(&record)
+    }
+
+    /// A page of keys. Blocking (reads sled): call it off the decision workers.
+    pub fn list(
+        &self,
+        caller: &Caller,
+        query: ListQuery,
+    ) -> Result<(Vec<KeyView>, String), ManageError> {
+        self.require(caller, ManageAction::Read)?;
+        self.admit_read(caller)?;
+        let account = readable_account(caller, &query.account_id)?;
+        let binding = page_binding(&[b"ListKeys", account.as_deref().unwrap_or("").as_bytes()]);
+        let (page_size, after) = page(query.page_size, &query.page_token, &binding)?;
+        let (records, next) = self
+            .store
+            .list(account.as_deref(), after.as_deref(), page_size)?;
+        let views = records
+            .iter()
+            .map(|record| self.view(record))
+            .collect::<Result<_, _>>()?;
+        Ok((views, next_page_token(&binding, next)))
+    }
+
+    /// Checks a validity window (unix ms; 0 = unset) against the server's
+    /// maximum key lifetime.
+    fn validity(&self, now: i64, not_before: i64, expire: i64) -> Result<(i64, i64), ManageError> {
+        validity(now, not_before, expire, self.max_key_lifetime)
+    }
+
+    /// Every stored record, encoded: admin only. Blocking.
+    pub fn backup(&self, caller: &Caller) -> Result<Vec<sled::IVec>, ManageError> {
+        if !matches!(caller, Caller::Admin) {
+            return Err(ManageError::AdminOnly);
+        }
+        let records = self.store.export()?;
+        tracing::info!(%caller, keys = records.len(), "backup exported");
+        Ok(records)
+    }
+
+    pub fn scopes(&self, caller: &Caller) -> ScopesView {
+        let (held, caller_is_admin) = match caller {
+            Caller::Admin => (self.catalog.load().all_scopes(), true),
+            Caller::Key { scopes, .. } => (scopes.clone(), false),
+        };
+        let resources = self
+            .catalog
+            .load()
+            .resources()
+            .map(|(id, resource)| ResourceView {
+                resource: resource.name.to_string(),
+                scopes: self.catalog.load().names(&resource.scopes),
+                grantable: self.catalog.load().grantable(id),
+                read_only: resource.is_read_only(),
+                exclusive: resource.exclusive,
+                caller_access: self.catalog.load().access_on(id, &held),
+            })
+            .collect();
+        ScopesView {
+            resources,
+            caller_scopes: if caller_is_admin {
+                Vec::new()
+            } else {
+                self.catalog.load().names(&held)
+            },
+            caller_is_admin,
+        }
+    }
+
+    fn view(&self, record: &KeyRecord) -> Result<KeyView, ManageError> {
+        let key_id = record.key_id().map(|id| id.to_string()).unwrap_or_default();
+        let scopes = self
+            .catalog
+            .load()
+            .resolve(record.scopes.iter().map(String::as_str))
+            .map_err(|source| StoreError::CatalogMismatch {
+                key_id: key_id.clone(),
+                source,
+            })?;
+        let kind = self
+            .catalog
+            .load()
+            .kind_of(&scopes)
+            .unwrap_or(KeyKind::General);
+        Ok(KeyView {
+            key_id,
+            account_id: record.account_id.clone(),
+            name: record.name.clone(),
+            scopes: self.catalog.load().names(&scopes),
+            access: self
+                .catalog
+                .load()
+                .access_levels(&scopes)
+                .into_iter()
+                .map(|(id, access)| (self.catalog.load().resource(id).name.to_string(), access))
+                .collect(),
+            kind,
+            create_time_unix_ms: record.create_time_unix_ms,
+            update_time_unix_ms: record.update_time_unix_ms,
+            expire_time_unix_ms: record.expire_time_unix_ms,
+            not_before_unix_ms: record.not_before_unix_ms,
+            enabled: !record.disabled,
+            previous_secret_expire_unix_ms: if record.previous_secret_hash.is_empty() {
+                0
+            } else {
+                record.previous_secret_expire_unix_ms
+            },
+            secret_fingerprint: secret_fingerprint(&record.secret_hash),
+            allowed_cidrs: record.allowed_cidrs.clone(),
+            metadata: record.metadata.clone(),
+            last_used_unix_ms: record
+                .key_id()
+                .and_then(|id| {
+                    self.table()
+                        .with(&id, |entry| entry.map(|e| e.used.minute()))
+                })
+                .map_or(0, |minute| i64::from(minute) * 60_000),
+        })
+    }
+}
+
+/// Moves the keys gauge of `kind` by `delta`.
+fn count_key(kind: KeyKind, delta: f64) {
+    metrics::gauge!(crate::telemetry::KEYS, "kind" => crate::telemetry::kind_label(kind))
+        .increment(delta);
+}
+
+/// Counts a mutation by kind and outcome (ok, denied, invalid, not_found,
+/// error): errors apart from refusals.
+fn record_mutation<T>(kind: &'static str, result: &Result<T, ManageError>) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(
+            ManageError::MissingCredentials
+            | ManageError::BadCredentials
+            | ManageError::NeedsScope(_)
+            | ManageError::Escalation(_)
+            | ManageError::TargetStronger { .. }
+            | ManageError::OtherAccount
+            | ManageError::AdminOnly
+            | ManageError::Inactive(_)
+            | ManageError::IpNotAllowed
+            | ManageError::PreviousSecret
+            | ManageError::AccountFull { .. },
+        ) => "denied",
+        Err(ManageError::RateLimited { .. }) => "rate_limited",
+        Err(ManageError::InvalidArgument { .. } | ManageError::Scope { .. }) => "invalid",
+        Err(ManageError::NotFound(_)) => "not_found",
+        Err(ManageError::Store(_)) => "error",
+    };
+    metrics::counter!(crate::telemetry::MUTATIONS_TOTAL, "kind" => kind, "outcome" => outcome)
+        .increment(1);
+}
+
+fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,62 @@
+//! Page tokens: opaque, bound to the listing that issued them.
+
+use super::*;
+
+/// A page request: its size (default 50, at most 1000) and where to resume.
+/// Page size and the store's cursor from a request. Page tokens are opaque
+/// and bound to the listing that issued them (`binding`: the RPC and its
+/// filter); one from another listing is refused, never followed.
+pub(super) fn page(
+    size: i32,
+    token: &str,
+    binding: &[u8; 8],
+) -> Result<(usize, Option<Vec<u8>>), ManageError> {
+    let size = match size {
+        size if size < 0 => return Err(invalid("page_size", "must not be negative")),
+        0 => DEFAULT_PAGE_SIZE,
+        size => (size as usize).min(MAX_PAGE_SIZE),
+    };
+    if token.is_empty() {
+        return Ok((size, None));
+    }
+    let foreign = || {
+        invalid(
+            "page_token",
+            "not a token of this listing (same call, same filter)",
+        )
+    };
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| foreign())?;
+    match bytes.split_first_chunk::<9>() {
+        Some((head, cursor)) if head[0] == PAGE_TOKEN_VERSION && head[1..] == binding[..] => {
+            Ok((size, Some(cursor.to_vec())))
+        }
+        _ => Err(foreign()),
+    }
+}
+
+pub(super) const PAGE_TOKEN_VERSION: u8 = 1;
+
+/// The next page's token: version, binding, the store's cursor.
+pub(super) fn next_page_token(binding: &[u8; 8], cursor: Option<Vec<u8>>) -> String {
+    cursor.map_or_else(String::new, |cursor| {
+        let mut bytes = Vec::with_capacity(9 + cursor.len());
+        bytes.push(PAGE_TOKEN_VERSION);
+        bytes.extend_from_slice(binding);
+        bytes.extend_from_slice(&cursor);
+        URL_SAFE_NO_PAD.encode(bytes)
+    })
+}
+
+/// What a page token is bound to: the RPC and every part of its filter.
+pub(super) fn page_binding(parts: &[&[u8]]) -> [u8; 8] {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for part in parts {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    let digest = hash.finalize();
+    let mut binding = [0; 8];
+    binding.copy_from_slice(&digest[..8]);
+    binding
+}

@@ -1,0 +1,177 @@
+//! The rules of who may change what, as pure functions over the records a
+//! mutation read: the caller as the store holds it now, the `api_keys` verb,
+//! no escalation, a lesser key never touching a stronger one, accounts apart.
+
+use super::*;
+
+/// A key caller sees only its own account; other accounts' keys do not exist.
+pub(super) fn visible_to(caller: &Caller, record: &KeyRecord) -> bool {
+    match caller {
+        Caller::Admin => true,
+        Caller::Key { account_id, .. } => record.account_id == **account_id,
+    }
+}
+
+/// The account a read may cover: for the admin the one asked for (`None`:
+/// every account), for an API key its own (asking for another is refused).
+pub(super) fn readable_account(
+    caller: &Caller,
+    asked: &str,
+) -> Result<Option<String>, ManageError> {
+    match caller {
+        Caller::Admin if asked.is_empty() => Ok(None),
+        Caller::Admin => Ok(Some(validate_account_id(asked)?)),
+        Caller::Key { account_id, .. } => {
+            if !asked.is_empty() && asked != &**account_id {
+                return Err(ManageError::OtherAccount);
+            }
+            Ok(Some(account_id.to_string()))
+        }
+    }
+}
+
+/// What a mutation reads: the calling key's own record (an API key caller),
+/// and the target.
+pub(super) fn caller_reads(caller: &Caller, target: Option<KeyId>) -> Vec<KeyId> {
+    let mut reads: Vec<KeyId> = target.into_iter().collect();
+    if let Caller::Key { key_id, .. } = caller {
+        if !reads.contains(key_id) {
+            reads.push(*key_id);
+        }
+    }
+    reads
+}
+
+/// The caller as the source of truth holds it when the change applies (the
+/// store reads it under its writer lock, or compares it in the etcd
+/// transaction), so a key deleted, narrowed or moved by a mutation
+/// acknowledged before this one cannot act on its old rights: a deleted
+/// caller is unauthenticated, a narrowed one is judged by its current scopes.
+pub(super) fn current_caller(
+    snapshot: &Snapshot,
+    catalog: &Catalog,
+    caller: &Caller,
+) -> Result<Caller, ManageError> {
+    let Caller::Key {
+        key_id,
+        account_id,
+        secret_hash,
+        ..
+    } = caller
+    else {
+        return Ok(Caller::Admin);
+    };
+    let now = crate::authz::now_unix_ms();
+    let record = snapshot
+        .get(key_id)
+        .filter(|record| record.account_id == **account_id)
+        .ok_or(ManageError::BadCredentials)?;
+    if record.secret_hash.as_slice() != secret_hash {
+        // Rotated since authentication: the secret presented is no longer current.
+        return Err(if record.previous_secret_hash.as_slice() == secret_hash {
+            ManageError::PreviousSecret
+        } else {
+            ManageError::BadCredentials
+        });
+    }
+    let window = (record.not_before_unix_ms == 0 || now >= record.not_before_unix_ms)
+        && (record.expire_time_unix_ms == 0 || now < record.expire_time_unix_ms);
+    if record.disabled || !window {
+        return Err(ManageError::Inactive(
+            "the calling API key is disabled or outside its validity window".into(),
+        ));
+    }
+    let scopes = catalog
+        .resolve(record.scopes.iter().map(String::as_str))
+        .map_err(|source| StoreError::CatalogMismatch {
+            key_id: key_id.to_string(),
+            source,
+        })?;
+    Ok(Caller::Key {
+        key_id: *key_id,
+        account_id: account_id.clone(),
+        scopes,
+        secret_hash: *secret_hash,
+    })
+}
+
+/// An API key caller needs the `api_keys` scope of the action.
+pub(super) fn require(
+    catalog: &Catalog,
+    caller: &Caller,
+    action: ManageAction,
+) -> Result<(), ManageError> {
+    let Caller::Key { scopes, .. } = caller else {
+        return Ok(());
+    };
+    let needed = catalog.manage_scope(action);
+    if scopes.contains(needed) {
+        Ok(())
+    } else {
+        Err(ManageError::NeedsScope(
+            catalog.scope_name(needed).to_owned(),
+        ))
+    }
+}
+
+/// No escalation: an API key caller must hold every scope it grants.
+pub(super) fn check_no_escalation(
+    catalog: &Catalog,
+    caller: &Caller,
+    requested: &ScopeSet,
+) -> Result<(), ManageError> {
+    if let Caller::Key { scopes: held, .. } = caller {
+        let lacking = crate::scope::missing(held, requested);
+        if !lacking.is_empty() {
+            return Err(ManageError::Escalation(catalog.names(&lacking)));
+        }
+    }
+    Ok(())
+}
+
+/// The target of an update, rotation or delete and the caller as they are
+/// when the change applies, once the caller may do `action` to the target.
+pub(super) fn changeable<'a>(
+    snapshot: &'a Snapshot,
+    catalog: &Catalog,
+    caller: &Caller,
+    id: &KeyId,
+    key_id: &str,
+    action: ManageAction,
+) -> Result<(&'a KeyRecord, Caller), ManageError> {
+    let current = snapshot.get(id).ok_or(StoreError::NotFound)?;
+    let caller = current_caller(snapshot, catalog, caller)?;
+    require(catalog, &caller, action)?;
+    check_may_change(catalog, &caller, current, key_id)?;
+    Ok((current, caller))
+}
+
+/// A lesser key cannot touch a stronger one.
+pub(super) fn check_may_change(
+    catalog: &Catalog,
+    caller: &Caller,
+    target: &KeyRecord,
+    key_id: &str,
+) -> Result<(), ManageError> {
+    if !visible_to(caller, target) {
+        return Err(ManageError::NotFound(key_id.to_owned()));
+    }
+    let Caller::Key { scopes: held, .. } = caller else {
+        return Ok(());
+    };
+    let target_scopes = catalog
+        .resolve(target.scopes.iter().map(String::as_str))
+        .map_err(|source| StoreError::CatalogMismatch {
+            key_id: key_id.to_owned(),
+            source,
+        })?;
+    let lacking = crate::scope::missing(held, &target_scopes);
+    if lacking.is_empty() {
+        Ok(())
+    } else {
+        Err(ManageError::TargetStronger {
+            key_id: key_id.to_owned(),
+            missing: catalog.names(&lacking),
+        })
+    }
+}

@@ -1,0 +1,122 @@
+//! What the use-cases take and give: plain data, no transport types.
+
+use super::*;
+
+/// Who makes a management call.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    Admin,
+    Key {
+        key_id: KeyId,
+        account_id: Arc<str>,
+        /// As authenticated; a mutation re-reads the caller's record under
+        /// the store's writer lock and decides on that (see [`current_caller`]).
+        scopes: ScopeSet,
+        secret_hash: [u8; 32],
+    },
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Caller::Admin => f.write_str("admin"),
+            Caller::Key { key_id, .. } => write!(f, "key:{key_id}"),
+        }
+    }
+}
+
+/// A key as the API shows it.
+#[derive(Debug, Clone)]
+pub struct KeyView {
+    pub key_id: String,
+    pub account_id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub access: Vec<(String, Access)>,
+    pub kind: KeyKind,
+    pub create_time_unix_ms: i64,
+    pub update_time_unix_ms: i64,
+    /// 0: none.
+    pub expire_time_unix_ms: i64,
+    pub not_before_unix_ms: i64,
+    pub enabled: bool,
+    /// When the secret before the last rotation stops (0: none).
+    pub previous_secret_expire_unix_ms: i64,
+    /// Names the current secret without revealing it ([`secret_fingerprint`]).
+    pub secret_fingerprint: String,
+    pub allowed_cidrs: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+    /// 0: not used since records began.
+    pub last_used_unix_ms: i64,
+}
+
+#[derive(Default)]
+pub struct NewKey {
+    pub account_id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub grants: Vec<(String, Access)>,
+    pub terms: KeyTerms,
+    /// Every scope the caller holds except exclusive (billing) ones.
+    pub all_my_scopes_except_billing: bool,
+    /// Optional: a retry with the same id returns the first result
+    /// ([`crate::request_id`]).
+    pub request_id: String,
+}
+
+/// A key's lifecycle settings (all optional).
+#[derive(Debug, Clone, Default)]
+pub struct KeyTerms {
+    /// Unix ms.
+    pub expire_time: Option<i64>,
+    pub not_before: Option<i64>,
+    pub allowed_cidrs: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Default)]
+pub struct KeyChange {
+    pub key_id: String,
+    pub name: Option<String>,
+    pub scopes: Vec<String>,
+    pub grants: Vec<(String, Access)>,
+    pub all_my_scopes_except_billing: bool,
+    pub enabled: Option<bool>,
+    /// `Some(None)`: remove the expiry.
+    pub expire_time: Option<Option<i64>>,
+    pub not_before: Option<Option<i64>>,
+    pub allowed_cidrs: Option<Vec<String>>,
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Default)]
+pub struct AuditQuery {
+    pub account_id: String,
+    pub key_id: String,
+    /// Unix ms; 0: open.
+    pub start_unix_ms: i64,
+    pub end_unix_ms: i64,
+    pub page_size: i32,
+    pub page_token: String,
+}
+
+pub struct ListQuery {
+    pub account_id: String,
+    pub page_size: i32,
+    pub page_token: String,
+}
+
+pub struct ResourceView {
+    pub resource: String,
+    pub scopes: Vec<String>,
+    pub grantable: Vec<Access>,
+    pub read_only: bool,
+    pub exclusive: bool,
+    pub caller_access: Access,
+}
+
+pub struct ScopesView {
+    pub resources: Vec<ResourceView>,
+    pub caller_scopes: Vec<String>,
+    pub caller_is_admin: bool,
+}
