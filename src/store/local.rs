@@ -1,0 +1,275 @@
+//! Standalone mode, where sled is the truth: each change in one sled
+//! transaction under the writer lock, then group commit (commit.rs); the
+//! CreateKey request ids; offline restore.
+
+use super::*;
+
+impl Store {
+    /// Writes a change and its audit event into sled (the source of truth in
+    /// standalone mode), in one transaction. Called under the writer lock.
+    pub(super) fn apply_local(
+        &self,
+        change: Change,
+        event: AuditEvent,
+    ) -> Result<Publish, StoreError> {
+        let applied = self.apply_local_unchecked(change, event);
+        self.fail_on_io(applied)
+    }
+
+    pub(super) fn apply_local_unchecked(
+        &self,
+        change: Change,
+        event: AuditEvent,
+    ) -> Result<Publish, StoreError> {
+        let inner = &self.inner;
+        let sequence = inner
+            .audit_sequence
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let event_key = event.sort_key(sequence);
+        let event_value = prost::Message::encode_to_vec(&event);
+        if sequence % AUDIT_PRUNE_EVERY == AUDIT_PRUNE_EVERY - 1 {
+            self.prune_audit(event.time_unix_ms)?;
+            self.prune_requests(event.time_unix_ms)?;
+        }
+        let indexed = audit::index_keys(&event, &event_key);
+        let audit = |trail: &sled::transaction::TransactionalTree,
+                     index: &sled::transaction::TransactionalTree| {
+            trail.insert(&event_key[..], event_value.as_slice())?;
+            for index_key in &indexed {
+                index.insert(index_key.as_slice(), &[])?;
+            }
+            Ok::<_, sled::transaction::UnabortableTransactionError>(())
+        };
+        match change {
+            Change::Create {
+                record,
+                cap,
+                request,
+            } => {
+                let key_id = record_id(&record)?;
+                if let Some(request) = &request {
+                    if inner.requests.contains_key(request.lookup)? {
+                        return Err(StoreError::DuplicateRequest);
+                    }
+                }
+                let request = request.map(|request| {
+                    (
+                        request.lookup,
+                        prost::Message::encode_to_vec(&request.record),
+                    )
+                });
+                // Resolved under the lock: the catalog cannot change until it is released.
+                let entry = self.auth_entry(&record)?;
+                let held = inner
+                    .accounts
+                    .scan_prefix(account_prefix(&record.account_id))
+                    .count();
+                if held >= cap {
+                    return Err(StoreError::AccountFull { cap });
+                }
+                let index_key = account_index_key(&record.account_id, &key_id);
+                let value = prost::Message::encode_to_vec(&record);
+                (
+                    &inner.keys,
+                    &inner.accounts,
+                    &inner.audit,
+                    &inner.audit_index,
+                    &inner.requests,
+                )
+                    .transaction(|(keys, accounts, trail, index, requests)| {
+                        if let Some((lookup, value)) = &request {
+                            requests.insert(&lookup[..], value.as_slice())?;
+                        }
+                        if keys.insert(key_id.as_bytes(), value.as_slice())?.is_some() {
+                            return Err(ConflictableTransactionError::Abort(StoreError::Corrupt {
+                                key_id: key_id.to_string(),
+                                reason: "random key id collided with an existing key".into(),
+                            }));
+                        }
+                        accounts.insert(index_key.as_slice(), &[])?;
+                        audit(trail, index)?;
+                        Ok(())
+                    })
+                    .map_err(transaction_error)?;
+                Ok(Publish::Upsert(key_id, Arc::new(entry)))
+            }
+            Change::Update(record) => {
+                let key_id = record_id(&record)?;
+                let entry = self.auth_entry(&record)?;
+                let value = prost::Message::encode_to_vec(&record);
+                (&inner.keys, &inner.audit, &inner.audit_index)
+                    .transaction(|(keys, trail, index)| {
+                        keys.insert(key_id.as_bytes(), value.as_slice())?;
+                        audit(trail, index)?;
+                        Ok::<_, ConflictableTransactionError<StoreError>>(())
+                    })
+                    .map_err(transaction_error)?;
+                Ok(Publish::Upsert(key_id, Arc::new(entry)))
+            }
+            Change::Delete(record) => {
+                let key_id = record_id(&record)?;
+                let index_key = account_index_key(&record.account_id, &key_id);
+                (
+                    &inner.keys,
+                    &inner.accounts,
+                    &inner.audit,
+                    &inner.audit_index,
+                )
+                    .transaction(|(keys, accounts, trail, index)| {
+                        keys.remove(key_id.as_bytes())?;
+                        accounts.remove(index_key.as_slice())?;
+                        audit(trail, index)?;
+                        Ok::<_, ConflictableTransactionError<StoreError>>(())
+                    })
+                    .map_err(transaction_error)?;
+                // Not part of the change's atomicity: a stale mark is harmless.
+                let _ = inner.last_used.remove(key_id.as_bytes());
+                Ok(Publish::Remove(key_id))
+            }
+        }
+    }
+
+    /// The first result filed under a CreateKey request id's `lookup`, if any.
+    pub async fn create_request(
+        &self,
+        lookup: &[u8; 32],
+    ) -> Result<Option<CreateRequestRecord>, StoreError> {
+        self.healthy()?;
+        if let Some(fleet) = &self.inner.fleet {
+            return fleet.create_request(Some(self), lookup).await;
+        }
+        // Read under the writer lock and answered once everything applied
+        // before it is durable: a retry never returns a key its first call
+        // has applied but not yet synced.
+        let (store, lookup) = (self.clone(), *lookup);
+        let value = self
+            .commit(move || {
+                let value = store.inner.requests.get(lookup)?;
+                Ok::<_, StoreError>((Publish::Nothing, value))
+            })
+            .await?;
+        value
+            .map(|value| {
+                prost::Message::decode(value.as_ref()).map_err(|error| StoreError::Corrupt {
+                    key_id: "create request".into(),
+                    reason: error.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    /// Removes request ids past their retry window: a bounded batch from
+    /// where the last prune stopped. Called under the writer lock.
+    pub(super) fn prune_requests(&self, now_ms: i64) -> Result<(), StoreError> {
+        let mut cursor = self
+            .inner
+            .requests_pruned_to
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut batch = sled::Batch::default();
+        let mut seen = 0;
+        for item in self.inner.requests.range(cursor.clone()..).take(10_000) {
+            let (key, value) = item?;
+            seen += 1;
+            let filed: Result<CreateRequestRecord, _> = prost::Message::decode(value.as_ref());
+            if filed
+                .is_ok_and(|filed| now_ms - filed.time_unix_ms > crate::request_id::RETENTION_MS)
+            {
+                batch.remove(key.clone());
+            }
+            *cursor = key.to_vec();
+            cursor.push(0);
+        }
+        if seen < 10_000 {
+            cursor.clear(); // wrapped: start over next time
+        }
+        self.inner.requests.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Runs `apply` under the writer lock on a blocking thread, queues its
+    /// change for the commit task, and waits until it is durable and visible.
+    ///
+    /// Once `apply` has started, the change completes even if the caller
+    /// stops waiting (a request timeout): it is applied and made durable, or
+    /// it is not applied at all; never half.
+    pub(super) async fn commit<T, E>(
+        &self,
+        apply: impl FnOnce() -> Result<(Publish, T), E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        let (done, durable) = oneshot::channel();
+        let value = tokio::task::spawn_blocking(move || {
+            let commits = store
+                .inner
+                .writer
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            store.healthy()?;
+            let queue = commits.as_ref().ok_or(StoreError::Closed)?;
+            let (publish, value) = apply()?;
+            queue
+                .send(Commit { publish, done })
+                .map_err(|_| StoreError::Closed)?;
+            Ok::<_, E>(value)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)??;
+        durable.await.map_err(|_| StoreError::Closed)??;
+        Ok(value)
+    }
+
+    /// Writes records into an empty store (offline restore), checking each
+    /// against the catalog, then flushes. Returns how many were written.
+    pub fn import(
+        &self,
+        records: impl IntoIterator<Item = KeyRecord>,
+    ) -> Result<usize, StoreError> {
+        if !self.inner.keys.is_empty() {
+            return Err(StoreError::NotEmpty {
+                dir: self.inner.dir.display().to_string(),
+            });
+        }
+        let mut count = 0;
+        for record in records {
+            self.auth_entry(&record)?;
+            let key_id = record.key_id().ok_or_else(|| StoreError::Corrupt {
+                key_id: format!("{:?}", record.key_id),
+                reason: "key id is not 16 bytes".into(),
+            })?;
+            self.inner
+                .keys
+                .insert(key_id.as_bytes(), prost::Message::encode_to_vec(&record))?;
+            self.inner
+                .accounts
+                .insert(account_index_key(&record.account_id, &key_id), &[])?;
+            let event = AuditEvent {
+                time_unix_ms: crate::authz::now_unix_ms(),
+                actor: "admin".into(),
+                action: "restore".into(),
+                key_id: key_id.as_bytes().to_vec(),
+                account_id: record.account_id.clone(),
+                after: Some(KeyState::of(&record)),
+                ..AuditEvent::default()
+            };
+            let sequence = self
+                .inner
+                .audit_sequence
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let sort_key = event.sort_key(sequence);
+            self.inner
+                .audit
+                .insert(&sort_key[..], prost::Message::encode_to_vec(&event))?;
+            for index_key in audit::index_keys(&event, &sort_key) {
+                self.inner.audit_index.insert(index_key, &[])?;
+            }
+            count += 1;
+        }
+        self.sync()?;
+        Ok(count)
+    }
+}
