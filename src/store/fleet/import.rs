@@ -1,0 +1,73 @@
+//! `scopegate fleet import`: a standalone store copied into etcd.
+
+use super::*;
+
+/// Copies a standalone store's records into etcd: a record already there
+/// with the same bytes is skipped, a different one is refused (nothing is
+/// overwritten). Returns (copied, already there).
+pub async fn import(
+    config: &FleetConfig,
+    records: Vec<KeyRecord>,
+) -> Result<(usize, usize), StoreError> {
+    let fleet = Fleet::new(config.clone(), 0);
+    let mut client = fleet.connect().await?;
+    let (mut copied, mut present) = (0, 0);
+    for record in records {
+        let key_id = crate::store::record_id(&record)?;
+        let path = fleet.key_path(&key_id);
+        let value = prost::Message::encode_to_vec(&record);
+        let mut done = false;
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
+            let existing = client.get(path.clone(), None).await.map_err(unreachable)?;
+            if let Some(kv) = existing.kvs().first() {
+                if kv.value() == value.as_slice() {
+                    present += 1;
+                    done = true;
+                    break;
+                }
+                return Err(StoreError::ImportConflict {
+                    key_id: key_id.to_string(),
+                });
+            }
+            let (count, revision) = fleet.account_count(&mut client, &record.account_id).await?;
+            let account = fleet.account_path(&record.account_id);
+            // Audited like any other way in, in the same transaction.
+            let event = AuditEvent {
+                time_unix_ms: crate::authz::now_unix_ms(),
+                actor: "admin".into(),
+                action: "import".into(),
+                key_id: key_id.as_bytes().to_vec(),
+                account_id: record.account_id.clone(),
+                after: Some(crate::store::KeyState::of(&record)),
+                ..AuditEvent::default()
+            };
+            let lease = fleet.audit_lease(&mut client).await?;
+            let txn = Txn::new()
+                .when(vec![
+                    Compare::create_revision(path.clone(), CompareOp::Equal, 0),
+                    Compare::mod_revision(account.clone(), CompareOp::Equal, revision),
+                ])
+                .and_then(vec![
+                    TxnOp::put(path.clone(), value.clone(), None),
+                    TxnOp::put(account, (count + 1).to_string(), None),
+                    TxnOp::put(
+                        fleet.audit_path(&event),
+                        prost::Message::encode_to_vec(&event),
+                        Some(etcd_client::PutOptions::new().with_lease(lease)),
+                    ),
+                ]);
+            if client.txn(txn).await.map_err(unreachable)?.succeeded() {
+                copied += 1;
+                done = true;
+                break;
+            }
+        }
+        if !done {
+            return Err(StoreError::Conflict);
+        }
+    }
+    Ok((copied, present))
+}
