@@ -1,0 +1,318 @@
+//! `scopegate keys`: create, show, list, change, rotate and delete keys.
+
+use super::*;
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Create a key; prints its token once.
+    ///
+    /// Example: scopegate keys create --account acme --name mailer --scope mail.send --grant stats=read
+    Create {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Account that owns the key (required for the admin).
+        #[arg(long, default_value = "")]
+        account: String,
+        #[arg(long)]
+        name: String,
+        /// A scope, e.g. mail.send (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// RESOURCE=read|write|full, e.g. marketing_campaigns=full (repeatable).
+        #[arg(long = "grant", value_parser = parse_grant)]
+        grants: Vec<pb::Grant>,
+        #[command(flatten)]
+        terms: TermsArgs,
+        /// Makes a retry safe: run the same command again with the same id
+        /// (within 24 h) and it prints the first key and token instead of
+        /// making a second key. Use a fresh random value per key, e.g.
+        /// `--request-id "$(cat /proc/sys/kernel/random/uuid)"`.
+        #[arg(long, default_value = "")]
+        request_id: String,
+    },
+    /// A new secret for a key (same id, scopes, name, metadata); prints the
+    /// new token once. The old secret keeps working for --overlap-secs.
+    ///
+    /// Example: scopegate keys rotate qL0w1cT9Rk2tqc8z3mE1aA --overlap-secs 3600
+    Rotate {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Key id (ids may begin with `-`; that is fine here).
+        #[arg(allow_hyphen_values = true)]
+        key_id: String,
+        /// How long the previous secret keeps working (0: it stops now).
+        #[arg(long, default_value_t = 0)]
+        overlap_secs: u64,
+    },
+    /// Show a key.
+    ///
+    /// Example: scopegate keys get qL0w1cT9Rk2tqc8z3mE1aA
+    Get {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Key id (ids may begin with `-`; that is fine here).
+        #[arg(allow_hyphen_values = true)]
+        key_id: String,
+    },
+    /// List keys, ordered by id.
+    ///
+    /// Example: scopegate keys list --account acme --page-size 20
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Account to list (the admin may omit it to list all).
+        #[arg(long, default_value = "")]
+        account: String,
+        #[arg(long, default_value_t = 0)]
+        page_size: i32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+    },
+    /// Rename a key and/or replace its scopes; takes effect at once.
+    ///
+    /// Example: scopegate keys update qL0w1cT9Rk2tqc8z3mE1aA --scope mail.send --scope stats.read
+    Update {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Key id (ids may begin with `-`; that is fine here).
+        #[arg(allow_hyphen_values = true)]
+        key_id: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Replaces all scopes (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// RESOURCE=read|write|full (repeatable); with --scope, the union.
+        #[arg(long = "grant", value_parser = parse_grant)]
+        grants: Vec<pb::Grant>,
+        #[command(flatten)]
+        terms: TermsArgs,
+        /// Enable the key.
+        #[arg(long, conflicts_with = "disable")]
+        enable: bool,
+        /// Disable the key: Check answers DISABLED until it is enabled again.
+        #[arg(long)]
+        disable: bool,
+        /// Remove the expiry.
+        #[arg(long, conflicts_with = "expires_in_secs")]
+        no_expiry: bool,
+        /// Remove the address allowlist.
+        #[arg(long, conflicts_with = "cidrs")]
+        no_cidrs: bool,
+        /// Remove the metadata.
+        #[arg(long, conflicts_with = "metadata")]
+        no_metadata: bool,
+    },
+    /// Delete a key; its token stops working at once.
+    ///
+    /// Example: scopegate keys delete qL0w1cT9Rk2tqc8z3mE1aA
+    Delete {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Key id (ids may begin with `-`; that is fine here).
+        #[arg(allow_hyphen_values = true)]
+        key_id: String,
+    },
+}
+
+/// Lifecycle options of `keys create` and `keys update`.
+#[derive(Args, Debug)]
+pub struct TermsArgs {
+    /// The key stops working this many seconds from now.
+    #[arg(long)]
+    expires_in_secs: Option<u64>,
+    /// An address range the key may be used from, e.g. 203.0.113.0/24 or
+    /// 2001:db8::/32 (repeatable; update: replaces the list).
+    #[arg(long = "cidr")]
+    cidrs: Vec<String>,
+    /// KEY=VALUE metadata returned with every allowed check (repeatable;
+    /// update: replaces the map).
+    #[arg(long = "meta", value_parser = parse_meta)]
+    metadata: Vec<(String, String)>,
+    /// Every scope you hold except billing, plus any --scope/--grant (an
+    /// explicit choice: no scopes never means everything).
+    #[arg(long)]
+    all_my_scopes_except_billing: bool,
+}
+
+impl TermsArgs {
+    fn expire_time(&self) -> Option<prost_types::Timestamp> {
+        self.expires_in_secs.map(|secs| {
+            prost_types::Timestamp::from(
+                std::time::SystemTime::now() + std::time::Duration::from_secs(secs),
+            )
+        })
+    }
+}
+
+pub(super) fn parse_meta(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
+}
+
+pub(super) fn parse_grant(text: &str) -> Result<pb::Grant, String> {
+    let (resource, level) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not RESOURCE=read|write|full"))?;
+    let access = match level.to_ascii_lowercase().as_str() {
+        "read" => pb::Access::Read,
+        "write" => pb::Access::Write,
+        "full" => pb::Access::Full,
+        other => return Err(format!("access `{other}` is not read, write or full")),
+    };
+    Ok(pb::Grant {
+        resource: resource.to_owned(),
+        access: access as i32,
+    })
+}
+
+pub(super) async fn run(command: KeysCommand) -> Result<ExitCode, String> {
+    match command {
+        KeysCommand::Create {
+            client,
+            account,
+            name,
+            scopes,
+            grants,
+            terms,
+            request_id,
+        } => {
+            let mut manage = manage_client(&client).await?;
+            let request = pb::CreateKeyRequest {
+                request_id,
+                account_id: account,
+                name,
+                scopes,
+                grants,
+                expire_time: terms.expire_time(),
+                not_before: None,
+                allowed_cidrs: terms.cidrs,
+                metadata: terms.metadata.into_iter().collect(),
+                all_my_scopes_except_billing: terms.all_my_scopes_except_billing,
+            };
+            let response = manage
+                .create_key(authorized(&client, request)?)
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            print_token(&client, response);
+        }
+        KeysCommand::Get { client, key_id } => {
+            let mut manage = manage_client(&client).await?;
+            let key = manage
+                .get_key(authorized(&client, pb::GetKeyRequest { key_id })?)
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            print_one_or_json(&client, key);
+        }
+        KeysCommand::List {
+            client,
+            account,
+            page_size,
+            page_token,
+        } => {
+            let mut manage = manage_client(&client).await?;
+            let request = pb::ListKeysRequest {
+                account_id: account,
+                page_size,
+                page_token,
+            };
+            let response = manage
+                .list_keys(authorized(&client, request)?)
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            if client.json {
+                let keys: Vec<Value> = response.keys.iter().map(key_json).collect();
+                println!(
+                    "{}",
+                    json!({"keys": keys, "next_page_token": response.next_page_token})
+                );
+            } else {
+                print_keys(&response.keys);
+                if !response.next_page_token.is_empty() {
+                    println!("\nmore: --page-token {}", response.next_page_token);
+                }
+            }
+        }
+        KeysCommand::Update {
+            client,
+            key_id,
+            name,
+            scopes,
+            grants,
+            terms,
+            enable,
+            disable,
+            no_expiry,
+            no_cidrs,
+            no_metadata,
+        } => {
+            let mut manage = manage_client(&client).await?;
+            let request = pb::UpdateKeyRequest {
+                expire_time: terms.expire_time(),
+                all_my_scopes_except_billing: terms.all_my_scopes_except_billing,
+                key_id,
+                name,
+                scopes,
+                grants,
+                enabled: (enable || disable).then_some(enable),
+                clear_expire_time: no_expiry,
+                not_before: None,
+                clear_not_before: false,
+                allowed_cidrs: (no_cidrs || !terms.cidrs.is_empty()).then_some(pb::StringList {
+                    values: terms.cidrs,
+                }),
+                metadata: (no_metadata || !terms.metadata.is_empty()).then_some(pb::StringMap {
+                    entries: terms.metadata.into_iter().collect(),
+                }),
+            };
+            let key = manage
+                .update_key(authorized(&client, request)?)
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            print_one_or_json(&client, key);
+        }
+        KeysCommand::Rotate {
+            client,
+            key_id,
+            overlap_secs,
+        } => {
+            let mut manage = manage_client(&client).await?;
+            let request = pb::RotateKeyRequest {
+                key_id,
+                overlap: Some(prost_types::Duration {
+                    seconds: overlap_secs.min(i64::MAX as u64) as i64,
+                    nanos: 0,
+                }),
+            };
+            let response = manage
+                .rotate_key(authorized(&client, request)?)
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            print_token(&client, response);
+        }
+        KeysCommand::Delete { client, key_id } => {
+            let mut manage = manage_client(&client).await?;
+            manage
+                .delete_key(authorized(
+                    &client,
+                    pb::DeleteKeyRequest {
+                        key_id: key_id.clone(),
+                    },
+                )?)
+                .await
+                .map_err(status_text)?;
+            if client.json {
+                println!("{}", json!({"deleted": key_id}));
+            } else {
+                println!("deleted {key_id}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

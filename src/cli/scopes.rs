@@ -1,0 +1,51 @@
+//! `scopegate scopes`: the catalog, and the caller's access to each resource.
+
+use super::*;
+
+pub(super) async fn run(client: ClientArgs) -> Result<ExitCode, String> {
+    let mut manage = manage_client(&client).await?;
+    let response = manage
+        .list_scopes(authorized(&client, pb::ListScopesRequest {})?)
+        .await
+        .map_err(status_text)?
+        .into_inner();
+    if client.json {
+        let resources: Vec<Value> = response
+                .resources
+                .iter()
+                .map(|resource| {
+                    json!({
+                        "resource": resource.resource, "scopes": resource.scopes,
+                        "grantable": resource.grantable.iter().map(|a| access_name(*a)).collect::<Vec<_>>(),
+                        "read_only": resource.read_only, "exclusive": resource.exclusive,
+                        "caller_access": access_name(resource.caller_access),
+                    })
+                })
+                .collect();
+        println!(
+            "{}",
+            json!({"resources": resources, "caller_scopes": response.caller_scopes, "caller_is_admin": response.caller_is_admin})
+        );
+    } else {
+        println!(
+            "{:<40} {:<10} {:<16} SCOPES",
+            "RESOURCE", "YOURS", "GRANTABLE"
+        );
+        for resource in &response.resources {
+            let grantable: Vec<&str> = resource.grantable.iter().map(|a| access_name(*a)).collect();
+            let mut flags = String::new();
+            if resource.exclusive {
+                flags.push_str(" (exclusive)");
+            }
+            println!(
+                "{:<40} {:<10} {:<16} {}{}",
+                resource.resource,
+                access_name(resource.caller_access),
+                grantable.join(","),
+                resource.scopes.join(" "),
+                flags
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,88 @@
+//! `scopegate serve`: settings from file, env and flags, logging, the
+//! runtime, and the signals that drain it.
+
+use super::*;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (snake_case keys). Flags and
+    /// SCOPEGATE_* environment variables override it.
+    #[arg(long, env = "SCOPEGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub options: ServeOptions,
+}
+
+pub(super) fn runtime(worker_threads: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads)
+        // Store writes run on blocking threads; an idle one leaves soon
+        // instead of after tokio's 10 s, so an idle sidecar keeps few threads.
+        .thread_keep_alive(std::time::Duration::from_secs(2))
+        .enable_all()
+        .build()
+        .map_err(|error| {
+            eprintln!("error: cannot start the async runtime: {error}");
+            ExitCode::from(2)
+        })
+}
+
+pub(super) fn effective_options(args: ServeArgs) -> Result<ServeOptions, ConfigError> {
+    Ok(match &args.config {
+        Some(path) => args.options.or(ServeOptions::from_file(path)?),
+        None => args.options,
+    })
+}
+
+pub(super) fn serve(args: ServeArgs) -> ExitCode {
+    let config = match effective_options(args).and_then(|options| options.resolve()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match runtime(config.worker_threads) {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    init_logging(config.json_logs);
+    match runtime.block_on(server::run(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "scopegate failed");
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub(super) fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+pub(super) async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
