@@ -28,6 +28,13 @@ use crate::store::{FleetConfig, Store, StoreError};
 use crate::telemetry::{self, ReadyState};
 use crate::token::{new_admin_token, TokenError, TokenFormat};
 
+mod admin_token;
+mod listen;
+mod reload;
+
+use admin_token::resolve_admin_token;
+use reload::{reload_files, watched_content};
+
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 /// Health service name that reports fleet sync (not decision) health.
 pub const FLEET_SYNC_SERVICE: &str = "scopegate.v1.FleetSync";
@@ -204,13 +211,67 @@ pub fn load_catalog_and_routes(
 }
 
 /// Runs the server until `shutdown` resolves, then drains and flushes.
+/// What start-up opened: the store and what decides with it.
+struct Opened {
+    catalog: Arc<Catalog>,
+    routes: RouteTable,
+    shared_catalog: SharedCatalog,
+    format: TokenFormat,
+    store: Store,
+    admin_token: zeroize::Zeroizing<String>,
+}
+
+/// Every socket, bound before anything is served.
+struct Listeners {
+    tcp: Option<tokio::net::TcpListener>,
+    uds: Option<(tokio::net::UnixListener, PathBuf)>,
+    manage_tcp: Option<tokio::net::TcpListener>,
+    metrics_tcp: Option<tokio::net::TcpListener>,
+}
+
+/// The running servers and what start-up and shutdown flip.
+struct Serving {
+    servers: tokio::task::JoinSet<Result<(), tonic::transport::Error>>,
+    metrics_server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    health: tonic_health::server::HealthReporter,
+    readiness: Arc<Readiness>,
+    ready_state: Arc<ReadyState>,
+    check_context: Arc<CheckContext>,
+}
+
+/// `serve`, step by step: each step is a function below, in this order.
 pub async fn run(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     // Taken before loading, so a change made while starting is still seen.
     let watched = watched_content(&config);
-    let (catalog, routes) = load_catalog_and_routes(&config)?;
+    let opened = open(&config)?;
+    // Without a metrics listener nobody reads metrics: record none.
+    let metrics_handle = config.metrics_listen.map(|_| telemetry::install_metrics());
+    let listeners = bind_all(&config).await?;
+    let (catalog, route_count) = (opened.catalog.clone(), opened.routes.rule_count());
+    let store = opened.store.clone();
+    let serving = serve_all(&config, opened, listeners, metrics_handle).await?;
+    load_keys(&store, &serving, &catalog, route_count).await?;
+    let usage = tokio::spawn(record_usage(store.clone(), config.last_used_interval));
+    let reloader = tokio::spawn(reload_files(
+        watched,
+        config.clone(),
+        serving.check_context.clone(),
+        store.clone(),
+    ));
+    let failed = until_stopped(shutdown, &store).await;
+    reloader.abort();
+    usage.abort();
+    drain(&config, serving, &store, failed).await
+}
+
+/// Loads the catalog and routes, reads the pepper, opens the store and
+/// resolves the admin token.
+fn open(config: &ServeConfig) -> Result<Opened, StartError> {
+    let (catalog, routes) = load_catalog_and_routes(config)?;
     let pepper = config
         .pepper_file
         .as_deref()
@@ -226,186 +287,130 @@ pub async fn run(
         config.sled_cache_bytes,
     )?;
     store.set_audit_retention(config.audit_retention);
-    let admin_token = zeroize::Zeroizing::new(resolve_admin_token(&config)?);
-    // Without a metrics listener nobody reads metrics: record none.
-    let metrics_handle = config.metrics_listen.map(|_| telemetry::install_metrics());
+    let admin_token = zeroize::Zeroizing::new(resolve_admin_token(config)?);
+    Ok(Opened {
+        catalog,
+        routes,
+        shared_catalog,
+        format,
+        store,
+        admin_token,
+    })
+}
 
-    // Bind everything before serving anything, so a taken port fails start-up.
-    let tcp = match config.listen {
-        Some(addr) => Some(bind_tcp(addr).await?),
-        None => None,
-    };
-    let uds = match &config.uds {
-        Some(path) => Some(bind_uds(path, config.uds_mode)?),
-        None => None,
-    };
-    let manage_tcp = match config.manage_listen {
-        Some(addr) => Some(bind_tcp(addr).await?),
-        None => None,
-    };
-    let metrics_tcp = match config.metrics_listen {
-        Some(addr) => Some(bind_tcp(addr).await?),
-        None => None,
-    };
+/// Binds every listener before serving anything, so a taken port fails
+/// start-up.
+async fn bind_all(config: &ServeConfig) -> Result<Listeners, StartError> {
+    Ok(Listeners {
+        tcp: match config.listen {
+            Some(addr) => Some(bind_tcp(addr).await?),
+            None => None,
+        },
+        uds: match &config.uds {
+            Some(path) => Some(bind_uds(path, config.uds_mode)?),
+            None => None,
+        },
+        manage_tcp: match config.manage_listen {
+            Some(addr) => Some(bind_tcp(addr).await?),
+            None => None,
+        },
+        metrics_tcp: match config.metrics_listen {
+            Some(addr) => Some(bind_tcp(addr).await?),
+            None => None,
+        },
+    })
+}
 
-    let readiness = Arc::new(Readiness::new(config.max_staleness.zip(store.sync_state())));
+/// Builds the services and starts serving on every listener, NOT_SERVING
+/// until the keys are loaded.
+async fn serve_all(
+    config: &ServeConfig,
+    opened: Opened,
+    listeners: Listeners,
+    metrics_handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> Result<Serving, StartError> {
+    let readiness = Arc::new(Readiness::new(
+        config.max_staleness.zip(opened.store.sync_state()),
+    ));
     let ready_state = Arc::new(ReadyState::default());
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
-
-    let route_count = routes.rule_count();
     let check_context = Arc::new(CheckContext {
-        keys: store.table().clone(),
-        format: format.clone(),
+        keys: opened.store.table().clone(),
+        format: opened.format.clone(),
         policy: arc_swap::ArcSwap::from_pointee(Policy {
-            catalog: catalog.clone(),
-            routes,
+            catalog: opened.catalog.clone(),
+            routes: opened.routes,
         }),
         readiness: readiness.clone(),
         decision_log_every: config.decision_log_every,
         decisions_seen: Default::default(),
         dry_run_seen: Default::default(),
     });
-    let limits = &config.limits;
-    let authorize = AuthorizeServer::new(AuthorizeService {
-        context: check_context.clone(),
-    })
-    .max_decoding_message_size(limits.max_message_bytes);
-    let ext_authz = AuthorizationServer::new(ExtAuthzService {
-        context: check_context.clone(),
-        config: config.ext_authz.clone(),
-    })
-    .max_decoding_message_size(limits.ext_authz_max_message_bytes);
     let manager = Arc::new(
         Manager::new(
-            store.clone(),
-            shared_catalog.clone(),
-            format,
-            &admin_token,
+            opened.store.clone(),
+            opened.shared_catalog.clone(),
+            opened.format,
+            &opened.admin_token,
             config.max_keys_per_account,
         )
-        .with_mutation_rate(limits.mutations_per_account_per_sec)
-        .with_read_rate(limits.reads_per_account_per_sec)
+        .with_mutation_rate(config.limits.mutations_per_account_per_sec)
+        .with_read_rate(config.limits.reads_per_account_per_sec)
         .with_max_key_lifetime(config.max_key_lifetime),
     );
-    drop(admin_token);
-    let admin = AdminServer::new(AdminService {
-        manager: manager.clone(),
-        readiness: readiness.clone(),
-    });
-    let manage = ManageKeyServer::new(ManageKeyService {
+    drop(opened.admin_token);
+    let services = listen::Services::new(
+        config,
+        check_context.clone(),
         manager,
-        readiness: readiness.clone(),
-    })
-    .max_decoding_message_size(limits.max_message_bytes);
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(grpc::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(grpc::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-
-    // The tower stack, outermost first.
-    let layers = tower::ServiceBuilder::new()
-        // Count every request by method and status, including refused ones.
-        .layer(telemetry::GrpcMetricsLayer)
-        // Bound the requests in progress across all connections, checks and
-        // management apart; refuse at once beyond it instead of queueing.
-        // ManageKey and Admin also get their deadline here; checks never
-        // wait, so they pay for no timer.
-        .layer(crate::limit::ShedLayer::new(
-            limits.max_concurrent_requests,
-            limits.max_concurrent_manage,
-            limits.request_timeout,
-        ));
-    let tls = config.tls.as_ref().map(load_tls).transpose()?;
-    let router = |tls: Option<&tonic::transport::ServerTlsConfig>| {
-        let mut server = tonic::transport::Server::builder()
-            .max_concurrent_streams(limits.http2_max_concurrent_streams)
-            .http2_max_local_error_reset_streams(Some(limits.http2_max_local_error_reset_streams))
-            .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
-            .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
-            // hyper's default, stated: the socket adapter stops at the same bound.
-            .http2_max_header_list_size(Some(crate::uds::MAX_HEADER_LIST as u32));
-        if let Some(tls) = tls {
-            server = server.tls_config(tls.clone())?;
-        }
-        let base = server
-            .layer(layers.clone())
-            .add_service(health_service.clone())
-            .add_service(reflection_v1.clone())
-            .add_service(reflection_v1alpha.clone());
-        let hot = base
-            .clone()
-            .add_service(authorize.clone())
-            .add_service(ext_authz.clone());
-        Ok::<_, tonic::transport::Error>(match config.manage_listen {
-            None => (
-                hot.add_service(manage.clone()).add_service(admin.clone()),
-                None,
-            ),
-            Some(_) => (
-                hot,
-                Some(base.add_service(manage.clone()).add_service(admin.clone())),
-            ),
-        })
-    };
-    // TCP routers carry TLS when it is configured; the Unix socket never does.
-    let (tcp_hot, tcp_manage) = router(tls.as_ref())?;
-    let manage_only = manage_tcp.map(|listener| (tcp_manage.expect("manage router"), listener));
-
-    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+        readiness.clone(),
+        health_service,
+    )?;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let stopped = move || {
-        let mut stop = stop.clone();
+        let mut stopping = stopping.clone();
         async move {
-            let _ = stop.wait_for(|stopping| *stopping).await;
+            let _ = stopping.wait_for(|stopping| *stopping).await;
         }
     };
-    let mut servers = tokio::task::JoinSet::new();
-    if let Some(listener) = tcp {
-        let addr = local_addr(&listener);
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        servers.spawn(tcp_hot.serve_with_incoming_shutdown(incoming, stopped()));
-        tracing::info!(addr = %addr, data_dir = %config.data_dir.display(), tls = tls.is_some(), "scopegate listening");
-    }
-    if let Some((listener, path)) = uds {
-        // Each connection gets the `:authority` fix (see uds.rs).
-        let incoming = tokio_stream::StreamExt::map(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
-            |accepted| accepted.map(crate::uds::UdsConnection::new),
-        );
-        let (hot_plain, _) = router(None)?;
-        servers.spawn(hot_plain.serve_with_incoming_shutdown(incoming, stopped()));
-        tracing::info!(path = %path.display(), "scopegate listening on unix socket");
-    }
-    if let Some((router, listener)) = manage_only {
-        let addr = local_addr(&listener);
-        if !addr.ip().is_loopback() && tls.is_none() {
-            tracing::warn!(addr = %addr, "ManageKey is exposed on a non-loopback address without TLS");
-        }
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        servers.spawn(router.serve_with_incoming_shutdown(incoming, stopped()));
-        tracing::info!(addr = %addr, "ManageKey listening");
-    }
-    if config.manage_listen.is_none() && tls.is_none() {
-        if let Some(addr) = config.listen.filter(|addr| !addr.ip().is_loopback()) {
-            tracing::warn!(addr = %addr, "ManageKey is exposed on a non-loopback address without TLS");
-        }
-    }
-    let metrics_server = metrics_tcp
-        .zip(metrics_handle)
-        .map(|(listener, metrics_handle)| {
-            telemetry::metrics_addr_log(local_addr(&listener));
-            tokio::spawn(telemetry::serve_http(
-                listener,
-                metrics_handle,
-                ready_state.clone(),
-                stopped(),
-            ))
-        });
+    let servers = services.spawn(
+        config,
+        (listeners.tcp, listeners.uds, listeners.manage_tcp),
+        &stopped,
+    )?;
+    let metrics_server =
+        listeners
+            .metrics_tcp
+            .zip(metrics_handle)
+            .map(|(listener, metrics_handle)| {
+                telemetry::metrics_addr_log(local_addr(&listener));
+                tokio::spawn(telemetry::serve_http(
+                    listener,
+                    metrics_handle,
+                    ready_state.clone(),
+                    stopped(),
+                ))
+            });
+    Ok(Serving {
+        servers,
+        metrics_server,
+        stop,
+        health,
+        readiness,
+        ready_state,
+        check_context,
+    })
+}
 
+/// Fills the table (standalone: from disk; fleet: from the mirror, then
+/// follows etcd; with no mirror, after the first full read), then SERVING.
+async fn load_keys(
+    store: &Store,
+    serving: &Serving,
+    catalog: &Catalog,
+    route_count: usize,
+) -> Result<(), StartError> {
     let loading = store.clone();
     let started = std::time::Instant::now();
     let loaded = tokio::task::spawn_blocking(move || loading.load())
@@ -415,7 +420,7 @@ pub async fn run(
     metrics::gauge!(telemetry::KEYS, "kind" => "billing").set(loaded.billing as f64);
     store.follow_source();
     if let Some(sync) = store.sync_state() {
-        tokio::spawn(report_sync(sync.clone(), health.clone()));
+        tokio::spawn(report_sync(sync.clone(), serving.health.clone()));
         if !store.has_state() {
             // No mirror yet: never serve an empty table as if it were real.
             tracing::info!("no local mirror yet: waiting for the first full sync from etcd");
@@ -424,9 +429,9 @@ pub async fn run(
             }
         }
     }
-    readiness.set_ready();
-    ready_state.loaded.store(true, Ordering::Release);
-    set_health(&health, ServingStatus::Serving).await;
+    serving.readiness.set_ready();
+    serving.ready_state.loaded.store(true, Ordering::Release);
+    set_health(&serving.health, ServingStatus::Serving).await;
     metrics::gauge!(telemetry::LAST_RELOAD_SUCCESS).set(unix_now_secs());
     tracing::info!(
         keys = loaded.total(),
@@ -435,16 +440,12 @@ pub async fn run(
         routes = route_count,
         "keys loaded; serving"
     );
+    Ok(())
+}
 
-    let usage = tokio::spawn(record_usage(store.clone(), config.last_used_interval));
-    let reloader = tokio::spawn(reload_files(
-        watched,
-        config.clone(),
-        check_context,
-        store.clone(),
-    ));
-
-    let failed = tokio::select! {
+/// Waits for a shutdown request, or for the store to fail (`Some(reason)`).
+async fn until_stopped(shutdown: impl Future<Output = ()>, store: &Store) -> Option<String> {
+    tokio::select! {
         () = shutdown => {
             tracing::info!("shutdown requested: draining");
             None
@@ -453,18 +454,25 @@ pub async fn run(
             tracing::error!(%reason, "the store failed: draining, then exiting non-zero so the restart recovers from disk");
             Some(reason)
         }
-    };
-    ready_state.draining.store(true, Ordering::Release);
-    set_health(&health, ServingStatus::NotServing).await;
-    let _ = stop_sender.send(true);
-    reloader.abort();
-    usage.abort();
+    }
+}
 
+/// NOT_SERVING, stop accepting, finish what is in flight (bounded), then
+/// keep the last usage marks and sync; a failed store exits non-zero.
+async fn drain(
+    config: &ServeConfig,
+    mut serving: Serving,
+    store: &Store,
+    failed: Option<String>,
+) -> Result<(), StartError> {
+    serving.ready_state.draining.store(true, Ordering::Release);
+    set_health(&serving.health, ServingStatus::NotServing).await;
+    let _ = serving.stop.send(true);
     // Graceful shutdown waits for clients to close their connections; an idle
     // client may never do so, so the drain is bounded.
     let drained = tokio::time::timeout(config.drain_timeout, async {
         let mut result = Ok(());
-        while let Some(served) = servers.join_next().await {
+        while let Some(served) = serving.servers.join_next().await {
             if let Ok(Err(error)) = served {
                 result = Err(error);
             }
@@ -479,11 +487,11 @@ pub async fn run(
                 drain_timeout_ms = config.drain_timeout.as_millis() as u64,
                 "drain timed out; closing remaining connections"
             );
-            servers.abort_all();
+            serving.servers.abort_all();
             Ok(())
         }
     };
-    if let Some(metrics_server) = metrics_server {
+    if let Some(metrics_server) = serving.metrics_server {
         metrics_server.abort();
     }
     if let Some(path) = &config.uds {
@@ -562,130 +570,6 @@ fn load_tls(
     Ok(tonic::transport::ServerTlsConfig::new().identity(identity))
 }
 
-/// Reloads the catalog and routes files on SIGHUP and, with a watch interval,
-/// whenever their content changes. A bad new file is rejected, logged and
-/// counted, and the old one stays in force.
-async fn reload_files(
-    mut seen: [Option<u32>; 2],
-    config: ServeConfig,
-    context: Arc<CheckContext>,
-    store: Store,
-) {
-    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(hangups) => Some(hangups),
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGHUP; reload on signal disabled");
-            None
-        }
-    };
-    let mut ticks = config.watch_interval.map(|every| {
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks
-    });
-    loop {
-        seen = tokio::select! {
-            alive = next_hangup(&mut hangups) => {
-                if !alive {
-                    return;
-                }
-                watched_content(&config)
-            }
-            () = next_tick(&mut ticks) => {
-                let current = watched_content(&config);
-                if current == seen {
-                    continue;
-                }
-                tracing::info!("a watched file changed: reloading");
-                current
-            }
-        };
-        reload(&config, &context, &store);
-    }
-}
-
-async fn next_hangup(hangups: &mut Option<tokio::signal::unix::Signal>) -> bool {
-    match hangups {
-        Some(hangups) => hangups.recv().await.is_some(),
-        None => std::future::pending().await,
-    }
-}
-
-async fn next_tick(ticks: &mut Option<tokio::time::Interval>) {
-    match ticks {
-        Some(ticks) => drop(ticks.tick().await),
-        None => std::future::pending().await,
-    }
-}
-
-/// A checksum of each watched file (None: unreadable), cheap enough to take
-/// every tick: these files are small.
-fn watched_content(config: &ServeConfig) -> [Option<u32>; 2] {
-    let checksum = |path: &Option<PathBuf>| {
-        let bytes = std::fs::read(path.as_ref()?).ok()?;
-        Some(crc32fast::hash(&bytes))
-    };
-    [checksum(&config.catalog), checksum(&config.routes)]
-}
-
-/// Reloads the catalog (when `--catalog` names a file) and the routes file
-/// as one candidate policy: both are built, the catalog is checked against
-/// every stored key, and then both are swapped together, or neither is.
-/// Scope ids are stable across catalogs, so key entries stay right.
-fn reload(config: &ServeConfig, context: &CheckContext, store: &Store) {
-    let previous = context.policy.load_full();
-    let catalog = match &config.catalog {
-        Some(path) => match Catalog::load_after(path, &previous.catalog) {
-            Ok(catalog) => Arc::new(catalog),
-            Err(error) => return rejected("catalog", &error.to_string()),
-        },
-        None => previous.catalog.clone(),
-    };
-    let routes = match (&config.routes, &config.catalog) {
-        (Some(path), _) => RouteTable::load(path, &catalog),
-        (None, None) => RouteTable::from_toml(DEFAULT_ROUTES_TOML, &catalog),
-        (None, Some(_)) => Ok(RouteTable::empty()),
-    };
-    let routes = match routes {
-        Ok(routes) => routes,
-        Err(error) => return rejected("routes", &error.to_string()),
-    };
-    let rules = routes.rule_count();
-    let scopes = catalog.scope_count();
-    let policy = Arc::new(Policy {
-        catalog: catalog.clone(),
-        routes,
-    });
-    if config.catalog.is_some() {
-        let swapped = store.swap_catalog(catalog, || context.policy.store(policy));
-        if let Err(error) = swapped {
-            return rejected("catalog", &error.to_string());
-        }
-        reloaded("catalog", true);
-        tracing::info!(scopes, "catalog reloaded");
-    } else {
-        context.policy.store(policy);
-    }
-    if let Some(path) = &config.routes {
-        reloaded("routes", true);
-        tracing::info!(path = %path.display(), routes = rules, "routes reloaded");
-    }
-}
-
-/// A reload refused as a whole: the previous catalog and routes stay.
-fn rejected(kind: &'static str, error: &str) {
-    reloaded(kind, false);
-    tracing::error!(%error, "{kind} reload rejected; the previous catalog and routes stay in force");
-}
-
-fn reloaded(kind: &'static str, ok: bool) {
-    let result = if ok { "ok" } else { "error" };
-    metrics::counter!(telemetry::RELOADS_TOTAL, "kind" => kind, "result" => result).increment(1);
-    if ok {
-        metrics::gauge!(telemetry::LAST_RELOAD_SUCCESS).set(unix_now_secs());
-    }
-}
-
 fn unix_now_secs() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -738,48 +622,4 @@ async fn set_health(health: &tonic_health::server::HealthReporter, status: Servi
     ] {
         health.set_service_status(service, status).await;
     }
-}
-
-fn resolve_admin_token(config: &ServeConfig) -> Result<String, StartError> {
-    let error = |path: &Path, reason: String| StartError::AdminToken {
-        path: path.display().to_string(),
-        reason,
-    };
-    match &config.admin_token {
-        AdminTokenSource::Value(token) => {
-            if token.trim().len() < MIN_ADMIN_TOKEN_CHARS {
-                return Err(StartError::AdminToken {
-                    path: "SCOPEGATE_ADMIN_TOKEN".into(),
-                    reason: format!("must be at least {MIN_ADMIN_TOKEN_CHARS} characters"),
-                });
-            }
-            Ok(token.trim().to_owned())
-        }
-        AdminTokenSource::File(path) => {
-            crate::secret_file::read_secret_file(path, MIN_ADMIN_TOKEN_CHARS)
-                .map_err(|(path, reason)| StartError::AdminToken { path, reason })
-        }
-        AdminTokenSource::DataDir => {
-            let path = config.data_dir.join(ADMIN_TOKEN_FILE);
-            if path.exists() {
-                return crate::secret_file::read_secret_file(&path, MIN_ADMIN_TOKEN_CHARS)
-                    .map_err(|(path, reason)| StartError::AdminToken { path, reason });
-            }
-            let token = new_admin_token();
-            write_private_file(&path, &token).map_err(|io| error(&path, io.to_string()))?;
-            tracing::info!(path = %path.display(), "generated an admin token (mode 0600); pass it as `authorization: Bearer <token>`");
-            Ok(token)
-        }
-    }
-}
-
-fn write_private_file(path: &Path, content: &str) -> std::io::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    file.write_all(content.as_bytes())?;
-    file.write_all(b"\n")?;
-    file.sync_all()
 }

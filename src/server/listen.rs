@@ -1,0 +1,149 @@
+//! The services and the listeners they are served on: the tower stack
+//! (metrics, admission), TLS on TCP, the Unix socket's `:authority` fix, and
+//! ManageKey on its own address when asked.
+
+use tonic::service::Routes;
+
+use super::*;
+
+/// What each listener serves: the decisions (and, unless ManageKey has its
+/// own address, management), and management alone.
+pub(super) struct Services {
+    hot: Routes,
+    manage_only: Option<Routes>,
+}
+
+impl Services {
+    pub(super) fn new(
+        config: &ServeConfig,
+        context: Arc<CheckContext>,
+        manager: Arc<Manager>,
+        readiness: Arc<Readiness>,
+        health: tonic_health::pb::health_server::HealthServer<
+            impl tonic_health::pb::health_server::Health,
+        >,
+    ) -> Result<Services, StartError> {
+        let limits = &config.limits;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(grpc::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(grpc::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let base = Routes::new(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+        let authorize = AuthorizeServer::new(AuthorizeService {
+            context: context.clone(),
+        })
+        .max_decoding_message_size(limits.max_message_bytes);
+        let ext_authz = AuthorizationServer::new(ExtAuthzService {
+            context,
+            config: config.ext_authz.clone(),
+        })
+        .max_decoding_message_size(limits.ext_authz_max_message_bytes);
+        let admin = AdminServer::new(AdminService {
+            manager: manager.clone(),
+            readiness: readiness.clone(),
+        });
+        let manage = ManageKeyServer::new(ManageKeyService { manager, readiness })
+            .max_decoding_message_size(limits.max_message_bytes);
+        let hot = base.clone().add_service(authorize).add_service(ext_authz);
+        Ok(match config.manage_listen {
+            None => Services {
+                hot: hot.add_service(manage).add_service(admin),
+                manage_only: None,
+            },
+            Some(_) => Services {
+                hot,
+                manage_only: Some(base.add_service(manage).add_service(admin)),
+            },
+        })
+    }
+
+    /// Serves on every bound listener until `stopped()` resolves.
+    pub(super) fn spawn<F>(
+        self,
+        config: &ServeConfig,
+        listeners: (
+            Option<tokio::net::TcpListener>,
+            Option<(tokio::net::UnixListener, PathBuf)>,
+            Option<tokio::net::TcpListener>,
+        ),
+        stopped: &impl Fn() -> F,
+    ) -> Result<tokio::task::JoinSet<Result<(), tonic::transport::Error>>, StartError>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (tcp, uds, manage_tcp) = listeners;
+        let limits = &config.limits;
+        // The tower stack, outermost first.
+        let layers = tower::ServiceBuilder::new()
+            // Count every request by method and status, including refused ones.
+            .layer(telemetry::GrpcMetricsLayer)
+            // Bound the requests in progress across all connections, checks and
+            // management apart; refuse at once beyond it instead of queueing.
+            // ManageKey and Admin also get their deadline here; checks never
+            // wait, so they pay for no timer.
+            .layer(crate::limit::ShedLayer::new(
+                limits.max_concurrent_requests,
+                limits.max_concurrent_manage,
+                limits.request_timeout,
+            ));
+        let tls = config.tls.as_ref().map(load_tls).transpose()?;
+        let router = |tls: Option<&tonic::transport::ServerTlsConfig>, routes: &Routes| {
+            let mut server = tonic::transport::Server::builder()
+                .max_concurrent_streams(limits.http2_max_concurrent_streams)
+                .http2_max_local_error_reset_streams(Some(
+                    limits.http2_max_local_error_reset_streams,
+                ))
+                .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
+                .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+                // hyper's default, stated: the socket adapter stops at the same bound.
+                .http2_max_header_list_size(Some(crate::uds::MAX_HEADER_LIST as u32));
+            if let Some(tls) = tls {
+                server = server.tls_config(tls.clone())?;
+            }
+            Ok::<_, tonic::transport::Error>(
+                server.layer(layers.clone()).add_routes(routes.clone()),
+            )
+        };
+        let mut servers = tokio::task::JoinSet::new();
+        // TCP routers carry TLS when it is configured; the Unix socket never does.
+        if let Some(listener) = tcp {
+            let addr = local_addr(&listener);
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let router = router(tls.as_ref(), &self.hot)?;
+            servers.spawn(router.serve_with_incoming_shutdown(incoming, stopped()));
+            tracing::info!(addr = %addr, data_dir = %config.data_dir.display(), tls = tls.is_some(), "scopegate listening");
+        }
+        if let Some((listener, path)) = uds {
+            // Each connection gets the `:authority` fix (see uds.rs).
+            let incoming = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::UnixListenerStream::new(listener),
+                |accepted| accepted.map(crate::uds::UdsConnection::new),
+            );
+            let router = router(None, &self.hot)?;
+            servers.spawn(router.serve_with_incoming_shutdown(incoming, stopped()));
+            tracing::info!(path = %path.display(), "scopegate listening on unix socket");
+        }
+        if let (Some(listener), Some(routes)) = (manage_tcp, &self.manage_only) {
+            let addr = local_addr(&listener);
+            if !addr.ip().is_loopback() && tls.is_none() {
+                tracing::warn!(addr = %addr, "ManageKey is exposed on a non-loopback address without TLS");
+            }
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let router = router(tls.as_ref(), routes)?;
+            servers.spawn(router.serve_with_incoming_shutdown(incoming, stopped()));
+            tracing::info!(addr = %addr, "ManageKey listening");
+        }
+        if config.manage_listen.is_none() && tls.is_none() {
+            if let Some(addr) = config.listen.filter(|addr| !addr.ip().is_loopback()) {
+                tracing::warn!(addr = %addr, "ManageKey is exposed on a non-loopback address without TLS");
+            }
+        }
+        Ok(servers)
+    }
+}
