@@ -23,7 +23,7 @@ use subtle::ConstantTimeEq;
 pub const DEFAULT_PREFIX: &str = "SG";
 const KEY_ID_BYTES: usize = 16;
 const KEY_ID_CHARS: usize = 22;
-const SECRET_BYTES: usize = 32;
+pub const SECRET_BYTES: usize = 32;
 const SECRET_CHARS: usize = 43;
 const CHECK_CHARS: usize = 6;
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -174,7 +174,14 @@ impl TokenFormat {
     fn issue_for(&self, key_id: KeyId) -> IssuedToken {
         let mut secret_bytes = zeroize::Zeroizing::new([0; SECRET_BYTES]);
         getrandom::fill(&mut *secret_bytes).expect("the OS random source works");
-        let secret = zeroize::Zeroizing::new(URL_SAFE_NO_PAD.encode(*secret_bytes));
+        self.issue_with_secret(key_id, &secret_bytes)
+    }
+
+    /// The token of `key_id` with the given secret bytes. The server only
+    /// ever uses random ones ([`TokenFormat::issue`]); fixtures that need a
+    /// token known in advance (fuzz seeds, benchmarks) pass fixed ones.
+    pub fn issue_with_secret(&self, key_id: KeyId, secret_bytes: &[u8; SECRET_BYTES]) -> IssuedToken {
+        let secret = zeroize::Zeroizing::new(URL_SAFE_NO_PAD.encode(secret_bytes));
         let mut token = format!("{}.{}.{}", self.prefix, key_id, *secret);
         let check = checksum(&token);
         token.push_str(std::str::from_utf8(&check).expect("base62 is ASCII"));

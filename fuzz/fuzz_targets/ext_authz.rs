@@ -1,6 +1,9 @@
 //! The ext_authz handler on arbitrary `CheckRequest` bytes (what Envoy, or
-//! anyone who reaches the port, sends): decode, then the real handler. It may
-//! answer anything, but never panic.
+//! anyone who reaches the port, sends): decode, then the real handler. It
+//! never panics; every answer decodes with envoy-types; an allow (which the
+//! fixed key in the seed `allowed` reaches: `Bearer` + its token, POST
+//! /v3/mail/send) names that key and is exactly as long as prost encodes the
+//! message it decodes to, so the hand-written allow encoder is fuzzed too.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
@@ -14,7 +17,7 @@ use scopegate::grpc::{CheckContext, ExtAuthzConfig, ExtAuthzService, Readiness};
 use scopegate::key::{AuthEntry, KeyTable};
 use scopegate::route::{RouteTable, DEFAULT_ROUTES_TOML};
 use scopegate::scope::{Catalog, KeyKind};
-use scopegate::token::TokenFormat;
+use scopegate::token::{KeyId, TokenFormat, SECRET_BYTES};
 
 fn service() -> &'static (ExtAuthzService, tokio::runtime::Runtime) {
     static SERVICE: OnceLock<(ExtAuthzService, tokio::runtime::Runtime)> = OnceLock::new();
@@ -23,7 +26,7 @@ fn service() -> &'static (ExtAuthzService, tokio::runtime::Runtime) {
         let format = TokenFormat::new("SG", None).unwrap();
         let keys = KeyTable::default();
         // A known key, so that fuzzed requests can reach the allow path.
-        let issued = format.issue();
+        let issued = format.issue_with_secret(KeyId::from_bytes([7; 16]), &[42; SECRET_BYTES]);
         keys.insert(
             issued.key_id,
             Arc::new(AuthEntry::new(issued.secret_hash, catalog.all_scopes(), "acme".into(), KeyKind::General, None)),
@@ -80,5 +83,27 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (service, runtime) = service();
-    let _ = runtime.block_on(service.check(tonic::Request::new(request)));
+    let Ok(answer) = runtime.block_on(service.check(tonic::Request::new(request))) else {
+        return;
+    };
+    let bytes = answer.get_ref().as_bytes().to_vec();
+    let decoded = answer
+        .get_ref()
+        .decode()
+        .expect("every answer decodes with envoy-types");
+    use envoy_types::ext_authz::v3::pb::check_response::HttpResponse;
+    if let Some(HttpResponse::OkResponse(ok)) = &decoded.http_response {
+        assert_eq!(decoded.status.as_ref().map_or(0, |status| status.code), 0);
+        let header = |name: &str| {
+            ok.headers
+                .iter()
+                .filter_map(|option| option.header.as_ref())
+                .find(|header| header.key == name)
+                .map(|header| header.value.clone())
+        };
+        let key_id = KeyId::from_bytes([7; 16]).to_string();
+        assert_eq!(header("x-scopegate-key-id").as_deref(), Some(key_id.as_str()));
+        assert_eq!(header("x-scopegate-account-id").as_deref(), Some("acme"));
+        assert_eq!(decoded.encoded_len(), bytes.len(), "the allow encoder's sizes");
+    }
 });

@@ -454,6 +454,10 @@ fn decode_unreserved(path: &str, options: PathOptions) -> Option<String> {
             continue;
         }
         let hex = path.get(index + 1..index + 3)?;
+        // Two hex digits; from_str_radix alone would also take "+1".
+        if !hex.bytes().all(|digit| digit.is_ascii_hexdigit()) {
+            return None;
+        }
         let value = u8::from_str_radix(hex, 16).ok()?;
         match value {
             b'/' | b'\\' | 0 => return None,

@@ -102,6 +102,9 @@ fn paths_are_normalised_or_refused() {
         ("/../v3/mail/send", Err(RouteMiss::InvalidPath)),
         ("/v3/mail/send%", Err(RouteMiss::InvalidPath)),
         ("/v3/mail/send%zz", Err(RouteMiss::InvalidPath)),
+        // from_str_radix takes a sign: "%+1" must still be a bad escape.
+        ("/v3/mail/send%+1", Err(RouteMiss::InvalidPath)),
+        ("/v3/mail/s%2Dnd%-1", Err(RouteMiss::InvalidPath)),
         ("v3/mail/send", Err(RouteMiss::InvalidPath)),
         ("", Err(RouteMiss::InvalidPath)),
     ];
