@@ -54,6 +54,25 @@ fn envoy_request(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckReq
     }
 }
 
+/// The client address both entry points are given in the agreement test.
+const SOURCE: &str = "198.51.100.7";
+
+/// `request` as Envoy sends it for a client at [`SOURCE`].
+fn from_source(mut request: CheckRequest) -> CheckRequest {
+    use envoy_types::pb::envoy::config::core::v3::{address, Address, SocketAddress};
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::Peer;
+    request.attributes.as_mut().unwrap().source = Some(Peer {
+        address: Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: SOURCE.into(),
+                ..Default::default()
+            })),
+        }),
+        ..Default::default()
+    });
+    request
+}
+
 fn metadata_decision(
     response: &envoy_types::pb::envoy::service::auth::v3::CheckResponse,
 ) -> String {
@@ -105,6 +124,55 @@ async fn ext_authz_and_check_http_agree_on_every_decision() {
         .await
         .unwrap();
     tokens.push(deleted.token);
+    // Lifecycle decisions: disabled, expired, and an address allowlist that
+    // both entry points read from their own field (client_ip, and Envoy's
+    // source address), the one that excludes SOURCE and the one that holds it.
+    let disabled = manage
+        .create_key(bearer(&admin, create("acme", "off", &["mail.send"])))
+        .await
+        .unwrap()
+        .into_inner();
+    manage
+        .update_key(bearer(
+            &admin,
+            pb::UpdateKeyRequest {
+                key_id: disabled.key.unwrap().key_id,
+                enabled: Some(false),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    tokens.push(disabled.token);
+    let expiring = manage
+        .create_key(bearer(
+            &admin,
+            pb::CreateKeyRequest {
+                expire_time: Some(
+                    (std::time::SystemTime::now() + std::time::Duration::from_millis(300)).into(),
+                ),
+                ..create("acme", "brief", &["mail.send"])
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    tokens.push(expiring.token);
+    for cidr in ["203.0.113.0/24", "198.51.100.0/24"] {
+        let fenced = manage
+            .create_key(bearer(
+                &admin,
+                pb::CreateKeyRequest {
+                    allowed_cidrs: vec![cidr.into()],
+                    ..create("acme", "fenced", &["mail.send", "stats.read"])
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        tokens.push(fenced.token);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
 
     let paths = [
         "/v3/mail/send",
@@ -135,6 +203,7 @@ async fn ext_authz_and_check_http_agree_on_every_decision() {
                             method: method.into(),
                             path: path.into(),
                         }),
+                        client_ip: SOURCE.into(),
                         ..Default::default()
                     })
                     .await
@@ -147,7 +216,7 @@ async fn ext_authz_and_check_http_agree_on_every_decision() {
                     vec![("authorization", authorization.as_str())]
                 };
                 let envoy = ext_authz
-                    .check(envoy_request(method, path, &headers))
+                    .check(from_source(envoy_request(method, path, &headers)))
                     .await
                     .unwrap()
                     .into_inner();
@@ -185,6 +254,9 @@ async fn ext_authz_and_check_http_agree_on_every_decision() {
         "INSUFFICIENT_SCOPE",
         "NO_ROUTE",
         "INVALID_PATH",
+        "EXPIRED",
+        "DISABLED",
+        "IP_NOT_ALLOWED",
     ]
     .into_iter()
     .collect();
