@@ -699,8 +699,13 @@ async fn health_reports_serving_and_scopes_show_the_catalog() {
 async fn no_secret_ever_reaches_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    // Every log level, every crate (tonic, h2, sled included).
-    let server = Server::start_after("export RUST_LOG=trace", &data, &[]);
+    // Every log level, every crate (tonic, h2, sled included), every
+    // decision logged, and ext_authz in dry run (which logs its denials).
+    let server = Server::start_after(
+        "export RUST_LOG=trace",
+        &data,
+        &["--log-decisions-every", "1", "--dry-run"],
+    );
     let admin = server.admin_token.clone();
     let mut manage = server.manage().await;
     let mut authorize = server.authorize().await;
@@ -735,6 +740,13 @@ async fn no_secret_ever_reaches_the_log() {
     let _ = authorize
         .check(check(&format!("{}x", child.token), &["mail.send"]))
         .await;
+    // ext_authz (POST /v3/mail/send), allowed, and denied but let through
+    // in dry run, with the token in the header.
+    let wrong = format!("{}x", child.token);
+    for (token, expected) in [(&child.token, "ALLOWED"), (&wrong, "MALFORMED_TOKEN")] {
+        let (decision, status, _) = common::ext_authz(&server, token, None).await;
+        assert_eq!((decision.as_str(), status), (expected, 200));
+    }
     manage
         .update_key(bearer(
             &parent.token,
@@ -760,6 +772,10 @@ async fn no_secret_ever_reaches_the_log() {
         "mutations are logged:\n{log}"
     );
     assert!(log.contains("TRACE"), "the log is at trace level");
+    assert!(
+        log.contains(r#""message":"decision""#) && log.contains("dry run"),
+        "sampled decisions and dry-run denials are in the log scanned:\n{log}"
+    );
     let (_, metrics) = server.http_get("/metrics");
     let backup = dir.path().join("backup.jsonl");
     server.backup(&backup);
