@@ -1122,25 +1122,28 @@ async fn changes_cut_by_their_deadline_complete_or_never_happen() {
             request.set_timeout(Duration::from_micros(500 + 1000 * (index % 20)));
             let created = manage.create_key(request).await;
             if let Ok(created) = created {
+                let created = created.into_inner();
+                let key_id = created.key.unwrap().key_id;
                 if index % 2 == 0 {
                     let mut request = bearer(
                         &admin,
                         pb::DeleteKeyRequest {
-                            key_id: created.into_inner().key.unwrap().key_id,
+                            key_id: key_id.clone(),
                         },
                     );
                     request.set_timeout(Duration::from_micros(300));
                     let _ = manage.delete_key(request).await;
                 }
-                return 1;
+                return Some((key_id, created.token));
             }
-            0
+            None
         }));
     }
-    let mut acknowledged = 0;
+    let mut tokens = Vec::new();
     for call in calls {
-        acknowledged += call.await.unwrap();
+        tokens.extend(call.await.unwrap());
     }
+    let acknowledged = tokens.len();
     tokio::time::sleep(Duration::from_millis(500)).await; // let detached changes finish
     let listed = server
         .manage()
@@ -1166,6 +1169,36 @@ async fn changes_cut_by_their_deadline_complete_or_never_happen() {
         listed.len() as f64,
         "the keys gauge drifted from what is stored"
     );
+    // Check agrees with what is stored for every key whose token we hold:
+    // allowed exactly when the key is stored (a cut delete either happened or not).
+    let stored: std::collections::BTreeSet<String> =
+        listed.iter().map(|key| key.key_id.clone()).collect();
+    let decisions = |server: &Server| {
+        let server_addr = server.addr.clone();
+        let tokens = tokens.clone();
+        async move {
+            let mut authorize =
+                pb::authorize_client::AuthorizeClient::connect(server_addr).await.unwrap();
+            let mut allowed = std::collections::BTreeSet::new();
+            for (key_id, token) in &tokens {
+                let answer = authorize
+                    .check(check(token, &["mail.send"]))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                if answer.allowed {
+                    allowed.insert(key_id.clone());
+                }
+            }
+            allowed
+        }
+    };
+    let ours: std::collections::BTreeSet<String> = tokens
+        .iter()
+        .map(|(key_id, _)| key_id.clone())
+        .filter(|key_id| stored.contains(key_id))
+        .collect();
+    assert_eq!(decisions(&server).await, ours, "Check and the store disagree");
     // After a restart (the table rebuilt from disk) the count is the same.
     let count_before = listed.len();
     drop(server);
@@ -1175,6 +1208,7 @@ async fn changes_cut_by_their_deadline_complete_or_never_happen() {
         metric(&body, r#"scopegate_keys{kind="general"}"#),
         count_before as f64
     );
+    assert_eq!(decisions(&server).await, ours, "and after a restart");
 }
 
 /// A catalog is checked against every stored key: at start-up (a key naming
