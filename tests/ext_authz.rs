@@ -204,7 +204,6 @@ async fn ext_authz_and_check_http_agree_on_every_decision() {
                             path: path.into(),
                         }),
                         client_ip: SOURCE.into(),
-                        ..Default::default()
                     })
                     .await
                     .unwrap()
