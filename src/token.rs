@@ -180,7 +180,11 @@ impl TokenFormat {
     /// The token of `key_id` with the given secret bytes. The server only
     /// ever uses random ones ([`TokenFormat::issue`]); fixtures that need a
     /// token known in advance (fuzz seeds, benchmarks) pass fixed ones.
-    pub fn issue_with_secret(&self, key_id: KeyId, secret_bytes: &[u8; SECRET_BYTES]) -> IssuedToken {
+    pub fn issue_with_secret(
+        &self,
+        key_id: KeyId,
+        secret_bytes: &[u8; SECRET_BYTES],
+    ) -> IssuedToken {
         let secret = zeroize::Zeroizing::new(URL_SAFE_NO_PAD.encode(secret_bytes));
         let mut token = format!("{}.{}.{}", self.prefix, key_id, *secret);
         let check = checksum(&token);

@@ -68,20 +68,41 @@ async fn expiry_crosses_cleanly_under_a_stream_of_checks() {
     let mut authorize = server.authorize().await;
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
+    let unix_ms = || {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    let (mut last_allowed_sent, mut first_expired_received) = (0, 0);
     loop {
+        let sent = unix_ms();
         let response = authorize
             .check(check(&key.token, &["mail.send"]))
             .await
             .unwrap()
             .into_inner();
+        let received = unix_ms();
         let decision = pb::Decision::try_from(response.decision).unwrap();
         if seen.last() != Some(&decision) {
             seen.push(decision);
         }
+        if decision == pb::Decision::Allowed {
+            last_allowed_sent = sent;
+        }
         if decision == pb::Decision::Expired || Instant::now() > deadline {
+            first_expired_received = received;
             break;
         }
     }
+    // The switch happens at expire_time, on the same clock: the last allow
+    // was asked before it, the first denial answered after it.
+    let expire = view.expire_time.as_ref().unwrap();
+    let expire_ms = expire.seconds * 1000 + i64::from(expire.nanos) / 1_000_000;
+    assert!(
+        last_allowed_sent < expire_ms && expire_ms <= first_expired_received,
+        "allowed until {last_allowed_sent}, expired from {first_expired_received}, expire_time {expire_ms}"
+    );
     // A few more after the crossing: never allowed again.
     for _ in 0..50 {
         assert_eq!(

@@ -105,7 +105,10 @@ impl World {
     /// The model's own reading of the product rules, not the code under
     /// test's: a key holds at least one scope, and billing scopes alone.
     fn valid(&self, scopes: &BTreeSet<String>) -> bool {
-        let billing = scopes.iter().filter(|scope| scope.starts_with("billing.")).count();
+        let billing = scopes
+            .iter()
+            .filter(|scope| scope.starts_with("billing."))
+            .count();
         !scopes.is_empty() && (billing == 0 || billing == scopes.len())
     }
 

@@ -1177,8 +1177,9 @@ async fn changes_cut_by_their_deadline_complete_or_never_happen() {
         let server_addr = server.addr.clone();
         let tokens = tokens.clone();
         async move {
-            let mut authorize =
-                pb::authorize_client::AuthorizeClient::connect(server_addr).await.unwrap();
+            let mut authorize = pb::authorize_client::AuthorizeClient::connect(server_addr)
+                .await
+                .unwrap();
             let mut allowed = std::collections::BTreeSet::new();
             for (key_id, token) in &tokens {
                 let answer = authorize
@@ -1198,7 +1199,11 @@ async fn changes_cut_by_their_deadline_complete_or_never_happen() {
         .map(|(key_id, _)| key_id.clone())
         .filter(|key_id| stored.contains(key_id))
         .collect();
-    assert_eq!(decisions(&server).await, ours, "Check and the store disagree");
+    assert_eq!(
+        decisions(&server).await,
+        ours,
+        "Check and the store disagree"
+    );
     // After a restart (the table rebuilt from disk) the count is the same.
     let count_before = listed.len();
     drop(server);

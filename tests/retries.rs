@@ -204,3 +204,39 @@ async fn concurrent_retries_on_two_sidecars_make_one_key() {
     }
     assert_eq!(key_ids(&a, "acme").await.len(), 1);
 }
+
+/// The server's own `--request-timeout-ms` cuts a management call that
+/// waits on a slow disk (fdatasync held 600 ms by strace): the client hears
+/// DEADLINE_EXCEEDED, and the change completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_request_timeout_cuts_a_slow_change_that_still_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--request-timeout-ms", "150"]);
+    let tracer = Strace::attach(
+        &server,
+        &[
+            "-e",
+            "trace=fdatasync",
+            "-e",
+            "inject=fdatasync:delay_exit=600000",
+        ],
+        &dir.path().join("trace"),
+    );
+    // No client deadline: a DEADLINE_EXCEEDED can only be the server's.
+    let status = server
+        .manage()
+        .await
+        .create_key(bearer(
+            &server.admin_token,
+            create("acme", "slow", &["mail.send"]),
+        ))
+        .await
+        .expect_err("the fdatasync outlasts the server's timeout");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("150 ms"), "{status:?}");
+    eventually("the cut create completes on its own", || async {
+        key_ids(&server, "acme").await.len() == 1
+    })
+    .await;
+    tracer.detach();
+}
