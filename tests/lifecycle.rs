@@ -74,8 +74,8 @@ async fn expiry_crosses_cleanly_under_a_stream_of_checks() {
             .unwrap()
             .as_millis() as i64
     };
-    let (mut last_allowed_sent, mut first_expired_received) = (0, 0);
-    loop {
+    let mut last_allowed_sent = 0;
+    let first_expired_received = loop {
         let sent = unix_ms();
         let response = authorize
             .check(check(&key.token, &["mail.send"]))
@@ -91,10 +91,9 @@ async fn expiry_crosses_cleanly_under_a_stream_of_checks() {
             last_allowed_sent = sent;
         }
         if decision == pb::Decision::Expired || Instant::now() > deadline {
-            first_expired_received = received;
-            break;
+            break received;
         }
-    }
+    };
     // The switch happens at expire_time, on the same clock: the last allow
     // was asked before it, the first denial answered after it.
     let expire = view.expire_time.as_ref().unwrap();
