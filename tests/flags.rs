@@ -1,0 +1,156 @@
+//! Documented `serve` flags, exercised through the real binary: each test
+//! changes one flag and looks for its documented effect.
+
+mod common;
+
+use common::{bearer, check, create, Server};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+    HttpRequest, Request as AttrRequest,
+};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use scopegate::grpc::pb;
+use tonic::Code;
+
+async fn decision(server: &Server, token: &str) -> pb::Decision {
+    let answer = server
+        .authorize()
+        .await
+        .check(check(token, &["mail.send"]))
+        .await
+        .unwrap()
+        .into_inner();
+    pb::Decision::try_from(answer.decision).unwrap()
+}
+
+/// `--token-prefix` names the tokens issued, and changing it invalidates the
+/// tokens issued before (README, "Tokens").
+#[tokio::test]
+async fn the_token_prefix_names_tokens_and_changing_it_invalidates_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--token-prefix", "ACME"]);
+    let key = server
+        .manage()
+        .await
+        .create_key(bearer(
+            &server.admin_token,
+            create("acme", "k", &["mail.send"]),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(key.token.starts_with("ACME."), "{}", key.token);
+    assert_eq!(decision(&server, &key.token).await, pb::Decision::Allowed);
+    let as_default = key.token.replacen("ACME.", "SG.", 1);
+    assert_eq!(
+        decision(&server, &as_default).await,
+        pb::Decision::MalformedToken
+    );
+    drop(server);
+    let server = Server::start(&data, &[]);
+    assert_eq!(
+        decision(&server, &key.token).await,
+        pb::Decision::MalformedToken,
+        "with the default prefix, an ACME token is no token"
+    );
+}
+
+fn envoy_request(extra_header_bytes: usize) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(AttrRequest {
+                http: Some(HttpRequest {
+                    method: "POST".into(),
+                    path: "/v3/mail/send".into(),
+                    headers: [("x-padding".to_owned(), "p".repeat(extra_header_bytes))]
+                        .into_iter()
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// `--ext-authz-max-message-bytes` bounds what Envoy may send: a larger
+/// CheckRequest is refused before it is decoded, a smaller one answered.
+#[tokio::test]
+async fn ext_authz_requests_over_the_message_limit_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--ext-authz-max-message-bytes", "4096"],
+    );
+    let mut client = AuthorizationClient::new(server.channel().await);
+    let small = client.check(envoy_request(1000)).await;
+    assert!(small.is_ok(), "{small:?}");
+    let status = client.check(envoy_request(8000)).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    // Authorize keeps its own limit (--max-message-bytes, 64 KiB).
+    let mut big_check = check("SG.x.y", &["mail.send"]);
+    big_check.token = "x".repeat(8000);
+    let answer = server.authorize().await.check(big_check).await;
+    assert!(answer.is_ok(), "{answer:?}");
+}
+
+fn worker_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter(|task| {
+            let comm = task.as_ref().unwrap().path().join("comm");
+            std::fs::read_to_string(comm)
+                .unwrap_or_default()
+                .starts_with("tokio-rt-worker")
+        })
+        .count()
+}
+
+/// `--worker-threads` is how many threads answer requests. (tokio names its
+/// blocking threads alike; they leave after 2 idle seconds, so the count
+/// settles on the workers.)
+#[tokio::test]
+async fn worker_threads_sets_the_runtime_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    for threads in [1, 3] {
+        let threads_arg = threads.to_string();
+        let server = Server::start(
+            &dir.path().join(format!("data-{threads}")),
+            &["--worker-threads", &threads_arg],
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut seen = worker_threads(server.child.id());
+        while seen != threads && std::time::Instant::now() < deadline {
+            assert!(
+                seen > threads,
+                "{seen} runtime threads for --worker-threads {threads}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            seen = worker_threads(server.child.id());
+        }
+        assert_eq!(seen, threads);
+    }
+}
+
+/// ManageKey reachable beyond loopback without TLS is worth a warning at
+/// start (README, "listeners"); on loopback there is none.
+#[tokio::test]
+async fn management_beyond_loopback_without_tls_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let quiet = Server::start(&dir.path().join("quiet"), &[]);
+    assert!(!quiet.log().contains("without TLS"));
+    // Binding every interface sends nothing anywhere; the test talks to loopback.
+    let exposed = Server::start(
+        &dir.path().join("exposed"),
+        &["--manage-listen", "0.0.0.0:0"],
+    );
+    assert!(
+        exposed
+            .log()
+            .contains("ManageKey is exposed on a non-loopback address without TLS"),
+        "{}",
+        exposed.log()
+    );
+}
