@@ -5,6 +5,8 @@
 # these counts repeat within a few per cent on a shared machine.
 #   bash bench/instructions.sh               # prints JSON lines and a table
 #   REQUESTS=500 bash bench/instructions.sh  # quicker
+#   SCOPEGATE_BIN=/other/scopegate BARE=0 bash bench/instructions.sh
+#                                            # another build (before/after a change), no bare server
 # Each figure: counters zeroed after a warm-up, N requests sent, counters
 # dumped; then zeroed again, the server left idle for as long, dumped; the
 # idle count is subtracted and the rest divided by N.
@@ -16,7 +18,7 @@ inflight_list=${INFLIGHT:-"1 16"}
 
 command -v valgrind > /dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 cargo build --release --locked --bin scopegate --example loadgen
-bin="$CARGO_TARGET_DIR/release/scopegate"
+bin="${SCOPEGATE_BIN:-$CARGO_TARGET_DIR/release/scopegate}"
 loadgen="$CARGO_TARGET_DIR/release/examples/loadgen"
 work=$(mktemp -d)
 server_pid=""
@@ -65,6 +67,7 @@ results="$work/results.jsonl"
 [ -n "${RESULTS:-}" ] && results_copy=$RESULTS || results_copy=/dev/null
 workloads="scopes http ext-authz ext-authz-allowed"
 
+if [ "${BARE:-1}" = 1 ]; then
 echo "== the bare tonic server under callgrind" >&2
 valgrind --tool=callgrind --callgrind-out-file="$work/ceiling.cg" \
   "$loadgen" ceiling --listen 127.0.0.1:0 > "$work/ceiling.addr" 2> "$work/ceiling.log" &
@@ -82,8 +85,9 @@ for inflight in $inflight_list; do
   done
 done
 kill "$server_pid"; wait "$server_pid" 2> /dev/null || true; server_pid=""
+fi
 
-echo "== scopegate (default flags, metrics on) under callgrind" >&2
+echo "== scopegate (default flags, metrics on) under callgrind: $bin" >&2
 "$bin" serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$work/data" \
   --log-format json 2> "$work/prepare.log" &
 server_pid=$!
@@ -122,6 +126,9 @@ print("| request | in flight | bare server, Authorize.Check | bare server, same 
 print("|---|---|---|---|---|---|---|")
 for (server, workload, inflight), value in sorted(by.items(), key=lambda kv: (kv[0][2], kv[0][1])):
     if server != "scopegate":
+        continue
+    if ("bare", "ceiling", inflight) not in by:  # BARE=0
+        print(f"| {names[workload]} | {inflight} | | | {value / 1000:.1f} K | | |")
         continue
     bare = by[("bare", "ceiling", inflight)]
     twin = by[("bare", same[workload], inflight)]
