@@ -135,7 +135,7 @@ echo "== scale: $scale_keys keys"
 "$loadgen" gen-backup --keys "$scale_keys" --out "$work/scale.jsonl"
 "$bin" restore --in "$work/scale.jsonl" --data-dir "$work/scale" > /dev/null
 start_ns=$(date +%s%N)
-"$bin" serve --listen 127.0.0.1:0 --metrics-listen none --data-dir "$work/scale" --log-format json 2> "$work/scale.log" &
+"$bin" serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$work/scale" --log-format json 2> "$work/scale.log" &
 pids+=($!); scale_pid=$!
 wait_for_log "$work/scale.log" "keys loaded; serving"
 end_ns=$(date +%s%N)

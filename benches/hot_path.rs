@@ -54,6 +54,19 @@ fn table_with(
     (keys, tokens)
 }
 
+/// Indexes drawn uniformly (xorshift64: a few ns, the same at every size),
+/// so a large table is read as traffic reads it, mostly out of cache, not as
+/// a warm working set.
+fn uniform_draws() -> impl FnMut(usize) -> usize {
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    move |len: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % len as u64) as usize
+    }
+}
+
 fn benches(c: &mut Criterion) {
     let catalog = Catalog::builtin();
     let format = TokenFormat::new("SG", None).unwrap();
@@ -78,16 +91,7 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("decide_scope_allow");
     for count in [1_000, 100_000, 1_000_000] {
         let (keys, tokens) = table(count, &catalog, &format);
-        // Tokens drawn uniformly from every key (xorshift64: a few ns, the
-        // same at every size), so a large table is read as traffic reads
-        // it, mostly out of cache, not as a warm working set.
-        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
-        let mut uniform = move |len: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % len as u64) as usize
-        };
+        let mut uniform = uniform_draws();
         let mut next = 0;
         group.bench_with_input(BenchmarkId::from_parameter(count), &count, |b, _| {
             b.iter(|| {
@@ -100,15 +104,17 @@ fn benches(c: &mut Criterion) {
         if count == 1_000 {
             group.bench_function("http_route_1000", |b| {
                 b.iter(|| {
-                    next = (next + 1) % tokens.len();
-                    decide_http(
+                    next = uniform(tokens.len());
+                    let decision = decide_http(
                         &keys,
                         &format,
                         &routes,
                         &tokens[next],
                         "POST",
                         "/v3/mail/send",
-                    )
+                    );
+                    assert!(decision.0.is_allowed(), "{decision:?}");
+                    decision
                 })
             });
         }
@@ -125,10 +131,10 @@ fn benches(c: &mut Criterion) {
     let wide = Catalog::from_toml(&wide).unwrap();
     let (keys, tokens) = table_with(1_000, &wide, &format, &["r3.read", "r1000.update"]);
     let required = wide.resolve(["r1000.update"]).unwrap();
-    let mut next = 0;
+    let mut uniform = uniform_draws();
     group.bench_function("wide_catalog_4096_1000", |b| {
         b.iter(|| {
-            next = (next + 1) % tokens.len();
+            let next = uniform(tokens.len());
             let decision = decide(&keys, &format, &tokens[next], &required);
             assert!(decision.is_allowed());
             decision
