@@ -262,7 +262,7 @@ async fn etcd_down_keeps_decisions_and_refuses_changes_then_everyone_catches_up(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn paused_and_restarted_sidecars_resync_after_compaction() {
+async fn paused_sidecars_catch_up_and_restarted_ones_resync_after_compaction() {
     let dir = tempfile::tempdir().unwrap();
     let etcd = Etcd::start(dir.path());
     etcd.wait_healthy();
@@ -276,7 +276,18 @@ async fn paused_and_restarted_sidecars_resync_after_compaction() {
     })
     .await;
 
-    // Paused while keys are created and deleted and etcd is compacted.
+    // Paused while keys are created and deleted and etcd is compacted: its
+    // watch stays open and etcd delivers what it buffered, so it catches up
+    // without a full read (its one resync is the start-up read).
+    let resyncs = |server: &Server| {
+        let metrics = server.http_get("/metrics").1;
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("scopegate_fleet_resyncs_total "))
+            .map(|value| value.trim().to_owned())
+            .unwrap_or_default()
+    };
+    assert_eq!(resyncs(&b), "1", "B's start-up read");
     common::signal(b.child.id(), "STOP");
     a.manage()
         .await
@@ -294,6 +305,7 @@ async fn paused_and_restarted_sidecars_resync_after_compaction() {
             && decision(&b, &fresh, &["mail.send"]).await == pb::Decision::Allowed
     })
     .await;
+    assert_eq!(resyncs(&b), "1", "caught up from the open watch, no full read");
 
     // Stopped (not paused) across more changes and a compaction: its mirror's
     // revision is compacted away, so it must do a full read.
