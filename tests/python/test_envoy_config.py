@@ -24,11 +24,17 @@ def test_example_envoy_config_is_a_fail_closed_ext_authz_setup():
     manager = http_connection_manager_pb2.HttpConnectionManager()
     listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
     assert manager.normalize_path.value and manager.merge_slashes
+    # An encoded slash is refused by Envoy too, not forwarded for scopegate
+    # and the upstream to read differently.
+    assert (manager.path_with_escaped_slashes_action
+            == http_connection_manager_pb2.HttpConnectionManager.REJECT_REQUEST)
     filters = [f.name for f in manager.http_filters]
     assert filters == ["envoy.filters.http.ext_authz", "envoy.filters.http.router"]
     ext_authz = ext_authz_pb2.ExtAuthz()
     manager.http_filters[0].typed_config.Unpack(ext_authz)
     assert ext_authz.failure_mode_allow is False
+    # An unreachable scopegate is a 503, never a pass.
+    assert ext_authz.status_on_error.code == 503
     assert ext_authz.transport_api_version == 2  # V3
     assert ext_authz.grpc_service.envoy_grpc.cluster_name == "scopegate"
     assert 0 < ext_authz.grpc_service.timeout.ToMilliseconds() <= 1000
