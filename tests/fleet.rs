@@ -305,7 +305,11 @@ async fn paused_sidecars_catch_up_and_restarted_ones_resync_after_compaction() {
             && decision(&b, &fresh, &["mail.send"]).await == pb::Decision::Allowed
     })
     .await;
-    assert_eq!(resyncs(&b), "1", "caught up from the open watch, no full read");
+    assert_eq!(
+        resyncs(&b),
+        "1",
+        "caught up from the open watch, no full read"
+    );
 
     // Stopped (not paused) across more changes and a compaction: its mirror's
     // revision is compacted away, so it must do a full read.

@@ -551,26 +551,9 @@ fn config_check_and_print() {
 #[tokio::test]
 async fn tls_on_the_tcp_listener() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(
-        dir.path().join("leaf.ext"),
-        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
     // A test CA, and a leaf certificate for localhost signed by it.
-    for args in [
-        "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca -keyout ca.key -out ca.pem",
-        "req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout key.pem -out leaf.csr",
-        "x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -out cert.pem -extfile leaf.ext",
-    ] {
-        let output = Command::new("openssl")
-            .args(args.split(' '))
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    }
+    let test_ca = common::TestCa::new(&dir.path().join("ca"));
+    let (cert, key, ca) = (test_ca.server_cert, test_ca.server_key, test_ca.ca);
     let server = Server::start(
         &dir.path().join("data"),
         &[

@@ -451,6 +451,8 @@ pub fn free_port() -> u16 {
 pub struct Etcd {
     pub child: Child,
     pub endpoint: String,
+    /// Extra flags (TLS), on every start.
+    extra: Vec<String>,
     name: String,
     dir: PathBuf,
     client_port: u16,
@@ -477,6 +479,7 @@ impl Etcd {
         let mut etcd = Etcd {
             child: Command::new("true").spawn().unwrap(),
             endpoint: format!("http://127.0.0.1:{client_port}"),
+            extra: Vec::new(),
             name: name.into(),
             dir: dir.join(name),
             client_port,
@@ -495,7 +498,7 @@ impl Etcd {
             .append(true)
             .open(&self.log_path)
             .unwrap();
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let client = self.endpoint.clone();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         self.child = Command::new("etcd")
             .args(["--name", &self.name, "--data-dir"])
@@ -519,6 +522,7 @@ impl Etcd {
                 "new",
             ])
             .args(["--initial-cluster-token", "scopegate-test"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -539,6 +543,46 @@ impl Etcd {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// A single member serving clients over TLS with client certificates
+    /// (from [`TestCa`]); `wait_healthy` does not apply (its probe is plain HTTP).
+    pub fn start_tls(dir: &Path, ca: &TestCa) -> Etcd {
+        let peer_port = free_port();
+        let client_port = free_port();
+        let cluster = format!("tls=http://127.0.0.1:{peer_port}");
+        let mut etcd = Etcd::member("tls", dir, client_port, peer_port, &cluster);
+        etcd.kill9();
+        std::fs::remove_dir_all(&etcd.dir).ok();
+        etcd.endpoint = format!("https://127.0.0.1:{client_port}");
+        let path = |p: &PathBuf| p.to_str().unwrap().to_owned();
+        etcd.extra = vec![
+            "--cert-file".into(),
+            path(&ca.server_cert),
+            "--key-file".into(),
+            path(&ca.server_key),
+            "--trusted-ca-file".into(),
+            path(&ca.ca),
+            "--client-cert-auth".into(),
+        ];
+        etcd.spawn();
+        etcd
+    }
+
+    /// `etcdctl` against this member (plain HTTP), for setup such as users.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.endpoint])
+            .args(args)
+            .output()
+            .expect("etcdctl");
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     pub fn healthy(&self) -> bool {
@@ -675,6 +719,58 @@ impl Drop for Strace {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A test certificate authority (openssl, Debian's): a server certificate
+/// for 127.0.0.1 and localhost, and a client certificate.
+pub struct TestCa {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TestCa {
+    pub fn new(dir: &Path) -> TestCa {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("client.ext"),
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+        )
+        .unwrap();
+        for args in [
+            "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca -keyout ca.key -out ca.pem",
+            "req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr",
+            "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -out server.pem -extfile server.ext",
+            "req -newkey rsa:2048 -nodes -subj /CN=scopegate -keyout client.key -out client.csr",
+            "x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -out client.pem -extfile client.ext",
+        ] {
+            let output = Command::new("openssl")
+                .args(args.split(' '))
+                .current_dir(dir)
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        }
+        for key in ["ca.key", "server.key", "client.key"] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.join(key), std::fs::Permissions::from_mode(0o600))
+                .unwrap();
+        }
+        TestCa {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+        }
     }
 }
 
