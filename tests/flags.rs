@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{bearer, check, create, Server};
+use common::{check, create, Server};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
     HttpRequest, Request as AttrRequest,
 };
@@ -31,15 +31,9 @@ async fn the_token_prefix_names_tokens_and_changing_it_invalidates_them() {
     let data = dir.path().join("data");
     let server = Server::start(&data, &["--token-prefix", "ACME"]);
     let key = server
-        .manage()
+        .admin_create(create("acme", "k", &["mail.send"]))
         .await
-        .create_key(bearer(
-            &server.admin_token,
-            create("acme", "k", &["mail.send"]),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(key.token.starts_with("ACME."), "{}", key.token);
     assert_eq!(decision(&server, &key.token).await, pb::Decision::Allowed);
     let as_default = key.token.replacen("ACME.", "SG.", 1);

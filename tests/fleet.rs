@@ -773,25 +773,7 @@ async fn create_many(server: &Server, count: usize) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_creates_survive_the_loss_of_the_etcd_leader() {
     let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<(u16, u16)> = (0..3)
-        .map(|_| (common::free_port(), common::free_port()))
-        .collect();
-    let cluster = ports
-        .iter()
-        .enumerate()
-        .map(|(index, (_, peer))| format!("m{index}=http://127.0.0.1:{peer}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut members: Vec<Etcd> = ports
-        .iter()
-        .enumerate()
-        .map(|(index, (client, peer))| {
-            Etcd::member(&format!("m{index}"), dir.path(), *client, *peer, &cluster)
-        })
-        .collect();
-    for member in &members {
-        member.wait_healthy();
-    }
+    let mut members = Etcd::cluster(dir.path(), 3);
     let endpoints = members
         .iter()
         .map(|member| member.endpoint.clone())

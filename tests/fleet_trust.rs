@@ -316,25 +316,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_without_a_leader_is_no_contact() {
     let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<(u16, u16)> = (0..3)
-        .map(|_| (common::free_port(), common::free_port()))
-        .collect();
-    let cluster = ports
-        .iter()
-        .enumerate()
-        .map(|(index, (_, peer))| format!("m{index}=http://127.0.0.1:{peer}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut members: Vec<Etcd> = ports
-        .iter()
-        .enumerate()
-        .map(|(index, (client, peer))| {
-            Etcd::member(&format!("m{index}"), dir.path(), *client, *peer, &cluster)
-        })
-        .collect();
-    for member in &members {
-        member.wait_healthy();
-    }
+    let mut members = Etcd::cluster(dir.path(), 3);
     let sidecar = fleet(dir.path(), "a", &members[0], &["--max-staleness-secs", "3"]);
     let (_, token) = create_on(&sidecar, "acme", &["mail.send"]).await;
     assert_eq!(

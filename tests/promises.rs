@@ -298,15 +298,9 @@ async fn the_pepper_keys_every_secret_hash() {
     let data = dir.path().join("data");
     let server = Server::start(&data, &["--pepper-file", &pepper]);
     let key = server
-        .manage()
+        .admin_create(create("acme", "peppered", &["mail.send"]))
         .await
-        .create_key(bearer(
-            &server.admin_token,
-            create("acme", "peppered", &["mail.send"]),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(decision(&server, &key.token).await, pb::Decision::Allowed);
     drop(server);
 
@@ -322,15 +316,9 @@ async fn the_pepper_keys_every_secret_hash() {
     let unpeppered = dir.path().join("unpeppered");
     let server = Server::start(&unpeppered, &[]);
     let plain_key = server
-        .manage()
+        .admin_create(create("acme", "plain", &["mail.send"]))
         .await
-        .create_key(bearer(
-            &server.admin_token,
-            create("acme", "plain", &["mail.send"]),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     drop(server);
     assert!(common::disk_holds(
         &unpeppered,

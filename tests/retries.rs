@@ -137,13 +137,7 @@ async fn a_create_retried_with_its_request_id_makes_one_key() {
     drop(manage);
     drop(server);
     let server = Server::start(&data, &[]);
-    let after = server
-        .manage()
-        .await
-        .create_key(bearer(&server.admin_token, request))
-        .await
-        .unwrap()
-        .into_inner();
+    let after = server.admin_create(request).await.unwrap();
     assert_eq!(after.key.unwrap().key_id, key_id);
     assert_eq!(after.token, retried.token);
     // Nothing on disk holds the token in the clear.
@@ -224,12 +218,7 @@ async fn the_servers_request_timeout_cuts_a_slow_change_that_still_completes() {
     );
     // No client deadline: a DEADLINE_EXCEEDED can only be the server's.
     let status = server
-        .manage()
-        .await
-        .create_key(bearer(
-            &server.admin_token,
-            create("acme", "slow", &["mail.send"]),
-        ))
+        .admin_create(create("acme", "slow", &["mail.send"]))
         .await
         .expect_err("the fdatasync outlasts the server's timeout");
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");

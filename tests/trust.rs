@@ -167,18 +167,12 @@ async fn ipv4_mapped_sources_are_compared_as_ipv4() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);
     let key = server
-        .manage()
+        .admin_create(pb::CreateKeyRequest {
+            allowed_cidrs: vec!["203.0.113.0/24".into()],
+            ..common::create("acme", "office", &["mail.send"])
+        })
         .await
-        .create_key(bearer(
-            &server.admin_token,
-            pb::CreateKeyRequest {
-                allowed_cidrs: vec!["203.0.113.0/24".into()],
-                ..common::create("acme", "office", &["mail.send"])
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     for (source, expected) in [
         ("::ffff:203.0.113.7", 200),
         ("203.0.113.7", 200),
@@ -371,15 +365,9 @@ async fn management_reads_are_limited_per_account() {
         &["--reads-per-account-per-sec", "5"],
     );
     let manager = server
-        .manage()
-        .await
-        .create_key(bearer(
-            &server.admin_token,
-            create_manager("acme", "reader", &[]),
-        ))
+        .admin_create(create_manager("acme", "reader", &[]))
         .await
         .unwrap()
-        .into_inner()
         .token;
     let mut limited = None;
     for _ in 0..20 {
@@ -407,15 +395,9 @@ async fn the_check_command_reads_its_token_from_env_or_file() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);
     let key = server
-        .manage()
+        .admin_create(common::create("acme", "k", &["mail.send"]))
         .await
-        .create_key(bearer(
-            &server.admin_token,
-            common::create("acme", "k", &["mail.send"]),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{}\n", key.token)).unwrap();
     let run = |scope: &str, env: bool, file: bool| {

@@ -181,6 +181,18 @@ impl Server {
     }
 
     /// A key the admin creates in account "acme".
+    /// CreateKey as the admin.
+    pub async fn admin_create(
+        &self,
+        request: pb::CreateKeyRequest,
+    ) -> Result<pb::CreateKeyResponse, tonic::Status> {
+        self.manage()
+            .await
+            .create_key(bearer(&self.admin_token, request))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     pub async fn admin_key(&self, scopes: &[&str]) -> pb::CreateKeyResponse {
         self.manage()
             .await
@@ -467,6 +479,28 @@ impl Etcd {
         let peer_port = free_port();
         let cluster = format!("default=http://127.0.0.1:{peer_port}");
         Etcd::member("default", dir, free_port(), peer_port, &cluster)
+    }
+
+    /// A cluster of `size` members on loopback, each healthy.
+    pub fn cluster(dir: &Path, size: usize) -> Vec<Etcd> {
+        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+        let cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(index, (_, peer))| format!("m{index}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let members: Vec<Etcd> = ports
+            .iter()
+            .enumerate()
+            .map(|(index, (client, peer))| {
+                Etcd::member(&format!("m{index}"), dir, *client, *peer, &cluster)
+            })
+            .collect();
+        for member in &members {
+            member.wait_healthy();
+        }
+        members
     }
 
     /// One member of a cluster given as `name=http://127.0.0.1:PEER,…`.
