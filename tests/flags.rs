@@ -12,17 +12,6 @@ use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use scopegate::grpc::pb;
 use tonic::Code;
 
-async fn decision(server: &Server, token: &str) -> pb::Decision {
-    let answer = server
-        .authorize()
-        .await
-        .check(check(token, &["mail.send"]))
-        .await
-        .unwrap()
-        .into_inner();
-    pb::Decision::try_from(answer.decision).unwrap()
-}
-
 /// `--token-prefix` names the tokens issued, and changing it invalidates the
 /// tokens issued before (README, "Tokens").
 #[tokio::test]
@@ -35,16 +24,19 @@ async fn the_token_prefix_names_tokens_and_changing_it_invalidates_them() {
         .await
         .unwrap();
     assert!(key.token.starts_with("ACME."), "{}", key.token);
-    assert_eq!(decision(&server, &key.token).await, pb::Decision::Allowed);
+    assert_eq!(
+        common::decision(&server, &key.token, &["mail.send"]).await,
+        pb::Decision::Allowed
+    );
     let as_default = key.token.replacen("ACME.", "SG.", 1);
     assert_eq!(
-        decision(&server, &as_default).await,
+        common::decision(&server, &as_default, &["mail.send"]).await,
         pb::Decision::MalformedToken
     );
     drop(server);
     let server = Server::start(&data, &[]);
     assert_eq!(
-        decision(&server, &key.token).await,
+        common::decision(&server, &key.token, &["mail.send"]).await,
         pb::Decision::MalformedToken,
         "with the default prefix, an ACME token is no token"
     );

@@ -694,19 +694,6 @@ async fn update_shapes_and_all_scopes_except_billing() {
     );
 }
 
-async fn audit(
-    server: &Server,
-    credential: &str,
-    request: pb::ListAuditEventsRequest,
-) -> Result<pb::ListAuditEventsResponse, tonic::Status> {
-    server
-        .manage()
-        .await
-        .list_audit_events(bearer(credential, request))
-        .await
-        .map(|response| response.into_inner())
-}
-
 /// Every change leaves an audit event written with it: survives kill -9,
 /// pages, filters, shows no secret, and an API key sees only its account's
 /// events, and only with api_keys.read.
@@ -786,7 +773,7 @@ async fn every_change_is_audited_durably() {
     // kill -9: the trail is as durable as the keys.
     server.kill9();
     let server = Server::start(&data, &[]);
-    let all = audit(&server, &admin, pb::ListAuditEventsRequest::default())
+    let all = common::list_audit(&server, &admin, pb::ListAuditEventsRequest::default())
         .await
         .unwrap();
     let actions: Vec<(&str, &str)> = all
@@ -821,7 +808,7 @@ async fn every_change_is_audited_durably() {
     );
 
     // Pages and filters.
-    let first = audit(
+    let first = common::list_audit(
         &server,
         &admin,
         pb::ListAuditEventsRequest {
@@ -832,7 +819,7 @@ async fn every_change_is_audited_durably() {
     .await
     .unwrap();
     assert_eq!(first.events.len(), 3);
-    let rest = audit(
+    let rest = common::list_audit(
         &server,
         &admin,
         pb::ListAuditEventsRequest {
@@ -845,7 +832,7 @@ async fn every_change_is_audited_durably() {
     .unwrap();
     assert_eq!(first.events.len() + rest.events.len(), 8);
     assert_eq!(rest.events[0], all.events[3]);
-    let of_key = audit(
+    let of_key = common::list_audit(
         &server,
         &admin,
         pb::ListAuditEventsRequest {
@@ -856,7 +843,7 @@ async fn every_change_is_audited_durably() {
     .await
     .unwrap();
     assert_eq!(of_key.events.len(), 1);
-    let future = audit(
+    let future = common::list_audit(
         &server,
         &admin,
         pb::ListAuditEventsRequest {
@@ -869,7 +856,7 @@ async fn every_change_is_audited_durably() {
     assert!(future.events.is_empty());
 
     // An API key: its own account only, and only with api_keys.read.
-    let mine = audit(
+    let mine = common::list_audit(
         &server,
         &manager.token,
         pb::ListAuditEventsRequest::default(),
@@ -878,7 +865,7 @@ async fn every_change_is_audited_durably() {
     .unwrap();
     assert_eq!(mine.events.len(), 7);
     assert!(mine.events.iter().all(|event| event.account_id == "acme"));
-    let refused = audit(
+    let refused = common::list_audit(
         &server,
         &manager.token,
         pb::ListAuditEventsRequest {
@@ -890,7 +877,7 @@ async fn every_change_is_audited_durably() {
     .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied);
     let reader_less = server.admin_key(&["mail.send"]).await.token;
-    let refused = audit(&server, &reader_less, pb::ListAuditEventsRequest::default())
+    let refused = common::list_audit(&server, &reader_less, pb::ListAuditEventsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(refused.message(), "this call needs scope api_keys.read");

@@ -9,24 +9,13 @@ mod common;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::{bearer, check, create, Server, Strace};
+use common::{bearer, create, Server, Strace};
 use scopegate::grpc::pb;
 use scopegate::scope::{Catalog, SharedCatalog};
 use scopegate::store::{AuditEvent, Change, KeyRecord, Store, StoreError};
 use scopegate::token::KeyId;
 use sha2::Digest;
 use tonic::Code;
-
-async fn decision(server: &Server, token: &str) -> pb::Decision {
-    let response = server
-        .authorize()
-        .await
-        .check(check(token, &["mail.send"]))
-        .await
-        .unwrap()
-        .into_inner();
-    pb::Decision::try_from(response.decision).unwrap()
-}
 
 /// With every fdatasync held for 300 ms by strace, no CreateKey answers
 /// sooner: the reply waits for the sync (a lower bound, which a busy machine
@@ -104,7 +93,10 @@ async fn a_failed_fdatasync_is_never_acknowledged_and_the_restart_agrees_with_di
     drop(manage);
     drop(server);
     let server = Server::start(&data, &[]);
-    assert_eq!(decision(&server, &kept.token).await, pb::Decision::Allowed);
+    assert_eq!(
+        common::decision(&server, &kept.token, &["mail.send"]).await,
+        pb::Decision::Allowed
+    );
     let listed = server
         .manage()
         .await
@@ -301,7 +293,10 @@ async fn the_pepper_keys_every_secret_hash() {
         .admin_create(create("acme", "peppered", &["mail.send"]))
         .await
         .unwrap();
-    assert_eq!(decision(&server, &key.token).await, pb::Decision::Allowed);
+    assert_eq!(
+        common::decision(&server, &key.token, &["mail.send"]).await,
+        pb::Decision::Allowed
+    );
     drop(server);
 
     let plain_hash = |token: &str| -> [u8; 32] {
@@ -328,11 +323,14 @@ async fn the_pepper_keys_every_secret_hash() {
     for args in [vec![], vec!["--pepper-file", other.as_str()]] {
         let server = Server::start(&data, &args);
         assert_eq!(
-            decision(&server, &key.token).await,
+            common::decision(&server, &key.token, &["mail.send"]).await,
             pb::Decision::UnknownKey,
             "without the pepper it was made with ({args:?})"
         );
     }
     let server = Server::start(&data, &["--pepper-file", &pepper]);
-    assert_eq!(decision(&server, &key.token).await, pb::Decision::Allowed);
+    assert_eq!(
+        common::decision(&server, &key.token, &["mail.send"]).await,
+        pb::Decision::Allowed
+    );
 }

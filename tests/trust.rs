@@ -219,19 +219,6 @@ async fn list_keys(
         .map(|response| response.into_inner())
 }
 
-async fn list_audit(
-    server: &Server,
-    credential: &str,
-    request: pb::ListAuditEventsRequest,
-) -> Result<pb::ListAuditEventsResponse, tonic::Status> {
-    server
-        .manage()
-        .await
-        .list_audit_events(bearer(credential, request))
-        .await
-        .map(|response| response.into_inner())
-}
-
 fn assert_foreign_token(what: &str, result: Result<impl std::fmt::Debug, tonic::Status>) {
     let status = result.expect_err(what);
     assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
@@ -311,24 +298,24 @@ async fn page_tokens_stay_inside_their_listing() {
         page_token: token.into(),
         ..Default::default()
     };
-    let other_events = list_audit(&server, &admin, request("other", "", ""))
+    let other_events = common::list_audit(&server, &admin, request("other", "", ""))
         .await
         .unwrap();
     assert_foreign_token(
         "another account's audit token",
-        list_audit(
+        common::list_audit(
             &server,
             &reader,
             request("", "", &other_events.next_page_token),
         )
         .await,
     );
-    let acme_first = list_audit(&server, &reader, request("", "", ""))
+    let acme_first = common::list_audit(&server, &reader, request("", "", ""))
         .await
         .unwrap();
     assert_foreign_token(
         "a token of another filter",
-        list_audit(
+        common::list_audit(
             &server,
             &reader,
             request("", &acme_ids[0], &acme_first.next_page_token),
@@ -337,7 +324,7 @@ async fn page_tokens_stay_inside_their_listing() {
     );
     let (mut events, mut token) = (Vec::new(), String::new());
     loop {
-        let page = list_audit(&server, &reader, request("", "", &token))
+        let page = common::list_audit(&server, &reader, request("", "", &token))
             .await
             .unwrap();
         events.extend(page.events);
@@ -348,7 +335,7 @@ async fn page_tokens_stay_inside_their_listing() {
     }
     assert_eq!(events.len(), 3, "acme's three creates: {events:?}");
     assert!(events.iter().all(|event| event.account_id == "acme"));
-    let one_key = list_audit(&server, &reader, request("", &acme_ids[1], ""))
+    let one_key = common::list_audit(&server, &reader, request("", &acme_ids[1], ""))
         .await
         .unwrap();
     assert_eq!(one_key.events.len(), 1);
@@ -379,7 +366,7 @@ async fn management_reads_are_limited_per_account() {
     let status = limited.expect("20 reads at once exceed a burst of 5");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("retry in"), "{status:?}");
-    let audit = list_audit(&server, &manager, Default::default()).await;
+    let audit = common::list_audit(&server, &manager, Default::default()).await;
     assert_eq!(audit.unwrap_err().code(), Code::ResourceExhausted);
     for _ in 0..20 {
         list_keys(&server, &server.admin_token, "acme", "")

@@ -409,6 +409,33 @@ pub async fn ext_authz(
     (decision, status, key_metadata)
 }
 
+/// ListAuditEvents with `credential`.
+pub async fn list_audit(
+    server: &Server,
+    credential: &str,
+    request: pb::ListAuditEventsRequest,
+) -> Result<pb::ListAuditEventsResponse, tonic::Status> {
+    server
+        .manage()
+        .await
+        .list_audit_events(bearer(credential, request))
+        .await
+        .map(|response| response.into_inner())
+}
+
+/// The decision of Authorize.Check for `token` and `scopes` (panics on an
+/// error status: for servers that answer).
+pub async fn decision(server: &Server, token: &str, scopes: &[&str]) -> pb::Decision {
+    let answer = server
+        .authorize()
+        .await
+        .check(check(token, scopes))
+        .await
+        .unwrap()
+        .into_inner();
+    pb::Decision::try_from(answer.decision).unwrap()
+}
+
 /// The decision for `GET path` through Authorize.Check{http}.
 pub async fn http_decision(
     authorize: &mut pb::authorize_client::AuthorizeClient<Channel>,
