@@ -409,6 +409,17 @@ pub async fn ext_authz(
     (decision, status, key_metadata)
 }
 
+/// The value of one Prometheus series in a /metrics body (0 when absent).
+pub fn metric(body: &str, name_and_labels: &str) -> f64 {
+    body.lines()
+        .find(|line| {
+            line.starts_with(name_and_labels) && line[name_and_labels.len()..].starts_with(' ')
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// ListAuditEvents with `credential`.
 pub async fn list_audit(
     server: &Server,
