@@ -140,3 +140,61 @@ async fn management_beyond_loopback_without_tls_is_warned_about() {
         exposed.log()
     );
 }
+
+/// `--max-concurrent-requests` bounds checks in progress: past it a check
+/// is shed at once with RESOURCE_EXHAUSTED (never queued), counted, and the
+/// server answers again as soon as the flood ends. (One slot against 16
+/// connections sending at once: checks overlap.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_past_the_concurrency_limit_are_shed_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--max-concurrent-requests", "1"],
+    );
+    let key = server
+        .admin_create(create("acme", "k", &["mail.send"]))
+        .await
+        .unwrap();
+    let mut senders = Vec::new();
+    for _ in 0..16 {
+        let (addr, token) = (server.addr.clone(), key.token.clone());
+        senders.push(tokio::spawn(async move {
+            let authorize = pb::authorize_client::AuthorizeClient::connect(addr)
+                .await
+                .unwrap();
+            let mut calls = tokio::task::JoinSet::new();
+            for _ in 0..100 {
+                let mut authorize = authorize.clone();
+                let request = check(&token, &["mail.send"]);
+                calls.spawn(async move { authorize.check(request).await });
+            }
+            let mut shed = 0u32;
+            while let Some(result) = calls.join_next().await {
+                match result.unwrap() {
+                    Ok(answer) => assert!(answer.get_ref().allowed),
+                    Err(status) => {
+                        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                        shed += 1;
+                    }
+                }
+            }
+            shed
+        }));
+    }
+    let mut shed = 0;
+    for sender in senders {
+        shed += sender.await.unwrap();
+    }
+    assert!(shed > 0, "1,600 checks on one slot and none shed");
+    assert_eq!(
+        common::decision(&server, &key.token, &["mail.send"]).await,
+        pb::Decision::Allowed,
+        "answered again after the flood"
+    );
+    let counted = common::metric(
+        &server.http_get("/metrics").1,
+        r#"scopegate_requests_rejected_total{reason="overloaded"}"#,
+    );
+    assert!(counted >= f64::from(shed), "{counted} counted, {shed} seen");
+}
