@@ -91,7 +91,7 @@ fuzz_target!(|data: &[u8]| {
         .get_ref()
         .decode()
         .expect("every answer decodes with envoy-types");
-    use envoy_types::ext_authz::v3::pb::check_response::HttpResponse;
+    use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
     if let Some(HttpResponse::OkResponse(ok)) = &decoded.http_response {
         assert_eq!(decoded.status.as_ref().map_or(0, |status| status.code), 0);
         let header = |name: &str| {
