@@ -198,3 +198,67 @@ async fn checks_past_the_concurrency_limit_are_shed_and_counted() {
     );
     assert!(counted >= f64::from(shed), "{counted} counted, {shed} seen");
 }
+
+/// One HTTP/2 frame read off a raw connection: (type, flags, payload).
+fn read_frame(stream: &mut std::net::TcpStream) -> (u8, u8, Vec<u8>) {
+    use std::io::Read;
+    let mut header = [0u8; 9];
+    stream
+        .read_exact(&mut header)
+        .expect("a frame before the timeout");
+    let length =
+        usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+    let mut payload = vec![0; length];
+    stream.read_exact(&mut payload).unwrap();
+    (header[3], header[4], payload)
+}
+
+/// Speaking HTTP/2 by hand: the server's SETTINGS carry
+/// `--http2-max-concurrent-streams`, and an idle connection gets a keepalive
+/// PING (every 30 s, README "limits").
+#[test]
+fn http2_settings_carry_the_stream_limit_and_idle_connections_are_pinged() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--http2-max-concurrent-streams", "7"],
+    );
+    let addr = server.addr.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .unwrap();
+    stream.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap(); // empty SETTINGS
+    let (kind, flags, payload) = read_frame(&mut stream);
+    assert_eq!((kind, flags), (4, 0), "the server's SETTINGS come first");
+    let settings: Vec<(u16, u32)> = payload
+        .chunks(6)
+        .map(|pair| {
+            (
+                u16::from_be_bytes([pair[0], pair[1]]),
+                u32::from_be_bytes([pair[2], pair[3], pair[4], pair[5]]),
+            )
+        })
+        .collect();
+    assert!(
+        settings.contains(&(0x3, 7)),
+        "SETTINGS_MAX_CONCURRENT_STREAMS = 7 in {settings:?}"
+    );
+    stream.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).unwrap(); // SETTINGS ACK
+    let started = std::time::Instant::now();
+    loop {
+        let (kind, flags, payload) = read_frame(&mut stream);
+        if kind == 6 && flags & 1 == 0 {
+            // A PING that asks for an answer: keepalive.
+            let mut ack = vec![0, 0, 8, 6, 1, 0, 0, 0, 0];
+            ack.extend_from_slice(&payload);
+            stream.write_all(&ack).unwrap();
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    }
+}
