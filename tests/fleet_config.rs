@@ -138,3 +138,32 @@ async fn fleet_mode_with_etcd_users_and_a_non_default_prefix() {
         "a sidecar outside its role's prefix served"
     );
 }
+
+/// Fleet mode keeps audit events under an etcd lease as long as
+/// `--audit-retention-days` plus an hour: etcd deletes them, no sidecar has to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_events_in_etcd_live_under_a_lease_of_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    etcd.wait_healthy();
+    let sidecar = common::fleet::fleet(dir.path(), "a", &etcd, &["--audit-retention-days", "2"]);
+    create_on(&sidecar, "acme", &["mail.send"]).await;
+    let mut client = etcd.client().await;
+    let events = client
+        .get(
+            "/scopegate/v1/audit/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    let lease = events.kvs().first().expect("one audit event").lease();
+    assert_ne!(lease, 0, "the event has a lease");
+    let ttl = client.lease_time_to_live(lease, None).await.unwrap();
+    let expected = 2 * 86_400 + 3_600;
+    assert!(
+        ttl.granted_ttl() == expected && ttl.ttl() > expected - 120,
+        "granted {} s, {} s left; expected {expected} s",
+        ttl.granted_ttl(),
+        ttl.ttl()
+    );
+}
