@@ -37,14 +37,16 @@ fi
 export HELM="$tools/helm/helm"
 "$HELM" version --short
 
-# Debian tools the tests run: openssl (TLS certificates), strace (the
-# durability test counts fdatasync calls), etcd (fleet-mode tests start their
-# own etcd processes on loopback).
+# Debian tools the tests run: openssl (TLS certificates), faketime (an audit
+# trail written "two days ago"), strace (counts, delays and fails fdatasync
+# calls), etcd-server and etcd-client (fleet-mode tests start their own etcd
+# processes on loopback, snapshot and restore them).
 missing=()
 command -v openssl >/dev/null || missing+=(openssl)
 command -v strace >/dev/null || missing+=(strace)
 command -v etcd >/dev/null || missing+=(etcd-server)
 command -v etcdctl >/dev/null || missing+=(etcd-client)
+command -v faketime >/dev/null || missing+=(faketime)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== apt-get install ${missing[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"

@@ -964,3 +964,80 @@ async fn last_used_is_recorded_and_survives_restart() {
         .unwrap();
     assert_eq!(after, used);
 }
+
+/// `--audit-retention-days` through the real binary: events written two days
+/// ago (the server run under libfaketime, Debian's `faketime`) are pruned by
+/// a server keeping one day, once it has made the changes that trigger a
+/// prune (every 256); today's stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_events_older_than_the_retention_are_pruned() {
+    assert!(
+        std::process::Command::new("faketime")
+            .arg("-f")
+            .arg("+0")
+            .arg("true")
+            .status()
+            .is_ok_and(|s| s.success()),
+        "faketime is needed (scripts/test.sh installs it)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let past = Server::start_after(
+        "export FAKETIME='-2d' LD_PRELOAD=/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        &data,
+        &[],
+    );
+    let old = create_with(&past, create("acme", "old", &["mail.send"]))
+        .await
+        .unwrap();
+    let old_id = old.key.unwrap().key_id;
+    drop(past);
+    let server = Server::start(
+        &data,
+        &[
+            "--audit-retention-days",
+            "1",
+            "--max-keys-per-account",
+            "1000",
+        ],
+    );
+    let events_of = |key_id: String| {
+        let server = &server;
+        async move {
+            common::list_audit(
+                server,
+                &server.admin_token,
+                pb::ListAuditEventsRequest {
+                    key_id,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+            .events
+            .len()
+        }
+    };
+    assert_eq!(
+        events_of(old_id.clone()).await,
+        1,
+        "kept until a prune runs"
+    );
+    let mut manage = server.manage().await;
+    let mut last = String::new();
+    for index in 0..256 {
+        last = manage
+            .create_key(bearer(
+                &server.admin_token,
+                create("acme", &format!("k{index}"), &["mail.send"]),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .key
+            .unwrap()
+            .key_id;
+    }
+    assert_eq!(events_of(old_id).await, 0, "two days old, one day kept");
+    assert_eq!(events_of(last).await, 1, "today's stay");
+}
