@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(token route ext_authz config_toml key_record uds_authority)
+[ ${#targets[@]} -gt 0 ] || targets=(token route ext_authz config_toml key_record uds_authority page_token)
 
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
   echo "== installing cargo-fuzz"

@@ -30,7 +30,7 @@ mod audit;
 mod change;
 mod create;
 mod error;
-mod paging;
+pub mod paging;
 mod rotate;
 mod rules;
 mod types;

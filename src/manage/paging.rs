@@ -1,12 +1,13 @@
-//! Page tokens: opaque, bound to the listing that issued them.
+//! Page tokens: opaque, bound to the listing that issued them. Public for
+//! the `page_token` fuzz target; the edges only see `Manager::list`/`audit`.
 
 use super::*;
 
-/// A page request: its size (default 50, at most 1000) and where to resume.
-/// Page size and the store's cursor from a request. Page tokens are opaque
+/// Page size (default 50, at most 1000) and the store's cursor from a
+/// request. Page tokens are opaque
 /// and bound to the listing that issued them (`binding`: the RPC and its
 /// filter); one from another listing is refused, never followed.
-pub(super) fn page(
+pub fn page(
     size: i32,
     token: &str,
     binding: &[u8; 8],
@@ -34,10 +35,10 @@ pub(super) fn page(
     }
 }
 
-pub(super) const PAGE_TOKEN_VERSION: u8 = 1;
+pub const PAGE_TOKEN_VERSION: u8 = 1;
 
 /// The next page's token: version, binding, the store's cursor.
-pub(super) fn next_page_token(binding: &[u8; 8], cursor: Option<Vec<u8>>) -> String {
+pub fn next_page_token(binding: &[u8; 8], cursor: Option<Vec<u8>>) -> String {
     cursor.map_or_else(String::new, |cursor| {
         let mut bytes = Vec::with_capacity(9 + cursor.len());
         bytes.push(PAGE_TOKEN_VERSION);
@@ -48,7 +49,7 @@ pub(super) fn next_page_token(binding: &[u8; 8], cursor: Option<Vec<u8>>) -> Str
 }
 
 /// What a page token is bound to: the RPC and every part of its filter.
-pub(super) fn page_binding(parts: &[&[u8]]) -> [u8; 8] {
+pub fn page_binding(parts: &[&[u8]]) -> [u8; 8] {
     use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
     for part in parts {
