@@ -262,3 +262,60 @@ fn http2_settings_carry_the_stream_limit_and_idle_connections_are_pinged() {
         assert!(started.elapsed() < std::time::Duration::from_secs(60));
     }
 }
+
+/// `--sled-cache-mib` is sled's page cache: with 20,000 keys, a second full
+/// export from a 64 MiB cache reads nothing from disk, from a 1 MiB cache it
+/// reads pages again (pread64, counted by strace).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sled_cache_holds_what_it_is_given() {
+    use std::fmt::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut backup = String::new();
+    for index in 0..20_000u32 {
+        let key_id = scopegate::token::KeyId::random();
+        let hash: String = (0..32u32).fold(String::new(), |mut hex, byte| {
+            let _ = write!(
+                hex,
+                "{:02x}",
+                (index.wrapping_mul(31).wrapping_add(byte)) as u8
+            );
+            hex
+        });
+        let _ = writeln!(
+            backup,
+            r#"{{"version":1,"key_id":"{key_id}","account_id":"acct-{}","name":"key {index}","scopes":["mail.send","stats.read"],"secret_hash":"{hash}","create_time_unix_ms":0,"update_time_unix_ms":0,"created_by":"admin"}}"#,
+            index / 100
+        );
+    }
+    let input = dir.path().join("keys.jsonl");
+    std::fs::write(&input, backup).unwrap();
+    let mut preads = Vec::new();
+    for mib in ["1", "64"] {
+        let data = dir.path().join(format!("data-{mib}"));
+        let restored = std::process::Command::new(common::BIN)
+            .args(["restore", "--in"])
+            .arg(&input)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(restored.status.success(), "{restored:?}");
+        let server = Server::start(&data, &["--sled-cache-mib", mib]);
+        server.backup(&dir.path().join("first.jsonl"));
+        let trace = dir.path().join(format!("trace-{mib}"));
+        let tracer = common::Strace::attach(&server, &["-e", "trace=pread64"], &trace);
+        server.backup(&dir.path().join("second.jsonl"));
+        tracer.detach();
+        let reads = std::fs::read_to_string(&trace)
+            .unwrap()
+            .matches("pread64(")
+            .count();
+        preads.push(reads);
+    }
+    assert!(
+        preads[0] > 100 && preads[1] * 10 < preads[0],
+        "page reads in a second export: {} with 1 MiB, {} with 64 MiB",
+        preads[0],
+        preads[1]
+    );
+}
