@@ -407,42 +407,7 @@ impl ServeOptions {
     /// Defaults filled in and every value checked.
     pub fn resolve(&self) -> Result<ServeConfig, ConfigError> {
         let options = self.effective();
-        let listen = match options.listen.as_deref() {
-            Some("none") => None,
-            Some(text) => Some(text.parse::<SocketAddr>().map_err(|error| {
-                invalid(
-                    "listen",
-                    format!("`{text}` is not HOST:PORT or \"none\": {error}"),
-                )
-            })?),
-            None => unreachable!("defaulted"),
-        };
-        if listen.is_none() && options.uds.is_none() {
-            return Err(invalid(
-                "listen",
-                "is \"none\" and no uds is set: nothing would serve gRPC",
-            ));
-        }
-        let uds_mode = options.uds_mode.as_deref().unwrap_or("660");
-        let uds_mode = u32::from_str_radix(uds_mode, 8)
-            .ok()
-            .filter(|mode| *mode <= 0o777)
-            .ok_or_else(|| {
-                invalid(
-                    "uds_mode",
-                    format!("`{uds_mode}` is not an octal file mode"),
-                )
-            })?;
-        let metrics_listen = match options.metrics_listen.as_deref() {
-            Some("none") => None,
-            Some(text) => Some(text.parse::<SocketAddr>().map_err(|error| {
-                invalid(
-                    "metrics_listen",
-                    format!("`{text}` is not HOST:PORT or \"none\": {error}"),
-                )
-            })?),
-            None => unreachable!("defaulted"),
-        };
+        let (listen, uds_mode, metrics_listen) = listeners(&options)?;
         let seconds = |key: &'static str, value: f64| {
             Duration::try_from_secs_f64(value)
                 .map_err(|_| invalid(key, format!("{value} is not a duration in seconds")))
@@ -453,98 +418,14 @@ impl ServeOptions {
         )?;
         let watch_interval = seconds("watch_secs", options.watch_secs.unwrap_or(0.0))?;
         let watch_interval = (!watch_interval.is_zero()).then_some(watch_interval);
-        let positive = |key: &'static str, value: usize| {
-            if value == 0 {
-                Err(invalid(key, "must be at least 1"))
-            } else {
-                Ok(value)
-            }
-        };
-        let defaults = Limits::default();
-        let limits = Limits {
-            max_concurrent_requests: positive(
-                "max_concurrent_requests",
-                options
-                    .max_concurrent_requests
-                    .unwrap_or(defaults.max_concurrent_requests),
-            )?,
-            max_concurrent_manage: positive(
-                "max_concurrent_manage",
-                options
-                    .max_concurrent_manage
-                    .unwrap_or(defaults.max_concurrent_manage),
-            )?,
-            mutations_per_account_per_sec: positive(
-                "mutations_per_account_per_sec",
-                options
-                    .mutations_per_account_per_sec
-                    .unwrap_or(defaults.mutations_per_account_per_sec) as usize,
-            )? as u32,
-            reads_per_account_per_sec: positive(
-                "reads_per_account_per_sec",
-                options
-                    .reads_per_account_per_sec
-                    .unwrap_or(defaults.reads_per_account_per_sec) as usize,
-            )? as u32,
-            request_timeout: Duration::from_millis(positive(
-                "request_timeout_ms",
-                options
-                    .request_timeout_ms
-                    .unwrap_or(match options.store.as_deref() {
-                        Some("etcd") => crate::server::DEFAULT_FLEET_REQUEST_TIMEOUT_MS,
-                        _ => crate::server::DEFAULT_REQUEST_TIMEOUT_MS,
-                    }) as usize,
-            )? as u64),
-            max_message_bytes: positive(
-                "max_message_bytes",
-                options
-                    .max_message_bytes
-                    .unwrap_or(defaults.max_message_bytes),
-            )?,
-            ext_authz_max_message_bytes: positive(
-                "ext_authz_max_message_bytes",
-                options
-                    .ext_authz_max_message_bytes
-                    .unwrap_or(defaults.ext_authz_max_message_bytes),
-            )?,
-            http2_max_concurrent_streams: positive(
-                "http2_max_concurrent_streams",
-                options
-                    .http2_max_concurrent_streams
-                    .unwrap_or(defaults.http2_max_concurrent_streams) as usize,
-            )? as u32,
-            ..defaults
-        };
+        let limits = limits(&options)?;
         let max_keys_per_account = positive(
             "max_keys_per_account",
             options
                 .max_keys_per_account
                 .unwrap_or(DEFAULT_MAX_KEYS_PER_ACCOUNT),
         )?;
-        let header =
-            |key: &'static str, value: Option<String>| -> Result<Option<String>, ConfigError> {
-                match value {
-                    None => Ok(None),
-                    Some(name)
-                        if !name.is_empty()
-                            && name
-                                .bytes()
-                                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
-                    {
-                        Ok(Some(name.to_ascii_lowercase()))
-                    }
-                    Some(name) => Err(invalid(key, format!("`{name}` is not an HTTP header name"))),
-                }
-            };
-        let ext_authz = ExtAuthzConfig {
-            api_key_header: header("api_key_header", options.api_key_header.clone())?,
-            key_id_header: header("key_id_header", options.key_id_header.clone())?
-                .unwrap_or_default(),
-            account_id_header: header("account_id_header", options.account_id_header.clone())?
-                .unwrap_or_default(),
-            hide_credentials: !options.keep_credential_header.unwrap_or(false),
-            dry_run: options.dry_run.unwrap_or(false),
-        };
+        let ext_authz = ext_authz(&options)?;
         let json_logs = match options.log_format.as_deref().unwrap_or("human") {
             "human" => false,
             "json" => true,
@@ -563,40 +444,7 @@ impl ServeOptions {
             (None, Ok(token)) => AdminTokenSource::Value(token),
             (None, Err(_)) => AdminTokenSource::DataDir,
         };
-        let fleet = match options.store.as_deref().unwrap_or("standalone") {
-            "standalone" => {
-                if options.etcd_endpoints.is_some() {
-                    return Err(invalid(
-                        "etcd_endpoints",
-                        "is set but store is standalone: add --store etcd for fleet mode",
-                    ));
-                }
-                None
-            }
-            "etcd" => Some(fleet_config(&options)?),
-            other => {
-                return Err(invalid(
-                    "store",
-                    format!("`{other}` is not standalone or etcd"),
-                ))
-            }
-        };
-        let max_staleness = match options.max_staleness_secs {
-            None => None,
-            Some(_) if fleet.is_none() => {
-                return Err(invalid(
-                    "max_staleness_secs",
-                    "applies to --store etcd only",
-                ))
-            }
-            Some(value) if value > 0.0 => Some(seconds("max_staleness_secs", value)?),
-            Some(value) => {
-                return Err(invalid(
-                    "max_staleness_secs",
-                    format!("{value} must be above 0"),
-                ))
-            }
-        };
+        let (fleet, max_staleness) = store(&options)?;
         let tls = match (&options.tls_cert_file, &options.tls_key_file) {
             (None, None) => None,
             (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
@@ -674,6 +522,190 @@ impl ServeOptions {
             decision_log_every: options.log_decisions_every.unwrap_or(0),
         })
     }
+}
+
+/// The gRPC TCP listener, the socket's mode, the metrics listener
+/// (`"none"` turns a listener off; something must serve gRPC).
+fn listeners(
+    options: &ServeOptions,
+) -> Result<(Option<SocketAddr>, u32, Option<SocketAddr>), ConfigError> {
+    let listen = match options.listen.as_deref() {
+        Some("none") => None,
+        Some(text) => Some(text.parse::<SocketAddr>().map_err(|error| {
+            invalid(
+                "listen",
+                format!("`{text}` is not HOST:PORT or \"none\": {error}"),
+            )
+        })?),
+        None => unreachable!("defaulted"),
+    };
+    if listen.is_none() && options.uds.is_none() {
+        return Err(invalid(
+            "listen",
+            "is \"none\" and no uds is set: nothing would serve gRPC",
+        ));
+    }
+    let uds_mode = options.uds_mode.as_deref().unwrap_or("660");
+    let uds_mode = u32::from_str_radix(uds_mode, 8)
+        .ok()
+        .filter(|mode| *mode <= 0o777)
+        .ok_or_else(|| {
+            invalid(
+                "uds_mode",
+                format!("`{uds_mode}` is not an octal file mode"),
+            )
+        })?;
+    let metrics_listen = match options.metrics_listen.as_deref() {
+        Some("none") => None,
+        Some(text) => Some(text.parse::<SocketAddr>().map_err(|error| {
+            invalid(
+                "metrics_listen",
+                format!("`{text}` is not HOST:PORT or \"none\": {error}"),
+            )
+        })?),
+        None => unreachable!("defaulted"),
+    };
+    Ok((listen, uds_mode, metrics_listen))
+}
+
+/// The source of truth: standalone, or etcd with its connection and the
+/// staleness bound that only applies there.
+fn store(options: &ServeOptions) -> Result<(Option<FleetConfig>, Option<Duration>), ConfigError> {
+    let fleet = match options.store.as_deref().unwrap_or("standalone") {
+        "standalone" => {
+            if options.etcd_endpoints.is_some() {
+                return Err(invalid(
+                    "etcd_endpoints",
+                    "is set but store is standalone: add --store etcd for fleet mode",
+                ));
+            }
+            None
+        }
+        "etcd" => Some(fleet_config(options)?),
+        other => {
+            return Err(invalid(
+                "store",
+                format!("`{other}` is not standalone or etcd"),
+            ))
+        }
+    };
+    let max_staleness = match options.max_staleness_secs {
+        None => None,
+        Some(_) if fleet.is_none() => {
+            return Err(invalid(
+                "max_staleness_secs",
+                "applies to --store etcd only",
+            ))
+        }
+        Some(value) if value > 0.0 => Some(Duration::try_from_secs_f64(value).map_err(|_| {
+            invalid(
+                "max_staleness_secs",
+                format!("{value} is not a duration in seconds"),
+            )
+        })?),
+        Some(value) => {
+            return Err(invalid(
+                "max_staleness_secs",
+                format!("{value} must be above 0"),
+            ))
+        }
+    };
+    Ok((fleet, max_staleness))
+}
+
+/// Zero is never a usable count, size or rate.
+fn positive(key: &'static str, value: usize) -> Result<usize, ConfigError> {
+    if value == 0 {
+        Err(invalid(key, "must be at least 1"))
+    } else {
+        Ok(value)
+    }
+}
+
+/// The admission and protocol limits, each at least 1.
+fn limits(options: &ServeOptions) -> Result<Limits, ConfigError> {
+    let defaults = Limits::default();
+    Ok(Limits {
+        max_concurrent_requests: positive(
+            "max_concurrent_requests",
+            options
+                .max_concurrent_requests
+                .unwrap_or(defaults.max_concurrent_requests),
+        )?,
+        max_concurrent_manage: positive(
+            "max_concurrent_manage",
+            options
+                .max_concurrent_manage
+                .unwrap_or(defaults.max_concurrent_manage),
+        )?,
+        mutations_per_account_per_sec: positive(
+            "mutations_per_account_per_sec",
+            options
+                .mutations_per_account_per_sec
+                .unwrap_or(defaults.mutations_per_account_per_sec) as usize,
+        )? as u32,
+        reads_per_account_per_sec: positive(
+            "reads_per_account_per_sec",
+            options
+                .reads_per_account_per_sec
+                .unwrap_or(defaults.reads_per_account_per_sec) as usize,
+        )? as u32,
+        request_timeout: Duration::from_millis(positive(
+            "request_timeout_ms",
+            options
+                .request_timeout_ms
+                .unwrap_or(match options.store.as_deref() {
+                    Some("etcd") => crate::server::DEFAULT_FLEET_REQUEST_TIMEOUT_MS,
+                    _ => crate::server::DEFAULT_REQUEST_TIMEOUT_MS,
+                }) as usize,
+        )? as u64),
+        max_message_bytes: positive(
+            "max_message_bytes",
+            options
+                .max_message_bytes
+                .unwrap_or(defaults.max_message_bytes),
+        )?,
+        ext_authz_max_message_bytes: positive(
+            "ext_authz_max_message_bytes",
+            options
+                .ext_authz_max_message_bytes
+                .unwrap_or(defaults.ext_authz_max_message_bytes),
+        )?,
+        http2_max_concurrent_streams: positive(
+            "http2_max_concurrent_streams",
+            options
+                .http2_max_concurrent_streams
+                .unwrap_or(defaults.http2_max_concurrent_streams) as usize,
+        )? as u32,
+        ..defaults
+    })
+}
+
+/// What ext_authz reads and writes: header names checked, lowercased.
+fn ext_authz(options: &ServeOptions) -> Result<ExtAuthzConfig, ConfigError> {
+    let header =
+        |key: &'static str, value: Option<String>| -> Result<Option<String>, ConfigError> {
+            match value {
+                None => Ok(None),
+                Some(name)
+                    if !name.is_empty()
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+                {
+                    Ok(Some(name.to_ascii_lowercase()))
+                }
+                Some(name) => Err(invalid(key, format!("`{name}` is not an HTTP header name"))),
+            }
+        };
+    Ok(ExtAuthzConfig {
+        api_key_header: header("api_key_header", options.api_key_header.clone())?,
+        key_id_header: header("key_id_header", options.key_id_header.clone())?.unwrap_or_default(),
+        account_id_header: header("account_id_header", options.account_id_header.clone())?
+            .unwrap_or_default(),
+        hide_credentials: !options.keep_credential_header.unwrap_or(false),
+        dry_run: options.dry_run.unwrap_or(false),
+    })
 }
 
 #[cfg(test)]
