@@ -4,9 +4,9 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use scopegate::grpc::pb;
-
-use super::{bearer, check, create, Etcd, Server};
+#[allow(unused_imports)] // used by the fleet test files, not by every binary
+pub use super::decision;
+use super::{bearer, create, Etcd, Server};
 
 pub fn fleet(dir: &std::path::Path, name: &str, etcd: &Etcd, extra: &[&str]) -> Server {
     let mut args = vec![
@@ -17,17 +17,6 @@ pub fn fleet(dir: &std::path::Path, name: &str, etcd: &Etcd, extra: &[&str]) -> 
     ];
     args.extend_from_slice(extra);
     Server::start(&dir.join(name), &args)
-}
-
-pub async fn decision(server: &Server, token: &str, scopes: &[&str]) -> pb::Decision {
-    let response = server
-        .authorize()
-        .await
-        .check(check(token, scopes))
-        .await
-        .unwrap()
-        .into_inner();
-    pb::Decision::try_from(response.decision).unwrap()
 }
 
 /// Polls `probe` until it returns true, for up to 10 s.
