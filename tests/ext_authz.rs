@@ -148,8 +148,9 @@ async fn ext_authz_and_check_http_agree_on_every_decision() {
         .create_key(bearer(
             &admin,
             pb::CreateKeyRequest {
+                // Far enough ahead to be valid on arrival on a busy machine.
                 expire_time: Some(
-                    (std::time::SystemTime::now() + std::time::Duration::from_millis(300)).into(),
+                    (std::time::SystemTime::now() + std::time::Duration::from_secs(2)).into(),
                 ),
                 ..create("acme", "brief", &["mail.send"])
             },
@@ -172,7 +173,12 @@ async fn ext_authz_and_check_http_agree_on_every_decision() {
             .into_inner();
         tokens.push(fenced.token);
     }
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let expire = expiring.key.as_ref().unwrap().expire_time.unwrap();
+    let expire = std::time::UNIX_EPOCH
+        + std::time::Duration::new(expire.seconds as u64, expire.nanos as u32);
+    if let Ok(left) = expire.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(left + std::time::Duration::from_millis(50)).await;
+    }
 
     let paths = [
         "/v3/mail/send",
