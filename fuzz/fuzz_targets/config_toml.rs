@@ -6,13 +6,16 @@
 use libfuzzer_sys::fuzz_target;
 use scopegate::route::RouteTable;
 use scopegate::scope::Catalog;
+use std::sync::OnceLock;
+
+static BUILTIN: OnceLock<Catalog> = OnceLock::new();
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let builtin = Catalog::builtin();
-    let _ = RouteTable::from_toml(text, &builtin);
+    let builtin = BUILTIN.get_or_init(Catalog::builtin);
+    let _ = RouteTable::from_toml(text, builtin);
     if let Ok(catalog) = Catalog::from_toml(text) {
         let all = catalog.all_scopes();
         let names = catalog.names(&all);

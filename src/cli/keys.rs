@@ -7,29 +7,7 @@ pub enum KeysCommand {
     /// Create a key; prints its token once.
     ///
     /// Example: scopegate keys create --account acme --name mailer --scope mail.send --grant stats=read
-    Create {
-        #[command(flatten)]
-        client: ClientArgs,
-        /// Account that owns the key (required for the admin).
-        #[arg(long, default_value = "")]
-        account: String,
-        #[arg(long)]
-        name: String,
-        /// A scope, e.g. mail.send (repeatable).
-        #[arg(long = "scope")]
-        scopes: Vec<String>,
-        /// RESOURCE=read|write|full, e.g. marketing_campaigns=full (repeatable).
-        #[arg(long = "grant", value_parser = parse_grant)]
-        grants: Vec<pb::Grant>,
-        #[command(flatten)]
-        terms: TermsArgs,
-        /// Makes a retry safe: run the same command again with the same id
-        /// (within 24 h) and it prints the first key and token instead of
-        /// making a second key. Use a fresh random value per key, e.g.
-        /// `--request-id "$(cat /proc/sys/kernel/random/uuid)"`.
-        #[arg(long, default_value = "")]
-        request_id: String,
-    },
+    Create(CreateArgs),
     /// A new secret for a key (same id, scopes, name, metadata); prints the
     /// new token once. The old secret keeps working for --overlap-secs.
     ///
@@ -71,38 +49,7 @@ pub enum KeysCommand {
     /// Rename a key and/or replace its scopes; takes effect at once.
     ///
     /// Example: scopegate keys update qL0w1cT9Rk2tqc8z3mE1aA --scope mail.send --scope stats.read
-    Update {
-        #[command(flatten)]
-        client: ClientArgs,
-        /// Key id (ids may begin with `-`; that is fine here).
-        #[arg(allow_hyphen_values = true)]
-        key_id: String,
-        #[arg(long)]
-        name: Option<String>,
-        /// Replaces all scopes (repeatable).
-        #[arg(long = "scope")]
-        scopes: Vec<String>,
-        /// RESOURCE=read|write|full (repeatable); with --scope, the union.
-        #[arg(long = "grant", value_parser = parse_grant)]
-        grants: Vec<pb::Grant>,
-        #[command(flatten)]
-        terms: TermsArgs,
-        /// Enable the key.
-        #[arg(long, conflicts_with = "disable")]
-        enable: bool,
-        /// Disable the key: Check answers DISABLED until it is enabled again.
-        #[arg(long)]
-        disable: bool,
-        /// Remove the expiry.
-        #[arg(long, conflicts_with = "expires_in_secs")]
-        no_expiry: bool,
-        /// Remove the address allowlist.
-        #[arg(long, conflicts_with = "cidrs")]
-        no_cidrs: bool,
-        /// Remove the metadata.
-        #[arg(long, conflicts_with = "metadata")]
-        no_metadata: bool,
-    },
+    Update(UpdateArgs),
     /// Delete a key; its token stops working at once.
     ///
     /// Example: scopegate keys delete qL0w1cT9Rk2tqc8z3mE1aA
@@ -113,6 +60,65 @@ pub enum KeysCommand {
         #[arg(allow_hyphen_values = true)]
         key_id: String,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Account that owns the key (required for the admin).
+    #[arg(long, default_value = "")]
+    account: String,
+    #[arg(long)]
+    name: String,
+    /// A scope, e.g. mail.send (repeatable).
+    #[arg(long = "scope")]
+    scopes: Vec<String>,
+    /// RESOURCE=read|write|full, e.g. marketing_campaigns=full (repeatable).
+    #[arg(long = "grant", value_parser = parse_grant)]
+    grants: Vec<pb::Grant>,
+    #[command(flatten)]
+    terms: TermsArgs,
+    /// Makes a retry safe: run the same command again with the same id
+    /// (within 24 h) and it prints the first key and token instead of
+    /// making a second key. Use a fresh random value per key, e.g.
+    /// `--request-id "$(cat /proc/sys/kernel/random/uuid)"`.
+    #[arg(long, default_value = "")]
+    request_id: String,
+}
+
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    #[command(flatten)]
+    pub(super) client: ClientArgs,
+    /// Key id (ids may begin with `-`; that is fine here).
+    #[arg(allow_hyphen_values = true)]
+    pub(super) key_id: String,
+    #[arg(long)]
+    name: Option<String>,
+    /// Replaces all scopes (repeatable).
+    #[arg(long = "scope")]
+    scopes: Vec<String>,
+    /// RESOURCE=read|write|full (repeatable); with --scope, the union.
+    #[arg(long = "grant", value_parser = parse_grant)]
+    grants: Vec<pb::Grant>,
+    #[command(flatten)]
+    terms: TermsArgs,
+    /// Enable the key.
+    #[arg(long, conflicts_with = "disable")]
+    enable: bool,
+    /// Disable the key: Check answers DISABLED until it is enabled again.
+    #[arg(long)]
+    disable: bool,
+    /// Remove the expiry.
+    #[arg(long, conflicts_with = "expires_in_secs")]
+    no_expiry: bool,
+    /// Remove the address allowlist.
+    #[arg(long, conflicts_with = "cidrs")]
+    no_cidrs: bool,
+    /// Remove the metadata.
+    #[arg(long, conflicts_with = "metadata")]
+    no_metadata: bool,
 }
 
 /// Lifecycle options of `keys create` and `keys update`.
@@ -169,150 +175,173 @@ pub(super) fn parse_grant(text: &str) -> Result<pb::Grant, String> {
 
 pub(super) async fn run(command: KeysCommand) -> Result<ExitCode, String> {
     match command {
-        KeysCommand::Create {
-            client,
-            account,
-            name,
-            scopes,
-            grants,
-            terms,
-            request_id,
-        } => {
-            let mut manage = manage_client(&client).await?;
-            let request = pb::CreateKeyRequest {
-                request_id,
-                account_id: account,
-                name,
-                scopes,
-                grants,
-                expire_time: terms.expire_time(),
-                not_before: None,
-                allowed_cidrs: terms.cidrs,
-                metadata: terms.metadata.into_iter().collect(),
-                all_my_scopes_except_billing: terms.all_my_scopes_except_billing,
-            };
-            let response = manage
-                .create_key(authorized(&client, request)?)
-                .await
-                .map_err(status_text)?
-                .into_inner();
-            print_token(&client, response);
-        }
-        KeysCommand::Get { client, key_id } => {
-            let mut manage = manage_client(&client).await?;
-            let key = manage
-                .get_key(authorized(&client, pb::GetKeyRequest { key_id })?)
-                .await
-                .map_err(status_text)?
-                .into_inner();
-            print_one_or_json(&client, key);
-        }
+        KeysCommand::Create(args) => create(args).await?,
+        KeysCommand::Get { client, key_id } => get(client, key_id).await?,
         KeysCommand::List {
             client,
             account,
             page_size,
             page_token,
-        } => {
-            let mut manage = manage_client(&client).await?;
-            let request = pb::ListKeysRequest {
-                account_id: account,
-                page_size,
-                page_token,
-            };
-            let response = manage
-                .list_keys(authorized(&client, request)?)
-                .await
-                .map_err(status_text)?
-                .into_inner();
-            if client.json {
-                let keys: Vec<Value> = response.keys.iter().map(key_json).collect();
-                println!(
-                    "{}",
-                    json!({"keys": keys, "next_page_token": response.next_page_token})
-                );
-            } else {
-                print_keys(&response.keys);
-                if !response.next_page_token.is_empty() {
-                    println!("\nmore: --page-token {}", response.next_page_token);
-                }
-            }
-        }
-        KeysCommand::Update {
-            client,
-            key_id,
-            name,
-            scopes,
-            grants,
-            terms,
-            enable,
-            disable,
-            no_expiry,
-            no_cidrs,
-            no_metadata,
-        } => {
-            let mut manage = manage_client(&client).await?;
-            let request = pb::UpdateKeyRequest {
-                expire_time: terms.expire_time(),
-                all_my_scopes_except_billing: terms.all_my_scopes_except_billing,
-                key_id,
-                name,
-                scopes,
-                grants,
-                enabled: (enable || disable).then_some(enable),
-                clear_expire_time: no_expiry,
-                not_before: None,
-                clear_not_before: false,
-                allowed_cidrs: (no_cidrs || !terms.cidrs.is_empty()).then_some(pb::StringList {
-                    values: terms.cidrs,
-                }),
-                metadata: (no_metadata || !terms.metadata.is_empty()).then_some(pb::StringMap {
-                    entries: terms.metadata.into_iter().collect(),
-                }),
-            };
-            let key = manage
-                .update_key(authorized(&client, request)?)
-                .await
-                .map_err(status_text)?
-                .into_inner();
-            print_one_or_json(&client, key);
-        }
+        } => list(client, account, page_size, page_token).await?,
+        KeysCommand::Update(args) => update(args).await?,
         KeysCommand::Rotate {
             client,
             key_id,
             overlap_secs,
-        } => {
-            let mut manage = manage_client(&client).await?;
-            let request = pb::RotateKeyRequest {
-                key_id,
-                overlap: Some(prost_types::Duration {
-                    seconds: overlap_secs.min(i64::MAX as u64) as i64,
-                    nanos: 0,
-                }),
-            };
-            let response = manage
-                .rotate_key(authorized(&client, request)?)
-                .await
-                .map_err(status_text)?
-                .into_inner();
-            print_token(&client, response);
-        }
-        KeysCommand::Delete { client, key_id } => {
-            let mut manage = manage_client(&client).await?;
-            manage
-                .delete_key(authorized(
-                    &client,
-                    pb::DeleteKeyRequest {
-                        key_id: key_id.clone(),
-                    },
-                )?)
-                .await
-                .map_err(status_text)?;
-            if client.json {
-                println!("{}", json!({"deleted": key_id}));
-            } else {
-                println!("deleted {key_id}");
-            }
-        }
+        } => rotate(client, key_id, overlap_secs).await?,
+        KeysCommand::Delete { client, key_id } => delete(client, key_id).await?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn create(args: CreateArgs) -> Result<(), String> {
+    let CreateArgs {
+        client,
+        account,
+        name,
+        scopes,
+        grants,
+        terms,
+        request_id,
+    } = args;
+    let request = pb::CreateKeyRequest {
+        request_id,
+        account_id: account,
+        name,
+        scopes,
+        grants,
+        expire_time: terms.expire_time(),
+        not_before: None,
+        allowed_cidrs: terms.cidrs,
+        metadata: terms.metadata.into_iter().collect(),
+        all_my_scopes_except_billing: terms.all_my_scopes_except_billing,
+    };
+    let response = manage_client(&client)
+        .await?
+        .create_key(authorized(&client, request)?)
+        .await
+        .map_err(status_text)?
+        .into_inner();
+    print_token(&client, response);
+    Ok(())
+}
+
+async fn get(client: ClientArgs, key_id: String) -> Result<(), String> {
+    let key = manage_client(&client)
+        .await?
+        .get_key(authorized(&client, pb::GetKeyRequest { key_id })?)
+        .await
+        .map_err(status_text)?
+        .into_inner();
+    print_one_or_json(&client, key);
+    Ok(())
+}
+
+async fn list(
+    client: ClientArgs,
+    account: String,
+    page_size: i32,
+    page_token: String,
+) -> Result<(), String> {
+    let request = pb::ListKeysRequest {
+        account_id: account,
+        page_size,
+        page_token,
+    };
+    let response = manage_client(&client)
+        .await?
+        .list_keys(authorized(&client, request)?)
+        .await
+        .map_err(status_text)?
+        .into_inner();
+    if client.json {
+        let keys: Vec<Value> = response.keys.iter().map(key_json).collect();
+        println!(
+            "{}",
+            json!({"keys": keys, "next_page_token": response.next_page_token})
+        );
+    } else {
+        print_keys(&response.keys);
+        if !response.next_page_token.is_empty() {
+            println!("\nmore: --page-token {}", response.next_page_token);
+        }
+    }
+    Ok(())
+}
+
+async fn update(args: UpdateArgs) -> Result<(), String> {
+    let UpdateArgs {
+        client,
+        key_id,
+        name,
+        scopes,
+        grants,
+        terms,
+        enable,
+        disable,
+        no_expiry,
+        no_cidrs,
+        no_metadata,
+    } = args;
+    let request = pb::UpdateKeyRequest {
+        expire_time: terms.expire_time(),
+        all_my_scopes_except_billing: terms.all_my_scopes_except_billing,
+        key_id,
+        name,
+        scopes,
+        grants,
+        enabled: (enable || disable).then_some(enable),
+        clear_expire_time: no_expiry,
+        not_before: None,
+        clear_not_before: false,
+        allowed_cidrs: (no_cidrs || !terms.cidrs.is_empty()).then_some(pb::StringList {
+            values: terms.cidrs,
+        }),
+        metadata: (no_metadata || !terms.metadata.is_empty()).then_some(pb::StringMap {
+            entries: terms.metadata.into_iter().collect(),
+        }),
+    };
+    let key = manage_client(&client)
+        .await?
+        .update_key(authorized(&client, request)?)
+        .await
+        .map_err(status_text)?
+        .into_inner();
+    print_one_or_json(&client, key);
+    Ok(())
+}
+
+async fn rotate(client: ClientArgs, key_id: String, overlap_secs: u64) -> Result<(), String> {
+    let request = pb::RotateKeyRequest {
+        key_id,
+        overlap: Some(prost_types::Duration {
+            seconds: overlap_secs.min(i64::MAX as u64) as i64,
+            nanos: 0,
+        }),
+    };
+    let response = manage_client(&client)
+        .await?
+        .rotate_key(authorized(&client, request)?)
+        .await
+        .map_err(status_text)?
+        .into_inner();
+    print_token(&client, response);
+    Ok(())
+}
+
+async fn delete(client: ClientArgs, key_id: String) -> Result<(), String> {
+    let request = pb::DeleteKeyRequest {
+        key_id: key_id.clone(),
+    };
+    manage_client(&client)
+        .await?
+        .delete_key(authorized(&client, request)?)
+        .await
+        .map_err(status_text)?;
+    if client.json {
+        println!("{}", json!({"deleted": key_id}));
+    } else {
+        println!("deleted {key_id}");
+    }
+    Ok(())
 }

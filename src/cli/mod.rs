@@ -30,7 +30,7 @@ pub use client::ClientArgs;
 use client::*;
 pub use config::ConfigCommand;
 pub use fleet::FleetCommand;
-pub use keys::{KeysCommand, TermsArgs};
+pub use keys::{CreateArgs, KeysCommand, TermsArgs, UpdateArgs};
 use serve::effective_options;
 pub use serve::ServeArgs;
 
@@ -185,7 +185,7 @@ mod tests {
             Command::Keys(KeysCommand::Delete { key_id, client })
             | Command::Keys(KeysCommand::Get { key_id, client })
             | Command::Keys(KeysCommand::Rotate { key_id, client, .. })
-            | Command::Keys(KeysCommand::Update { key_id, client, .. }) => {
+            | Command::Keys(KeysCommand::Update(UpdateArgs { key_id, client, .. })) => {
                 assert_eq!(client.server, "http://h:1", "{args:?}");
                 key_id
             }

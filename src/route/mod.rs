@@ -120,6 +120,96 @@ struct RuleFile {
     mode: Option<String>,
 }
 
+impl RuleFile {
+    fn dry_run(&self) -> Result<bool, String> {
+        match self.mode.as_deref() {
+            None | Some("enforce") => Ok(false),
+            Some("dry_run") => Ok(true),
+            Some(other) => Err(format!("mode `{other}` is not enforce or dry_run")),
+        }
+    }
+
+    /// The matchit templates: the path, or a prefix and everything below it.
+    fn templates(&self) -> Result<Vec<String>, String> {
+        let templates = match (&self.path, &self.prefix) {
+            (Some(path), None) => vec![path.clone()],
+            (None, Some(prefix)) => {
+                let base = prefix.trim_end_matches('/');
+                let itself = if base.is_empty() { "/" } else { base };
+                vec![itself.to_owned(), format!("{base}/{{*rest}}")]
+            }
+            _ => return Err("give exactly one of `path` or `prefix`".into()),
+        };
+        match templates.iter().find(|template| !template.starts_with('/')) {
+            Some(template) => Err(format!("path `{template}` must start with /")),
+            None => Ok(templates),
+        }
+    }
+
+    /// (method, named explicitly): the listed methods, or all of them.
+    fn methods(&self) -> Result<Vec<(&'static str, bool)>, String> {
+        let Some(methods) = &self.methods else {
+            return Ok(METHODS.iter().map(|method| (*method, false)).collect());
+        };
+        if methods.is_empty() {
+            return Err("`methods` is empty; leave it out for every method".into());
+        }
+        methods
+            .iter()
+            .map(|method| {
+                let upper = method.to_ascii_uppercase();
+                METHODS
+                    .iter()
+                    .find(|known| **known == upper)
+                    .map(|known| (*known, true))
+                    .ok_or_else(|| format!("unknown method `{method}`"))
+            })
+            .collect()
+    }
+
+    /// (method, scope, named explicitly) for each method the rule covers: a
+    /// `scope` for all of them, or a `resource` whose verb follows the method.
+    fn targets(&self, catalog: &Catalog) -> Result<Vec<(&'static str, ScopeId, bool)>, String> {
+        let methods = self.methods()?;
+        match (&self.scope, &self.resource) {
+            (Some(scope), None) => {
+                let id = catalog
+                    .scope_id(scope)
+                    .ok_or_else(|| format!("unknown scope `{scope}`"))?;
+                Ok(methods
+                    .into_iter()
+                    .map(|(method, explicit)| (method, id, explicit))
+                    .collect())
+            }
+            (None, Some(resource)) => {
+                if catalog.resource_id(resource).is_none() {
+                    return Err(format!("unknown resource `{resource}`"));
+                }
+                let mut targets = Vec::new();
+                for (method, explicit) in methods {
+                    let Some(verb) = verb_for(method) else {
+                        if explicit {
+                            return Err(format!("method {method} has no verb; use `scope`"));
+                        }
+                        continue;
+                    };
+                    match catalog.scope_id(&format!("{resource}.{verb}")) {
+                        Some(id) => targets.push((method, id, explicit)),
+                        None if explicit => {
+                            return Err(format!(
+                                "resource `{resource}` has no `{verb}` scope for {method}"
+                            ))
+                        }
+                        None => {}
+                    }
+                }
+                Ok(targets)
+            }
+            _ => Err("give exactly one of `scope` or `resource`".into()),
+        }
+    }
+}
+
 impl RouteTable {
     /// A table without rules: every request is NO_ROUTE.
     pub fn empty() -> RouteTable {
@@ -160,96 +250,17 @@ impl RouteTable {
                     .ok_or_else(|| invalid(format!("default_scope: unknown scope `{name}`")))?,
             ),
         };
-        // Template → (method → (scope, line, explicit method)).
+        // Template → (method → (scope, line, explicit method, dry run)).
         let mut templates: Vec<(String, usize)> = Vec::new();
         let mut tables: HashMap<String, HashMap<&'static str, MethodRule>> = HashMap::new();
         for spanned in &file.route {
             let line = 1 + text[..spanned.span().start].matches('\n').count();
             let at = |reason: String| invalid(format!("line {line}: {reason}"));
             let rule = spanned.get_ref();
-            let dry_run = match rule.mode.as_deref() {
-                None | Some("enforce") => false,
-                Some("dry_run") => true,
-                Some(other) => return Err(at(format!("mode `{other}` is not enforce or dry_run"))),
-            };
-            let templates_of_rule = match (&rule.path, &rule.prefix) {
-                (Some(path), None) => vec![path.clone()],
-                (None, Some(prefix)) => {
-                    let base = prefix.trim_end_matches('/');
-                    vec![
-                        if base.is_empty() {
-                            "/".into()
-                        } else {
-                            base.to_owned()
-                        },
-                        format!("{base}/{{*rest}}"),
-                    ]
-                }
-                _ => return Err(at("give exactly one of `path` or `prefix`".into())),
-            };
-            for template in &templates_of_rule {
-                if !template.starts_with('/') {
-                    return Err(at(format!("path `{template}` must start with /")));
-                }
-            }
-            let methods: Vec<(&'static str, bool)> = match &rule.methods {
-                Some(methods) if methods.is_empty() => {
-                    return Err(at(
-                        "`methods` is empty; leave it out for every method".into()
-                    ))
-                }
-                Some(methods) => methods
-                    .iter()
-                    .map(|method| {
-                        let upper = method.to_ascii_uppercase();
-                        METHODS
-                            .iter()
-                            .find(|known| **known == upper)
-                            .map(|known| (*known, true))
-                            .ok_or_else(|| at(format!("unknown method `{method}`")))
-                    })
-                    .collect::<Result<_, _>>()?,
-                None => METHODS.iter().map(|method| (*method, false)).collect(),
-            };
-            let mut targets: Vec<(&'static str, ScopeId, bool)> = Vec::new();
-            match (&rule.scope, &rule.resource) {
-                (Some(scope), None) => {
-                    let id = catalog
-                        .scope_id(scope)
-                        .ok_or_else(|| at(format!("unknown scope `{scope}`")))?;
-                    targets.extend(
-                        methods
-                            .iter()
-                            .map(|(method, explicit)| (*method, id, *explicit)),
-                    );
-                }
-                (None, Some(resource)) => {
-                    if catalog.resource_id(resource).is_none() {
-                        return Err(at(format!("unknown resource `{resource}`")));
-                    }
-                    for (method, explicit) in &methods {
-                        let Some(verb) = verb_for(method) else {
-                            if *explicit {
-                                return Err(at(format!(
-                                    "method {method} has no verb; use `scope`"
-                                )));
-                            }
-                            continue;
-                        };
-                        match catalog.scope_id(&format!("{resource}.{verb}")) {
-                            Some(id) => targets.push((method, id, *explicit)),
-                            None if *explicit => {
-                                return Err(at(format!(
-                                    "resource `{resource}` has no `{verb}` scope for {method}"
-                                )))
-                            }
-                            None => {}
-                        }
-                    }
-                }
-                _ => return Err(at("give exactly one of `scope` or `resource`".into())),
-            }
-            for template in templates_of_rule {
+            let dry_run = rule.dry_run().map_err(at)?;
+            let rule_templates = rule.templates().map_err(at)?;
+            let targets = rule.targets(catalog).map_err(at)?;
+            for template in rule_templates {
                 let table = tables.entry(template.clone()).or_insert_with(|| {
                     templates.push((template.clone(), line));
                     HashMap::new()

@@ -23,111 +23,20 @@ impl Store {
         cache_bytes: u64,
     ) -> Result<Store, StoreError> {
         let io = |error: std::io::Error| StoreError::Io(error.into());
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io)?;
-        // A dir made by someone else (a volume mount, `mkdir`) is made private
-        // too, when we own it.
-        if let Err(error) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
-            tracing::warn!(dir = %dir.display(), %error, "cannot make the data dir private (mode 0700)");
-        }
+        make_private_dir(dir).map_err(io)?;
         let sled_dir = dir.join("sled");
         let new = !sled_dir.exists();
-        let db = sled::Config::new()
-            .path(&sled_dir)
-            .cache_capacity(cache_bytes)
-            // Durability comes from the commit task's explicit flush + sync,
-            // never from a timer.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|error| match error {
-                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                    StoreError::Locked {
-                        dir: dir.display().to_string(),
-                    }
-                }
-                other => StoreError::Io(other),
-            })?;
+        let db = open_sled(dir, &sled_dir, cache_bytes)?;
         let meta = db.open_tree("meta")?;
-        match meta.get(FORMAT_VERSION_KEY)? {
-            Some(bytes) => {
-                let found = bytes
-                    .as_ref()
-                    .try_into()
-                    .map(u32::from_be_bytes)
-                    .unwrap_or(u32::MAX);
-                if found > FORMAT_VERSION {
-                    return Err(StoreError::NewerFormat {
-                        dir: dir.display().to_string(),
-                        found,
-                    });
-                }
-            }
-            None => {
-                if !new && holds_data(&db)? {
-                    return Err(StoreError::Foreign {
-                        dir: dir.display().to_string(),
-                    });
-                }
-                meta.insert(FORMAT_VERSION_KEY, &FORMAT_VERSION.to_be_bytes())?;
-            }
-        }
+        check_format(dir, &db, &meta, new)?;
         let keys = db.open_tree("keys")?;
         let accounts = db.open_tree("accounts")?;
         let audit = db.open_tree("audit")?;
         let audit_index = db.open_tree("audit_index")?;
         let requests = db.open_tree("requests")?;
-        audit::build_index_once(&audit, &audit_index)?;
         let last_used = db.open_tree("last_used")?;
-        // Continue the sequence after the newest event.
-        let audit_sequence = audit
-            .last()?
-            .and_then(|(key, _)| key.get(8..16)?.try_into().ok().map(u64::from_be_bytes))
-            .map_or(0, |last| last + 1);
-        let shown = dir.display().to_string();
-        let mode: &[u8] = if fleet.is_some() {
-            MODE_FLEET
-        } else {
-            MODE_STANDALONE
-        };
-        let mut applied_revision = 0;
-        match meta.get(MODE_KEY)? {
-            Some(found) if found.as_ref() == mode => {}
-            // A mirror is a cache: a standalone store never becomes one, nor
-            // the reverse, by accident.
-            Some(found) if found.as_ref() == MODE_FLEET => {
-                return Err(StoreError::ModeMismatch {
-                    dir: shown,
-                    reason: "it is a fleet mirror of etcd; serve it with --store etcd, or use another data dir".into(),
-                })
-            }
-            _ if !keys.is_empty() && fleet.is_some() => {
-                return Err(StoreError::ModeMismatch {
-                    dir: shown,
-                    reason: "it holds a standalone store; copy it into etcd with `scopegate fleet import`, then serve fleet mode from another data dir".into(),
-                })
-            }
-            _ => {
-                meta.insert(MODE_KEY, mode)?;
-            }
-        }
-        if let Some(config) = &fleet {
-            let same_prefix = meta
-                .get(ETCD_PREFIX_KEY)?
-                .is_some_and(|prefix| prefix.as_ref() == config.prefix.as_bytes());
-            if same_prefix {
-                applied_revision = meta
-                    .get(ETCD_REVISION_KEY)?
-                    .and_then(|bytes| bytes.as_ref().try_into().ok().map(i64::from_be_bytes))
-                    .unwrap_or(0);
-            } else {
-                // Another prefix's mirror: start over with a full read.
-                meta.insert(ETCD_PREFIX_KEY, config.prefix.as_bytes())?;
-                meta.remove(ETCD_REVISION_KEY)?;
-            }
-        }
+        audit::build_index_once(&audit, &audit_index)?;
+        let applied_revision = check_mode(dir, &meta, &keys, fleet.as_ref())?;
         let durable = Durable::open(db.clone(), &sled_dir).map_err(io)?;
         durable
             .sync()
@@ -139,19 +48,18 @@ impl Store {
         }
         let table = Arc::new(KeyTable::default());
         let (failed, _) = watch::channel(None);
-        let commits = match fleet {
-            Some(_) => None,
-            None => {
-                let (commits, commit_queue) = mpsc::unbounded_channel();
-                tokio::spawn(commit::run(
-                    durable.clone(),
-                    table.clone(),
-                    commit_queue,
-                    failed.clone(),
-                ));
-                Some(commits)
-            }
-        };
+        // Standalone mode commits through one task; a mirror is written by
+        // its follower.
+        let commits = fleet.is_none().then(|| {
+            let (commits, commit_queue) = mpsc::unbounded_channel();
+            tokio::spawn(commit::run(
+                durable.clone(),
+                table.clone(),
+                commit_queue,
+                failed.clone(),
+            ));
+            commits
+        });
         Ok(Store {
             inner: Arc::new(Inner {
                 dir: dir.to_owned(),
@@ -162,13 +70,13 @@ impl Store {
                 writer: Mutex::new(commits),
                 durable,
                 meta,
+                audit_sequence: next_audit_sequence(&audit)?.into(),
                 audit,
                 audit_index,
                 requests,
                 requests_pruned_to: Mutex::default(),
                 last_used,
                 usage_persisted: Mutex::default(),
-                audit_sequence: audit_sequence.into(),
                 audit_retention_ms: DEFAULT_AUDIT_RETENTION_MS.into(),
                 fleet: fleet.map(|config| Arc::new(fleet::Fleet::new(config, applied_revision))),
                 failed,
@@ -206,6 +114,124 @@ impl Store {
         self.fail_on_io(written)?;
         self.sync_or_fail()
     }
+}
+
+/// Creates `dir` private (mode 0700); a dir made by someone else (a volume
+/// mount, `mkdir`) is made private too, when we own it.
+fn make_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    if let Err(error) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+        tracing::warn!(dir = %dir.display(), %error, "cannot make the data dir private (mode 0700)");
+    }
+    Ok(())
+}
+
+fn open_sled(dir: &Path, sled_dir: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
+    sled::Config::new()
+        .path(sled_dir)
+        .cache_capacity(cache_bytes)
+        // Durability comes from the commit task's explicit flush + sync,
+        // never from a timer.
+        .flush_every_ms(None)
+        .open()
+        .map_err(|error| match error {
+            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                StoreError::Locked {
+                    dir: dir.display().to_string(),
+                }
+            }
+            other => StoreError::Io(other),
+        })
+}
+
+/// Refuses a newer format and a database that is not scopegate's; marks a
+/// new one with this format.
+fn check_format(dir: &Path, db: &sled::Db, meta: &sled::Tree, new: bool) -> Result<(), StoreError> {
+    match meta.get(FORMAT_VERSION_KEY)? {
+        Some(bytes) => {
+            let found = bytes
+                .as_ref()
+                .try_into()
+                .map(u32::from_be_bytes)
+                .unwrap_or(u32::MAX);
+            if found > FORMAT_VERSION {
+                return Err(StoreError::NewerFormat {
+                    dir: dir.display().to_string(),
+                    found,
+                });
+            }
+        }
+        None => {
+            if !new && holds_data(db)? {
+                return Err(StoreError::Foreign {
+                    dir: dir.display().to_string(),
+                });
+            }
+            meta.insert(FORMAT_VERSION_KEY, &FORMAT_VERSION.to_be_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+/// A mirror is a cache: a standalone store never becomes one, nor the
+/// reverse, by accident. Returns the etcd revision a mirror of the same
+/// prefix had applied (0: start with a full read).
+fn check_mode(
+    dir: &Path,
+    meta: &sled::Tree,
+    keys: &sled::Tree,
+    fleet: Option<&FleetConfig>,
+) -> Result<i64, StoreError> {
+    let mode: &[u8] = if fleet.is_some() {
+        MODE_FLEET
+    } else {
+        MODE_STANDALONE
+    };
+    let mismatch = |reason: &str| StoreError::ModeMismatch {
+        dir: dir.display().to_string(),
+        reason: reason.into(),
+    };
+    match meta.get(MODE_KEY)? {
+        Some(found) if found.as_ref() == mode => {}
+        Some(found) if found.as_ref() == MODE_FLEET => {
+            return Err(mismatch(
+                "it is a fleet mirror of etcd; serve it with --store etcd, or use another data dir",
+            ));
+        }
+        _ if !keys.is_empty() && fleet.is_some() => {
+            return Err(mismatch("it holds a standalone store; copy it into etcd with `scopegate fleet import`, then serve fleet mode from another data dir"));
+        }
+        _ => {
+            meta.insert(MODE_KEY, mode)?;
+        }
+    }
+    let Some(config) = fleet else {
+        return Ok(0);
+    };
+    let same_prefix = meta
+        .get(ETCD_PREFIX_KEY)?
+        .is_some_and(|prefix| prefix.as_ref() == config.prefix.as_bytes());
+    if !same_prefix {
+        // Another prefix's mirror: start over with a full read.
+        meta.insert(ETCD_PREFIX_KEY, config.prefix.as_bytes())?;
+        meta.remove(ETCD_REVISION_KEY)?;
+        return Ok(0);
+    }
+    Ok(meta
+        .get(ETCD_REVISION_KEY)?
+        .and_then(|bytes| bytes.as_ref().try_into().ok().map(i64::from_be_bytes))
+        .unwrap_or(0))
+}
+
+/// The audit sequence continues after the newest event.
+fn next_audit_sequence(audit: &sled::Tree) -> Result<u64, StoreError> {
+    Ok(audit
+        .last()?
+        .and_then(|(key, _)| key.get(8..16)?.try_into().ok().map(u64::from_be_bytes))
+        .map_or(0, |last| last + 1))
 }
 
 /// Whether a database without scopegate's format marker holds anything.
