@@ -154,3 +154,146 @@ fn the_scan_sees_imports_and_skips_comments_and_tests() {
         .collect();
     assert_eq!(found, expected);
 }
+
+/// Files of `src/` (relative paths), test files left out.
+fn src_files() -> Vec<(String, String)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    walk(&src, &mut files);
+    let mut found: Vec<(String, String)> = files
+        .iter()
+        .map(|file| {
+            let relative = file
+                .strip_prefix(&src)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            (relative, std::fs::read_to_string(file).unwrap())
+        })
+        .filter(|(relative, _)| !relative.ends_with("tests.rs"))
+        .collect();
+    found.sort();
+    found
+}
+
+/// ARCHITECTURE.md's map names every file: `src/x.rs` at the left margin,
+/// or `f.rs` (`sub/f.rs`) indented under its `src/dir/` line.
+#[test]
+fn the_architecture_map_names_every_src_file() {
+    let map =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("ARCHITECTURE.md"))
+            .unwrap();
+    let words_under = |dir: &str| -> BTreeSet<String> {
+        let mut words = BTreeSet::new();
+        let mut inside = false;
+        for line in map.lines() {
+            if !line.starts_with(' ') {
+                inside = line.starts_with(&format!("src/{dir}/"));
+                continue;
+            }
+            if inside {
+                let names = line.trim_start().split("  ").next().unwrap_or("");
+                words.extend(names.split(", ").map(str::to_owned));
+            }
+        }
+        words
+    };
+    let mut missing = Vec::new();
+    for (relative, _) in src_files() {
+        let named = match relative.split_once('/') {
+            None => map
+                .lines()
+                .any(|line| line.starts_with(&format!("src/{relative} "))),
+            Some((dir, rest)) => words_under(dir).contains(rest),
+        };
+        if !named {
+            missing.push(relative);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md's map does not name: {}",
+        missing.join(", ")
+    );
+}
+
+/// Lines of each function in `text` (outside its test module) longer than
+/// `limit`, as (name, lines).
+fn long_functions(text: &str, limit: usize) -> Vec<(String, usize)> {
+    let lines: Vec<&str> = text
+        .split("#[cfg(test)]")
+        .next()
+        .unwrap_or("")
+        .lines()
+        .collect();
+    let mut long = Vec::new();
+    for (start, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        let signature = [
+            "pub fn ",
+            "fn ",
+            "pub(super) fn ",
+            "pub(crate) fn ",
+            "async fn ",
+        ]
+        .iter()
+        .chain(&[
+            "pub async fn ",
+            "pub(super) async fn ",
+            "pub(crate) async fn ",
+        ])
+        .find_map(|prefix| trimmed.strip_prefix(prefix));
+        let Some(rest) = signature else { continue };
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let mut depth = 0i64;
+        let mut opened = false;
+        for (end, body) in lines[start..].iter().enumerate() {
+            let code = body.split("//").next().unwrap_or("");
+            depth += code.matches('{').count() as i64 - code.matches('}').count() as i64;
+            opened |= code.contains('{');
+            if !opened && code.trim_end().ends_with(';') {
+                break;
+            }
+            if opened && depth <= 0 {
+                if end + 1 > limit {
+                    long.push((name.clone(), end + 1));
+                }
+                break;
+            }
+        }
+    }
+    long
+}
+
+/// Small enough to read whole: no `src/` file over 600 lines of code (its
+/// test module aside) and no function over 80 lines.
+#[test]
+fn src_files_and_functions_stay_small() {
+    let mut big = Vec::new();
+    for (relative, text) in src_files() {
+        let code_lines = text
+            .split("#[cfg(test)]")
+            .next()
+            .unwrap_or("")
+            .lines()
+            .count();
+        if code_lines > 600 {
+            big.push(format!("src/{relative}: {code_lines} lines"));
+        }
+        for (name, lines) in long_functions(&text, 80) {
+            big.push(format!("src/{relative}: fn {name} is {lines} lines"));
+        }
+    }
+    assert!(big.is_empty(), "split these:\n{}", big.join("\n"));
+}
+
+#[test]
+fn the_size_check_measures_functions() {
+    let body = "    let x = 1;\n".repeat(81);
+    let text = format!("fn small() {{\n}}\npub async fn big(a: u8) {{\n{body}}}\nfn decl();\n");
+    assert_eq!(long_functions(&text, 80), vec![("big".to_owned(), 83)]);
+    assert!(long_functions(&text, 83).is_empty());
+}

@@ -257,87 +257,112 @@ impl ExtAuthzService {
         };
         self.context
             .log_decision("ext_authz", decision_name, &key_id, &account_id, scope);
-        if let Decision::Allowed {
-            metadata: key_metadata,
-            ..
-        } = &decision
-        {
-            // Client-sent x-scopegate-* copies and (by default) the
-            // credential never reach the upstream.
-            let mut remove: Vec<Cow<'_, str>> = Vec::new();
-            if reserved {
-                for (name, _) in http.headers() {
-                    let ours = name.eq_ignore_ascii_case(self.config.key_id_header.as_bytes())
-                        || name.eq_ignore_ascii_case(self.config.account_id_header.as_bytes());
-                    if is_reserved(name) && !ours {
-                        remove.push(Cow::Owned(lower_name(name)));
-                    }
+        let ids = (key_id.as_str(), account_id.as_str());
+        match &decision {
+            Decision::Allowed { .. } => {
+                self.allow(http, credential, reserved, &decision, ids, scope)
+            }
+            _ => deny(decision, ids, scope, catalog),
+        }
+    }
+
+    /// An OK answer: the key's ids to the upstream, client-sent
+    /// `x-scopegate-*` copies and (by default) the credential removed.
+    fn allow(
+        &self,
+        http: &EnvoyCheck,
+        credential: &Credential<'_>,
+        reserved: bool,
+        decision: &Decision,
+        (key_id, account_id): (&str, &str),
+        scope: Option<&str>,
+    ) -> EnvoyAnswer {
+        let key_metadata = match decision {
+            Decision::Allowed { metadata, .. } => metadata.as_deref(),
+            _ => None,
+        };
+        let mut remove: Vec<Cow<'_, str>> = Vec::new();
+        if reserved {
+            for (name, _) in http.headers() {
+                let ours = name.eq_ignore_ascii_case(self.config.key_id_header.as_bytes())
+                    || name.eq_ignore_ascii_case(self.config.account_id_header.as_bytes());
+                if is_reserved(name) && !ours {
+                    remove.push(Cow::Owned(lower_name(name)));
                 }
             }
-            if let (true, Credential::Token(header, _)) = (self.config.hide_credentials, credential)
-            {
-                remove.push(if header.bytes().any(|byte| byte.is_ascii_uppercase()) {
-                    Cow::Owned(header.to_ascii_lowercase())
-                } else {
-                    Cow::Borrowed(header)
-                });
-            }
-            return Allow {
-                set_headers: [
-                    (&self.config.key_id_header, &key_id),
-                    (&self.config.account_id_header, &account_id),
-                ],
-                remove_headers: &remove,
-                metadata: [
-                    ("key_id", &key_id),
-                    ("account_id", &account_id),
-                    ("scope", scope.unwrap_or("")),
-                    ("decision", decision_name),
-                ],
-                // The key's own metadata, for access logs and later filters;
-                // never as upstream headers.
-                key_metadata: key_metadata.as_deref().map(Vec::as_slice),
-            }
-            .encode();
         }
-        let mut response = CheckResponse::new();
-        response.set_dynamic_metadata(Some(metadata([
-            key_id.as_str(),
-            account_id.as_str(),
-            scope.unwrap_or(""),
-            decision_name,
-        ])));
-        let message = decision.message(catalog);
-        let (http_status, code) = match decision {
-            Decision::MissingToken
-            | Decision::MalformedToken
-            | Decision::UnknownKey
-            | Decision::Expired
-            | Decision::Disabled => (HttpStatusCode::Unauthorized, Code::Unauthenticated),
-            Decision::InvalidPath | Decision::MethodOverride => {
-                (HttpStatusCode::BadRequest, Code::InvalidArgument)
-            }
-            _ => (HttpStatusCode::Forbidden, Code::PermissionDenied),
-        };
-        let mut denied = DeniedHttpResponseBuilder::new();
-        denied.set_http_status(http_status);
-        let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
-        denied.add_header("content-type", "application/json", overwrite, false);
-        if http_status == HttpStatusCode::Unauthorized {
-            denied.add_header(
-                "www-authenticate",
-                "Bearer realm=\"scopegate\"",
-                overwrite,
-                false,
-            );
+        if let (true, Credential::Token(header, _)) = (self.config.hide_credentials, credential) {
+            remove.push(if header.bytes().any(|byte| byte.is_ascii_uppercase()) {
+                Cow::Owned(header.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(header)
+            });
         }
-        denied.set_body(
-            serde_json::json!({"errors": [{"field": null, "message": message}]}).to_string(),
-        );
-        response.set_status(Status::new(code, message));
-        response.set_http_response(denied);
-        response.into()
+        Allow {
+            set_headers: [
+                (&self.config.key_id_header, key_id),
+                (&self.config.account_id_header, account_id),
+            ],
+            remove_headers: &remove,
+            metadata: [
+                ("key_id", key_id),
+                ("account_id", account_id),
+                ("scope", scope.unwrap_or("")),
+                ("decision", wire_decision(decision).as_str_name()),
+            ],
+            // The key's own metadata, for access logs and later filters;
+            // never as upstream headers.
+            key_metadata: key_metadata.map(Vec::as_slice),
+        }
+        .encode()
     }
+}
+
+/// A denial: Envoy's status, and the HTTP answer the client gets (401 with
+/// `WWW-Authenticate`, 400 or 403, a JSON body in SendGrid's error shape).
+fn deny(
+    decision: Decision,
+    (key_id, account_id): (&str, &str),
+    scope: Option<&str>,
+    catalog: &Catalog,
+) -> EnvoyAnswer {
+    let decision_name = wire_decision(&decision).as_str_name();
+    let mut response = CheckResponse::new();
+    response.set_dynamic_metadata(Some(metadata([
+        key_id,
+        account_id,
+        scope.unwrap_or(""),
+        decision_name,
+    ])));
+    let message = decision.message(catalog);
+    let (http_status, code) = match decision {
+        Decision::MissingToken
+        | Decision::MalformedToken
+        | Decision::UnknownKey
+        | Decision::Expired
+        | Decision::Disabled => (HttpStatusCode::Unauthorized, Code::Unauthenticated),
+        Decision::InvalidPath | Decision::MethodOverride => {
+            (HttpStatusCode::BadRequest, Code::InvalidArgument)
+        }
+        _ => (HttpStatusCode::Forbidden, Code::PermissionDenied),
+    };
+    let mut denied = DeniedHttpResponseBuilder::new();
+    denied.set_http_status(http_status);
+    let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
+    denied.add_header("content-type", "application/json", overwrite, false);
+    if http_status == HttpStatusCode::Unauthorized {
+        denied.add_header(
+            "www-authenticate",
+            "Bearer realm=\"scopegate\"",
+            overwrite,
+            false,
+        );
+    }
+    denied
+        .set_body(serde_json::json!({"errors": [{"field": null, "message": message}]}).to_string());
+    response.set_status(Status::new(code, message));
+    response.set_http_response(denied);
+    response.into()
 }
 
 /// A client-sent `x-scopegate-*` header (bytes: a name may hold non-ASCII).

@@ -14,6 +14,50 @@ impl Manager {
         self.require(caller, ManageAction::Update)?;
         self.admit_mutation(caller)?;
         let id = parse_key_id(&change.key_id)?;
+        let patch = self.patch(caller, &change)?;
+        let catalog = self.catalog.load_full();
+        let guard = caller.clone();
+        let key_id_text = change.key_id.clone();
+        let (before, updated) = self
+            .store
+            .mutate(caller_reads(caller, Some(id)), move |snapshot| {
+                let (current, caller) = changeable(
+                    snapshot,
+                    &catalog,
+                    &guard,
+                    &id,
+                    &key_id_text,
+                    ManageAction::Update,
+                )?;
+                if let Some(scopes) = &patch.scopes {
+                    check_no_escalation(&catalog, &caller, scopes)?;
+                }
+                let updated = patch.apply(current, &catalog, now_unix_ms())?;
+                let action = match (current.disabled, updated.disabled) {
+                    (false, true) => "disable",
+                    (true, false) => "enable",
+                    _ => "update",
+                };
+                let event = audit_event(action, &caller, Some(current), Some(&updated));
+                Ok::<_, ManageError>((
+                    Change::Update(updated.clone()),
+                    event,
+                    (current.clone(), updated),
+                ))
+            })
+            .await
+            .map_err(|error| not_found_as(error, &change.key_id))?;
+        tracing::info!(%caller, key_id = %id, name_changed = change.name.is_some(), scopes = ?updated.scopes, "key updated");
+        let (before, after) = (self.view(&before)?, self.view(&updated)?);
+        if before.kind != after.kind {
+            count_key(before.kind, -1.0);
+            count_key(after.kind, 1.0);
+        }
+        Ok(after)
+    }
+
+    /// An UpdateKey request, validated; refused when it changes nothing.
+    fn patch(&self, caller: &Caller, change: &KeyChange) -> Result<Patch, ManageError> {
         let name = change.name.as_deref().map(validate_name).transpose()?;
         let replace_scopes = !change.scopes.is_empty()
             || !change.grants.is_empty()
@@ -39,83 +83,26 @@ impl Manager {
             .as_ref()
             .map(validate_metadata)
             .transpose()?;
-        let (enabled, expire_change, not_before_change) =
-            (change.enabled, change.expire_time, change.not_before);
-        let max_lifetime = self.max_key_lifetime;
-        let new_scopes = if replace_scopes {
-            Some(self.requested_scopes(
-                caller,
-                &change.scopes,
-                &change.grants,
-                change.all_my_scopes_except_billing,
-            )?)
-        } else {
-            None
-        };
-        let catalog = self.catalog.load_full();
-        let guard = caller.clone();
-        let key_id_text = change.key_id.clone();
-        let (before, updated) = self
-            .store
-            .mutate(caller_reads(caller, Some(id)), move |snapshot| {
-                let (current, caller) = changeable(
-                    snapshot,
-                    &catalog,
-                    &guard,
-                    &id,
-                    &key_id_text,
-                    ManageAction::Update,
-                )?;
-                let mut updated = current.clone();
-                if let Some(name) = &name {
-                    updated.name = name.clone();
-                }
-                if let Some(scopes) = &new_scopes {
-                    check_no_escalation(&catalog, &caller, scopes)?;
-                    updated.scopes = catalog.names(scopes);
-                }
-                let now = now_unix_ms();
-                if let Some(enabled) = enabled {
-                    updated.disabled = !enabled;
-                }
-                if let Some(cidrs) = &cidrs {
-                    updated.allowed_cidrs = cidrs.clone();
-                }
-                if let Some(metadata) = &metadata {
-                    updated.metadata = metadata.clone();
-                }
-                if expire_change.is_some() || not_before_change.is_some() {
-                    let not_before =
-                        not_before_change.map_or(updated.not_before_unix_ms, |v| v.unwrap_or(0));
-                    let expire =
-                        expire_change.map_or(updated.expire_time_unix_ms, |v| v.unwrap_or(0));
-                    let (not_before, expire) = validity(now, not_before, expire, max_lifetime)?;
-                    updated.not_before_unix_ms = not_before;
-                    updated.expire_time_unix_ms = expire;
-                }
-                updated.version = KeyRecord::VERSION;
-                updated.update_time_unix_ms = now;
-                let action = match (current.disabled, updated.disabled) {
-                    (false, true) => "disable",
-                    (true, false) => "enable",
-                    _ => "update",
-                };
-                let event = audit_event(action, &caller, Some(current), Some(&updated));
-                Ok::<_, ManageError>((
-                    Change::Update(updated.clone()),
-                    event,
-                    (current.clone(), updated),
-                ))
+        let scopes = replace_scopes
+            .then(|| {
+                self.requested_scopes(
+                    caller,
+                    &change.scopes,
+                    &change.grants,
+                    change.all_my_scopes_except_billing,
+                )
             })
-            .await
-            .map_err(|error| not_found_as(error, &change.key_id))?;
-        tracing::info!(%caller, key_id = %id, name_changed = change.name.is_some(), scopes = ?updated.scopes, "key updated");
-        let (before, after) = (self.view(&before)?, self.view(&updated)?);
-        if before.kind != after.kind {
-            count_key(before.kind, -1.0);
-            count_key(after.kind, 1.0);
-        }
-        Ok(after)
+            .transpose()?;
+        Ok(Patch {
+            name,
+            scopes,
+            enabled: change.enabled,
+            cidrs,
+            metadata,
+            expire_time: change.expire_time,
+            not_before: change.not_before,
+            max_lifetime: self.max_key_lifetime,
+        })
     }
 
     pub async fn delete(&self, caller: &Caller, key_id: &str) -> Result<(), ManageError> {
@@ -157,5 +144,59 @@ pub(super) fn not_found_as(error: ManageError, key_id: &str) -> ManageError {
     match error {
         ManageError::Store(StoreError::NotFound) => ManageError::NotFound(key_id.to_owned()),
         other => other,
+    }
+}
+
+/// The validated fields of an UpdateKey; `None` leaves a field as it is.
+struct Patch {
+    name: Option<String>,
+    scopes: Option<ScopeSet>,
+    enabled: Option<bool>,
+    cidrs: Option<Vec<String>>,
+    metadata: Option<BTreeMap<String, String>>,
+    /// `Some(None)`: remove.
+    expire_time: Option<Option<i64>>,
+    not_before: Option<Option<i64>>,
+    max_lifetime: Option<std::time::Duration>,
+}
+
+impl Patch {
+    /// The record with this patch applied at `now`.
+    fn apply(
+        &self,
+        current: &KeyRecord,
+        catalog: &Catalog,
+        now: i64,
+    ) -> Result<KeyRecord, ManageError> {
+        let mut updated = current.clone();
+        if let Some(name) = &self.name {
+            updated.name = name.clone();
+        }
+        if let Some(scopes) = &self.scopes {
+            updated.scopes = catalog.names(scopes);
+        }
+        if let Some(enabled) = self.enabled {
+            updated.disabled = !enabled;
+        }
+        if let Some(cidrs) = &self.cidrs {
+            updated.allowed_cidrs = cidrs.clone();
+        }
+        if let Some(metadata) = &self.metadata {
+            updated.metadata = metadata.clone();
+        }
+        if self.expire_time.is_some() || self.not_before.is_some() {
+            let not_before = self
+                .not_before
+                .map_or(updated.not_before_unix_ms, |v| v.unwrap_or(0));
+            let expire = self
+                .expire_time
+                .map_or(updated.expire_time_unix_ms, |v| v.unwrap_or(0));
+            let (not_before, expire) = validity(now, not_before, expire, self.max_lifetime)?;
+            updated.not_before_unix_ms = not_before;
+            updated.expire_time_unix_ms = expire;
+        }
+        updated.version = KeyRecord::VERSION;
+        updated.update_time_unix_ms = now;
+        Ok(updated)
     }
 }

@@ -23,15 +23,7 @@ impl Manager {
     ) -> Result<(KeyView, String), ManageError> {
         self.require(caller, ManageAction::Create)?;
         self.admit_mutation(caller)?;
-        let account_id = match caller {
-            Caller::Admin => validate_account_id(&request.account_id)?,
-            Caller::Key { account_id, .. } => {
-                if !request.account_id.is_empty() && request.account_id != **account_id {
-                    return Err(ManageError::OtherAccount);
-                }
-                account_id.to_string()
-            }
-        };
+        let account_id = target_account(caller, &request.account_id)?;
         let retry = match request.request_id.as_str() {
             "" => None,
             text => Some((
@@ -40,10 +32,8 @@ impl Manager {
                 create_digest(&request),
             )),
         };
-        if let Some((id, digest)) = &retry {
-            if let Some(first) = self.first_result(id, digest).await? {
-                return Ok(first);
-            }
+        if let Some(first) = self.first_result_of(&retry).await? {
+            return Ok(first);
         }
         let name = validate_name(&request.name)?;
         let scopes = self.requested_scopes(
@@ -77,9 +67,6 @@ impl Manager {
             ..KeyRecord::default()
         };
         let view = self.view(&record)?;
-        let catalog = self.catalog.load_full();
-        let guard = caller.clone();
-        let cap = self.max_keys_per_account;
         let filed = retry.as_ref().map(|(id, digest)| CreateRequest {
             lookup: *id.lookup(),
             record: CreateRequestRecord {
@@ -89,36 +76,18 @@ impl Manager {
                 time_unix_ms: now,
             },
         });
-        let created = self
-            .store
-            .mutate(caller_reads(caller, None), move |snapshot| {
-                let caller = current_caller(snapshot, &catalog, &guard)?;
-                require(&catalog, &caller, ManageAction::Create)?;
-                check_no_escalation(&catalog, &caller, &scopes)?;
-                let event = audit_event("create", &caller, None, Some(&record));
-                let (record, request) = (record.clone(), filed.clone());
-                let change = Change::Create {
-                    record,
-                    cap,
-                    request,
-                };
-                Ok::<_, ManageError>((change, event, ()))
-            })
-            .await;
-        match created {
+        match self.commit_create(caller, record, scopes, filed).await {
             Ok(()) => {}
             // A concurrent retry with the same request id won: its result.
             Err(ManageError::Store(StoreError::DuplicateRequest)) => {
-                if let Some((id, digest)) = &retry {
-                    if let Some(first) = self.first_result(id, digest).await? {
-                        return Ok(first);
-                    }
-                }
-                return Err(ManageError::Store(StoreError::Conflict));
+                return match self.first_result_of(&retry).await? {
+                    Some(first) => Ok(first),
+                    None => Err(ManageError::Store(StoreError::Conflict)),
+                };
             }
             Err(ManageError::Store(StoreError::AccountFull { cap })) => {
                 return Err(ManageError::AccountFull {
-                    account: account_id.clone(),
+                    account: account_id,
                     cap,
                 })
             }
@@ -128,7 +97,44 @@ impl Manager {
         Ok((view, issued.token))
     }
 
-    /// One key. Blocking (reads sled): call it off the decision workers.
+    /// Files the new key, checking the caller's rights again on the state
+    /// the change applies to.
+    async fn commit_create(
+        &self,
+        caller: &Caller,
+        record: KeyRecord,
+        scopes: ScopeSet,
+        request: Option<CreateRequest>,
+    ) -> Result<(), ManageError> {
+        let catalog = self.catalog.load_full();
+        let guard = caller.clone();
+        let cap = self.max_keys_per_account;
+        self.store
+            .mutate(caller_reads(caller, None), move |snapshot| {
+                let caller = current_caller(snapshot, &catalog, &guard)?;
+                require(&catalog, &caller, ManageAction::Create)?;
+                check_no_escalation(&catalog, &caller, &scopes)?;
+                let event = audit_event("create", &caller, None, Some(&record));
+                let change = Change::Create {
+                    record: record.clone(),
+                    cap,
+                    request: request.clone(),
+                };
+                Ok::<_, ManageError>((change, event, ()))
+            })
+            .await
+    }
+
+    async fn first_result_of(
+        &self,
+        retry: &Option<(RequestId, [u8; 32])>,
+    ) -> Result<Option<(KeyView, String)>, ManageError> {
+        match retry {
+            Some((id, digest)) => self.first_result(id, digest).await,
+            None => Ok(None),
+        }
+    }
+
     /// The first result of a create made with this request id, if it was
     /// made within the retry window; a reuse for another request is refused.
     async fn first_result(
@@ -167,6 +173,20 @@ impl Manager {
         })?;
         tracing::info!(%key_id, "CreateKey retried with its request id: the first result");
         Ok(Some((self.view(&record)?, token)))
+    }
+}
+
+/// The account a new key goes to: the admin names it; a key creates in its
+/// own account only.
+fn target_account(caller: &Caller, requested: &str) -> Result<String, ManageError> {
+    match caller {
+        Caller::Admin => validate_account_id(requested),
+        Caller::Key { account_id, .. } => {
+            if !requested.is_empty() && requested != &**account_id {
+                return Err(ManageError::OtherAccount);
+            }
+            Ok(account_id.to_string())
+        }
     }
 }
 

@@ -131,13 +131,11 @@ impl Catalog {
     }
 
     fn build(file: CatalogFile, previous: Option<&Catalog>) -> Result<Catalog, CatalogError> {
-        let invalid = |message: String| Err(CatalogError::Invalid(message));
         if file.resource.is_empty() {
-            return invalid("the catalog defines no [[resource]]".into());
+            return Err(invalid("the catalog defines no [[resource]]".into()));
         }
         let mut resources_in = file.resource;
         resources_in.sort_by(|a, b| a.name.cmp(&b.name));
-
         let mut catalog = Catalog {
             scopes: Vec::new(),
             scope_by_name: HashMap::new(),
@@ -147,93 +145,100 @@ impl Catalog {
             api_keys: [ScopeId(0); 4],
         };
         for resource_in in resources_in {
-            let name = resource_in.name;
-            if !is_valid_resource_name(&name) {
-                return invalid(format!(
-                    "resource name `{name}` must be lowercase words of [a-z0-9_] joined by dots"
-                ));
-            }
-            if catalog.resource_by_name.contains_key(name.as_str()) {
-                return invalid(format!("resource `{name}` is defined twice"));
-            }
-            if resource_in.verbs.is_empty() {
-                return invalid(format!("resource `{name}` has no verbs"));
-            }
-            let resource_id = ResourceId(catalog.resources.len() as u16);
-            let mut resource = Resource {
-                name: name.clone().into(),
-                scopes: ScopeSet::EMPTY,
-                read: None,
-                writes: ScopeSet::EMPTY,
-                exclusive: resource_in.exclusive,
-            };
-            let mut verbs = resource_in.verbs;
-            verbs.sort();
-            for verb in verbs {
-                if !is_valid_word(&verb) {
-                    return invalid(format!(
-                        "resource `{name}`: verb `{verb}` must be one word of [a-z0-9_]"
-                    ));
-                }
-                let scope_name = format!("{name}.{verb}");
-                if catalog.scope_by_name.contains_key(scope_name.as_str()) {
-                    return invalid(format!("scope `{scope_name}` is defined twice"));
-                }
-                let kept = previous.and_then(|previous| previous.scope_id(&scope_name));
-                let scope_id = match kept {
-                    Some(id) => id,
-                    None => {
-                        // A new scope takes the first id neither catalog uses.
-                        let taken = |index: usize| {
-                            catalog.scopes.get(index).is_some_and(Option::is_some)
-                                || previous.is_some_and(|p| {
-                                    p.scopes.get(index).is_some_and(Option::is_some)
-                                })
-                        };
-                        match (0..MAX_SCOPES).find(|index| !taken(*index)) {
-                            Some(index) => ScopeId(index as u16),
-                            None => {
-                                return invalid(format!(
-                                    "the catalog has more than {MAX_SCOPES} scopes"
-                                ))
-                            }
-                        }
-                    }
-                };
-                let slot = scope_id.0 as usize;
-                if catalog.scopes.len() <= slot {
-                    catalog.scopes.resize_with(slot + 1, || None);
-                }
-                catalog.scopes[slot] = Some(ScopeEntry {
-                    name: scope_name.clone().into(),
-                    resource: resource_id,
-                });
-                catalog.scope_by_name.insert(scope_name.into(), scope_id);
-                resource.scopes.insert(scope_id);
-                if verb == "read" {
-                    resource.read = Some(scope_id);
-                } else {
-                    resource.writes.insert(scope_id);
-                }
-            }
-            if resource.exclusive {
-                catalog.exclusive_scopes = catalog.exclusive_scopes.union(&resource.scopes);
-            }
-            catalog.resource_by_name.insert(name.into(), resource_id);
-            catalog.resources.push(resource);
+            catalog.add_resource(resource_in, previous)?;
         }
         for (slot, verb) in catalog.api_keys.iter_mut().zip(API_KEYS_VERBS) {
             let scope_name = format!("{API_KEYS_RESOURCE}.{verb}");
-            match catalog.scope_by_name.get(scope_name.as_str()) {
-                Some(id) => *slot = *id,
-                None => {
-                    return invalid(format!(
-                        "the catalog must define `{scope_name}`: the api_keys scopes guard key management"
-                    ))
-                }
-            }
+            *slot = *catalog.scope_by_name.get(scope_name.as_str()).ok_or_else(|| {
+                invalid(format!(
+                    "the catalog must define `{scope_name}`: the api_keys scopes guard key management"
+                ))
+            })?;
         }
         Ok(catalog)
+    }
+
+    fn add_resource(
+        &mut self,
+        resource_in: ResourceFile,
+        previous: Option<&Catalog>,
+    ) -> Result<(), CatalogError> {
+        let name = resource_in.name;
+        if !is_valid_resource_name(&name) {
+            return Err(invalid(format!(
+                "resource name `{name}` must be lowercase words of [a-z0-9_] joined by dots"
+            )));
+        }
+        if self.resource_by_name.contains_key(name.as_str()) {
+            return Err(invalid(format!("resource `{name}` is defined twice")));
+        }
+        if resource_in.verbs.is_empty() {
+            return Err(invalid(format!("resource `{name}` has no verbs")));
+        }
+        let resource_id = ResourceId(self.resources.len() as u16);
+        let mut resource = Resource {
+            name: name.clone().into(),
+            scopes: ScopeSet::EMPTY,
+            read: None,
+            writes: ScopeSet::EMPTY,
+            exclusive: resource_in.exclusive,
+        };
+        let mut verbs = resource_in.verbs;
+        verbs.sort();
+        for verb in verbs {
+            if !is_valid_word(&verb) {
+                return Err(invalid(format!(
+                    "resource `{name}`: verb `{verb}` must be one word of [a-z0-9_]"
+                )));
+            }
+            let scope_name = format!("{name}.{verb}");
+            if self.scope_by_name.contains_key(scope_name.as_str()) {
+                return Err(invalid(format!("scope `{scope_name}` is defined twice")));
+            }
+            let scope_id = self.id_for(&scope_name, previous)?;
+            let slot = scope_id.0 as usize;
+            if self.scopes.len() <= slot {
+                self.scopes.resize_with(slot + 1, || None);
+            }
+            self.scopes[slot] = Some(ScopeEntry {
+                name: scope_name.clone().into(),
+                resource: resource_id,
+            });
+            self.scope_by_name.insert(scope_name.into(), scope_id);
+            resource.scopes.insert(scope_id);
+            if verb == "read" {
+                resource.read = Some(scope_id);
+            } else {
+                resource.writes.insert(scope_id);
+            }
+        }
+        if resource.exclusive {
+            self.exclusive_scopes = self.exclusive_scopes.union(&resource.scopes);
+        }
+        self.resource_by_name.insert(name.into(), resource_id);
+        self.resources.push(resource);
+        Ok(())
+    }
+
+    /// A scope keeps the id it had in the previous catalog (stored keys name
+    /// scopes, tables hold ids); a new scope takes the first id neither
+    /// catalog uses.
+    fn id_for(
+        &self,
+        scope_name: &str,
+        previous: Option<&Catalog>,
+    ) -> Result<ScopeId, CatalogError> {
+        if let Some(id) = previous.and_then(|previous| previous.scope_id(scope_name)) {
+            return Ok(id);
+        }
+        let taken = |index: usize| {
+            self.scopes.get(index).is_some_and(Option::is_some)
+                || previous.is_some_and(|p| p.scopes.get(index).is_some_and(Option::is_some))
+        };
+        (0..MAX_SCOPES)
+            .find(|index| !taken(*index))
+            .map(|index| ScopeId(index as u16))
+            .ok_or_else(|| invalid(format!("the catalog has more than {MAX_SCOPES} scopes")))
     }
 
     /// Looks a scope up by name without allocating (the hot path).
@@ -305,4 +310,8 @@ fn is_valid_word(word: &str) -> bool {
 
 fn is_valid_resource_name(name: &str) -> bool {
     name.split('.').all(is_valid_word)
+}
+
+fn invalid(message: String) -> CatalogError {
+    CatalogError::Invalid(message)
 }

@@ -79,19 +79,7 @@ impl Services {
     {
         let (tcp, uds, manage_tcp) = listeners;
         let limits = &config.limits;
-        // The tower stack, outermost first.
-        let layers = tower::ServiceBuilder::new()
-            // Count every request by method and status, including refused ones.
-            .layer(telemetry::GrpcMetricsLayer)
-            // Bound the requests in progress across all connections, checks and
-            // management apart; refuse at once beyond it instead of queueing.
-            // ManageKey and Admin also get their deadline here; checks never
-            // wait, so they pay for no timer.
-            .layer(crate::limit::ShedLayer::new(
-                limits.max_concurrent_requests,
-                limits.max_concurrent_manage,
-                limits.request_timeout,
-            ));
+        let layers = layers(limits);
         let tls = config.tls.as_ref().map(load_tls).transpose()?;
         let router = |tls: Option<&tonic::transport::ServerTlsConfig>, routes: &Routes| {
             let mut server = tonic::transport::Server::builder()
@@ -146,4 +134,27 @@ impl Services {
         }
         Ok(servers)
     }
+}
+
+type Layers = tower::ServiceBuilder<
+    tower::layer::util::Stack<
+        crate::limit::ShedLayer,
+        tower::layer::util::Stack<telemetry::GrpcMetricsLayer, tower::layer::util::Identity>,
+    >,
+>;
+
+/// The tower stack, outermost first.
+fn layers(limits: &Limits) -> Layers {
+    tower::ServiceBuilder::new()
+        // Count every request by method and status, including refused ones.
+        .layer(telemetry::GrpcMetricsLayer)
+        // Bound the requests in progress across all connections, checks and
+        // management apart; refuse at once beyond it instead of queueing.
+        // ManageKey and Admin also get their deadline here; checks never
+        // wait, so they pay for no timer.
+        .layer(crate::limit::ShedLayer::new(
+            limits.max_concurrent_requests,
+            limits.max_concurrent_manage,
+            limits.request_timeout,
+        ))
 }

@@ -212,76 +212,18 @@ impl Store {
         limit: usize,
     ) -> Result<(Vec<AuditEvent>, Option<Vec<u8>>), StoreError> {
         self.healthy()?;
-        let from: [u8; 16] = match after {
-            Some(after) => {
-                let mut cursor: [u8; 16] = after
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| StoreError::BadCursor)?;
-                // The first key after the cursor.
-                for byte in cursor.iter_mut().rev() {
-                    let (next, carry) = byte.overflowing_add(1);
-                    *byte = next;
-                    if !carry {
-                        break;
-                    }
-                }
-                cursor
-            }
+        let from = match after {
+            Some(after) => key_after(&after)?,
             None => {
                 let mut start = [0; 16];
                 start[..8].copy_from_slice(&(filter.start_unix_ms.max(0) as u64).to_be_bytes());
                 start
             }
         };
-        let decode = |value: &[u8]| {
-            <AuditEvent as prost::Message>::decode(value).map_err(|error| StoreError::Corrupt {
-                key_id: "audit event".into(),
-                reason: error.to_string(),
-            })
+        let mut walk = match index_prefix(filter) {
+            Some(prefix) => self.indexed_events(prefix, &from),
+            None => self.all_events(&from),
         };
-        // (sort key, event) in order, from the index or the events tree.
-        let mut walk: Box<dyn Iterator<Item = Result<Stored, StoreError>>> =
-            match index_prefix(filter) {
-                Some(prefix) => {
-                    let mut start = prefix.clone();
-                    start.extend_from_slice(&from);
-                    let events = self.inner.audit.clone();
-                    Box::new(
-                        self.inner
-                            .audit_index
-                            .range(start..)
-                            .take_while(move |item| {
-                                item.as_ref()
-                                    .map_or(true, |(key, _)| key.starts_with(&prefix))
-                            })
-                            .filter_map(move |item| {
-                                let sort_key = match item {
-                                    Ok((key, _)) => <[u8; 16]>::try_from(&key[key.len() - 16..])
-                                        .expect("16 bytes"),
-                                    Err(error) => return Some(Err(error.into())),
-                                };
-                                // A pruned event's index entry may outlive it briefly.
-                                match events.get(sort_key) {
-                                    Ok(Some(value)) => {
-                                        Some(decode(&value).map(|event| (sort_key, event)))
-                                    }
-                                    Ok(None) => None,
-                                    Err(error) => Some(Err(error.into())),
-                                }
-                            }),
-                    )
-                }
-                None => Box::new(self.inner.audit.range(from..).map(|item| {
-                    let (key, value) = item?;
-                    let sort_key =
-                        <[u8; 16]>::try_from(key.as_ref()).map_err(|_| StoreError::Corrupt {
-                            key_id: "audit event".into(),
-                            reason: "an audit key is not 16 bytes".into(),
-                        })?;
-                    Ok((sort_key, decode(&value)?))
-                })),
-            };
         let mut events = Vec::new();
         let mut last = None;
         for item in &mut walk {
@@ -300,4 +242,73 @@ impl Store {
         }
         Ok((events, None))
     }
+}
+
+/// (sort key, event) in order.
+type Walk<'a> = Box<dyn Iterator<Item = Result<Stored, StoreError>> + 'a>;
+
+impl Store {
+    /// The events under one index prefix (an account or a key), from `from`.
+    fn indexed_events(&self, prefix: Vec<u8>, from: &[u8; 16]) -> Walk<'static> {
+        let mut start = prefix.clone();
+        start.extend_from_slice(from);
+        let events = self.inner.audit.clone();
+        Box::new(
+            self.inner
+                .audit_index
+                .range(start..)
+                .take_while(move |item| {
+                    item.as_ref()
+                        .map_or(true, |(key, _)| key.starts_with(&prefix))
+                })
+                .filter_map(move |item| {
+                    let sort_key = match item {
+                        Ok((key, _)) => {
+                            <[u8; 16]>::try_from(&key[key.len() - 16..]).expect("16 bytes")
+                        }
+                        Err(error) => return Some(Err(error.into())),
+                    };
+                    // A pruned event's index entry may outlive it briefly.
+                    match events.get(sort_key) {
+                        Ok(Some(value)) => {
+                            Some(decode_event(&value).map(|event| (sort_key, event)))
+                        }
+                        Ok(None) => None,
+                        Err(error) => Some(Err(error.into())),
+                    }
+                }),
+        )
+    }
+
+    /// Every event, from `from`.
+    fn all_events(&self, from: &[u8; 16]) -> Walk<'static> {
+        Box::new(self.inner.audit.range(*from..).map(|item| {
+            let (key, value) = item?;
+            let sort_key = <[u8; 16]>::try_from(key.as_ref()).map_err(|_| StoreError::Corrupt {
+                key_id: "audit event".into(),
+                reason: "an audit key is not 16 bytes".into(),
+            })?;
+            Ok((sort_key, decode_event(&value)?))
+        }))
+    }
+}
+
+/// The first sort key after a page cursor.
+fn key_after(cursor: &[u8]) -> Result<[u8; 16], StoreError> {
+    let mut key: [u8; 16] = cursor.try_into().map_err(|_| StoreError::BadCursor)?;
+    for byte in key.iter_mut().rev() {
+        let (next, carry) = byte.overflowing_add(1);
+        *byte = next;
+        if !carry {
+            break;
+        }
+    }
+    Ok(key)
+}
+
+fn decode_event(value: &[u8]) -> Result<AuditEvent, StoreError> {
+    <AuditEvent as prost::Message>::decode(value).map_err(|error| StoreError::Corrupt {
+        key_id: "audit event".into(),
+        reason: error.to_string(),
+    })
 }

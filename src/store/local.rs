@@ -21,112 +21,117 @@ impl Store {
         change: Change,
         event: AuditEvent,
     ) -> Result<Publish, StoreError> {
-        let inner = &self.inner;
-        let sequence = inner
+        let sequence = self
+            .inner
             .audit_sequence
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let event_key = event.sort_key(sequence);
-        let event_value = prost::Message::encode_to_vec(&event);
         if sequence % AUDIT_PRUNE_EVERY == AUDIT_PRUNE_EVERY - 1 {
             self.prune_audit(event.time_unix_ms)?;
             self.prune_requests(event.time_unix_ms)?;
         }
-        let indexed = audit::index_keys(&event, &event_key);
-        let audit = |trail: &sled::transaction::TransactionalTree,
-                     index: &sled::transaction::TransactionalTree| {
-            trail.insert(&event_key[..], event_value.as_slice())?;
-            for index_key in &indexed {
-                index.insert(index_key.as_slice(), &[])?;
-            }
-            Ok::<_, sled::transaction::UnabortableTransactionError>(())
-        };
+        let audit = AuditWrite::new(&event, sequence);
         match change {
             Change::Create {
                 record,
                 cap,
                 request,
-            } => {
-                let key_id = record_id(&record)?;
-                if let Some(request) = &request {
-                    if inner.requests.contains_key(request.lookup)? {
-                        return Err(StoreError::DuplicateRequest);
-                    }
-                }
-                let request = request.map(|request| {
-                    (
-                        request.lookup,
-                        prost::Message::encode_to_vec(&request.record),
-                    )
-                });
-                // Resolved under the lock: the catalog cannot change until it is released.
-                let entry = self.auth_entry(&record)?;
-                let held = inner
-                    .accounts
-                    .scan_prefix(account_prefix(&record.account_id))
-                    .count();
-                if held >= cap {
-                    return Err(StoreError::AccountFull { cap });
-                }
-                let index_key = account_index_key(&record.account_id, &key_id);
-                let value = prost::Message::encode_to_vec(&record);
-                (
-                    &inner.keys,
-                    &inner.accounts,
-                    &inner.audit,
-                    &inner.audit_index,
-                    &inner.requests,
-                )
-                    .transaction(|(keys, accounts, trail, index, requests)| {
-                        if let Some((lookup, value)) = &request {
-                            requests.insert(&lookup[..], value.as_slice())?;
-                        }
-                        if keys.insert(key_id.as_bytes(), value.as_slice())?.is_some() {
-                            return Err(ConflictableTransactionError::Abort(StoreError::Corrupt {
-                                key_id: key_id.to_string(),
-                                reason: "random key id collided with an existing key".into(),
-                            }));
-                        }
-                        accounts.insert(index_key.as_slice(), &[])?;
-                        audit(trail, index)?;
-                        Ok(())
-                    })
-                    .map_err(transaction_error)?;
-                Ok(Publish::Upsert(key_id, Arc::new(entry)))
-            }
-            Change::Update(record) => {
-                let key_id = record_id(&record)?;
-                let entry = self.auth_entry(&record)?;
-                let value = prost::Message::encode_to_vec(&record);
-                (&inner.keys, &inner.audit, &inner.audit_index)
-                    .transaction(|(keys, trail, index)| {
-                        keys.insert(key_id.as_bytes(), value.as_slice())?;
-                        audit(trail, index)?;
-                        Ok::<_, ConflictableTransactionError<StoreError>>(())
-                    })
-                    .map_err(transaction_error)?;
-                Ok(Publish::Upsert(key_id, Arc::new(entry)))
-            }
-            Change::Delete(record) => {
-                let key_id = record_id(&record)?;
-                let index_key = account_index_key(&record.account_id, &key_id);
-                (
-                    &inner.keys,
-                    &inner.accounts,
-                    &inner.audit,
-                    &inner.audit_index,
-                )
-                    .transaction(|(keys, accounts, trail, index)| {
-                        keys.remove(key_id.as_bytes())?;
-                        accounts.remove(index_key.as_slice())?;
-                        audit(trail, index)?;
-                        Ok::<_, ConflictableTransactionError<StoreError>>(())
-                    })
-                    .map_err(transaction_error)?;
-                // Not part of the change's atomicity: a stale mark is harmless.
-                let _ = inner.last_used.remove(key_id.as_bytes());
-                Ok(Publish::Remove(key_id))
+            } => self.create_local(record, cap, request, &audit),
+            Change::Update(record) => self.update_local(record, &audit),
+            Change::Delete(record) => self.delete_local(record, &audit),
+        }
+    }
+
+    fn create_local(
+        &self,
+        record: KeyRecord,
+        cap: usize,
+        request: Option<CreateRequest>,
+        audit: &AuditWrite,
+    ) -> Result<Publish, StoreError> {
+        let inner = &self.inner;
+        let key_id = record_id(&record)?;
+        if let Some(request) = &request {
+            if inner.requests.contains_key(request.lookup)? {
+                return Err(StoreError::DuplicateRequest);
             }
         }
+        let request = request.map(|request| {
+            (
+                request.lookup,
+                prost::Message::encode_to_vec(&request.record),
+            )
+        });
+        // Resolved under the lock: the catalog cannot change until it is released.
+        let entry = self.auth_entry(&record)?;
+        let held = inner
+            .accounts
+            .scan_prefix(account_prefix(&record.account_id))
+            .count();
+        if held >= cap {
+            return Err(StoreError::AccountFull { cap });
+        }
+        let index_key = account_index_key(&record.account_id, &key_id);
+        let value = prost::Message::encode_to_vec(&record);
+        (
+            &inner.keys,
+            &inner.accounts,
+            &inner.audit,
+            &inner.audit_index,
+            &inner.requests,
+        )
+            .transaction(|(keys, accounts, trail, index, requests)| {
+                if let Some((lookup, value)) = &request {
+                    requests.insert(&lookup[..], value.as_slice())?;
+                }
+                if keys.insert(key_id.as_bytes(), value.as_slice())?.is_some() {
+                    return Err(ConflictableTransactionError::Abort(StoreError::Corrupt {
+                        key_id: key_id.to_string(),
+                        reason: "random key id collided with an existing key".into(),
+                    }));
+                }
+                accounts.insert(index_key.as_slice(), &[])?;
+                audit.write(trail, index)?;
+                Ok(())
+            })
+            .map_err(transaction_error)?;
+        Ok(Publish::Upsert(key_id, Arc::new(entry)))
+    }
+
+    fn update_local(&self, record: KeyRecord, audit: &AuditWrite) -> Result<Publish, StoreError> {
+        let inner = &self.inner;
+        let key_id = record_id(&record)?;
+        let entry = self.auth_entry(&record)?;
+        let value = prost::Message::encode_to_vec(&record);
+        (&inner.keys, &inner.audit, &inner.audit_index)
+            .transaction(|(keys, trail, index)| {
+                keys.insert(key_id.as_bytes(), value.as_slice())?;
+                audit.write(trail, index)?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(transaction_error)?;
+        Ok(Publish::Upsert(key_id, Arc::new(entry)))
+    }
+
+    fn delete_local(&self, record: KeyRecord, audit: &AuditWrite) -> Result<Publish, StoreError> {
+        let inner = &self.inner;
+        let key_id = record_id(&record)?;
+        let index_key = account_index_key(&record.account_id, &key_id);
+        (
+            &inner.keys,
+            &inner.accounts,
+            &inner.audit,
+            &inner.audit_index,
+        )
+            .transaction(|(keys, accounts, trail, index)| {
+                keys.remove(key_id.as_bytes())?;
+                accounts.remove(index_key.as_slice())?;
+                audit.write(trail, index)?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(transaction_error)?;
+        // Not part of the change's atomicity: a stale mark is harmless.
+        let _ = inner.last_used.remove(key_id.as_bytes());
+        Ok(Publish::Remove(key_id))
     }
 
     /// The first result filed under a CreateKey request id's `lookup`, if any.
@@ -271,5 +276,36 @@ impl Store {
         }
         self.sync()?;
         Ok(count)
+    }
+}
+
+/// One audit event and its index entries, written inside a change's
+/// transaction.
+struct AuditWrite {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    indexed: [Vec<u8>; 2],
+}
+
+impl AuditWrite {
+    fn new(event: &AuditEvent, sequence: u64) -> AuditWrite {
+        let key = event.sort_key(sequence);
+        AuditWrite {
+            indexed: audit::index_keys(event, &key),
+            value: prost::Message::encode_to_vec(event),
+            key: key.to_vec(),
+        }
+    }
+
+    fn write(
+        &self,
+        trail: &sled::transaction::TransactionalTree,
+        index: &sled::transaction::TransactionalTree,
+    ) -> Result<(), sled::transaction::UnabortableTransactionError> {
+        trail.insert(self.key.as_slice(), self.value.as_slice())?;
+        for index_key in &self.indexed {
+            index.insert(index_key.as_slice(), &[])?;
+        }
+        Ok(())
     }
 }
