@@ -104,6 +104,7 @@ pub fn decide_http(
         path,
         method_override: false,
         client_ip: None,
+        proxy_scope: None,
     };
     decide_http_request(keys, format, routes, token, &request)
 }
@@ -116,6 +117,10 @@ pub struct HttpCheck<'a> {
     /// It carries a method-override header (ext_authz).
     pub method_override: bool,
     pub client_ip: Option<IpAddr>,
+    /// The scope the proxy names for this route (ext_authz
+    /// `context_extensions`), instead of the route table's: `Some(None)`
+    /// when the catalog has no scope of that name (denied as no route).
+    pub proxy_scope: Option<Option<ScopeId>>,
 }
 
 /// [`decide_http`] for a request that may carry a method-override header
@@ -133,6 +138,7 @@ pub fn decide_http_request(
         path,
         method_override,
         client_ip,
+        proxy_scope,
     } = *request;
     if method_override && !routes.allows_method_override() {
         return (
@@ -146,7 +152,12 @@ pub fn decide_http_request(
             None,
         );
     }
-    let route = routes.resolve(method, path);
+    let route = match (routes.resolve(method, path), proxy_scope) {
+        // An unusable path is refused whoever names the scope.
+        (Err(RouteMiss::InvalidPath), _) => Err(RouteMiss::InvalidPath),
+        (_, Some(named)) => named.ok_or(RouteMiss::NoRoute),
+        (route, None) => route,
+    };
     let required = match route {
         Ok(scope) => Ok(Required::Scope(scope)),
         Err(RouteMiss::NoRoute) => Err(Decision::NoRoute),

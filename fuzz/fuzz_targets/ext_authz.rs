@@ -56,7 +56,8 @@ fn service() -> &'static (ExtAuthzService, tokio::runtime::Runtime) {
 
 fuzz_target!(|data: &[u8]| {
     // The in-place reader agrees with envoy-types' decoder wherever that
-    // decoder accepts the bytes: same method, path and header names.
+    // decoder accepts the bytes: same method, path, header names and
+    // proxy-named scope.
     let parsed = EnvoyCheck::parse(bytes::Bytes::copy_from_slice(data));
     if let Ok(full) = envoy_types::ext_authz::v3::pb::CheckRequest::decode(data) {
         let check = parsed.as_ref().expect("envoy-types accepts what we refuse");
@@ -66,6 +67,11 @@ fuzz_target!(|data: &[u8]| {
             .and_then(|attributes| attributes.request.as_ref())
             .and_then(|request| request.http.as_ref());
         assert_eq!(check.has_http(), http.is_some());
+        let extensions = full.attributes.as_ref().map(|attributes| &attributes.context_extensions);
+        assert_eq!(
+            check.route_scope(),
+            extensions.and_then(|map| map.get("scope")).map(String::as_str)
+        );
         if let Some(http) = http {
             assert_eq!(check.method(), http.method);
             assert_eq!(check.path(), http.path);

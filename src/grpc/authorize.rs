@@ -47,6 +47,7 @@ impl Authorize for AuthorizeService {
                     &policy.routes,
                     &request.token,
                     &authz::HttpCheck {
+                        proxy_scope: None,
                         method: &http.method,
                         path: &http.path,
                         method_override: false,

@@ -32,6 +32,8 @@ pub struct EnvoyCheck {
     /// (name, value) of `http.headers` entries, then `http.header_map`
     /// entries (their `raw_value` when set, else `value`).
     headers: Vec<(Range<u32>, Range<u32>)>,
+    /// `attributes.context_extensions["scope"]`, if the proxy set it.
+    route_scope: Option<Range<u32>>,
 }
 
 /// Why a message is not a `CheckRequest`.
@@ -201,7 +203,8 @@ impl EnvoyCheck {
                 check.attributes(bytes, payload(&field)?)?;
             }
         }
-        for range in [&check.method, &check.path, &check.source] {
+        let route_scope = check.route_scope.clone().unwrap_or(0..0);
+        for range in [&check.method, &check.path, &check.source, &route_scope] {
             std::str::from_utf8(&bytes[range.start as usize..range.end as usize])
                 .map_err(|_| WireError("a string field is not UTF-8"))?;
         }
@@ -209,7 +212,8 @@ impl EnvoyCheck {
         Ok(check)
     }
 
-    /// AttributeContext { Peer source = 1; Request request = 4; }
+    /// AttributeContext { Peer source = 1; Request request = 4;
+    /// map<string, string> context_extensions = 10; }
     fn attributes(&mut self, bytes: &[u8], range: Range<usize>) -> Result<(), WireError> {
         let mut fields = Fields::new(bytes, range);
         while let Some(field) = fields.next() {
@@ -238,6 +242,14 @@ impl EnvoyCheck {
                             self.has_http = true;
                             self.http(bytes, payload(&field)?)?;
                         }
+                    }
+                }
+                10 => {
+                    // A map entry: { string key = 1; string value = 2; }; the
+                    // last entry of a key wins, as protobuf merges maps.
+                    let (name, value) = entry(bytes, payload(&field)?, false)?;
+                    if bytes[name.start as usize..name.end as usize] == *b"scope" {
+                        self.route_scope = Some(value);
                     }
                 }
                 _ => {}
@@ -305,6 +317,13 @@ impl EnvoyCheck {
     /// The downstream address Envoy reports, as text ("" if none).
     pub fn source_address(&self) -> &str {
         self.text(&self.source)
+    }
+
+    /// The scope the proxy names for this route (`context_extensions`
+    /// `scope`, set per route in Envoy's `check_settings`; a client cannot
+    /// set it).
+    pub fn route_scope(&self) -> Option<&str> {
+        self.route_scope.as_ref().map(|range| self.text(range))
     }
 
     /// Every request header as (name, value), in the order sent.
@@ -470,7 +489,11 @@ mod tests {
                     }),
                     ..Default::default()
                 }),
-                context_extensions: [("k".to_string(), "v".to_string())].into(),
+                context_extensions: [
+                    ("k".to_string(), "v".to_string()),
+                    ("scope".to_string(), "mail.send".to_string()),
+                ]
+                .into(),
                 ..Default::default()
             }),
         }
@@ -483,6 +506,7 @@ mod tests {
         assert_eq!(check.method(), "PATCH");
         assert_eq!(check.path(), "/v3/ü?x=1");
         assert_eq!(check.source_address(), "203.0.113.7");
+        assert_eq!(check.route_scope(), Some("mail.send"));
         let mut headers: Vec<(Vec<u8>, Vec<u8>)> = check
             .headers()
             .map(|(n, v)| (n.to_vec(), v.to_vec()))
@@ -507,6 +531,7 @@ mod tests {
             (empty.method(), empty.path(), empty.source_address()),
             ("", "", "")
         );
+        assert_eq!(empty.route_scope(), None);
         let no_http = CheckRequest {
             attributes: Some(AttributeContext::default()),
         };

@@ -116,6 +116,9 @@ impl Authorization for ExtAuthzService {
                     path: http.path(),
                     method_override,
                     client_ip: http.source_address().parse().ok(),
+                    proxy_scope: http
+                        .route_scope()
+                        .map(|name| proxy_scope(&policy.catalog, name)),
                 },
             ),
         };
@@ -363,6 +366,20 @@ fn deny(
     response.set_status(Status::new(code, message));
     response.set_http_response(denied);
     response.into()
+}
+
+/// The scope a proxy names for a route; one the catalog does not know is a
+/// misconfiguration of the proxy, denied as no route and logged once.
+fn proxy_scope(catalog: &Catalog, name: &str) -> Option<crate::scope::ScopeId> {
+    static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let found = catalog.scope_id(name);
+    if found.is_none() && !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            scope = name,
+            "the proxy names a scope the catalog does not have (context_extensions \"scope\"); such requests are denied NO_ROUTE (logged once)"
+        );
+    }
+    found
 }
 
 /// A client-sent `x-scopegate-*` header (bytes: a name may hold non-ASCII).
