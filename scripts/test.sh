@@ -37,6 +37,18 @@ fi
 export HELM="$tools/helm/helm"
 "$HELM" version --short
 
+# The Istio and Gateway API CRD schemas, for the chart tests: shipped as
+# validators in npm packages (pinned here).
+models="$tools/k8s-models"
+if [ ! -f "$models/.istio-3.0.1-gateway-api-2.0.0" ]; then
+  echo "== installing CRD schemas into $models"
+  rm -rf "$models" && mkdir -p "$models"
+  (cd "$models" && npm init -y >/dev/null && npm install --silent --no-audit --no-fund \
+    @kubernetes-models/istio@3.0.1 @kubernetes-models/gateway-api@2.0.0)
+  touch "$models/.istio-3.0.1-gateway-api-2.0.0"
+fi
+export K8S_MODELS="$models"
+
 # Debian tools the tests run: openssl (TLS certificates), faketime (an audit
 # trail written "two days ago"), strace (counts, delays and fails fdatasync
 # calls), etcd-server and etcd-client (fleet-mode tests start their own etcd

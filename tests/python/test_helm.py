@@ -1,6 +1,7 @@
 """The Helm chart: lint and render for the default values and three values
 files, validate every manifest against the Kubernetes schema, parse the Envoy
 bootstrap it carries, and check what matters on the rendered objects."""
+import json
 import os
 import pathlib
 import subprocess
@@ -20,7 +21,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "scopegate"
 HELM = os.environ.get("HELM", "helm")
 KUBERNETES_VERSION = "1.33.0"
-VALUES = [None, "ci/sidecar-values.yaml", "ci/demo-pvc-values.yaml", "ci/demo-uds-values.yaml", "ci/demo-fleet-values.yaml"]
+VALUES = [None, "ci/sidecar-values.yaml", "ci/demo-pvc-values.yaml", "ci/demo-uds-values.yaml", "ci/demo-fleet-values.yaml",
+          "../../examples/istio/chart-sidecar-values.yaml", "../../examples/istio/chart-service-values.yaml",
+          "../../examples/envoy-gateway/chart-values.yaml"]
+# Kinds whose schema is a CRD: checked by validate_crds() instead.
+CRD_KINDS = {"ServiceMonitor", "AuthorizationPolicy", "ServiceEntry", "SecurityPolicy", "IstioOperator"}
 
 
 def helm(*args):
@@ -29,9 +34,29 @@ def helm(*args):
     return result.stdout
 
 
-def render(values):
+def render(values, *sets):
     args = ["template", "t", str(CHART)] + (["-f", str(CHART / values)] if values else [])
+    for item in sets:
+        args += ["--set", item]
     return [doc for doc in yaml.safe_load_all(helm(*args)) if doc]
+
+
+def render_error(values, *sets):
+    args = [HELM, "template", "t", str(CHART)] + (["-f", str(CHART / values)] if values else [])
+    for item in sets:
+        args += ["--set", item]
+    result = subprocess.run(args, capture_output=True, text=True)
+    assert result.returncode != 0, "rendered, but should have been refused"
+    return result.stderr
+
+
+def validate_crds(objects):
+    """Each object checked against its CRD schema (tests/python/validate_crds.mjs)."""
+    models = os.environ.get("K8S_MODELS")
+    assert models, "K8S_MODELS: the CRD schema packages (scripts/test.sh installs them)"
+    result = subprocess.run(["node", str(ROOT / "tests" / "python" / "validate_crds.mjs"), models],
+                            input=json.dumps(objects), capture_output=True, text=True)
+    return result.stdout.splitlines()
 
 
 def by_kind(docs, kind):
@@ -48,9 +73,12 @@ def test_lint_render_and_validate(values):
     docs = render(values)
     assert docs
     for doc in docs:
-        if doc["kind"] == "ServiceMonitor":
-            continue  # a CRD: not in the Kubernetes schema
+        if doc["kind"] in CRD_KINDS:
+            continue  # not in the Kubernetes schema
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    istio = [doc for doc in docs if doc["apiVersion"].split("/")[0].endswith("istio.io")]
+    if istio:
+        assert validate_crds(istio) == [f"ok {doc['kind']} {doc['metadata']['name']}" for doc in istio]
 
 
 def test_bad_values_fail_at_install_time():
@@ -173,3 +201,158 @@ def test_fleet_mode_shares_keys_through_etcd_across_replicas():
     # Standalone renders none of it.
     (standalone,) = by_kind(render(None), "Deployment")
     assert not any(a.startswith("--store") for a in container(standalone, "scopegate")["args"])
+
+
+ISTIO = ROOT / "examples" / "istio"
+
+
+def duration_seconds(text):
+    """An Istio (`0.25s`) or Gateway API (`250ms`) duration, in seconds."""
+    if text.endswith("ms"):
+        return float(text[:-2]) / 1000
+    assert text.endswith("s"), text
+    return float(text[:-1])
+
+
+def providers(path):
+    doc = yaml.safe_load(open(path))
+    mesh = doc["spec"]["meshConfig"] if doc.get("kind") == "IstioOperator" else doc["meshConfig"]
+    return {p["name"]: p["envoyExtAuthzGrpc"] for p in mesh["extensionProviders"]}
+
+
+@pytest.mark.parametrize("path", ["istiod-values.yaml", "istiod-values-service.yaml", "istio-operator.yaml"])
+def test_every_istio_provider_fails_closed_within_a_second(path):
+    (provider,) = providers(ISTIO / path).values()
+    # Istio's default timeout is 600 s: every example says its own.
+    assert 0 < duration_seconds(provider["timeout"]) < 1
+    assert provider["failOpen"] is False
+    assert provider["statusOnError"] == "503"
+    assert set(provider) <= {"service", "port", "timeout", "failOpen", "statusOnError",
+                             "includeRequestBodyInCheck", "clearRouteCache"}
+
+
+def test_the_istio_operator_fragment_validates_and_matches_the_istiod_values():
+    operator = yaml.safe_load(open(ISTIO / "istio-operator.yaml"))
+    assert validate_crds([operator]) == ["ok IstioOperator scopegate-provider"]
+    assert providers(ISTIO / "istio-operator.yaml") == providers(ISTIO / "istiod-values.yaml")
+
+
+def test_istio_sidecar_mode_wires_the_provider_to_scopegate_in_the_pod():
+    docs = render("../../examples/istio/chart-sidecar-values.yaml")
+    (entry,) = by_kind(docs, "ServiceEntry")
+    (policy,) = by_kind(docs, "AuthorizationPolicy")
+    (deployment,) = by_kind(docs, "Deployment")
+    (service,) = by_kind(docs, "Service")
+    (name, provider), = providers(ISTIO / "istiod-values.yaml").items()
+    scopegate = container(deployment, "scopegate")
+    grpc_port = next(p["containerPort"] for p in scopegate["ports"] if p["name"] == "grpc")
+
+    # The provider's host resolves to scopegate on loopback, on its gRPC port.
+    assert entry["spec"]["hosts"] == [provider["service"]]
+    assert entry["spec"]["resolution"] == "STATIC"
+    assert entry["spec"]["endpoints"] == [{"address": "127.0.0.1"}]
+    assert entry["spec"]["ports"] == [{"number": provider["port"], "name": "grpc", "protocol": "GRPC"}]
+    assert provider["port"] == grpc_port
+    assert f"--listen=127.0.0.1:{grpc_port}" in scopegate["args"]
+
+    # CUSTOM on the app pods, through the provider, health and metrics left out.
+    assert policy["spec"]["action"] == "CUSTOM"
+    assert policy["spec"]["provider"] == {"name": name}
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert "targetRefs" not in policy["spec"]
+    (rule,) = policy["spec"]["rules"]
+    assert {"/healthz", "/readyz", "/metrics"} <= set(rule["to"][0]["operation"]["notPaths"])
+
+    # istio-proxy replaces the demo's Envoy, and reaches the app on the pod address.
+    pod = deployment["spec"]["template"]
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["app", "scopegate"]
+    assert not any(v["name"] == "envoy-config" for v in pod["spec"]["volumes"])
+    assert "-listen=0.0.0.0:3000" in container(deployment, "app")["args"]
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert any(p["name"] == "http" for p in container(deployment, "app")["ports"])
+    excluded = pod["metadata"]["annotations"]["traffic.sidecar.istio.io/excludeInboundPorts"].split(",")
+    assert {str(p["containerPort"]) for p in scopegate["ports"]} <= set(excluded)
+
+    # Paths can be narrowed.
+    (narrow,) = by_kind(render("../../examples/istio/chart-sidecar-values.yaml", "istio.paths={/v3/*}"),
+                        "AuthorizationPolicy")
+    assert narrow["spec"]["rules"][0]["to"][0]["operation"]["paths"] == ["/v3/*"]
+
+
+def test_service_mode_is_one_authorizer_for_many_workloads():
+    docs = render("../../examples/istio/chart-service-values.yaml")
+    (deployment,) = by_kind(docs, "Deployment")
+    (service,) = by_kind(docs, "Service")
+    (budget,) = by_kind(docs, "PodDisruptionBudget")
+    (network,) = by_kind(docs, "NetworkPolicy")
+    (policy,) = by_kind(docs, "AuthorizationPolicy")
+    assert not by_kind(docs, "ServiceEntry")
+    assert deployment["spec"]["replicas"] >= 2
+    pod = deployment["spec"]["template"]
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["scopegate"]
+    scopegate = container(deployment, "scopegate")
+    args = scopegate["args"]
+    grpc_port = next(p["containerPort"] for p in scopegate["ports"] if p["name"] == "grpc")
+    assert f"--listen=0.0.0.0:{grpc_port}" in args
+    assert any(a.startswith("--manage-listen=127.0.0.1:") for a in args)
+    assert "--store=etcd" in args
+    assert not any(a.startswith("--uds") for a in args)
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert probe in scopegate
+    context = scopegate["securityContext"]
+    assert context["runAsNonRoot"] and context["readOnlyRootFilesystem"]
+
+    labels = pod["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    grpc = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
+    assert grpc["appProtocol"] == "grpc" and grpc["targetPort"] == "grpc"
+    assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert budget["spec"]["minAvailable"] == 1
+
+    # Only the listed proxies reach the check port.
+    (check_rule, metrics_rule) = network["spec"]["ingress"]
+    assert check_rule["ports"] == [{"port": "grpc", "protocol": "TCP"}]
+    assert check_rule["from"][0]["podSelector"]["matchLabels"] == {"gateway.networking.k8s.io/gateway-name": "waypoint"}
+    assert "from" not in metrics_rule
+
+    # The CUSTOM policy targets the waypoint; the provider names the Service.
+    assert policy["spec"]["targetRefs"] == [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"}]
+    assert "selector" not in policy["spec"]
+    (provider,) = providers(ISTIO / "istiod-values-service.yaml").values()
+    release_docs = [doc for doc in yaml.safe_load_all(helm(
+        "template", "scopegate", str(CHART), "-n", "scopegate", "-f",
+        str(ROOT / "examples" / "istio" / "chart-service-values.yaml"))) if doc]
+    (release_service,) = by_kind(release_docs, "Service")
+    name = release_service["metadata"]["name"]
+    assert provider["service"] == f"{name}.scopegate.svc.cluster.local"
+    assert provider["port"] == grpc["port"]
+
+
+def test_envoy_gateway_calls_the_service_and_fails_closed():
+    docs = render("../../examples/envoy-gateway/chart-values.yaml")
+    (policy,) = by_kind(docs, "SecurityPolicy")
+    (service,) = by_kind(docs, "Service")
+    assert policy["apiVersion"] == "gateway.envoyproxy.io/v1alpha1"
+    ext_auth = policy["spec"]["extAuth"]
+    (backend,) = ext_auth["grpc"]["backendRefs"]
+    grpc = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
+    assert backend == {"name": service["metadata"]["name"], "port": grpc["port"]}
+    assert ext_auth["failOpen"] is False
+    assert 0 < duration_seconds(ext_auth["timeout"]) < 1
+    # targetRefs are Gateway API LocalPolicyTargetReferences.
+    for ref in policy["spec"]["targetRefs"]:
+        assert set(ref) == {"group", "kind", "name"} and ref["group"] == "gateway.networking.k8s.io"
+        assert ref["kind"] in {"Gateway", "HTTPRoute", "GRPCRoute"}
+
+
+@pytest.mark.parametrize("sets,reason", [
+    (["mode=service"], "fleet.enabled=true"),
+    (["mode=service", "fleet.enabled=true", "fleet.endpoints={http://etcd:2379}", "persistence.type=pvc"], "emptyDir"),
+    (["mode=service", "fleet.enabled=true", "fleet.endpoints={http://etcd:2379}", "istio.enabled=true"], "istio.targetRefs"),
+    (["istio.enabled=true", "istio.targetRefs[0].kind=Gateway", "istio.targetRefs[0].name=w"], "mode=service"),
+    (["envoyGateway.enabled=true"], "mode=service"),
+    (["mode=pigeon"], "mode"),
+])
+def test_wiring_that_cannot_work_is_refused_with_a_reason(sets, reason):
+    assert reason in render_error(None, *sets)

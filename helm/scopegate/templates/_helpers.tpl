@@ -1,5 +1,9 @@
 {{- define "scopegate.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
 {{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "scopegate.labels" -}}
@@ -22,6 +26,50 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
+{{/* Whether the pod shares a Unix socket: sidecar mode with transport uds. */}}
+{{- define "scopegate.uds" -}}
+{{- if and (eq .Values.mode "sidecar") (eq .Values.transport "uds") }}true{{ end -}}
+{{- end -}}
+
+{{/* Values that cannot work together fail the install with a reason. */}}
+{{- define "scopegate.validate" -}}
+{{- if not (has .Values.mode (list "sidecar" "service")) }}
+{{- fail (printf "mode: `%s` is not sidecar or service" .Values.mode) }}
+{{- end }}
+{{- if eq .Values.mode "service" }}
+{{- if not (and .Values.fleet.enabled .Values.fleet.endpoints) }}
+{{- fail "mode=service runs several replicas that must share their keys: set fleet.enabled=true and fleet.endpoints (etcd)" }}
+{{- end }}
+{{- if eq .Values.persistence.type "pvc" }}
+{{- fail "mode=service keeps each replica's fleet mirror in an emptyDir; persistence.type=pvc is for sidecar mode" }}
+{{- end }}
+{{- if lt (int .Values.service.replicas) 2 }}
+{{- fail "service.replicas: at least 2, so a rollout or a node drain never leaves the proxies without an authorizer" }}
+{{- end }}
+{{- end }}
+{{- if .Values.istio.enabled }}
+{{- if and (eq .Values.mode "service") (not .Values.istio.targetRefs) }}
+{{- fail "istio.targetRefs: mode=service needs the Gateway or waypoint the CUSTOM policy applies to (Istio ignores a pod selector there)" }}
+{{- end }}
+{{- if and (eq .Values.mode "sidecar") .Values.istio.targetRefs }}
+{{- fail "istio.targetRefs is for mode=service; in sidecar mode the policy selects the app pods (istio.selector)" }}
+{{- end }}
+{{- end }}
+{{- if and .Values.envoyGateway.enabled (ne .Values.mode "service") }}
+{{- fail "envoyGateway.enabled needs mode=service: Envoy Gateway calls one authorizer Service" }}
+{{- end }}
+{{- if and .Values.envoyGateway.enabled (not .Values.envoyGateway.targetRefs) }}
+{{- fail "envoyGateway.targetRefs: name the Gateway or HTTPRoutes the SecurityPolicy applies to" }}
+{{- end }}
+{{- end -}}
+
+{{/* Sidecar mode under Istio: scopegate's own ports stay out of inbound interception. */}}
+{{- define "scopegate.istioPodAnnotations" -}}
+{{- if and .Values.istio.enabled (eq .Values.mode "sidecar") }}
+traffic.sidecar.istio.io/excludeInboundPorts: "{{ .Values.grpcPort }},{{ .Values.managePort }},{{ .Values.metricsPort }}"
+{{- end }}
+{{- end -}}
+
 {{- define "scopegate.securityContext" -}}
 runAsNonRoot: true
 runAsUser: 65532
@@ -41,10 +89,15 @@ seccompProfile:
   imagePullPolicy: {{ .Values.image.pullPolicy }}
   args:
     - serve
+    {{- if eq .Values.mode "service" }}
+    # Service mode: the proxies of other pods call in (see service.networkPolicy).
+    - --listen=0.0.0.0:{{ .Values.grpcPort }}
+    {{- else }}
     - --listen={{ .Values.listenAddress }}:{{ .Values.grpcPort }}
+    {{- end }}
     - --manage-listen=127.0.0.1:{{ .Values.managePort }}
     - --metrics-listen=0.0.0.0:{{ .Values.metricsPort }}
-    {{- if eq .Values.transport "uds" }}
+    {{- if include "scopegate.uds" . }}
     - --uds={{ .Values.udsPath }}
     {{- end }}
     - --data-dir=/var/lib/scopegate
@@ -125,7 +178,7 @@ seccompProfile:
     - name: scopegate-config
       mountPath: /etc/scopegate/config
       readOnly: true
-    {{- if eq .Values.transport "uds" }}
+    {{- if include "scopegate.uds" . }}
     - name: scopegate-socket
       mountPath: {{ dir .Values.udsPath }}
     {{- end }}
@@ -159,7 +212,7 @@ seccompProfile:
 - name: scopegate-config
   configMap:
     name: {{ include "scopegate.fullname" . }}
-{{- if eq .Values.transport "uds" }}
+{{- if include "scopegate.uds" . }}
 - name: scopegate-socket
   emptyDir: {}
 {{- end }}
