@@ -69,12 +69,12 @@ export GRPCURL="$tools/venv/bin/grpcurl"
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo build --release (the image test runs the release binary, as the Dockerfile builds it)"
 cargo build --locked --release --bin scopegate
 export SCOPEGATE_RELEASE_BIN="$CARGO_TARGET_DIR/release/scopegate"
 echo "== cargo test"
-cargo test --locked
+cargo test --locked --workspace
 echo "== fuzz smoke (scripts/fuzz.sh; SCOPEGATE_FUZZ_SECONDS per target, default 10)"
 bash scripts/fuzz.sh "${SCOPEGATE_FUZZ_SECONDS:-10}"
 echo "== pytest (independent clients: grpcio + Envoy's protos)"

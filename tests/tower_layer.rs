@@ -1,0 +1,180 @@
+//! The in-app tower layer (`client/`, for meshes without an authorization
+//! hook) end to end: an axum app and a tonic service behind
+//! `ScopegateLayer`, asking a real scopegate over TCP and over its Unix
+//! socket; answers as ext_authz gives them, and closed when scopegate is gone.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use common::Server;
+use scopegate_client::{connect_tcp, connect_unix, Identity, ScopegateLayer};
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// An axum app whose handlers show what the layer passed on.
+async fn app(layer: ScopegateLayer) -> SocketAddr {
+    async fn whoami(
+        Extension(identity): Extension<Identity>,
+        headers: axum::http::HeaderMap,
+    ) -> String {
+        let credential = headers.contains_key("authorization");
+        format!(
+            "{} {} credential={credential}",
+            identity.key_id, identity.account_id
+        )
+    }
+    let router = Router::new()
+        .route("/v3/mail/send", post(whoami))
+        .route("/v3/stats", get(whoami))
+        .route("/v3/anything", get(whoami))
+        .layer(layer);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    addr
+}
+
+/// One HTTP/1.1 request: (status, headers in lower case, body).
+fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String, String) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let auth = token.map_or(String::new(), |token| {
+        format!("Authorization: Bearer {token}\r\n")
+    });
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: app\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let status = head[9..12].parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+fn error_message(body: &str) -> String {
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert!(json["errors"][0]["field"].is_null(), "{body}");
+    json["errors"][0]["message"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_axum_app_behind_the_layer_answers_as_ext_authz_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&dir.path().join("data"), &[]);
+    let sender = server.admin_key(&["mail.send"]).await;
+    let reader = server.admin_key(&["stats.global.read"]).await;
+    let channel = connect_tcp(&server.addr).unwrap();
+    let addr = app(ScopegateLayer::new(channel)).await;
+    let blocking = |method: &'static str, path: &'static str, token: Option<String>| {
+        tokio::task::spawn_blocking(move || http(addr, method, path, token.as_deref()))
+    };
+
+    // Allowed: the handler gets the key's identity, not the credential.
+    let (status, _, body) = blocking("POST", "/v3/mail/send", Some(sender.token.clone()))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let key = sender.key.as_ref().unwrap();
+    assert_eq!(body, format!("{} acme credential=false", key.key_id));
+
+    // No key: 401 with WWW-Authenticate and the JSON error body.
+    let (status, head, body) = blocking("POST", "/v3/mail/send", None).await.unwrap();
+    assert_eq!(status, 401);
+    assert!(head.contains("www-authenticate: bearer"), "{head}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert!(error_message(&body).contains("no API key"), "{body}");
+
+    // The wrong scope for the route: 403 naming the scope.
+    let (status, head, body) = blocking("POST", "/v3/mail/send", Some(reader.token.clone()))
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+    assert!(!head.contains("www-authenticate"), "{head}");
+    assert!(error_message(&body).contains("mail.send"), "{body}");
+    // The right one for another route.
+    let (status, _, _) = blocking("GET", "/v3/stats", Some(reader.token.clone()))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+
+    // No route in scopegate's table: denied, fail closed.
+    let (status, _, body) = blocking("GET", "/v3/anything", Some(sender.token.clone()))
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+    assert!(error_message(&body).contains("no route"), "{body}");
+
+    // scopegate gone: 503, never the handler.
+    assert!(server.terminate());
+    let (status, _, body) = blocking("POST", "/v3/mail/send", Some(sender.token.clone()))
+        .await
+        .unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(error_message(&body).contains("unavailable"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tonic_service_behind_the_layer_over_the_unix_socket_gets_grpc_statuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("scopegate.sock");
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--uds", socket.to_str().unwrap()],
+    );
+    let sender = server.admin_key(&["mail.send"]).await;
+    let reader = server.admin_key(&["stats.read"]).await;
+
+    // A real tonic service (gRPC health) that only mail.send keys may call.
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("mail", tonic_health::ServingStatus::Serving)
+        .await;
+    let layer = ScopegateLayer::new(connect_unix(&socket).unwrap()).scopes(["mail.send"]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(layer)
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let ask = |token: Option<&str>| {
+        let mut request = tonic::Request::new(HealthCheckRequest {
+            service: "mail".into(),
+        });
+        if let Some(token) = token {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        let mut client = HealthClient::new(channel.clone());
+        async move { client.check(request).await }
+    };
+
+    let served = ask(Some(&sender.token)).await.unwrap().into_inner();
+    assert_eq!(
+        served.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let missing = ask(None).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::Unauthenticated, "{missing:?}");
+    let lacking = ask(Some(&reader.token)).await.unwrap_err();
+    assert_eq!(lacking.code(), tonic::Code::PermissionDenied, "{lacking:?}");
+    assert!(lacking.message().contains("mail.send"), "{lacking:?}");
+    let unknown = ask(Some(
+        "SG.AAAAAAAAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::Unauthenticated, "{unknown:?}");
+}
