@@ -31,7 +31,7 @@ for _ in $(seq 1 200); do curl -sf "http://127.0.0.1:$client/health" >/dev/null 
 head -c 24 /dev/urandom | base64 > "$work/admin.token"; chmod 600 "$work/admin.token"
 addrs=()
 for i in $(seq 1 "$sidecars"); do
-  "$bin" serve --store etcd --etcd-endpoints "http://127.0.0.1:$client" --listen 127.0.0.1:0 \
+  "$bin" serve --http-listen none --store etcd --etcd-endpoints "http://127.0.0.1:$client" --listen 127.0.0.1:0 \
     --metrics-listen 127.0.0.1:0 --data-dir "$work/s$i" --admin-token-file "$work/admin.token" \
     --max-keys-per-account 100000 --mutations-per-account-per-sec 100000 \
     --log-format json 2> "$work/s$i.log" &

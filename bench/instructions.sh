@@ -88,7 +88,7 @@ kill "$server_pid"; wait "$server_pid" 2> /dev/null || true; server_pid=""
 fi
 
 echo "== scopegate (default flags, metrics on) under callgrind: $bin" >&2
-"$bin" serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$work/data" \
+"$bin" serve --http-listen none --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$work/data" \
   --log-format json 2> "$work/prepare.log" &
 server_pid=$!
 wait_for "$work/prepare.log" "keys loaded; serving"
@@ -97,7 +97,7 @@ token=$("$bin" keys create --server "http://$addr" --data-dir "$work/data" --acc
   --name load --scope mail.send --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 kill "$server_pid"; wait "$server_pid" 2> /dev/null || true
 valgrind --tool=callgrind --callgrind-out-file="$work/scopegate.cg" \
-  "$bin" serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$work/data" \
+  "$bin" serve --http-listen none --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$work/data" \
   --log-format json 2> "$work/serve.log" &
 server_pid=$!
 wait_for "$work/serve.log" "keys loaded; serving"

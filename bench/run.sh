@@ -36,7 +36,7 @@ start_servers() {
   # One worker thread when pinned to one CPU (as under a one-CPU limit), else the default.
   local workers=2
   [ "$#" -gt 0 ] && workers=1
-  "$@" "$bin" serve --listen 127.0.0.1:0 --uds "$work/grpc.sock" --metrics-listen 127.0.0.1:0 \
+  "$@" "$bin" serve --http-listen none --listen 127.0.0.1:0 --uds "$work/grpc.sock" --metrics-listen 127.0.0.1:0 \
     --data-dir "$work/data" --log-format json --max-keys-per-account 100000 \
     --worker-threads "$workers" 2> "$work/serve.log" &
   server_pid=$!; pids+=("$server_pid")
@@ -118,7 +118,7 @@ fi
 echo "== footprint: idle, default flags, 1,000 keys"
 "$loadgen" gen-backup --keys 1000 --out "$work/footprint.jsonl"
 "$bin" restore --in "$work/footprint.jsonl" --data-dir "$work/footprint" > /dev/null
-"$bin" serve --listen 127.0.0.1:0 --data-dir "$work/footprint" --metrics-listen 127.0.0.1:0 \
+"$bin" serve --http-listen none --listen 127.0.0.1:0 --data-dir "$work/footprint" --metrics-listen 127.0.0.1:0 \
   --log-format json 2> "$work/footprint.log" &
 pids+=($!); footprint_pid=$!
 wait_for_log "$work/footprint.log" "keys loaded; serving"
@@ -135,7 +135,7 @@ echo "== scale: $scale_keys keys"
 "$loadgen" gen-backup --keys "$scale_keys" --out "$work/scale.jsonl"
 "$bin" restore --in "$work/scale.jsonl" --data-dir "$work/scale" > /dev/null
 start_ns=$(date +%s%N)
-"$bin" serve --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$work/scale" --log-format json 2> "$work/scale.log" &
+"$bin" serve --http-listen none --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$work/scale" --log-format json 2> "$work/scale.log" &
 pids+=($!); scale_pid=$!
 wait_for_log "$work/scale.log" "keys loaded; serving"
 end_ns=$(date +%s%N)

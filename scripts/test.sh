@@ -49,6 +49,16 @@ if [ ! -f "$models/.istio-3.0.1-gateway-api-2.0.0" ]; then
 fi
 export K8S_MODELS="$models"
 
+# SendGrid's Node client, for the REST API tests (pinned).
+sendgrid_node="$tools/sendgrid-node"
+if [ ! -f "$sendgrid_node/.client-8.1.6" ]; then
+  echo "== installing @sendgrid/client into $sendgrid_node"
+  rm -rf "$sendgrid_node" && mkdir -p "$sendgrid_node"
+  (cd "$sendgrid_node" && npm init -y >/dev/null && npm install --silent --no-audit --no-fund @sendgrid/client@8.1.6)
+  touch "$sendgrid_node/.client-8.1.6"
+fi
+export SENDGRID_NODE="$sendgrid_node"
+
 # Debian tools the tests run: openssl (TLS certificates), faketime (an audit
 # trail written "two days ago"), strace (counts, delays and fails fdatasync
 # calls), etcd-server and etcd-client (fleet-mode tests start their own etcd

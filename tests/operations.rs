@@ -551,6 +551,8 @@ async fn runs_as_non_root_with_only_its_own_paths_writable() {
             "127.0.0.1:0",
             "--metrics-listen",
             "none",
+            "--http-listen",
+            "none",
             "--log-format",
             "json",
         ])

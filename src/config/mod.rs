@@ -60,6 +60,11 @@ pub struct ServeOptions {
     /// [default: 127.0.0.1:9090]
     #[arg(long, env = "SCOPEGATE_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// HTTP address of the SendGrid-shaped REST API (/v3/api_keys,
+    /// /v3/scopes, /openapi.json), or "none". Same TLS as gRPC.
+    /// [default: 127.0.0.1:8080]
+    #[arg(long, env = "SCOPEGATE_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
     /// Where keys are stored (sled). Created if missing; one process at a time.
     /// [default: scopegate-data]
     #[arg(long, env = "SCOPEGATE_DATA_DIR")]
@@ -266,6 +271,7 @@ impl ServeOptions {
             tls_cert_file,
             tls_key_file,
             metrics_listen,
+            http_listen,
             data_dir,
             admin_token_file,
             catalog,
@@ -315,6 +321,7 @@ impl ServeOptions {
             listen: Some(DEFAULT_LISTEN.into()),
             uds_mode: Some("660".into()),
             metrics_listen: Some(DEFAULT_METRICS_LISTEN.into()),
+            http_listen: Some(crate::http::DEFAULT_HTTP_LISTEN.into()),
             data_dir: Some(DEFAULT_DATA_DIR.into()),
             key_id_header: Some(ExtAuthzConfig::default().key_id_header),
             account_id_header: Some(ExtAuthzConfig::default().account_id_header),

@@ -27,6 +27,7 @@ impl ServeOptions {
             uds_mode,
             manage_listen: options.manage_listen,
             metrics_listen,
+            http_listen: optional_addr("http_listen", options.http_listen.as_deref())?,
             data_dir: options
                 .data_dir
                 .clone()
@@ -236,17 +237,21 @@ fn listeners(
                 format!("`{uds_mode}` is not an octal file mode"),
             )
         })?;
-    let metrics_listen = match options.metrics_listen.as_deref() {
-        Some("none") => None,
-        Some(text) => Some(text.parse::<SocketAddr>().map_err(|error| {
+    let metrics_listen = optional_addr("metrics_listen", options.metrics_listen.as_deref())?;
+    Ok((listen, uds_mode, metrics_listen))
+}
+
+/// HOST:PORT, or "none" for no listener.
+fn optional_addr(key: &'static str, text: Option<&str>) -> Result<Option<SocketAddr>, ConfigError> {
+    match text {
+        None | Some("none") => Ok(None),
+        Some(text) => text.parse::<SocketAddr>().map(Some).map_err(|error| {
             invalid(
-                "metrics_listen",
+                key,
                 format!("`{text}` is not HOST:PORT or \"none\": {error}"),
             )
-        })?),
-        None => unreachable!("defaulted"),
-    };
-    Ok((listen, uds_mode, metrics_listen))
+        }),
+    }
 }
 
 /// The source of truth: standalone, or etcd with its connection and the

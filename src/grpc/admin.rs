@@ -26,7 +26,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::BackupRequest>,
     ) -> Result<Response<RecordStream>, Status> {
-        self.readiness.check()?;
+        self.readiness.check().map_err(tonic::Status::unavailable)?;
         let caller = self.manager.authenticate(bearer(&request)?)?;
         let manager = self.manager.clone();
         let records = tokio::task::spawn_blocking(move || manager.backup(&caller))

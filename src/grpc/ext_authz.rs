@@ -86,7 +86,10 @@ impl Authorization for ExtAuthzService {
             // Fail closed with a status Envoy passes on as is.
             return Ok(Response::new(unavailable(&reason).into()));
         }
-        context.readiness.check()?;
+        context
+            .readiness
+            .check()
+            .map_err(tonic::Status::unavailable)?;
         let http = request.into_inner();
         if !http.has_http() {
             return Err(Status::invalid_argument(

@@ -19,7 +19,7 @@ pub struct ManageKeyService {
 
 impl ManageKeyService {
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        self.readiness.check()?;
+        self.readiness.check().map_err(tonic::Status::unavailable)?;
         let client_ip = request.remote_addr().map(|addr| addr.ip());
         Ok(self
             .manager

@@ -19,7 +19,7 @@ pub use manage::ManageKeyService;
 
 use crate::authz::Policy;
 use crate::key::KeyTable;
-use crate::store::SyncState;
+pub use crate::readiness::Readiness;
 use crate::token::TokenFormat;
 
 /// What both check entry points (Authorize and ext_authz) read.
@@ -75,54 +75,4 @@ pub mod pb {
 pub mod envoy_service {
     #![allow(clippy::all)]
     tonic::include_proto!("envoy.service.auth.v3");
-}
-
-/// Serving gate: the services answer UNAVAILABLE until the store is loaded
-/// and, in fleet mode with `--max-staleness-secs`, while etcd has not been
-/// heard from for longer than that.
-#[derive(Default)]
-pub struct Readiness {
-    ready: std::sync::atomic::AtomicBool,
-    staleness: Option<(std::time::Duration, Arc<SyncState>)>,
-}
-
-impl Readiness {
-    pub fn new(staleness: Option<(std::time::Duration, Arc<SyncState>)>) -> Readiness {
-        Readiness {
-            ready: Default::default(),
-            staleness,
-        }
-    }
-
-    pub fn set_ready(&self) {
-        self.ready.store(true, std::sync::atomic::Ordering::Release);
-    }
-
-    fn check(&self) -> Result<(), tonic::Status> {
-        if !self.ready.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(tonic::Status::unavailable(
-                "scopegate is still loading keys",
-            ));
-        }
-        if let Some(stale) = self.stale() {
-            return Err(tonic::Status::unavailable(stale));
-        }
-        Ok(())
-    }
-
-    /// Why decisions are refused as stale, if they are.
-    fn stale(&self) -> Option<String> {
-        let (bound, sync) = self.staleness.as_ref()?;
-        match sync.since_contact() {
-            Some(since) if since <= *bound => None,
-            since => Some(format!(
-                "decisions are stale: etcd last heard {} ago, over --max-staleness-secs {}",
-                since.map_or("never".into(), |since| format!(
-                    "{:.1}s",
-                    since.as_secs_f64()
-                )),
-                bound.as_secs_f64()
-            )),
-        }
-    }
 }

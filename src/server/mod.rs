@@ -98,12 +98,14 @@ struct Listeners {
     uds: Option<(tokio::net::UnixListener, PathBuf)>,
     manage_tcp: Option<tokio::net::TcpListener>,
     metrics_tcp: Option<tokio::net::TcpListener>,
+    http_tcp: Option<tokio::net::TcpListener>,
 }
 
 /// The running servers and what start-up and shutdown flip.
 struct Serving {
     servers: tokio::task::JoinSet<Result<(), tonic::transport::Error>>,
     metrics_server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    rest_server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     stop: tokio::sync::watch::Sender<bool>,
     health: tonic_health::server::HealthReporter,
     readiness: Arc<Readiness>,
@@ -189,6 +191,10 @@ async fn bind_all(config: &ServeConfig) -> Result<Listeners, StartError> {
             Some(addr) => Some(bind_tcp(addr).await?),
             None => None,
         },
+        http_tcp: match config.http_listen {
+            Some(addr) => Some(bind_tcp(addr).await?),
+            None => None,
+        },
     })
 }
 
@@ -206,6 +212,7 @@ async fn serve_all(
     let ready_state = Arc::new(ReadyState::default());
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
+    let manager = manager(config, &opened);
     let check_context = Arc::new(CheckContext {
         keys: opened.store.table().clone(),
         format: opened.format.clone(),
@@ -218,19 +225,10 @@ async fn serve_all(
         decisions_seen: Default::default(),
         dry_run_seen: Default::default(),
     });
-    let manager = Arc::new(
-        Manager::new(
-            opened.store.clone(),
-            opened.shared_catalog.clone(),
-            opened.format,
-            &opened.admin_token,
-            config.max_keys_per_account,
-        )
-        .with_mutation_rate(config.limits.mutations_per_account_per_sec)
-        .with_read_rate(config.limits.reads_per_account_per_sec)
-        .with_max_key_lifetime(config.max_key_lifetime),
-    );
     drop(opened.admin_token);
+    let rest_api = listeners
+        .http_tcp
+        .map(|listener| (listener, rest_api(config, &manager, &readiness)));
     let services = listen::Services::new(
         config,
         check_context.clone(),
@@ -263,14 +261,49 @@ async fn serve_all(
                     stopped(),
                 ))
             });
+    let rest_server =
+        rest_api.map(|(listener, api)| tokio::spawn(crate::http::serve(listener, api, stopped())));
     Ok(Serving {
         servers,
         metrics_server,
+        rest_server,
         stop,
         health,
         readiness,
         ready_state,
         check_context,
+    })
+}
+
+/// The use-cases every edge calls, with the limits the config sets.
+fn manager(config: &ServeConfig, opened: &Opened) -> Arc<Manager> {
+    Arc::new(
+        Manager::new(
+            opened.store.clone(),
+            opened.shared_catalog.clone(),
+            opened.format.clone(),
+            &opened.admin_token,
+            config.max_keys_per_account,
+        )
+        .with_mutation_rate(config.limits.mutations_per_account_per_sec)
+        .with_read_rate(config.limits.reads_per_account_per_sec)
+        .with_max_key_lifetime(config.max_key_lifetime),
+    )
+}
+
+/// The REST edge: management's deadline and concurrency bound, as on gRPC.
+fn rest_api(
+    config: &ServeConfig,
+    manager: &Arc<Manager>,
+    readiness: &Arc<Readiness>,
+) -> Arc<crate::http::RestApi> {
+    Arc::new(crate::http::RestApi {
+        manager: manager.clone(),
+        readiness: readiness.clone(),
+        timeout: config.limits.request_timeout,
+        permits: Arc::new(tokio::sync::Semaphore::new(
+            config.limits.max_concurrent_manage,
+        )),
     })
 }
 
@@ -341,12 +374,17 @@ async fn drain(
     let _ = serving.stop.send(true);
     // Graceful shutdown waits for clients to close their connections; an idle
     // client may never do so, so the drain is bounded.
+    let rest_server = serving.rest_server.take();
     let drained = tokio::time::timeout(config.drain_timeout, async {
         let mut result = Ok(());
         while let Some(served) = serving.servers.join_next().await {
             if let Ok(Err(error)) = served {
                 result = Err(error);
             }
+        }
+        // REST requests in progress finish too (the server stopped accepting).
+        if let Some(rest_server) = rest_server {
+            let _ = rest_server.await;
         }
         result
     })

@@ -41,6 +41,8 @@ pub struct ServeConfig {
     /// Separate address for ManageKey; `None`: served with the others.
     pub manage_listen: Option<SocketAddr>,
     pub metrics_listen: Option<SocketAddr>,
+    /// The REST API (SendGrid's shapes), if any.
+    pub http_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// Where the admin token comes from, when not `<data_dir>/admin.token`.
     pub admin_token: AdminTokenSource,

@@ -19,6 +19,8 @@ pub struct Server {
     pub addr: String,
     /// HOST:PORT of /metrics, /healthz, /readyz.
     pub metrics_addr: String,
+    /// The REST API, unless the test turned it off (`--http-listen none`).
+    pub http_addr: Option<String>,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
     pub admin_token: String,
@@ -98,6 +100,8 @@ impl Server {
                 "127.0.0.1:0",
                 "--metrics-listen",
                 "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
             ])
             .args([
                 "--log-format",
@@ -116,6 +120,7 @@ impl Server {
         let deadline = Instant::now() + wait;
         let mut addr = None;
         let mut metrics_addr = None;
+        let mut http_addr = None;
         let mut serving = false;
         loop {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -133,6 +138,9 @@ impl Server {
                     Some("metrics listening (/metrics, /healthz, /readyz)") => {
                         metrics_addr = event["fields"]["addr"].as_str().map(str::to_owned);
                     }
+                    Some("REST API listening (/v3/api_keys, /v3/scopes, /openapi.json)") => {
+                        http_addr = event["fields"]["addr"].as_str().map(str::to_owned);
+                    }
                     Some("keys loaded; serving") => serving = true,
                     _ => {}
                 }
@@ -147,6 +155,7 @@ impl Server {
                         child,
                         addr: format!("http://{addr}"),
                         metrics_addr: metrics_addr.clone(),
+                        http_addr: http_addr.clone(),
                         data_dir: data_dir.to_owned(),
                         log_path,
                         admin_token,

@@ -25,11 +25,13 @@ class Scopegate:
         self.uds = os.path.join(self.dir, "scopegate.sock")
         args = [self.uds if arg == "SOCKET" else arg for arg in args]
         self.proc = subprocess.Popen(
-            [BIN, "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "none", "--log-format", "json",
+            [BIN, "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "none", "--http-listen", "127.0.0.1:0",
+             "--log-format", "json",
              "--data-dir", self.data, "--routes", str(ROOT / "examples" / "routes.toml"), *args],
             stdout=subprocess.DEVNULL, stderr=self.log,
         )
         self.addr = None
+        self.http_addr = None
         deadline = time.time() + 30
         while time.time() < deadline:
             for line in open(self.log_path):
@@ -39,6 +41,8 @@ class Scopegate:
                     continue
                 if fields.get("message") == "scopegate listening":
                     self.addr = fields["addr"]
+                if fields.get("message", "").startswith("REST API listening"):
+                    self.http_addr = fields["addr"]
                 if fields.get("message") == "keys loaded; serving" and self.addr:
                     return
             assert self.proc.poll() is None, open(self.log_path).read()

@@ -97,6 +97,12 @@ seccompProfile:
     {{- end }}
     - --manage-listen=127.0.0.1:{{ .Values.managePort }}
     - --metrics-listen=0.0.0.0:{{ .Values.metricsPort }}
+    {{- if .Values.httpPort }}
+    # The REST API (SendGrid's /v3/api_keys), on loopback like ManageKey.
+    - --http-listen=127.0.0.1:{{ .Values.httpPort }}
+    {{- else }}
+    - --http-listen=none
+    {{- end }}
     {{- if include "scopegate.uds" . }}
     - --uds={{ .Values.udsPath }}
     {{- end }}

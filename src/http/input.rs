@@ -1,0 +1,192 @@
+//! What a request carries, read strictly: the JSON body (media type, size,
+//! syntax, unknown fields), the query string, the caller's headers. Each bad
+//! input is a 4xx naming what is wrong.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, StatusCode};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+/// Bodies larger than this are refused (413): a key's JSON is a few KiB.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The body as `T`: JSON only (415 otherwise), at most [`MAX_BODY_BYTES`]
+/// (413), well-formed, every field known and of its type (400).
+pub async fn json<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
+    let bytes = bytes(headers, body).await?;
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request(
+            None,
+            "the request body is empty: send a JSON object",
+        ));
+    }
+    serde_json::from_slice(&bytes).map_err(|error| {
+        let text = error.to_string();
+        // serde names the field it missed or did not know: say which.
+        let field = ["missing field `", "unknown field `"]
+            .iter()
+            .find_map(|prefix| text.split(prefix).nth(1))
+            .and_then(|rest| rest.split('`').next());
+        let message = match error.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                format!("the request body is not valid JSON: {text}")
+            }
+            _ => text.split(" at line ").next().unwrap_or(&text).to_owned(),
+        };
+        ApiError::bad_request(field, message)
+    })
+}
+
+/// The body as `T`, or `T::default()` when there is none.
+pub async fn optional_json<T: DeserializeOwned + Default>(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ApiError> {
+    let bytes = bytes(headers, body).await?;
+    if bytes.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|error| {
+        ApiError::bad_request(None, format!("the request body is not valid JSON: {error}"))
+    })
+}
+
+async fn bytes(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ApiError> {
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+            )
+        })?;
+    if !bytes.is_empty() {
+        let media = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("");
+        let essence = media.split(';').next().unwrap_or("").trim();
+        if !essence.eq_ignore_ascii_case("application/json") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("content-type `{media}` is not application/json"),
+            ));
+        }
+    }
+    Ok(bytes)
+}
+
+/// The query string's parameters; a repeated one, a bad escape or one
+/// outside `known` is a 400.
+pub fn query(raw: Option<&str>, known: &[&str]) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut found = BTreeMap::new();
+    for pair in raw.unwrap_or("").split('&').filter(|pair| !pair.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let (name, value) = (decode(name)?, decode(value)?);
+        if !known.contains(&name.as_str()) {
+            return Err(ApiError::bad_request(
+                Some(&name),
+                format!("unknown query parameter (known: {})", known.join(", ")),
+            ));
+        }
+        if found.insert(name.clone(), value).is_some() {
+            return Err(ApiError::bad_request(
+                Some(&name),
+                "is given more than once",
+            ));
+        }
+    }
+    Ok(found)
+}
+
+fn decode(text: &str) -> Result<String, ApiError> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'%' => {
+                let hex = bytes
+                    .get(at + 1..at + 3)
+                    .and_then(|hex| std::str::from_utf8(hex).ok())
+                    .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(None, "the query string has a bad % escape")
+                    })?;
+                out.push(u8::from_str_radix(hex, 16).expect("two hex digits"));
+                at += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                at += 1;
+            }
+            byte => {
+                out.push(byte);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| ApiError::bad_request(None, "the query string is not UTF-8"))
+}
+
+/// `authorization: Bearer <token>`: `Ok(None)` without the header.
+pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let unauthorized = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, message);
+    let value = value
+        .to_str()
+        .map_err(|_| unauthorized("invalid credentials"))?;
+    value
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| Some(token.trim()))
+        .ok_or_else(|| unauthorized("authorization must be `Bearer <API key>`"))
+}
+
+/// SendGrid's `on-behalf-of` header: the account the admin acts in.
+pub fn on_behalf_of(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    headers
+        .get("on-behalf-of")
+        .map(|value| {
+            value
+                .to_str()
+                .map(|text| text.trim().to_owned())
+                .map_err(|_| ApiError::bad_request(Some("on-behalf-of"), "is not text"))
+        })
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_refuse_repeats_unknown_names_and_bad_escapes() {
+        let known = ["limit", "page_token"];
+        let parsed = query(Some("limit=5&page_token=a%2Db"), &known).unwrap();
+        assert_eq!(parsed["limit"], "5");
+        assert_eq!(parsed["page_token"], "a-b");
+        assert_eq!(
+            query(Some("limit=1&limit=2"), &known)
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("limit")
+        );
+        assert_eq!(
+            query(Some("offset=1"), &known)
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("offset")
+        );
+        assert!(query(Some("limit=%zz"), &known).is_err());
+        assert!(query(Some("limit=%ff"), &known).is_err());
+        assert!(query(None, &known).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,216 @@
+//! The REST edge: SendGrid's `/v3/api_keys` and `/v3/scopes`, shaped as its
+//! public OpenAPI description has them, so SendGrid's own client libraries
+//! work unchanged (`serve --http-listen`). Thin like the gRPC edge: it reads
+//! the request, calls [`Manager`] (one set of rules, one audit trail, fleet
+//! mode included) and writes SendGrid's shapes; errors become statuses in
+//! `error.rs`. `openapi.json` describes everything served here.
+
+mod api_keys;
+mod error;
+mod input;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+pub use error::ApiError;
+pub use input::MAX_BODY_BYTES;
+
+use crate::manage::{Caller, ManageError, Manager};
+use crate::readiness::Readiness;
+
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
+/// The OpenAPI 3.1 description of this API, served at `/openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+pub const HTTP_REQUESTS_TOTAL: &str = "scopegate_http_requests_total";
+pub const HTTP_REQUEST_SECONDS: &str = "scopegate_http_request_seconds";
+
+/// What the handlers share.
+pub struct RestApi {
+    pub manager: Arc<Manager>,
+    pub readiness: Arc<Readiness>,
+    /// How long a request waits for its change or read.
+    pub timeout: Duration,
+    /// Management calls in progress (gRPC's `--max-concurrent-manage`).
+    pub permits: Arc<Semaphore>,
+}
+
+impl RestApi {
+    /// Ready, a free management slot, and a caller: in that order.
+    fn admit(
+        &self,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+    ) -> Result<(Caller, OwnedSemaphorePermit), ApiError> {
+        self.readiness.check().map_err(ApiError::unavailable)?;
+        let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
+            ApiError::unavailable("too many management requests in progress: retry shortly")
+        })?;
+        let caller = self
+            .manager
+            .authenticate_from(input::bearer(headers)?, Some(peer.ip()))?;
+        Ok((caller, permit))
+    }
+
+    /// Runs a change on its own task: a request that times out stops
+    /// waiting, the change completes or never starts, never half.
+    async fn detached<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, ManageError>> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        match tokio::time::timeout(self.timeout, tokio::spawn(work)).await {
+            Err(_) => Err(ApiError::unavailable(
+                "the change did not finish in time and may still apply: read the key before retrying (a create retried with the same request_id is safe)",
+            )),
+            Ok(Err(_)) => Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the change task failed",
+            )),
+            Ok(Ok(result)) => result.map_err(ApiError::from),
+        }
+    }
+
+    /// Runs a blocking read on the blocking pool, never a decision worker.
+    async fn off_workers<T: Send + 'static>(
+        &self,
+        read: impl FnOnce() -> Result<T, ManageError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        match tokio::time::timeout(self.timeout, tokio::task::spawn_blocking(read)).await {
+            Err(_) => Err(ApiError::unavailable("the read did not finish in time")),
+            Ok(Err(_)) => Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the read task failed",
+            )),
+            Ok(Ok(result)) => result.map_err(ApiError::from),
+        }
+    }
+}
+
+/// Every route, with SendGrid's error shape for unknown paths (404) and
+/// methods (405), and a count per route and status.
+pub fn router(api: Arc<RestApi>) -> Router {
+    Router::new()
+        .route("/v3/api_keys", get(api_keys::list).post(api_keys::create))
+        .route(
+            "/v3/api_keys/{id}",
+            get(api_keys::get)
+                .put(api_keys::replace)
+                .patch(api_keys::rename)
+                .delete(api_keys::delete),
+        )
+        .route("/v3/api_keys/{id}/rotate", post(api_keys::rotate))
+        .route(
+            "/v3/api_keys/{id}/enable",
+            post(|State(api), ConnectInfo(peer), headers, path| {
+                api_keys::set_enabled(true, api, peer, headers, path)
+            }),
+        )
+        .route(
+            "/v3/api_keys/{id}/disable",
+            post(|State(api), ConnectInfo(peer), headers, path| {
+                api_keys::set_enabled(false, api, peer, headers, path)
+            }),
+        )
+        .route("/v3/scopes", get(api_keys::scopes))
+        .route("/openapi.json", get(openapi))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "no such resource: see /openapi.json")
+        })
+        .method_not_allowed_fallback(|method: Method| async move {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed on this resource: see /openapi.json"),
+            )
+        })
+        .layer(axum::middleware::from_fn(count))
+        .with_state(api)
+}
+
+/// Serves the API until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    api: Arc<RestApi>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "REST API listening (/v3/api_keys, /v3/scopes, /openapi.json)");
+    axum::serve(
+        listener,
+        router(api).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+async fn openapi() -> Response {
+    let mut response = OPENAPI_JSON.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Pretty-free JSON with its content type.
+fn json_response(value: &serde_json::Value) -> Response {
+    let mut response = json_body(value).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn json_body(value: &serde_json::Value) -> String {
+    value.to_string()
+}
+
+/// Counts requests by route template (never the raw path), method and
+/// status, and times them.
+async fn count(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |path| known_route(path.as_str()));
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        _ => "other",
+    };
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!(HTTP_REQUESTS_TOTAL, "route" => route, "method" => method, "status" => status)
+        .increment(1);
+    metrics::histogram!(HTTP_REQUEST_SECONDS, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// The route templates, as `'static` labels.
+fn known_route(template: &str) -> &'static str {
+    const ROUTES: [&str; 7] = [
+        "/v3/api_keys",
+        "/v3/api_keys/{id}",
+        "/v3/api_keys/{id}/rotate",
+        "/v3/api_keys/{id}/enable",
+        "/v3/api_keys/{id}/disable",
+        "/v3/scopes",
+        "/openapi.json",
+    ];
+    ROUTES
+        .iter()
+        .find(|known| **known == template)
+        .copied()
+        .unwrap_or("other")
+}
