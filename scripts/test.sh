@@ -65,6 +65,7 @@ export SENDGRID_NODE="$sendgrid_node"
 # processes on loopback, snapshot and restore them).
 missing=()
 command -v openssl >/dev/null || missing+=(openssl)
+command -v curl >/dev/null || missing+=(curl)
 command -v strace >/dev/null || missing+=(strace)
 command -v etcd >/dev/null || missing+=(etcd-server)
 command -v etcdctl >/dev/null || missing+=(etcd-client)

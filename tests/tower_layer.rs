@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 
 use axum::routing::{get, post};
@@ -38,22 +37,13 @@ async fn app(layer: ScopegateLayer) -> SocketAddr {
     addr
 }
 
-/// One HTTP/1.1 request: (status, headers in lower case, body).
 fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String, String) {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    let auth = token.map_or(String::new(), |token| {
-        format!("Authorization: Bearer {token}\r\n")
-    });
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: app\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-    let status = head[9..12].parse().unwrap();
-    (status, head.to_ascii_lowercase(), body.to_owned())
+    let auth = token.map(|token| format!("Bearer {token}"));
+    let headers: Vec<(&str, &str)> = auth
+        .iter()
+        .map(|auth| ("Authorization", auth.as_str()))
+        .collect();
+    common::http_request(&addr.to_string(), method, path, &headers, None)
 }
 
 fn error_message(body: &str) -> String {

@@ -306,7 +306,16 @@ pub(super) async fn scopes(
         refuse_on_behalf_of(on_behalf_of(&headers)?)?;
     }
     let view = api.manager.scopes(&caller);
-    Ok(json_response(&json!({"scopes": view.caller_scopes})).into_response())
+    // The admin token holds every scope of the catalog.
+    let scopes: Vec<String> = if view.caller_is_admin {
+        view.resources
+            .into_iter()
+            .flat_map(|resource| resource.scopes)
+            .collect()
+    } else {
+        view.caller_scopes
+    };
+    Ok(json_response(&json!({ "scopes": scopes })).into_response())
 }
 
 impl RestApi {

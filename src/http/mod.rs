@@ -8,6 +8,7 @@
 mod api_keys;
 mod error;
 mod input;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -134,13 +135,19 @@ pub fn router(api: Arc<RestApi>) -> Router {
         .with_state(api)
 }
 
-/// Serves the API until `shutdown`.
+pub use tls::acceptor as tls_acceptor;
+
+/// Serves the API until `shutdown`, over TLS when given an acceptor.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     api: Arc<RestApi>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "REST API listening (/v3/api_keys, /v3/scopes, /openapi.json)");
+    tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "REST API listening (/v3/api_keys, /v3/scopes, /openapi.json)");
+    if let Some(acceptor) = tls {
+        return tls::serve(listener, acceptor, router(api), shutdown).await;
+    }
     axum::serve(
         listener,
         router(api).into_make_service_with_connect_info::<SocketAddr>(),

@@ -226,6 +226,13 @@ async fn serve_all(
         dry_run_seen: Default::default(),
     });
     drop(opened.admin_token);
+    let rest_tls = match (&config.tls, &listeners.http_tcp) {
+        (Some(files), Some(_)) => Some(
+            crate::http::tls_acceptor(files)
+                .map_err(|(path, reason)| StartError::Tls { path, reason })?,
+        ),
+        _ => None,
+    };
     let rest_api = listeners
         .http_tcp
         .map(|listener| (listener, rest_api(config, &manager, &readiness)));
@@ -261,8 +268,9 @@ async fn serve_all(
                     stopped(),
                 ))
             });
-    let rest_server =
-        rest_api.map(|(listener, api)| tokio::spawn(crate::http::serve(listener, api, stopped())));
+    let rest_server = rest_api.map(|(listener, api)| {
+        tokio::spawn(crate::http::serve(listener, api, rest_tls, stopped()))
+    });
     Ok(Serving {
         servers,
         metrics_server,

@@ -100,9 +100,14 @@ impl Server {
                 "127.0.0.1:0",
                 "--metrics-listen",
                 "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
             ])
+            // The REST API on an ephemeral port, unless the test says otherwise.
+            .args(
+                (!extra_args.contains(&"--http-listen"))
+                    .then_some(["--http-listen", "127.0.0.1:0"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args([
                 "--log-format",
                 "json",
@@ -885,4 +890,33 @@ pub fn signal(pid: u32, name: &str) {
         .args([&format!("-{name}"), &pid.to_string()])
         .status()
         .unwrap();
+}
+
+/// One HTTP/1.1 request over a fresh connection: (status, head in lower
+/// case, body).
+#[allow(dead_code)] // used by the REST and tower-layer tests, not every binary
+pub fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    (
+        head[9..12].parse().unwrap(),
+        head.to_ascii_lowercase(),
+        body.to_owned(),
+    )
 }

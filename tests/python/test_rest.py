@@ -212,6 +212,11 @@ def test_one_store_for_rest_and_grpc(server, rest, manager):
     assert envoy_check(server, key["api_key"], "POST", "/v3/mail/send") == code_pb2.UNAUTHENTICATED
 
 
+def test_the_admin_holds_every_scope(rest, admin):
+    status, _, body = rest("GET", "/v3/scopes", admin)
+    assert status == 200 and {"billing.read", "mail.send", "api_keys.create"} <= set(body["scopes"])
+
+
 def test_scopes_left_out_mean_the_callers_own_without_billing(rest, admin, manager):
     status, _, body = rest("POST", "/v3/api_keys", manager["api_key"], {"name": "all-mine"})
     assert status == 201 and sorted(body["scopes"]) == sorted(MANAGER_SCOPES)
