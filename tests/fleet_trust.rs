@@ -390,3 +390,22 @@ async fn the_applied_revision_moves_only_on_events() {
         pb::Decision::Allowed
     );
 }
+
+/// Audit volume in fleet mode: an account's events in etcd are bounded by
+/// count, so a busy tenant cannot push a shared etcd to its space quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accounts_audit_trail_in_etcd_is_bounded_by_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let server = fleet(
+        dir.path(),
+        "a",
+        &etcd,
+        &["--audit-max-events-per-account", "5"],
+    );
+    common::assert_audit_bound_of_five(&server).await;
+    // The events themselves are gone from etcd, not just hidden.
+    let listing = etcd.ctl(&["get", "--prefix", "/scopegate/v1/audit/", "--keys-only"]);
+    let held = listing.lines().filter(|line| !line.is_empty()).count();
+    assert_eq!(held, 6, "five of acme, one of globex:\n{listing}");
+}

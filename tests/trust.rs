@@ -418,3 +418,15 @@ async fn the_check_command_reads_its_token_from_env_or_file() {
     assert_eq!(code, 2);
     assert!(out.contains("SCOPEGATE_CHECK_TOKEN"), "{out}");
 }
+
+/// Audit volume: an account's trail is bounded by count (the oldest go
+/// first), so a busy tenant cannot fill the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accounts_audit_trail_is_bounded_by_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--audit-max-events-per-account", "5"],
+    );
+    common::assert_audit_bound_of_five(&server).await;
+}

@@ -126,6 +126,11 @@ pub struct ServeOptions {
     /// Days the audit trail keeps each event. [default: 90]
     #[arg(long, env = "SCOPEGATE_AUDIT_RETENTION_DAYS")]
     pub audit_retention_days: Option<u64>,
+    /// Audit events kept per account at most; the oldest go first. Bounds
+    /// the audit trail's space (in fleet mode, etcd's, shared by every
+    /// deployment on it). [default: 100000]
+    #[arg(long, env = "SCOPEGATE_AUDIT_MAX_EVENTS_PER_ACCOUNT")]
+    pub audit_max_events_per_account: Option<u64>,
     /// ext_authz allows every request but counts (scopegate_dry_run_denials_total),
     /// logs (sampled) and marks in dynamic metadata what it would have
     /// denied: for putting scopegate in front of a live API without breaking
@@ -286,6 +291,7 @@ impl ServeOptions {
             max_keys_per_account,
             max_key_lifetime_secs,
             audit_retention_days,
+            audit_max_events_per_account,
             last_used_interval_secs,
             dry_run,
             store,

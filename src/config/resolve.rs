@@ -15,6 +15,18 @@ impl ServeOptions {
             sled_cache_bytes: sled_cache_bytes(&options)?,
             last_used_interval: lifetimes.last_used_interval,
             audit_retention: lifetimes.audit_retention,
+            audit_max_events_per_account: match options
+                .audit_max_events_per_account
+                .unwrap_or(crate::store::DEFAULT_AUDIT_MAX_EVENTS_PER_ACCOUNT)
+            {
+                0 => {
+                    return Err(invalid(
+                        "audit_max_events_per_account",
+                        "must be at least 1",
+                    ))
+                }
+                max => max,
+            },
             max_key_lifetime: lifetimes.max_key_lifetime,
             fleet,
             max_staleness,

@@ -160,6 +160,7 @@ fn open(config: &ServeConfig) -> Result<Opened, StartError> {
         config.sled_cache_bytes,
     )?;
     store.set_audit_retention(config.audit_retention);
+    store.set_audit_max_events_per_account(config.audit_max_events_per_account);
     let admin_token = zeroize::Zeroizing::new(resolve_admin_token(config)?);
     Ok(Opened {
         catalog,
@@ -226,16 +227,10 @@ async fn serve_all(
         dry_run_seen: Default::default(),
     });
     drop(opened.admin_token);
-    let rest_tls = match (&config.tls, &listeners.http_tcp) {
-        (Some(files), Some(_)) => Some(
-            crate::http::tls_acceptor(files)
-                .map_err(|(path, reason)| StartError::Tls { path, reason })?,
-        ),
-        _ => None,
-    };
-    let rest_api = listeners
+    let rest = listeners
         .http_tcp
-        .map(|listener| (listener, rest_api(config, &manager, &readiness)));
+        .map(|listener| rest_api(config, listener, &manager, &readiness))
+        .transpose()?;
     let services = listen::Services::new(
         config,
         check_context.clone(),
@@ -268,8 +263,8 @@ async fn serve_all(
                     stopped(),
                 ))
             });
-    let rest_server = rest_api.map(|(listener, api)| {
-        tokio::spawn(crate::http::serve(listener, api, rest_tls, stopped()))
+    let rest_server = rest.map(|(listener, api, tls)| {
+        tokio::spawn(crate::http::serve(listener, api, tls, stopped()))
     });
     Ok(Serving {
         servers,
@@ -299,21 +294,36 @@ fn manager(config: &ServeConfig, opened: &Opened) -> Arc<Manager> {
     )
 }
 
-/// The REST edge: management's deadline and concurrency bound, as on gRPC.
+/// The REST edge: management's deadline and concurrency bound as on gRPC,
+/// and gRPC's certificate when it has one.
 fn rest_api(
     config: &ServeConfig,
+    listener: tokio::net::TcpListener,
     manager: &Arc<Manager>,
     readiness: &Arc<Readiness>,
-) -> Arc<crate::http::RestApi> {
-    Arc::new(crate::http::RestApi {
+) -> Result<RestServer, StartError> {
+    let tls = config
+        .tls
+        .as_ref()
+        .map(crate::http::tls_acceptor)
+        .transpose()
+        .map_err(|(path, reason)| StartError::Tls { path, reason })?;
+    let api = Arc::new(crate::http::RestApi {
         manager: manager.clone(),
         readiness: readiness.clone(),
         timeout: config.limits.request_timeout,
         permits: Arc::new(tokio::sync::Semaphore::new(
             config.limits.max_concurrent_manage,
         )),
-    })
+    });
+    Ok((listener, api, tls))
 }
+
+type RestServer = (
+    tokio::net::TcpListener,
+    Arc<crate::http::RestApi>,
+    Option<tokio_rustls::TlsAcceptor>,
+);
 
 /// Fills the table (standalone: from disk; fleet: from the mirror, then
 /// follows etcd; with no mirror, after the first full read), then SERVING.

@@ -26,6 +26,8 @@ pub struct ServeConfig {
     pub last_used_interval: Duration,
     /// How long audit events are kept.
     pub audit_retention: Duration,
+    /// Audit events kept per account at most.
+    pub audit_max_events_per_account: u64,
     /// Every key must expire within this; `None`: no limit.
     pub max_key_lifetime: Option<Duration>,
     /// Fleet mode (etcd is the source of truth); `None`: standalone.

@@ -4,7 +4,7 @@
 //! Standalone, events are also indexed by account and by key, and read off
 //! the decision workers: one tenant's listing never walks another's events.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Store, StoreError};
 use crate::token::KeyId;
@@ -311,4 +311,88 @@ fn decode_event(value: &[u8]) -> Result<AuditEvent, StoreError> {
         key_id: "audit event".into(),
         reason: error.to_string(),
     })
+}
+
+/// Audit events kept per account unless `--audit-max-events-per-account`
+/// says otherwise: 20 changes a second for 90 days would be ~155 M.
+pub const DEFAULT_AUDIT_MAX_EVENTS_PER_ACCOUNT: u64 = 100_000;
+
+/// The per-account bound on audit events: once an account holds the
+/// maximum, its oldest events make room for new ones. The exact count is
+/// taken on an account's first write and then every 1 % of the bound (at
+/// most every 1,000 writes), so an account holds at most the bound plus that
+/// slack per writing process.
+pub(super) struct AuditBudget {
+    max: AtomicU64,
+    writes: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+impl AuditBudget {
+    pub(super) fn new() -> AuditBudget {
+        AuditBudget {
+            max: AtomicU64::new(DEFAULT_AUDIT_MAX_EVENTS_PER_ACCOUNT),
+            writes: Default::default(),
+        }
+    }
+
+    pub(super) fn set(&self, max: u64) {
+        self.max.store(max.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether this write for `account` should first trim the account's
+    /// events, and to what bound.
+    pub(super) fn due(&self, account: &str) -> Option<u64> {
+        let max = self.max.load(Ordering::Relaxed);
+        let every = (max / 100).clamp(1, 1000);
+        let mut writes = self
+            .writes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = writes.entry(account.to_owned()).or_insert(every - 1);
+        *count += 1;
+        (*count >= every).then(|| {
+            *count = 0;
+            max
+        })
+    }
+}
+
+impl Store {
+    /// Standalone: makes room for one more event of `account` within `max`,
+    /// deleting its oldest events (and their index entries).
+    pub(super) fn trim_account_audit(&self, account: &str, max: u64) -> Result<(), StoreError> {
+        let mut prefix = vec![b'a'];
+        prefix.extend_from_slice(account.as_bytes());
+        prefix.push(0);
+        let held = self.inner.audit_index.scan_prefix(&prefix).keys().count() as u64;
+        let excess = (held + 1).saturating_sub(max);
+        if excess == 0 {
+            return Ok(());
+        }
+        let (mut events, mut index) = (sled::Batch::default(), sled::Batch::default());
+        for item in self
+            .inner
+            .audit_index
+            .scan_prefix(&prefix)
+            .keys()
+            .take(excess as usize)
+        {
+            let key = item?;
+            let Ok(sort_key) = <[u8; 16]>::try_from(&key[key.len().saturating_sub(16)..]) else {
+                continue;
+            };
+            index.remove(key);
+            if let Some(value) = self.inner.audit.get(sort_key)? {
+                if let Ok(event) = <AuditEvent as prost::Message>::decode(value.as_ref()) {
+                    for index_key in index_keys(&event, &sort_key) {
+                        index.remove(index_key);
+                    }
+                }
+                events.remove(&sort_key[..]);
+            }
+        }
+        self.inner.audit_index.apply_batch(index)?;
+        self.inner.audit.apply_batch(events)?;
+        Ok(())
+    }
 }

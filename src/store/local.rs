@@ -29,6 +29,9 @@ impl Store {
             self.prune_audit(event.time_unix_ms)?;
             self.prune_requests(event.time_unix_ms)?;
         }
+        if let Some(max) = self.audit_trim_due(&event.account_id) {
+            self.trim_account_audit(&event.account_id, max)?;
+        }
         let audit = AuditWrite::new(&event, sequence);
         match change {
             Change::Create {

@@ -23,7 +23,7 @@ mod read;
 mod record;
 mod table;
 
-pub use audit::{AuditEvent, AuditFilter, KeyState};
+pub use audit::{AuditEvent, AuditFilter, KeyState, DEFAULT_AUDIT_MAX_EVENTS_PER_ACCOUNT};
 pub use fleet::{FleetConfig, SyncState};
 pub use record::{CreateRequest, CreateRequestRecord, KeyRecord, FORMAT_VERSION};
 
@@ -197,6 +197,8 @@ struct Inner {
     failed: watch::Sender<Option<String>>,
     /// Fleet mode: the records denied here because this sidecar cannot use them.
     unfit: mirror::Unfit,
+    /// The per-account bound on audit events.
+    audit_budget: audit::AuditBudget,
 }
 
 impl Store {
@@ -311,6 +313,17 @@ impl Store {
             }
             other => other,
         }
+    }
+
+    /// Sets how many audit events an account keeps at most.
+    pub fn set_audit_max_events_per_account(&self, max: u64) {
+        self.inner.audit_budget.set(max);
+    }
+
+    /// Whether a change of `account` should first trim its audit events,
+    /// and to what bound.
+    pub(super) fn audit_trim_due(&self, account: &str) -> Option<u64> {
+        self.inner.audit_budget.due(account)
     }
 
     /// Sets how long audit events are kept.

@@ -81,6 +81,7 @@ impl Store {
                 fleet: fleet.map(|config| Arc::new(fleet::Fleet::new(config, applied_revision))),
                 failed,
                 unfit: mirror::Unfit::default(),
+                audit_budget: audit::AuditBudget::new(),
             }),
         })
     }

@@ -920,3 +920,67 @@ pub fn http_request(
         body.to_owned(),
     )
 }
+
+/// Run against a server started with `--audit-max-events-per-account 5`:
+/// eleven changes of one key leave its account's five newest events (by the
+/// account and by the key), and another account's events stay.
+#[allow(dead_code)] // used by trust.rs and fleet_trust.rs
+pub async fn assert_audit_bound_of_five(server: &Server) {
+    let admin = server.admin_token.clone();
+    let key = server
+        .admin_create(create("acme", "v0", &["mail.send"]))
+        .await
+        .unwrap()
+        .key
+        .unwrap();
+    server
+        .admin_create(create("globex", "other", &["mail.send"]))
+        .await
+        .unwrap();
+    for version in 1..=10 {
+        let rename = pb::UpdateKeyRequest {
+            key_id: key.key_id.clone(),
+            name: Some(format!("v{version}")),
+            ..Default::default()
+        };
+        server
+            .manage()
+            .await
+            .update_key(bearer(&admin, rename))
+            .await
+            .unwrap();
+    }
+    let listed = |account: &str, key_id: &str| pb::ListAuditEventsRequest {
+        account_id: account.into(),
+        key_id: key_id.into(),
+        page_size: 100,
+        ..Default::default()
+    };
+    let names = |events: &[pb::AuditEvent]| -> Vec<String> {
+        events
+            .iter()
+            .map(|event| {
+                event
+                    .after
+                    .as_ref()
+                    .map_or(String::new(), |after| after.name.clone())
+            })
+            .collect()
+    };
+    let newest: Vec<String> = (6..=10).map(|version| format!("v{version}")).collect();
+    let by_account = list_audit(server, &admin, listed("acme", ""))
+        .await
+        .unwrap()
+        .events;
+    assert_eq!(names(&by_account), newest);
+    let by_key = list_audit(server, &admin, listed("", &key.key_id))
+        .await
+        .unwrap()
+        .events;
+    assert_eq!(names(&by_key), newest);
+    let other = list_audit(server, &admin, listed("globex", ""))
+        .await
+        .unwrap()
+        .events;
+    assert_eq!(names(&other), vec!["other".to_owned()]);
+}

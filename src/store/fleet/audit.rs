@@ -18,6 +18,89 @@ impl Fleet {
         format!("{}audit/", self.config.prefix).into_bytes()
     }
 
+    /// The event and its entry in the account's index, both under the
+    /// retention lease.
+    pub(super) fn audit_ops(&self, event: &AuditEvent, lease: i64) -> Vec<TxnOp> {
+        let path = self.audit_path(event);
+        let suffix = &path[self.audit_prefix().len()..];
+        let mut indexed = self.account_audit_prefix(&event.account_id);
+        indexed.extend_from_slice(suffix);
+        let leased = || Some(etcd_client::PutOptions::new().with_lease(lease));
+        vec![
+            TxnOp::put(path.clone(), prost::Message::encode_to_vec(event), leased()),
+            TxnOp::put(indexed, Vec::new(), leased()),
+        ]
+    }
+
+    /// `audit_by_account/<account, hex>/`: one empty key per event, named
+    /// like the event, so an account's events can be counted and trimmed.
+    fn account_audit_prefix(&self, account: &str) -> Vec<u8> {
+        let hex: String = account.bytes().map(|byte| format!("{byte:02x}")).collect();
+        format!("{}audit_by_account/{hex}/", self.config.prefix).into_bytes()
+    }
+
+    /// Keeps `account` within the audit bound before one more event: when
+    /// due, counts its events and deletes the oldest. Best effort: an etcd
+    /// error here is logged and the change goes ahead.
+    pub(super) async fn keep_audit_budget(
+        &self,
+        store: &Store,
+        client: &mut Client,
+        account: &str,
+    ) {
+        let Some(max) = store.audit_trim_due(account) else {
+            return;
+        };
+        if let Err(error) = self.trim_account_audit(client, account, max).await {
+            tracing::warn!(%error, "could not trim the account's audit events");
+        }
+    }
+
+    async fn trim_account_audit(
+        &self,
+        client: &mut Client,
+        account: &str,
+        max: u64,
+    ) -> Result<(), etcd_client::Error> {
+        let prefix = self.account_audit_prefix(account);
+        let held = client
+            .get(
+                prefix.clone(),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await?
+            .count() as u64;
+        let excess = (held + 1).saturating_sub(max);
+        if excess == 0 {
+            return Ok(());
+        }
+        let oldest = client
+            .get(
+                prefix.clone(),
+                Some(
+                    GetOptions::new()
+                        .with_prefix()
+                        .with_keys_only()
+                        .with_limit(excess.min(PAGE as u64) as i64),
+                ),
+            )
+            .await?;
+        let events = self.audit_prefix();
+        let mut deletes = Vec::new();
+        for kv in oldest.kvs() {
+            let suffix = &kv.key()[prefix.len()..];
+            let mut event = events.clone();
+            event.extend_from_slice(suffix);
+            deletes.push(TxnOp::delete(kv.key().to_vec(), None));
+            deletes.push(TxnOp::delete(event, None));
+        }
+        // etcd takes at most 128 operations per transaction by default.
+        for chunk in deletes.chunks(128) {
+            client.txn(Txn::new().and_then(chunk.to_vec())).await?;
+        }
+        Ok(())
+    }
+
     pub fn set_audit_retention(&self, retention: Duration) {
         self.audit_retention_secs
             .store(retention.as_secs().max(60), Ordering::Relaxed);

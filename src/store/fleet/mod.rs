@@ -193,12 +193,12 @@ impl Fleet {
             }
             let (snapshot, mut compares) = self.read_snapshot(&mut client, &reads).await?;
             let (change, event, value) = decide(&snapshot)?;
+            if attempt == 0 {
+                self.keep_audit_budget(store, &mut client, &event.account_id)
+                    .await;
+            }
             let lease = self.audit_lease(&mut client).await?;
-            let mut ops = vec![TxnOp::put(
-                self.audit_path(&event),
-                prost::Message::encode_to_vec(&event),
-                Some(etcd_client::PutOptions::new().with_lease(lease)),
-            )];
+            let mut ops = self.audit_ops(&event, lease);
             self.change_ops(store, &mut client, &change, &mut compares, &mut ops)
                 .await?;
             let response = client
