@@ -6,6 +6,7 @@
 //!           --token SG... --concurrency 16 --connections 4 --duration-secs 5 --warmup-secs 1
 //!           [--server-pid PID] [--rate REQ_PER_SEC (open loop)] [--requests N]
 //!   loadgen writes --target ... --admin-token-file F --concurrency 32 --count 2000
+//!   loadgen audit-reads --target ... --token SG... --concurrency 2 --duration-secs 10
 //!   loadgen gen-backup --keys 1000000 --out keys.jsonl
 //!   loadgen revocation --origin http://A --watchers http://B,http://C
 //!           --admin-token-file F --count 1000 [--etcd-pid PID]
@@ -87,6 +88,18 @@ enum Command {
         concurrency: usize,
         #[arg(long, default_value_t = 2000)]
         count: usize,
+    },
+    /// ListAuditEvents in a loop (page_size 1) with a read-only key: the
+    /// audit-read flood that must not stall decisions (bench/audit_flood.sh).
+    AuditReads {
+        #[arg(long)]
+        target: String,
+        #[arg(long)]
+        token: String,
+        #[arg(long, default_value_t = 2)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10.0)]
+        duration_secs: f64,
     },
     /// Fleet mode: the time from DeleteKey returning on `origin` until every
     /// watcher sidecar denies the key, over `count` revocations.
@@ -455,6 +468,45 @@ async fn run_count(request: &Workload, channels: &[Channel], concurrency: usize,
     );
 }
 
+async fn run_audit_reads(target: String, token: String, concurrency: usize, duration_secs: f64) {
+    let channel = channel(&target).await;
+    let token: Arc<str> = token.into();
+    let until = Instant::now() + Duration::from_secs_f64(duration_secs);
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (channel, token) = (channel.clone(), token.clone());
+        workers.push(tokio::spawn(async move {
+            let mut client = pb::manage_key_client::ManageKeyClient::new(channel);
+            let (mut served, mut limited) = (0u64, 0u64);
+            while Instant::now() < until {
+                let request = authed(
+                    &token,
+                    pb::ListAuditEventsRequest {
+                        page_size: 1,
+                        ..Default::default()
+                    },
+                );
+                match client.list_audit_events(request).await {
+                    Ok(_) => served += 1,
+                    Err(status) if status.code() == tonic::Code::ResourceExhausted => limited += 1,
+                    Err(status) => panic!("ListAuditEvents: {status}"),
+                }
+            }
+            (served, limited)
+        }));
+    }
+    let (mut served, mut limited) = (0, 0);
+    for worker in workers {
+        let (s, l) = worker.await.unwrap();
+        served += s;
+        limited += l;
+    }
+    println!(
+        "{}",
+        serde_json::json!({"audit_reads_served": served, "audit_reads_limited": limited, "seconds": duration_secs})
+    );
+}
+
 async fn run_writes(target: String, admin_token_file: String, concurrency: usize, count: usize) {
     let admin = std::fs::read_to_string(admin_token_file)
         .unwrap()
@@ -638,6 +690,12 @@ fn main() {
             concurrency,
             count,
         } => runtime.block_on(run_writes(target, admin_token_file, concurrency, count)),
+        Command::AuditReads {
+            target,
+            token,
+            concurrency,
+            duration_secs,
+        } => runtime.block_on(run_audit_reads(target, token, concurrency, duration_secs)),
         Command::GenBackup { keys, out } => gen_backup(keys, &out),
         Command::Revocation {
             origin,
