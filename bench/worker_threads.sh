@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The --worker-threads default under a one-CPU limit (issue #17): servers
+# pinned to CPU 0 with taskset (as a 1-CPU container), the load generator on
+# CPU 1, Authorize.Check over TCP at CONCURRENCY in flight. Rounds alternate
+# the bare tonic ceiling, scopegate with 1 worker, with 2 workers and with
+# the default (no flag), ROUNDS times, so a noisy host moves them alike;
+# prints each run's JSON and the median req/s of each as a ratio to the
+# ceiling's.
+#   bash bench/worker_threads.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scopegate/target}"
+rounds=${ROUNDS:-3}
+concurrency=${CONCURRENCY:-64}
+seconds=${SECONDS_PER_RUN:-5}
+command -v taskset > /dev/null || { echo "needs taskset (util-linux)" >&2; exit 1; }
+cargo build --release --locked --bin scopegate --example loadgen
+bin="$CARGO_TARGET_DIR/release/scopegate"
+loadgen="$CARGO_TARGET_DIR/release/examples/loadgen"
+work=$(mktemp -d)
+pid=""
+cleanup() { [ -n "$pid" ] && kill "$pid" 2> /dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+
+wait_for() { # file pattern
+  for _ in $(seq 1 600); do grep -q "$2" "$1" 2> /dev/null && return 0; sleep 0.1; done
+  echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1
+}
+
+# A key to check with, made once.
+"$bin" serve --http-listen none --listen 127.0.0.1:0 --metrics-listen none --data-dir "$work/data" \
+  --log-format json 2> "$work/serve.log" &
+pid=$!
+wait_for "$work/serve.log" "keys loaded; serving"
+addr=$(grep -o '"addr":"[^"]*"' "$work/serve.log" | head -1 | cut -d'"' -f4)
+token=$("$bin" keys create --server "http://$addr" --data-dir "$work/data" --account bench \
+  --name load --scope mail.send --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+kill "$pid"; wait "$pid" 2> /dev/null || true; pid=""
+
+run() { # label, server command...
+  local label=$1; shift
+  : > "$work/out"
+  taskset -c 0 "$@" > "$work/out" 2> "$work/serve.log" &
+  pid=$!
+  if [ "$label" = ceiling ]; then
+    wait_for "$work/out" "127.0.0.1"; target=$(cat "$work/out")
+  else
+    wait_for "$work/serve.log" "keys loaded; serving"
+    target=$(grep -o '"addr":"[^"]*"' "$work/serve.log" | head -1 | cut -d'"' -f4)
+  fi
+  taskset -c 1 "$loadgen" check --target "http://$target" --workload scopes --token "$token" \
+    --concurrency "$concurrency" --connections 4 --duration-secs "$seconds" --warmup-secs 1 \
+    --server-pid "$pid" --label "$label" | tee -a "$work/results.jsonl"
+  kill "$pid"; wait "$pid" 2> /dev/null || true; pid=""
+}
+
+serve=("$bin" serve --http-listen none --listen 127.0.0.1:0 --metrics-listen none --data-dir "$work/data" --log-format json)
+for _ in $(seq 1 "$rounds"); do
+  run ceiling "$loadgen" ceiling --listen 127.0.0.1:0
+  run "1 worker" "${serve[@]}" --worker-threads 1
+  run "2 workers" "${serve[@]}" --worker-threads 2
+  run "default" "${serve[@]}"
+done
+python3 - "$work/results.jsonl" <<'PY'
+import json, statistics, sys
+runs = [json.loads(line) for line in open(sys.argv[1])]
+by = {}
+for run in runs:
+    by.setdefault(run["label"], []).append(run["rps"])
+ceiling = statistics.median(by["ceiling"])
+print(f"| server (pinned to one CPU, {len(by['ceiling'])} alternating rounds) | median req/s | vs ceiling |")
+print("|---|---|---|")
+for label, values in by.items():
+    median = statistics.median(values)
+    print(f"| {label} | {median:.0f} | {median / ceiling:.2f}x |")
+PY
