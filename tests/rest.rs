@@ -184,3 +184,34 @@ fn with_tls_the_rest_api_serves_the_grpc_certificate_and_only_tls() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&plain.stdout).contains("scopes"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_gone_is_503_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut etcd = Etcd::start(dir.path());
+    let server = fleet(dir.path(), "a", &etcd, &["--request-timeout-ms", "3000"]);
+    let rest = server.http_addr.clone().unwrap();
+    let (status, body) = create(
+        &rest,
+        &server.admin_token,
+        Some("acme"),
+        r#"{"name": "k", "scopes": ["mail.send"]}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    etcd.kill9();
+    let auth = format!("Bearer {}", server.admin_token);
+    let (status, head, body) = http_request(
+        &rest,
+        "POST",
+        "/v3/api_keys",
+        &[
+            ("Authorization", &auth),
+            ("on-behalf-of", "acme"),
+            ("Content-Type", "application/json"),
+        ],
+        Some(r#"{"name": "k2", "scopes": ["mail.send"]}"#),
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(head.contains("retry-after: 1"), "{head}");
+    assert!(json(&body)["errors"][0]["message"].is_string());
+}
