@@ -102,6 +102,37 @@ pub fn query(raw: Option<&str>, known: &[&str]) -> Result<BTreeMap<String, Strin
     Ok(found)
 }
 
+/// An `application/x-www-form-urlencoded` body (names may repeat).
+pub async fn form(headers: &HeaderMap, body: Body) -> Result<Vec<(String, String)>, ApiError> {
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the form is larger than {MAX_BODY_BYTES} bytes"),
+            )
+        })?;
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    if !bytes.is_empty() && !media.starts_with("application/x-www-form-urlencoded") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("content-type `{media}` is not a form"),
+        ));
+    }
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| ApiError::bad_request(None, "the form is not UTF-8"))?;
+    text.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((decode(name)?, decode(value)?))
+        })
+        .collect()
+}
+
 fn decode(text: &str) -> Result<String, ApiError> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

@@ -6,6 +6,7 @@
 //! `error.rs`. `openapi.json` describes everything served here.
 
 mod api_keys;
+mod console;
 mod error;
 mod input;
 mod tls;
@@ -95,9 +96,11 @@ impl RestApi {
     }
 }
 
-/// Every route, with SendGrid's error shape for unknown paths (404) and
-/// methods (405), and a count per route and status.
-pub fn router(api: Arc<RestApi>) -> Router {
+/// Every route (the REST API and the console), with SendGrid's error shape
+/// for unknown paths (404) and methods (405), and a count per route and
+/// status.
+pub fn router(api: Arc<RestApi>, tls: bool) -> Router {
+    let console = console::router(Arc::new(console::Console::new(api.clone(), tls)));
     Router::new()
         .route("/v3/api_keys", get(api_keys::list).post(api_keys::create))
         .route(
@@ -122,6 +125,8 @@ pub fn router(api: Arc<RestApi>) -> Router {
         )
         .route("/v3/scopes", get(api_keys::scopes))
         .route("/openapi.json", get(openapi))
+        .with_state(api)
+        .merge(console)
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such resource: see /openapi.json")
         })
@@ -132,7 +137,6 @@ pub fn router(api: Arc<RestApi>) -> Router {
             )
         })
         .layer(axum::middleware::from_fn(count))
-        .with_state(api)
 }
 
 pub use tls::acceptor as tls_acceptor;
@@ -146,11 +150,11 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "REST API listening (/v3/api_keys, /v3/scopes, /openapi.json)");
     if let Some(acceptor) = tls {
-        return tls::serve(listener, acceptor, router(api), shutdown).await;
+        return tls::serve(listener, acceptor, router(api, true), shutdown).await;
     }
     axum::serve(
         listener,
-        router(api).into_make_service_with_connect_info::<SocketAddr>(),
+        router(api, false).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await
@@ -206,7 +210,7 @@ async fn count(request: Request, next: Next) -> Response {
 
 /// The route templates, as `'static` labels.
 fn known_route(template: &str) -> &'static str {
-    const ROUTES: [&str; 7] = [
+    const ROUTES: [&str; 18] = [
         "/v3/api_keys",
         "/v3/api_keys/{id}",
         "/v3/api_keys/{id}/rotate",
@@ -214,6 +218,17 @@ fn known_route(template: &str) -> &'static str {
         "/v3/api_keys/{id}/disable",
         "/v3/scopes",
         "/openapi.json",
+        "/console",
+        "/console/sign-in",
+        "/console/sign-out",
+        "/console/keys",
+        "/console/keys/new",
+        "/console/keys/{id}",
+        "/console/keys/{id}/rotate",
+        "/console/keys/{id}/disable",
+        "/console/keys/{id}/enable",
+        "/console/keys/{id}/delete",
+        "/console/static/{file}",
     ];
     ROUTES
         .iter()

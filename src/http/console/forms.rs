@@ -1,0 +1,308 @@
+//! The key form: what the grid, the key type and the lifecycle fields say,
+//! read from a posted form or a key, and turned into the Manager's requests.
+
+use std::collections::BTreeMap;
+
+use maud::Markup;
+
+use super::pages::{self, Grid, KeyFields};
+use super::{Console, Signed};
+use crate::http::error::ApiError;
+use crate::manage::{KeyChange, KeyTerms, KeyView, NewKey};
+use crate::scope::Access;
+
+/// The first value of `name` in a form.
+pub fn value<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    form.iter()
+        .find(|(field, _)| field == name)
+        .map(|(_, value)| value.as_str())
+}
+
+#[derive(Default)]
+pub struct KeyForm {
+    name: String,
+    billing: bool,
+    levels: BTreeMap<String, Access>,
+    scopes: Vec<String>,
+    expires: String,
+    cidrs: String,
+    metadata: String,
+}
+
+impl KeyForm {
+    pub fn read(form: &[(String, String)]) -> KeyForm {
+        let mut key = KeyForm {
+            name: value(form, "name").unwrap_or("").trim().to_owned(),
+            billing: value(form, "kind") == Some("billing"),
+            expires: value(form, "expires").unwrap_or("").trim().to_owned(),
+            cidrs: value(form, "cidrs").unwrap_or("").to_owned(),
+            metadata: value(form, "metadata").unwrap_or("").to_owned(),
+            ..KeyForm::default()
+        };
+        for (field, chosen) in form {
+            if let Some(resource) = field.strip_prefix("access.") {
+                let level = match chosen.as_str() {
+                    "read" => Access::Read,
+                    "write" => Access::Write,
+                    "full" => Access::Full,
+                    _ => Access::NoAccess,
+                };
+                key.levels.insert(resource.to_owned(), level);
+            } else if field == "scope" {
+                key.scopes.push(chosen.clone());
+            }
+        }
+        key
+    }
+
+    pub fn from_view(view: &KeyView) -> KeyForm {
+        let levels: BTreeMap<String, Access> = view
+            .access
+            .iter()
+            .filter(|(_, access)| !matches!(access, Access::Custom))
+            .cloned()
+            .collect();
+        // Scopes of a resource whose level is Custom show as single scopes.
+        let custom: Vec<&String> = view
+            .access
+            .iter()
+            .filter(|(_, access)| matches!(access, Access::Custom))
+            .map(|(resource, _)| resource)
+            .collect();
+        KeyForm {
+            name: view.name.clone(),
+            billing: matches!(view.kind, crate::scope::KeyKind::Billing),
+            levels,
+            scopes: view
+                .scopes
+                .iter()
+                .filter(|scope| {
+                    custom
+                        .iter()
+                        .any(|resource| scope.starts_with(&format!("{resource}.")))
+                })
+                .cloned()
+                .collect(),
+            expires: pages::date(view.expire_time_unix_ms),
+            cidrs: view.allowed_cidrs.join("\n"),
+            metadata: view
+                .metadata
+                .iter()
+                .map(|(key, value)| format!("{key}={value}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+
+    /// The grants of the chosen key type (the other type's rows are
+    /// ignored: a billing key holds billing scopes only).
+    fn grants(&self, console: &Console, signed: &Signed) -> Vec<(String, Access)> {
+        let view = console.api.manager.scopes(&signed.caller);
+        view.resources
+            .iter()
+            .filter(|resource| resource.exclusive == self.billing)
+            .filter_map(|resource| {
+                let level = *self.levels.get(&resource.resource)?;
+                (level != Access::NoAccess).then(|| (resource.resource.clone(), level))
+            })
+            .collect()
+    }
+
+    fn terms(&self) -> Result<KeyTerms, ApiError> {
+        Ok(KeyTerms {
+            expire_time: self.expire_time()?,
+            not_before: None,
+            allowed_cidrs: self.cidr_list(),
+            metadata: self.metadata_map()?,
+        })
+    }
+
+    fn expire_time(&self) -> Result<Option<i64>, ApiError> {
+        if self.expires.is_empty() {
+            return Ok(None);
+        }
+        pages::parse_date(&self.expires)
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request(Some("expire_time"), "is not a date (YYYY-MM-DD)"))
+    }
+
+    fn cidr_list(&self) -> Vec<String> {
+        self.cidrs
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn metadata_map(&self) -> Result<BTreeMap<String, String>, ApiError> {
+        self.metadata
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .map(|line| {
+                line.split_once('=')
+                    .map(|(key, value)| (key.trim().to_owned(), value.trim().to_owned()))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            Some("metadata"),
+                            format!("`{line}` is not KEY=VALUE"),
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    fn scopes_of_kind(&self, console: &Console, signed: &Signed) -> Vec<String> {
+        let view = console.api.manager.scopes(&signed.caller);
+        self.scopes
+            .iter()
+            .filter(|scope| {
+                view.resources.iter().any(|resource| {
+                    resource.exclusive == self.billing && resource.scopes.contains(scope)
+                })
+            })
+            .cloned()
+            .collect()
+    }
+
+    pub fn new_key(
+        &self,
+        console: &Console,
+        signed: &Signed,
+        account: &str,
+    ) -> Result<NewKey, ApiError> {
+        let (grants, scopes) = (
+            self.grants(console, signed),
+            self.scopes_of_kind(console, signed),
+        );
+        if grants.is_empty() && scopes.is_empty() {
+            return Err(ApiError::bad_request(
+                Some("grants"),
+                "choose at least one access level or scope",
+            ));
+        }
+        if account.is_empty() {
+            return Err(ApiError::bad_request(
+                Some("account_id"),
+                "choose the account on the keys page first",
+            ));
+        }
+        Ok(NewKey {
+            account_id: account.to_owned(),
+            name: self.name.clone(),
+            scopes,
+            grants,
+            terms: self.terms()?,
+            all_my_scopes_except_billing: false,
+            request_id: String::new(),
+        })
+    }
+
+    pub fn change(
+        &self,
+        console: &Console,
+        signed: &Signed,
+        key_id: &str,
+    ) -> Result<KeyChange, ApiError> {
+        let (grants, scopes) = (
+            self.grants(console, signed),
+            self.scopes_of_kind(console, signed),
+        );
+        if grants.is_empty() && scopes.is_empty() {
+            return Err(ApiError::bad_request(
+                Some("grants"),
+                "a key needs at least one access level or scope",
+            ));
+        }
+        Ok(KeyChange {
+            key_id: key_id.to_owned(),
+            name: Some(self.name.clone()),
+            scopes,
+            grants,
+            expire_time: Some(self.expire_time()?),
+            allowed_cidrs: Some(self.cidr_list()),
+            metadata: Some(self.metadata_map()?),
+            ..KeyChange::default()
+        })
+    }
+
+    fn fields<'a>(&'a self, error: Option<&'a ApiError>) -> KeyFields<'a> {
+        KeyFields {
+            name: &self.name,
+            expires: &self.expires,
+            cidrs: &self.cidrs,
+            metadata: &self.metadata,
+            error: error
+                .map(|error| (error.field.as_deref().unwrap_or(""), error.message.as_str())),
+        }
+    }
+}
+
+fn with_grid<T>(
+    console: &Console,
+    signed: &Signed,
+    form: &KeyForm,
+    draw: impl FnOnce(&Grid<'_>) -> T,
+) -> T {
+    let view = console.api.manager.scopes(&signed.caller);
+    let levels = |resource: &str| {
+        form.levels
+            .get(resource)
+            .copied()
+            .unwrap_or(Access::NoAccess)
+    };
+    let grid = Grid {
+        resources: &view.resources,
+        caller_is_admin: view.caller_is_admin,
+        caller_scopes: &view.caller_scopes,
+        billing: form.billing,
+        levels: &levels,
+        chosen_scopes: &form.scopes,
+    };
+    draw(&grid)
+}
+
+pub fn create_page(
+    console: &Console,
+    signed: &Signed,
+    account: &str,
+    form: &KeyForm,
+    error: Option<&ApiError>,
+) -> Markup {
+    let title = if account.is_empty() {
+        "Create API key".to_owned()
+    } else {
+        format!("Create API key in {account}")
+    };
+    let body = with_grid(console, signed, form, |grid| {
+        pages::key_form(
+            "/console/keys",
+            "Create & View",
+            &signed.csrf,
+            Some(account),
+            &form.fields(error),
+            grid,
+        )
+    });
+    pages::page(&title, Some(&signed.frame()), body)
+}
+
+pub fn edit_form(
+    console: &Console,
+    signed: &Signed,
+    view: &KeyView,
+    form: &KeyForm,
+    error: Option<&ApiError>,
+) -> Markup {
+    with_grid(console, signed, form, |grid| {
+        pages::key_form(
+            &format!("/console/keys/{}", view.key_id),
+            "Save",
+            &signed.csrf,
+            None,
+            &form.fields(error),
+            grid,
+        )
+    })
+}

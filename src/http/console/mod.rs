@@ -1,0 +1,449 @@
+//! The key console at `/console`, on the REST listener: server-rendered
+//! pages over the same [`Manager`] as gRPC and REST (one rule set, one audit
+//! trail), plain forms that work without JavaScript (htmx only narrows the
+//! keys table in place), a server-side session per sign-in, a CSRF token and
+//! an Origin check on every change, and a strict Content-Security-Policy.
+
+mod forms;
+mod key;
+mod pages;
+mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use maud::Markup;
+
+use super::error::ApiError;
+use super::{input, RestApi};
+use crate::limit::AccountRate;
+use crate::manage::{AuditQuery, Caller, KeyView, ListQuery};
+use forms::KeyForm;
+use pages::Frame;
+use session::Sessions;
+
+/// What the console's handlers share.
+pub struct Console {
+    pub api: Arc<RestApi>,
+    sessions: Sessions,
+    /// Sign-in attempts per client address.
+    sign_ins: AccountRate,
+    /// Cookies are `Secure` when the listener is HTTPS.
+    tls: bool,
+}
+
+impl Console {
+    pub fn new(api: Arc<RestApi>, tls: bool) -> Console {
+        Console {
+            api,
+            sessions: Sessions::default(),
+            sign_ins: AccountRate::new(3),
+            tls,
+        }
+    }
+}
+
+type Shared = State<Arc<Console>>;
+
+/// The console's routes, with its security headers on every answer.
+pub fn router(console: Arc<Console>) -> Router {
+    Router::new()
+        .route("/console", get(|| async { Redirect::to("/console/keys") }))
+        .route("/console/sign-in", get(sign_in_page).post(sign_in))
+        .route("/console/sign-out", post(sign_out))
+        .route("/console/keys", get(keys).post(create))
+        .route("/console/keys/new", get(new_key))
+        .route("/console/keys/{id}", get(key::key).post(key::edit))
+        .route("/console/keys/{id}/rotate", post(key::rotate))
+        .route("/console/keys/{id}/disable", post(key::disable))
+        .route("/console/keys/{id}/enable", post(key::enable))
+        .route(
+            "/console/keys/{id}/delete",
+            get(key::confirm_delete).post(key::delete),
+        )
+        .route("/console/static/{file}", get(asset))
+        .layer(axum::middleware::from_fn(security_headers))
+        .with_state(console)
+}
+
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (
+            "content-security-policy",
+            "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'",
+        ),
+        ("x-frame-options", "DENY"),
+        ("x-content-type-options", "nosniff"),
+        // same-origin (not no-referrer): browsers then send our Origin on a
+        // form POST, which the CSRF check compares; other sites get nothing.
+        ("referrer-policy", "same-origin"),
+        ("cache-control", "no-store"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+async fn asset(Path(file): Path<String>) -> Response {
+    let (body, kind): (&'static [u8], &str) = match file.as_str() {
+        "htmx.min.js" => (include_bytes!("static/htmx.min.js"), "text/javascript"),
+        "console.js" => (include_bytes!("static/console.js"), "text/javascript"),
+        "console.css" => (include_bytes!("static/console.css"), "text/css"),
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    ([(header::CONTENT_TYPE, kind)], body).into_response()
+}
+
+/// A signed-in request: who, and the session's CSRF token.
+struct Signed {
+    caller: Caller,
+    csrf: String,
+    who: String,
+}
+
+impl Signed {
+    fn frame(&self) -> Frame<'_> {
+        Frame {
+            who: &self.who,
+            csrf: &self.csrf,
+        }
+    }
+}
+
+/// The session's caller, authenticated again now (a key disabled or deleted
+/// since sign-in ends the session), or a redirect to sign in.
+fn signed_in(
+    console: &Console,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<Signed, Box<Response>> {
+    let to_sign_in = || Box::new(Redirect::to("/console/sign-in").into_response());
+    let id = session::cookie_id(headers).ok_or_else(to_sign_in)?;
+    let (credential, csrf) = console.sessions.get(&id).ok_or_else(to_sign_in)?;
+    match console
+        .api
+        .manager
+        .authenticate_from(Some(&credential), Some(peer.ip()))
+    {
+        Ok(caller) => Ok(Signed {
+            who: match &caller {
+                Caller::Admin => "the admin".into(),
+                Caller::Key {
+                    key_id, account_id, ..
+                } => format!("key {key_id} ({account_id})"),
+            },
+            caller,
+            csrf,
+        }),
+        Err(_) => {
+            console.sessions.end(&id);
+            Err(to_sign_in())
+        }
+    }
+}
+
+/// A change must come from our own page: the session's CSRF token in the
+/// form, and (when the browser says) our own origin.
+fn same_site(
+    headers: &HeaderMap,
+    signed: &Signed,
+    form: &[(String, String)],
+) -> Result<(), Box<Response>> {
+    let refused = |why: &str| {
+        Box::new(
+            (
+                StatusCode::FORBIDDEN,
+                Html(pages::message(None, "Refused", why).into_string()),
+            )
+                .into_response(),
+        )
+    };
+    if let Some(origin) = headers
+        .get(header::ORIGIN)
+        .and_then(|value| value.to_str().ok())
+    {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("");
+        let ours = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        if ours != Some(host) {
+            return Err(refused("the request came from another site"));
+        }
+    }
+    let sent = forms::value(form, "csrf").unwrap_or("");
+    if !session::same(sent, &signed.csrf) {
+        return Err(refused(
+            "the form's security token is missing or stale: reload the page",
+        ));
+    }
+    Ok(())
+}
+
+fn html(markup: Markup) -> Response {
+    Html(markup.into_string()).into_response()
+}
+
+async fn sign_in_page() -> Response {
+    html(pages::sign_in(None))
+}
+
+async fn sign_in(
+    State(console): Shared,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let again = |status: StatusCode, why: &str| {
+        (status, Html(pages::sign_in(Some(why)).into_string())).into_response()
+    };
+    if console
+        .sign_ins
+        .take(&Arc::from(peer.ip().to_string()))
+        .is_err()
+    {
+        return again(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many sign-in attempts: wait a second and try again",
+        );
+    }
+    let form = match input::form(&headers, body).await {
+        Ok(form) => form,
+        Err(error) => return again(error.status, &error.message),
+    };
+    let credential = forms::value(&form, "credential")
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    match console
+        .api
+        .manager
+        .authenticate_from(Some(&credential), Some(peer.ip()))
+    {
+        Ok(_) => {
+            let id = console.sessions.start(&credential);
+            let secure = if console.tls { "; Secure" } else { "" };
+            let cookie = format!(
+                "{}={id}; Path=/console; HttpOnly; SameSite=Strict{secure}",
+                session::COOKIE
+            );
+            let mut response = Redirect::to("/console/keys").into_response();
+            if let Ok(value) = HeaderValue::from_str(&cookie) {
+                response.headers_mut().insert(header::SET_COOKIE, value);
+            }
+            response
+        }
+        Err(error) => again(StatusCode::UNAUTHORIZED, &ApiError::from(error).message),
+    }
+}
+
+async fn sign_out(
+    State(console): Shared,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let signed = match signed_in(&console, &headers, peer) {
+        Ok(signed) => signed,
+        Err(response) => return *response,
+    };
+    let form = input::form(&headers, body).await.unwrap_or_default();
+    if let Err(response) = same_site(&headers, &signed, &form) {
+        return *response;
+    }
+    if let Some(id) = session::cookie_id(&headers) {
+        console.sessions.end(&id);
+    }
+    let mut response = Redirect::to("/console/sign-in").into_response();
+    let gone = format!(
+        "{}=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0",
+        session::COOKIE
+    );
+    if let Ok(value) = HeaderValue::from_str(&gone) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// The account a page works in: the admin names it; a key has its own.
+fn account_of(signed: &Signed, asked: Option<&str>) -> String {
+    match &signed.caller {
+        Caller::Admin => asked.unwrap_or("").trim().to_owned(),
+        Caller::Key { account_id, .. } => account_id.to_string(),
+    }
+}
+
+fn state_of(view: &KeyView) -> &'static str {
+    let now = crate::authz::now_unix_ms();
+    if !view.enabled {
+        "disabled"
+    } else if view.expire_time_unix_ms != 0 && view.expire_time_unix_ms <= now {
+        "expired"
+    } else if view.previous_secret_expire_unix_ms > now {
+        "rotating"
+    } else {
+        "active"
+    }
+}
+
+fn failed(signed: Option<&Signed>, error: ApiError) -> Response {
+    let frame = signed.map(Signed::frame);
+    (
+        error.status,
+        Html(pages::message(frame.as_ref(), "Not done", &error.message).into_string()),
+    )
+        .into_response()
+}
+
+/// The keys page's query: account (the admin's choice), name, state.
+fn keys_query(raw: Option<&str>) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
+    input::query(raw, &["account", "name", "state"])
+}
+
+async fn keys(
+    State(console): Shared,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let signed = match signed_in(&console, &headers, peer) {
+        Ok(signed) => signed,
+        Err(response) => return *response,
+    };
+    let mut query = match keys_query(raw.as_deref()) {
+        Ok(query) => query,
+        Err(error) => return failed(Some(&signed), error),
+    };
+    let account = account_of(&signed, query.get("account").map(String::as_str));
+    let name = query.remove("name").unwrap_or_default();
+    let state = query.remove("state").unwrap_or_default();
+    let mut rows = Vec::new();
+    if !account.is_empty() {
+        let (manager, caller, account) = (
+            console.api.manager.clone(),
+            signed.caller.clone(),
+            account.clone(),
+        );
+        let listed = console
+            .api
+            .off_workers(move || {
+                manager.list(
+                    &caller,
+                    ListQuery {
+                        account_id: account,
+                        page_size: 1000,
+                        page_token: String::new(),
+                    },
+                )
+            })
+            .await;
+        let (views, _) = match listed {
+            Ok(listed) => listed,
+            Err(error) => return failed(Some(&signed), error),
+        };
+        let needle = name.to_lowercase();
+        rows = views
+            .into_iter()
+            .filter(|view| view.name.to_lowercase().contains(&needle))
+            .map(|view| pages::KeyRow {
+                state: state_of(&view),
+                expires: pages::date(view.expire_time_unix_ms),
+                last_used: pages::utc(view.last_used_unix_ms),
+                view,
+            })
+            .filter(|row| state.is_empty() || row.state == state)
+            .collect();
+    }
+    let is_admin = matches!(signed.caller, Caller::Admin);
+    html(pages::keys(
+        &signed.frame(),
+        &account,
+        is_admin,
+        &name,
+        &state,
+        &rows,
+    ))
+}
+
+async fn new_key(
+    State(console): Shared,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let signed = match signed_in(&console, &headers, peer) {
+        Ok(signed) => signed,
+        Err(response) => return *response,
+    };
+    let query = match keys_query(raw.as_deref()) {
+        Ok(query) => query,
+        Err(error) => return failed(Some(&signed), error),
+    };
+    let account = account_of(&signed, query.get("account").map(String::as_str));
+    let form = KeyForm::default();
+    html(forms::create_page(&console, &signed, &account, &form, None))
+}
+
+async fn create(
+    State(console): Shared,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let signed = match signed_in(&console, &headers, peer) {
+        Ok(signed) => signed,
+        Err(response) => return *response,
+    };
+    let fields = match input::form(&headers, body).await {
+        Ok(fields) => fields,
+        Err(error) => return failed(Some(&signed), error),
+    };
+    if let Err(response) = same_site(&headers, &signed, &fields) {
+        return *response;
+    }
+    let account = account_of(&signed, forms::value(&fields, "account"));
+    let form = KeyForm::read(&fields);
+    let new_key = match form.new_key(&console, &signed, &account) {
+        Ok(new_key) => new_key,
+        Err(error) => {
+            return html(forms::create_page(
+                &console,
+                &signed,
+                &account,
+                &form,
+                Some(&error),
+            ))
+        }
+    };
+    let (manager, caller) = (console.api.manager.clone(), signed.caller.clone());
+    match console
+        .api
+        .detached(async move { manager.create(&caller, new_key).await })
+        .await
+    {
+        Ok((view, token)) => html(pages::token_once(
+            &signed.frame(),
+            "Create & View",
+            &view,
+            &token,
+        )),
+        Err(error) => (
+            error.status,
+            Html(
+                forms::create_page(&console, &signed, &account, &form, Some(&error)).into_string(),
+            ),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,419 @@
+//! The console's HTML (maud: every value is escaped). No inline script or
+//! style: the stylesheet and scripts are files under `/console/static/`, so
+//! the Content-Security-Policy can say `default-src 'self'`.
+
+use maud::{html, Markup, DOCTYPE};
+
+use crate::manage::{KeyView, ResourceView};
+use crate::scope::Access;
+use crate::store::AuditEvent;
+
+/// What every signed-in page knows.
+pub struct Frame<'a> {
+    pub who: &'a str,
+    pub csrf: &'a str,
+}
+
+pub fn page(title: &str, frame: Option<&Frame<'_>>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                meta name="htmx-config" content=r#"{"includeIndicatorStyles": false}"#;
+                title { (title) " · scopegate" }
+                link rel="stylesheet" href="/console/static/console.css";
+                script src="/console/static/htmx.min.js" defer {}
+                script src="/console/static/console.js" defer {}
+            }
+            body {
+                header {
+                    a.brand href="/console/keys" { "scopegate" }
+                    @if let Some(frame) = frame {
+                        span.who { "Signed in as " (frame.who) }
+                        form method="post" action="/console/sign-out" {
+                            input type="hidden" name="csrf" value=(frame.csrf);
+                            button type="submit" { "Sign out" }
+                        }
+                    }
+                }
+                main { h1 { (title) } (body) }
+            }
+        }
+    }
+}
+
+pub fn sign_in(error: Option<&str>) -> Markup {
+    page(
+        "Sign in",
+        None,
+        html! {
+            form method="post" action="/console/sign-in" {
+                @if let Some(error) = error { p.error role="alert" { (error) } }
+                label for="credential" { "Admin token or API key" }
+                input #credential type="password" name="credential" autocomplete="off" required;
+                button type="submit" { "Sign in" }
+            }
+            p.hint { "An API key needs the api_keys scopes it will use. The credential stays on the server for this session only." }
+        },
+    )
+}
+
+/// One row of the keys table.
+pub struct KeyRow {
+    pub view: KeyView,
+    pub state: &'static str,
+    pub expires: String,
+    pub last_used: String,
+}
+
+pub fn keys(
+    frame: &Frame<'_>,
+    account: &str,
+    is_admin: bool,
+    name: &str,
+    state: &str,
+    rows: &[KeyRow],
+) -> Markup {
+    page(
+        "API keys",
+        Some(frame),
+        html! {
+            form.filters method="get" action="/console/keys" hx-get="/console/keys" hx-target="#keys" hx-select="#keys" hx-trigger="change, keyup delay:300ms from:#name" {
+                @if is_admin {
+                    label for="account" { "Account" }
+                    input #account name="account" value=(account) required;
+                }
+                label for="name" { "Name contains" }
+                input #name name="name" value=(name);
+                label for="state" { "State" }
+                select #state name="state" {
+                    @for option in ["", "active", "disabled", "expired", "rotating"] {
+                        option value=(option) selected[option == state] { @if option.is_empty() { "any" } @else { (option) } }
+                    }
+                }
+                button type="submit" { "Show" }
+            }
+            @if !account.is_empty() {
+                p { a.button href=(format!("/console/keys/new?account={}", url(account))) { "Create API key" } }
+            }
+            table #keys {
+                thead { tr { th { "Name" } th { "ID" } th { "Kind" } th { "State" } th { "Expires" } th { "Last used" } } }
+                tbody {
+                    @for row in rows {
+                        tr {
+                            td { a href=(format!("/console/keys/{}", row.view.key_id)) { (row.view.name) } }
+                            td { code { (row.view.key_id) } }
+                            td { (crate::telemetry::kind_label(row.view.kind)) }
+                            td { (row.state) }
+                            td { (row.expires) }
+                            td { (row.last_used) }
+                        }
+                    }
+                    @if rows.is_empty() { tr { td colspan="6" { "No keys." } } }
+                }
+            }
+        },
+    )
+}
+
+/// The permissions grid's state for one form.
+pub struct Grid<'a> {
+    pub resources: &'a [ResourceView],
+    /// Everything is allowed (the admin).
+    pub caller_is_admin: bool,
+    pub caller_scopes: &'a [String],
+    pub billing: bool,
+    /// Chosen level per resource.
+    pub levels: &'a dyn Fn(&str) -> Access,
+    pub chosen_scopes: &'a [String],
+}
+
+fn level_value(access: Access) -> &'static str {
+    match access {
+        Access::Read => "read",
+        Access::Write => "write",
+        Access::Full => "full",
+        _ => "none",
+    }
+}
+
+fn level_label(access: Access) -> &'static str {
+    match access {
+        Access::Read => "Read Access",
+        Access::Write => "Write Access",
+        Access::Full => "Full Access",
+        _ => "No Access",
+    }
+}
+
+/// Whether a caller holding `held` on a resource may grant `level`.
+fn may_grant(held: Access, level: Access) -> bool {
+    level == Access::NoAccess || held == Access::Full || held == level
+}
+
+fn grid_rows(grid: &Grid<'_>, exclusive: bool) -> Markup {
+    html! {
+        @for resource in grid.resources.iter().filter(|r| r.exclusive == exclusive) {
+            @let chosen = (grid.levels)(&resource.resource);
+            @let held = if grid.caller_is_admin { Access::Full } else { resource.caller_access };
+            fieldset.row {
+                legend { (resource.resource) }
+                @for level in std::iter::once(Access::NoAccess).chain(resource.grantable.iter().copied()) {
+                    @let id = format!("level-{}-{}", resource.resource, level_value(level));
+                    @let allowed = may_grant(held, level);
+                    span.level {
+                        input id=(id) type="radio" name=(format!("access.{}", resource.resource)) value=(level_value(level))
+                            checked[chosen == level] disabled[!allowed];
+                        label for=(id) title=[(!allowed).then(|| format!("you hold {} on {}", level_label(held), resource.resource))] {
+                            (level_label(level))
+                        }
+                        @if !allowed { span.reason { "(you lack it)" } }
+                    }
+                }
+                details {
+                    summary { "individual scopes" }
+                    @for scope in &resource.scopes {
+                        @let id = format!("scope-{scope}");
+                        @let held_scope = grid.caller_is_admin || grid.caller_scopes.contains(scope);
+                        span.scope {
+                            input id=(id) type="checkbox" name="scope" value=(scope)
+                                checked[grid.chosen_scopes.contains(scope)] disabled[!held_scope];
+                            label for=(id) { (scope) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The create and edit form's fields (not the form element itself).
+pub struct KeyFields<'a> {
+    pub name: &'a str,
+    pub expires: &'a str,
+    pub cidrs: &'a str,
+    pub metadata: &'a str,
+    /// (field, message) of the Manager's error, shown next to that field.
+    pub error: Option<(&'a str, &'a str)>,
+}
+
+fn error_for(fields: &KeyFields<'_>, names: &[&str]) -> Markup {
+    html! {
+        @if let Some((field, message)) = fields.error {
+            @if names.contains(&field) { p.error role="alert" { (message) } }
+        }
+    }
+}
+
+pub fn key_form(
+    action: &str,
+    submit: &str,
+    csrf: &str,
+    account: Option<&str>,
+    fields: &KeyFields<'_>,
+    grid: &Grid<'_>,
+) -> Markup {
+    html! {
+        form.key method="post" action=(action) {
+            input type="hidden" name="csrf" value=(csrf);
+            @if let Some(account) = account { input type="hidden" name="account" value=(account); }
+            @if let Some((field, message)) = fields.error {
+                @if !["name", "scopes", "grants", "expire_time", "allowed_cidrs", "metadata"].contains(&field) {
+                    p.error role="alert" { (message) }
+                }
+            }
+            label for="key-name" { "Name" }
+            input #key-name name="name" value=(fields.name) required;
+            (error_for(fields, &["name"]))
+            fieldset.kind {
+                legend { "Key type" }
+                input #kind-general type="radio" name="kind" value="general" checked[!grid.billing];
+                label for="kind-general" { "General Access" }
+                input #kind-billing type="radio" name="kind" value="billing" checked[grid.billing];
+                label for="kind-billing" { "Billing Access" }
+                p.hint { "Billing access is a key of its own: it never shares a key with other scopes." }
+            }
+            (error_for(fields, &["scopes", "grants"]))
+            div.grid.general { (grid_rows(grid, false)) }
+            div.grid.billing { (grid_rows(grid, true)) }
+            label for="expires" { "Expires on (UTC date, empty: never)" }
+            input #expires type="date" name="expires" value=(fields.expires);
+            (error_for(fields, &["expire_time"]))
+            label for="cidrs" { "Allowed addresses (one CIDR per line, empty: anywhere)" }
+            textarea #cidrs name="cidrs" rows="3" { (fields.cidrs) }
+            (error_for(fields, &["allowed_cidrs"]))
+            label for="metadata" { "Metadata (KEY=VALUE per line)" }
+            textarea #metadata name="metadata" rows="3" { (fields.metadata) }
+            (error_for(fields, &["metadata"]))
+            button type="submit" { (submit) }
+        }
+    }
+}
+
+/// "Create & View": the token, this once.
+pub fn token_once(frame: &Frame<'_>, title: &str, view: &KeyView, token: &str) -> Markup {
+    page(
+        title,
+        Some(frame),
+        html! {
+            p.warning role="alert" { "Copy this API key now: it is shown once and never again." }
+            label for="token" { "API key for " (view.name) }
+            input #token type="text" readonly value=(token);
+            button type="button" data-copy="#token" { "Copy" }
+            p { a href=(format!("/console/keys/{}", view.key_id)) { "Done" } }
+        },
+    )
+}
+
+pub fn key_detail(
+    frame: &Frame<'_>,
+    view: &KeyView,
+    state: &str,
+    form: Markup,
+    events: &[AuditEvent],
+) -> Markup {
+    page(
+        &format!("Key {}", view.name),
+        Some(frame),
+        html! {
+            dl {
+                dt { "ID" } dd { code { (view.key_id) } }
+                dt { "Account" } dd { (view.account_id) }
+                dt { "State" } dd #state { (state) }
+                dt { "Scopes" } dd #scopes { (view.scopes.join(", ")) }
+                dt { "Secret" } dd { "fingerprint " code { (view.secret_fingerprint) } }
+            }
+            h2 { "Edit" }
+            (form)
+            h2 { "Actions" }
+            form method="post" action=(format!("/console/keys/{}/rotate", view.key_id)) {
+                input type="hidden" name="csrf" value=(frame.csrf);
+                label for="overlap" { "Previous secret keeps working for (seconds)" }
+                input #overlap type="number" name="overlap" min="0" value="0";
+                button type="submit" { "Rotate" }
+            }
+            @let toggle = if view.enabled { "disable" } else { "enable" };
+            form method="post" action=(format!("/console/keys/{}/{toggle}", view.key_id)) {
+                input type="hidden" name="csrf" value=(frame.csrf);
+                button type="submit" { @if view.enabled { "Disable" } @else { "Enable" } }
+            }
+            p { a.danger href=(format!("/console/keys/{}/delete", view.key_id)) { "Delete…" } }
+            h2 { "Audit events" }
+            table #audit {
+                thead { tr { th { "When (UTC)" } th { "Who" } th { "Action" } th { "Name after" } } }
+                tbody {
+                    @for event in events.iter().rev() {
+                        tr {
+                            td { (utc(event.time_unix_ms)) }
+                            td { (event.actor) }
+                            td { (event.action) }
+                            td { (event.after.as_ref().map_or("", |after| after.name.as_str())) }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+pub fn confirm_delete(frame: &Frame<'_>, view: &KeyView) -> Markup {
+    page(
+        "Delete key",
+        Some(frame),
+        html! {
+            p { "Delete the key " strong { (view.name) } " (" code { (view.key_id) } ")? Its token stops working at once; this cannot be undone." }
+            form method="post" action=(format!("/console/keys/{}/delete", view.key_id)) {
+                input type="hidden" name="csrf" value=(frame.csrf);
+                button.danger type="submit" { "Delete " (view.name) }
+            }
+            p { a href=(format!("/console/keys/{}", view.key_id)) { "Cancel" } }
+        },
+    )
+}
+
+pub fn message(frame: Option<&Frame<'_>>, title: &str, text: &str) -> Markup {
+    page(
+        title,
+        frame,
+        html! { p role="alert" { (text) } p { a href="/console/keys" { "Back to the keys" } } },
+    )
+}
+
+/// `YYYY-MM-DD HH:MM` for unix ms (UTC); empty for 0.
+pub fn utc(unix_ms: i64) -> String {
+    if unix_ms <= 0 {
+        return String::new();
+    }
+    let secs = unix_ms / 1000;
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}",
+        rest / 3600,
+        rest % 3600 / 60
+    )
+}
+
+/// `YYYY-MM-DD` for unix ms (UTC); empty for 0.
+pub fn date(unix_ms: i64) -> String {
+    utc(unix_ms).split(' ').next().unwrap_or("").to_owned()
+}
+
+/// Unix ms of `YYYY-MM-DD` 00:00 UTC.
+pub fn parse_date(text: &str) -> Option<i64> {
+    let mut parts = text.split('-');
+    let year: i64 = parts.next()?.parse().ok()?;
+    let month: i64 = parts.next()?.parse().ok()?;
+    let day: i64 = parts.next()?.parse().ok()?;
+    if parts.next().is_some() || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some((era * 146_097 + doe - 719_468) * 86_400_000)
+}
+
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// Percent-encodes a query value.
+pub fn url(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_round_trip() {
+        for text in ["1970-01-02", "2000-02-29", "2026-11-28", "2099-12-31"] {
+            assert_eq!(date(parse_date(text).unwrap()), text);
+        }
+        assert_eq!(parse_date("2026-13-01"), None);
+        assert_eq!(parse_date("tomorrow"), None);
+    }
+}

@@ -1,0 +1,220 @@
+"""The key console in a real browser: Debian's Chromium, headless, driven by
+Selenium. Sign in, build a key on the permissions grid, prove its token with
+Authorize.Check (through `scopegate check`), edit, rotate, disable, delete;
+an API key sees the levels it lacks disabled; a hostile name renders as
+text; a forged POST is refused; the security headers are on every page.
+Screenshots go to docs/ (CONSOLE_SCREENSHOTS=1)."""
+import http.client
+import os
+import pathlib
+import shutil
+import subprocess
+import time
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
+
+from conftest import BIN, ROOT, Scopegate
+
+CHROMIUM = shutil.which("chromium")
+DRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER) and not os.environ.get("CI"),
+    reason="chromium and chromium-driver (scripts/test.sh installs them)")
+
+
+@pytest.fixture(scope="module")
+def server():
+    server = Scopegate("--mutations-per-account-per-sec", "1000")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def admin_token(server):
+    return open(os.path.join(server.data, "admin.token")).read().strip()
+
+
+@pytest.fixture()
+def browser():
+    assert CHROMIUM and DRIVER, "chromium and chromedriver must be installed"
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1600"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.implicitly_wait(5)
+    yield driver
+    driver.quit()
+
+
+def click_and_load(browser, element):
+    """Clicks what loads a new page, and waits until the old one is gone."""
+    old = browser.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(browser, 10).until(expected_conditions.staleness_of(old))
+
+
+def url(server, path):
+    return f"http://{server.http_addr}{path}"
+
+
+def sign_in(browser, server, credential):
+    browser.get(url(server, "/console/sign-in"))
+    browser.find_element(By.ID, "credential").send_keys(credential)
+    click_and_load(browser, browser.find_element(By.CSS_SELECTOR, "form button[type=submit]"))
+    assert "API keys" in browser.find_element(By.TAG_NAME, "h1").text, browser.page_source
+
+
+def decide(server, token, scope):
+    """`scopegate check` (Authorize.Check): its exit status says allowed."""
+    return subprocess.run([BIN, "check", "--server", f"http://{server.addr}", "--scope", scope],
+                          env=dict(os.environ, SCOPEGATE_CHECK_TOKEN=token), capture_output=True).returncode == 0
+
+
+def level(browser, resource, name):
+    return browser.find_element(By.ID, f"level-{resource}-{name}")
+
+
+def shot(browser, name):
+    if os.environ.get("CONSOLE_SCREENSHOTS"):
+        (ROOT / "docs").mkdir(exist_ok=True)
+        browser.save_screenshot(str(ROOT / "docs" / f"console-{name}.png"))
+
+
+def test_the_admin_builds_a_key_on_the_grid_and_runs_its_lifecycle(server, admin_token, browser):
+    sign_in(browser, server, admin_token)
+    browser.get(url(server, "/console/keys/new?account=acme"))
+    browser.find_element(By.ID, "key-name").send_keys("batch sender")
+    level(browser, "mail.batch", "full").click()
+    level(browser, "stats", "read").click()
+    # The labels read as the original product's.
+    labels = {label.text for label in browser.find_elements(By.CSS_SELECTOR, ".level label")}
+    assert {"No Access", "Read Access", "Full Access"} <= labels
+    shot(browser, "grid")
+    click_and_load(browser, browser.find_element(By.CSS_SELECTOR, "form.key button[type=submit]"))
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Create & View", browser.page_source
+    token = browser.find_element(By.ID, "token").get_attribute("value")
+    assert token.startswith("SG.")
+    shot(browser, "created")
+    assert decide(server, token, "mail.batch.create")
+    assert decide(server, token, "stats.read")
+    assert not decide(server, token, "whitelabel.read")
+
+    # Never shown again: the key's page has its fingerprint, not its token.
+    click_and_load(browser, browser.find_element(By.LINK_TEXT, "Done"))
+    assert token not in browser.page_source
+    key_url = browser.current_url
+
+    # Edit: stats to No Access; the check changes at once.
+    level(browser, "stats", "none").click()
+    click_and_load(browser, browser.find_element(By.CSS_SELECTOR, "form.key button[type=submit]"))
+    assert "stats.read" not in browser.find_element(By.ID, "scopes").text
+    assert not decide(server, token, "stats.read")
+    assert decide(server, token, "mail.batch.create")
+
+    # Rotate: a new token, the old one stops (overlap 0).
+    click_and_load(browser, browser.find_element(By.XPATH, "//button[text()='Rotate']"))
+    rotated = browser.find_element(By.ID, "token").get_attribute("value")
+    assert rotated != token and decide(server, rotated, "mail.batch.create")
+    assert not decide(server, token, "mail.batch.create")
+
+    # Disable, then delete (the confirmation names the key).
+    browser.get(key_url)
+    click_and_load(browser, browser.find_element(By.XPATH, "//button[text()='Disable']"))
+    assert browser.find_element(By.ID, "state").text == "disabled"
+    assert not decide(server, rotated, "mail.batch.create")
+    click_and_load(browser, browser.find_element(By.LINK_TEXT, "Delete…"))
+    assert "batch sender" in browser.find_element(By.TAG_NAME, "main").text
+    click_and_load(browser, browser.find_element(By.CSS_SELECTOR, "button.danger"))
+    assert "deleted" in browser.find_element(By.TAG_NAME, "main").text
+    browser.get(url(server, "/console/keys?account=acme"))
+    assert "batch sender" not in browser.find_element(By.ID, "keys").text
+    # The audit trail saw all of it (through the gRPC CLI).
+    events = server.cli("audit", "--account", "acme")
+    actions = [event["action"] for event in events.get("events", events if isinstance(events, list) else [])]
+    assert {"create", "update", "rotate", "disable", "delete"} <= set(actions), events
+
+
+def test_an_api_key_sees_the_levels_it_lacks_disabled(server, browser):
+    manager = server.create_key("api_keys.create", "api_keys.read", "api_keys.update", "mail.send",
+                                "stats.read")["token"]
+    sign_in(browser, server, manager)
+    browser.get(url(server, "/console/keys/new"))
+    assert not level(browser, "stats", "read").get_attribute("disabled")
+    assert level(browser, "whitelabel", "read").get_attribute("disabled")
+    assert level(browser, "mail.batch", "full").get_attribute("disabled")
+    # The server refuses what the page disables, whatever the browser sends.
+    browser.find_element(By.ID, "key-name").send_keys("sneaky")
+    browser.execute_script("document.getElementById('level-whitelabel-read').disabled = false;")
+    level(browser, "whitelabel", "read").click()
+    click_and_load(browser, browser.find_element(By.CSS_SELECTOR, "form.key button[type=submit]"))
+    assert "whitelabel.read" in browser.find_element(By.CSS_SELECTOR, ".error").text
+
+
+def test_a_hostile_name_is_text(server, admin_token, browser):
+    sign_in(browser, server, admin_token)
+    browser.get(url(server, "/console/keys/new?account=acme"))
+    browser.find_element(By.ID, "key-name").send_keys("<img src=x onerror=alert(1)>")
+    level(browser, "stats", "read").click()
+    click_and_load(browser, browser.find_element(By.CSS_SELECTOR, "form.key button[type=submit]"))
+    browser.get(url(server, "/console/keys?account=acme"))
+    assert "<img src=x onerror=alert(1)>" in browser.find_element(By.ID, "keys").text
+    assert not browser.find_elements(By.CSS_SELECTOR, "#keys img")
+
+
+def raw(server, method, path, body=None, headers=None):
+    host, port = server.http_addr.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    connection.request(method, path, body=body, headers=headers or {})
+    response = connection.getresponse()
+    answer = (response.status, {k.lower(): v for k, v in response.getheaders()}, response.read().decode())
+    connection.close()
+    return answer
+
+
+def test_forged_posts_are_refused_and_headers_are_strict(server, admin_token):
+    status, headers, _ = raw(server, "POST", "/console/sign-in", f"credential={admin_token}",
+                             {"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 303
+    cookie = headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    session = cookie.split(";")[0]
+    for path in ("/console/sign-in", "/console/keys?account=acme", "/console/keys/new?account=acme"):
+        _, page_headers, _ = raw(server, "GET", path, headers={"Cookie": session})
+        assert page_headers["content-security-policy"].startswith("default-src 'self'")
+        assert "frame-ancestors 'none'" in page_headers["content-security-policy"]
+        assert page_headers["x-frame-options"] == "DENY"
+        assert page_headers["cache-control"] == "no-store"
+    form = {"Cookie": session, "Content-Type": "application/x-www-form-urlencoded"}
+    create = "account=acme&name=forged&access.stats=read"
+    # No CSRF token: refused, nothing made.
+    status, _, _ = raw(server, "POST", "/console/keys", create, form)
+    assert status == 403
+    # The right token from another site: refused too.
+    _, _, page = raw(server, "GET", "/console/keys/new?account=acme", headers={"Cookie": session})
+    csrf = page.split('name="csrf" value="')[1].split('"')[0]
+    status, _, _ = raw(server, "POST", "/console/keys", f"csrf={csrf}&{create}",
+                       dict(form, Origin="http://evil.example"))
+    assert status == 403
+    listed = server.cli("keys", "list", "--account", "acme", "--page-size", "1000")
+    assert "forged" not in {key["name"] for key in listed["keys"]}
+    # With both, it is made.
+    status, _, page = raw(server, "POST", "/console/keys", f"csrf={csrf}&{create}", form)
+    assert status == 200 and "Create &amp; View" in page
+
+
+def test_sign_in_attempts_are_rate_limited(server):
+    time.sleep(1.5)  # a full bucket (3 a second per address)
+    answers = [raw(server, "POST", "/console/sign-in", "credential=wrong",
+                   {"Content-Type": "application/x-www-form-urlencoded"})[0] for _ in range(10)]
+    assert answers[0] == 401 and 429 in answers, answers
+
+
+def test_the_credential_never_reaches_the_log(server, admin_token):
+    log = pathlib.Path(server.log_path).read_text()
+    assert admin_token not in log
