@@ -21,6 +21,9 @@ cargo build --release --locked --bin scopegate --example loadgen
 bin="${SCOPEGATE_BIN:-$CARGO_TARGET_DIR/release/scopegate}"
 loadgen="$CARGO_TARGET_DIR/release/examples/loadgen"
 work=$(mktemp -d)
+# Builds from before the REST listener have no --http-listen.
+no_rest=()
+"$bin" serve --help | grep -q -- --http-listen && no_rest=(--http-listen none)
 server_pid=""
 cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2> /dev/null; rm -rf "$work"; }
 trap cleanup EXIT
@@ -88,7 +91,7 @@ kill "$server_pid"; wait "$server_pid" 2> /dev/null || true; server_pid=""
 fi
 
 echo "== scopegate (default flags, metrics on) under callgrind: $bin" >&2
-"$bin" serve --http-listen none --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$work/data" \
+"$bin" serve "${no_rest[@]}" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$work/data" \
   --log-format json 2> "$work/prepare.log" &
 server_pid=$!
 wait_for "$work/prepare.log" "keys loaded; serving"
@@ -97,7 +100,7 @@ token=$("$bin" keys create --server "http://$addr" --data-dir "$work/data" --acc
   --name load --scope mail.send --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 kill "$server_pid"; wait "$server_pid" 2> /dev/null || true
 valgrind --tool=callgrind --callgrind-out-file="$work/scopegate.cg" \
-  "$bin" serve --http-listen none --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$work/data" \
+  "$bin" serve "${no_rest[@]}" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$work/data" \
   --log-format json 2> "$work/serve.log" &
 server_pid=$!
 wait_for "$work/serve.log" "keys loaded; serving"
