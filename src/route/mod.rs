@@ -49,6 +49,9 @@ pub const DEFAULT_ROUTES_TOML: &str = include_str!("../../examples/routes.toml")
 
 const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
+/// `{param}` segments in one template at most (matchit panics past 25).
+const MAX_TEMPLATE_PARAMETERS: usize = 16;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
     #[error("cannot read routes {path}: {reason}")]
@@ -140,8 +143,16 @@ impl RuleFile {
             }
             _ => return Err("give exactly one of `path` or `prefix`".into()),
         };
-        match templates.iter().find(|template| !template.starts_with('/')) {
-            Some(template) => Err(format!("path `{template}` must start with /")),
+        if let Some(template) = templates.iter().find(|template| !template.starts_with('/')) {
+            return Err(format!("path `{template}` must start with /"));
+        }
+        match templates
+            .iter()
+            .find(|template| template.matches('{').count() > MAX_TEMPLATE_PARAMETERS)
+        {
+            Some(template) => Err(format!(
+                "path `{template}` has more than {MAX_TEMPLATE_PARAMETERS} parameters"
+            )),
             None => Ok(templates),
         }
     }

@@ -282,3 +282,16 @@ fn normalisation_fast_path_matches_its_definition() {
         }
     }
 }
+
+/// Found by the `config_toml` fuzz target: matchit panics on a template
+/// with more than 25 parameters; the loader must refuse it with a reason.
+#[test]
+fn a_template_with_too_many_parameters_is_an_error_not_a_panic() {
+    let many: String = (0..30).map(|i| format!("/{{p{i}}}")).collect();
+    let text = format!("[[route]]\npath = \"{many}\"\nscope = \"stats.read\"\n");
+    let error = table(&text).err().expect("refused");
+    assert!(error.to_string().contains("parameters"), "{error}");
+    let sixteen: String = (0..16).map(|i| format!("/{{p{i}}}")).collect();
+    let text = format!("[[route]]\npath = \"{sixteen}\"\nscope = \"stats.read\"\n");
+    assert!(table(&text).is_ok());
+}
