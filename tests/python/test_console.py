@@ -128,12 +128,18 @@ def test_the_admin_builds_a_key_on_the_grid_and_runs_its_lifecycle(server, admin
     click_and_load(browser, browser.find_element(By.XPATH, "//button[text()='Disable']"))
     assert browser.find_element(By.ID, "state").text == "disabled"
     assert not decide(server, rotated, "mail.batch.create")
+    audit = browser.find_element(By.ID, "audit").text
+    assert all(action in audit for action in ("create", "update", "rotate", "disable")), audit
     click_and_load(browser, browser.find_element(By.LINK_TEXT, "Delete…"))
     assert "batch sender" in browser.find_element(By.TAG_NAME, "main").text
     click_and_load(browser, browser.find_element(By.CSS_SELECTOR, "button.danger"))
     assert "deleted" in browser.find_element(By.TAG_NAME, "main").text
     browser.get(url(server, "/console/keys?account=acme"))
     assert "batch sender" not in browser.find_element(By.ID, "keys").text
+    # Signing out ends the session: the pages ask to sign in again.
+    click_and_load(browser, browser.find_element(By.XPATH, "//button[text()='Sign out']"))
+    browser.get(url(server, "/console/keys?account=acme"))
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Sign in"
     # The audit trail saw all of it (through the gRPC CLI).
     events = server.cli("audit", "--account", "acme")
     actions = [event["action"] for event in events.get("events", events if isinstance(events, list) else [])]
