@@ -323,6 +323,10 @@ fn the_size_check_measures_functions() {
     assert!(long_functions(&text, 83).is_empty());
     // Braces in strings and char literals are not blocks.
     let tricky = "fn f() {\n    let a = format!(\"{{x}}/{{\");\n    let b = s.matches('{');\n}\nfn g() {\n}\n";
-    assert!(long_functions(tricky, 4).is_empty(), "{:?}", long_functions(tricky, 4));
+    assert!(
+        long_functions(tricky, 4).is_empty(),
+        "{:?}",
+        long_functions(tricky, 4)
+    );
     assert_eq!(long_functions(tricky, 3), vec![("f".to_owned(), 4)]);
 }
