@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fleet;
+pub mod lifecycle;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
