@@ -61,7 +61,8 @@ pub struct ServeOptions {
     #[arg(long, env = "SCOPEGATE_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
     /// HTTP address of the SendGrid-shaped REST API (/v3/api_keys,
-    /// /v3/scopes, /openapi.json), or "none". Same TLS as gRPC.
+    /// /v3/scopes, /openapi.json) and the key console (/console), or "none".
+    /// Same TLS as gRPC.
     /// [default: 127.0.0.1:8080]
     #[arg(long, env = "SCOPEGATE_HTTP_LISTEN")]
     pub http_listen: Option<String>,
