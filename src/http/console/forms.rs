@@ -18,6 +18,9 @@ pub fn value<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, value)| value.as_str())
 }
 
+/// (resource, level) pairs of a key.
+type Grants = Vec<(String, Access)>;
+
 #[derive(Default)]
 pub struct KeyForm {
     name: String,
@@ -166,12 +169,13 @@ impl KeyForm {
             .collect()
     }
 
-    pub fn new_key(
+    /// The grants and single scopes of the chosen key type (read from one
+    /// view of the catalog); at least one of them.
+    fn chosen(
         &self,
         console: &Console,
         signed: &Signed,
-        account: &str,
-    ) -> Result<NewKey, ApiError> {
+    ) -> Result<(Grants, Vec<String>), ApiError> {
         let (grants, scopes) = (
             self.grants(console, signed),
             self.scopes_of_kind(console, signed),
@@ -182,6 +186,16 @@ impl KeyForm {
                 "choose at least one access level or scope",
             ));
         }
+        Ok((grants, scopes))
+    }
+
+    pub fn new_key(
+        &self,
+        console: &Console,
+        signed: &Signed,
+        account: &str,
+    ) -> Result<NewKey, ApiError> {
+        let (grants, scopes) = self.chosen(console, signed)?;
         if account.is_empty() {
             return Err(ApiError::bad_request(
                 Some("account_id"),
@@ -205,16 +219,7 @@ impl KeyForm {
         signed: &Signed,
         key_id: &str,
     ) -> Result<KeyChange, ApiError> {
-        let (grants, scopes) = (
-            self.grants(console, signed),
-            self.scopes_of_kind(console, signed),
-        );
-        if grants.is_empty() && scopes.is_empty() {
-            return Err(ApiError::bad_request(
-                Some("grants"),
-                "a key needs at least one access level or scope",
-            ));
-        }
+        let (grants, scopes) = self.chosen(console, signed)?;
         Ok(KeyChange {
             key_id: key_id.to_owned(),
             name: Some(self.name.clone()),
