@@ -173,6 +173,11 @@ fn benches(c: &mut Criterion) {
             decision_log_every: 0,
             decisions_seen: Default::default(),
             dry_run_seen: Default::default(),
+            counters: scopegate::counters::Counters::start(
+                &scopegate::counters::CountersConfig::Memory,
+                false,
+            )
+            .unwrap(),
         }),
         config: ExtAuthzConfig::default(),
     };

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::net::IpAddr;
 
 use crate::key::{KeyLimits, KeyTable, Metadata};
+use crate::ratelimit::{Applicable, RateStatus};
 use crate::route::{RouteMiss, RouteTable};
 use crate::scope::{Catalog, ScopeId, ScopeSet};
 use crate::token::{KeyId, TokenFormat};
@@ -24,6 +25,9 @@ pub enum Decision {
         account_id: Arc<str>,
         /// The key's metadata, if it has any (a reference count, no copy).
         metadata: Option<Arc<Metadata>>,
+        /// The key's rate limits this request counts against, if any: the
+        /// edge counts them ([`crate::counters`]) before it answers.
+        rate: Option<Applicable>,
     },
     MissingToken,
     MalformedToken,
@@ -47,6 +51,13 @@ pub enum Decision {
     Disabled,
     /// The request's address is outside the key's allowed CIDRs (or unknown).
     IpNotAllowed,
+    /// Allowed by scope, over one of the key's rate limits (decided by the
+    /// counters, after everything else).
+    RateLimited {
+        key_id: KeyId,
+        account_id: Arc<str>,
+        status: RateStatus,
+    },
 }
 
 impl Decision {
@@ -76,6 +87,13 @@ impl Decision {
             Decision::IpNotAllowed => {
                 "the API key may not be used from this address".into()
             }
+            Decision::RateLimited { status, .. } => format!(
+                "the API key is over its rate limit `{}` ({} per {}): retry in {} s",
+                status.name,
+                status.limit,
+                crate::ratelimit::window_text(status.window_secs),
+                status.reset_secs
+            ),
             Decision::MethodOverride => {
                 "method-override headers (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override) are refused".into()
             }
@@ -240,6 +258,12 @@ fn decide_with(
                 key_id: parsed.key_id,
                 account_id: entry.account_id.clone(),
                 metadata: limits.and_then(|limits| limits.metadata.clone()),
+                rate: limits.and_then(|limits| limits.rate.as_ref()).and_then(
+                    |rate| match required {
+                        Required::Scope(scope) => Applicable::for_scope(rate, scope),
+                        Required::Set(required) => Applicable::for_set(rate, required),
+                    },
+                ),
             }
         } else {
             Decision::InsufficientScope {
@@ -334,6 +358,7 @@ mod tests {
                     key_id,
                     account_id: "acct".into(),
                     metadata: None,
+                    rate: None,
                 },
             ),
             (
@@ -344,6 +369,7 @@ mod tests {
                     key_id,
                     account_id: "acct".into(),
                     metadata: None,
+                    rate: None,
                 },
             ),
             (

@@ -110,6 +110,8 @@ pub struct KeyLimits {
     /// them: kept here so that the entry stays its size (a `ScopeSet` inline
     /// would push it into the next allocator size class).
     pub high_scopes: Option<Arc<HighWords>>,
+    /// Named rate limits, counted after the scope check.
+    pub rate: Option<Arc<[crate::ratelimit::ActiveLimit]>>,
 }
 
 /// A key's metadata, in key order.

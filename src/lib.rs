@@ -5,6 +5,8 @@
 //! - [`token`]: PURE. Token format, checksum, secret hashing.
 //! - [`key`]: the hot-path view of a key and the lock-free table of them.
 //! - [`route`]: PURE. HTTP route table: (method, path) → scope, path normalisation.
+//! - [`ratelimit`]: PURE. Named rate limits: parsing, no escalation, which requests count.
+//! - [`counters`]: the limits' counters (limitador: in memory or Redis).
 //! - [`authz`]: PURE. `decide` / `decide_http` → `Decision`: the hot path.
 //! - [`limit`]: admission: check and management concurrency apart, a
 //!   per-account rate for key changes.
@@ -23,11 +25,13 @@
 pub mod authz;
 pub mod cli;
 pub mod config;
+pub mod counters;
 pub mod grpc;
 pub mod http;
 pub mod key;
 pub mod limit;
 pub mod manage;
+pub mod ratelimit;
 pub mod readiness;
 pub mod request_id;
 pub mod route;

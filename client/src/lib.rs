@@ -196,6 +196,8 @@ where
 struct Denied {
     status: StatusCode,
     message: String,
+    /// Seconds, for a 429.
+    retry_after: Option<i64>,
 }
 
 impl ScopegateLayer {
@@ -236,6 +238,7 @@ impl ScopegateLayer {
         let unavailable = |reason: String| Denied {
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: format!("authorization is unavailable: {reason}"),
+            retry_after: None,
         };
         let answer = tokio::time::timeout(self.deadline, self.client.clone().check(check))
             .await
@@ -251,6 +254,7 @@ impl ScopegateLayer {
         }
         Err(Denied {
             status: http_status(answer.decision()),
+            retry_after: answer.retry_after.map(|after| after.seconds.max(1)),
             message: answer.message,
         })
     }
@@ -265,6 +269,7 @@ fn http_status(decision: Decision) -> StatusCode {
         | Decision::Expired
         | Decision::Disabled => StatusCode::UNAUTHORIZED,
         Decision::InvalidPath | Decision::MethodOverride => StatusCode::BAD_REQUEST,
+        Decision::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::FORBIDDEN,
     }
 }
@@ -291,6 +296,9 @@ impl Denied {
                 HeaderValue::from_static("Bearer realm=\"scopegate\""),
             );
         }
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 
@@ -300,6 +308,7 @@ impl Denied {
             StatusCode::UNAUTHORIZED => tonic::Code::Unauthenticated,
             StatusCode::BAD_REQUEST => tonic::Code::InvalidArgument,
             StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable,
+            StatusCode::TOO_MANY_REQUESTS => tonic::Code::ResourceExhausted,
             _ => tonic::Code::PermissionDenied,
         };
         let mut response = Response::new(Full::new(Bytes::new()));

@@ -43,6 +43,11 @@ fn service() -> &'static (ExtAuthzService, tokio::runtime::Runtime) {
                 decision_log_every: 0,
                 decisions_seen: Default::default(),
                 dry_run_seen: Default::default(),
+                counters: scopegate::counters::Counters::start(
+                    &scopegate::counters::CountersConfig::Memory,
+                    false,
+                )
+                .unwrap(),
             }),
             config: ExtAuthzConfig {
                 api_key_header: Some("x-api-key".into()),

@@ -111,7 +111,7 @@ pub(super) async fn restore(args: RestoreArgs) -> ExitCode {
 
 use serde_json::{json, Value};
 
-use crate::store::KeyRecord;
+use crate::store::{KeyRecord, RateLimitRecord};
 use crate::token::KeyId;
 
 pub fn record_to_json(record: &KeyRecord) -> Value {
@@ -132,7 +132,49 @@ pub fn record_to_json(record: &KeyRecord) -> Value {
         "previous_secret_expire_unix_ms": record.previous_secret_expire_unix_ms,
         "allowed_cidrs": record.allowed_cidrs,
         "metadata": record.metadata,
+        "rate_limits": record.rate_limits.iter().map(|limit| json!({
+            "name": limit.name,
+            "limit": limit.limit,
+            "window_secs": limit.window_secs,
+            "scopes": limit.scopes,
+            "shared": limit.shared,
+        })).collect::<Vec<_>>(),
     })
+}
+
+/// Rate limits from a backup line (absent before them).
+fn rate_limits_from_json(value: &Value) -> Result<Vec<RateLimitRecord>, String> {
+    let Some(limits) = value.as_array() else {
+        return Ok(Vec::new());
+    };
+    limits
+        .iter()
+        .map(|limit| {
+            let count = |field: &str| {
+                limit[field]
+                    .as_u64()
+                    .ok_or_else(|| format!("rate limit `{field}` is missing or not a number"))
+            };
+            Ok(RateLimitRecord {
+                name: limit["name"]
+                    .as_str()
+                    .ok_or("rate limit `name` is missing")?
+                    .to_owned(),
+                limit: count("limit")?,
+                window_secs: count("window_secs")?,
+                scopes: limit["scopes"]
+                    .as_array()
+                    .map(|scopes| {
+                        scopes
+                            .iter()
+                            .filter_map(|s| s.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                shared: limit["shared"].as_bool().unwrap_or(false),
+            })
+        })
+        .collect()
 }
 
 pub fn record_from_json(line: &str) -> Result<KeyRecord, String> {
@@ -197,6 +239,7 @@ pub fn record_from_json(line: &str) -> Result<KeyRecord, String> {
                     .collect()
             })
             .unwrap_or_default(),
+        rate_limits: rate_limits_from_json(&value["rate_limits"])?,
     })
 }
 

@@ -140,7 +140,30 @@ pub(super) fn key_json(key: &pb::ApiKey) -> Value {
         "previous_secret_expire_time": time(&key.previous_secret_expire_time),
         "allowed_cidrs": key.allowed_cidrs, "metadata": key.metadata,
         "last_used_time": time(&key.last_used_time),
+        "rate_limits": key.rate_limits.iter().map(|limit| json!({
+            "name": limit.name, "limit": limit.limit,
+            "window_seconds": limit.window.as_ref().map_or(0, |w| w.seconds),
+            "scopes": limit.scopes, "account": limit.account,
+        })).collect::<Vec<_>>(),
     })
+}
+
+/// `default=600/minute`, `org=10000/hour (account)`.
+fn limit_text(limit: &pb::RateLimit) -> String {
+    let window = limit.window.as_ref().map_or(0, |w| w.seconds.max(0) as u64);
+    let mut text = format!(
+        "{}={}/{}",
+        limit.name,
+        limit.limit,
+        crate::ratelimit::window_text(window)
+    );
+    if !limit.scopes.is_empty() {
+        text += &format!(":{}", limit.scopes.join(","));
+    }
+    if limit.account {
+        text += " (account)";
+    }
+    text
 }
 
 /// A key and its new token (CreateKey, RotateKey): the token is shown once.
@@ -188,5 +211,9 @@ pub(super) fn print_keys(keys: &[pb::ApiKey]) {
             kind,
             access.join(" ")
         );
+        if !key.rate_limits.is_empty() {
+            let limits: Vec<String> = key.rate_limits.iter().map(limit_text).collect();
+            println!("{:<22}  limits: {}", "", limits.join(", "));
+        }
     }
 }

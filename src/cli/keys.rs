@@ -119,6 +119,9 @@ pub struct UpdateArgs {
     /// Remove the metadata.
     #[arg(long, conflicts_with = "metadata")]
     no_metadata: bool,
+    /// Remove every rate limit.
+    #[arg(long, conflicts_with_all = ["limits", "account_limits"])]
+    no_limits: bool,
 }
 
 /// Lifecycle options of `keys create` and `keys update`.
@@ -139,9 +142,25 @@ pub struct TermsArgs {
     /// explicit choice: no scopes never means everything).
     #[arg(long)]
     all_my_scopes_except_billing: bool,
+    /// A rate limit on this key: NAME=COUNT/WINDOW[:SCOPE,...], e.g.
+    /// default=600/minute or send=100/second:mail.send (only requests that
+    /// need mail.send count). Windows: second, minute, hour, day, or 10s,
+    /// 5m, 2h, 7d. Repeatable; update: replaces the list.
+    #[arg(long = "limit", value_parser = parse_limit)]
+    limits: Vec<pb::RateLimit>,
+    /// A rate limit shared by every key of the account that carries one of
+    /// this name (same form as --limit).
+    #[arg(long = "account-limit", value_parser = parse_account_limit)]
+    account_limits: Vec<pb::RateLimit>,
 }
 
 impl TermsArgs {
+    fn rate_limits(&mut self) -> Vec<pb::RateLimit> {
+        let mut limits = std::mem::take(&mut self.limits);
+        limits.append(&mut self.account_limits);
+        limits
+    }
+
     fn expire_time(&self) -> Option<prost_types::Timestamp> {
         self.expires_in_secs.map(|secs| {
             prost_types::Timestamp::from(
@@ -149,6 +168,27 @@ impl TermsArgs {
             )
         })
     }
+}
+
+fn parse_limit(text: &str) -> Result<pb::RateLimit, String> {
+    limit_to_pb(crate::ratelimit::RateLimit::parse(text, false)?)
+}
+
+fn parse_account_limit(text: &str) -> Result<pb::RateLimit, String> {
+    limit_to_pb(crate::ratelimit::RateLimit::parse(text, true)?)
+}
+
+fn limit_to_pb(limit: crate::ratelimit::RateLimit) -> Result<pb::RateLimit, String> {
+    Ok(pb::RateLimit {
+        window: Some(prost_types::Duration {
+            seconds: limit.window_secs as i64,
+            nanos: 0,
+        }),
+        name: limit.name,
+        limit: limit.limit,
+        scopes: limit.scopes,
+        account: limit.shared,
+    })
 }
 
 pub(super) fn parse_meta(text: &str) -> Result<(String, String), String> {
@@ -201,10 +241,11 @@ async fn create(args: CreateArgs) -> Result<(), String> {
         name,
         scopes,
         grants,
-        terms,
+        mut terms,
         request_id,
     } = args;
     let request = pb::CreateKeyRequest {
+        rate_limits: terms.rate_limits(),
         request_id,
         account_id: account,
         name,
@@ -282,8 +323,12 @@ async fn update(args: UpdateArgs) -> Result<(), String> {
         no_expiry,
         no_cidrs,
         no_metadata,
+        no_limits,
     } = args;
+    let mut terms = terms;
+    let limits = terms.rate_limits();
     let request = pb::UpdateKeyRequest {
+        rate_limits: (no_limits || !limits.is_empty()).then_some(pb::RateLimitList { limits }),
         expire_time: terms.expire_time(),
         all_my_scopes_except_billing: terms.all_my_scopes_except_billing,
         key_id,

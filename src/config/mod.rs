@@ -28,6 +28,7 @@ pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9090";
 pub fn default_worker_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |cpus| cpus.get().min(2))
 }
+pub const DEFAULT_RATE_LIMIT_REDIS_TIMEOUT_MS: u64 = 100;
 pub const DEFAULT_SLED_CACHE_MIB: u64 = crate::store::DEFAULT_CACHE_BYTES >> 20;
 
 /// Settings of `scopegate serve`. The same names are TOML keys (snake_case),
@@ -234,6 +235,29 @@ pub struct ServeOptions {
     /// start-up on large stores. [default: 16]
     #[arg(long, env = "SCOPEGATE_SLED_CACHE_MIB")]
     pub sled_cache_mib: Option<u64>,
+    /// Keep keys' rate-limit counters in this Redis, shared by every sidecar
+    /// that names it: redis://host:6379/0, rediss:// for TLS (the system's
+    /// CAs, or SSL_CERT_FILE). Unset: counters in memory, per sidecar (per
+    /// pod: N pods allow N times a limit).
+    #[arg(long, env = "SCOPEGATE_RATE_LIMIT_REDIS")]
+    pub rate_limit_redis: Option<String>,
+    /// File holding the Redis password (mode 0600); never in the URL.
+    #[arg(long, env = "SCOPEGATE_RATE_LIMIT_REDIS_PASSWORD_FILE")]
+    pub rate_limit_redis_password_file: Option<PathBuf>,
+    /// Longest wait for Redis per check, ms; past it Redis counts as away.
+    /// [default: 100]
+    #[arg(long, env = "SCOPEGATE_RATE_LIMIT_REDIS_TIMEOUT_MS")]
+    pub rate_limit_redis_timeout_ms: Option<u64>,
+    /// Redis away: deny requests of limited keys (gRPC UNAVAILABLE, HTTP
+    /// 503) instead of letting them through uncounted (the default: a
+    /// safety counter should not take the API down).
+    #[arg(long, env = "SCOPEGATE_RATE_LIMIT_FAIL_CLOSED", num_args = 0..=1, default_missing_value = "true")]
+    pub rate_limit_fail_closed: Option<bool>,
+    /// ext_authz counts keys' rate limits (default). Set false where Envoy's
+    /// rate-limit filter asks scopegate's RateLimitService instead, so a
+    /// request is not counted twice.
+    #[arg(long, env = "SCOPEGATE_EXT_AUTHZ_RATE_LIMITS", num_args = 0..=1, default_missing_value = "true")]
+    pub ext_authz_rate_limits: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -317,6 +341,11 @@ impl ServeOptions {
             log_format,
             worker_threads,
             sled_cache_mib,
+            rate_limit_redis,
+            rate_limit_redis_password_file,
+            rate_limit_redis_timeout_ms,
+            rate_limit_fail_closed,
+            ext_authz_rate_limits,
         );
         self
     }
@@ -352,6 +381,9 @@ impl ServeOptions {
             log_format: Some("human".into()),
             worker_threads: Some(default_worker_threads()),
             sled_cache_mib: Some(DEFAULT_SLED_CACHE_MIB),
+            rate_limit_redis_timeout_ms: Some(DEFAULT_RATE_LIMIT_REDIS_TIMEOUT_MS),
+            rate_limit_fail_closed: Some(false),
+            ext_authz_rate_limits: Some(true),
             ..ServeOptions::default()
         };
         self.clone().or(defaults)

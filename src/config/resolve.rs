@@ -2,6 +2,7 @@
 //! error naming its key.
 
 use super::*;
+use crate::counters::CountersConfig;
 
 impl ServeOptions {
     /// Defaults filled in and every value checked.
@@ -68,7 +69,34 @@ impl ServeOptions {
             limits: limits(&options)?,
             json_logs: json_logs(&options)?,
             decision_log_every: options.log_decisions_every.unwrap_or(0),
+            counters: counters(&options)?,
+            rate_limit_fail_closed: options.rate_limit_fail_closed.unwrap_or(false),
         })
+    }
+}
+
+/// Where rate-limit counters live: memory, or a Redis named by URL.
+fn counters(options: &ServeOptions) -> Result<CountersConfig, ConfigError> {
+    let timeout_ms = options
+        .rate_limit_redis_timeout_ms
+        .unwrap_or(DEFAULT_RATE_LIMIT_REDIS_TIMEOUT_MS);
+    if !(1..=60_000).contains(&timeout_ms) {
+        return Err(invalid("rate_limit_redis_timeout_ms", "must be 1 to 60000"));
+    }
+    match &options.rate_limit_redis {
+        None if options.rate_limit_redis_password_file.is_some() => Err(invalid(
+            "rate_limit_redis_password_file",
+            "needs rate_limit_redis",
+        )),
+        None => Ok(CountersConfig::Memory),
+        Some(url) if !(url.starts_with("redis://") || url.starts_with("rediss://")) => Err(
+            invalid("rate_limit_redis", "must be a redis:// or rediss:// URL"),
+        ),
+        Some(url) => Ok(CountersConfig::Redis {
+            url: url.clone(),
+            password_file: options.rate_limit_redis_password_file.clone(),
+            timeout: Duration::from_millis(timeout_ms),
+        }),
     }
 }
 
@@ -403,5 +431,6 @@ fn ext_authz(options: &ServeOptions) -> Result<ExtAuthzConfig, ConfigError> {
             .unwrap_or_default(),
         hide_credentials: !options.keep_credential_header.unwrap_or(false),
         dry_run: options.dry_run.unwrap_or(false),
+        count_rate_limits: options.ext_authz_rate_limits.unwrap_or(true),
     })
 }

@@ -8,7 +8,18 @@ use super::pb::{self, authorize_server::Authorize};
 use super::status::{bad_request, scope_status};
 use super::CheckContext;
 use crate::authz::{self, Decision};
+use crate::ratelimit::RateStatus;
 use crate::scope::Catalog;
+
+fn rate_status_to_pb(status: &RateStatus) -> pb::RateLimitStatus {
+    pb::RateLimitStatus {
+        name: status.name.to_string(),
+        limit: status.limit,
+        window: Some(super::convert::seconds(status.window_secs)),
+        remaining: status.remaining,
+        reset_after: Some(super::convert::seconds(status.reset_secs)),
+    }
+}
 
 pub struct AuthorizeService {
     pub context: Arc<CheckContext>,
@@ -76,14 +87,37 @@ impl Authorize for AuthorizeService {
                 )
             }
         };
-        Ok(Response::new(self.response(decision, &policy.catalog)))
+        if !matches!(decision, Decision::Allowed { rate: Some(_), .. }) {
+            return Ok(Response::new(self.response(
+                decision,
+                None,
+                &policy.catalog,
+            )));
+        }
+        // The policy is not held across the count (a Redis round trip).
+        drop(policy);
+        let Some((decision, rate)) = context.count(decision).await else {
+            return Err(Status::unavailable(super::COUNTERS_AWAY));
+        };
+        let policy = context.policy.load();
+        Ok(Response::new(self.response(
+            decision,
+            rate,
+            &policy.catalog,
+        )))
     }
 }
 
 impl AuthorizeService {
-    fn response(&self, decision: Decision, catalog: &Catalog) -> pb::CheckResponse {
+    fn response(
+        &self,
+        decision: Decision,
+        rate: Option<RateStatus>,
+        catalog: &Catalog,
+    ) -> pb::CheckResponse {
         let mut response = pb::CheckResponse {
             message: decision.message(catalog),
+            rate_limit: rate.as_ref().map(rate_status_to_pb),
             ..Default::default()
         };
         let code = match decision {
@@ -91,6 +125,7 @@ impl AuthorizeService {
                 key_id,
                 account_id,
                 metadata,
+                rate: _,
             } => {
                 response.allowed = true;
                 response.key_id = key_id.to_string();
@@ -119,6 +154,16 @@ impl AuthorizeService {
             Decision::Expired => pb::Decision::Expired,
             Decision::Disabled => pb::Decision::Disabled,
             Decision::IpNotAllowed => pb::Decision::IpNotAllowed,
+            Decision::RateLimited {
+                key_id,
+                account_id,
+                status,
+            } => {
+                response.key_id = key_id.to_string();
+                response.account_id = account_id.to_string();
+                response.retry_after = Some(super::convert::seconds(status.reset_secs));
+                pb::Decision::RateLimited
+            }
         };
         crate::telemetry::count_decision(
             crate::telemetry::Api::Check,

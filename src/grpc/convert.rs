@@ -3,7 +3,9 @@
 use super::pb;
 use super::status::bad_request;
 use crate::manage::{KeyView, ScopesView};
+use crate::ratelimit::RateLimit;
 use crate::scope::{Access, KeyKind};
+use tonic::Status;
 
 pub(super) fn access_to_pb(access: Access) -> pb::Access {
     match access {
@@ -95,7 +97,51 @@ pub(super) fn key_to_pb(view: KeyView) -> pb::ApiKey {
         allowed_cidrs: view.allowed_cidrs,
         metadata: view.metadata.into_iter().collect(),
         last_used_time: optional_timestamp(view.last_used_unix_ms),
+        rate_limits: view.rate_limits.iter().map(rate_limit_to_pb).collect(),
     }
+}
+
+fn rate_limit_to_pb(limit: &RateLimit) -> pb::RateLimit {
+    pb::RateLimit {
+        name: limit.name.clone(),
+        limit: limit.limit,
+        window: Some(seconds(limit.window_secs)),
+        scopes: limit.scopes.clone(),
+        account: limit.shared,
+    }
+}
+
+pub(super) fn seconds(secs: u64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: secs.min(i64::MAX as u64) as i64,
+        nanos: 0,
+    }
+}
+
+/// Rate limits from the wire: a window is whole seconds (1 s to 30 days).
+pub(super) fn rate_limits_from_pb(limits: Vec<pb::RateLimit>) -> Result<Vec<RateLimit>, Status> {
+    limits
+        .into_iter()
+        .map(|limit| {
+            let window = limit.window.unwrap_or_default();
+            if window.nanos != 0 || window.seconds <= 0 {
+                return Err(bad_request(
+                    "rate_limits.window",
+                    format!(
+                        "limit `{}`: the window must be a whole, positive number of seconds",
+                        limit.name
+                    ),
+                ));
+            }
+            Ok(RateLimit {
+                name: limit.name,
+                limit: limit.limit,
+                window_secs: window.seconds as u64,
+                scopes: limit.scopes,
+                shared: limit.account,
+            })
+        })
+        .collect()
 }
 
 fn key_state_to_pb(state: crate::store::KeyState) -> pb::KeyState {

@@ -45,6 +45,9 @@ pub struct Allow<'a> {
     /// (field, value); empty values are left out.
     pub metadata: [(&'static str, &'a str); 4],
     pub key_metadata: Option<&'a [(String, String)]>,
+    /// Headers for the client's response (`response_headers_to_add`): the
+    /// rate-limit headers of a limited key.
+    pub response_headers: &'a [(&'static str, String)],
 }
 
 impl Allow<'_> {
@@ -59,19 +62,13 @@ impl Allow<'_> {
         put_key(&mut out, 3);
         put_varint(&mut out, ok as u64);
         for (name, value) in self.set_headers {
-            let header = header_value_len(name, value);
-            put_key(&mut out, 2);
-            put_varint(&mut out, header_option_len(header) as u64);
-            put_key(&mut out, 1);
-            put_varint(&mut out, header as u64);
-            put_string(&mut out, 1, name);
-            put_string(&mut out, 2, value);
-            // append_action (3), a varint field.
-            out.push(3 << 3);
-            put_varint(&mut out, OVERWRITE_IF_EXISTS_OR_ADD);
+            put_header(&mut out, 2, name, value);
         }
         for name in self.remove_headers {
             put_string(&mut out, 5, name);
+        }
+        for (name, value) in self.response_headers {
+            put_header(&mut out, 6, name, value);
         }
         put_key(&mut out, 4);
         put_varint(&mut out, metadata as u64);
@@ -110,7 +107,12 @@ impl Allow<'_> {
             .iter()
             .map(|name| string_len(5, name))
             .sum();
-        headers + removed
+        let response: usize = self
+            .response_headers
+            .iter()
+            .map(|(name, value)| field_len(6, header_option_len(header_value_len(name, value))))
+            .sum();
+        headers + removed + response
     }
 
     fn metadata_len(&self) -> usize {
@@ -128,6 +130,20 @@ impl Allow<'_> {
         });
         fields + key_metadata
     }
+}
+
+/// A HeaderValueOption as field `field`, overwriting.
+fn put_header(out: &mut Vec<u8>, field: u32, name: &str, value: &str) {
+    let header = header_value_len(name, value);
+    put_key(out, field);
+    put_varint(out, header_option_len(header) as u64);
+    put_key(out, 1);
+    put_varint(out, header as u64);
+    put_string(out, 1, name);
+    put_string(out, 2, value);
+    // append_action (3), a varint field.
+    out.push(3 << 3);
+    put_varint(out, OVERWRITE_IF_EXISTS_OR_ADD);
 }
 
 /// HeaderValue { key = 1; value = 2 }
@@ -253,6 +269,14 @@ mod tests {
         for name in allow.remove_headers {
             ok.remove_header(name.to_string());
         }
+        for (name, value) in allow.response_headers {
+            ok.add_response_header(
+                *name,
+                value.as_str(),
+                Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+                false,
+            );
+        }
         let mut response = CheckResponse::new();
         response.set_dynamic_metadata(Some(Struct { fields }));
         response.set_status(tonic::Status::new(tonic::Code::Ok, ""));
@@ -267,6 +291,13 @@ mod tests {
             ("plan".to_string(), "pro".to_string()),
             ("region".to_string(), long.clone()),
             ("empty".to_string(), String::new()),
+        ];
+        let rate_headers = [
+            (
+                "x-ratelimit-limit",
+                "10, 10;w=60;name=\"default\"".to_string(),
+            ),
+            ("x-ratelimit-remaining", "3".to_string()),
         ];
         let removed = [
             Cow::Borrowed("authorization"),
@@ -286,6 +317,7 @@ mod tests {
                     ("decision", "ALLOWED"),
                 ],
                 key_metadata: Some(&metadata),
+                response_headers: &[],
             },
             Allow {
                 set_headers: [("x-key", "k"), ("x-account", &long)],
@@ -297,6 +329,7 @@ mod tests {
                     ("decision", "ALLOWED"),
                 ],
                 key_metadata: None,
+                response_headers: &rate_headers,
             },
         ];
         for allow in &cases {

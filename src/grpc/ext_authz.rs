@@ -27,6 +27,7 @@ use tonic::{Code, Request, Response, Status};
 
 use super::CheckContext;
 use crate::authz::{self, Decision};
+use crate::ratelimit::RateStatus;
 use crate::scope::Catalog;
 
 /// Header names, configurable from the command line.
@@ -42,6 +43,9 @@ pub struct ExtAuthzConfig {
     /// Allow every request, but count, log (sampled) and mark in dynamic
     /// metadata what would have been denied.
     pub dry_run: bool,
+    /// Count keys' rate limits here (off where Envoy's rate-limit filter
+    /// asks the RateLimitService instead).
+    pub count_rate_limits: bool,
 }
 
 impl Default for ExtAuthzConfig {
@@ -52,6 +56,7 @@ impl Default for ExtAuthzConfig {
             account_id_header: "x-scopegate-account-id".into(),
             hide_credentials: true,
             dry_run: false,
+            count_rate_limits: true,
         }
     }
 }
@@ -125,11 +130,24 @@ impl Authorization for ExtAuthzService {
                 },
             ),
         };
+        let (decision, rate, policy) = match decision {
+            Decision::Allowed { rate: Some(_), .. } if self.config.count_rate_limits => {
+                // The policy is not held across the count (a Redis round trip).
+                drop(policy);
+                let Some((decision, rate)) = context.count(decision).await else {
+                    return Ok(Response::new(unavailable(super::COUNTERS_AWAY).into()));
+                };
+                (decision, rate, context.policy.load())
+            }
+            decision => (decision, None, policy),
+        };
         // The route's scope is shown only to an identified key: an
         // unauthenticated caller must not learn which routes exist.
         let identified = matches!(
             decision,
-            Decision::Allowed { .. } | Decision::InsufficientScope { .. }
+            Decision::Allowed { .. }
+                | Decision::InsufficientScope { .. }
+                | Decision::RateLimited { .. }
         );
         let scope_name = scope
             .filter(|_| identified)
@@ -143,9 +161,8 @@ impl Authorization for ExtAuthzService {
         }
         Ok(Response::new(self.response(
             http,
-            &credential,
-            reserved,
-            decision,
+            (&credential, reserved),
+            (decision, rate),
             scope_name,
             &policy.catalog,
         )))
@@ -239,9 +256,8 @@ impl ExtAuthzService {
     fn response(
         &self,
         http: &EnvoyCheck,
-        credential: &Credential<'_>,
-        reserved: bool,
-        decision: Decision,
+        (credential, reserved): (&Credential<'_>, bool),
+        (decision, rate): (Decision, Option<RateStatus>),
         scope: Option<&str>,
         catalog: &Catalog,
     ) -> EnvoyAnswer {
@@ -258,6 +274,9 @@ impl ExtAuthzService {
             }
             | Decision::InsufficientScope {
                 key_id, account_id, ..
+            }
+            | Decision::RateLimited {
+                key_id, account_id, ..
             } => (key_id.to_string(), account_id.to_string()),
             _ => (String::new(), String::new()),
         };
@@ -266,7 +285,15 @@ impl ExtAuthzService {
         let ids = (key_id.as_str(), account_id.as_str());
         match &decision {
             Decision::Allowed { .. } => {
-                self.allow(http, credential, reserved, &decision, ids, scope)
+                let headers = rate.as_ref().map(rate_headers).unwrap_or_default();
+                self.allow(
+                    http,
+                    (credential, reserved),
+                    &decision,
+                    ids,
+                    scope,
+                    &headers,
+                )
             }
             _ => deny(decision, ids, scope, catalog),
         }
@@ -277,11 +304,11 @@ impl ExtAuthzService {
     fn allow(
         &self,
         http: &EnvoyCheck,
-        credential: &Credential<'_>,
-        reserved: bool,
+        (credential, reserved): (&Credential<'_>, bool),
         decision: &Decision,
         (key_id, account_id): (&str, &str),
         scope: Option<&str>,
+        response_headers: &[(&'static str, String)],
     ) -> EnvoyAnswer {
         let key_metadata = match decision {
             Decision::Allowed { metadata, .. } => metadata.as_deref(),
@@ -319,6 +346,7 @@ impl ExtAuthzService {
             // The key's own metadata, for access logs and later filters;
             // never as upstream headers.
             key_metadata: key_metadata.map(Vec::as_slice),
+            response_headers,
         }
         .encode()
     }
@@ -341,7 +369,12 @@ fn deny(
         decision_name,
     ])));
     let message = decision.message(catalog);
+    let limited = match &decision {
+        Decision::RateLimited { status, .. } => Some(status.clone()),
+        _ => None,
+    };
     let (http_status, code) = match decision {
+        Decision::RateLimited { .. } => (HttpStatusCode::TooManyRequests, Code::ResourceExhausted),
         Decision::MissingToken
         | Decision::MalformedToken
         | Decision::UnknownKey
@@ -363,6 +396,17 @@ fn deny(
             overwrite,
             false,
         );
+    }
+    if let Some(status) = limited {
+        denied.add_header(
+            "retry-after",
+            status.reset_secs.to_string(),
+            overwrite,
+            false,
+        );
+        for (name, value) in rate_headers(&status) {
+            denied.add_header(name, value, overwrite, false);
+        }
     }
     denied
         .set_body(serde_json::json!({"errors": [{"field": null, "message": message}]}).to_string());
@@ -469,7 +513,18 @@ fn wire_decision(decision: &Decision) -> super::pb::Decision {
         Decision::Expired => Wire::Expired,
         Decision::Disabled => Wire::Disabled,
         Decision::IpNotAllowed => Wire::IpNotAllowed,
+        Decision::RateLimited { .. } => Wire::RateLimited,
     }
+}
+
+/// Envoy's rate-limit filter headers (draft-03) for the limit closest to
+/// running out.
+fn rate_headers(status: &RateStatus) -> Vec<(&'static str, String)> {
+    vec![
+        ("x-ratelimit-limit", status.limit_header()),
+        ("x-ratelimit-remaining", status.remaining.to_string()),
+        ("x-ratelimit-reset", status.reset_secs.to_string()),
+    ]
 }
 
 fn metadata(values: [&str; 4]) -> Struct {

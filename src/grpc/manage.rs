@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{audit_event_to_pb, grants_from_pb, key_to_pb, scopes_to_pb, unix_ms};
+use super::convert::{
+    audit_event_to_pb, grants_from_pb, key_to_pb, rate_limits_from_pb, scopes_to_pb, unix_ms,
+};
 use super::pb::{self, manage_key_server::ManageKey};
 use super::status::bad_request;
 use super::Readiness;
@@ -85,6 +87,7 @@ impl ManageKey for ManageKeyService {
                 .transpose()?,
             allowed_cidrs: request.allowed_cidrs,
             metadata: request.metadata.into_iter().collect(),
+            rate_limits: rate_limits_from_pb(request.rate_limits)?,
         };
         let new_key = NewKey {
             account_id: request.account_id,
@@ -165,6 +168,10 @@ impl ManageKey for ManageKeyService {
             metadata: request
                 .metadata
                 .map(|map| map.entries.into_iter().collect()),
+            rate_limits: request
+                .rate_limits
+                .map(|list| rate_limits_from_pb(list.limits))
+                .transpose()?,
         };
         let manager = self.manager.clone();
         let view = detached(async move { manager.update(&caller, change).await }).await?;

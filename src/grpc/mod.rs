@@ -8,6 +8,7 @@ pub mod envoy_request;
 pub mod envoy_response;
 mod ext_authz;
 mod manage;
+mod ratelimit;
 mod status;
 
 use std::sync::Arc;
@@ -16,9 +17,12 @@ pub use admin::AdminService;
 pub use authorize::AuthorizeService;
 pub use ext_authz::{ExtAuthzConfig, ExtAuthzService};
 pub use manage::ManageKeyService;
+pub use ratelimit::{RateLimitServiceServer, RateLimitsService};
 
-use crate::authz::Policy;
+use crate::authz::{Decision, Policy};
+use crate::counters::{Admission, Counters};
 use crate::key::KeyTable;
+use crate::ratelimit::RateStatus;
 pub use crate::readiness::Readiness;
 use crate::token::TokenFormat;
 
@@ -35,9 +39,47 @@ pub struct CheckContext {
     pub decisions_seen: std::sync::atomic::AtomicU64,
     /// Would-be denials let through by dry run (for sampled logs).
     pub dry_run_seen: std::sync::atomic::AtomicU64,
+    /// The rate limits' counters.
+    pub counters: Arc<Counters>,
 }
 
+/// Why a check could not be answered: the counters are away and limits fail
+/// closed.
+pub(crate) const COUNTERS_AWAY: &str =
+    "rate-limit counters are unreachable and --rate-limit-fail-closed is set";
+
 impl CheckContext {
+    /// Counts an allowed request against the key's rate limits, after every
+    /// other rule: the decision stands (with where its closest limit
+    /// stands), turns RATE_LIMITED, or `None`: the counters are away and
+    /// limits fail closed. A key without limits costs one match.
+    async fn count(&self, decision: Decision) -> Option<(Decision, Option<RateStatus>)> {
+        let Decision::Allowed {
+            rate: Some(applicable),
+            ..
+        } = &decision
+        else {
+            return Some((decision, None));
+        };
+        match self.counters.admit(applicable, 1).await {
+            Admission::Within(status) => Some((decision, status)),
+            Admission::Over(status) => match decision {
+                Decision::Allowed {
+                    key_id, account_id, ..
+                } => Some((
+                    Decision::RateLimited {
+                        key_id,
+                        account_id,
+                        status: status.clone(),
+                    },
+                    Some(status),
+                )),
+                other => Some((other, None)),
+            },
+            Admission::Unavailable => None,
+        }
+    }
+
     /// Sampled per-decision log line: ids, scope and outcome, never a token.
     fn log_decision(
         &self,

@@ -33,6 +33,7 @@ impl From<ManageError> for Status {
             }
             ManageError::NeedsScope(_)
             | ManageError::Escalation(_)
+            | ManageError::RateLimitEscalation(_)
             | ManageError::TargetStronger { .. }
             | ManageError::OtherAccount
             | ManageError::AdminOnly => Status::permission_denied(message),

@@ -19,6 +19,7 @@ use super::error::ApiError;
 use super::input::{self, on_behalf_of};
 use super::{json_response, RestApi};
 use crate::manage::{Caller, KeyChange, KeyTerms, KeyView, ListQuery, NewKey};
+use crate::ratelimit::RateLimit;
 
 type Result<T> = std::result::Result<T, ApiError>;
 
@@ -36,6 +37,49 @@ pub(super) struct CreateInput {
     metadata: Option<BTreeMap<String, String>>,
     /// scopegate: a retry with the same id returns the first key.
     request_id: Option<String>,
+    /// scopegate: named rate limits.
+    rate_limits: Option<Vec<RateLimitInput>>,
+}
+
+/// scopegate's rate limit, as JSON.
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RateLimitInput {
+    name: String,
+    limit: u64,
+    window_seconds: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    scopes: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    account: bool,
+}
+
+impl From<RateLimitInput> for RateLimit {
+    fn from(input: RateLimitInput) -> Self {
+        RateLimit {
+            name: input.name,
+            limit: input.limit,
+            window_secs: input.window_seconds,
+            scopes: input.scopes,
+            shared: input.account,
+        }
+    }
+}
+
+impl From<&RateLimit> for RateLimitInput {
+    fn from(limit: &RateLimit) -> Self {
+        RateLimitInput {
+            name: limit.name.clone(),
+            limit: limit.limit,
+            window_seconds: limit.window_secs,
+            scopes: limit.scopes.clone(),
+            account: limit.shared,
+        }
+    }
+}
+
+fn rate_limits_given(limits: Option<Vec<RateLimitInput>>) -> Option<Vec<RateLimit>> {
+    limits.map(|limits| limits.into_iter().map(RateLimit::from).collect())
 }
 
 #[derive(Deserialize)]
@@ -43,6 +87,8 @@ pub(super) struct CreateInput {
 pub(super) struct ReplaceInput {
     name: String,
     scopes: Option<Vec<String>>,
+    /// scopegate: the key's new rate limits ([] removes them).
+    rate_limits: Option<Vec<RateLimitInput>>,
 }
 
 #[derive(Deserialize)]
@@ -108,6 +154,7 @@ pub(super) async fn create(
             not_before: None,
             allowed_cidrs: input.allowed_cidrs.unwrap_or_default(),
             metadata: input.metadata.unwrap_or_default(),
+            rate_limits: rate_limits_given(input.rate_limits).unwrap_or_default(),
         },
         request_id: input.request_id.unwrap_or_default(),
     };
@@ -187,10 +234,13 @@ pub(super) async fn get(
 ) -> Result<Response> {
     let (caller, _permit) = api.admit(&headers, peer)?;
     let view = api.visible(&caller, &headers, key_id(path)?).await?;
-    Ok(json_response(&json!({"result": [
-        {"name": view.name, "api_key_id": view.key_id, "scopes": view.scopes}
-    ]}))
-    .into_response())
+    let mut key = json!({"name": view.name, "api_key_id": view.key_id, "scopes": view.scopes});
+    if !view.rate_limits.is_empty() {
+        let limits: Vec<RateLimitInput> =
+            view.rate_limits.iter().map(RateLimitInput::from).collect();
+        key["rate_limits"] = json!(limits);
+    }
+    Ok(json_response(&json!({ "result": [key] })).into_response())
 }
 
 pub(super) async fn replace(
@@ -207,6 +257,7 @@ pub(super) async fn replace(
         key_id: id,
         name: Some(input.name),
         scopes: scopes_given(input.scopes)?.unwrap_or_default(),
+        rate_limits: rate_limits_given(input.rate_limits),
         ..KeyChange::default()
     };
     let view = api.change(caller, &headers, change).await?;

@@ -55,6 +55,7 @@ impl From<ManageError> for ApiError {
             | ManageError::PreviousSecret
             | ManageError::NeedsScope(_)
             | ManageError::Escalation(_)
+            | ManageError::RateLimitEscalation(_)
             | ManageError::TargetStronger { .. }
             | ManageError::OtherAccount
             | ManageError::AdminOnly

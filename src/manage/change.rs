@@ -32,6 +32,9 @@ impl Manager {
                 if let Some(scopes) = &patch.scopes {
                     check_no_escalation(&catalog, &caller, scopes)?;
                 }
+                if let Some(limits) = &patch.rate_limits {
+                    check_rate_limits(snapshot, &caller, limits)?;
+                }
                 let updated = patch.apply(current, &catalog, now_unix_ms())?;
                 let action = match (current.disabled, updated.disabled) {
                     (false, true) => "disable",
@@ -66,11 +69,12 @@ impl Manager {
             || change.expire_time.is_some()
             || change.not_before.is_some()
             || change.allowed_cidrs.is_some()
-            || change.metadata.is_some();
+            || change.metadata.is_some()
+            || change.rate_limits.is_some();
         if name.is_none() && !replace_scopes && !lifecycle {
             return Err(invalid(
                 "name",
-                "nothing to update: give a name, scopes, grants, enabled, expiry, allowed CIDRs or metadata",
+                "nothing to update: give a name, scopes, grants, enabled, expiry, allowed CIDRs, metadata or rate limits",
             ));
         }
         let cidrs = change
@@ -93,7 +97,13 @@ impl Manager {
                 )
             })
             .transpose()?;
+        let rate_limits = change
+            .rate_limits
+            .as_deref()
+            .map(|limits| validate_rate_limits(limits, &self.catalog.load()))
+            .transpose()?;
         Ok(Patch {
+            rate_limits,
             name,
             scopes,
             enabled: change.enabled,
@@ -154,6 +164,7 @@ struct Patch {
     enabled: Option<bool>,
     cidrs: Option<Vec<String>>,
     metadata: Option<BTreeMap<String, String>>,
+    rate_limits: Option<Vec<RateLimitRecord>>,
     /// `Some(None)`: remove.
     expire_time: Option<Option<i64>>,
     not_before: Option<Option<i64>>,
@@ -183,6 +194,9 @@ impl Patch {
         }
         if let Some(metadata) = &self.metadata {
             updated.metadata = metadata.clone();
+        }
+        if let Some(limits) = &self.rate_limits {
+            updated.rate_limits = limits.clone();
         }
         if self.expire_time.is_some() || self.not_before.is_some() {
             let not_before = self

@@ -64,6 +64,7 @@ impl Manager {
             not_before_unix_ms: not_before,
             allowed_cidrs: validate_cidrs(&terms.allowed_cidrs)?,
             metadata: validate_metadata(&terms.metadata)?,
+            rate_limits: validate_rate_limits(&terms.rate_limits, &self.catalog.load())?,
             ..KeyRecord::default()
         };
         let view = self.view(&record)?;
@@ -114,6 +115,7 @@ impl Manager {
                 let caller = current_caller(snapshot, &catalog, &guard)?;
                 require(&catalog, &caller, ManageAction::Create)?;
                 check_no_escalation(&catalog, &caller, &scopes)?;
+                check_rate_limits(snapshot, &caller, &record.rate_limits)?;
                 let event = audit_event("create", &caller, None, Some(&record));
                 let change = Change::Create {
                     record: record.clone(),
@@ -227,6 +229,14 @@ pub(super) fn create_digest(request: &NewKey) -> [u8; 32] {
             .metadata
             .iter()
             .map(|(key, value)| format!("{key}={value}").into_bytes()),
+    );
+    parts.push(b"|rate_limits".to_vec());
+    parts.extend(
+        request
+            .terms
+            .rate_limits
+            .iter()
+            .map(|limit| format!("{limit}{}", u8::from(limit.shared)).into_bytes()),
     );
     request_digest(&parts.iter().map(Vec::as_slice).collect::<Vec<_>>())
 }

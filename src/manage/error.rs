@@ -18,6 +18,10 @@ pub enum ManageError {
         key_id: String,
         missing: Vec<String>,
     },
+    /// No escalation of rate limits: the key would get a higher limit, or
+    /// none, where its limited creator has one.
+    #[error("{0}")]
+    RateLimitEscalation(String),
     #[error("an API key acts only inside its own account")]
     OtherAccount,
     #[error("{field}: {message}")]

@@ -18,11 +18,12 @@ use subtle::ConstantTimeEq;
 use crate::authz::Decision;
 use crate::key::KeyTable;
 use crate::limit::AccountRate;
+use crate::ratelimit::RateLimit;
 use crate::request_id::{request_digest, RequestId};
 use crate::scope::{Access, Catalog, KeyKind, ManageAction, ScopeError, ScopeSet, SharedCatalog};
 use crate::store::{
     AuditEvent, AuditFilter, Change, CreateRequest, CreateRequestRecord, KeyRecord, KeyState,
-    Snapshot, Store, StoreError,
+    RateLimitRecord, Snapshot, Store, StoreError,
 };
 use crate::token::{admin_token_hash, secret_fingerprint, KeyId, TokenFormat};
 
@@ -42,15 +43,16 @@ pub use error::ManageError;
 use error::{invalid, scope_error};
 use paging::{next_page_token, page, page_binding};
 use rules::{
-    caller_reads, changeable, check_no_escalation, current_caller, readable_account, require,
-    visible_to,
+    caller_reads, changeable, check_no_escalation, check_rate_limits, current_caller,
+    readable_account, require, visible_to,
 };
 pub use types::{
     AuditQuery, Caller, KeyChange, KeyTerms, KeyView, ListQuery, NewKey, ResourceView, ScopesView,
 };
 pub use validate::{check_account_caps, validate_imported};
 use validate::{
-    parse_key_id, validate_account_id, validate_cidrs, validate_metadata, validate_name, validity,
+    parse_key_id, validate_account_id, validate_cidrs, validate_metadata, validate_name,
+    validate_rate_limits, validity,
 };
 
 pub const DEFAULT_MAX_KEYS_PER_ACCOUNT: usize = 100;
@@ -355,6 +357,7 @@ impl Manager {
             },
             secret_fingerprint: secret_fingerprint(&record.secret_hash),
             allowed_cidrs: record.allowed_cidrs.clone(),
+            rate_limits: record.rate_limits(),
             metadata: record.metadata.clone(),
             last_used_unix_ms: record
                 .key_id()
@@ -383,6 +386,7 @@ fn record_mutation<T>(kind: &'static str, result: &Result<T, ManageError>) {
             | ManageError::BadCredentials
             | ManageError::NeedsScope(_)
             | ManageError::Escalation(_)
+            | ManageError::RateLimitEscalation(_)
             | ManageError::TargetStronger { .. }
             | ManageError::OtherAccount
             | ManageError::AdminOnly

@@ -129,6 +129,23 @@ pub(super) fn check_no_escalation(
     Ok(())
 }
 
+/// No escalation of rate limits: a limited API key caller gives keys only
+/// limits at least as strict as its own, as it holds them now.
+pub(super) fn check_rate_limits(
+    snapshot: &Snapshot,
+    caller: &Caller,
+    limits: &[RateLimitRecord],
+) -> Result<(), ManageError> {
+    let Caller::Key { key_id, .. } = caller else {
+        return Ok(());
+    };
+    let Some(held) = snapshot.get(key_id) else {
+        return Err(ManageError::BadCredentials);
+    };
+    let given: Vec<RateLimit> = limits.iter().map(RateLimit::from).collect();
+    crate::ratelimit::within(&held.rate_limits(), &given).map_err(ManageError::RateLimitEscalation)
+}
+
 /// The target of an update, rotation or delete and the caller as they are
 /// when the change applies, once the caller may do `action` to the target.
 pub(super) fn changeable<'a>(

@@ -48,6 +48,7 @@ pub struct KeyView {
     pub metadata: BTreeMap<String, String>,
     /// 0: not used since records began.
     pub last_used_unix_ms: i64,
+    pub rate_limits: Vec<RateLimit>,
 }
 
 #[derive(Default)]
@@ -72,6 +73,7 @@ pub struct KeyTerms {
     pub not_before: Option<i64>,
     pub allowed_cidrs: Vec<String>,
     pub metadata: BTreeMap<String, String>,
+    pub rate_limits: Vec<RateLimit>,
 }
 
 #[derive(Default)]
@@ -87,6 +89,8 @@ pub struct KeyChange {
     pub not_before: Option<Option<i64>>,
     pub allowed_cidrs: Option<Vec<String>>,
     pub metadata: Option<BTreeMap<String, String>>,
+    /// `Some`: replaces the key's rate limits (empty: none).
+    pub rate_limits: Option<Vec<RateLimit>>,
 }
 
 #[derive(Default)]

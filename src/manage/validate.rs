@@ -43,7 +43,27 @@ pub fn validate_imported(record: &KeyRecord) -> Result<(), ManageError> {
     validate_name(&record.name)?;
     validate_cidrs(&record.allowed_cidrs)?;
     validate_metadata(&record.metadata)?;
+    crate::ratelimit::check_all(&record.rate_limits())
+        .map_err(|message| invalid("rate_limits", message))?;
     Ok(())
+}
+
+/// A key's rate limits as the API takes them: each valid, names distinct,
+/// scopes in the catalog.
+pub(super) fn validate_rate_limits(
+    limits: &[RateLimit],
+    catalog: &Catalog,
+) -> Result<Vec<RateLimitRecord>, ManageError> {
+    crate::ratelimit::check_all(limits).map_err(|message| invalid("rate_limits", message))?;
+    for limit in limits {
+        catalog
+            .resolve(limit.scopes.iter().map(String::as_str))
+            .map_err(|source| ManageError::Scope {
+                field: "rate_limits",
+                source,
+            })?;
+    }
+    Ok(limits.iter().map(RateLimitRecord::from).collect())
 }
 
 /// Refuses a set of records that would put more than `cap` keys in one

@@ -39,6 +39,10 @@ impl Services {
             context: context.clone(),
         })
         .max_decoding_message_size(limits.max_message_bytes);
+        let rate_limits = grpc::RateLimitServiceServer::new(grpc::RateLimitsService {
+            context: context.clone(),
+        })
+        .max_decoding_message_size(limits.max_message_bytes);
         let ext_authz = AuthorizationServer::new(ExtAuthzService {
             context,
             config: config.ext_authz.clone(),
@@ -50,7 +54,11 @@ impl Services {
         });
         let manage = ManageKeyServer::new(ManageKeyService { manager, readiness })
             .max_decoding_message_size(limits.max_message_bytes);
-        let hot = base.clone().add_service(authorize).add_service(ext_authz);
+        let hot = base
+            .clone()
+            .add_service(authorize)
+            .add_service(ext_authz)
+            .add_service(rate_limits);
         Ok(match config.manage_listen {
             None => Services {
                 hot: hot.add_service(manage).add_service(admin),

@@ -49,6 +49,8 @@ pub enum StartError {
     TokenPrefix(#[from] TokenError),
     #[error("admin token {path}: {reason}")]
     AdminToken { path: String, reason: String },
+    #[error("rate limits: {0}")]
+    RateLimits(String),
     #[error("pepper file {path}: {reason}")]
     Pepper { path: String, reason: String },
     #[error("TLS {path}: {reason}")]
@@ -214,7 +216,12 @@ async fn serve_all(
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
     let manager = manager(config, &opened);
+    let counters =
+        crate::counters::Counters::start(&config.counters, config.rate_limit_fail_closed)
+            .map_err(StartError::RateLimits)?;
+    tokio::spawn(report_rate_limits(counters.health(), health.clone()));
     let check_context = Arc::new(CheckContext {
+        counters,
         keys: opened.store.table().clone(),
         format: opened.format.clone(),
         policy: arc_swap::ArcSwap::from_pointee(Policy {
@@ -481,6 +488,24 @@ async fn report_sync(
             .since_contact()
             .map_or(f64::INFINITY, |since| since.as_secs_f64());
         metrics::gauge!(telemetry::FLEET_SECONDS_SINCE_CONTACT).set(since);
+    }
+}
+
+/// The counters' reachability as `scopegate.v1.RateLimits` (always SERVING
+/// with counters in memory).
+async fn report_rate_limits(
+    mut reachable: tokio::sync::watch::Receiver<bool>,
+    health: tonic_health::server::HealthReporter,
+) {
+    loop {
+        let status = match *reachable.borrow_and_update() {
+            true => ServingStatus::Serving,
+            false => ServingStatus::NotServing,
+        };
+        health.set_service_status(RATE_LIMITS_SERVICE, status).await;
+        if reachable.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -9,6 +9,9 @@ use crate::grpc::ExtAuthzConfig;
 use crate::store::FleetConfig;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// Health service name that reports whether rate-limit counters answer.
+pub const RATE_LIMITS_SERVICE: &str = "scopegate.v1.RateLimits";
+
 /// Health service name that reports fleet sync (not decision) health.
 pub const FLEET_SYNC_SERVICE: &str = "scopegate.v1.FleetSync";
 pub const DEFAULT_DATA_DIR: &str = "scopegate-data";
@@ -63,6 +66,10 @@ pub struct ServeConfig {
     pub json_logs: bool,
     /// Log one check decision in this many (0: none).
     pub decision_log_every: u64,
+    /// Where rate-limit counters live.
+    pub counters: crate::counters::CountersConfig,
+    /// Counters away: deny requests of limited keys.
+    pub rate_limit_fail_closed: bool,
 }
 
 /// Management deadlines: long enough for an fdatasync on a busy disk, or an

@@ -25,7 +25,7 @@ mod table;
 
 pub use audit::{AuditEvent, AuditFilter, KeyState, DEFAULT_AUDIT_MAX_EVENTS_PER_ACCOUNT};
 pub use fleet::{FleetConfig, SyncState};
-pub use record::{CreateRequest, CreateRequestRecord, KeyRecord, FORMAT_VERSION};
+pub use record::{CreateRequest, CreateRequestRecord, KeyRecord, RateLimitRecord, FORMAT_VERSION};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -2,6 +2,7 @@
 //! fields can be added without rewriting stores.
 
 use crate::key::{KeyLimits, Metadata};
+use crate::ratelimit::RateLimit;
 use crate::token::KeyId;
 
 /// Version of the whole store layout, kept in the `meta` tree.
@@ -48,6 +49,49 @@ pub struct KeyRecord {
     pub allowed_cidrs: Vec<String>,
     #[prost(btree_map = "string, string", tag = "16")]
     pub metadata: std::collections::BTreeMap<String, String>,
+    /// Named rate limits ([`crate::ratelimit`]); a sidecar from before them
+    /// skips the field.
+    #[prost(message, repeated, tag = "17")]
+    pub rate_limits: Vec<RateLimitRecord>,
+}
+
+/// One named limit as stored.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RateLimitRecord {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(uint64, tag = "2")]
+    pub limit: u64,
+    #[prost(uint64, tag = "3")]
+    pub window_secs: u64,
+    #[prost(string, repeated, tag = "4")]
+    pub scopes: Vec<String>,
+    #[prost(bool, tag = "5")]
+    pub shared: bool,
+}
+
+impl From<&RateLimit> for RateLimitRecord {
+    fn from(limit: &RateLimit) -> Self {
+        RateLimitRecord {
+            name: limit.name.clone(),
+            limit: limit.limit,
+            window_secs: limit.window_secs,
+            scopes: limit.scopes.clone(),
+            shared: limit.shared,
+        }
+    }
+}
+
+impl From<&RateLimitRecord> for RateLimit {
+    fn from(record: &RateLimitRecord) -> Self {
+        RateLimit {
+            name: record.name.clone(),
+            limit: record.limit,
+            window_secs: record.window_secs,
+            scopes: record.scopes.clone(),
+            shared: record.shared,
+        }
+    }
 }
 
 impl KeyRecord {
@@ -90,8 +134,13 @@ impl KeyRecord {
             cidrs,
             metadata,
             high_scopes: None,
+            rate: None,
         };
         Ok((!limits.is_empty()).then(|| Box::new(limits)))
+    }
+
+    pub fn rate_limits(&self) -> Vec<RateLimit> {
+        self.rate_limits.iter().map(RateLimit::from).collect()
     }
 
     pub fn key_id(&self) -> Option<KeyId> {

@@ -111,10 +111,14 @@ impl Store {
                     key_id: key_id().to_string(),
                     reason: "secret hash is not 32 bytes".into(),
                 })?;
-        let limits = record.limits().map_err(|reason| StoreError::Corrupt {
+        let mut limits = record.limits().map_err(|reason| StoreError::Corrupt {
             key_id: key_id().to_string(),
             reason,
         })?;
+        if !record.rate_limits.is_empty() {
+            let rate = active_limits(record, &catalog, &key_id().to_string())?;
+            limits.get_or_insert_with(Default::default).rate = Some(rate);
+        }
         Ok(AuthEntry::new(
             secret_hash,
             scopes,
@@ -226,4 +230,40 @@ impl Store {
         also();
         Ok(())
     }
+}
+
+/// A record's rate limits as Check reads them: checked, scopes resolved,
+/// counters named.
+fn active_limits(
+    record: &KeyRecord,
+    catalog: &crate::scope::Catalog,
+    key_id: &str,
+) -> Result<std::sync::Arc<[crate::ratelimit::ActiveLimit]>, StoreError> {
+    let limits = record.rate_limits();
+    crate::ratelimit::check_all(&limits).map_err(|reason| StoreError::Corrupt {
+        key_id: key_id.to_owned(),
+        reason,
+    })?;
+    limits
+        .iter()
+        .map(|limit| {
+            let scopes = match limit.scopes.is_empty() {
+                true => None,
+                false => Some(
+                    catalog
+                        .resolve(limit.scopes.iter().map(String::as_str))
+                        .map_err(|source| StoreError::CatalogMismatch {
+                            key_id: key_id.to_owned(),
+                            source,
+                        })?,
+                ),
+            };
+            Ok(crate::ratelimit::ActiveLimit::new(
+                limit,
+                scopes,
+                key_id,
+                &record.account_id,
+            ))
+        })
+        .collect()
 }

@@ -117,6 +117,7 @@ impl KeyForm {
             not_before: None,
             allowed_cidrs: self.cidr_list(),
             metadata: self.metadata_map()?,
+            rate_limits: Vec::new(),
         })
     }
 
