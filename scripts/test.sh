@@ -62,13 +62,15 @@ export SENDGRID_NODE="$sendgrid_node"
 # Debian tools the tests run: openssl (TLS certificates), faketime (an audit
 # trail written "two days ago"), strace (counts, delays and fails fdatasync
 # calls), etcd-server and etcd-client (fleet-mode tests start their own etcd
-# processes on loopback, snapshot and restore them).
+# processes on loopback, snapshot and restore them), redis-server (the
+# rate-limit tests start their own Redis processes on loopback).
 missing=()
 command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
 command -v strace >/dev/null || missing+=(strace)
 command -v etcd >/dev/null || missing+=(etcd-server)
 command -v etcdctl >/dev/null || missing+=(etcd-client)
+command -v redis-server >/dev/null || missing+=(redis-server)
 command -v faketime >/dev/null || missing+=(faketime)
 # The console tests drive Debian's Chromium headless (no browser download).
 command -v chromium >/dev/null || missing+=(chromium)

@@ -4,6 +4,7 @@
 
 pub mod fleet;
 pub mod lifecycle;
+pub mod redis;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
