@@ -13,11 +13,12 @@ const LAYERS: &[&[&str]] = &[
     &["server"],
     &["grpc", "uds", "http"],
     &["manage"],
-    &["limit", "readiness"],
+    &["limit", "readiness", "counters"],
     &["store"],
     &["telemetry"],
     &["authz"],
     &["route", "key"],
+    &["ratelimit"],
     &["token", "scope", "request_id", "secret_file"],
 ];
 

@@ -336,7 +336,11 @@ async fn redis_away_fails_open_by_default_and_closed_when_asked_and_both_recover
     // Back (an empty Redis: counts start again), on both.
     for (server, token) in [(&open, &open_key), (&closed, &closed_key)] {
         eventually("counting resumes", || async {
-            let answer = server.authorize().await.check(check(token, &["mail.send"])).await;
+            let answer = server
+                .authorize()
+                .await
+                .check(check(token, &["mail.send"]))
+                .await;
             answer.is_ok_and(|answer| answer.into_inner().rate_limit.is_some())
         })
         .await;

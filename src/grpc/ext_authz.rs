@@ -141,17 +141,7 @@ impl Authorization for ExtAuthzService {
             }
             decision => (decision, None, policy),
         };
-        // The route's scope is shown only to an identified key: an
-        // unauthenticated caller must not learn which routes exist.
-        let identified = matches!(
-            decision,
-            Decision::Allowed { .. }
-                | Decision::InsufficientScope { .. }
-                | Decision::RateLimited { .. }
-        );
-        let scope_name = scope
-            .filter(|_| identified)
-            .map(|scope| policy.catalog.scope_name(scope));
+        let scope_name = shown_scope(&decision, scope, &policy.catalog);
         if !decision.is_allowed()
             && (self.config.dry_run || policy.routes.is_dry_run(http.method(), http.path()))
         {
@@ -413,6 +403,24 @@ fn deny(
     response.set_status(Status::new(code, message));
     response.set_http_response(denied);
     response.into()
+}
+
+/// The route's scope as shown: only to an identified key (an
+/// unauthenticated caller must not learn which routes exist).
+fn shown_scope<'a>(
+    decision: &Decision,
+    scope: Option<crate::scope::ScopeId>,
+    catalog: &'a Catalog,
+) -> Option<&'a str> {
+    let identified = matches!(
+        decision,
+        Decision::Allowed { .. }
+            | Decision::InsufficientScope { .. }
+            | Decision::RateLimited { .. }
+    );
+    scope
+        .filter(|_| identified)
+        .map(|scope| catalog.scope_name(scope))
 }
 
 /// The scope a proxy names for a route; one the catalog does not know is a

@@ -24,14 +24,7 @@ impl Manager {
         self.require(caller, ManageAction::Create)?;
         self.admit_mutation(caller)?;
         let account_id = target_account(caller, &request.account_id)?;
-        let retry = match request.request_id.as_str() {
-            "" => None,
-            text => Some((
-                RequestId::new(&account_id, text)
-                    .map_err(|message| invalid("request_id", message))?,
-                create_digest(&request),
-            )),
-        };
+        let retry = retry_of(&request, &account_id)?;
         if let Some(first) = self.first_result_of(&retry).await? {
             return Ok(first);
         }
@@ -180,6 +173,20 @@ impl Manager {
 
 /// The account a new key goes to: the admin names it; a key creates in its
 /// own account only.
+/// A request id's lookup and the request's digest, when it has one.
+fn retry_of(
+    request: &NewKey,
+    account_id: &str,
+) -> Result<Option<(RequestId, [u8; 32])>, ManageError> {
+    match request.request_id.as_str() {
+        "" => Ok(None),
+        text => Ok(Some((
+            RequestId::new(account_id, text).map_err(|message| invalid("request_id", message))?,
+            create_digest(request),
+        ))),
+    }
+}
+
 fn target_account(caller: &Caller, requested: &str) -> Result<String, ManageError> {
     match caller {
         Caller::Admin => validate_account_id(requested),

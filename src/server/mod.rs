@@ -216,12 +216,8 @@ async fn serve_all(
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
     let manager = manager(config, &opened);
-    let counters =
-        crate::counters::Counters::start(&config.counters, config.rate_limit_fail_closed)
-            .map_err(StartError::RateLimits)?;
-    tokio::spawn(report_rate_limits(counters.health(), health.clone()));
     let check_context = Arc::new(CheckContext {
-        counters,
+        counters: start_counters(config, &health)?,
         keys: opened.store.table().clone(),
         format: opened.format.clone(),
         policy: arc_swap::ArcSwap::from_pointee(Policy {
@@ -489,6 +485,18 @@ async fn report_sync(
             .map_or(f64::INFINITY, |since| since.as_secs_f64());
         metrics::gauge!(telemetry::FLEET_SECONDS_SINCE_CONTACT).set(since);
     }
+}
+
+/// The rate limits' counters, their reachability reported to health.
+fn start_counters(
+    config: &ServeConfig,
+    health: &tonic_health::server::HealthReporter,
+) -> Result<Arc<crate::counters::Counters>, StartError> {
+    let counters =
+        crate::counters::Counters::start(&config.counters, config.rate_limit_fail_closed)
+            .map_err(StartError::RateLimits)?;
+    tokio::spawn(report_rate_limits(counters.health(), health.clone()));
+    Ok(counters)
 }
 
 /// The counters' reachability as `scopegate.v1.RateLimits` (always SERVING
