@@ -7,6 +7,8 @@
 #   REQUESTS=500 bash bench/instructions.sh  # quicker
 #   SCOPEGATE_BIN=/other/scopegate BARE=0 bash bench/instructions.sh
 #                                            # another build (before/after a change), no bare server
+#   LIMIT=default=1000000000/hour BARE=0 bash bench/instructions.sh
+#                                            # the key carries that rate limit (in memory)
 # Each figure: counters zeroed after a warm-up, N requests sent, counters
 # dumped; then zeroed again, the server left idle for as long, dumped; the
 # idle count is subtracted and the rest divided by N.
@@ -96,8 +98,10 @@ echo "== scopegate (default flags, metrics on) under callgrind: $bin" >&2
 server_pid=$!
 wait_for "$work/prepare.log" "keys loaded; serving"
 addr=$(grep -o '"addr":"[^"]*"' "$work/prepare.log" | head -1 | cut -d'"' -f4)
+limit_args=()
+[ -n "${LIMIT:-}" ] && limit_args=(--limit "$LIMIT")
 token=$("$bin" keys create --server "http://$addr" --data-dir "$work/data" --account bench \
-  --name load --scope mail.send --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+  --name load --scope mail.send "${limit_args[@]}" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 kill "$server_pid"; wait "$server_pid" 2> /dev/null || true
 valgrind --tool=callgrind --callgrind-out-file="$work/scopegate.cg" \
   "$bin" serve "${no_rest[@]}" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$work/data" \
