@@ -58,8 +58,10 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
 }
 
 pub(super) fn init_logging(json: bool) {
+    // limitador opens an INFO span around every counter call (a registry
+    // entry per Check of a limited key) and logs nothing in it.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,limitador=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
