@@ -203,6 +203,30 @@ def test_fleet_mode_shares_keys_through_etcd_across_replicas():
     assert not any(a.startswith("--store") for a in container(standalone, "scopegate")["args"])
 
 
+def test_rate_limit_counters_in_redis_are_wired_with_the_password_from_a_secret():
+    docs = render("ci/demo-fleet-values.yaml", "rateLimits.redis=redis://redis:6379/0",
+                  "rateLimits.passwordSecret=redis-auth", "rateLimits.failClosed=true")
+    (deployment,) = by_kind(docs, "Deployment")
+    scopegate = container(deployment, "scopegate")
+    args = scopegate["args"]
+    assert "--rate-limit-redis=redis://redis:6379/0" in args
+    assert "--rate-limit-redis-password-file=/etc/scopegate/redis-auth/password" in args
+    assert "--rate-limit-fail-closed" in args
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["scopegate-redis-auth"]["secret"] == {
+        "secretName": "redis-auth", "defaultMode": 0o400, "items": [{"key": "password", "path": "password"}]}
+    mounts = {m["name"]: m for m in scopegate["volumeMounts"]}
+    assert mounts["scopegate-redis-auth"]["readOnly"]
+    # The flags the chart renders are ones the binary takes.
+    from conftest import BIN
+    help_text = subprocess.run([BIN, "serve", "--help"], capture_output=True, text=True).stdout
+    for flag in ("--rate-limit-redis ", "--rate-limit-redis-password-file", "--rate-limit-fail-closed"):
+        assert flag in help_text, flag
+    # Without redis: counters in memory, nothing rendered.
+    (plain,) = by_kind(render(None), "Deployment")
+    assert not any(a.startswith("--rate-limit") for a in container(plain, "scopegate")["args"])
+
+
 ISTIO = ROOT / "examples" / "istio"
 
 

@@ -132,6 +132,15 @@ seccompProfile:
     - --max-staleness-secs={{ .Values.fleet.maxStalenessSecs }}
     {{- end }}
     {{- end }}
+    {{- with .Values.rateLimits.redis }}
+    - --rate-limit-redis={{ . }}
+    {{- end }}
+    {{- if and .Values.rateLimits.redis .Values.rateLimits.passwordSecret }}
+    - --rate-limit-redis-password-file=/etc/scopegate/redis-auth/password
+    {{- end }}
+    {{- if .Values.rateLimits.failClosed }}
+    - --rate-limit-fail-closed
+    {{- end }}
     {{- range .Values.extraArgs }}
     - {{ . | quote }}
     {{- end }}
@@ -198,6 +207,11 @@ seccompProfile:
       mountPath: /etc/scopegate/etcd-auth
       readOnly: true
     {{- end }}
+    {{- if and .Values.rateLimits.redis .Values.rateLimits.passwordSecret }}
+    - name: scopegate-redis-auth
+      mountPath: /etc/scopegate/redis-auth
+      readOnly: true
+    {{- end }}
 {{- end -}}
 
 {{/* The volumes the sidecar needs: include them in your pod's volumes. */}}
@@ -232,6 +246,15 @@ seccompProfile:
 - name: scopegate-etcd-auth
   secret:
     secretName: {{ .Values.fleet.authSecret }}
+    defaultMode: 0400
+    items:
+      - key: password
+        path: password
+{{- end }}
+{{- if and .Values.rateLimits.redis .Values.rateLimits.passwordSecret }}
+- name: scopegate-redis-auth
+  secret:
+    secretName: {{ .Values.rateLimits.passwordSecret }}
     defaultMode: 0400
     items:
       - key: password
