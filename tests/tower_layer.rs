@@ -99,6 +99,41 @@ async fn an_axum_app_behind_the_layer_answers_as_ext_authz_would() {
     assert_eq!(status, 403);
     assert!(error_message(&body).contains("no route"), "{body}");
 
+    // Over the key's rate limit: 429 with Retry-After.
+    let limited = server
+        .admin_create(scopegate::grpc::pb::CreateKeyRequest {
+            rate_limits: vec![scopegate::grpc::pb::RateLimit {
+                name: "default".into(),
+                limit: 1,
+                window: Some(prost_types::Duration {
+                    seconds: 60,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }],
+            ..common::create("acme", "limited", &["mail.send"])
+        })
+        .await
+        .unwrap()
+        .token;
+    let (status, _, _) = blocking("POST", "/v3/mail/send", Some(limited.clone()))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let (status, head, body) = blocking("POST", "/v3/mail/send", Some(limited))
+        .await
+        .unwrap();
+    assert_eq!(status, 429, "{body}");
+    let retry_after: u64 = head
+        .lines()
+        .find_map(|line| line.strip_prefix("retry-after: "))
+        .expect("retry-after")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{head}");
+    assert!(error_message(&body).contains("rate limit"), "{body}");
+
     // scopegate gone: 503, never the handler.
     assert!(server.terminate());
     let (status, _, body) = blocking("POST", "/v3/mail/send", Some(sender.token.clone()))
