@@ -198,15 +198,13 @@ impl Counters {
 /// The limit as limitador knows it: its counter is its namespace (the
 /// window is part of a counter's identity, the count is not).
 fn limitador_limit(limit: &ActiveLimit) -> Arc<Limit> {
-    let mut built = Limit::new(
+    Arc::new(Limit::new(
         &*limit.counter,
         limit.limit,
         limit.window_secs,
         [],
         Vec::<limitador::limit::Expression>::new(),
-    );
-    built.set_name(limit.name.to_string());
-    Arc::new(built)
+    ))
 }
 
 /// After an admitted request: the limit with the least left.
