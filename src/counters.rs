@@ -231,6 +231,7 @@ fn refusing(applicable: &Applicable, counters: &[Counter], hits: u64) -> RateSta
         .unwrap_or_else(|| {
             let limit = applicable.iter().next().expect("an applicable limit");
             RateStatus {
+                quota: limit.quota.clone(),
                 name: limit.name.clone(),
                 limit: limit.limit,
                 window_secs: limit.window_secs,
@@ -245,6 +246,7 @@ fn status(limit: &ActiveLimit, counter: &Counter, remaining: u64) -> RateStatus 
         .expires_in()
         .unwrap_or(Duration::from_secs(limit.window_secs));
     RateStatus {
+        quota: limit.quota.clone(),
         name: limit.name.clone(),
         limit: limit.limit,
         window_secs: limit.window_secs,

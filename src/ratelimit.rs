@@ -207,6 +207,9 @@ pub struct ActiveLimit {
     /// `key:<key id>:<name>` or `account:<account id>:<name>` (names hold no
     /// `:`, so the last one splits).
     pub counter: Arc<str>,
+    /// `X-RateLimit-Limit` as draft-03 writes it, made once:
+    /// `10, 10;w=60;name="default"`.
+    pub quota: Arc<str>,
 }
 
 impl ActiveLimit {
@@ -221,7 +224,12 @@ impl ActiveLimit {
         } else {
             format!("key:{key_id}:{}", limit.name)
         };
+        let quota = format!(
+            "{}, {};w={};name=\"{}\"",
+            limit.limit, limit.limit, limit.window_secs, limit.name
+        );
         ActiveLimit {
+            quota: quota.into(),
             name: limit.name.as_str().into(),
             limit: limit.limit,
             window_secs: limit.window_secs,
@@ -299,17 +307,8 @@ pub struct RateStatus {
     pub remaining: u64,
     /// Until the window ends, in whole seconds (rounded up, at least 1).
     pub reset_secs: u64,
-}
-
-impl RateStatus {
-    /// `X-RateLimit-Limit` as draft-03 writes it: the limit, then its quota
-    /// policy (`10, 10;w=60;name="default"`).
-    pub fn limit_header(&self) -> String {
-        format!(
-            "{}, {};w={};name=\"{}\"",
-            self.limit, self.limit, self.window_secs, self.name
-        )
-    }
+    /// [`ActiveLimit::quota`].
+    pub quota: Arc<str>,
 }
 
 #[cfg(test)]

@@ -275,15 +275,9 @@ impl ExtAuthzService {
         let ids = (key_id.as_str(), account_id.as_str());
         match &decision {
             Decision::Allowed { .. } => {
-                let headers = rate.as_ref().map(rate_headers).unwrap_or_default();
-                self.allow(
-                    http,
-                    (credential, reserved),
-                    &decision,
-                    ids,
-                    scope,
-                    &headers,
-                )
+                let headers = rate.as_ref().map(rate_headers);
+                let headers = headers.as_ref().map_or(&[][..], |headers| &headers[..]);
+                self.allow(http, (credential, reserved), &decision, ids, scope, headers)
             }
             _ => deny(decision, ids, scope, catalog),
         }
@@ -527,9 +521,9 @@ fn wire_decision(decision: &Decision) -> super::pb::Decision {
 
 /// Envoy's rate-limit filter headers (draft-03) for the limit closest to
 /// running out.
-fn rate_headers(status: &RateStatus) -> Vec<(&'static str, String)> {
-    vec![
-        ("x-ratelimit-limit", status.limit_header()),
+fn rate_headers(status: &RateStatus) -> [(&'static str, String); 3] {
+    [
+        ("x-ratelimit-limit", status.quota.to_string()),
         ("x-ratelimit-remaining", status.remaining.to_string()),
         ("x-ratelimit-reset", status.reset_secs.to_string()),
     ]
