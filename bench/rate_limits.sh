@@ -17,8 +17,9 @@ cargo build --release --locked --bin scopegate --example loadgen
 bin="$CARGO_TARGET_DIR/release/scopegate"
 loadgen="$CARGO_TARGET_DIR/release/examples/loadgen"
 work=$(mktemp -d)
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2> /dev/null || true; done; rm -rf "$work"; }
+# Servers start inside $(...): their pids go to a file, and their stdout
+# away from the substitution's pipe (or it would wait for them).
+cleanup() { xargs -r kill < "$work/pids" 2> /dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
 wait_for() { # file pattern
@@ -28,15 +29,15 @@ wait_for() { # file pattern
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" > /dev/null &
-pids+=($!)
+echo $! >> "$work/pids"
 for _ in $(seq 1 100); do redis-cli -p "$port" ping 2> /dev/null | grep -q PONG && break; sleep 0.1; done
 
 start() { # name, extra serve flags...
   local name=$1
   shift
   "$bin" serve --http-listen none --listen 127.0.0.1:0 --metrics-listen none --data-dir "$work/$name" \
-    --log-format json "$@" 2> "$work/$name.log" &
-  pids+=($!)
+    --log-format json "$@" > /dev/null 2> "$work/$name.log" &
+  echo $! >> "$work/pids"
   wait_for "$work/$name.log" "keys loaded; serving"
   grep -o '"addr":"[^"]*"' "$work/$name.log" | head -1 | cut -d'"' -f4
 }
