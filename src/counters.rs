@@ -50,6 +50,9 @@ pub enum CountersConfig {
 pub struct Counters {
     backend: Backend,
     fail_closed: bool,
+    /// False during an outage (from the first failure to the next answer):
+    /// what logs once per outage. Starts true, so an outage from the start
+    /// is logged too.
     reachable: AtomicBool,
     /// Reachability, for the `scopegate.v1.RateLimits` health status.
     health: watch::Sender<bool>,
@@ -107,7 +110,7 @@ impl Counters {
         let counters = Arc::new(Counters {
             backend,
             fail_closed,
-            reachable: AtomicBool::new(client.is_none()),
+            reachable: AtomicBool::new(true),
             health: watch::Sender::new(client.is_none()),
         });
         if let Some((client, timeout)) = client {
@@ -295,6 +298,7 @@ async fn connect(counters: Arc<Counters>, client: redis::Client, timeout: Durati
             Ok(connected) => {
                 storage.store(Some(Arc::new(connected)));
                 counters.reached();
+                counters.health.send_replace(true);
                 return;
             }
             Err(error) => counters.unreachable(&error.to_string()),

@@ -359,6 +359,76 @@ async fn redis_away_fails_open_by_default_and_closed_when_asked_and_both_recover
 }
 
 #[tokio::test]
+async fn redis_over_tls_with_the_password_from_a_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = common::TestCa::new(dir.path());
+    let secret = "redis-secret-7d1f";
+    let redis = Redis::start_tls(dir.path(), &ca, secret);
+    let password_file = dir.path().join("redis.password");
+    std::fs::write(&password_file, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // The test CA is trusted the way a pod would: SSL_CERT_FILE.
+    let trust = format!("export SSL_CERT_FILE={}", ca.ca.display());
+    let server = Server::start_after(
+        &trust,
+        &dir.path().join("data"),
+        &[
+            "--rate-limit-redis",
+            &redis.url,
+            "--rate-limit-redis-password-file",
+            password_file.to_str().unwrap(),
+        ],
+    );
+    let token = limited_key(&server, "acme", vec![limit("default", 2, 60)]).await;
+    eventually("counting over TLS", || async {
+        let answer = server
+            .authorize()
+            .await
+            .check(check(&token, &["mail.send"]))
+            .await;
+        answer.is_ok_and(|answer| answer.into_inner().rate_limit.is_some())
+    })
+    .await;
+    assert_eq!(
+        check_answer(&server, &token).await.decision(),
+        pb::Decision::Allowed
+    );
+    assert_eq!(
+        check_answer(&server, &token).await.decision(),
+        pb::Decision::RateLimited
+    );
+    // Without the password: away (open: uncounted), and never a secret logged.
+    let anonymous = Server::start_after(
+        &trust,
+        &dir.path().join("anonymous"),
+        &["--rate-limit-redis", &redis.url],
+    );
+    let token = limited_key(&anonymous, "acme", vec![limit("default", 1, 60)]).await;
+    for _ in 0..3 {
+        let answer = check_answer(&anonymous, &token).await;
+        assert!(answer.allowed && answer.rate_limit.is_none(), "{answer:?}");
+    }
+    assert!(
+        anonymous.log().contains("rate-limit counters unreachable"),
+        "{}",
+        anonymous.log()
+    );
+    assert!(!server.log().contains(secret) && !anonymous.log().contains(secret));
+    // A password in the URL is refused at start, and not echoed.
+    let url = format!("rediss://:{secret}@127.0.0.1:{}/0", redis.port);
+    let Err(refused) =
+        Server::try_start(&dir.path().join("refused"), &["--rate-limit-redis", &url])
+    else {
+        panic!("started with a password in the URL");
+    };
+    assert!(
+        refused.contains("password-file") && !refused.contains(secret),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
 async fn an_account_limit_is_shared_by_the_accounts_keys() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);
