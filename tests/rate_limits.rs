@@ -9,7 +9,6 @@ use std::time::Duration;
 use common::fleet::{eventually, fleet};
 use common::redis::Redis;
 use common::{bearer, check, create, create_manager, Etcd, Server};
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
 use scopegate::grpc::pb;
@@ -54,29 +53,7 @@ async fn check_answer(server: &Server, token: &str) -> pb::CheckResponse {
 
 /// `POST /v3/mail/send` through ext_authz, as Envoy asks.
 async fn envoy_check(server: &Server, token: &str) -> CheckResponse {
-    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
-    let request = CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "POST".into(),
-                    path: "/v3/mail/send".into(),
-                    headers: [("authorization".to_owned(), format!("Bearer {token}"))]
-                        .into_iter()
-                        .collect(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    };
-    AuthorizationClient::new(server.channel().await)
-        .check(request)
-        .await
-        .unwrap()
-        .into_inner()
+    common::ext_authz_answer(server, token, None).await
 }
 
 /// (HTTP status, headers for the client) of an ext_authz answer.

@@ -343,20 +343,18 @@ pub fn create_manager(account: &str, name: &str, scopes: &[&str]) -> pb::CreateK
     }
 }
 
-/// (decision in the metadata, HTTP status) for `POST /v3/mail/send` from `source`.
-pub async fn ext_authz(
+/// Envoy's whole answer to `POST /v3/mail/send` with `token` from `source`.
+pub async fn ext_authz_answer(
     server: &Server,
     token: &str,
     source: Option<&str>,
-) -> (String, i32, Option<prost_types::Struct>) {
+) -> envoy_types::pb::envoy::service::auth::v3::CheckResponse {
     use envoy_types::pb::envoy::config::core::v3::{address, Address, SocketAddress};
     use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
         HttpRequest, Peer, Request,
     };
     use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-    use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
     use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
-    use envoy_types::pb::google::protobuf::value::Kind;
     let request = CheckRequest {
         attributes: Some(AttributeContext {
             source: source.map(|ip| Peer {
@@ -382,11 +380,22 @@ pub async fn ext_authz(
             ..Default::default()
         }),
     };
-    let response = AuthorizationClient::new(server.channel().await)
+    AuthorizationClient::new(server.channel().await)
         .check(request)
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+}
+
+/// (decision in the metadata, HTTP status) for `POST /v3/mail/send` from `source`.
+pub async fn ext_authz(
+    server: &Server,
+    token: &str,
+    source: Option<&str>,
+) -> (String, i32, Option<prost_types::Struct>) {
+    use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let response = ext_authz_answer(server, token, source).await;
     let metadata = response.dynamic_metadata.clone().unwrap();
     let decision = match &metadata.fields["decision"].kind {
         Some(Kind::StringValue(decision)) => decision.clone(),
