@@ -14,6 +14,12 @@ cd "$(dirname "$0")/.."
 # release binary `cargo run --release -- serve` built is the one tested here
 # (one release build for the README's two commands). CI sets a shared cache.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+# Two checkouts sharing one CARGO_TARGET_DIR (CI's cache, a clone beside the
+# work tree) each leave their own build of the binary, but cargo copies it to
+# target/{debug,release}/scopegate only when it rebuilds it: a fresh build
+# here could leave the other checkout's binary in place for the tests to run.
+# Touching the binary's root makes cargo rebuild (seconds) and copy it.
+touch src/main.rs
 tools="${SCOPEGATE_TOOLS_DIR:-$HOME/.cache/scopegate/tools}"
 requirements=tests/python/requirements.txt
 
