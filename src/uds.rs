@@ -75,6 +75,9 @@ pub struct AuthorityFix {
     input: BytesMut,
     /// Bytes ready for h2.
     output: BytesMut,
+    /// How far the header block at the start of `input` has been checked
+    /// (see [`header_block`]).
+    scanned: usize,
     /// [`MAX_HEADER_LIST`] (tests may raise it).
     max_header_list: usize,
 }
@@ -88,6 +91,7 @@ impl Default for AuthorityFix {
             decoder,
             input: BytesMut::new(),
             output: BytesMut::new(),
+            scanned: 0,
             max_header_list: MAX_HEADER_LIST,
         }
     }
@@ -174,7 +178,7 @@ impl AuthorityFix {
                 self.output.extend_from_slice(&frame);
                 continue;
             }
-            match header_block(&self.input) {
+            match header_block(&self.input, &mut self.scanned) {
                 Block::Incomplete => return,
                 Block::Invalid => return self.pass_through(),
                 Block::Complete {
@@ -192,6 +196,7 @@ impl AuthorityFix {
                     };
                     write_headers(&frame, &block, &mut self.output);
                     self.input.advance(len);
+                    self.scanned = 0;
                 }
             }
         }
@@ -272,54 +277,51 @@ enum Block {
 }
 
 /// Parses the HEADERS frame at the start of `input` and its CONTINUATIONs.
-fn header_block(input: &[u8]) -> Block {
+/// `scanned` carries, between calls on a growing `input`, where the first
+/// CONTINUATION not yet checked starts (0 at a block's start), so a block
+/// that arrives in many small reads is walked once, and its fragments are
+/// copied once, when it is complete.
+fn header_block(input: &[u8], scanned: &mut usize) -> Block {
     let Some((_, length)) = frame_at(input, 0) else {
         return Block::Incomplete;
     };
-    if input.len() < FRAME_HEADER + length {
+    let first = FRAME_HEADER + length;
+    if input.len() < first {
         return Block::Incomplete;
     }
     let flags = input[4];
     let stream: [u8; 4] = input[5..9].try_into().expect("4 bytes");
-    let mut payload = &input[FRAME_HEADER..FRAME_HEADER + length];
-    let mut padding = 0;
-    if flags & PADDED != 0 {
-        let Some((&pad, rest)) = payload.split_first() else {
-            return Block::Invalid;
-        };
-        padding = usize::from(pad);
-        payload = rest;
-    }
-    let mut priority = None;
-    if flags & PRIORITY != 0 {
-        let Some(bytes) = payload.get(..5) else {
-            return Block::Invalid;
-        };
-        priority = Some(bytes.try_into().expect("5 bytes"));
-        payload = &payload[5..];
-    }
-    if padding > payload.len() {
+    let Some((fragment, priority)) = headers_payload(flags, &input[FRAME_HEADER..first]) else {
         return Block::Invalid;
-    }
-    let mut fragments = payload[..payload.len() - padding].to_vec();
-    let mut at = FRAME_HEADER + length;
-    let mut end = flags & END_HEADERS != 0;
+    };
+    // Past `first`, every frame up to `scanned` was a CONTINUATION of this
+    // stream without END_HEADERS.
+    let mut at = (*scanned).max(first);
+    let mut end = at == first && flags & END_HEADERS != 0;
     while !end {
         let Some((kind, length)) = frame_at(input, at) else {
+            *scanned = at;
             return Block::Incomplete;
         };
         if kind != CONTINUATION || input[at + 5..at + 9] != stream || length > MAX_FRAME {
             return Block::Invalid;
         }
         if input.len() < at + FRAME_HEADER + length {
+            *scanned = at;
             return Block::Incomplete;
         }
-        fragments.extend_from_slice(&input[at + FRAME_HEADER..at + FRAME_HEADER + length]);
         end = input[at + 4] & END_HEADERS != 0;
         at += FRAME_HEADER + length;
         if at > MAX_BLOCK {
             return Block::Invalid;
         }
+    }
+    let mut fragments = fragment.to_vec();
+    let mut next = first;
+    while next < at {
+        let (_, length) = frame_at(input, next).expect("checked above");
+        fragments.extend_from_slice(&input[next + FRAME_HEADER..next + FRAME_HEADER + length]);
+        next += FRAME_HEADER + length;
     }
     Block::Complete {
         len: at,
@@ -330,6 +332,24 @@ fn header_block(input: &[u8]) -> Block {
             priority,
         },
     }
+}
+
+/// A HEADERS frame's fragment and priority bytes, without its padding;
+/// `None` if the padding or priority do not fit.
+fn headers_payload(flags: u8, mut payload: &[u8]) -> Option<(&[u8], Option<[u8; 5]>)> {
+    let mut padding = 0;
+    if flags & PADDED != 0 {
+        let (&pad, rest) = payload.split_first()?;
+        padding = usize::from(pad);
+        payload = rest;
+    }
+    let mut priority = None;
+    if flags & PRIORITY != 0 {
+        priority = Some(payload.get(..5)?.try_into().expect("5 bytes"));
+        payload = &payload[5..];
+    }
+    let fragment = payload.get(..payload.len().checked_sub(padding)?)?;
+    Some((fragment, priority))
 }
 
 /// HPACK "literal header field without indexing, new name", no Huffman.
@@ -670,6 +690,121 @@ mod tests {
         let blocks = server_view(&output);
         assert_eq!(blocks[0].last().unwrap().1.len(), 40_000);
         assert_eq!(blocks[0][3], (b":authority".to_vec(), AUTHORITY.to_vec()));
+    }
+
+    /// A block in hundreds of tiny CONTINUATIONs, read a byte at a time:
+    /// the scan resumes where it stopped, yet checks every frame.
+    #[test]
+    fn a_block_in_many_continuations_is_scanned_across_reads() {
+        let mut encoder = loona_hpack::Encoder::new();
+        let headers = request("/tmp/s.sock", "/a/B");
+        let block = encoder.encode(headers.iter().map(|(n, v)| (&n[..], &v[..])));
+        let pieces: Vec<&[u8]> = block.chunks(1).collect();
+        let frames = |bad_at: Option<usize>| {
+            let mut input = PREFACE.to_vec();
+            for (n, piece) in pieces.iter().enumerate() {
+                let kind = if n == 0 { HEADERS } else { CONTINUATION };
+                let flags = if n + 1 == pieces.len() {
+                    END_HEADERS
+                } else {
+                    0
+                };
+                let stream = if Some(n) == bad_at { 3 } else { 1 };
+                input.extend(frame(kind, flags, stream, piece));
+            }
+            input
+        };
+        let input = frames(None);
+        for chunk in [1, 2, 10, 1 << 20] {
+            let (output, rewriting) = run(&input, chunk);
+            assert!(rewriting, "chunk {chunk}");
+            let blocks = server_view(&output);
+            assert_eq!(blocks[0][3], (b":authority".to_vec(), AUTHORITY.to_vec()));
+            assert_eq!(blocks[0][2], (b":path".to_vec(), b"/a/B".to_vec()));
+        }
+        // A CONTINUATION of another stream late in the block: not a block.
+        let bad = frames(Some(pieces.len() - 2));
+        for chunk in [1, 9, 1 << 20] {
+            let (output, rewriting) = run(&bad, chunk);
+            assert!(!rewriting, "chunk {chunk}");
+            assert_eq!(output, bad, "chunk {chunk}");
+        }
+    }
+
+    /// Clients Huffman-code header strings (grpc-core does). The vendored
+    /// HPACK decoder's Huffman tables (vendor/README.md) against RFC 7541's
+    /// own examples (Appendix C.4, C.6.1) and its three decoding errors.
+    #[test]
+    fn huffman_coded_headers_decode_as_rfc_7541_says() {
+        fn hex(text: &str) -> Vec<u8> {
+            let digits: String = text.split_whitespace().collect();
+            (0..digits.len())
+                .step_by(2)
+                .map(|at| u8::from_str_radix(&digits[at..at + 2], 16).unwrap())
+                .collect()
+        }
+        fn decode(decoder: &mut loona_hpack::Decoder, block: &str) -> Vec<(String, String)> {
+            let mut headers = Vec::new();
+            decoder
+                .decode_with_cb(&hex(block), |name, value| {
+                    let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).unwrap();
+                    headers.push((text(&name), text(&value)));
+                })
+                .unwrap();
+            headers
+        }
+        fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+            list.iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect()
+        }
+        // C.4: three requests on one connection, so the dynamic table too.
+        let mut decoder = loona_hpack::Decoder::new();
+        let c41 = "8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff";
+        let c42 = "8286 84be 5886 a8eb 1064 9cbf";
+        let c43 = "8287 85bf 4088 25a8 49e9 5ba9 7d7f 8925 a849 e95b b8e8 b4bf";
+        let first = [
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", "/"),
+            (":authority", "www.example.com"),
+        ];
+        assert_eq!(decode(&mut decoder, c41), pairs(&first));
+        let mut second = first.to_vec();
+        second.push(("cache-control", "no-cache"));
+        assert_eq!(decode(&mut decoder, c42), pairs(&second));
+        let third = [
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":path", "/index.html"),
+            (":authority", "www.example.com"),
+            ("custom-key", "custom-value"),
+        ];
+        assert_eq!(decode(&mut decoder, c43), pairs(&third));
+        // C.6.1: longer codes (digits, punctuation, capitals).
+        let c61 = "4882 6402 5885 aec3 771a 4b61 96d0 7abe 9410 54d4 44a8 2005 9504 \
+                   0b81 66e0 82a6 2d1b ff6e 919d 29ad 1718 63c7 8f0b 97c8 e9ae 82ae 43d3";
+        let response = [
+            (":status", "302"),
+            ("cache-control", "private"),
+            ("date", "Mon, 21 Oct 2013 20:13:21 GMT"),
+            ("location", "https://www.example.com"),
+        ];
+        let mut decoder = loona_hpack::Decoder::new();
+        assert_eq!(decode(&mut decoder, c61), pairs(&response));
+        // The three errors of RFC 7541 §5.2.
+        use loona_hpack::huffman::{HuffmanDecoder, HuffmanDecoderError as Error};
+        for (string, error) in [
+            ("ffff ffff", Error::EOSInString),
+            ("ff", Error::PaddingTooLarge),
+            ("00", Error::InvalidPadding),
+        ] {
+            assert_eq!(
+                HuffmanDecoder::new().decode(&hex(string)),
+                Err(error),
+                "{string}"
+            );
+        }
     }
 
     #[test]
