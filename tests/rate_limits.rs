@@ -544,7 +544,7 @@ async fn a_limited_key_cannot_create_or_leave_a_key_less_limited() {
         .into_inner();
     assert!(lifted.rate_limits.is_empty());
     let tightened = pb::UpdateKeyRequest {
-        key_id: child_id,
+        key_id: child_id.clone(),
         rate_limits: Some(pb::RateLimitList {
             limits: vec![limit("default", 2, 3600)],
         }),
@@ -558,6 +558,34 @@ async fn a_limited_key_cannot_create_or_leave_a_key_less_limited() {
         .unwrap()
         .into_inner();
     assert_eq!(shown.rate_limits, vec![limit("default", 2, 3600)]);
+    // The audit trail shows each change of limits: what the key had, what it got.
+    let events = common::list_audit(
+        &server,
+        &server.admin_token,
+        pb::ListAuditEventsRequest {
+            key_id: child_id,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+    .events;
+    let limits = |state: &Option<pb::KeyState>| state.as_ref().unwrap().rate_limits.clone();
+    let created = vec![limit("default", 5, 60), limit("extra", 1, 1)];
+    let changes: Vec<_> = events
+        .iter()
+        .filter(|event| event.action == "update")
+        .map(|event| (limits(&event.before), limits(&event.after)))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            (created.clone(), vec![]),
+            (vec![], vec![limit("default", 2, 3600)]),
+        ]
+    );
+    assert_eq!(events[0].action, "create");
+    assert_eq!(limits(&events[0].after), created);
 }
 
 #[tokio::test]
@@ -638,6 +666,19 @@ async fn the_cli_and_rest_set_and_show_limits() {
     assert_eq!(limits[0]["window_seconds"], 60);
     assert_eq!(limits[1]["scopes"][0], "mail.send");
     assert_eq!(limits[2]["account"], true);
+    // The audit trail's key state carries them too.
+    let audit = std::process::Command::new(common::BIN)
+        .args(["audit", "--server", &server.addr, "--json"])
+        .env("SCOPEGATE_AUTH", &server.admin_token)
+        .output()
+        .unwrap();
+    assert!(
+        audit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&audit.stderr)
+    );
+    let audit: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+    assert_eq!(audit["events"][0]["after"]["rate_limits"], *limits);
     let bad = std::process::Command::new(common::BIN)
         .args([
             "keys",

@@ -50,7 +50,8 @@ pub(super) async fn run(args: AuditArgs) -> Result<ExitCode, String> {
     let state = |state: &Option<pb::KeyState>| {
         state.as_ref().map(|s| {
             json!({"name": s.name, "scopes": s.scopes, "enabled": s.enabled,
-                       "expire_time": s.expire_time.as_ref().map(|t| t.to_string())})
+                       "expire_time": s.expire_time.as_ref().map(|t| t.to_string()),
+                       "rate_limits": rate_limits_json(&s.rate_limits)})
         })
     };
     if client.json {

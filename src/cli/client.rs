@@ -140,12 +140,21 @@ pub(super) fn key_json(key: &pb::ApiKey) -> Value {
         "previous_secret_expire_time": time(&key.previous_secret_expire_time),
         "allowed_cidrs": key.allowed_cidrs, "metadata": key.metadata,
         "last_used_time": time(&key.last_used_time),
-        "rate_limits": key.rate_limits.iter().map(|limit| json!({
-            "name": limit.name, "limit": limit.limit,
-            "window_seconds": limit.window.as_ref().map_or(0, |w| w.seconds),
-            "scopes": limit.scopes, "account": limit.account,
-        })).collect::<Vec<_>>(),
+        "rate_limits": rate_limits_json(&key.rate_limits),
     })
+}
+
+pub(super) fn rate_limits_json(limits: &[pb::RateLimit]) -> Value {
+    limits
+        .iter()
+        .map(|limit| {
+            json!({
+                "name": limit.name, "limit": limit.limit,
+                "window_seconds": limit.window.as_ref().map_or(0, |w| w.seconds),
+                "scopes": limit.scopes, "account": limit.account,
+            })
+        })
+        .collect()
 }
 
 /// `default=600/minute`, `org=10000/hour (account)`.

@@ -150,6 +150,11 @@ fn key_state_to_pb(state: crate::store::KeyState) -> pb::KeyState {
         scopes: state.scopes,
         expire_time: optional_timestamp(state.expire_time_unix_ms),
         enabled: state.enabled,
+        rate_limits: state
+            .rate_limits
+            .iter()
+            .map(|limit| rate_limit_to_pb(&limit.into()))
+            .collect(),
     }
 }
 

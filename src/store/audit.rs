@@ -48,6 +48,8 @@ pub struct KeyState {
     pub expire_time_unix_ms: i64,
     #[prost(bool, tag = "4")]
     pub enabled: bool,
+    #[prost(message, repeated, tag = "5")]
+    pub rate_limits: Vec<super::RateLimitRecord>,
 }
 
 impl KeyState {
@@ -57,6 +59,7 @@ impl KeyState {
             scopes: record.scopes.clone(),
             expire_time_unix_ms: record.expire_time_unix_ms,
             enabled: !record.disabled,
+            rate_limits: record.rate_limits.clone(),
         }
     }
 }
