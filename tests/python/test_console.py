@@ -146,6 +146,30 @@ def test_the_admin_builds_a_key_on_the_grid_and_runs_its_lifecycle(server, admin
     assert {"create", "update", "rotate", "disable", "delete"} <= set(actions), events
 
 
+def test_a_keys_rate_limits_show_and_survive_an_edit(server, admin_token, browser):
+    created = server.cli("keys", "create", "--account", "acme", "--name", "limited", "--scope", "mail.send",
+                         "--limit", "default=600/minute", "--limit", "send=5/second:mail.send",
+                         "--account-limit", "org=10000/hour")
+    key_id = created["key"]["key_id"]
+    sign_in(browser, server, admin_token)
+    browser.get(url(server, f"/console/keys/{key_id}"))
+    shown = [span.text for span in browser.find_elements(By.CSS_SELECTOR, "#rate-limits .limit")]
+    assert shown == ["default=600/minute", "send=5/second:mail.send", "org=10000/hour (account)"], shown
+    # An edit in the console (a new name) leaves the limits as they were.
+    name = browser.find_element(By.ID, "key-name")
+    name.clear()
+    name.send_keys("limited, renamed")
+    click_and_load(browser, browser.find_element(By.CSS_SELECTOR, "form.key button[type=submit]"))
+    assert "limited, renamed" in browser.find_element(By.TAG_NAME, "h1").text, browser.page_source
+    after = [span.text for span in browser.find_elements(By.CSS_SELECTOR, "#rate-limits .limit")]
+    assert after == shown
+    assert len(server.cli("keys", "get", key_id)["rate_limits"]) == 3
+    # A key without limits says so.
+    plain = server.create_key("mail.send")["key"]["key_id"]
+    browser.get(url(server, f"/console/keys/{plain}"))
+    assert browser.find_element(By.ID, "rate-limits").text == "none"
+
+
 def test_an_api_key_sees_the_levels_it_lacks_disabled(server, browser):
     manager = server.create_key("api_keys.create", "api_keys.read", "api_keys.update", "mail.send",
                                 "stats.read")["token"]

@@ -283,6 +283,13 @@ pub fn key_detail(
                 dt { "Account" } dd { (view.account_id) }
                 dt { "State" } dd #state { (state) }
                 dt { "Scopes" } dd #scopes { (view.scopes.join(", ")) }
+                dt { "Rate limits" }
+                dd #rate-limits {
+                    @for limit in &view.rate_limits {
+                        span.limit { (limit) @if limit.shared { " (account)" } } " "
+                    }
+                    @if view.rate_limits.is_empty() { "none" }
+                }
                 dt { "Secret" } dd { "fingerprint " code { (view.secret_fingerprint) } }
             }
             h2 { "Edit" }
