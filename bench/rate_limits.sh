@@ -7,6 +7,7 @@
 # (1,000,000,000/hour), alternating ROUNDS times so a noisy host moves them
 # alike. Prints each run's JSON and the median p50/p99 of each.
 #   bash bench/rate_limits.sh
+#   BEFORE=/other/scopegate bash bench/rate_limits.sh   # also that build's Redis row
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scopegate/target}"
@@ -32,10 +33,10 @@ redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$w
 echo $! >> "$work/pids"
 for _ in $(seq 1 100); do redis-cli -p "$port" ping 2> /dev/null | grep -q PONG && break; sleep 0.1; done
 
-start() { # name, extra serve flags...
+start() { # name, extra serve flags... (SERVER_BIN: another build)
   local name=$1
   shift
-  "$bin" serve --http-listen none --listen 127.0.0.1:0 --metrics-listen none --data-dir "$work/$name" \
+  "${SERVER_BIN:-$bin}" serve --http-listen none --listen 127.0.0.1:0 --metrics-listen none --data-dir "$work/$name" \
     --log-format json "$@" > /dev/null 2> "$work/$name.log" &
   echo $! >> "$work/pids"
   wait_for "$work/$name.log" "keys loaded; serving"
@@ -55,10 +56,16 @@ declare -A target token
 target[none]=$memory_addr;   token[none]=$(key "$memory_addr" memory)
 target[memory]=$memory_addr; token[memory]=$(key "$memory_addr" memory --limit default=1000000000/hour)
 target[redis]=$redis_addr;   token[redis]=$(key "$redis_addr" redis --limit default=1000000000/hour)
+labels="none memory redis"
+if [ -n "${BEFORE:-}" ]; then
+  before_addr=$(SERVER_BIN=$BEFORE start before --rate-limit-redis "redis://127.0.0.1:$port/1")
+  target[before]=$before_addr; token[before]=$(key "$before_addr" before --limit default=1000000000/hour)
+  labels="$labels before"
+fi
 
 results="$work/results.jsonl"
 for round in $(seq 1 "$rounds"); do
-  for label in none memory redis; do
+  for label in $labels; do
     "$loadgen" check --target "http://${target[$label]}" --workload scopes --token "${token[$label]}" \
       --concurrency 1 --connections 1 --duration-secs "$seconds" --warmup-secs 1 --label "$label" \
       | tee -a "$results"
@@ -69,12 +76,15 @@ python3 - "$results" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 names = {"none": "key without limits", "memory": "one limit, counters in memory",
-         "redis": "one limit, counters in Redis (loopback)"}
+         "redis": "one limit, counters in Redis (loopback)",
+         "before": "the same, the BEFORE build"}
 base = {q: statistics.median(r[q] for r in rows if r["label"] == "none") for q in ("p50_us", "p99_us")}
 print("| Check from | p50 | p99 | p50 added | p99 added | req/s (1 in flight) |")
 print("|---|---|---|---|---|---|")
-for label in ("none", "memory", "redis"):
+for label in ("none", "memory", "redis", "before"):
     mine = [r for r in rows if r["label"] == label]
+    if not mine:
+        continue
     p50 = statistics.median(r["p50_us"] for r in mine)
     p99 = statistics.median(r["p99_us"] for r in mine)
     rps = statistics.median(r["rps"] for r in mine)

@@ -7,7 +7,9 @@ use crate::limit::Limit;
 use crate::reservation::ReservationId;
 use crate::storage::keys::*;
 use crate::storage::redis::is_limited;
-use crate::storage::redis::scripts::{SCRIPT_RESERVE, SCRIPT_UPDATE_COUNTER, VALUES_AND_TTLS};
+use crate::storage::redis::scripts::{
+    SCRIPT_CHECK_AND_UPDATE, SCRIPT_RESERVE, SCRIPT_UPDATE_COUNTER, VALUES_AND_TTLS,
+};
 use crate::storage::{AsyncCounterStorage, Authorization, StorageErr};
 use async_trait::async_trait;
 use redis::{AsyncCommands, ErrorKind, RedisError};
@@ -18,9 +20,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::{info_span, Instrument};
 
-// Note: this implementation does not guarantee exact limits. Ensuring that we
-// never go over the limits would hurt performance. This implementation
-// sacrifices a bit of accuracy to be more performant.
+// Note: upstream's check_and_update read the counters, then added to them (two
+// round trips, and racing clients could pass a limit together). This copy
+// checks and adds in one script (SCRIPT_CHECK_AND_UPDATE): exact, one round
+// trip. The other paths are upstream's.
 
 // TODO: the code of this implementation is almost identical to the blocking
 // one. The only exception is that the functions defined are "async" and all the
@@ -85,44 +88,28 @@ impl AsyncCounterStorage for AsyncRedisStorage {
         delta: u64,
     ) -> Result<Authorization, StorageErr> {
         let mut con = self.conn_manager.clone();
-        let counter_keys: Vec<Vec<u8>> = counters.iter().map(key_for_counter).collect();
-
-        if let Some(res) = self.evaluate(counters, delta).await? {
-            return Ok(res);
+        let script = redis::Script::new(SCRIPT_CHECK_AND_UPDATE);
+        let mut invocation = script.prepare_invoke();
+        for counter in counters.iter() {
+            invocation.key(key_for_counter(counter));
+            invocation.key(key_for_counters_of_limit(counter.limit()));
         }
-
-        let script = redis::Script::new(SCRIPT_UPDATE_COUNTER);
-        let mut pipeline = redis::pipe();
-        let mut pipeline = &mut pipeline;
-        for (counter_idx, key) in counter_keys.iter().enumerate() {
-            let counter = &counters[counter_idx];
-            pipeline = pipeline
-                .invoke_script(
-                    script
-                        .key(key)
-                        .key(key_for_counters_of_limit(counter.limit()))
-                        .arg(counter.window().as_secs())
-                        .arg(delta),
-                )
-                .ignore()
+        for counter in counters.iter() {
+            invocation.arg(counter.window().as_secs());
+            invocation.arg(counter.max_value());
         }
-        if let Err(err) = pipeline
-            .query_async::<()>(&mut con)
+        invocation.arg(delta);
+        let mut values_and_ttls: Vec<Option<i64>> = invocation
+            .invoke_async(&mut con)
             .instrument(info_span!("datastore"))
-            .await
-        {
-            if err.kind() == ErrorKind::NoScriptError {
-                script.prepare_invoke().load_async(&mut con).await?;
-                pipeline
-                    .query_async::<()>(&mut con)
-                    .instrument(info_span!("datastore"))
-                    .await?;
-            } else {
-                Err(err)?;
-            }
+            .await?;
+        let admitted = values_and_ttls.pop().flatten() == Some(1);
+        let limited = is_limited(counters, delta, values_and_ttls);
+        if admitted {
+            Ok(Authorization::Ok)
+        } else {
+            Ok(limited.unwrap_or(Authorization::Limited(None)))
         }
-
-        Ok(Authorization::Ok)
     }
 
     #[tracing::instrument(skip_all)]
@@ -340,6 +327,7 @@ impl AsyncRedisStorage {
     ) -> Result<Self, RedisError> {
         let store = Self { conn_manager };
         store.load_script(SCRIPT_UPDATE_COUNTER).await?;
+        store.load_script(SCRIPT_CHECK_AND_UPDATE).await?;
         store.load_script(VALUES_AND_TTLS).await?;
         store.load_script(SCRIPT_RESERVE).await?;
         Ok(store)

@@ -23,6 +23,40 @@ pub const SCRIPT_UPDATE_COUNTER: &str = "
     end
     return c";
 
+// Checks and counts in one step (scopegate's change, see vendor/README.md):
+// `delta` is added to every counter only if every one stays within its limit,
+// so sidecars racing at a limit never pass it together.
+// KEYS come in pairs: [counter_key, limit_key, ...].
+// ARGV: a (window_seconds, max_value) pair per counter, in the same order, then delta.
+// Returns each counter's value before this call (false if none) and its TTL in
+// ms (as `VALUES_AND_TTLS`), then 1 if admitted, 0 if not.
+pub const SCRIPT_CHECK_AND_UPDATE: &str = "
+    local delta = tonumber(ARGV[#ARGV])
+    local admitted = 1
+    local values = {}
+    for i = 1, #KEYS, 2 do
+        local value = redis.call('get', KEYS[i])
+        values[i] = value
+        if (tonumber(value) or 0) + delta > tonumber(ARGV[i + 1]) then
+            admitted = 0
+        end
+    end
+    local res = {}
+    for i = 1, #KEYS, 2 do
+        if admitted == 1 then
+            local c = redis.call('incrby', KEYS[i], delta)
+            if c == delta then
+                redis.call('expire', KEYS[i], ARGV[i], 'NX')
+                redis.call('sadd', KEYS[i + 1], KEYS[i])
+            end
+        end
+        table.insert(res, values[i])
+        table.insert(res, redis.call('pttl', KEYS[i]))
+    end
+    table.insert(res, admitted)
+    return res
+";
+
 // KEY[i]: Counter key
 // KEY[i+1]: Limit key
 // ARGV[i]: TTLs
