@@ -5,9 +5,14 @@
 //!
 //! Redis away: limits fail open (counted, logged once per outage) unless
 //! `--rate-limit-fail-closed`; a safety counter should not take the API down.
+//!
+//! In memory, a counter outlives its key (deleted, or its limits changed)
+//! until a sweep, every [`SWEEP_EVERY`] on a blocking thread, drops the ones
+//! whose window has run out, [`SWEEP_CHUNK`] at a time: the decision path
+//! waits at most one chunk for the lock. (Redis expires its keys itself.)
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -71,6 +76,10 @@ enum Backend {
 /// Counters kept by this process only (limitador's cache size: counters
 /// with variables, which scopegate does not use).
 const MEMORY_CACHE_SIZE: u64 = 10_000;
+/// How often in-memory counters whose window ran out are dropped.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// Counters looked at per hold of the lock.
+const SWEEP_CHUNK: usize = 1024;
 
 thread_local! {
     /// Counters without variables never read the context: one empty one
@@ -115,6 +124,8 @@ impl Counters {
         });
         if let Some((client, timeout)) = client {
             tokio::spawn(connect(counters.clone(), client, timeout));
+        } else if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(sweep_every_minute(Arc::downgrade(&counters)));
         }
         Ok(counters)
     }
@@ -172,6 +183,23 @@ impl Counters {
                 } else {
                     Admission::Within(None)
                 }
+            }
+        }
+    }
+
+    /// Drops the in-memory counters whose window has run out; how many.
+    pub fn sweep(&self) -> usize {
+        let Backend::Memory(storage) = &self.backend else {
+            return 0;
+        };
+        let mut dropped = 0;
+        let mut after = None;
+        loop {
+            let (removed, next) = storage.remove_expired(after.as_ref(), SWEEP_CHUNK);
+            dropped += removed;
+            match next {
+                Some(next) => after = Some(next),
+                None => return dropped,
             }
         }
     }
@@ -277,6 +305,23 @@ fn redacted(url: &str) -> String {
     }
 }
 
+/// Until the counters are gone: a sweep every [`SWEEP_EVERY`], on a blocking
+/// thread (never a decision worker).
+async fn sweep_every_minute(counters: Weak<Counters>) {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        let Some(counters) = counters.upgrade() else {
+            return;
+        };
+        let dropped = tokio::task::spawn_blocking(move || counters.sweep())
+            .await
+            .unwrap_or(0);
+        if dropped > 0 {
+            tracing::debug!(dropped, "rate-limit counters past their window dropped");
+        }
+    }
+}
+
 /// Connects until Redis answers once; from then on limitador's connection
 /// manager reconnects on its own.
 async fn connect(counters: Arc<Counters>, client: redis::Client, timeout: Duration) {
@@ -341,6 +386,48 @@ mod tests {
             panic!("big refused");
         };
         assert_eq!(status.remaining, 96);
+    }
+
+    /// Counters of limits no longer used (a deleted key's) go once their
+    /// window has run out; live ones keep their count.
+    #[tokio::test]
+    async fn a_sweep_drops_counters_past_their_window_and_keeps_the_rest() {
+        let counters = Counters::start(&CountersConfig::Memory, false).unwrap();
+        let (short, long) = (
+            applicable(&["gone=5/second"]),
+            applicable(&["live=5/minute"]),
+        );
+        // More than one chunk of counters that will run out.
+        let many: Vec<Applicable> = (0..SWEEP_CHUNK + 10)
+            .map(|n| {
+                let limits: Arc<[ActiveLimit]> = [ActiveLimit::new(
+                    &RateLimit::parse("x=5/second", false).unwrap(),
+                    None,
+                    &format!("k{n}"),
+                    "a",
+                )]
+                .into();
+                Applicable::named(&limits, None).unwrap()
+            })
+            .collect();
+        for limits in many.iter().chain([&short, &long]) {
+            assert!(matches!(
+                counters.admit(limits, 1).await,
+                Admission::Within(_)
+            ));
+        }
+        assert_eq!(counters.sweep(), 0, "nothing has run out yet");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(counters.sweep(), SWEEP_CHUNK + 11);
+        assert_eq!(counters.sweep(), 0);
+        let Admission::Within(Some(status)) = counters.admit(&long, 1).await else {
+            panic!("live refused");
+        };
+        assert_eq!(status.remaining, 3, "the live counter kept its count");
+        let Admission::Within(Some(status)) = counters.admit(&short, 1).await else {
+            panic!("gone refused");
+        };
+        assert_eq!(status.remaining, 4, "a fresh window");
     }
 
     #[test]

@@ -269,6 +269,34 @@ impl InMemoryStorage {
         }
     }
 
+    /// scopegate's addition (vendor/README.md): counters without variables
+    /// are never evicted, so those of limits no longer used would stay for
+    /// good. This drops up to `max` of them whose window has run out (a
+    /// missing counter counts as an expired one), from the one after
+    /// `after`; it returns how many it dropped and where to go on (`None`:
+    /// the end). The write lock is held for one call.
+    pub fn remove_expired(&self, after: Option<&Limit>, max: usize) -> (usize, Option<Limit>) {
+        use std::ops::Bound;
+        let now = SystemTime::now();
+        let mut limits = self.simple_limits.write().unwrap();
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut expired = Vec::new();
+        let mut seen = 0;
+        let mut last = None;
+        for (limit, value) in limits.range::<Limit, _>((start, Bound::Unbounded)).take(max) {
+            seen += 1;
+            last = Some(limit);
+            if value.value_at(now) == 0 {
+                expired.push(limit.clone());
+            }
+        }
+        let next = (seen == max).then(|| last.cloned()).flatten();
+        for limit in &expired {
+            limits.remove(limit);
+        }
+        (expired.len(), next)
+    }
+
     /// Backs [`CounterStorage::check`]: reads every counter's current value, annotating each with
     /// its `remaining`/`expires_in`, and determines whether `delta` more would keep all of them
     /// within their limit. Never mutates any stored value. (`check_and_update` has its own
