@@ -1,5 +1,5 @@
 """Server CPU per call for clients of scopegate's Unix socket whose
-`:authority` the fix in src/uds.rs decodes and rewrites, header block by
+`:authority` the fix in src/uds/ decodes and rewrites, header block by
 header block: grpcio (grpc-core, which sends header strings raw) and grpcurl
 (grpc-go, which Huffman-codes them).
 

@@ -26,7 +26,7 @@ trap 'rm -rf "$scratch"' EXIT
 for target in "${targets[@]}"; do
   mkdir -p "$scratch/$target"
   echo "== fuzz $target for ${seconds}s"
-  # Memory bounds: a header block that decodes to megabytes (uds.rs) trips
+  # Memory bounds: a header block that decodes to megabytes (src/uds/) trips
   # the malloc limit at once, anything that grows without bound the RSS one.
   # The RSS one leaves room for ASan's quarantine of freed memory (up to
   # 256 MB): at 10k exec/s it fills within a minute.

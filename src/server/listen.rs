@@ -116,7 +116,7 @@ impl Services {
             tracing::info!(addr = %addr, data_dir = %config.data_dir.display(), tls = tls.is_some(), "scopegate listening");
         }
         if let Some((listener, path)) = uds {
-            // Each connection gets the `:authority` fix (see uds.rs).
+            // Each connection gets the `:authority` fix (see uds/mod.rs).
             let incoming = tokio_stream::StreamExt::map(
                 tokio_stream::wrappers::UnixListenerStream::new(listener),
                 |accepted| accepted.map(crate::uds::UdsConnection::new),

@@ -1,6 +1,6 @@
 """grpcio over scopegate's Unix socket with default options: grpc-core
 (>= 1.57) sends the %-encoded socket path as :authority, which hyper's h2
-refuses unless scopegate's Unix-socket fix rewrites it (src/uds.rs)."""
+refuses unless scopegate's Unix-socket fix rewrites it (src/uds/)."""
 import grpc
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
 
