@@ -9,6 +9,7 @@ use super::pages::{self, Grid, KeyFields};
 use super::{Console, Signed};
 use crate::http::error::ApiError;
 use crate::manage::{KeyChange, KeyTerms, KeyView, NewKey};
+use crate::ratelimit::RateLimit;
 use crate::scope::Access;
 
 /// The first value of `name` in a form.
@@ -30,6 +31,7 @@ pub struct KeyForm {
     expires: String,
     cidrs: String,
     metadata: String,
+    limits: String,
 }
 
 impl KeyForm {
@@ -40,6 +42,7 @@ impl KeyForm {
             expires: value(form, "expires").unwrap_or("").trim().to_owned(),
             cidrs: value(form, "cidrs").unwrap_or("").to_owned(),
             metadata: value(form, "metadata").unwrap_or("").to_owned(),
+            limits: value(form, "limits").unwrap_or("").to_owned(),
             ..KeyForm::default()
         };
         for (field, chosen) in form {
@@ -94,6 +97,12 @@ impl KeyForm {
                 .map(|(key, value)| format!("{key}={value}"))
                 .collect::<Vec<_>>()
                 .join("\n"),
+            limits: view
+                .rate_limits
+                .iter()
+                .map(pages::limit_line)
+                .collect::<Vec<_>>()
+                .join("\n"),
         }
     }
 
@@ -117,7 +126,7 @@ impl KeyForm {
             not_before: None,
             allowed_cidrs: self.cidr_list(),
             metadata: self.metadata_map()?,
-            rate_limits: Vec::new(),
+            rate_limits: self.rate_limits()?,
         })
     }
 
@@ -153,6 +162,23 @@ impl KeyForm {
                             format!("`{line}` is not KEY=VALUE"),
                         )
                     })
+            })
+            .collect()
+    }
+
+    fn rate_limits(&self) -> Result<Vec<RateLimit>, ApiError> {
+        self.limits
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .map(|line| {
+                let (text, shared) = match line.strip_suffix(pages::ACCOUNT.trim_start()) {
+                    Some(text) => (text.trim_end(), true),
+                    None => (line, false),
+                };
+                RateLimit::parse(text, shared).map_err(|reason| {
+                    ApiError::bad_request(Some("rate_limits"), format!("`{line}`: {reason}"))
+                })
             })
             .collect()
     }
@@ -214,15 +240,20 @@ impl KeyForm {
         })
     }
 
+    /// The change to `current`; its limits only if the form changed them
+    /// (so an edit by a caller with limits of its own does not re-check
+    /// limits it left alone).
     pub fn change(
         &self,
         console: &Console,
         signed: &Signed,
-        key_id: &str,
+        current: &KeyView,
     ) -> Result<KeyChange, ApiError> {
         let (grants, scopes) = self.chosen(console, signed)?;
+        let limits = self.rate_limits()?;
         Ok(KeyChange {
-            key_id: key_id.to_owned(),
+            key_id: current.key_id.clone(),
+            rate_limits: (limits != current.rate_limits).then_some(limits),
             name: Some(self.name.clone()),
             scopes,
             grants,
@@ -239,6 +270,7 @@ impl KeyForm {
             expires: &self.expires,
             cidrs: &self.cidrs,
             metadata: &self.metadata,
+            limits: &self.limits,
             error: error
                 .map(|error| (error.field.as_deref().unwrap_or(""), error.message.as_str())),
         }

@@ -89,7 +89,7 @@ pub(super) async fn edit(
         Err(response) => return *response,
     };
     let form = KeyForm::read(&fields);
-    let change = match form.change(&console, &signed, &view.key_id) {
+    let change = match form.change(&console, &signed, &view) {
         Ok(change) => change,
         Err(error) => return html(key_page(&console, &signed, &view, &form, Some(&error)).await),
     };

@@ -5,6 +5,7 @@
 use maud::{html, Markup, DOCTYPE};
 
 use crate::manage::{KeyView, ResourceView};
+use crate::ratelimit::RateLimit;
 use crate::scope::Access;
 use crate::store::AuditEvent;
 
@@ -195,6 +196,8 @@ pub struct KeyFields<'a> {
     pub expires: &'a str,
     pub cidrs: &'a str,
     pub metadata: &'a str,
+    /// One limit per line.
+    pub limits: &'a str,
     /// (field, message) of the Manager's error, shown next to that field.
     pub error: Option<(&'a str, &'a str)>,
 }
@@ -220,7 +223,7 @@ pub fn key_form(
             input type="hidden" name="csrf" value=(csrf);
             @if let Some(account) = account { input type="hidden" name="account" value=(account); }
             @if let Some((field, message)) = fields.error {
-                @if !["name", "scopes", "grants", "expire_time", "allowed_cidrs", "metadata"].contains(&field) {
+                @if !["name", "scopes", "grants", "expire_time", "allowed_cidrs", "metadata", "rate_limits"].contains(&field) {
                     p.error role="alert" { (message) }
                 }
             }
@@ -247,6 +250,9 @@ pub fn key_form(
             label for="metadata" { "Metadata (KEY=VALUE per line)" }
             textarea #metadata name="metadata" rows="3" { (fields.metadata) }
             (error_for(fields, &["metadata"]))
+            label for="limits" { "Rate limits (NAME=COUNT/WINDOW[:SCOPES] per line, e.g. default=600/minute; \"(account)\" at the end: shared by the account's keys)" }
+            textarea #limits name="limits" rows="3" { (fields.limits) }
+            (error_for(fields, &["rate_limits"]))
             button type="submit" { (submit) }
         }
     }
@@ -286,7 +292,7 @@ pub fn key_detail(
                 dt { "Rate limits" }
                 dd #rate-limits {
                     @for limit in &view.rate_limits {
-                        span.limit { (limit) @if limit.shared { " (account)" } } " "
+                        span.limit { (limit_line(limit)) } " "
                     }
                     @if view.rate_limits.is_empty() { "none" }
                 }
@@ -323,6 +329,18 @@ pub fn key_detail(
             }
         },
     )
+}
+
+/// How an account limit reads on the key page and in the form.
+pub const ACCOUNT: &str = " (account)";
+
+/// `default=600/minute`, `org=10000/hour (account)`: one line of the form.
+pub fn limit_line(limit: &RateLimit) -> String {
+    if limit.shared {
+        format!("{limit}{ACCOUNT}")
+    } else {
+        limit.to_string()
+    }
 }
 
 pub fn confirm_delete(frame: &Frame<'_>, view: &KeyView) -> Markup {
