@@ -29,7 +29,28 @@ pub struct RateLimit {
     pub shared: bool,
 }
 
+/// What follows an account limit's rule on its line.
+const ACCOUNT: &str = "(account)";
+
 impl RateLimit {
+    /// One line, as the CLI and the console show a limit and the console
+    /// reads it back: `default=600/minute`, `org=10000/hour (account)`.
+    pub fn line(&self) -> String {
+        if self.shared {
+            format!("{self} {ACCOUNT}")
+        } else {
+            self.to_string()
+        }
+    }
+
+    /// The inverse of [`RateLimit::line`].
+    pub fn parse_line(line: &str) -> Result<RateLimit, String> {
+        match line.trim().strip_suffix(ACCOUNT) {
+            Some(rule) => RateLimit::parse(rule.trim_end(), true),
+            None => RateLimit::parse(line.trim(), false),
+        }
+    }
+
     /// `NAME=COUNT/WINDOW[:SCOPE,SCOPE…]`, e.g. `default=600/minute`,
     /// `send=100/second:mail.send`, `burst=20/10s`.
     pub fn parse(text: &str, shared: bool) -> Result<RateLimit, String> {
@@ -314,6 +335,19 @@ pub struct RateStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_reads_back_as_the_same_limit() {
+        for text in [
+            "default=600/minute",
+            "send=100/second:mail.send,stats.read",
+            "org=10000/hour (account)",
+        ] {
+            let limit = RateLimit::parse_line(text).unwrap();
+            assert_eq!(limit.line(), text);
+            assert_eq!(limit.shared, text.ends_with("(account)"));
+        }
+    }
 
     fn limit(text: &str) -> RateLimit {
         RateLimit::parse(text, false).unwrap()

@@ -159,20 +159,14 @@ pub(super) fn rate_limits_json(limits: &[pb::RateLimit]) -> Value {
 
 /// `default=600/minute`, `org=10000/hour (account)`.
 fn limit_text(limit: &pb::RateLimit) -> String {
-    let window = limit.window.as_ref().map_or(0, |w| w.seconds.max(0) as u64);
-    let mut text = format!(
-        "{}={}/{}",
-        limit.name,
-        limit.limit,
-        crate::ratelimit::window_text(window)
-    );
-    if !limit.scopes.is_empty() {
-        text += &format!(":{}", limit.scopes.join(","));
+    crate::ratelimit::RateLimit {
+        name: limit.name.clone(),
+        limit: limit.limit,
+        window_secs: limit.window.as_ref().map_or(0, |w| w.seconds.max(0) as u64),
+        scopes: limit.scopes.clone(),
+        shared: limit.account,
     }
-    if limit.account {
-        text += " (account)";
-    }
-    text
+    .line()
 }
 
 /// A key and its new token (CreateKey, RotateKey): the token is shown once.

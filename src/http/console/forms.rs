@@ -100,7 +100,7 @@ impl KeyForm {
             limits: view
                 .rate_limits
                 .iter()
-                .map(pages::limit_line)
+                .map(RateLimit::line)
                 .collect::<Vec<_>>()
                 .join("\n"),
         }
@@ -172,11 +172,7 @@ impl KeyForm {
             .map(str::trim)
             .filter(|line| !line.is_empty())
             .map(|line| {
-                let (text, shared) = match line.strip_suffix(pages::ACCOUNT.trim_start()) {
-                    Some(text) => (text.trim_end(), true),
-                    None => (line, false),
-                };
-                RateLimit::parse(text, shared).map_err(|reason| {
+                RateLimit::parse_line(line).map_err(|reason| {
                     ApiError::bad_request(Some("rate_limits"), format!("`{line}`: {reason}"))
                 })
             })

@@ -5,7 +5,6 @@
 use maud::{html, Markup, DOCTYPE};
 
 use crate::manage::{KeyView, ResourceView};
-use crate::ratelimit::RateLimit;
 use crate::scope::Access;
 use crate::store::AuditEvent;
 
@@ -292,7 +291,7 @@ pub fn key_detail(
                 dt { "Rate limits" }
                 dd #rate-limits {
                     @for limit in &view.rate_limits {
-                        span.limit { (limit_line(limit)) } " "
+                        span.limit { (limit.line()) } " "
                     }
                     @if view.rate_limits.is_empty() { "none" }
                 }
@@ -329,18 +328,6 @@ pub fn key_detail(
             }
         },
     )
-}
-
-/// How an account limit reads on the key page and in the form.
-pub const ACCOUNT: &str = " (account)";
-
-/// `default=600/minute`, `org=10000/hour (account)`: one line of the form.
-pub fn limit_line(limit: &RateLimit) -> String {
-    if limit.shared {
-        format!("{limit}{ACCOUNT}")
-    } else {
-        limit.to_string()
-    }
 }
 
 pub fn confirm_delete(frame: &Frame<'_>, view: &KeyView) -> Markup {
