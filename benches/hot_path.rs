@@ -12,7 +12,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use scopegate::authz::{decide, decide_http};
 use scopegate::grpc::envoy_request::EnvoyCheck;
 use scopegate::grpc::envoy_service::authorization_server::Authorization;
-use scopegate::grpc::{CheckContext, ExtAuthzConfig, ExtAuthzService, Readiness};
+use scopegate::grpc::{CheckContext, ExtAuthzConfig, ExtAuthzService};
 use scopegate::key::{AuthEntry, KeyTable};
 use scopegate::route::{RouteTable, DEFAULT_ROUTES_TOML};
 use scopegate::scope::{Catalog, KeyKind};
@@ -159,8 +159,6 @@ fn benches(c: &mut Criterion) {
     });
 
     let (keys, tokens) = table(1_000, &catalog, &format);
-    let readiness = Arc::new(Readiness::default());
-    readiness.set_ready();
     let service = ExtAuthzService {
         context: Arc::new(CheckContext {
             keys: Arc::new(keys),
@@ -169,7 +167,6 @@ fn benches(c: &mut Criterion) {
                 catalog: Arc::new(Catalog::builtin()),
                 routes,
             }),
-            readiness,
             decision_log_every: 0,
             decisions_seen: Default::default(),
             dry_run_seen: Default::default(),

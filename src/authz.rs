@@ -412,6 +412,27 @@ mod tests {
         }
     }
 
+    /// The validity window is half-open, to the millisecond: valid from
+    /// `not_before` inclusive, expired from `expire` inclusive.
+    #[test]
+    fn the_validity_window_is_exact_to_the_millisecond() {
+        let limits = KeyLimits {
+            not_before_ms: 1_000,
+            expire_ms: 2_000,
+            ..KeyLimits::default()
+        };
+        let at = |now| limits_deny(&limits, Some(now), None);
+        assert_eq!(at(999), Some(Decision::Expired));
+        assert_eq!(at(1_000), None);
+        assert_eq!(at(1_999), None);
+        assert_eq!(at(2_000), Some(Decision::Expired));
+        let open_ended = KeyLimits {
+            expire_ms: 2_000,
+            ..KeyLimits::default()
+        };
+        assert_eq!(limits_deny(&open_ended, Some(0), None), None);
+    }
+
     #[test]
     fn right_id_wrong_secret_is_unknown_key() {
         let (keys, format, catalog, _token, key_id) = setup(&["mail.send"]);

@@ -26,6 +26,7 @@ pub mod authz;
 pub mod cli;
 pub mod config;
 pub mod counters;
+pub mod gate;
 pub mod grpc;
 pub mod http;
 pub mod key;

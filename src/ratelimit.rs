@@ -113,15 +113,20 @@ impl RateLimit {
     }
 
     /// At least as strict as `other`: counts every request `other` counts,
-    /// no more of them, over a window at least as long.
+    /// no more of them, over a window at least as long. An account's limit
+    /// is one counter per name only over one window (a counter's window is
+    /// part of its identity), so a shared limit keeps `other`'s window
+    /// exactly: a longer one would be a fresh count.
     fn at_least_as_strict_as(&self, other: &RateLimit) -> bool {
         let counts_all_of_other = self.scopes.is_empty()
             || (!other.scopes.is_empty()
                 && other.scopes.iter().all(|scope| self.scopes.contains(scope)));
-        self.shared == other.shared
-            && counts_all_of_other
-            && self.limit <= other.limit
-            && self.window_secs >= other.window_secs
+        let window = if self.shared {
+            self.window_secs == other.window_secs
+        } else {
+            self.window_secs >= other.window_secs
+        };
+        self.shared == other.shared && counts_all_of_other && self.limit <= other.limit && window
     }
 }
 
@@ -207,10 +212,15 @@ pub fn within(caller: &[RateLimit], key: &[RateLimit]) -> Result<(), String> {
             .any(|limit| limit.name == held.name && limit.at_least_as_strict_as(held));
         if !matched {
             return Err(format!(
-                "the calling key is limited to {}{}: the key must carry a limit `{}` at least as strict",
+                "the calling key is limited to {}{}: the key must carry a limit `{}` at least as strict{}",
                 held,
                 if held.shared { " (account)" } else { "" },
-                held.name
+                held.name,
+                if held.shared {
+                    ", over the same window (an account limit is one count per name)"
+                } else {
+                    ""
+                }
             ));
         }
     }
@@ -406,6 +416,13 @@ mod tests {
         let shared = [RateLimit::parse("org=1000/hour", true).unwrap()];
         assert!(within(&shared, &[limit("org=1000/hour")]).is_err());
         assert!(within(&shared, &[RateLimit::parse("org=1000/hour", true).unwrap()]).is_ok());
+        // ... over its own window only: a longer one would be a fresh count.
+        let longer = RateLimit::parse("org=1000/3601s", true).unwrap();
+        assert!(within(&shared, &[longer])
+            .unwrap_err()
+            .contains("same window"));
+        let fewer = RateLimit::parse("org=10/hour", true).unwrap();
+        assert!(within(&shared, &[fewer]).is_ok());
         // An unlimited caller grants anything.
         assert!(within(&[], &[]).is_ok());
     }

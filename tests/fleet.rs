@@ -865,6 +865,48 @@ async fn the_audit_trail_is_shared_through_etcd() {
     let a = fleet(dir.path(), "a", &etcd, &[]);
     let b = fleet(dir.path(), "b", &etcd, &[]);
     let (key_id, _) = create_on(&a, "acme", &["mail.send"]).await;
+    // Every kind of change, alternating sidecars: each writes its event.
+    let update = |name: Option<&str>, enabled: Option<bool>| pb::UpdateKeyRequest {
+        key_id: key_id.clone(),
+        name: name.map(str::to_owned),
+        enabled,
+        ..Default::default()
+    };
+    for (server, change) in [
+        (&b, update(Some("renamed"), None)),
+        (&a, update(None, Some(false))),
+        (&b, update(None, Some(true))),
+    ] {
+        eventually("the key reaches the sidecar", || {
+            let (server, key_id) = (server, key_id.clone());
+            async move {
+                server
+                    .manage()
+                    .await
+                    .get_key(bearer(&server.admin_token, pb::GetKeyRequest { key_id }))
+                    .await
+                    .is_ok()
+            }
+        })
+        .await;
+        server
+            .manage()
+            .await
+            .update_key(bearer(&server.admin_token, change))
+            .await
+            .unwrap();
+    }
+    a.manage()
+        .await
+        .rotate_key(bearer(
+            &a.admin_token,
+            pb::RotateKeyRequest {
+                key_id: key_id.clone(),
+                overlap: None,
+            },
+        ))
+        .await
+        .unwrap();
     b.manage()
         .await
         .delete_key(bearer(
@@ -888,7 +930,10 @@ async fn the_audit_trail_is_shared_through_etcd() {
             .into_inner()
             .events;
         let actions: Vec<&str> = events.iter().map(|event| event.action.as_str()).collect();
-        assert_eq!(actions, ["create", "delete"]);
+        assert_eq!(
+            actions,
+            ["create", "update", "disable", "enable", "rotate", "delete"]
+        );
         assert!(events.iter().all(|event| event.key_id == key_id));
     }
 }

@@ -409,3 +409,146 @@ async fn an_accounts_audit_trail_in_etcd_is_bounded_by_count() {
     let held = listing.lines().filter(|line| !line.is_empty()).count();
     assert_eq!(held, 6, "five of acme, one of globex:\n{listing}");
 }
+
+/// A record says which release it needs: a key with rate limits is written
+/// as version 3, so a sidecar from before limits (which reads up to 2)
+/// denies it instead of letting it through unlimited; a key without stays
+/// version 2. A record newer than this build reads is denied here the same
+/// way, and nobody can change it through this sidecar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_needing_a_newer_release_is_denied_not_stripped() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    etcd.wait_healthy();
+    let a = fleet(dir.path(), "a", &etcd, &[]);
+    let limited = a
+        .admin_create(pb::CreateKeyRequest {
+            rate_limits: vec![pb::RateLimit {
+                name: "default".into(),
+                limit: 100,
+                window: Some(prost_types::Duration {
+                    seconds: 60,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }],
+            ..common::create("acme", "limited", &["mail.send"])
+        })
+        .await
+        .unwrap();
+    let (plain_id, plain) = create_on(&a, "acme", &["mail.send"]).await;
+    let limited_id = limited.key.unwrap().key_id;
+    let mut client = etcd.client().await;
+    let path = |id: &str| format!("/scopegate/v1/keys/{id}");
+    let reader = client.clone();
+    let get = move |id: String| {
+        let mut reader = reader.clone();
+        async move {
+            let got = reader.get(path(&id), None).await.unwrap();
+            let record: KeyRecord = prost::Message::decode(got.kvs()[0].value()).unwrap();
+            record
+        }
+    };
+    assert_eq!(get(limited_id.clone()).await.version, 3);
+    assert_eq!(get(plain_id.clone()).await.version, 2);
+    // A later release's record (version 4) of the plain key: denied here.
+    let newer = KeyRecord {
+        version: 4,
+        ..get(plain_id.clone()).await
+    };
+    client
+        .put(path(&plain_id), prost::Message::encode_to_vec(&newer), None)
+        .await
+        .unwrap();
+    eventually("the newer record is denied", || async {
+        decision(&a, &plain, &["mail.send"]).await == pb::Decision::UnknownKey
+    })
+    .await;
+    let rename = pb::UpdateKeyRequest {
+        key_id: plain_id.clone(),
+        name: Some("stripped".into()),
+        ..Default::default()
+    };
+    let refused = a
+        .manage()
+        .await
+        .update_key(bearer(&a.admin_token, rename))
+        .await
+        .expect_err("a record this build cannot read is never rewritten by it");
+    assert_ne!(refused.code(), tonic::Code::Ok);
+    assert_eq!(get(plain_id).await.version, 4);
+}
+
+/// An account's (or a key's) audit page is read through its index, never by
+/// walking the deployment's events: 300 events of another tenant, written
+/// so that reading any of them fails, stop neither acme's listing by account
+/// nor the admin's listing by key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accounts_audit_page_never_reads_another_accounts_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    etcd.wait_healthy();
+    let a = fleet(dir.path(), "a", &etcd, &[]);
+    let manager = a
+        .admin_create(common::create_manager("acme", "auditor", &["mail.send"]))
+        .await
+        .unwrap();
+    let (key_id, _) = create_on(&a, "acme", &["mail.send"]).await;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut client = etcd.client().await;
+    for index in 0..300u32 {
+        let path = format!(
+            "/scopegate/v1/audit/{:016}-{index:08x}",
+            now_ms - 1000 + i64::from(index)
+        );
+        client
+            .put(path, b"\xff not an event".to_vec(), None)
+            .await
+            .unwrap();
+    }
+    let rename = pb::UpdateKeyRequest {
+        key_id: key_id.clone(),
+        name: Some("renamed".into()),
+        ..Default::default()
+    };
+    a.manage()
+        .await
+        .update_key(bearer(&a.admin_token, rename))
+        .await
+        .unwrap();
+    let list = |credential: &str, account: &str, key: &str| {
+        let request = bearer(
+            credential,
+            pb::ListAuditEventsRequest {
+                account_id: account.into(),
+                key_id: key.into(),
+                page_size: 100,
+                ..Default::default()
+            },
+        );
+        let a = &a;
+        async move { a.manage().await.list_audit_events(request).await }
+    };
+    let by_account = list(&manager.token, "", "")
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let actions: Vec<&str> = by_account
+        .iter()
+        .map(|event| event.action.as_str())
+        .collect();
+    assert_eq!(actions, ["create", "create", "update"]);
+    let by_key = list(&a.admin_token, "", &key_id)
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let actions: Vec<&str> = by_key.iter().map(|event| event.action.as_str()).collect();
+    assert_eq!(actions, ["create", "update"]);
+    // The whole deployment's listing does meet them: they are there.
+    assert!(list(&a.admin_token, "", "").await.is_err());
+}

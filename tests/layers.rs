@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["server"],
     &["grpc", "uds", "http"],
     &["manage"],
-    &["limit", "readiness", "counters"],
+    &["gate", "limit", "readiness", "counters"],
     &["store"],
     &["telemetry"],
     &["authz"],

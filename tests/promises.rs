@@ -392,3 +392,106 @@ async fn audit_events_past_retention_are_pruned() {
     .await;
     assert_eq!(by_account, everything, "the account's listing agrees");
 }
+
+/// CreateKey, UpdateKey, RotateKey and DeleteKey each decide on their caller
+/// as the store holds it when the change applies, not as it authenticated:
+/// a manager narrowed after authenticating cannot use the scope it lost, and
+/// one deleted after authenticating cannot act at all. Deterministic: the
+/// stale `Caller` is held across the admin's change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mutation_decides_on_its_caller_as_held_now() {
+    use scopegate::manage::{Caller, KeyChange, ManageError, Manager, NewKey};
+    const ADMIN: &str = "admin-token-for-the-stale-caller-test";
+    let dir = tempfile::tempdir().unwrap();
+    let shared: SharedCatalog = Arc::new(arc_swap::ArcSwap::new(Arc::new(Catalog::builtin())));
+    let store = Store::open(dir.path(), shared.clone()).unwrap();
+    store.load().unwrap();
+    let format = scopegate::token::TokenFormat::new("SG", None).unwrap();
+    let manager = Manager::new(store, shared, format, ADMIN, 100);
+    let admin = manager.authenticate(Some(ADMIN)).unwrap();
+    let new_key = |scopes: &[&str]| NewKey {
+        account_id: "acme".into(),
+        name: "k".into(),
+        scopes: scopes.iter().map(|scope| scope.to_string()).collect(),
+        ..NewKey::default()
+    };
+    const MANAGER: [&str; 5] = [
+        "api_keys.create",
+        "api_keys.update",
+        "api_keys.delete",
+        "mail.send",
+        "stats.read",
+    ];
+    let (target, _) = manager
+        .create(&admin, new_key(&["stats.read"]))
+        .await
+        .unwrap();
+    let (held, token) = manager.create(&admin, new_key(&MANAGER)).await.unwrap();
+    let stale: Caller = manager.authenticate(Some(&token)).unwrap();
+    // Narrowed after authenticating: stats.read is gone.
+    let narrow = KeyChange {
+        key_id: held.key_id.clone(),
+        scopes: MANAGER[..4].iter().map(|scope| scope.to_string()).collect(),
+        ..KeyChange::default()
+    };
+    manager.update(&admin, narrow).await.unwrap();
+    let escalation = |result: Result<(), ManageError>, what: &str| match result {
+        Err(ManageError::Escalation(_) | ManageError::TargetStronger { .. }) => {}
+        other => panic!("{what} by a narrowed caller: {other:?}"),
+    };
+    escalation(
+        manager
+            .create(&stale, new_key(&["stats.read"]))
+            .await
+            .map(drop),
+        "CreateKey of stats.read",
+    );
+    let widen = KeyChange {
+        key_id: target.key_id.clone(),
+        name: Some("renamed".into()),
+        ..KeyChange::default()
+    };
+    escalation(
+        manager.update(&stale, widen).await.map(drop),
+        "UpdateKey of a stats.read key",
+    );
+    escalation(
+        manager
+            .rotate(&stale, &target.key_id, Duration::ZERO)
+            .await
+            .map(drop),
+        "RotateKey of a stats.read key",
+    );
+    escalation(
+        manager.delete(&stale, &target.key_id).await,
+        "DeleteKey of a stats.read key",
+    );
+    // Deleted after authenticating: nothing, not even within its scopes.
+    let (mail, _) = manager
+        .create(&admin, new_key(&["mail.send"]))
+        .await
+        .unwrap();
+    manager.delete(&admin, &held.key_id).await.unwrap();
+    let gone = |result: Result<(), ManageError>, what: &str| {
+        assert!(
+            matches!(result, Err(ManageError::BadCredentials)),
+            "{what} by a deleted caller: {result:?}"
+        )
+    };
+    gone(
+        manager
+            .create(&stale, new_key(&["mail.send"]))
+            .await
+            .map(drop),
+        "CreateKey",
+    );
+    gone(
+        manager
+            .rotate(&stale, &mail.key_id, Duration::ZERO)
+            .await
+            .map(drop),
+        "RotateKey",
+    );
+    gone(manager.delete(&stale, &mail.key_id).await, "DeleteKey");
+    assert!(manager.get(&admin, &mail.key_id).is_ok());
+}

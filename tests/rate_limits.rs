@@ -548,10 +548,20 @@ async fn a_limited_key_cannot_create_or_leave_a_key_less_limited() {
         }),
         ..Default::default()
     };
+    // Unlimited now, the child is freer than the manager: out of its reach,
+    // even to tighten it (limits are part of "stronger"); the admin may.
+    let error = server
+        .manage()
+        .await
+        .update_key(bearer(&manager, tightened.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::PermissionDenied, "{error:?}");
+    assert!(error.message().contains("looser rate limits"), "{error:?}");
     let shown = server
         .manage()
         .await
-        .update_key(bearer(&manager, tightened))
+        .update_key(bearer(&server.admin_token, tightened))
         .await
         .unwrap()
         .into_inner();
@@ -732,4 +742,252 @@ async fn the_cli_and_rest_set_and_show_limits() {
         common::decision(&server, token, &["mail.send"]).await,
         pb::Decision::RateLimited
     );
+}
+
+/// A request refused by any other rule costs no quota (the README: limits
+/// count after every other rule): a key limited to 2 a minute, first refused
+/// for scope, route, path and while disabled, through Check and ext_authz,
+/// still has both of its requests, then the third is RATE_LIMITED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_refused_by_another_rule_cost_no_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let created = server
+        .admin_create(pb::CreateKeyRequest {
+            rate_limits: vec![limit("default", 2, 60)],
+            ..create("acme", "limited", &["mail.send"])
+        })
+        .await
+        .unwrap();
+    let (token, key_id) = (created.token, created.key.unwrap().key_id);
+    let mut authorize = server.authorize().await;
+    let decide = |scopes: &[&str]| check(&token, scopes);
+    for _ in 0..3 {
+        let answer = authorize
+            .check(decide(&["stats.read"]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.decision, pb::Decision::InsufficientScope as i32);
+        for (path, refused) in [
+            ("/nowhere/at/all", pb::Decision::NoRoute),
+            ("/v3/mail/%2e%2e%2fsend", pb::Decision::InvalidPath),
+            ("/v3/stats", pb::Decision::InsufficientScope),
+        ] {
+            let got = common::http_decision(&mut authorize, &token, path).await;
+            assert_eq!(got, refused, "{path}");
+        }
+    }
+    let set_enabled = |enabled: bool| pb::UpdateKeyRequest {
+        key_id: key_id.clone(),
+        enabled: Some(enabled),
+        ..Default::default()
+    };
+    let mut manage = server.manage().await;
+    manage
+        .update_key(bearer(&server.admin_token, set_enabled(false)))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let answer = authorize
+            .check(decide(&["mail.send"]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.decision, pb::Decision::Disabled as i32);
+        let (status, _) = client_view(&envoy_check(&server, &token).await);
+        assert_eq!(status, 401);
+    }
+    manage
+        .update_key(bearer(&server.admin_token, set_enabled(true)))
+        .await
+        .unwrap();
+    for expected in [
+        pb::Decision::Allowed,
+        pb::Decision::Allowed,
+        pb::Decision::RateLimited,
+    ] {
+        let answer = authorize
+            .check(decide(&["mail.send"]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.decision, expected as i32);
+    }
+}
+
+/// Limits are part of "stronger": a manager limited to 10 a minute cannot
+/// rotate, enable, rename or delete a key of its account that is unlimited
+/// (it would get an unlimited token, or act on a key freer than itself),
+/// while a key at least as strict stays within its reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limited_manager_cannot_touch_a_key_with_looser_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let manager = server
+        .admin_create(pb::CreateKeyRequest {
+            rate_limits: vec![limit("default", 10, 60)],
+            ..create_manager("acme", "limited manager", &["mail.send"])
+        })
+        .await
+        .unwrap()
+        .token;
+    let key_with = |limits: Vec<pb::RateLimit>| {
+        let server = &server;
+        async move {
+            server
+                .admin_create(pb::CreateKeyRequest {
+                    rate_limits: limits,
+                    ..create("acme", "target", &["mail.send"])
+                })
+                .await
+                .unwrap()
+                .key
+                .unwrap()
+                .key_id
+        }
+    };
+    let free = key_with(vec![]).await;
+    let looser = key_with(vec![limit("default", 11, 60)]).await;
+    let stricter = key_with(vec![limit("default", 5, 60)]).await;
+    let mut manage = server.manage().await;
+    let rotate = |key_id: &str| pb::RotateKeyRequest {
+        key_id: key_id.into(),
+        overlap: None,
+    };
+    let update = |key_id: &str, enabled: Option<bool>, name: Option<&str>| pb::UpdateKeyRequest {
+        key_id: key_id.into(),
+        enabled,
+        name: name.map(str::to_owned),
+        ..Default::default()
+    };
+    // The admin disables them first, so "enable" is a real change.
+    for key_id in [&free, &looser, &stricter] {
+        manage
+            .update_key(bearer(
+                &server.admin_token,
+                update(key_id, Some(false), None),
+            ))
+            .await
+            .unwrap();
+    }
+    for key_id in [&free, &looser] {
+        let refused = |result: Result<(), tonic::Status>, what: &str| {
+            let status = result.expect_err(what);
+            assert_eq!(
+                status.code(),
+                tonic::Code::PermissionDenied,
+                "{what}: {status:?}"
+            );
+            assert!(
+                status.message().contains("looser rate limits"),
+                "{what}: {status:?}"
+            );
+        };
+        refused(
+            manage
+                .rotate_key(bearer(&manager, rotate(key_id)))
+                .await
+                .map(drop),
+            "rotate",
+        );
+        refused(
+            manage
+                .update_key(bearer(&manager, update(key_id, Some(true), None)))
+                .await
+                .map(drop),
+            "enable",
+        );
+        refused(
+            manage
+                .update_key(bearer(&manager, update(key_id, None, Some("renamed"))))
+                .await
+                .map(drop),
+            "rename",
+        );
+        refused(
+            manage
+                .delete_key(bearer(
+                    &manager,
+                    pb::DeleteKeyRequest {
+                        key_id: key_id.clone(),
+                    },
+                ))
+                .await
+                .map(drop),
+            "delete",
+        );
+    }
+    manage
+        .update_key(bearer(&manager, update(&stricter, Some(true), None)))
+        .await
+        .unwrap();
+    let rotated = manage
+        .rotate_key(bearer(&manager, rotate(&stricter)))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = check_answer(&server, &rotated.token).await;
+    assert_eq!(answer.decision, pb::Decision::Allowed as i32);
+    assert_eq!(answer.rate_limit.unwrap().limit, 5);
+}
+
+/// Neither a longer window nor a changed one escapes a count: a manager's
+/// children must carry its account limit over the same window (so they
+/// share its one counter), and a limited key cannot move its own limit's
+/// window to start a fresh count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_window_length_escapes_a_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let created = server
+        .admin_create(pb::CreateKeyRequest {
+            rate_limits: vec![account_limit("org", 3, 3600), limit("default", 2, 60)],
+            ..create_manager("acme", "limited manager", &["mail.send"])
+        })
+        .await
+        .unwrap();
+    let (manager, manager_id) = (created.token, created.key.unwrap().key_id);
+    let mut manage = server.manage().await;
+    let child = |org_window: i64| pb::CreateKeyRequest {
+        rate_limits: vec![account_limit("org", 3, org_window), limit("default", 2, 60)],
+        ..create("", "child", &["mail.send"])
+    };
+    for window in [3601, 7200, 86_400] {
+        let status = manage
+            .create_key(bearer(&manager, child(window)))
+            .await
+            .expect_err("a longer window would be a fresh account count");
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+        assert!(status.message().contains("same window"), "{status:?}");
+    }
+    let child_token = manage
+        .create_key(bearer(&manager, child(3600)))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    // One account count: two by the manager, one by the child, then none.
+    for (token, expected) in [
+        (&manager, pb::Decision::Allowed),
+        (&manager, pb::Decision::Allowed),
+        (&child_token, pb::Decision::Allowed),
+        (&child_token, pb::Decision::RateLimited),
+    ] {
+        assert_eq!(check_answer(&server, token).await.decision, expected as i32);
+    }
+    // Its own per-key limit, spent: a window one second longer is refused.
+    let moved = pb::UpdateKeyRequest {
+        key_id: manager_id,
+        rate_limits: Some(pb::RateLimitList {
+            limits: vec![account_limit("org", 3, 3600), limit("default", 2, 61)],
+        }),
+        ..Default::default()
+    };
+    let status = manage
+        .update_key(bearer(&manager, moved))
+        .await
+        .expect_err("a new window would reset the count");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("keeps its window"), "{status:?}");
 }

@@ -215,3 +215,62 @@ async fn etcd_gone_is_503_with_retry_after() {
     assert!(head.contains("retry-after: 1"), "{head}");
     assert!(json(&body)["errors"][0]["message"].is_string());
 }
+
+/// Bodies that never arrive hold no management permit: with two permits,
+/// six requests (by a key that may not even manage) stalled mid-body leave
+/// the admin's requests answered at once, and each stalled one gets 408
+/// once `--request-timeout-ms` passes.
+#[test]
+fn stalled_bodies_hold_no_management_permit() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--max-concurrent-manage",
+            "2",
+            "--request-timeout-ms",
+            "1500",
+        ],
+    );
+    let rest = server.http_addr.clone().unwrap();
+    let (status, sender) = create(
+        &rest,
+        &server.admin_token,
+        Some("acme"),
+        r#"{"name": "sender", "scopes": ["mail.send"]}"#,
+    );
+    assert_eq!(status, 201);
+    let token = sender["api_key"].as_str().unwrap().to_owned();
+    let stalled: Vec<std::net::TcpStream> = (0..6)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(&rest).unwrap();
+            write!(
+                stream,
+                "POST /v3/api_keys HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"na"
+            )
+            .unwrap();
+            stream
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let auth = format!("Bearer {}", server.admin_token);
+    for _ in 0..3 {
+        let (status, _, body) = http_request(
+            &rest,
+            "GET",
+            "/v3/api_keys?limit=10",
+            &[("Authorization", &auth), ("on-behalf-of", "acme")],
+            None,
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    for mut stream in stalled {
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+}

@@ -229,3 +229,40 @@ async fn the_servers_request_timeout_cuts_a_slow_change_that_still_completes() {
     .await;
     tracer.detach();
 }
+
+/// A request id belongs to the caller that sent it: another manager of the
+/// same account sending the same id and body gets neither the first key nor
+/// its token (a refused reuse), while the first caller's retry still gets
+/// its own result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_is_bound_to_its_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let manager = |name: &str| common::create_manager("acme", name, &["mail.send"]);
+    let first = server.admin_create(manager("a")).await.unwrap().token;
+    let second = server.admin_create(manager("b")).await.unwrap().token;
+    let request = || pb::CreateKeyRequest {
+        request_id: REQUEST_ID.into(),
+        ..create("", "mailer", &["mail.send"])
+    };
+    let mut manage = server.manage().await;
+    let made = manage
+        .create_key(bearer(&first, request()))
+        .await
+        .unwrap()
+        .into_inner();
+    let stolen = manage.create_key(bearer(&second, request())).await;
+    let status = stolen.expect_err("another caller's retry must not return the first key");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("request_id"), "{status:?}");
+    assert!(!status
+        .message()
+        .contains(&made.key.as_ref().unwrap().key_id));
+    let retried = manage
+        .create_key(bearer(&first, request()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retried.token, made.token);
+    assert_eq!(key_ids(&server, "acme").await.len(), 3);
+}

@@ -13,7 +13,7 @@ use prost::Message;
 use scopegate::authz::Policy;
 use scopegate::grpc::envoy_request::EnvoyCheck;
 use scopegate::grpc::envoy_service::authorization_server::Authorization;
-use scopegate::grpc::{CheckContext, ExtAuthzConfig, ExtAuthzService, Readiness};
+use scopegate::grpc::{CheckContext, ExtAuthzConfig, ExtAuthzService};
 use scopegate::key::{AuthEntry, KeyTable};
 use scopegate::route::{RouteTable, DEFAULT_ROUTES_TOML};
 use scopegate::scope::{Catalog, KeyKind};
@@ -31,15 +31,12 @@ fn service() -> &'static (ExtAuthzService, tokio::runtime::Runtime) {
             issued.key_id,
             Arc::new(AuthEntry::new(issued.secret_hash, catalog.all_scopes(), "acme".into(), KeyKind::General, None)),
         );
-        let readiness = Arc::new(Readiness::default());
-        readiness.set_ready();
         let routes = RouteTable::from_toml(DEFAULT_ROUTES_TOML, &catalog).unwrap();
         let service = ExtAuthzService {
             context: Arc::new(CheckContext {
                 keys: Arc::new(keys),
                 format,
                 policy: arc_swap::ArcSwap::from_pointee(Policy { catalog, routes }),
-                readiness,
                 decision_log_every: 0,
                 decisions_seen: Default::default(),
                 dry_run_seen: Default::default(),

@@ -14,7 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::grpc::ExtAuthzConfig;
 use crate::manage::DEFAULT_MAX_KEYS_PER_ACCOUNT;
-use crate::server::{AdminTokenSource, Limits, ServeConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
+use crate::server::{
+    AdminTokenSource, Limits, RateLimitService, RateLimitServiceAt, ServeConfig, DEFAULT_DATA_DIR,
+    DEFAULT_LISTEN,
+};
 use crate::store::fleet::DEFAULT_PREFIX as DEFAULT_ETCD_PREFIX;
 use crate::store::FleetConfig;
 use crate::token::DEFAULT_PREFIX;
@@ -258,6 +261,18 @@ pub struct ServeOptions {
     /// request is not counted twice.
     #[arg(long, env = "SCOPEGATE_EXT_AUTHZ_RATE_LIMITS", num_args = 0..=1, default_missing_value = "true")]
     pub ext_authz_rate_limits: Option<bool>,
+    /// Where Envoy's RateLimitService (envoy.service.ratelimit.v3) is
+    /// served: `none`, `uds` (on --uds, beside the decisions) or HOST:PORT
+    /// (a listener of its own; TLS as gRPC's). It counts hits against any
+    /// key id it is sent and tells what is left, so only the proxy may reach
+    /// it: it is never on the check port. [default: none]
+    #[arg(long, env = "SCOPEGATE_RATE_LIMIT_SERVICE_LISTEN")]
+    pub rate_limit_service_listen: Option<String>,
+    /// Largest `hits_addend` the RateLimitService takes (per request or
+    /// descriptor); above it the call is refused with INVALID_ARGUMENT.
+    /// [default: 1]
+    #[arg(long, env = "SCOPEGATE_RATE_LIMIT_MAX_HITS")]
+    pub rate_limit_max_hits: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -346,6 +361,8 @@ impl ServeOptions {
             rate_limit_redis_timeout_ms,
             rate_limit_fail_closed,
             ext_authz_rate_limits,
+            rate_limit_service_listen,
+            rate_limit_max_hits,
         );
         self
     }
@@ -384,6 +401,8 @@ impl ServeOptions {
             rate_limit_redis_timeout_ms: Some(DEFAULT_RATE_LIMIT_REDIS_TIMEOUT_MS),
             rate_limit_fail_closed: Some(false),
             ext_authz_rate_limits: Some(true),
+            rate_limit_service_listen: Some("none".into()),
+            rate_limit_max_hits: Some(1),
             ..ServeOptions::default()
         };
         self.clone().or(defaults)

@@ -71,8 +71,31 @@ impl ServeOptions {
             decision_log_every: options.log_decisions_every.unwrap_or(0),
             counters: counters(&options)?,
             rate_limit_fail_closed: options.rate_limit_fail_closed.unwrap_or(false),
+            rate_limit_service: rate_limit_service(&options)?,
         })
     }
+}
+
+/// Where Envoy's RateLimitService is served, and the most hits it takes.
+fn rate_limit_service(options: &ServeOptions) -> Result<Option<RateLimitService>, ConfigError> {
+    let max_hits = options.rate_limit_max_hits.unwrap_or(1);
+    if max_hits == 0 {
+        return Err(invalid("rate_limit_max_hits", "must be at least 1"));
+    }
+    let at = match options.rate_limit_service_listen.as_deref() {
+        None | Some("none") => return Ok(None),
+        Some("uds") if options.uds.is_none() => {
+            return Err(invalid(
+                "rate_limit_service_listen",
+                "is \"uds\" and no uds is set",
+            ))
+        }
+        Some("uds") => RateLimitServiceAt::Uds,
+        Some(text) => RateLimitServiceAt::Tcp(
+            optional_addr("rate_limit_service_listen", Some(text))?.expect("not none"),
+        ),
+    };
+    Ok(Some(RateLimitService { at, max_hits }))
 }
 
 /// Where rate-limit counters live: memory, or a Redis named by URL.

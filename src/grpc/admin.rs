@@ -8,12 +8,10 @@ use tonic::{Request, Response, Status};
 
 use super::manage::bearer;
 use super::pb::{self, admin_server::Admin};
-use super::Readiness;
 use crate::manage::Manager;
 
 pub struct AdminService {
     pub manager: Arc<Manager>,
-    pub readiness: Arc<Readiness>,
 }
 
 type RecordStream = Pin<Box<dyn Stream<Item = Result<pb::BackupRecord, Status>> + Send>>;
@@ -26,7 +24,6 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::BackupRequest>,
     ) -> Result<Response<RecordStream>, Status> {
-        self.readiness.check().map_err(tonic::Status::unavailable)?;
         let caller = self.manager.authenticate(bearer(&request)?)?;
         let manager = self.manager.clone();
         let records = tokio::task::spawn_blocking(move || manager.backup(&caller))

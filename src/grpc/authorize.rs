@@ -32,10 +32,6 @@ impl Authorize for AuthorizeService {
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
         let context = &*self.context;
-        context
-            .readiness
-            .check()
-            .map_err(tonic::Status::unavailable)?;
         let request = request.into_inner();
         let client_ip = match request.client_ip.as_str() {
             "" => None,

@@ -87,14 +87,11 @@ enum Credential<'a> {
 impl Authorization for ExtAuthzService {
     async fn check(&self, request: Request<EnvoyCheck>) -> Result<Response<EnvoyAnswer>, Status> {
         let context = &*self.context;
-        if let Some(reason) = context.readiness.stale() {
-            // Fail closed with a status Envoy passes on as is.
-            return Ok(Response::new(unavailable(&reason).into()));
+        if let Some(refused) = request.extensions().get::<crate::gate::Refused>() {
+            // Not ready (the gate said): fail closed with a status Envoy
+            // passes on as is, whatever its failure_mode_allow.
+            return Ok(Response::new(unavailable(&refused.to_string()).into()));
         }
-        context
-            .readiness
-            .check()
-            .map_err(tonic::Status::unavailable)?;
         let http = request.into_inner();
         if !http.has_http() {
             return Err(Status::invalid_argument(

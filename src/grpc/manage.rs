@@ -9,19 +9,16 @@ use super::convert::{
 };
 use super::pb::{self, manage_key_server::ManageKey};
 use super::status::bad_request;
-use super::Readiness;
 use crate::manage::{
     AuditQuery, Caller, KeyChange, KeyTerms, ListQuery, ManageError, Manager, NewKey,
 };
 
 pub struct ManageKeyService {
     pub manager: Arc<Manager>,
-    pub readiness: Arc<Readiness>,
 }
 
 impl ManageKeyService {
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        self.readiness.check().map_err(tonic::Status::unavailable)?;
         let client_ip = request.remote_addr().map(|addr| addr.ip());
         Ok(self
             .manager

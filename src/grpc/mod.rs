@@ -23,7 +23,6 @@ use crate::authz::{Decision, Policy};
 use crate::counters::{Admission, Counters};
 use crate::key::KeyTable;
 use crate::ratelimit::RateStatus;
-pub use crate::readiness::Readiness;
 use crate::token::TokenFormat;
 
 /// What both check entry points (Authorize and ext_authz) read.
@@ -33,7 +32,6 @@ pub struct CheckContext {
     /// Catalog + routes, swapped whole on reload; a check loads it once and
     /// reads one policy from start to end.
     pub policy: arc_swap::ArcSwap<Policy>,
-    pub readiness: Arc<Readiness>,
     /// Log one decision in this many (0: none).
     pub decision_log_every: u64,
     pub decisions_seen: std::sync::atomic::AtomicU64,

@@ -5,6 +5,13 @@
 //! metadata) picks the limits counting that scope, else only the key's
 //! limits on every request count; `limit` narrows to one limit by name.
 //! Descriptors naming no key of ours are OK: another service's business.
+//!
+//! It takes no credential: whoever reaches it can spend any key's limit and
+//! read what is left. So it is off unless `--rate-limit-service-listen`
+//! names a listener only the proxy reaches (its own address, or the Unix
+//! socket), never the check port; `hits_addend` is capped
+//! (`--rate-limit-max-hits`), and its calls have a budget of their own at
+//! the gate, so a flood of them never sheds a check.
 
 use std::sync::Arc;
 
@@ -25,6 +32,8 @@ pub use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_serve
 
 pub struct RateLimitsService {
     pub context: Arc<CheckContext>,
+    /// Largest `hits_addend` taken (`--rate-limit-max-hits`).
+    pub max_hits: u64,
 }
 
 /// Descriptors answered per call at most (each may be a Redis round trip).
@@ -36,14 +45,22 @@ impl RateLimitService for RateLimitsService {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        self.context
-            .readiness
-            .check()
-            .map_err(Status::unavailable)?;
         let request = request.into_inner();
         if request.descriptors.len() > MAX_DESCRIPTORS {
             return Err(Status::invalid_argument(format!(
                 "descriptors: at most {MAX_DESCRIPTORS} per request"
+            )));
+        }
+        // Refused whole before anything is counted.
+        if let Some(hits) = request
+            .descriptors
+            .iter()
+            .map(|descriptor| hits_of(&request, descriptor))
+            .find(|hits| *hits > self.max_hits)
+        {
+            return Err(Status::invalid_argument(format!(
+                "hits_addend: {hits} is above --rate-limit-max-hits {}",
+                self.max_hits
             )));
         }
         let mut response = RateLimitResponse {
@@ -51,11 +68,7 @@ impl RateLimitService for RateLimitsService {
             ..Default::default()
         };
         for descriptor in &request.descriptors {
-            let hits = descriptor
-                .hits_addend
-                .map(|hits| hits.value)
-                .unwrap_or(u64::from(request.hits_addend))
-                .max(1);
+            let hits = hits_of(&request, descriptor);
             let status = match self.applicable(descriptor)? {
                 None => DescriptorStatus {
                     code: Code::Ok as i32,
@@ -121,6 +134,16 @@ impl RateLimitsService {
             }
         }))
     }
+}
+
+/// The hits a descriptor adds: its own `hits_addend`, else the request's;
+/// 0 means 1.
+fn hits_of(request: &RateLimitRequest, descriptor: &RateLimitDescriptor) -> u64 {
+    descriptor
+        .hits_addend
+        .map(|hits| hits.value)
+        .unwrap_or(u64::from(request.hits_addend))
+        .max(1)
 }
 
 /// The limits that count every request (no scope named).

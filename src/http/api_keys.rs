@@ -126,7 +126,7 @@ pub(super) async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    let (caller, _permit) = api.admit(&headers, peer)?;
+    let caller = api.caller(&headers, peer)?;
     let account_id = match (&caller, on_behalf_of(&headers)?) {
         (Caller::Admin, Some(account)) => account,
         (Caller::Admin, None) => {
@@ -189,7 +189,7 @@ pub(super) async fn list(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response> {
-    let (caller, _permit) = api.admit(&headers, peer)?;
+    let caller = api.caller(&headers, peer)?;
     let query = input::query(raw.as_deref(), &["limit", "page_token"])?;
     let limit = match query.get("limit") {
         None => 50,
@@ -232,7 +232,7 @@ pub(super) async fn get(
     headers: HeaderMap,
     path: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<Response> {
-    let (caller, _permit) = api.admit(&headers, peer)?;
+    let caller = api.caller(&headers, peer)?;
     let view = api.visible(&caller, &headers, key_id(path)?).await?;
     let mut key = json!({"name": view.name, "api_key_id": view.key_id, "scopes": view.scopes});
     if !view.rate_limits.is_empty() {
@@ -250,7 +250,7 @@ pub(super) async fn replace(
     path: std::result::Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Result<Response> {
-    let (caller, _permit) = api.admit(&headers, peer)?;
+    let caller = api.caller(&headers, peer)?;
     let id = key_id(path)?;
     let input: ReplaceInput = input::json(&headers, body).await?;
     let change = KeyChange {
@@ -276,7 +276,7 @@ pub(super) async fn rename(
     path: std::result::Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Result<Response> {
-    let (caller, _permit) = api.admit(&headers, peer)?;
+    let caller = api.caller(&headers, peer)?;
     let id = key_id(path)?;
     let input: RenameInput = input::json(&headers, body).await?;
     let change = KeyChange {
@@ -294,7 +294,7 @@ pub(super) async fn delete(
     headers: HeaderMap,
     path: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<Response> {
-    let (caller, _permit) = api.admit(&headers, peer)?;
+    let caller = api.caller(&headers, peer)?;
     let id = key_id(path)?;
     if matches!(caller, Caller::Admin) && on_behalf_of(&headers)?.is_some() {
         api.visible(&caller, &headers, id.clone()).await?;
@@ -312,7 +312,7 @@ pub(super) async fn rotate(
     path: std::result::Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Result<Response> {
-    let (caller, _permit) = api.admit(&headers, peer)?;
+    let caller = api.caller(&headers, peer)?;
     let id = key_id(path)?;
     let input: RotateInput = input::optional_json(&headers, body).await?;
     if matches!(caller, Caller::Admin) && on_behalf_of(&headers)?.is_some() {
@@ -334,7 +334,7 @@ pub(super) async fn set_enabled(
     headers: HeaderMap,
     path: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<Response> {
-    let (caller, _permit) = api.admit(&headers, peer)?;
+    let caller = api.caller(&headers, peer)?;
     let change = KeyChange {
         key_id: key_id(path)?,
         enabled: Some(enabled),
@@ -352,7 +352,7 @@ pub(super) async fn scopes(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let (caller, _permit) = api.admit(&headers, peer)?;
+    let caller = api.caller(&headers, peer)?;
     if let Caller::Key { .. } = caller {
         refuse_on_behalf_of(on_behalf_of(&headers)?)?;
     }
@@ -370,6 +370,19 @@ pub(super) async fn scopes(
 }
 
 impl RestApi {
+    /// The bearer's caller (the gate admitted the request already). An API
+    /// key acts in its own account: `on-behalf-of` from one is refused on
+    /// every route, before anything is read or changed.
+    fn caller(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<Caller> {
+        let caller = self
+            .manager
+            .authenticate_from(input::bearer(headers)?, Some(peer.ip()))?;
+        if let Caller::Key { .. } = caller {
+            refuse_on_behalf_of(on_behalf_of(headers)?)?;
+        }
+        Ok(caller)
+    }
+
     /// A key as `caller` may see it; the admin acting on behalf of an
     /// account sees only that account's keys (404 for others).
     async fn visible(

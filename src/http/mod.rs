@@ -8,6 +8,7 @@
 mod api_keys;
 mod console;
 mod error;
+mod gate;
 mod input;
 mod tls;
 
@@ -16,18 +17,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use error::ApiError;
 pub use input::MAX_BODY_BYTES;
 
-use crate::manage::{Caller, ManageError, Manager};
-use crate::readiness::Readiness;
+use crate::gate::Gate;
+use crate::manage::{ManageError, Manager};
 
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
 /// The OpenAPI 3.1 description of this API, served at `/openapi.json`.
@@ -38,30 +38,13 @@ pub const HTTP_REQUEST_SECONDS: &str = "scopegate_http_request_seconds";
 /// What the handlers share.
 pub struct RestApi {
     pub manager: Arc<Manager>,
-    pub readiness: Arc<Readiness>,
-    /// How long a request waits for its change or read.
+    /// The one gate, shared with gRPC: readiness and the management budget.
+    pub gate: Arc<Gate>,
+    /// How long a request waits for its body, and for its change or read.
     pub timeout: Duration,
-    /// Management calls in progress (gRPC's `--max-concurrent-manage`).
-    pub permits: Arc<Semaphore>,
 }
 
 impl RestApi {
-    /// Ready, a free management slot, and a caller: in that order.
-    fn admit(
-        &self,
-        headers: &HeaderMap,
-        peer: SocketAddr,
-    ) -> Result<(Caller, OwnedSemaphorePermit), ApiError> {
-        self.readiness.check().map_err(ApiError::unavailable)?;
-        let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
-            ApiError::unavailable("too many management requests in progress: retry shortly")
-        })?;
-        let caller = self
-            .manager
-            .authenticate_from(input::bearer(headers)?, Some(peer.ip()))?;
-        Ok((caller, permit))
-    }
-
     /// Runs a change on its own task: a request that times out stops
     /// waiting, the change completes or never starts, never half.
     async fn detached<T: Send + 'static>(
@@ -100,6 +83,7 @@ impl RestApi {
 /// for unknown paths (404) and methods (405), and a count per route and
 /// status.
 pub fn router(api: Arc<RestApi>, tls: bool) -> Router {
+    let api_for_gate = api.clone();
     let console = console::router(Arc::new(console::Console::new(api.clone(), tls)));
     Router::new()
         .route("/v3/api_keys", get(api_keys::list).post(api_keys::create))
@@ -136,6 +120,10 @@ pub fn router(api: Arc<RestApi>, tls: bool) -> Router {
                 format!("{method} is not allowed on this resource: see /openapi.json"),
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            api_for_gate,
+            gate::admit,
+        ))
         .layer(axum::middleware::from_fn(count))
 }
 
@@ -210,29 +198,32 @@ async fn count(request: Request, next: Next) -> Response {
 
 /// The route templates, as `'static` labels.
 fn known_route(template: &str) -> &'static str {
-    const ROUTES: [&str; 18] = [
-        "/v3/api_keys",
-        "/v3/api_keys/{id}",
-        "/v3/api_keys/{id}/rotate",
-        "/v3/api_keys/{id}/enable",
-        "/v3/api_keys/{id}/disable",
-        "/v3/scopes",
-        "/openapi.json",
-        "/console",
-        "/console/sign-in",
-        "/console/sign-out",
-        "/console/keys",
-        "/console/keys/new",
-        "/console/keys/{id}",
-        "/console/keys/{id}/rotate",
-        "/console/keys/{id}/disable",
-        "/console/keys/{id}/enable",
-        "/console/keys/{id}/delete",
-        "/console/static/{file}",
-    ];
     ROUTES
         .iter()
         .find(|known| **known == template)
         .copied()
         .unwrap_or("other")
 }
+
+/// Every route template served (REST and console): the metrics' labels,
+/// and what the gate test enumerates.
+pub const ROUTES: [&str; 18] = [
+    "/v3/api_keys",
+    "/v3/api_keys/{id}",
+    "/v3/api_keys/{id}/rotate",
+    "/v3/api_keys/{id}/enable",
+    "/v3/api_keys/{id}/disable",
+    "/v3/scopes",
+    "/openapi.json",
+    "/console",
+    "/console/sign-in",
+    "/console/sign-out",
+    "/console/keys",
+    "/console/keys/new",
+    "/console/keys/{id}",
+    "/console/keys/{id}/rotate",
+    "/console/keys/{id}/disable",
+    "/console/keys/{id}/enable",
+    "/console/keys/{id}/delete",
+    "/console/static/{file}",
+];

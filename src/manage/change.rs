@@ -34,6 +34,7 @@ impl Manager {
                 }
                 if let Some(limits) = &patch.rate_limits {
                     check_rate_limits(snapshot, &caller, limits)?;
+                    check_windows_kept(&caller, current, limits)?;
                 }
                 let updated = patch.apply(current, &catalog, now_unix_ms())?;
                 let action = match (current.disabled, updated.disabled) {
@@ -209,7 +210,7 @@ impl Patch {
             updated.not_before_unix_ms = not_before;
             updated.expire_time_unix_ms = expire;
         }
-        updated.version = KeyRecord::VERSION;
+        updated.version = updated.required_version();
         updated.update_time_unix_ms = now;
         Ok(updated)
     }

@@ -24,7 +24,7 @@ impl Manager {
         self.require(caller, ManageAction::Create)?;
         self.admit_mutation(caller)?;
         let account_id = target_account(caller, &request.account_id)?;
-        let retry = retry_of(&request, &account_id)?;
+        let retry = retry_of(caller, &request, &account_id)?;
         if let Some(first) = self.first_result_of(&retry).await? {
             return Ok(first);
         }
@@ -44,7 +44,7 @@ impl Manager {
             terms.expire_time.unwrap_or(0),
         )?;
         let record = KeyRecord {
-            version: KeyRecord::VERSION,
+            version: 0,
             key_id: issued.key_id.as_bytes().to_vec(),
             account_id: account_id.clone(),
             name,
@@ -60,6 +60,7 @@ impl Manager {
             rate_limits: validate_rate_limits(&terms.rate_limits, &self.catalog.load())?,
             ..KeyRecord::default()
         };
+        let record = record.versioned();
         let view = self.view(&record)?;
         let filed = retry.as_ref().map(|(id, digest)| CreateRequest {
             lookup: *id.lookup(),
@@ -173,8 +174,12 @@ impl Manager {
 
 /// The account a new key goes to: the admin names it; a key creates in its
 /// own account only.
-/// A request id's lookup and the request's digest, when it has one.
+/// A request id's lookup and the request's digest, when it has one. The
+/// digest binds the caller: the same id and body from another caller of
+/// the account is refused as a reuse (and learns nothing of the first key),
+/// never answered with the first caller's key and token.
 fn retry_of(
+    caller: &Caller,
     request: &NewKey,
     account_id: &str,
 ) -> Result<Option<(RequestId, [u8; 32])>, ManageError> {
@@ -182,7 +187,7 @@ fn retry_of(
         "" => Ok(None),
         text => Ok(Some((
             RequestId::new(account_id, text).map_err(|message| invalid("request_id", message))?,
-            create_digest(request),
+            create_digest(caller, request),
         ))),
     }
 }
@@ -199,9 +204,11 @@ fn target_account(caller: &Caller, requested: &str) -> Result<String, ManageErro
     }
 }
 
-/// What a CreateKey asked for, as sent (a retry sends the same).
-pub(super) fn create_digest(request: &NewKey) -> [u8; 32] {
+/// What a CreateKey asked for and who asked, as sent (a retry sends the
+/// same, with the same credential).
+pub(super) fn create_digest(caller: &Caller, request: &NewKey) -> [u8; 32] {
     let mut parts: Vec<Vec<u8>> = vec![
+        caller.to_string().into_bytes(),
         request.account_id.clone().into_bytes(),
         request.name.clone().into_bytes(),
         vec![u8::from(request.all_my_scopes_except_billing)],

@@ -43,8 +43,8 @@ pub use error::ManageError;
 use error::{invalid, scope_error};
 use paging::{next_page_token, page, page_binding};
 use rules::{
-    caller_reads, changeable, check_no_escalation, check_rate_limits, current_caller,
-    readable_account, require, visible_to,
+    caller_reads, changeable, check_no_escalation, check_rate_limits, check_windows_kept,
+    current_caller, readable_account, require, visible_to,
 };
 pub use types::{
     AuditQuery, Caller, KeyChange, KeyTerms, KeyView, ListQuery, NewKey, ResourceView, ScopesView,

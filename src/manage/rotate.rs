@@ -65,7 +65,7 @@ impl Manager {
                     rotated.previous_secret_expire_unix_ms = now + overlap.as_millis() as i64;
                 }
                 rotated.secret_hash = secret_hash.to_vec();
-                rotated.version = KeyRecord::VERSION;
+                rotated.version = rotated.required_version();
                 rotated.update_time_unix_ms = now;
                 let event = audit_event("rotate", &caller, Some(current), Some(&rotated));
                 Ok::<_, ManageError>((

@@ -146,6 +146,35 @@ pub(super) fn check_rate_limits(
     crate::ratelimit::within(&held.rate_limits(), &given).map_err(ManageError::RateLimitEscalation)
 }
 
+/// A counter's window is part of its identity, so a new window is a fresh
+/// count: an API key may change a limit's count or scopes, never the window
+/// of a limit the key already has (the admin may).
+pub(super) fn check_windows_kept(
+    caller: &Caller,
+    current: &KeyRecord,
+    limits: &[RateLimitRecord],
+) -> Result<(), ManageError> {
+    if matches!(caller, Caller::Admin) {
+        return Ok(());
+    }
+    let before = current.rate_limits();
+    for limit in limits.iter().map(RateLimit::from) {
+        let moved = before.iter().find(|old| {
+            old.name == limit.name
+                && old.shared == limit.shared
+                && old.window_secs != limit.window_secs
+        });
+        if let Some(old) = moved {
+            return Err(ManageError::RateLimitEscalation(format!(
+                "rate limit `{}` keeps its window of {}: a new window would start a fresh count (only the admin may change it)",
+                limit.name,
+                crate::ratelimit::window_text(old.window_secs)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The target of an update, rotation or delete and the caller as they are
 /// when the change applies, once the caller may do `action` to the target.
 pub(super) fn changeable<'a>(
@@ -160,7 +189,35 @@ pub(super) fn changeable<'a>(
     let caller = current_caller(snapshot, catalog, caller)?;
     require(catalog, &caller, action)?;
     check_may_change(catalog, &caller, current, key_id)?;
+    check_target_limits(snapshot, &caller, current, key_id)?;
     Ok((current, caller))
+}
+
+/// Rate limits are part of "stronger": a limited caller touches (updates,
+/// enables, rotates, deletes) only keys held to each of its limits at least
+/// as strictly, so it never gets an unlimited token by rotating or enabling
+/// one, whatever the change would leave.
+fn check_target_limits(
+    snapshot: &Snapshot,
+    caller: &Caller,
+    target: &KeyRecord,
+    key_id: &str,
+) -> Result<(), ManageError> {
+    let Caller::Key {
+        key_id: caller_id, ..
+    } = caller
+    else {
+        return Ok(());
+    };
+    let held = snapshot
+        .get(caller_id)
+        .ok_or(ManageError::BadCredentials)?
+        .rate_limits();
+    crate::ratelimit::within(&held, &target.rate_limits()).map_err(|why| {
+        ManageError::RateLimitEscalation(format!(
+            "key {key_id} has looser rate limits than the caller ({why}): a limited key cannot change it"
+        ))
+    })
 }
 
 /// A lesser key cannot touch a stronger one.

@@ -7,10 +7,16 @@ use tonic::service::Routes;
 use super::*;
 
 /// What each listener serves: the decisions (and, unless ManageKey has its
-/// own address, management), and management alone.
+/// own address, management), management alone, and Envoy's rate-limit
+/// service where the operator put it (its own address, or the Unix socket).
 pub(super) struct Services {
     hot: Routes,
     manage_only: Option<Routes>,
+    /// The Unix socket's: the hot routes, with the rate-limit service when
+    /// it is served there.
+    uds: Routes,
+    /// The rate-limit service's own listener's.
+    rate_limits_only: Option<Routes>,
 }
 
 impl Services {
@@ -18,7 +24,6 @@ impl Services {
         config: &ServeConfig,
         context: Arc<CheckContext>,
         manager: Arc<Manager>,
-        readiness: Arc<Readiness>,
         health: tonic_health::pb::health_server::HealthServer<
             impl tonic_health::pb::health_server::Health,
         >,
@@ -39,10 +44,13 @@ impl Services {
             context: context.clone(),
         })
         .max_decoding_message_size(limits.max_message_bytes);
-        let rate_limits = grpc::RateLimitServiceServer::new(grpc::RateLimitsService {
-            context: context.clone(),
-        })
-        .max_decoding_message_size(limits.max_message_bytes);
+        let rate_limits = config.rate_limit_service.as_ref().map(|service| {
+            grpc::RateLimitServiceServer::new(grpc::RateLimitsService {
+                context: context.clone(),
+                max_hits: service.max_hits,
+            })
+            .max_decoding_message_size(limits.max_message_bytes)
+        });
         let ext_authz = AuthorizationServer::new(ExtAuthzService {
             context,
             config: config.ext_authz.clone(),
@@ -50,24 +58,35 @@ impl Services {
         .max_decoding_message_size(limits.ext_authz_max_message_bytes);
         let admin = AdminServer::new(AdminService {
             manager: manager.clone(),
-            readiness: readiness.clone(),
         });
-        let manage = ManageKeyServer::new(ManageKeyService { manager, readiness })
+        let manage = ManageKeyServer::new(ManageKeyService { manager })
             .max_decoding_message_size(limits.max_message_bytes);
-        let hot = base
-            .clone()
-            .add_service(authorize)
-            .add_service(ext_authz)
-            .add_service(rate_limits);
-        Ok(match config.manage_listen {
-            None => Services {
-                hot: hot.add_service(manage).add_service(admin),
-                manage_only: None,
-            },
-            Some(_) => Services {
+        let hot = base.clone().add_service(authorize).add_service(ext_authz);
+        let (hot, manage_only) = match config.manage_listen {
+            None => (hot.add_service(manage).add_service(admin), None),
+            Some(_) => (
                 hot,
-                manage_only: Some(base.add_service(manage).add_service(admin)),
-            },
+                Some(base.clone().add_service(manage).add_service(admin)),
+            ),
+        };
+        let at = config
+            .rate_limit_service
+            .as_ref()
+            .map(|service| &service.at);
+        let (uds, rate_limits_only) = match (at, rate_limits) {
+            (Some(RateLimitServiceAt::Uds), Some(service)) => {
+                (hot.clone().add_service(service), None)
+            }
+            (Some(RateLimitServiceAt::Tcp(_)), Some(service)) => {
+                (hot.clone(), Some(base.add_service(service)))
+            }
+            _ => (hot.clone(), None),
+        };
+        Ok(Services {
+            hot,
+            manage_only,
+            uds,
+            rate_limits_only,
         })
     }
 
@@ -79,15 +98,17 @@ impl Services {
             Option<tokio::net::TcpListener>,
             Option<(tokio::net::UnixListener, PathBuf)>,
             Option<tokio::net::TcpListener>,
+            Option<tokio::net::TcpListener>,
         ),
+        gate: &Arc<crate::gate::Gate>,
         stopped: &impl Fn() -> F,
     ) -> Result<tokio::task::JoinSet<Result<(), tonic::transport::Error>>, StartError>
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let (tcp, uds, manage_tcp) = listeners;
+        let (tcp, uds, manage_tcp, rate_limits_tcp) = listeners;
         let limits = &config.limits;
-        let layers = layers(limits);
+        let layers = layers(gate);
         let tls = config.tls.as_ref().map(load_tls).transpose()?;
         let router = |tls: Option<&tonic::transport::ServerTlsConfig>, routes: &Routes| {
             let mut server = tonic::transport::Server::builder()
@@ -121,7 +142,7 @@ impl Services {
                 tokio_stream::wrappers::UnixListenerStream::new(listener),
                 |accepted| accepted.map(crate::uds::UdsConnection::new),
             );
-            let router = router(None, &self.hot)?;
+            let router = router(None, &self.uds)?;
             servers.spawn(router.serve_with_incoming_shutdown(incoming, stopped()));
             tracing::info!(path = %path.display(), "scopegate listening on unix socket");
         }
@@ -135,6 +156,13 @@ impl Services {
             servers.spawn(router.serve_with_incoming_shutdown(incoming, stopped()));
             tracing::info!(addr = %addr, "ManageKey listening");
         }
+        if let (Some(listener), Some(routes)) = (rate_limits_tcp, &self.rate_limits_only) {
+            let addr = local_addr(&listener);
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let router = router(tls.as_ref(), routes)?;
+            servers.spawn(router.serve_with_incoming_shutdown(incoming, stopped()));
+            tracing::info!(addr = %addr, "rate-limit service listening");
+        }
         if config.manage_listen.is_none() && tls.is_none() {
             if let Some(addr) = config.listen.filter(|addr| !addr.ip().is_loopback()) {
                 tracing::warn!(addr = %addr, "ManageKey is exposed on a non-loopback address without TLS");
@@ -146,23 +174,17 @@ impl Services {
 
 type Layers = tower::ServiceBuilder<
     tower::layer::util::Stack<
-        crate::limit::ShedLayer,
+        crate::gate::GateLayer,
         tower::layer::util::Stack<telemetry::GrpcMetricsLayer, tower::layer::util::Identity>,
     >,
 >;
 
 /// The tower stack, outermost first.
-fn layers(limits: &Limits) -> Layers {
+fn layers(gate: &Arc<crate::gate::Gate>) -> Layers {
     tower::ServiceBuilder::new()
         // Count every request by method and status, including refused ones.
         .layer(telemetry::GrpcMetricsLayer)
-        // Bound the requests in progress across all connections, checks and
-        // management apart; refuse at once beyond it instead of queueing.
-        // ManageKey and Admin also get their deadline here; checks never
-        // wait, so they pay for no timer.
-        .layer(crate::limit::ShedLayer::new(
-            limits.max_concurrent_requests,
-            limits.max_concurrent_manage,
-            limits.request_timeout,
-        ))
+        // The one gate (readiness, each kind of work's budget, management's
+        // deadline), shared with the REST and console edge.
+        .layer(crate::gate::GateLayer::new(gate.clone()))
 }

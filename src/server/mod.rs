@@ -14,14 +14,15 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::authz::Policy;
+use crate::gate::{Budgets, Gate};
 use crate::grpc::pb::admin_server::AdminServer;
 use crate::grpc::pb::authorize_server::AuthorizeServer;
 use crate::grpc::pb::manage_key_server::ManageKeyServer;
 use crate::grpc::{
     self, AdminService, AuthorizeService, CheckContext, ExtAuthzService, ManageKeyService,
-    Readiness,
 };
 use crate::manage::Manager;
+use crate::readiness::Readiness;
 use crate::route::{RouteError, RouteTable, DEFAULT_ROUTES_TOML};
 use crate::scope::{Catalog, CatalogError, SharedCatalog};
 use crate::store::{Store, StoreError};
@@ -99,6 +100,7 @@ struct Listeners {
     tcp: Option<tokio::net::TcpListener>,
     uds: Option<(tokio::net::UnixListener, PathBuf)>,
     manage_tcp: Option<tokio::net::TcpListener>,
+    rate_limits_tcp: Option<tokio::net::TcpListener>,
     metrics_tcp: Option<tokio::net::TcpListener>,
     http_tcp: Option<tokio::net::TcpListener>,
 }
@@ -190,6 +192,14 @@ async fn bind_all(config: &ServeConfig) -> Result<Listeners, StartError> {
             Some(addr) => Some(bind_tcp(addr).await?),
             None => None,
         },
+        rate_limits_tcp: match config
+            .rate_limit_service
+            .as_ref()
+            .map(|service| &service.at)
+        {
+            Some(RateLimitServiceAt::Tcp(addr)) => Some(bind_tcp(*addr).await?),
+            _ => None,
+        },
         metrics_tcp: match config.metrics_listen {
             Some(addr) => Some(bind_tcp(addr).await?),
             None => None,
@@ -224,23 +234,25 @@ async fn serve_all(
             catalog: opened.catalog.clone(),
             routes: opened.routes,
         }),
-        readiness: readiness.clone(),
         decision_log_every: config.decision_log_every,
         decisions_seen: Default::default(),
         dry_run_seen: Default::default(),
     });
     drop(opened.admin_token);
+    let gate = Arc::new(Gate::new(
+        readiness.clone(),
+        Budgets {
+            decisions: config.limits.max_concurrent_requests,
+            manage: config.limits.max_concurrent_manage,
+            rate_limits: config.limits.max_concurrent_rate_limits,
+        },
+        config.limits.request_timeout,
+    ));
     let rest = listeners
         .http_tcp
-        .map(|listener| rest_api(config, listener, &manager, &readiness))
+        .map(|listener| rest_api(config, listener, &manager, &gate))
         .transpose()?;
-    let services = listen::Services::new(
-        config,
-        check_context.clone(),
-        manager,
-        readiness.clone(),
-        health_service,
-    )?;
+    let services = listen::Services::new(config, check_context.clone(), manager, health_service)?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut stopping = stopping.clone();
@@ -250,7 +262,13 @@ async fn serve_all(
     };
     let servers = services.spawn(
         config,
-        (listeners.tcp, listeners.uds, listeners.manage_tcp),
+        (
+            listeners.tcp,
+            listeners.uds,
+            listeners.manage_tcp,
+            listeners.rate_limits_tcp,
+        ),
+        &gate,
         &stopped,
     )?;
     let metrics_server =
@@ -297,13 +315,13 @@ fn manager(config: &ServeConfig, opened: &Opened) -> Arc<Manager> {
     )
 }
 
-/// The REST edge: management's deadline and concurrency bound as on gRPC,
-/// and gRPC's certificate when it has one.
+/// The REST edge: through the same gate as gRPC (one management budget),
+/// with gRPC's certificate when it has one.
 fn rest_api(
     config: &ServeConfig,
     listener: tokio::net::TcpListener,
     manager: &Arc<Manager>,
-    readiness: &Arc<Readiness>,
+    gate: &Arc<Gate>,
 ) -> Result<RestServer, StartError> {
     let tls = config
         .tls
@@ -313,11 +331,8 @@ fn rest_api(
         .map_err(|(path, reason)| StartError::Tls { path, reason })?;
     let api = Arc::new(crate::http::RestApi {
         manager: manager.clone(),
-        readiness: readiness.clone(),
+        gate: gate.clone(),
         timeout: config.limits.request_timeout,
-        permits: Arc::new(tokio::sync::Semaphore::new(
-            config.limits.max_concurrent_manage,
-        )),
     });
     Ok((listener, api, tls))
 }

@@ -70,6 +70,25 @@ pub struct ServeConfig {
     pub counters: crate::counters::CountersConfig,
     /// Counters away: deny requests of limited keys.
     pub rate_limit_fail_closed: bool,
+    /// Envoy's RateLimitService, where the operator put it (off: `None`).
+    pub rate_limit_service: Option<RateLimitService>,
+}
+
+/// Envoy's RateLimitService: it counts hits for any key id it is sent, so
+/// it is served only where the operator says, never on the check port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitService {
+    pub at: RateLimitServiceAt,
+    /// Largest `hits_addend` taken.
+    pub max_hits: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitServiceAt {
+    /// On the Unix socket, beside the decisions.
+    Uds,
+    /// A TCP listener of its own.
+    Tcp(SocketAddr),
 }
 
 /// Management deadlines: long enough for an fdatasync on a busy disk, or an
@@ -89,6 +108,9 @@ pub struct Limits {
     /// mutations (each holding its slot across a disk sync) never sheds a
     /// check.
     pub max_concurrent_manage: usize,
+    /// Envoy's RateLimitService calls in progress (each may wait on Redis):
+    /// a budget of their own, so a flood never sheds a check.
+    pub max_concurrent_rate_limits: usize,
     /// Mutations per second (and burst) for the API keys of one account.
     pub mutations_per_account_per_sec: u32,
     /// Management reads per second (and burst) for the API keys of one account.
@@ -119,6 +141,7 @@ impl Default for Limits {
         Limits {
             max_concurrent_requests: 1024,
             max_concurrent_manage: 64,
+            max_concurrent_rate_limits: 256,
             mutations_per_account_per_sec: 20,
             reads_per_account_per_sec: 50,
             request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),

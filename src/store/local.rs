@@ -244,6 +244,7 @@ impl Store {
         }
         let mut count = 0;
         for record in records {
+            let record = record.versioned();
             self.auth_entry(&record)?;
             let key_id = record.key_id().ok_or_else(|| StoreError::Corrupt {
                 key_id: format!("{:?}", record.key_id),

@@ -96,9 +96,29 @@ impl From<&RateLimitRecord> for RateLimit {
 
 impl KeyRecord {
     /// 1: the first release. 2: lifecycle fields (expiry, not-before,
-    /// disabled, previous secret, allowed CIDRs, metadata). A build that reads
-    /// only version 1 refuses version 2 records instead of ignoring an expiry.
-    pub const VERSION: u32 = 2;
+    /// disabled, previous secret, allowed CIDRs, metadata). 3: rate limits.
+    /// A build refuses records newer than it reads (the key is unfit: denied,
+    /// never changed) instead of ignoring a field that restricts the key.
+    pub const VERSION: u32 = 3;
+
+    /// The version a record is written as: the oldest that enforces every
+    /// field set in it. A key with rate limits is version 3, so a sidecar
+    /// from before limits denies it rather than let it through unlimited (or
+    /// rewrite it without them); a key without stays version 2, readable by
+    /// that sidecar while a fleet upgrades.
+    pub fn required_version(&self) -> u32 {
+        if self.rate_limits.is_empty() {
+            2
+        } else {
+            3
+        }
+    }
+
+    /// This record as it must be written: never older than its fields need.
+    pub fn versioned(mut self) -> KeyRecord {
+        self.version = self.version.max(self.required_version());
+        self
+    }
 
     /// The hot-path view of the lifecycle fields; `None` when there are none.
     pub fn limits(&self) -> Result<Option<Box<KeyLimits>>, String> {

@@ -380,3 +380,36 @@ def test_envoy_gateway_calls_the_service_and_fails_closed():
 ])
 def test_wiring_that_cannot_work_is_refused_with_a_reason(sets, reason):
     assert reason in render_error(None, *sets)
+
+
+SERVICE = ["mode=service", "fleet.enabled=true", "fleet.endpoints={http://etcd:2379}"]
+
+
+@pytest.mark.parametrize("sets,reason", [
+    # The default NetworkPolicy with no peers would let every pod in.
+    (SERVICE, "an empty list would let every pod in"),
+    # No policy, no TLS, no mesh: bearer tokens in plaintext to the cluster.
+    (SERVICE + ["service.networkPolicy.enabled=false"], "service.tls.secretName"),
+])
+def test_service_mode_never_opens_the_check_port_to_the_cluster(sets, reason):
+    assert reason in render_error(None, *sets)
+
+
+def test_service_mode_with_tls_or_a_mesh_instead_of_a_policy():
+    tls = render(None, *SERVICE, "service.networkPolicy.enabled=false", "service.tls.secretName=scopegate-tls")
+    (deployment,) = by_kind(tls, "Deployment")
+    args = container(deployment, "scopegate")["args"]
+    assert "--tls-cert-file=/etc/scopegate/tls/tls.crt" in args and "--tls-key-file=/etc/scopegate/tls/tls.key" in args
+    mounts = {m["name"]: m for m in container(deployment, "scopegate")["volumeMounts"]}
+    assert mounts["scopegate-tls"]["mountPath"] == "/etc/scopegate/tls" and mounts["scopegate-tls"]["readOnly"]
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["scopegate-tls"]["secret"]["secretName"] == "scopegate-tls"
+    assert not by_kind(tls, "NetworkPolicy")
+    mesh = render(None, *SERVICE, "service.networkPolicy.enabled=false", "service.meshMtls=true")
+    assert not by_kind(mesh, "NetworkPolicy")
+    assert not any(a.startswith("--tls") for a in container(by_kind(mesh, "Deployment")[0], "scopegate")["args"])
+    # With peers, the policy names exactly them, never an empty (allow-all) rule.
+    peer = "service.networkPolicy.from[0].podSelector.matchLabels.app=gateway"
+    (policy,) = by_kind(render(None, *SERVICE, peer), "NetworkPolicy")
+    check_rule = policy["spec"]["ingress"][0]
+    assert check_rule["from"] == [{"podSelector": {"matchLabels": {"app": "gateway"}}}]

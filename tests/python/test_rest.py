@@ -320,3 +320,77 @@ def test_secrets_never_reach_the_log(server):
     admin = open(os.path.join(server.data, "admin.token")).read().strip()
     assert admin not in log
     assert not re.search(r"SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{20,}", log)
+
+
+def key_operations():
+    """Every operation of the document that names a key: (method, path template)."""
+    return [(method.upper(), template) for template, item in SPEC["paths"].items() if "{api_key_id}" in template
+            for method in item if method in ("get", "post", "put", "patch", "delete")]
+
+
+def body_for(method, template):
+    """A body the operation accepts, so only the rule under test can refuse it."""
+    if method == "PUT":
+        return {"name": "changed", "scopes": ["mail.send", "stats.read"]}
+    if method == "PATCH":
+        return {"name": "changed"}
+    if method == "POST" and template == "/v3/api_keys":
+        return {"name": "made", "scopes": ["mail.send"]}
+    return None
+
+
+def test_an_api_key_never_acts_on_behalf_of_an_account(server, rest, manager):
+    """`on-behalf-of` from an API key is refused on every operation of the
+    document (403, naming the header), and nothing is changed."""
+    target = server.create_key("mail.send")
+    key_id, token = target["key"]["key_id"], target["token"]
+    before = server.cli("keys", "list", "--account", "acme", "--page-size", "1000")
+    operations = [(method.upper(), template) for template, item in SPEC["paths"].items()
+                  for method in item if method in ("get", "post", "put", "patch", "delete")
+                  and template != "/openapi.json"]
+    assert len(operations) >= 10, operations
+    for method, template in operations:
+        path = template.replace("{api_key_id}", key_id)
+        status, _, body = rest(method, path, manager["api_key"], body_for(method, template),
+                               headers={"on-behalf-of": "acme"})
+        assert status == 403, (method, path, status, body)
+        assert body["errors"][0]["field"] == "on-behalf-of", (method, path, body)
+    assert server.cli("keys", "list", "--account", "acme", "--page-size", "1000") == before
+    assert envoy_check(server, token, "POST", "/v3/mail/send") == code_pb2.OK
+
+
+def test_no_rest_operation_escalates_or_touches_a_stronger_key(server, rest, admin):
+    """A manager holding api_keys.* and mail.send: it may not give a scope it
+    lacks (create, replace), and no operation on a key holding more than it
+    (stats.read too) changes that key; reads are allowed."""
+    status, _, lesser = rest("POST", "/v3/api_keys", admin,
+                             {"name": "lesser", "scopes": ["api_keys.create", "api_keys.read", "api_keys.update",
+                                                           "api_keys.delete", "mail.send"]},
+                             headers={"on-behalf-of": "acme"})
+    assert status == 201
+    token = lesser["api_key"]
+    # Escalation: a scope the caller lacks, on create and on replace of its own child.
+    status, _, body = rest("POST", "/v3/api_keys", token, {"name": "x", "scopes": ["mail.send", "whitelabel.read"]})
+    assert status == 403 and "whitelabel.read" in body["errors"][0]["message"], body
+    status, _, child = rest("POST", "/v3/api_keys", token, {"name": "child", "scopes": ["mail.send"]})
+    assert status == 201
+    status, _, body = rest("PUT", f"/v3/api_keys/{child['api_key_id']}", token,
+                           {"name": "child", "scopes": ["mail.send", "whitelabel.read"]})
+    assert status == 403 and "whitelabel.read" in body["errors"][0]["message"], body
+    assert server.cli("keys", "get", child["api_key_id"])["scopes"] == ["mail.send"]
+    # A stronger key: every operation but reading is refused, nothing changes.
+    stronger = server.create_key("mail.send", "stats.read")
+    stronger_id = stronger["key"]["key_id"]
+    before = server.cli("keys", "get", stronger_id)
+    operations = key_operations()
+    assert len(operations) >= 7, operations
+    for method, template in operations:
+        path = template.replace("{api_key_id}", stronger_id)
+        status, _, body = rest(method, path, token, body_for(method, template))
+        if method == "GET":
+            assert status == 200, (method, path, body)
+        else:
+            assert status == 403 and "stats.read" in body["errors"][0]["message"], (method, path, status, body)
+    assert server.cli("keys", "get", stronger_id) == before
+    # Not rotated, disabled or deleted: its token still passes.
+    assert envoy_check(server, stronger["token"], "POST", "/v3/mail/send") == code_pb2.OK

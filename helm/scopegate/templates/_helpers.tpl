@@ -61,6 +61,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if and .Values.envoyGateway.enabled (not .Values.envoyGateway.targetRefs) }}
 {{- fail "envoyGateway.targetRefs: name the Gateway or HTTPRoutes the SecurityPolicy applies to" }}
 {{- end }}
+{{- if eq .Values.mode "service" }}
+{{- if and .Values.service.networkPolicy.enabled (not .Values.service.networkPolicy.from) }}
+{{- fail "service.networkPolicy.from: list the proxies allowed to call scopegate (NetworkPolicyPeer list); an empty list would let every pod in" }}
+{{- end }}
+{{- if not (or .Values.service.networkPolicy.enabled .Values.service.tls.secretName .Values.service.meshMtls) }}
+{{- fail "mode=service serves Check and ext_authz (bearer tokens) to the cluster: keep service.networkPolicy.enabled with its from, or set service.tls.secretName, or service.meshMtls=true" }}
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{/* Sidecar mode under Istio: scopegate's own ports stay out of inbound interception. */}}
@@ -141,6 +149,10 @@ seccompProfile:
     {{- if .Values.rateLimits.failClosed }}
     - --rate-limit-fail-closed
     {{- end }}
+    {{- if and (eq .Values.mode "service") .Values.service.tls.secretName }}
+    - --tls-cert-file=/etc/scopegate/tls/tls.crt
+    - --tls-key-file=/etc/scopegate/tls/tls.key
+    {{- end }}
     {{- range .Values.extraArgs }}
     - {{ . | quote }}
     {{- end }}
@@ -212,6 +224,11 @@ seccompProfile:
       mountPath: /etc/scopegate/redis-auth
       readOnly: true
     {{- end }}
+    {{- if and (eq .Values.mode "service") .Values.service.tls.secretName }}
+    - name: scopegate-tls
+      mountPath: /etc/scopegate/tls
+      readOnly: true
+    {{- end }}
 {{- end -}}
 
 {{/* The volumes the sidecar needs: include them in your pod's volumes. */}}
@@ -259,6 +276,17 @@ seccompProfile:
     items:
       - key: password
         path: password
+{{- end }}
+{{- if and (eq .Values.mode "service") .Values.service.tls.secretName }}
+- name: scopegate-tls
+  secret:
+    secretName: {{ .Values.service.tls.secretName }}
+    defaultMode: 0400
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
 {{- end }}
 {{- end -}}
 

@@ -75,6 +75,27 @@ pub fn router(console: Arc<Console>) -> Router {
 
 async fn security_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
+    secure(&mut response);
+    response
+}
+
+/// The gate's refusal (not ready, busy, a stalled body) as a page.
+pub(super) fn refusal(status: StatusCode, why: &str) -> Response {
+    let mut response = (
+        status,
+        Html(pages::message(None, "Unavailable", why).into_string()),
+    )
+        .into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    secure(&mut response);
+    response
+}
+
+fn secure(response: &mut Response) {
     let headers = response.headers_mut();
     for (name, value) in [
         (
@@ -90,7 +111,6 @@ async fn security_headers(request: Request, next: Next) -> Response {
     ] {
         headers.insert(name, HeaderValue::from_static(value));
     }
-    response
 }
 
 async fn asset(Path(file): Path<String>) -> Response {

@@ -18,25 +18,36 @@ impl Fleet {
         format!("{}audit/", self.config.prefix).into_bytes()
     }
 
-    /// The event and its entry in the account's index, both under the
-    /// retention lease.
+    /// The event and its entries in the account's and the key's index, all
+    /// under the retention lease.
     pub(super) fn audit_ops(&self, event: &AuditEvent, lease: i64) -> Vec<TxnOp> {
         let path = self.audit_path(event);
         let suffix = &path[self.audit_prefix().len()..];
-        let mut indexed = self.account_audit_prefix(&event.account_id);
-        indexed.extend_from_slice(suffix);
+        let mut by_account = self.account_audit_prefix(&event.account_id);
+        by_account.extend_from_slice(suffix);
+        let mut by_key = self.key_audit_prefix(&event.key_id);
+        by_key.extend_from_slice(suffix);
         let leased = || Some(etcd_client::PutOptions::new().with_lease(lease));
         vec![
             TxnOp::put(path.clone(), prost::Message::encode_to_vec(event), leased()),
-            TxnOp::put(indexed, Vec::new(), leased()),
+            // The account's entry holds the key id: trimming finds the key's entry.
+            TxnOp::put(by_account, event.key_id.clone(), leased()),
+            TxnOp::put(by_key, Vec::new(), leased()),
         ]
     }
 
-    /// `audit_by_account/<account, hex>/`: one empty key per event, named
-    /// like the event, so an account's events can be counted and trimmed.
+    /// `audit_by_account/<account, hex>/`: one key per event, named like the
+    /// event, so an account's events can be listed, counted and trimmed
+    /// without reading another account's.
     fn account_audit_prefix(&self, account: &str) -> Vec<u8> {
         let hex: String = account.bytes().map(|byte| format!("{byte:02x}")).collect();
         format!("{}audit_by_account/{hex}/", self.config.prefix).into_bytes()
+    }
+
+    /// `audit_by_key/<key id, hex>/`: one empty key per event of that key.
+    fn key_audit_prefix(&self, key_id: &[u8]) -> Vec<u8> {
+        let hex: String = key_id.iter().map(|byte| format!("{byte:02x}")).collect();
+        format!("{}audit_by_key/{hex}/", self.config.prefix).into_bytes()
     }
 
     /// Keeps `account` within the audit bound before one more event: when
@@ -80,7 +91,6 @@ impl Fleet {
                 Some(
                     GetOptions::new()
                         .with_prefix()
-                        .with_keys_only()
                         .with_limit(excess.min(PAGE as u64) as i64),
                 ),
             )
@@ -93,6 +103,12 @@ impl Fleet {
             event.extend_from_slice(suffix);
             deletes.push(TxnOp::delete(kv.key().to_vec(), None));
             deletes.push(TxnOp::delete(event, None));
+            // Entries from before the key index hold no key id.
+            if !kv.value().is_empty() {
+                let mut by_key = self.key_audit_prefix(kv.value());
+                by_key.extend_from_slice(suffix);
+                deletes.push(TxnOp::delete(by_key, None));
+            }
         }
         // etcd takes at most 128 operations per transaction by default.
         for chunk in deletes.chunks(128) {
@@ -115,15 +131,25 @@ impl Fleet {
     }
 
     /// Audit events from etcd (fleet mode lists them from the source of
-    /// truth, not the mirror), oldest first.
+    /// truth, not the mirror), oldest first. A key's or an account's events
+    /// are read through its index: one tenant's page never walks another's
+    /// events.
     pub async fn audit_events(
         &self,
         filter: &AuditFilter,
         after: Option<Vec<u8>>,
         limit: usize,
     ) -> Result<(Vec<AuditEvent>, Option<Vec<u8>>), StoreError> {
+        // The account's index when named (bounded per account, and it holds
+        // events from before the key index), else the key's.
+        let index = match (&filter.account_id, &filter.key_id) {
+            (Some(account), _) => Some(self.account_audit_prefix(account)),
+            (None, Some(key_id)) => Some(self.key_audit_prefix(key_id.as_bytes())),
+            (None, None) => None,
+        };
         let mut client = self.connected()?;
-        let prefix = self.audit_prefix();
+        let prefix = index.unwrap_or_else(|| self.audit_prefix());
+        let indexed = prefix != self.audit_prefix();
         let end = prefix_end(&prefix);
         let mut start = match after {
             // A cursor is a position inside this prefix's audit range, never
@@ -146,16 +172,38 @@ impl Fleet {
         let mut events = Vec::new();
         let mut last = None;
         loop {
-            let options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            if indexed {
+                options = options.with_keys_only();
+            }
             let page = client
                 .get(start.clone(), Some(options))
                 .await
                 .map_err(unreachable)?;
-            for kv in page.kvs() {
+            let values = match indexed {
+                false => page
+                    .kvs()
+                    .iter()
+                    .map(|kv| Some(kv.value().to_vec()))
+                    .collect(),
+                true => {
+                    let suffixes: Vec<&[u8]> = page
+                        .kvs()
+                        .iter()
+                        .map(|kv| &kv.key()[prefix.len()..])
+                        .collect();
+                    self.events_at(&mut client, &suffixes).await?
+                }
+            };
+            for (kv, value) in page.kvs().iter().zip(values) {
+                // An index entry whose event is gone (trimmed, expired).
+                let Some(value) = value else { continue };
                 let event: AuditEvent =
-                    prost::Message::decode(kv.value()).map_err(|error| StoreError::Corrupt {
-                        key_id: "audit event".into(),
-                        reason: error.to_string(),
+                    prost::Message::decode(value.as_slice()).map_err(|error| {
+                        StoreError::Corrupt {
+                            key_id: "audit event".into(),
+                            reason: error.to_string(),
+                        }
                     })?;
                 if filter.end_unix_ms != 0 && event.time_unix_ms >= filter.end_unix_ms {
                     return Ok((events, None));
@@ -177,6 +225,42 @@ impl Fleet {
                 _ => return Ok((events, None)),
             }
         }
+    }
+}
+
+impl Fleet {
+    /// The events named by these suffixes, in one transaction per 128
+    /// (etcd's default bound): `None` for one that is gone.
+    async fn events_at(
+        &self,
+        client: &mut Client,
+        suffixes: &[&[u8]],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let events = self.audit_prefix();
+        let mut values = Vec::with_capacity(suffixes.len());
+        for chunk in suffixes.chunks(128) {
+            let gets: Vec<TxnOp> = chunk
+                .iter()
+                .map(|suffix| {
+                    let mut path = events.clone();
+                    path.extend_from_slice(suffix);
+                    TxnOp::get(path, None)
+                })
+                .collect();
+            let answer = client
+                .txn(Txn::new().and_then(gets))
+                .await
+                .map_err(unreachable)?;
+            for response in answer.op_responses() {
+                values.push(match response {
+                    etcd_client::TxnOpResponse::Get(got) => {
+                        got.kvs().first().map(|kv| kv.value().to_vec())
+                    }
+                    _ => None,
+                });
+            }
+        }
+        Ok(values)
     }
 }
 

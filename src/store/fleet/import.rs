@@ -13,6 +13,7 @@ pub async fn import(
     let mut client = fleet.connect().await?;
     let (mut copied, mut present) = (0, 0);
     for record in records {
+        let record = record.versioned();
         let key_id = crate::store::record_id(&record)?;
         let path = fleet.key_path(&key_id);
         let value = prost::Message::encode_to_vec(&record);

@@ -1,0 +1,85 @@
+//! The gate (`crate::gate`) on the REST and console edge: every route but
+//! the static documents is management. Readiness first, then the body read
+//! whole under the deadline, then a permit of the management budget gRPC
+//! shares: a client that stalls its body holds no permit, and times out.
+//! Refusals come in each door's own shape (SendGrid's JSON, or a page).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+use super::{console, RestApi, MAX_BODY_BYTES};
+use crate::gate::{Door, Refused};
+
+/// The door of an HTTP route: documents that hold no key are open.
+pub fn door(method: &Method, route: &str) -> Door {
+    let document = route == "/openapi.json"
+        || route == "/console/static/{file}"
+        || (method == Method::GET && (route == "/console" || route == "/console/sign-in"));
+    if document {
+        Door::Open
+    } else {
+        Door::Manage
+    }
+}
+
+pub(super) async fn admit(
+    State(api): State<Arc<RestApi>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    // Unmatched paths have no route: the fallback answers 404 or 405.
+    let Some(route) = request.extensions().get::<MatchedPath>().cloned() else {
+        return next.run(request).await;
+    };
+    let route = route.as_str();
+    let door = door(request.method(), route);
+    if door == Door::Open {
+        return next.run(request).await;
+    }
+    let refuse = |status: StatusCode, message: String| -> Response {
+        if route.starts_with("/console") {
+            console::refusal(status, &message)
+        } else if status == StatusCode::SERVICE_UNAVAILABLE {
+            ApiError::unavailable(message).into_response()
+        } else {
+            ApiError::new(status, message).into_response()
+        }
+    };
+    let unavailable =
+        |refused: Refused| refuse(StatusCode::SERVICE_UNAVAILABLE, refused.to_string());
+    if let Err(refused) = api.gate.ready(door) {
+        return unavailable(refused);
+    }
+    let (parts, body) = request.into_parts();
+    let read = tokio::time::timeout(api.timeout, axum::body::to_bytes(body, MAX_BODY_BYTES));
+    let bytes = match read.await {
+        Err(_) => {
+            return refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} ms",
+                    api.timeout.as_millis()
+                ),
+            )
+        }
+        Ok(Err(_)) => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+            )
+        }
+        Ok(Ok(bytes)) => bytes,
+    };
+    let _permit = match api.gate.permit(door) {
+        Ok(permit) => permit,
+        Err(refused) => return unavailable(refused),
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}

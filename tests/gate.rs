@@ -1,0 +1,318 @@
+//! The one gate, through the real binary: every route of every door (each
+//! gRPC method in the served descriptor plus Envoy's two services, each REST
+//! operation in the OpenAPI document, each console route) is refused while
+//! the keys are not loaded and while a fleet sidecar's mirror is stale.
+//! Enumerated, so a route added without the gate fails here.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{free_port, http_request, Etcd, Server};
+use prost::Message;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::{Code, Status};
+
+/// Request and answer bytes as they are: an empty message is valid for
+/// every method, and the gate must answer before anything decodes it.
+#[derive(Default, Clone)]
+struct RawCodec;
+
+struct RawBytes;
+
+impl Encoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        use bytes::Buf;
+        Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
+    }
+}
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawBytes;
+    type Decoder = RawBytes;
+    fn encoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+    fn decoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+}
+
+/// Every gRPC method a client can call: the scopegate services from the
+/// descriptor reflection serves, and Envoy's two (path, server-streaming).
+fn grpc_methods() -> Vec<(String, bool)> {
+    let set =
+        prost_types::FileDescriptorSet::decode(scopegate::grpc::pb::FILE_DESCRIPTOR_SET).unwrap();
+    let mut methods: Vec<(String, bool)> = set
+        .file
+        .iter()
+        .flat_map(|file| {
+            file.service.iter().flat_map(move |service| {
+                service.method.iter().map(move |method| {
+                    (
+                        format!("/{}.{}/{}", file.package(), service.name(), method.name()),
+                        method.server_streaming(),
+                    )
+                })
+            })
+        })
+        .collect();
+    assert!(methods.len() >= 10, "{methods:?}");
+    methods.push(("/envoy.service.auth.v3.Authorization/Check".into(), false));
+    methods.push((
+        "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit".into(),
+        false,
+    ));
+    methods
+}
+
+async fn call_raw(addr: &str, path: &str, streaming: bool, token: &str) -> Result<Vec<u8>, Status> {
+    let channel = tonic::transport::Channel::from_shared(addr.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(Vec::new());
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let path = http::uri::PathAndQuery::try_from(path).unwrap();
+    if streaming {
+        let mut stream = grpc
+            .server_streaming(request, path, RawCodec)
+            .await?
+            .into_inner();
+        Ok(stream.message().await?.unwrap_or_default())
+    } else {
+        Ok(grpc.unary(request, path, RawCodec).await?.into_inner())
+    }
+}
+
+/// Every REST operation of the OpenAPI document (method, path), with a
+/// well-formed key id in its path.
+fn rest_operations() -> Vec<(String, String)> {
+    let spec: serde_json::Value = serde_json::from_str(scopegate::http::OPENAPI_JSON).unwrap();
+    let mut operations = Vec::new();
+    for (template, item) in spec["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            if ["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                let path = template.replace("{api_key_id}", "AAAAAAAAAAAAAAAAAAAAAA");
+                let path = path.replace("{id}", "AAAAAAAAAAAAAAAAAAAAAA");
+                operations.push((method.to_uppercase(), path));
+            }
+        }
+    }
+    assert!(operations.len() >= 8, "{operations:?}");
+    operations
+}
+
+/// Every gRPC method is a decision or management at the gate (so it waits
+/// for readiness and takes a permit of its budget), never open; a service
+/// nobody listed yet is management.
+#[test]
+fn every_grpc_method_passes_the_gate() {
+    use scopegate::gate::Door;
+    for (path, _) in grpc_methods() {
+        assert_ne!(Door::of_grpc_path(&path), Door::Open, "{path}");
+    }
+    assert_eq!(
+        Door::of_grpc_path("/scopegate.v1.Authorize/Check"),
+        Door::Decision
+    );
+    assert_eq!(
+        Door::of_grpc_path(scopegate::gate::EXT_AUTHZ_CHECK),
+        Door::Decision
+    );
+    assert_eq!(Door::of_grpc_path("/scopegate.v2.New/Call"), Door::Manage);
+    assert_eq!(
+        Door::of_grpc_path("/grpc.health.v1.Health/Check"),
+        Door::Open
+    );
+}
+
+/// Routes that hold no key and so are served whatever the store's state.
+fn always_served(method: &str, path: &str) -> bool {
+    path == "/openapi.json"
+        || path.starts_with("/console/static/")
+        || (method == "GET" && (path == "/console" || path == "/console/sign-in"))
+}
+
+/// Asserts every door refuses, each saying `why`. `rate_limits`: the
+/// address of the rate-limit service's own listener.
+async fn assert_every_door_refuses(
+    server: &Server,
+    rate_limits: &str,
+    cookie: Option<&str>,
+    why: &str,
+) {
+    for (path, streaming) in grpc_methods() {
+        let addr = match path.starts_with("/envoy.service.ratelimit.") {
+            true => rate_limits,
+            false => &server.addr,
+        };
+        let answer = call_raw(addr, &path, streaming, &server.admin_token).await;
+        if path == scopegate::gate::EXT_AUTHZ_CHECK {
+            // Answered in Envoy's protocol: a 503 denial saying why.
+            let answer = answer.expect(&path);
+            let text = String::from_utf8_lossy(&answer);
+            assert!(text.contains(why), "{path}: {text}");
+            continue;
+        }
+        let status = answer.expect_err(&path);
+        assert_eq!(status.code(), Code::Unavailable, "{path}: {status:?}");
+        assert!(status.message().contains(why), "{path}: {status:?}");
+    }
+    let http = server.http_addr.as_deref().unwrap();
+    let auth = format!("Bearer {}", server.admin_token);
+    let form = "csrf=x&name=y";
+    for (method, path) in rest_operations() {
+        if always_served(&method, &path) {
+            continue;
+        }
+        let body = (method != "GET" && method != "DELETE").then_some("{}");
+        let (status, _, answer) = http_request(
+            http,
+            &method,
+            &path,
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body,
+        );
+        assert_eq!(status, 503, "{method} {path}: {answer}");
+        assert!(answer.contains(why), "{method} {path}: {answer}");
+    }
+    let cookie_header = cookie.map(|cookie| ("Cookie", cookie));
+    for template in scopegate::http::ROUTES
+        .iter()
+        .filter(|route| route.starts_with("/console"))
+    {
+        let path = template
+            .replace("{id}", "AAAAAAAAAAAAAAAAAAAAAA")
+            .replace("{file}", "console.css");
+        for method in ["GET", "POST"] {
+            if always_served(method, &path) {
+                continue;
+            }
+            let mut headers = vec![("Content-Type", "application/x-www-form-urlencoded")];
+            headers.extend(cookie_header);
+            let (status, _, answer) = http_request(
+                http,
+                method,
+                &path,
+                &headers,
+                Some(form).filter(|_| method == "POST"),
+            );
+            if status == 405 {
+                continue; // not served with this method
+            }
+            assert_eq!(status, 503, "{method} {path}: {answer}");
+            assert!(answer.contains(why), "{method} {path}: {answer}");
+        }
+    }
+}
+
+/// A fleet sidecar with no mirror and no etcd to read one from is still
+/// loading: no door answers from its empty table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_door_refuses_while_the_keys_are_not_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let rate_limits = format!("127.0.0.1:{}", free_port());
+    let mut server = Server::start_listening(
+        &dir.path().join("data"),
+        &[
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            &nowhere,
+            "--http-listen",
+            &http,
+            "--rate-limit-service-listen",
+            &rate_limits,
+        ],
+    );
+    server.http_addr = Some(http);
+    let rate_limits = format!("http://{rate_limits}");
+    assert_every_door_refuses(&server, &rate_limits, None, "still loading keys").await;
+}
+
+/// A fleet sidecar cut off from etcd past `--max-staleness-secs` refuses on
+/// every door, the console included for a session opened while it was fresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_door_refuses_while_the_mirror_is_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut etcd = Etcd::start(dir.path());
+    etcd.wait_healthy();
+    let rate_limits = format!("127.0.0.1:{}", free_port());
+    let server = common::fleet::fleet(
+        dir.path(),
+        "a",
+        &etcd,
+        &[
+            "--max-staleness-secs",
+            "1",
+            "--rate-limit-service-listen",
+            &rate_limits,
+        ],
+    );
+    let rate_limits = format!("http://{rate_limits}");
+    let http = server.http_addr.clone().unwrap();
+    let cookie = console_session(&http, &server.admin_token);
+    // Fresh: the console's keys page answers.
+    let (status, _, _) = http_request(
+        &http,
+        "GET",
+        "/console/keys?account=acme",
+        &[("Cookie", &cookie)],
+        None,
+    );
+    assert_eq!(status, 200);
+    etcd.kill9();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_every_door_refuses(&server, &rate_limits, Some(&cookie), "stale").await;
+}
+
+/// Signs in to the console; the session cookie (`name=value`), as sent.
+fn console_session(addr: &str, credential: &str) -> String {
+    use std::io::{Read, Write};
+    let body = format!("credential={credential}");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "POST /console/sign-in HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
+    answer
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(": ")?;
+            name.eq_ignore_ascii_case("set-cookie").then_some(value)
+        })
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
