@@ -280,7 +280,9 @@ fn decide_with(
 
 /// Disabled, outside its validity window, or from an address it may not be
 /// used from. The clock is read only for keys with a time limit.
-fn limits_deny(
+/// What a key's lifecycle limits deny now (`now`: unix ms, `None` to skip
+/// the validity window), if anything.
+pub fn limits_deny(
     limits: &KeyLimits,
     now: Option<i64>,
     client_ip: Option<IpAddr>,

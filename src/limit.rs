@@ -35,6 +35,23 @@ impl AccountRate {
         self.take_at(account, Instant::now())
     }
 
+    /// Whether `account` has a token now, without taking it.
+    pub fn peek(&self, account: &Arc<str>) -> Result<(), Duration> {
+        let now = Instant::now();
+        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        match buckets.get(account) {
+            None => Ok(()),
+            Some(bucket) => {
+                let bucket = refill(*bucket, self.rate, now);
+                if bucket.tokens >= 1.0 {
+                    Ok(())
+                } else {
+                    Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.rate))
+                }
+            }
+        }
+    }
+
     fn take_at(&self, account: &Arc<str>, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(account) {

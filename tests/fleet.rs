@@ -937,3 +937,78 @@ async fn the_audit_trail_is_shared_through_etcd() {
         assert!(events.iter().all(|event| event.key_id == key_id));
     }
 }
+
+/// `fleet import` holds records to the rules `restore` and the API hold them
+/// to: the per-account cap counts the keys already in etcd, and a record the
+/// fleet's catalog cannot hold (a scope written under another catalog) is
+/// refused with nothing copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_import_keeps_the_cap_and_the_catalog() {
+    use scopegate::scope::{Catalog, SharedCatalog, DEFAULT_CATALOG_TOML};
+    use scopegate::store::{KeyRecord, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    etcd.wait_healthy();
+    let a = fleet(dir.path(), "a", &etcd, &["--max-keys-per-account", "2"]);
+    create_on(&a, "acme", &["mail.send"]).await;
+    create_on(&a, "acme", &["mail.send"]).await;
+    let import = |data: &std::path::Path| {
+        let out = std::process::Command::new(common::BIN)
+            .args([
+                "fleet",
+                "import",
+                "--max-keys-per-account",
+                "2",
+                "--data-dir",
+            ])
+            .arg(data)
+            .args(["--etcd-endpoints", &etcd.endpoint])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // A standalone store written under a catalog with one more resource.
+    let wider = std::sync::Arc::new(
+        Catalog::from_toml(&format!(
+            "{DEFAULT_CATALOG_TOML}\n[[resource]]\nname = \"x\"\nverbs = [\"read\"]\n"
+        ))
+        .unwrap(),
+    );
+    let write_store = |name: &str, account: &str, scopes: &[&str]| {
+        let data = dir.path().join(name);
+        let shared: SharedCatalog = std::sync::Arc::new(arc_swap::ArcSwap::new(wider.clone()));
+        let store = Store::open(&data, shared).unwrap();
+        let record = KeyRecord {
+            version: 2,
+            key_id: vec![name.len() as u8; 16],
+            account_id: account.into(),
+            name: name.into(),
+            scopes: scopes.iter().map(|scope| scope.to_string()).collect(),
+            secret_hash: vec![3; 32],
+            ..Default::default()
+        };
+        store.import(vec![record]).unwrap();
+        drop(store);
+        data
+    };
+    // acme holds 2 of 2 in etcd: one more from a standalone store is refused.
+    let (ok, stderr) = import(&write_store("third", "acme", &["mail.send"]));
+    assert!(!ok && stderr.contains("maximum of 2"), "{stderr}");
+    // A scope the fleet's catalog does not have.
+    let (ok, stderr) = import(&write_store("skewed", "globex", &["x.read"]));
+    assert!(!ok && stderr.contains("x.read"), "{stderr}");
+    let mut client = etcd.client().await;
+    let counter = client
+        .get("/scopegate/v1/accounts/acme", None)
+        .await
+        .unwrap();
+    assert_eq!(counter.kvs()[0].value_str().unwrap(), "2");
+    let globex = client
+        .get("/scopegate/v1/accounts/globex", None)
+        .await
+        .unwrap();
+    assert!(globex.kvs().is_empty());
+}

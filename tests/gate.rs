@@ -290,29 +290,50 @@ async fn every_door_refuses_while_the_mirror_is_stale() {
     assert_every_door_refuses(&server, &rate_limits, Some(&cookie), "stale").await;
 }
 
-/// Signs in to the console; the session cookie (`name=value`), as sent.
-fn console_session(addr: &str, credential: &str) -> String {
+/// One raw HTTP/1.1 exchange; the whole answer as text.
+fn exchange(addr: &str, request: &str) -> String {
     use std::io::{Read, Write};
-    let body = format!("credential={credential}");
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "POST /console/sign-in HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
+    answer
+}
+
+/// The value of the `name` cookie an answer sets.
+fn set_cookie(answer: &str, name: &str) -> String {
     answer
         .lines()
-        .find_map(|line| {
-            let (name, value) = line.split_once(": ")?;
-            name.eq_ignore_ascii_case("set-cookie").then_some(value)
+        .filter_map(|line| {
+            let (header, value) = line.split_once(": ")?;
+            header.eq_ignore_ascii_case("set-cookie").then_some(value)
         })
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned()
+        .map(|value| value.split(';').next().unwrap().to_owned())
+        .find(|cookie| cookie.starts_with(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} cookie: {answer}"))
+}
+
+/// Signs in to the console as its sign-in page does; the session cookie
+/// (`name=value`), as sent.
+fn console_session(addr: &str, credential: &str) -> String {
+    let page = exchange(
+        addr,
+        "GET /console/sign-in HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+    );
+    let pre_session = set_cookie(&page, "scopegate_sign_in");
+    let token = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap();
+    let body = format!("credential={credential}&csrf={token}");
+    let answer = exchange(
+        addr,
+        &format!(
+            "POST /console/sign-in HTTP/1.1\r\nHost: test\r\nConnection: close\r\nCookie: {pre_session}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
+    set_cookie(&answer, "scopegate_console")
 }

@@ -654,3 +654,97 @@ async fn update_shapes_and_all_scopes_except_billing() {
         "a key's 'everything' is what it holds"
     );
 }
+
+/// A key an API key makes or changes is at most as open and as long-lived
+/// as that key: a manager allowed only from 127.0.0.0/8 and expiring within
+/// the hour gives no key a wider allowlist, none, no expiry or a later one,
+/// cannot widen a child later, and cannot rotate a key more open than itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_are_no_more_open_and_live_no_longer_than_their_creator() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let manager = create_with(
+        &server,
+        pb::CreateKeyRequest {
+            allowed_cidrs: vec!["127.0.0.0/8".into()],
+            expire_time: Some(in_ms(3_600_000)),
+            ..create_manager("acme", "office manager", &["mail.send"])
+        },
+    )
+    .await
+    .unwrap()
+    .token;
+    let child = |cidrs: &[&str], expire_ms: Option<u64>| pb::CreateKeyRequest {
+        allowed_cidrs: cidrs.iter().map(|cidr| cidr.to_string()).collect(),
+        expire_time: expire_ms.map(in_ms),
+        ..create("", "child", &["mail.send"])
+    };
+    let mut manage = server.manage().await;
+    for (request, why) in [
+        (child(&[], Some(60_000)), "no allowlist"),
+        (child(&["10.0.0.0/8"], Some(60_000)), "another network"),
+        (child(&["0.0.0.0/0"], Some(60_000)), "everywhere"),
+        (child(&["127.0.0.1/32"], None), "no expiry"),
+        (child(&["127.0.0.1/32"], Some(7_200_000)), "a later expiry"),
+    ] {
+        let status = manage
+            .create_key(bearer(&manager, request))
+            .await
+            .expect_err(why);
+        assert_eq!(status.code(), Code::PermissionDenied, "{why}: {status:?}");
+    }
+    let made = manage
+        .create_key(bearer(&manager, child(&["127.0.0.1/32"], Some(60_000))))
+        .await
+        .unwrap()
+        .into_inner();
+    let child_id = made.key.unwrap().key_id;
+    let from_loopback = pb::CheckRequest {
+        client_ip: "127.0.0.1".into(),
+        ..check(&made.token, &["mail.send"])
+    };
+    assert_eq!(
+        decision(&server, from_loopback).await,
+        pb::Decision::Allowed
+    );
+    for (change, why) in [
+        (
+            pb::UpdateKeyRequest {
+                key_id: child_id.clone(),
+                allowed_cidrs: Some(pb::StringList { values: vec![] }),
+                ..Default::default()
+            },
+            "removing the allowlist",
+        ),
+        (
+            pb::UpdateKeyRequest {
+                key_id: child_id.clone(),
+                clear_expire_time: true,
+                ..Default::default()
+            },
+            "removing the expiry",
+        ),
+    ] {
+        let status = update(&server, &manager, change).await.expect_err(why);
+        assert_eq!(status.code(), Code::PermissionDenied, "{why}: {status:?}");
+    }
+    // A key the admin left open everywhere: out of the manager's reach.
+    let open = create_with(&server, create("acme", "open", &["mail.send"]))
+        .await
+        .unwrap()
+        .key
+        .unwrap()
+        .key_id;
+    let status = manage
+        .rotate_key(bearer(
+            &manager,
+            pb::RotateKeyRequest {
+                key_id: open,
+                overlap: None,
+            },
+        ))
+        .await
+        .expect_err("rotating a key more open than the caller");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("more open"), "{status:?}");
+}

@@ -203,3 +203,78 @@ async fn a_tonic_service_behind_the_layer_over_the_unix_socket_gets_grpc_statuse
     .unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::Unauthenticated, "{unknown:?}");
 }
+
+/// The app behind the layer sees what scopegate decided on: the normalized
+/// path (`/v3/billing/%2e%2e/mail/send` reaches the mail handler, never
+/// billing's), no client-sent `x-scopegate-*` header, and no request whose
+/// method-override header could make the app act as another method.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_routes_on_the_path_scopegate_decided_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let sender = server.admin_key(&["mail.send"]).await.token;
+    async fn mail(uri: axum::http::Uri, headers: axum::http::HeaderMap) -> String {
+        let forged = headers
+            .keys()
+            .filter(|name| name.as_str().starts_with("x-scopegate-"))
+            .count();
+        format!("mail {uri} forged={forged}")
+    }
+    let app = Router::new().route("/v3/mail/send", post(mail)).route(
+        "/v3/billing/{*rest}",
+        post(|| async { "BILLING" }).get(|| async { "BILLING" }),
+    );
+    // Around the whole router, so routing comes after the layer.
+    let router = Router::new()
+        .fallback_service(app)
+        .layer(ScopegateLayer::new(connect_tcp(&server.addr).unwrap()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let send = move |path: &'static str, extra: Vec<(&'static str, &'static str)>| {
+        let auth = format!("Bearer {sender}");
+        tokio::task::spawn_blocking(move || {
+            let mut headers = vec![("Authorization", auth.as_str())];
+            headers.extend(extra);
+            common::http_request(&addr.to_string(), "POST", path, &headers, None)
+        })
+    };
+    for path in [
+        "/v3/billing/%2e%2e/mail/send",
+        "/v3/billing/../mail/send?x=1",
+        "//v3/mail/./send/",
+    ] {
+        let (status, _, body) = send(path, vec![]).await.unwrap();
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(body.starts_with("mail /v3/mail/send"), "{path}: {body}");
+    }
+    let (_, _, body) = send("/v3/mail/send?x=1", vec![]).await.unwrap();
+    assert_eq!(body, "mail /v3/mail/send?x=1 forged=0");
+    let (status, _, body) = send(
+        "/v3/mail/send",
+        vec![
+            ("x-scopegate-key-id", "forged"),
+            ("X-Scopegate-Account-Id", "other"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "mail /v3/mail/send forged=0")
+    );
+    for header in [
+        "X-HTTP-Method-Override",
+        "X-HTTP-Method",
+        "X-Method-Override",
+    ] {
+        let (status, _, body) = send("/v3/mail/send", vec![(header, "DELETE")])
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{header}: {body}");
+        assert!(
+            error_message(&body).contains(&header.to_ascii_lowercase()),
+            "{body}"
+        );
+    }
+}

@@ -6,6 +6,15 @@
 //! the JSON body ext_authz sends, a gRPC status for gRPC requests, and 503
 //! when scopegate cannot answer within the deadline (fail closed).
 //!
+//! What reaches the app is what was decided: the path scopegate normalized
+//! (the app never routes `/v3/billing/%2e%2e/mail/send` as anything but
+//! `/v3/mail/send`), no client-sent `x-scopegate-*` header, and no
+//! method-override header (the app might act on that method while the
+//! scope was chosen for the real one) unless [`ScopegateLayer::allow_method_override`].
+//! Put the layer around the router, not on its routes (axum:
+//! `Router::new().fallback_service(app).layer(layer)`), so that the app
+//! routes after the path was normalized.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use scopegate_client::{connect_unix, ScopegateLayer};
@@ -41,6 +50,14 @@ pub use pb::Decision;
 
 /// How long a request waits for scopegate's answer unless told otherwise.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(250);
+
+/// Headers that ask an upstream to act as another method (as ext_authz
+/// refuses them).
+const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
 
 /// The key that made an allowed request, in the request's extensions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +108,7 @@ pub struct ScopegateLayer {
     required: Required,
     deadline: Duration,
     client_ip: Option<ClientIp>,
+    allow_method_override: bool,
 }
 
 impl ScopegateLayer {
@@ -102,7 +120,16 @@ impl ScopegateLayer {
             required: Required::Route,
             deadline: DEFAULT_DEADLINE,
             client_ip: None,
+            allow_method_override: false,
         }
+    }
+
+    /// Lets `X-HTTP-Method-Override` and its kin through (as the routes
+    /// file's `allow_method_override` does for ext_authz): only for an app
+    /// that ignores them.
+    pub fn allow_method_override(mut self) -> ScopegateLayer {
+        self.allow_method_override = true;
+        self
     }
 
     /// Requires these scopes instead of asking the routes file.
@@ -175,11 +202,29 @@ where
         let layer = self.layer.clone();
         Box::pin(async move {
             let grpc = is_grpc(request.headers());
+            if let Some(denied) = layer.refuse_override(request.headers()) {
+                return Ok(denied.response(grpc).map(Either::Right));
+            }
             let check = layer.check_request(&request);
             match layer.ask(check).await {
-                Ok(identity) => {
-                    // The credential goes no further than the check.
-                    request.headers_mut().remove(header::AUTHORIZATION);
+                Ok((identity, canonical)) => {
+                    // The credential goes no further than the check, nor
+                    // anything a client set in scopegate's name.
+                    let headers = request.headers_mut();
+                    headers.remove(header::AUTHORIZATION);
+                    let reserved: Vec<header::HeaderName> = headers
+                        .keys()
+                        .filter(|name| name.as_str().starts_with("x-scopegate-"))
+                        .cloned()
+                        .collect();
+                    for name in reserved {
+                        headers.remove(name);
+                    }
+                    if let Some(path) = canonical {
+                        if let Err(denied) = with_path(&mut request, &path) {
+                            return Ok(denied.response(grpc).map(Either::Right));
+                        }
+                    }
                     request.extensions_mut().insert(identity);
                     inner
                         .call(request)
@@ -200,7 +245,46 @@ struct Denied {
     retry_after: Option<i64>,
 }
 
+/// The request's URI with `path` (scopegate's normalized one), its query
+/// kept.
+fn with_path<B>(request: &mut Request<B>, path: &str) -> Result<(), Denied> {
+    let uri = request.uri();
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().map_err(|_| Denied {
+        status: StatusCode::BAD_REQUEST,
+        message: "the request path cannot be passed on as scopegate normalized it".into(),
+        retry_after: None,
+    })?);
+    *request.uri_mut() = http::Uri::from_parts(parts).map_err(|_| Denied {
+        status: StatusCode::BAD_REQUEST,
+        message: "the request path cannot be passed on as scopegate normalized it".into(),
+        retry_after: None,
+    })?;
+    Ok(())
+}
+
 impl ScopegateLayer {
+    /// A method-override header, refused when the scope follows the route.
+    fn refuse_override(&self, headers: &HeaderMap) -> Option<Denied> {
+        if self.allow_method_override || !matches!(self.required, Required::Route) {
+            return None;
+        }
+        let name = METHOD_OVERRIDE_HEADERS
+            .iter()
+            .find(|name| headers.contains_key(**name))?;
+        Some(Denied {
+            status: StatusCode::BAD_REQUEST,
+            message: format!(
+                "the {name} header is refused: the scope was chosen for the request's own method"
+            ),
+            retry_after: None,
+        })
+    }
+
     /// What to ask scopegate about this request.
     fn check_request<B>(&self, request: &Request<B>) -> pb::CheckRequest {
         let token = bearer(request.headers()).unwrap_or_default().to_owned();
@@ -232,7 +316,8 @@ impl ScopegateLayer {
         }
     }
 
-    async fn ask(&self, check: pb::CheckRequest) -> Result<Identity, Denied> {
+    /// The key's identity and, when scopegate normalized the path, that path.
+    async fn ask(&self, check: pb::CheckRequest) -> Result<(Identity, Option<String>), Denied> {
         let mut check = tonic::Request::new(check);
         check.set_timeout(self.deadline);
         let unavailable = |reason: String| Denied {
@@ -246,11 +331,15 @@ impl ScopegateLayer {
             .map_err(|status| unavailable(status.message().to_owned()))?
             .into_inner();
         if answer.allowed {
-            return Ok(Identity {
-                key_id: answer.key_id,
-                account_id: answer.account_id,
-                metadata: answer.metadata,
-            });
+            let canonical = (!answer.path.is_empty()).then_some(answer.path);
+            return Ok((
+                Identity {
+                    key_id: answer.key_id,
+                    account_id: answer.account_id,
+                    metadata: answer.metadata,
+                },
+                canonical,
+            ));
         }
         Err(Denied {
             status: http_status(answer.decision()),

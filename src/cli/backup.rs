@@ -77,6 +77,9 @@ pub(super) async fn restore(args: RestoreArgs) -> ExitCode {
                 record_from_json(line)
                     .and_then(|record| {
                         crate::manage::validate_imported(&record)
+                            .and_then(|()| {
+                                crate::manage::validate_imported_scopes(&record, &catalog)
+                            })
                             .map(|()| record)
                             .map_err(|error| error.to_string())
                     })
@@ -86,7 +89,7 @@ pub(super) async fn restore(args: RestoreArgs) -> ExitCode {
         crate::manage::check_account_caps(&records, cap).map_err(|error| error.to_string())?;
         let store = crate::store::Store::open(
             &data_dir,
-            std::sync::Arc::new(arc_swap::ArcSwap::new(catalog)),
+            std::sync::Arc::new(arc_swap::ArcSwap::new(catalog.clone())),
         )
         .map_err(|error| error.to_string())?;
         let written = store.import(records).map_err(|error| error.to_string())?;

@@ -23,7 +23,7 @@ pub(super) async fn fleet_import(args: ServeArgs) -> ExitCode {
             server::load_catalog_and_routes(&config).map_err(|error| error.to_string())?;
         let store = crate::store::Store::open(
             &config.data_dir,
-            std::sync::Arc::new(arc_swap::ArcSwap::new(catalog)),
+            std::sync::Arc::new(arc_swap::ArcSwap::new(catalog.clone())),
         )
         .map_err(|error| error.to_string())?;
         let records = store
@@ -33,15 +33,20 @@ pub(super) async fn fleet_import(args: ServeArgs) -> ExitCode {
             .map(|value| crate::store::decode(&[], value))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|error| error.to_string())?;
+        // Held to the rules restore and the API hold records to.
         for record in &records {
-            crate::manage::validate_imported(record).map_err(|error| {
-                let key_id = record.key_id().map(|id| id.to_string()).unwrap_or_default();
-                format!("key {key_id}: {error}")
-            })?;
+            crate::manage::validate_imported(record)
+                .and_then(|()| crate::manage::validate_imported_scopes(record, &catalog))
+                .map_err(|error| {
+                    let key_id = record.key_id().map(|id| id.to_string()).unwrap_or_default();
+                    format!("key {key_id}: {error}")
+                })?;
         }
         crate::manage::check_account_caps(&records, config.max_keys_per_account)
             .map_err(|error| error.to_string())?;
-        crate::store::fleet::import(&fleet, records)
+        // The cap also counts the keys already in etcd (checked per key, in
+        // the transaction that files it).
+        crate::store::fleet::import(&fleet, records, config.max_keys_per_account)
             .await
             .map_err(|error| error.to_string())
     }

@@ -83,12 +83,15 @@ impl Authorize for AuthorizeService {
                 )
             }
         };
+        // The path decided on, when it is not the one sent (allowed only).
+        let canonical = match (&request.http, &decision) {
+            (Some(http), Decision::Allowed { .. }) => policy.routes.canonical_path(&http.path),
+            _ => None,
+        };
         if !matches!(decision, Decision::Allowed { rate: Some(_), .. }) {
-            return Ok(Response::new(self.response(
-                decision,
-                None,
-                &policy.catalog,
-            )));
+            let mut response = self.response(decision, None, &policy.catalog);
+            response.path = canonical.unwrap_or_default();
+            return Ok(Response::new(response));
         }
         // The policy is not held across the count (a Redis round trip).
         drop(policy);
@@ -96,11 +99,11 @@ impl Authorize for AuthorizeService {
             return Err(Status::unavailable(super::COUNTERS_AWAY));
         };
         let policy = context.policy.load();
-        Ok(Response::new(self.response(
-            decision,
-            rate,
-            &policy.catalog,
-        )))
+        let mut response = self.response(decision, rate, &policy.catalog);
+        if response.allowed {
+            response.path = canonical.unwrap_or_default();
+        }
+        Ok(Response::new(response))
     }
 }
 

@@ -34,6 +34,7 @@ impl From<ManageError> for Status {
             ManageError::NeedsScope(_)
             | ManageError::Escalation(_)
             | ManageError::RateLimitEscalation(_)
+            | ManageError::TermsEscalation(_)
             | ManageError::TargetStronger { .. }
             | ManageError::OtherAccount
             | ManageError::AdminOnly => Status::permission_denied(message),
@@ -41,7 +42,8 @@ impl From<ManageError> for Status {
             ManageError::Scope { field, source } => scope_status(field, &source),
             ManageError::NotFound(_) => Status::not_found(message),
             ManageError::AccountFull { .. } => Status::resource_exhausted(message),
-            ManageError::RateLimited { retry_after, .. } => Status::with_error_details(
+            ManageError::RateLimited { retry_after, .. }
+            | ManageError::CredentialsThrottled { retry_after } => Status::with_error_details(
                 Code::ResourceExhausted,
                 message,
                 ErrorDetails::with_retry_info(Some(retry_after)),

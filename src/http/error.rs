@@ -56,6 +56,7 @@ impl From<ManageError> for ApiError {
             | ManageError::NeedsScope(_)
             | ManageError::Escalation(_)
             | ManageError::RateLimitEscalation(_)
+            | ManageError::TermsEscalation(_)
             | ManageError::TargetStronger { .. }
             | ManageError::OtherAccount
             | ManageError::AdminOnly
@@ -73,7 +74,8 @@ impl From<ManageError> for ApiError {
                 return ApiError::bad_request(Some(field), source.to_string())
             }
             ManageError::NotFound(_) => StatusCode::NOT_FOUND,
-            ManageError::RateLimited { retry_after, .. } => {
+            ManageError::RateLimited { retry_after, .. }
+            | ManageError::CredentialsThrottled { retry_after } => {
                 return ApiError {
                     retry_after: Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
                     ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, message)

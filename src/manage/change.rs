@@ -37,6 +37,9 @@ impl Manager {
                     check_windows_kept(&caller, current, limits)?;
                 }
                 let updated = patch.apply(current, &catalog, now_unix_ms())?;
+                check_terms_within(snapshot, &caller, &updated).map_err(|why| {
+                    ManageError::TermsEscalation(format!("a key changed by an API key keeps {why}"))
+                })?;
                 let action = match (current.disabled, updated.disabled) {
                     (false, true) => "disable",
                     (true, false) => "enable",

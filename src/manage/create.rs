@@ -110,6 +110,9 @@ impl Manager {
                 require(&catalog, &caller, ManageAction::Create)?;
                 check_no_escalation(&catalog, &caller, &scopes)?;
                 check_rate_limits(snapshot, &caller, &record.rate_limits)?;
+                check_terms_within(snapshot, &caller, &record).map_err(|why| {
+                    ManageError::TermsEscalation(format!("a key made by an API key needs {why}"))
+                })?;
                 let event = audit_event("create", &caller, None, Some(&record));
                 let change = Change::Create {
                     record: record.clone(),

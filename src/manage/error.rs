@@ -22,6 +22,10 @@ pub enum ManageError {
     /// none, where its limited creator has one.
     #[error("{0}")]
     RateLimitEscalation(String),
+    /// No escalation of lifecycle terms: a key more open (addresses) or
+    /// longer-lived than the API key that makes or changes it.
+    #[error("{0}")]
+    TermsEscalation(String),
     #[error("an API key acts only inside its own account")]
     OtherAccount,
     #[error("{field}: {message}")]
@@ -56,6 +60,10 @@ pub enum ManageError {
         what: &'static str,
         retry_after: std::time::Duration,
     },
+    /// Too many failed credentials from one address (every management
+    /// door); a right credential from elsewhere is never refused for it.
+    #[error("too many failed credentials from this address: retry in {} ms", retry_after.as_millis().max(1))]
+    CredentialsThrottled { retry_after: std::time::Duration },
     #[error("store error: {0}")]
     Store(StoreError),
 }

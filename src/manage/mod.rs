@@ -43,13 +43,13 @@ pub use error::ManageError;
 use error::{invalid, scope_error};
 use paging::{next_page_token, page, page_binding};
 use rules::{
-    caller_reads, changeable, check_no_escalation, check_rate_limits, check_windows_kept,
-    current_caller, readable_account, require, visible_to,
+    caller_reads, changeable, check_no_escalation, check_rate_limits, check_terms_within,
+    check_windows_kept, current_caller, readable_account, require, visible_to,
 };
 pub use types::{
     AuditQuery, Caller, KeyChange, KeyTerms, KeyView, ListQuery, NewKey, ResourceView, ScopesView,
 };
-pub use validate::{check_account_caps, validate_imported};
+pub use validate::{check_account_caps, validate_imported, validate_imported_scopes};
 use validate::{
     parse_key_id, validate_account_id, validate_cidrs, validate_metadata, validate_name,
     validate_rate_limits, validity,
@@ -71,7 +71,13 @@ pub struct Manager {
     read_rate: Option<AccountRate>,
     /// Every key must expire within this of now; `None`: no limit.
     max_key_lifetime: Option<std::time::Duration>,
+    /// Failed credentials per client address, on every management door.
+    failed_credentials: AccountRate,
 }
+
+/// Failed credentials one address may present per second (bursts of as
+/// many) before its management requests are refused for a while.
+pub const FAILED_CREDENTIALS_PER_SEC: u32 = 5;
 
 impl Manager {
     pub fn new(
@@ -90,6 +96,7 @@ impl Manager {
             mutation_rate: None,
             read_rate: None,
             max_key_lifetime: None,
+            failed_credentials: AccountRate::new(FAILED_CREDENTIALS_PER_SEC),
         }
     }
 
@@ -155,7 +162,31 @@ impl Manager {
     /// it to (enabled, within its validity window, from an allowed address)
     /// and must present its current secret: a previous one within its
     /// rotation overlap decides, it never manages.
+    ///
+    /// Failed credentials are throttled per client address: past
+    /// [`FAILED_CREDENTIALS_PER_SEC`], that address is refused before its
+    /// credential is looked at (guessing is slowed on every door), while
+    /// the same credential from any other address still works (nobody can
+    /// lock a key out).
     pub fn authenticate_from(
+        &self,
+        bearer: Option<&str>,
+        client_ip: Option<std::net::IpAddr>,
+    ) -> Result<Caller, ManageError> {
+        let source: Option<Arc<str>> = client_ip.map(|ip| ip.to_canonical().to_string().into());
+        if let Some(source) = &source {
+            self.failed_credentials
+                .peek(source)
+                .map_err(|retry_after| ManageError::CredentialsThrottled { retry_after })?;
+        }
+        let result = self.identify(bearer, client_ip);
+        if let (Err(ManageError::BadCredentials), Some(source)) = (&result, &source) {
+            let _ = self.failed_credentials.take(source);
+        }
+        result
+    }
+
+    fn identify(
         &self,
         bearer: Option<&str>,
         client_ip: Option<std::net::IpAddr>,
@@ -202,6 +233,65 @@ impl Manager {
             scopes: entry.scopes(),
             secret_hash,
         })
+    }
+
+    /// A caller identified earlier (a console session), held again to what
+    /// `authenticate_from` holds it to, as the key is now: the same current
+    /// secret (by its hash: the session never keeps the secret), enabled,
+    /// within its window, from an allowed address. Fresh scopes.
+    pub fn reauthenticate(
+        &self,
+        caller: &Caller,
+        client_ip: Option<std::net::IpAddr>,
+    ) -> Result<Caller, ManageError> {
+        let Caller::Key {
+            key_id,
+            account_id,
+            secret_hash,
+            ..
+        } = caller
+        else {
+            return Ok(Caller::Admin);
+        };
+        let entry = self
+            .table()
+            .get(key_id)
+            .filter(|entry| entry.account_id == *account_id)
+            .ok_or(ManageError::BadCredentials)?;
+        if !bool::from(entry.secret_hash.ct_eq(secret_hash)) {
+            return Err(ManageError::BadCredentials);
+        }
+        if let Some(limits) = &entry.limits {
+            let now = limits.is_timed().then(crate::authz::now_unix_ms);
+            match crate::authz::limits_deny(limits, now, client_ip) {
+                None => {}
+                Some(Decision::IpNotAllowed) => return Err(ManageError::IpNotAllowed),
+                Some(decision) => {
+                    return Err(ManageError::Inactive(
+                        decision.message(&self.catalog.load()),
+                    ))
+                }
+            }
+        }
+        Ok(Caller::Key {
+            key_id: *key_id,
+            account_id: entry.account_id.clone(),
+            scopes: entry.scopes(),
+            secret_hash: entry.secret_hash,
+        })
+    }
+
+    /// Whether `caller` holds any `api_keys` scope (the admin does).
+    pub fn may_manage(&self, caller: &Caller) -> bool {
+        let catalog = self.catalog.load();
+        [
+            ManageAction::Create,
+            ManageAction::Read,
+            ManageAction::Update,
+            ManageAction::Delete,
+        ]
+        .into_iter()
+        .any(|action| require(&catalog, caller, action).is_ok())
     }
 
     fn require(&self, caller: &Caller, action: ManageAction) -> Result<(), ManageError> {
@@ -387,6 +477,7 @@ fn record_mutation<T>(kind: &'static str, result: &Result<T, ManageError>) {
             | ManageError::NeedsScope(_)
             | ManageError::Escalation(_)
             | ManageError::RateLimitEscalation(_)
+            | ManageError::TermsEscalation(_)
             | ManageError::TargetStronger { .. }
             | ManageError::OtherAccount
             | ManageError::AdminOnly
@@ -395,7 +486,9 @@ fn record_mutation<T>(kind: &'static str, result: &Result<T, ManageError>) {
             | ManageError::PreviousSecret
             | ManageError::AccountFull { .. },
         ) => "denied",
-        Err(ManageError::RateLimited { .. }) => "rate_limited",
+        Err(ManageError::RateLimited { .. } | ManageError::CredentialsThrottled { .. }) => {
+            "rate_limited"
+        }
         Err(ManageError::InvalidArgument { .. } | ManageError::Scope { .. }) => "invalid",
         Err(ManageError::NotFound(_)) => "not_found",
         Err(ManageError::Store(_)) => "error",

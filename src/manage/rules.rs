@@ -190,7 +190,53 @@ pub(super) fn changeable<'a>(
     require(catalog, &caller, action)?;
     check_may_change(catalog, &caller, current, key_id)?;
     check_target_limits(snapshot, &caller, current, key_id)?;
+    check_terms_within(snapshot, &caller, current).map_err(|why| {
+        ManageError::TermsEscalation(format!(
+            "key {key_id} is more open or longer-lived than the caller: a key it may change needs {why}"
+        ))
+    })?;
     Ok((current, caller))
+}
+
+/// A key an API key makes or changes is at most as open and lives at most
+/// as long as that caller: within its CIDR allowlist (when it has one) and
+/// expiring no later (when it expires). `Err` says what is wider.
+pub(super) fn check_terms_within(
+    snapshot: &Snapshot,
+    caller: &Caller,
+    key: &KeyRecord,
+) -> Result<(), String> {
+    let Caller::Key { key_id, .. } = caller else {
+        return Ok(());
+    };
+    let Some(held) = snapshot.get(key_id) else {
+        return Err("the calling key is gone".into());
+    };
+    if held.expire_time_unix_ms != 0
+        && (key.expire_time_unix_ms == 0 || key.expire_time_unix_ms > held.expire_time_unix_ms)
+    {
+        return Err(format!(
+            "an expiry no later than the calling key's ({} unix ms)",
+            held.expire_time_unix_ms
+        ));
+    }
+    if !held.allowed_cidrs.is_empty() {
+        let parse = |cidrs: &[String]| -> Vec<ipnet::IpNet> {
+            cidrs.iter().filter_map(|cidr| cidr.parse().ok()).collect()
+        };
+        let (outer, inner) = (parse(&held.allowed_cidrs), parse(&key.allowed_cidrs));
+        let within = !inner.is_empty()
+            && inner
+                .iter()
+                .all(|net| outer.iter().any(|allowed| allowed.contains(net)));
+        if !within {
+            return Err(format!(
+                "allowed CIDRs within the calling key's ({})",
+                held.allowed_cidrs.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Rate limits are part of "stronger": a limited caller touches (updates,

@@ -48,6 +48,19 @@ pub fn validate_imported(record: &KeyRecord) -> Result<(), ManageError> {
     Ok(())
 }
 
+/// An imported record's scopes and limits against the catalog in force, as
+/// the API would take them: scopes known and non-empty, billing alone, the
+/// limits' scopes known.
+pub fn validate_imported_scopes(record: &KeyRecord, catalog: &Catalog) -> Result<(), ManageError> {
+    catalog
+        .key_scopes(record.scopes.iter().map(String::as_str), [])
+        .map_err(|source| ManageError::Scope {
+            field: "scopes",
+            source,
+        })?;
+    validate_rate_limits(&record.rate_limits(), catalog).map(drop)
+}
+
 /// A key's rate limits as the API takes them: each valid, names distinct,
 /// scopes in the catalog.
 pub(super) fn validate_rate_limits(

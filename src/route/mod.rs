@@ -339,6 +339,17 @@ impl RouteTable {
         }
     }
 
+    /// The path as this table decides on it (normalized, without the
+    /// query), when that differs from `raw`'s path; `None` when `raw` is
+    /// already canonical (no allocation) or refused.
+    pub fn canonical_path(&self, raw: &str) -> Option<String> {
+        let without_query = &raw[..raw.find(['?', '#']).unwrap_or(raw.len())];
+        match normalize_path_with(raw, self.paths)? {
+            Cow::Borrowed(path) if path == without_query => None,
+            path => Some(path.into_owned()),
+        }
+    }
+
     /// Whether the rule that covers `method path` is in dry-run mode. Read
     /// only on the deny path.
     pub fn is_dry_run(&self, method: &str, path: &str) -> bool {

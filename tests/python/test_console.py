@@ -284,16 +284,34 @@ def raw(server, method, path, body=None, headers=None):
     connection = http.client.HTTPConnection(host, int(port), timeout=10)
     connection.request(method, path, body=body, headers=headers or {})
     response = connection.getresponse()
-    answer = (response.status, {k.lower(): v for k, v in response.getheaders()}, response.read().decode())
+    headers = {}
+    for name, value in response.getheaders():  # repeated headers (Set-Cookie) joined
+        headers[name.lower()] = f"{headers[name.lower()]}, {value}" if name.lower() in headers else value
+    answer = (response.status, headers, response.read().decode())
     connection.close()
     return answer
 
 
-def test_forged_posts_are_refused_and_headers_are_strict(server, admin_token):
-    status, headers, _ = raw(server, "POST", "/console/sign-in", f"credential={admin_token}",
-                             {"Content-Type": "application/x-www-form-urlencoded"})
-    assert status == 303
+def sign_in_form(server):
+    """GET the sign-in page: (its cookie, the form's token)."""
+    status, headers, page = raw(server, "GET", "/console/sign-in")
+    assert status == 200
     cookie = headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    return cookie.split(";")[0], page.split('name="csrf" value="')[1].split('"')[0]
+
+
+def post_sign_in(server, credential, extra_headers=None, with_token=True):
+    cookie, token = sign_in_form(server)
+    body = urlencode({"credential": credential, **({"csrf": token} if with_token else {})})
+    headers = {"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie, **(extra_headers or {})}
+    return raw(server, "POST", "/console/sign-in", body, headers)
+
+
+def test_forged_posts_are_refused_and_headers_are_strict(server, admin_token):
+    status, headers, _ = post_sign_in(server, admin_token)
+    assert status == 303
+    cookie = next(c for c in headers["set-cookie"].split(", ") if c.startswith("scopegate_console="))
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     session = cookie.split(";")[0]
     for path in ("/console/sign-in", "/console/keys?account=acme", "/console/keys/new?account=acme"):
@@ -321,10 +339,28 @@ def test_forged_posts_are_refused_and_headers_are_strict(server, admin_token):
 
 
 def test_sign_in_attempts_are_rate_limited(server):
-    time.sleep(1.5)  # a full bucket (3 a second per address)
-    answers = [raw(server, "POST", "/console/sign-in", "credential=wrong",
-                   {"Content-Type": "application/x-www-form-urlencoded"})[0] for _ in range(10)]
+    time.sleep(1.5)  # a full bucket (5 failures a second per address)
+    answers = [post_sign_in(server, "wrong")[0] for _ in range(10)]
     assert answers[0] == 401 and 429 in answers, answers
+
+
+def test_a_sign_in_from_another_site_or_without_a_management_scope_is_refused(server, admin_token):
+    """Sign-in login CSRF: a form posted from another site has neither the
+    sign-in page's cookie nor our origin; and a key that manages nothing
+    cannot open a console session."""
+    time.sleep(1.5)
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    # No pre-session cookie and token (a cross-site form): refused, no session.
+    status, headers, _ = raw(server, "POST", "/console/sign-in", urlencode({"credential": admin_token}), form)
+    assert status == 403 and "set-cookie" not in headers
+    status, headers, _ = post_sign_in(server, admin_token, with_token=False)
+    assert status == 403 and "scopegate_console=" not in headers.get("set-cookie", "")
+    status, headers, _ = post_sign_in(server, admin_token, {"Origin": "http://evil.example"})
+    assert status == 403 and "scopegate_console=" not in headers.get("set-cookie", "")
+    # A key without any api_keys scope: refused, saying why.
+    sender = server.create_key("mail.send")["token"]
+    status, headers, page = post_sign_in(server, sender)
+    assert status == 403 and "api_keys" in page and "scopegate_console=" not in headers.get("set-cookie", "")
 
 
 def test_the_credential_never_reaches_the_log(server, admin_token):
@@ -367,11 +403,12 @@ class PostForms(HTMLParser):
 
 
 def raw_session(server, credential):
-    """Signs in over plain HTTP; the session cookie."""
-    status, headers, _ = raw(server, "POST", "/console/sign-in", urlencode({"credential": credential}),
-                             {"Content-Type": "application/x-www-form-urlencoded"})
+    """Signs in over plain HTTP, as the sign-in page's form does; the
+    session cookie."""
+    status, headers, _ = post_sign_in(server, credential)
     assert status == 303, status
-    return headers["set-cookie"].split(";")[0]
+    cookie = next(c for c in headers["set-cookie"].split(", ") if c.startswith("scopegate_console="))
+    return cookie.split(";")[0]
 
 
 def post_forms(server, session, *pages):

@@ -23,7 +23,6 @@ use maud::Markup;
 
 use super::error::ApiError;
 use super::{input, RestApi};
-use crate::limit::AccountRate;
 use crate::manage::{AuditQuery, Caller, KeyView, ListQuery};
 use forms::KeyForm;
 use pages::Frame;
@@ -33,8 +32,6 @@ use session::Sessions;
 pub struct Console {
     pub api: Arc<RestApi>,
     sessions: Sessions,
-    /// Sign-in attempts per client address.
-    sign_ins: AccountRate,
     /// Cookies are `Secure` when the listener is HTTPS.
     tls: bool,
 }
@@ -44,7 +41,6 @@ impl Console {
         Console {
             api,
             sessions: Sessions::default(),
-            sign_ins: AccountRate::new(3),
             tls,
         }
     }
@@ -148,11 +144,11 @@ fn signed_in(
 ) -> Result<Signed, Box<Response>> {
     let to_sign_in = || Box::new(Redirect::to("/console/sign-in").into_response());
     let id = session::cookie_id(headers).ok_or_else(to_sign_in)?;
-    let (credential, csrf) = console.sessions.get(&id).ok_or_else(to_sign_in)?;
+    let (signed_in_as, csrf) = console.sessions.get(&id).ok_or_else(to_sign_in)?;
     match console
         .api
         .manager
-        .authenticate_from(Some(&credential), Some(peer.ip()))
+        .reauthenticate(&signed_in_as, Some(peer.ip()))
     {
         Ok(caller) => Ok(Signed {
             who: match &caller {
@@ -177,6 +173,17 @@ fn same_site(
     headers: &HeaderMap,
     signed: &Signed,
     form: &[(String, String)],
+) -> Result<(), Box<Response>> {
+    same_origin(headers, form, &signed.csrf)
+}
+
+/// The request came from our own page: `expected` (a session's or the
+/// sign-in form's token) in the form, and our own origin when the browser
+/// names one.
+fn same_origin(
+    headers: &HeaderMap,
+    form: &[(String, String)],
+    expected: &str,
 ) -> Result<(), Box<Response>> {
     let refused = |why: &str| {
         Box::new(
@@ -203,7 +210,7 @@ fn same_site(
         }
     }
     let sent = forms::value(form, "csrf").unwrap_or("");
-    if !session::same(sent, &signed.csrf) {
+    if expected.is_empty() || !session::same(sent, expected) {
         return Err(refused(
             "the form's security token is missing or stale: reload the page",
         ));
@@ -215,8 +222,29 @@ fn html(markup: Markup) -> Response {
     Html(markup.into_string()).into_response()
 }
 
-async fn sign_in_page() -> Response {
-    html(pages::sign_in(None))
+/// The sign-in form, with a token of its own in a cookie and in the form
+/// (double submit): a form posted from another site carries neither our
+/// SameSite=Strict cookie nor our origin.
+async fn sign_in_page(State(console): Shared) -> Response {
+    let token = session::random_token();
+    let mut response = html(pages::sign_in(None, &token));
+    console.set_cookie(
+        &mut response,
+        &format!(
+            "{}={token}; Path=/console/sign-in; HttpOnly; SameSite=Strict",
+            session::SIGN_IN_COOKIE
+        ),
+    );
+    response
+}
+
+impl Console {
+    fn set_cookie(&self, response: &mut Response, cookie: &str) {
+        let secure = if self.tls { "; Secure" } else { "" };
+        if let Ok(value) = HeaderValue::from_str(&format!("{cookie}{secure}")) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
+    }
 }
 
 async fn sign_in(
@@ -226,46 +254,63 @@ async fn sign_in(
     body: Body,
 ) -> Response {
     let again = |status: StatusCode, why: &str| {
-        (status, Html(pages::sign_in(Some(why)).into_string())).into_response()
+        let token = session::cookie(&headers, session::SIGN_IN_COOKIE).unwrap_or_default();
+        (
+            status,
+            Html(pages::sign_in(Some(why), &token).into_string()),
+        )
+            .into_response()
     };
-    if console
-        .sign_ins
-        .take(&Arc::from(peer.ip().to_string()))
-        .is_err()
-    {
-        return again(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many sign-in attempts: wait a second and try again",
-        );
-    }
     let form = match input::form(&headers, body).await {
         Ok(form) => form,
         Err(error) => return again(error.status, &error.message),
     };
-    let credential = forms::value(&form, "credential")
-        .unwrap_or("")
-        .trim()
-        .to_owned();
-    match console
-        .api
-        .manager
-        .authenticate_from(Some(&credential), Some(peer.ip()))
-    {
-        Ok(_) => {
-            let id = console.sessions.start(&credential);
-            let secure = if console.tls { "; Secure" } else { "" };
-            let cookie = format!(
-                "{}={id}; Path=/console; HttpOnly; SameSite=Strict{secure}",
-                session::COOKIE
-            );
-            let mut response = Redirect::to("/console/keys").into_response();
-            if let Ok(value) = HeaderValue::from_str(&cookie) {
-                response.headers_mut().insert(header::SET_COOKIE, value);
-            }
-            response
-        }
-        Err(error) => again(StatusCode::UNAUTHORIZED, &ApiError::from(error).message),
+    let token = session::cookie(&headers, session::SIGN_IN_COOKIE).unwrap_or_default();
+    if let Err(response) = same_origin(&headers, &form, &token) {
+        return *response;
     }
+    let credential = zeroize::Zeroizing::new(
+        forms::value(&form, "credential")
+            .unwrap_or("")
+            .trim()
+            .to_owned(),
+    );
+    let manager = &console.api.manager;
+    let caller = match manager.authenticate_from(Some(&credential), Some(peer.ip())) {
+        Ok(caller) => caller,
+        Err(error) => {
+            let error = ApiError::from(error);
+            return again(error.status, &error.message);
+        }
+    };
+    if !manager.may_manage(&caller) {
+        return again(
+            StatusCode::FORBIDDEN,
+            "this API key holds no api_keys scope: the console only manages keys",
+        );
+    }
+    let Some(id) = console.sessions.start(caller) else {
+        return again(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many console sessions are open: try again later",
+        );
+    };
+    let mut response = Redirect::to("/console/keys").into_response();
+    console.set_cookie(
+        &mut response,
+        &format!(
+            "{}={id}; Path=/console; HttpOnly; SameSite=Strict",
+            session::COOKIE
+        ),
+    );
+    console.set_cookie(
+        &mut response,
+        &format!(
+            "{}=; Path=/console/sign-in; HttpOnly; SameSite=Strict; Max-Age=0",
+            session::SIGN_IN_COOKIE
+        ),
+    );
+    response
 }
 
 async fn sign_out(

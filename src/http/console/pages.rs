@@ -44,18 +44,19 @@ pub fn page(title: &str, frame: Option<&Frame<'_>>, body: Markup) -> Markup {
     }
 }
 
-pub fn sign_in(error: Option<&str>) -> Markup {
+pub fn sign_in(error: Option<&str>, token: &str) -> Markup {
     page(
         "Sign in",
         None,
         html! {
             form method="post" action="/console/sign-in" {
                 @if let Some(error) = error { p.error role="alert" { (error) } }
+                input type="hidden" name="csrf" value=(token);
                 label for="credential" { "Admin token or API key" }
                 input #credential type="password" name="credential" autocomplete="off" required;
                 button type="submit" { "Sign in" }
             }
-            p.hint { "An API key needs the api_keys scopes it will use. The credential stays on the server for this session only." }
+            p.hint { "An API key needs the api_keys scopes it will use. The server keeps who signed in (a key id and its secret's hash) for this session, never the credential." }
         },
     )
 }

@@ -8,6 +8,7 @@ use super::*;
 pub async fn import(
     config: &FleetConfig,
     records: Vec<KeyRecord>,
+    cap: usize,
 ) -> Result<(usize, usize), StoreError> {
     let fleet = Fleet::new(config.clone(), 0);
     let mut client = fleet.connect().await?;
@@ -34,6 +35,9 @@ pub async fn import(
                 });
             }
             let (count, revision) = fleet.account_count(&mut client, &record.account_id).await?;
+            if count >= cap {
+                return Err(StoreError::AccountFull { cap });
+            }
             let account = fleet.account_path(&record.account_id);
             // Audited like any other way in, in the same transaction.
             let event = AuditEvent {
