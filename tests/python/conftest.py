@@ -32,6 +32,7 @@ class Scopegate:
         )
         self.addr = None
         self.http_addr = None
+        self.rate_limits_addr = None
         deadline = time.time() + 30
         while time.time() < deadline:
             for line in open(self.log_path):
@@ -43,6 +44,8 @@ class Scopegate:
                     self.addr = fields["addr"]
                 if fields.get("message", "").startswith("REST API listening"):
                     self.http_addr = fields["addr"]
+                if fields.get("message") == "rate-limit service listening":
+                    self.rate_limits_addr = fields["addr"]
                 if fields.get("message") == "keys loaded; serving" and self.addr:
                     return
             assert self.proc.poll() is None, open(self.log_path).read()

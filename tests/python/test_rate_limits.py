@@ -26,8 +26,10 @@ EXAMPLE = ROOT / "examples" / "envoy-ratelimit.yaml"
 
 @pytest.fixture(scope="module")
 def rls_scopegate():
-    # As the example runs it: ext_authz identifies, the rate-limit filter counts.
-    server = Scopegate("--ext-authz-rate-limits=false")
+    # As the example runs it: ext_authz identifies, the rate-limit filter
+    # counts, on the rate-limit service's own listener.
+    server = Scopegate("--ext-authz-rate-limits=false", "--rate-limit-service-listen", "127.0.0.1:0",
+                       "--rate-limit-max-hits", "10")
     yield server
     server.stop()
 
@@ -58,7 +60,7 @@ def test_the_example_wires_ext_authz_then_ratelimit_then_router():
         "envoy.filters.http.ext_authz", "envoy.filters.http.ratelimit", "envoy.filters.http.router"]
     rate_limit = rate_limit_pb2.RateLimit()
     manager.http_filters[1].typed_config.Unpack(rate_limit)
-    assert rate_limit.rate_limit_service.grpc_service.envoy_grpc.cluster_name == "scopegate"
+    assert rate_limit.rate_limit_service.grpc_service.envoy_grpc.cluster_name == "scopegate_ratelimit"
     assert rate_limit.rate_limit_service.transport_api_version == 2  # V3
     assert rate_limit.enable_x_ratelimit_headers == rate_limit_pb2.RateLimit.DRAFT_VERSION_03
     (route,) = manager.route_config.virtual_hosts[0].routes
@@ -68,8 +70,12 @@ def test_the_example_wires_ext_authz_then_ratelimit_then_router():
     # The descriptor entries read exactly the metadata scopegate's ext_authz writes.
     assert keys == [("key_id", "envoy.filters.http.ext_authz", "key_id"),
                     ("scope", "envoy.filters.http.ext_authz", "scope")]
-    clusters = {c.name for c in bootstrap.static_resources.clusters}
-    assert clusters == {"scopegate", "app"}
+    clusters = {c.name: c for c in bootstrap.static_resources.clusters}
+    assert set(clusters) == {"scopegate", "scopegate_ratelimit", "app"}
+    # The rate-limit service is its own listener, never the check port.
+    port = lambda name: clusters[name].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value
+    assert port("scopegate_ratelimit") != port("scopegate")
+    assert f"--rate-limit-service-listen 127.0.0.1:{port('scopegate_ratelimit')}" in EXAMPLE.read_text()
 
 
 def test_ratelimit_service_answers_from_the_keys_limits(rls_scopegate):
@@ -77,7 +83,8 @@ def test_ratelimit_service_answers_from_the_keys_limits(rls_scopegate):
     key_id, token = created["key"]["key_id"], created["token"]
     channel = grpc.insecure_channel(rls_scopegate.addr)
     authz = external_auth_pb2_grpc.AuthorizationStub(channel)
-    rls = rls_pb2_grpc.RateLimitServiceStub(channel)
+    rls_channel = grpc.insecure_channel(rls_scopegate.rate_limits_addr)
+    rls = rls_pb2_grpc.RateLimitServiceStub(rls_channel)
     # ext_authz allows (and, with --ext-authz-rate-limits=false, counts
     # nothing): its dynamic metadata is what the filter's actions read.
     metadata = {}
@@ -117,6 +124,43 @@ def test_ratelimit_service_answers_from_the_keys_limits(rls_scopegate):
         should(rls, descriptor(key_id=key_id, scope="no.such"))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     channel.close()
+    rls_channel.close()
+
+
+def test_the_ratelimit_service_is_never_on_the_check_port_and_caps_hits(rls_scopegate):
+    """It takes no credential (whoever reaches it spends any key's limit), so
+    the check port does not serve it, and one call adds at most
+    --rate-limit-max-hits, refused whole (nothing counted) above it."""
+    created = limited_key(rls_scopegate, "default=100/minute")
+    key_id = created["key"]["key_id"]
+    with grpc.insecure_channel(rls_scopegate.addr) as check_port:
+        with pytest.raises(grpc.RpcError) as error:
+            should(rls_pb2_grpc.RateLimitServiceStub(check_port), descriptor(key_id=key_id))
+        assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    with grpc.insecure_channel(rls_scopegate.rate_limits_addr) as own:
+        rls = rls_pb2_grpc.RateLimitServiceStub(own)
+        for hits in (11, 1_000_000):
+            with pytest.raises(grpc.RpcError) as error:
+                should(rls, descriptor(key_id=key_id), hits=hits)
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "--rate-limit-max-hits 10" in error.value.details()
+        # A descriptor's own hits_addend is capped too, and nothing above was counted.
+        over = descriptor(key_id=key_id)
+        over.hits_addend.value = 50
+        with pytest.raises(grpc.RpcError):
+            should(rls, descriptor(key_id=key_id), over)
+        (status,) = should(rls, descriptor(key_id=key_id), hits=10).statuses
+        assert status.limit_remaining == 100 - 10
+    # Off unless configured: a server without the flag serves it nowhere.
+    plain = Scopegate()
+    try:
+        with grpc.insecure_channel(plain.addr) as channel:
+            with pytest.raises(grpc.RpcError) as error:
+                should(rls_pb2_grpc.RateLimitServiceStub(channel), descriptor(key_id=key_id))
+            assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert plain.rate_limits_addr is None
+    finally:
+        plain.stop()
 
 
 def test_ext_authz_counts_by_default_and_answers_429(scopegate):
