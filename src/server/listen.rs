@@ -6,6 +6,14 @@ use tonic::service::Routes;
 
 use super::*;
 
+/// The gRPC sockets, bound before anything is served.
+pub(super) struct GrpcListeners {
+    pub tcp: Option<tokio::net::TcpListener>,
+    pub uds: Option<(tokio::net::UnixListener, PathBuf)>,
+    pub manage_tcp: Option<tokio::net::TcpListener>,
+    pub rate_limits_tcp: Option<tokio::net::TcpListener>,
+}
+
 /// What each listener serves: the decisions (and, unless ManageKey has its
 /// own address, management), management alone, and Envoy's rate-limit
 /// service where the operator put it (its own address, or the Unix socket).
@@ -94,19 +102,19 @@ impl Services {
     pub(super) fn spawn<F>(
         self,
         config: &ServeConfig,
-        listeners: (
-            Option<tokio::net::TcpListener>,
-            Option<(tokio::net::UnixListener, PathBuf)>,
-            Option<tokio::net::TcpListener>,
-            Option<tokio::net::TcpListener>,
-        ),
+        listeners: GrpcListeners,
         gate: &Arc<crate::gate::Gate>,
         stopped: &impl Fn() -> F,
     ) -> Result<tokio::task::JoinSet<Result<(), tonic::transport::Error>>, StartError>
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let (tcp, uds, manage_tcp, rate_limits_tcp) = listeners;
+        let GrpcListeners {
+            tcp,
+            uds,
+            manage_tcp,
+            rate_limits_tcp,
+        } = listeners;
         let limits = &config.limits;
         let layers = layers(gate);
         let tls = config.tls.as_ref().map(load_tls).transpose()?;

@@ -262,12 +262,12 @@ async fn serve_all(
     };
     let servers = services.spawn(
         config,
-        (
-            listeners.tcp,
-            listeners.uds,
-            listeners.manage_tcp,
-            listeners.rate_limits_tcp,
-        ),
+        listen::GrpcListeners {
+            tcp: listeners.tcp,
+            uds: listeners.uds,
+            manage_tcp: listeners.manage_tcp,
+            rate_limits_tcp: listeners.rate_limits_tcp,
+        },
         &gate,
         &stopped,
     )?;
