@@ -337,3 +337,118 @@ fn console_session(addr: &str, credential: &str) -> String {
     assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
     set_cookie(&answer, "scopegate_console")
 }
+
+/// Every management route of every door takes a permit of the one
+/// management budget, and decisions never do: with `--max-concurrent-manage
+/// 1` held by a CreateKey whose fdatasync strace holds for 3 s, every gRPC
+/// management method, REST operation and console route is refused as busy,
+/// while Check, ext_authz and the rate-limit service answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_management_route_takes_a_permit_and_decisions_never_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let rate_limits = format!("127.0.0.1:{}", free_port());
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--max-concurrent-manage",
+            "1",
+            "--rate-limit-service-listen",
+            &rate_limits,
+        ],
+    );
+    let rate_limits = format!("http://{rate_limits}");
+    let http = server.http_addr.clone().unwrap();
+    let cookie = console_session(&http, &server.admin_token);
+    let token = server.admin_key(&["mail.send"]).await.token;
+    let tracer = common::Strace::attach(
+        &server,
+        &[
+            "-e",
+            "trace=fdatasync",
+            "-e",
+            "inject=fdatasync:delay_exit=3000000",
+        ],
+        &dir.path().join("trace"),
+    );
+    let holder = {
+        let mut manage = server.manage().await;
+        let request = common::bearer(
+            &server.admin_token,
+            common::create("acme", "slow", &["mail.send"]),
+        );
+        tokio::spawn(async move { manage.create_key(request).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (path, streaming) in grpc_methods() {
+        let door = scopegate::gate::Door::of_grpc_path(&path);
+        let addr = match door {
+            scopegate::gate::Door::RateLimits => rate_limits.as_str(),
+            _ => server.addr.as_str(),
+        };
+        let answer = call_raw(addr, &path, streaming, &token).await;
+        match door {
+            scopegate::gate::Door::Manage => {
+                let status = answer.expect_err(&path);
+                assert_eq!(status.code(), Code::ResourceExhausted, "{path}: {status:?}");
+            }
+            _ => {
+                // Decisions answer (an empty request may be refused as
+                // malformed, never as busy).
+                if let Err(status) = answer {
+                    assert_eq!(status.code(), Code::InvalidArgument, "{path}: {status:?}");
+                }
+            }
+        }
+    }
+    let auth = format!("Bearer {}", server.admin_token);
+    for (method, path) in rest_operations() {
+        if always_served(&method, &path) {
+            continue;
+        }
+        let body = (method != "GET" && method != "DELETE").then_some("{}");
+        let (status, _, answer) = http_request(
+            &http,
+            &method,
+            &path,
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body,
+        );
+        assert_eq!(status, 503, "{method} {path}: {answer}");
+        assert!(
+            answer.contains("too many management"),
+            "{method} {path}: {answer}"
+        );
+    }
+    for template in scopegate::http::ROUTES
+        .iter()
+        .filter(|route| route.starts_with("/console"))
+    {
+        let path = template
+            .replace("{id}", "AAAAAAAAAAAAAAAAAAAAAA")
+            .replace("{file}", "console.css");
+        for method in ["GET", "POST"] {
+            if always_served(method, &path) {
+                continue;
+            }
+            let headers = [
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Cookie", cookie.as_str()),
+            ];
+            let body = Some("csrf=x").filter(|_| method == "POST");
+            let (status, _, answer) = http_request(&http, method, &path, &headers, body);
+            if status == 405 {
+                continue;
+            }
+            assert_eq!(status, 503, "{method} {path}: {answer}");
+            assert!(
+                answer.contains("too many management"),
+                "{method} {path}: {answer}"
+            );
+        }
+    }
+    tracer.detach();
+    holder.await.unwrap().expect("the held change completes");
+}

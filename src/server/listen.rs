@@ -5,6 +5,7 @@
 use tonic::service::Routes;
 
 use super::*;
+use crate::gate::{Budgets, Gate};
 
 /// The gRPC sockets, bound before anything is served.
 pub(super) struct GrpcListeners {
@@ -196,3 +197,44 @@ fn layers(gate: &Arc<crate::gate::Gate>) -> Layers {
         // deadline), shared with the REST and console edge.
         .layer(crate::gate::GateLayer::new(gate.clone()))
 }
+
+/// The one gate every door's requests pass (readiness, budgets, deadline).
+pub(super) fn gate(config: &ServeConfig, readiness: &Arc<Readiness>) -> Arc<Gate> {
+    Arc::new(Gate::new(
+        readiness.clone(),
+        Budgets {
+            decisions: config.limits.max_concurrent_requests,
+            manage: config.limits.max_concurrent_manage,
+            rate_limits: config.limits.max_concurrent_rate_limits,
+        },
+        config.limits.request_timeout,
+    ))
+}
+
+/// The REST edge: through the same gate as gRPC (one management budget),
+/// with gRPC's certificate when it has one.
+pub(super) fn rest_api(
+    config: &ServeConfig,
+    listener: tokio::net::TcpListener,
+    manager: &Arc<Manager>,
+    gate: &Arc<Gate>,
+) -> Result<RestServer, StartError> {
+    let tls = config
+        .tls
+        .as_ref()
+        .map(crate::http::tls_acceptor)
+        .transpose()
+        .map_err(|(path, reason)| StartError::Tls { path, reason })?;
+    let api = Arc::new(crate::http::RestApi {
+        manager: manager.clone(),
+        gate: gate.clone(),
+        timeout: config.limits.request_timeout,
+    });
+    Ok((listener, api, tls))
+}
+
+pub(super) type RestServer = (
+    tokio::net::TcpListener,
+    Arc<crate::http::RestApi>,
+    Option<tokio_rustls::TlsAcceptor>,
+);

@@ -14,7 +14,6 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::authz::Policy;
-use crate::gate::{Budgets, Gate};
 use crate::grpc::pb::admin_server::AdminServer;
 use crate::grpc::pb::authorize_server::AuthorizeServer;
 use crate::grpc::pb::manage_key_server::ManageKeyServer;
@@ -239,18 +238,10 @@ async fn serve_all(
         dry_run_seen: Default::default(),
     });
     drop(opened.admin_token);
-    let gate = Arc::new(Gate::new(
-        readiness.clone(),
-        Budgets {
-            decisions: config.limits.max_concurrent_requests,
-            manage: config.limits.max_concurrent_manage,
-            rate_limits: config.limits.max_concurrent_rate_limits,
-        },
-        config.limits.request_timeout,
-    ));
+    let gate = listen::gate(config, &readiness);
     let rest = listeners
         .http_tcp
-        .map(|listener| rest_api(config, listener, &manager, &gate))
+        .map(|listener| listen::rest_api(config, listener, &manager, &gate))
         .transpose()?;
     let services = listen::Services::new(config, check_context.clone(), manager, health_service)?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -314,34 +305,6 @@ fn manager(config: &ServeConfig, opened: &Opened) -> Arc<Manager> {
         .with_max_key_lifetime(config.max_key_lifetime),
     )
 }
-
-/// The REST edge: through the same gate as gRPC (one management budget),
-/// with gRPC's certificate when it has one.
-fn rest_api(
-    config: &ServeConfig,
-    listener: tokio::net::TcpListener,
-    manager: &Arc<Manager>,
-    gate: &Arc<Gate>,
-) -> Result<RestServer, StartError> {
-    let tls = config
-        .tls
-        .as_ref()
-        .map(crate::http::tls_acceptor)
-        .transpose()
-        .map_err(|(path, reason)| StartError::Tls { path, reason })?;
-    let api = Arc::new(crate::http::RestApi {
-        manager: manager.clone(),
-        gate: gate.clone(),
-        timeout: config.limits.request_timeout,
-    });
-    Ok((listener, api, tls))
-}
-
-type RestServer = (
-    tokio::net::TcpListener,
-    Arc<crate::http::RestApi>,
-    Option<tokio_rustls::TlsAcceptor>,
-);
 
 /// Fills the table (standalone: from disk; fleet: from the mirror, then
 /// follows etcd; with no mirror, after the first full read), then SERVING.

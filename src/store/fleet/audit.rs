@@ -140,35 +140,11 @@ impl Fleet {
         after: Option<Vec<u8>>,
         limit: usize,
     ) -> Result<(Vec<AuditEvent>, Option<Vec<u8>>), StoreError> {
-        // The account's index when named (bounded per account, and it holds
-        // events from before the key index), else the key's.
-        let index = match (&filter.account_id, &filter.key_id) {
-            (Some(account), _) => Some(self.account_audit_prefix(account)),
-            (None, Some(key_id)) => Some(self.key_audit_prefix(key_id.as_bytes())),
-            (None, None) => None,
-        };
         let mut client = self.connected()?;
-        let prefix = index.unwrap_or_else(|| self.audit_prefix());
+        let prefix = self.listing_prefix(filter);
         let indexed = prefix != self.audit_prefix();
         let end = prefix_end(&prefix);
-        let mut start = match after {
-            // A cursor is a position inside this prefix's audit range, never
-            // a raw etcd key: the listing cannot leave it.
-            Some(after) => {
-                if !is_audit_suffix(&after) {
-                    return Err(StoreError::BadCursor);
-                }
-                let mut start = prefix.clone();
-                start.extend_from_slice(&after);
-                start.push(0);
-                start
-            }
-            None => {
-                let mut start = prefix.clone();
-                start.extend_from_slice(format!("{:016}", filter.start_unix_ms.max(0)).as_bytes());
-                start
-            }
-        };
+        let mut start = listing_start(&prefix, filter, after)?;
         let mut events = Vec::new();
         let mut last = None;
         loop {
@@ -229,6 +205,17 @@ impl Fleet {
 }
 
 impl Fleet {
+    /// Where a listing reads: the account's index when named (bounded per
+    /// account, and it holds events from before the key index), else the
+    /// key's, else every event.
+    fn listing_prefix(&self, filter: &AuditFilter) -> Vec<u8> {
+        match (&filter.account_id, &filter.key_id) {
+            (Some(account), _) => self.account_audit_prefix(account),
+            (None, Some(key_id)) => self.key_audit_prefix(key_id.as_bytes()),
+            (None, None) => self.audit_prefix(),
+        }
+    }
+
     /// The events named by these suffixes, in one transaction per 128
     /// (etcd's default bound): `None` for one that is gone.
     async fn events_at(
@@ -262,6 +249,30 @@ impl Fleet {
         }
         Ok(values)
     }
+}
+
+/// Where a listing starts under `prefix`: after the cursor (a position
+/// inside this prefix's range, never a raw etcd key: the listing cannot
+/// leave it), or at the filter's start time.
+fn listing_start(
+    prefix: &[u8],
+    filter: &AuditFilter,
+    after: Option<Vec<u8>>,
+) -> Result<Vec<u8>, StoreError> {
+    let mut start = prefix.to_vec();
+    match after {
+        Some(after) => {
+            if !is_audit_suffix(&after) {
+                return Err(StoreError::BadCursor);
+            }
+            start.extend_from_slice(&after);
+            start.push(0);
+        }
+        None => {
+            start.extend_from_slice(format!("{:016}", filter.start_unix_ms.max(0)).as_bytes());
+        }
+    }
+    Ok(start)
 }
 
 /// `{time:016}-{nonce:08x}`: the part of an audit event's etcd key after
