@@ -152,6 +152,48 @@ fn always_served(method: &str, path: &str) -> bool {
         || (method == "GET" && (path == "/console" || path == "/console/sign-in"))
 }
 
+/// Sends every REST operation of the document (as the admin) and every
+/// console route (with `cookie`, when given) once: (method, path, status,
+/// body) of each one served, the always-served documents left out.
+fn every_http_route(server: &Server, cookie: Option<&str>) -> Vec<(String, String, u16, String)> {
+    let http = server.http_addr.as_deref().unwrap();
+    let auth = format!("Bearer {}", server.admin_token);
+    let mut answers = Vec::new();
+    for (method, path) in rest_operations() {
+        if always_served(&method, &path) {
+            continue;
+        }
+        let body = (method != "GET" && method != "DELETE").then_some("{}");
+        let headers = [
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ];
+        let (status, _, answer) = http_request(http, &method, &path, &headers, body);
+        answers.push((method, path, status, answer));
+    }
+    for template in scopegate::http::ROUTES
+        .iter()
+        .filter(|route| route.starts_with("/console"))
+    {
+        let path = template
+            .replace("{id}", "AAAAAAAAAAAAAAAAAAAAAA")
+            .replace("{file}", "console.css");
+        for method in ["GET", "POST"] {
+            if always_served(method, &path) {
+                continue;
+            }
+            let mut headers = vec![("Content-Type", "application/x-www-form-urlencoded")];
+            headers.extend(cookie.map(|cookie| ("Cookie", cookie)));
+            let body = Some("csrf=x&name=y").filter(|_| method == "POST");
+            let (status, _, answer) = http_request(http, method, &path, &headers, body);
+            if status != 405 {
+                answers.push((method.to_owned(), path.clone(), status, answer));
+            }
+        }
+    }
+    answers
+}
+
 /// Asserts every door refuses, each saying `why`. `rate_limits`: the
 /// address of the rate-limit service's own listener.
 async fn assert_every_door_refuses(
@@ -177,54 +219,9 @@ async fn assert_every_door_refuses(
         assert_eq!(status.code(), Code::Unavailable, "{path}: {status:?}");
         assert!(status.message().contains(why), "{path}: {status:?}");
     }
-    let http = server.http_addr.as_deref().unwrap();
-    let auth = format!("Bearer {}", server.admin_token);
-    let form = "csrf=x&name=y";
-    for (method, path) in rest_operations() {
-        if always_served(&method, &path) {
-            continue;
-        }
-        let body = (method != "GET" && method != "DELETE").then_some("{}");
-        let (status, _, answer) = http_request(
-            http,
-            &method,
-            &path,
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
-            body,
-        );
+    for (method, path, status, answer) in every_http_route(server, cookie) {
         assert_eq!(status, 503, "{method} {path}: {answer}");
         assert!(answer.contains(why), "{method} {path}: {answer}");
-    }
-    let cookie_header = cookie.map(|cookie| ("Cookie", cookie));
-    for template in scopegate::http::ROUTES
-        .iter()
-        .filter(|route| route.starts_with("/console"))
-    {
-        let path = template
-            .replace("{id}", "AAAAAAAAAAAAAAAAAAAAAA")
-            .replace("{file}", "console.css");
-        for method in ["GET", "POST"] {
-            if always_served(method, &path) {
-                continue;
-            }
-            let mut headers = vec![("Content-Type", "application/x-www-form-urlencoded")];
-            headers.extend(cookie_header);
-            let (status, _, answer) = http_request(
-                http,
-                method,
-                &path,
-                &headers,
-                Some(form).filter(|_| method == "POST"),
-            );
-            if status == 405 {
-                continue; // not served with this method
-            }
-            assert_eq!(status, 503, "{method} {path}: {answer}");
-            assert!(answer.contains(why), "{method} {path}: {answer}");
-        }
     }
 }
 
@@ -400,54 +397,12 @@ async fn every_management_route_takes_a_permit_and_decisions_never_do() {
             }
         }
     }
-    let auth = format!("Bearer {}", server.admin_token);
-    for (method, path) in rest_operations() {
-        if always_served(&method, &path) {
-            continue;
-        }
-        let body = (method != "GET" && method != "DELETE").then_some("{}");
-        let (status, _, answer) = http_request(
-            &http,
-            &method,
-            &path,
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
-            body,
-        );
+    for (method, path, status, answer) in every_http_route(&server, Some(&cookie)) {
         assert_eq!(status, 503, "{method} {path}: {answer}");
         assert!(
             answer.contains("too many management"),
             "{method} {path}: {answer}"
         );
-    }
-    for template in scopegate::http::ROUTES
-        .iter()
-        .filter(|route| route.starts_with("/console"))
-    {
-        let path = template
-            .replace("{id}", "AAAAAAAAAAAAAAAAAAAAAA")
-            .replace("{file}", "console.css");
-        for method in ["GET", "POST"] {
-            if always_served(method, &path) {
-                continue;
-            }
-            let headers = [
-                ("Content-Type", "application/x-www-form-urlencoded"),
-                ("Cookie", cookie.as_str()),
-            ];
-            let body = Some("csrf=x").filter(|_| method == "POST");
-            let (status, _, answer) = http_request(&http, method, &path, &headers, body);
-            if status == 405 {
-                continue;
-            }
-            assert_eq!(status, 503, "{method} {path}: {answer}");
-            assert!(
-                answer.contains("too many management"),
-                "{method} {path}: {answer}"
-            );
-        }
     }
     tracer.detach();
     holder.await.unwrap().expect("the held change completes");
