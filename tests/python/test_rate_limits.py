@@ -180,3 +180,24 @@ def test_ext_authz_counts_by_default_and_answers_429(scopegate):
     assert headers["x-ratelimit-remaining"] == "0"
     assert "rate limit" in answer.denied_response.body
     channel.close()
+
+
+def test_the_ratelimit_service_can_live_on_the_unix_socket_only():
+    """`--rate-limit-service-listen uds`: beside the decisions on the socket
+    (which only the pod's proxy reaches), still not on TCP; asked for
+    without a socket, the server refuses to start and says why."""
+    server = Scopegate("--uds", "SOCKET", "--rate-limit-service-listen", "uds")
+    try:
+        key_id = limited_key(server, "default=5/minute")["key"]["key_id"]
+        with grpc.insecure_channel(f"unix:{server.uds}") as socket:
+            (status,) = should(rls_pb2_grpc.RateLimitServiceStub(socket), descriptor(key_id=key_id)).statuses
+            assert status.current_limit.name == "default" and status.limit_remaining == 4
+        with grpc.insecure_channel(server.addr) as tcp:
+            with pytest.raises(grpc.RpcError) as error:
+                should(rls_pb2_grpc.RateLimitServiceStub(tcp), descriptor(key_id=key_id))
+            assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        server.stop()
+    with pytest.raises(AssertionError) as refused:
+        Scopegate("--rate-limit-service-listen", "uds")
+    assert "no uds is set" in str(refused.value)
