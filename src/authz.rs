@@ -151,6 +151,19 @@ pub fn decide_http_request(
     token: &str,
     request: &HttpCheck<'_>,
 ) -> (Decision, Option<ScopeId>) {
+    let (decision, scope, _) = decide_http_noting(keys, format, routes, token, request);
+    (decision, scope)
+}
+
+/// [`decide_http_request`], and whether the route table decided on a path
+/// other than the one sent (see `RouteTable::route`).
+pub fn decide_http_noting(
+    keys: &KeyTable,
+    format: &TokenFormat,
+    routes: &RouteTable,
+    token: &str,
+    request: &HttpCheck<'_>,
+) -> (Decision, Option<ScopeId>, bool) {
     let HttpCheck {
         method,
         path,
@@ -168,9 +181,11 @@ pub fn decide_http_request(
                 Err(Decision::MethodOverride),
             ),
             None,
+            false,
         );
     }
-    let route = match (routes.resolve(method, path), proxy_scope) {
+    let (resolved, changed) = routes.route(method, path);
+    let route = match (resolved, proxy_scope) {
         // An unusable path is refused whoever names the scope.
         (Err(RouteMiss::InvalidPath), _) => Err(RouteMiss::InvalidPath),
         (_, Some(named)) => named.ok_or(RouteMiss::NoRoute),
@@ -184,6 +199,7 @@ pub fn decide_http_request(
     (
         decide_with(keys, format, token, client_ip, required),
         route.ok(),
+        changed,
     )
 }
 

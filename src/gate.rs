@@ -43,16 +43,27 @@ pub enum Door {
 pub const EXT_AUTHZ_CHECK: &str = "/envoy.service.auth.v3.Authorization/Check";
 
 impl Door {
-    /// The door of a gRPC request path (`/package.Service/Method`).
+    /// The door of a gRPC request path (`/package.Service/Method`): prefix
+    /// compares, decisions first (this runs on every Check).
     pub fn of_grpc_path(path: &str) -> Door {
-        let service = path.split('/').nth(1).unwrap_or("");
-        match service {
-            "scopegate.v1.Authorize" | "envoy.service.auth.v3.Authorization" => Door::Decision,
-            "envoy.service.ratelimit.v3.RateLimitService" => Door::RateLimits,
-            "grpc.health.v1.Health"
-            | "grpc.reflection.v1.ServerReflection"
-            | "grpc.reflection.v1alpha.ServerReflection" => Door::Open,
-            _ => Door::Manage,
+        const DECISIONS: [&str; 2] = [
+            "/scopegate.v1.Authorize/",
+            "/envoy.service.auth.v3.Authorization/",
+        ];
+        const OPEN: [&str; 3] = [
+            "/grpc.health.v1.Health/",
+            "/grpc.reflection.v1.ServerReflection/",
+            "/grpc.reflection.v1alpha.ServerReflection/",
+        ];
+        let under = |prefixes: &[&str]| prefixes.iter().any(|prefix| path.starts_with(prefix));
+        if under(&DECISIONS) {
+            Door::Decision
+        } else if path.starts_with("/envoy.service.ratelimit.v3.RateLimitService/") {
+            Door::RateLimits
+        } else if under(&OPEN) {
+            Door::Open
+        } else {
+            Door::Manage
         }
     }
 }

@@ -43,7 +43,7 @@ impl Authorize for AuthorizeService {
             })?),
         };
         let policy = context.policy.load();
-        let decision = match &request.http {
+        let (decision, renormalized) = match &request.http {
             Some(http) => {
                 if !request.scopes.is_empty() {
                     return Err(bad_request("http", "give either scopes or http, not both"));
@@ -51,7 +51,7 @@ impl Authorize for AuthorizeService {
                 if http.method.is_empty() {
                     return Err(bad_request("http.method", "is required"));
                 }
-                authz::decide_http_request(
+                let (decision, _, renormalized) = authz::decide_http_noting(
                     &context.keys,
                     &context.format,
                     &policy.routes,
@@ -63,8 +63,8 @@ impl Authorize for AuthorizeService {
                         method_override: false,
                         client_ip,
                     },
-                )
-                .0
+                );
+                (decision, renormalized)
             }
             None => {
                 if request.scopes.is_empty() {
@@ -74,18 +74,21 @@ impl Authorize for AuthorizeService {
                     .catalog
                     .resolve(request.scopes.iter().map(String::as_str))
                     .map_err(|error| scope_status("scopes", &error))?;
-                authz::decide_from(
+                let decision = authz::decide_from(
                     &context.keys,
                     &context.format,
                     &request.token,
                     client_ip,
                     &required,
-                )
+                );
+                (decision, false)
             }
         };
         // The path decided on, when it is not the one sent (allowed only).
         let canonical = match (&request.http, &decision) {
-            (Some(http), Decision::Allowed { .. }) => policy.routes.canonical_path(&http.path),
+            (Some(http), Decision::Allowed { .. }) if renormalized => {
+                policy.routes.canonical_path(&http.path)
+            }
             _ => None,
         };
         if !matches!(decision, Decision::Allowed { rate: Some(_), .. }) {

@@ -332,11 +332,22 @@ impl RouteTable {
     /// The scope `method path` needs. `default_scope` covers only paths no
     /// rule matches: a matched path with a method no rule lists is NO_ROUTE.
     pub fn resolve(&self, method: &str, path: &str) -> Result<ScopeId, RouteMiss> {
-        let path = normalize_path_with(path, self.paths).ok_or(RouteMiss::InvalidPath)?;
-        match self.router.at(&path) {
+        self.route(method, path).0
+    }
+
+    /// [`RouteTable::resolve`], and whether the path decided on differs
+    /// from the one sent (normalizing changed it, beyond dropping a query):
+    /// then [`RouteTable::canonical_path`] is worth asking for.
+    pub fn route(&self, method: &str, path: &str) -> (Result<ScopeId, RouteMiss>, bool) {
+        let Some(path) = normalize_path_with(path, self.paths) else {
+            return (Err(RouteMiss::InvalidPath), false);
+        };
+        let changed = matches!(path, Cow::Owned(_));
+        let scope = match self.router.at(&path) {
             Ok(found) => lookup_method(&found.value.by_method, method).ok_or(RouteMiss::NoRoute),
             Err(_) => self.default_scope.ok_or(RouteMiss::NoRoute),
-        }
+        };
+        (scope, changed)
     }
 
     /// The path as this table decides on it (normalized, without the
