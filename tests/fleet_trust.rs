@@ -477,6 +477,34 @@ async fn a_record_needing_a_newer_release_is_denied_not_stripped() {
         .expect_err("a record this build cannot read is never rewritten by it");
     assert_ne!(refused.code(), tonic::Code::Ok);
     assert_eq!(get(plain_id).await.version, 4);
+
+    // A later release's field that needed no new version (field 99 here):
+    // Check still decides on the key, but no change made here drops it.
+    let (extended_id, extended) = create_on(&a, "acme", &["mail.send"]).await;
+    let mut bytes = prost::Message::encode_to_vec(&get(extended_id.clone()).await);
+    bytes.extend_from_slice(&[0x9a, 0x06, 3, b'n', b'e', b'w']);
+    client
+        .put(path(&extended_id), bytes.clone(), None)
+        .await
+        .unwrap();
+    let rename = pb::UpdateKeyRequest {
+        key_id: extended_id.clone(),
+        name: Some("stripped".into()),
+        ..Default::default()
+    };
+    let refused = a
+        .manage()
+        .await
+        .update_key(bearer(&a.admin_token, rename))
+        .await
+        .expect_err("a change would drop the field this build does not know");
+    assert!(refused.message().contains("upgrade"), "{refused:?}");
+    let stored = client.get(path(&extended_id), None).await.unwrap();
+    assert_eq!(stored.kvs()[0].value(), bytes.as_slice());
+    assert_eq!(
+        decision(&a, &extended, &["mail.send"]).await,
+        pb::Decision::Allowed
+    );
 }
 
 /// An account's (or a key's) audit page is read through its index, never by

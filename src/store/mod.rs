@@ -367,6 +367,25 @@ pub fn decode(id_bytes: &[u8], value: &[u8]) -> Result<KeyRecord, StoreError> {
     Ok(record)
 }
 
+/// [`decode`] for a record that may be rewritten (GetKey and every
+/// mutation read it so): one holding fields this build does not know (a
+/// later release wrote it, and the field did not need a new version) is
+/// refused, so no change made here ever drops them. Check still decides on
+/// it (the table loads it with [`decode`]).
+pub fn decode_whole(id_bytes: &[u8], value: &[u8]) -> Result<KeyRecord, StoreError> {
+    let record = decode(id_bytes, value)?;
+    if prost::Message::encoded_len(&record) != value.len() {
+        return Err(StoreError::Corrupt {
+            key_id: id_bytes
+                .try_into()
+                .map(|bytes| KeyId::from_bytes(bytes).to_string())
+                .unwrap_or_else(|_| format!("{id_bytes:?}")),
+            reason: "the record holds fields this build does not know (a later release wrote it): upgrade this sidecar to change it".into(),
+        });
+    }
+    Ok(record)
+}
+
 fn transaction_error(error: TransactionError<StoreError>) -> StoreError {
     match error {
         TransactionError::Abort(error) => error,

@@ -7,7 +7,7 @@ impl Store {
     pub fn get(&self, key_id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
         self.healthy()?;
         match self.inner.keys.get(key_id.as_bytes())? {
-            Some(value) => Ok(Some(decode(key_id.as_bytes(), &value)?)),
+            Some(value) => Ok(Some(decode_whole(key_id.as_bytes(), &value)?)),
             None => Ok(None),
         }
     }

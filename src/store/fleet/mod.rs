@@ -244,7 +244,7 @@ impl Fleet {
             };
             let (record, revision) = match got.kvs().first() {
                 Some(kv) => (
-                    Some(decode(key_id.as_bytes(), kv.value())?),
+                    Some(crate::store::decode_whole(key_id.as_bytes(), kv.value())?),
                     kv.mod_revision(),
                 ),
                 None => (None, 0),
