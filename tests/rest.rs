@@ -217,9 +217,9 @@ async fn etcd_gone_is_503_with_retry_after() {
 }
 
 /// Bodies that never arrive hold no management permit: with two permits,
-/// six requests (by a key that may not even manage) stalled mid-body leave
-/// the admin's requests answered at once, and each stalled one gets 408
-/// once `--request-timeout-ms` passes.
+/// six requests stalled mid-body leave the admin's requests answered at
+/// once, and each stalled one gets 408 once `--request-timeout-ms` passes;
+/// a key that may not create keys is refused (403) before its body is read.
 #[test]
 fn stalled_bodies_hold_no_management_permit() {
     use std::io::{Read, Write};
@@ -242,17 +242,29 @@ fn stalled_bodies_hold_no_management_permit() {
     );
     assert_eq!(status, 201);
     let token = sender["api_key"].as_str().unwrap().to_owned();
-    let stalled: Vec<std::net::TcpStream> = (0..6)
-        .map(|_| {
-            let mut stream = std::net::TcpStream::connect(&rest).unwrap();
-            write!(
-                stream,
-                "POST /v3/api_keys HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"na"
-            )
-            .unwrap();
-            stream
-        })
-        .collect();
+    let stall = |credential: &str| {
+        let mut stream = std::net::TcpStream::connect(&rest).unwrap();
+        write!(
+            stream,
+            "POST /v3/api_keys HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {credential}\r\non-behalf-of: acme\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"na"
+        )
+        .unwrap();
+        stream
+    };
+    // mail.send only: refused before the body, which never comes.
+    let mut refused = std::net::TcpStream::connect(&rest).unwrap();
+    write!(
+        refused,
+        "POST /v3/api_keys HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"na"
+    )
+    .unwrap();
+    refused
+        .set_read_timeout(Some(std::time::Duration::from_millis(1000)))
+        .unwrap();
+    let mut head = [0u8; 12];
+    refused.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 403");
+    let stalled: Vec<std::net::TcpStream> = (0..6).map(|_| stall(&server.admin_token)).collect();
     std::thread::sleep(std::time::Duration::from_millis(300));
     let auth = format!("Bearer {}", server.admin_token);
     for _ in 0..3 {

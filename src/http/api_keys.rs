@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -122,11 +123,10 @@ fn scopes_given(scopes: Option<Vec<String>>) -> Result<Option<Vec<String>>> {
 
 pub(super) async fn create(
     State(api): State<Arc<RestApi>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    let caller = api.caller(&headers, peer)?;
     let account_id = match (&caller, on_behalf_of(&headers)?) {
         (Caller::Admin, Some(account)) => account,
         (Caller::Admin, None) => {
@@ -185,11 +185,10 @@ fn created(view: KeyView, token: String) -> serde_json::Value {
 
 pub(super) async fn list(
     State(api): State<Arc<RestApi>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response> {
-    let caller = api.caller(&headers, peer)?;
     let query = input::query(raw.as_deref(), &["limit", "page_token"])?;
     let limit = match query.get("limit") {
         None => 50,
@@ -228,11 +227,10 @@ pub(super) async fn list(
 
 pub(super) async fn get(
     State(api): State<Arc<RestApi>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     path: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<Response> {
-    let caller = api.caller(&headers, peer)?;
     let view = api.visible(&caller, &headers, key_id(path)?).await?;
     let mut key = json!({"name": view.name, "api_key_id": view.key_id, "scopes": view.scopes});
     if !view.rate_limits.is_empty() {
@@ -245,12 +243,11 @@ pub(super) async fn get(
 
 pub(super) async fn replace(
     State(api): State<Arc<RestApi>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     path: std::result::Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Result<Response> {
-    let caller = api.caller(&headers, peer)?;
     let id = key_id(path)?;
     let input: ReplaceInput = input::json(&headers, body).await?;
     let change = KeyChange {
@@ -271,12 +268,11 @@ pub(super) async fn replace(
 
 pub(super) async fn rename(
     State(api): State<Arc<RestApi>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     path: std::result::Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Result<Response> {
-    let caller = api.caller(&headers, peer)?;
     let id = key_id(path)?;
     let input: RenameInput = input::json(&headers, body).await?;
     let change = KeyChange {
@@ -290,11 +286,10 @@ pub(super) async fn rename(
 
 pub(super) async fn delete(
     State(api): State<Arc<RestApi>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     path: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<Response> {
-    let caller = api.caller(&headers, peer)?;
     let id = key_id(path)?;
     if matches!(caller, Caller::Admin) && on_behalf_of(&headers)?.is_some() {
         api.visible(&caller, &headers, id.clone()).await?;
@@ -307,12 +302,11 @@ pub(super) async fn delete(
 
 pub(super) async fn rotate(
     State(api): State<Arc<RestApi>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     path: std::result::Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Result<Response> {
-    let caller = api.caller(&headers, peer)?;
     let id = key_id(path)?;
     let input: RotateInput = input::optional_json(&headers, body).await?;
     if matches!(caller, Caller::Admin) && on_behalf_of(&headers)?.is_some() {
@@ -330,11 +324,10 @@ pub(super) async fn rotate(
 pub(super) async fn set_enabled(
     enabled: bool,
     api: Arc<RestApi>,
-    peer: SocketAddr,
+    caller: Caller,
     headers: HeaderMap,
     path: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<Response> {
-    let caller = api.caller(&headers, peer)?;
     let change = KeyChange {
         key_id: key_id(path)?,
         enabled: Some(enabled),
@@ -349,10 +342,9 @@ pub(super) async fn set_enabled(
 
 pub(super) async fn scopes(
     State(api): State<Arc<RestApi>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let caller = api.caller(&headers, peer)?;
     if let Caller::Key { .. } = caller {
         refuse_on_behalf_of(on_behalf_of(&headers)?)?;
     }
@@ -370,10 +362,10 @@ pub(super) async fn scopes(
 }
 
 impl RestApi {
-    /// The bearer's caller (the gate admitted the request already). An API
-    /// key acts in its own account: `on-behalf-of` from one is refused on
-    /// every route, before anything is read or changed.
-    fn caller(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<Caller> {
+    /// The bearer's caller, as the gate identifies it before the body is
+    /// read. An API key acts in its own account: `on-behalf-of` from one is
+    /// refused on every route, before anything is read or changed.
+    pub(super) fn caller(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<Caller> {
         let caller = self
             .manager
             .authenticate_from(input::bearer(headers)?, Some(peer.ip()))?;

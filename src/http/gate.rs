@@ -1,13 +1,17 @@
 //! The gate (`crate::gate`) on the REST and console edge: every route but
-//! the static documents is management. Readiness first, then the body read
-//! whole under the deadline, then a permit of the management budget gRPC
-//! shares: a client that stalls its body holds no permit, and times out.
-//! Refusals come in each door's own shape (SendGrid's JSON, or a page).
+//! the static documents is management. Readiness first; on the REST API the
+//! caller and the `api_keys` scope its route needs (so a credential that may
+//! not do this never gets to send a body); then the body read whole under
+//! the deadline; then a permit of the management budget gRPC shares: a
+//! client that stalls its body holds no permit, and times out. Refusals come
+//! in each door's own shape (SendGrid's JSON, or a page).
 
 use std::sync::Arc;
 
+use std::net::SocketAddr;
+
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -15,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use super::error::ApiError;
 use super::{console, RestApi, MAX_BODY_BYTES};
 use crate::gate::{Door, Refused};
+use crate::scope::ManageAction;
 
 /// The door of an HTTP route: documents that hold no key are open.
 pub fn door(method: &Method, route: &str) -> Door {
@@ -25,6 +30,22 @@ pub fn door(method: &Method, route: &str) -> Door {
         Door::Open
     } else {
         Door::Manage
+    }
+}
+
+/// The `api_keys` scope a REST route needs (`None`: any key, as
+/// `GET /v3/scopes`, or a method the route does not serve).
+fn action(method: &Method, route: &str) -> Option<ManageAction> {
+    match (route, method.as_str()) {
+        ("/v3/api_keys", "GET") | ("/v3/api_keys/{id}", "GET") => Some(ManageAction::Read),
+        ("/v3/api_keys", "POST") => Some(ManageAction::Create),
+        ("/v3/api_keys/{id}", "PUT" | "PATCH") => Some(ManageAction::Update),
+        ("/v3/api_keys/{id}", "DELETE") => Some(ManageAction::Delete),
+        (
+            "/v3/api_keys/{id}/rotate" | "/v3/api_keys/{id}/enable" | "/v3/api_keys/{id}/disable",
+            "POST",
+        ) => Some(ManageAction::Update),
+        _ => None,
     }
 }
 
@@ -56,7 +77,24 @@ pub(super) async fn admit(
     if let Err(refused) = api.gate.ready(door) {
         return unavailable(refused);
     }
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    if !route.starts_with("/console") {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let caller = match api.caller(&parts.headers, peer) {
+            Ok(caller) => caller,
+            Err(error) => return error.into_response(),
+        };
+        if let Some(action) = action(&parts.method, route) {
+            if let Err(error) = api.manager.may(&caller, action) {
+                return ApiError::from(error).into_response();
+            }
+        }
+        parts.extensions.insert(caller);
+    }
     let read = tokio::time::timeout(api.timeout, axum::body::to_bytes(body, MAX_BODY_BYTES));
     let bytes = match read.await {
         Err(_) => {

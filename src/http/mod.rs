@@ -16,12 +16,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Extension, Router};
 
 pub use error::ApiError;
 pub use input::MAX_BODY_BYTES;
@@ -97,14 +97,14 @@ pub fn router(api: Arc<RestApi>, tls: bool) -> Router {
         .route("/v3/api_keys/{id}/rotate", post(api_keys::rotate))
         .route(
             "/v3/api_keys/{id}/enable",
-            post(|State(api), ConnectInfo(peer), headers, path| {
-                api_keys::set_enabled(true, api, peer, headers, path)
+            post(|State(api), Extension(caller), headers, path| {
+                api_keys::set_enabled(true, api, caller, headers, path)
             }),
         )
         .route(
             "/v3/api_keys/{id}/disable",
-            post(|State(api), ConnectInfo(peer), headers, path| {
-                api_keys::set_enabled(false, api, peer, headers, path)
+            post(|State(api), Extension(caller), headers, path| {
+                api_keys::set_enabled(false, api, caller, headers, path)
             }),
         )
         .route("/v3/scopes", get(api_keys::scopes))

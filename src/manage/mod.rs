@@ -281,6 +281,12 @@ impl Manager {
         })
     }
 
+    /// `caller` holds the `api_keys` scope of `action` (the admin holds all):
+    /// what an edge may check before it reads a request's body.
+    pub fn may(&self, caller: &Caller, action: ManageAction) -> Result<(), ManageError> {
+        self.require(caller, action)
+    }
+
     /// Whether `caller` holds any `api_keys` scope (the admin does).
     pub fn may_manage(&self, caller: &Caller) -> bool {
         let catalog = self.catalog.load();
