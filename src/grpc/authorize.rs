@@ -43,47 +43,7 @@ impl Authorize for AuthorizeService {
             })?),
         };
         let policy = context.policy.load();
-        let (decision, renormalized) = match &request.http {
-            Some(http) => {
-                if !request.scopes.is_empty() {
-                    return Err(bad_request("http", "give either scopes or http, not both"));
-                }
-                if http.method.is_empty() {
-                    return Err(bad_request("http.method", "is required"));
-                }
-                let (decision, _, renormalized) = authz::decide_http_noting(
-                    &context.keys,
-                    &context.format,
-                    &policy.routes,
-                    &request.token,
-                    &authz::HttpCheck {
-                        proxy_scope: None,
-                        method: &http.method,
-                        path: &http.path,
-                        method_override: false,
-                        client_ip,
-                    },
-                );
-                (decision, renormalized)
-            }
-            None => {
-                if request.scopes.is_empty() {
-                    return Err(bad_request("scopes", "at least one scope is required"));
-                }
-                let required = policy
-                    .catalog
-                    .resolve(request.scopes.iter().map(String::as_str))
-                    .map_err(|error| scope_status("scopes", &error))?;
-                let decision = authz::decide_from(
-                    &context.keys,
-                    &context.format,
-                    &request.token,
-                    client_ip,
-                    &required,
-                );
-                (decision, false)
-            }
-        };
+        let (decision, renormalized) = decide(context, &policy, &request, client_ip)?;
         // The path decided on, when it is not the one sent (allowed only).
         let canonical = match (&request.http, &decision) {
             (Some(http), Decision::Allowed { .. }) if renormalized => {
@@ -108,6 +68,57 @@ impl Authorize for AuthorizeService {
         }
         Ok(Response::new(response))
     }
+}
+
+/// The decision for a request (before its rate limits are counted), and
+/// whether an HTTP check's path was decided on in another form than sent.
+fn decide(
+    context: &CheckContext,
+    policy: &crate::authz::Policy,
+    request: &pb::CheckRequest,
+    client_ip: Option<std::net::IpAddr>,
+) -> Result<(Decision, bool), Status> {
+    Ok(match &request.http {
+        Some(http) => {
+            if !request.scopes.is_empty() {
+                return Err(bad_request("http", "give either scopes or http, not both"));
+            }
+            if http.method.is_empty() {
+                return Err(bad_request("http.method", "is required"));
+            }
+            let (decision, _, renormalized) = authz::decide_http_noting(
+                &context.keys,
+                &context.format,
+                &policy.routes,
+                &request.token,
+                &authz::HttpCheck {
+                    proxy_scope: None,
+                    method: &http.method,
+                    path: &http.path,
+                    method_override: false,
+                    client_ip,
+                },
+            );
+            (decision, renormalized)
+        }
+        None => {
+            if request.scopes.is_empty() {
+                return Err(bad_request("scopes", "at least one scope is required"));
+            }
+            let required = policy
+                .catalog
+                .resolve(request.scopes.iter().map(String::as_str))
+                .map_err(|error| scope_status("scopes", &error))?;
+            let decision = authz::decide_from(
+                &context.keys,
+                &context.format,
+                &request.token,
+                client_ip,
+                &required,
+            );
+            (decision, false)
+        }
+    })
 }
 
 impl AuthorizeService {
