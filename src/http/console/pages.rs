@@ -390,7 +390,9 @@ pub fn parse_date(text: &str) -> Option<i64> {
     let mp = (month + 9) % 12;
     let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Some((era * 146_097 + doe - 719_468) * 86_400_000)
+    let days = era * 146_097 + doe - 719_468;
+    // A day past its month's end (February 31) would land in the next one.
+    (civil_from_days(days) == (year, month, day)).then_some(days * 86_400_000)
 }
 
 fn civil_from_days(days: i64) -> (i64, i64, i64) {
@@ -428,5 +430,21 @@ mod tests {
         }
         assert_eq!(parse_date("2026-13-01"), None);
         assert_eq!(parse_date("tomorrow"), None);
+    }
+
+    /// A day past its month's end is refused, not moved into the next month.
+    #[test]
+    fn a_date_that_does_not_exist_is_refused() {
+        for text in [
+            "2026-02-31",
+            "2025-02-29",
+            "2026-04-31",
+            "2026-00-10",
+            "2026-01-32",
+        ] {
+            assert_eq!(parse_date(text), None, "{text}");
+        }
+        assert_eq!(parse_date("2024-02-29"), Some(1_709_164_800_000));
+        assert_eq!(parse_date("2026-12-31"), Some(1_798_675_200_000));
     }
 }
