@@ -56,3 +56,39 @@ fn the_management_deadline_fits_the_store() {
     let explicit = ["--request-timeout-ms", "250"];
     assert_eq!(printed(&[], &explicit, "request_timeout_ms"), "250");
 }
+
+/// `config print` shows every setting that has a default, with that
+/// default: each flag `serve --help` gives a `[default: …]` appears there.
+#[test]
+fn config_print_shows_every_default_serve_help_names() {
+    let help = std::process::Command::new(common::BIN)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let printed = std::process::Command::new(common::BIN)
+        .args(["config", "print"])
+        .env_remove("SCOPEGATE_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8(printed.stdout).unwrap();
+    let mut flag = None;
+    let mut checked = 0;
+    for line in help.lines() {
+        let trimmed = line.trim_start();
+        if let Some(rest) = trimmed.strip_prefix("--") {
+            flag = rest.split([' ', '=', '<']).next().map(str::to_owned);
+        }
+        if line.contains("[default: ") {
+            let name = flag.as_deref().unwrap().replace('-', "_");
+            assert!(
+                printed
+                    .lines()
+                    .any(|line| line.starts_with(&format!("{name} = "))),
+                "config print lacks {name}:\n{printed}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 25, "{checked} defaults seen in:\n{help}");
+}

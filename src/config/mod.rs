@@ -275,6 +275,11 @@ pub struct ServeOptions {
     pub rate_limit_max_hits: Option<u64>,
 }
 
+/// Seconds between writes of the keys' "last used" marks, by default.
+pub const DEFAULT_LAST_USED_INTERVAL_SECS: u64 = 60;
+/// Days the audit trail keeps an event, by default.
+pub const DEFAULT_AUDIT_RETENTION_DAYS: u64 = 90;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {reason}")]
@@ -403,6 +408,11 @@ impl ServeOptions {
             ext_authz_rate_limits: Some(true),
             rate_limit_service_listen: Some("none".into()),
             rate_limit_max_hits: Some(1),
+            last_used_interval_secs: Some(DEFAULT_LAST_USED_INTERVAL_SECS),
+            audit_retention_days: Some(DEFAULT_AUDIT_RETENTION_DAYS),
+            audit_max_events_per_account: Some(crate::store::DEFAULT_AUDIT_MAX_EVENTS_PER_ACCOUNT),
+            store: Some("standalone".into()),
+            etcd_prefix: Some(DEFAULT_ETCD_PREFIX.into()),
             ..ServeOptions::default()
         };
         self.clone().or(defaults)

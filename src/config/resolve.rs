@@ -183,11 +183,17 @@ fn lifetimes(options: &ServeOptions) -> Result<Lifetimes, ConfigError> {
             Some(0) => return Err(invalid("max_key_lifetime_secs", "must be at least 1")),
             Some(secs) => Some(Duration::from_secs(secs)),
         },
-        audit_retention: match options.audit_retention_days.unwrap_or(90) {
+        audit_retention: match options
+            .audit_retention_days
+            .unwrap_or(DEFAULT_AUDIT_RETENTION_DAYS)
+        {
             0 => return Err(invalid("audit_retention_days", "must be at least 1")),
             days => Duration::from_secs(days * 86_400),
         },
-        last_used_interval: match options.last_used_interval_secs.unwrap_or(60) {
+        last_used_interval: match options
+            .last_used_interval_secs
+            .unwrap_or(DEFAULT_LAST_USED_INTERVAL_SECS)
+        {
             0 => return Err(invalid("last_used_interval_secs", "must be at least 1")),
             secs => Duration::from_secs(secs),
         },
