@@ -103,6 +103,22 @@ async fn call_raw(addr: &str, path: &str, streaming: bool, token: &str) -> Resul
     }
 }
 
+/// Waits (10 s at most) until `path` is refused with `code`: the state
+/// under test has set in.
+async fn until_refused(addr: &str, path: &str, token: &str, code: Code) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match call_raw(addr, path, false, token).await {
+            Err(status) if status.code() == code => return,
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "{path} never refused with {code:?}: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Every REST operation of the OpenAPI document (method, path), with a
 /// well-formed key id in its path.
 fn rest_operations() -> Vec<(String, String)> {
@@ -283,7 +299,13 @@ async fn every_door_refuses_while_the_mirror_is_stale() {
     );
     assert_eq!(status, 200);
     etcd.kill9();
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    until_refused(
+        &server.addr,
+        "/scopegate.v1.ManageKey/ListScopes",
+        &server.admin_token,
+        Code::Unavailable,
+    )
+    .await;
     assert_every_door_refuses(&server, &rate_limits, Some(&cookie), "stale").await;
 }
 
@@ -337,7 +359,7 @@ fn console_session(addr: &str, credential: &str) -> String {
 
 /// Every management route of every door takes a permit of the one
 /// management budget, and decisions never do: with `--max-concurrent-manage
-/// 1` held by a CreateKey whose fdatasync strace holds for 3 s, every gRPC
+/// 1` held by a CreateKey whose fdatasync strace holds for 5 s, every gRPC
 /// management method, REST operation and console route is refused as busy,
 /// while Check, ext_authz and the rate-limit service answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,7 +385,7 @@ async fn every_management_route_takes_a_permit_and_decisions_never_do() {
             "-e",
             "trace=fdatasync",
             "-e",
-            "inject=fdatasync:delay_exit=3000000",
+            "inject=fdatasync:delay_exit=5000000",
         ],
         &dir.path().join("trace"),
     );
@@ -375,7 +397,13 @@ async fn every_management_route_takes_a_permit_and_decisions_never_do() {
         );
         tokio::spawn(async move { manage.create_key(request).await })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    until_refused(
+        &server.addr,
+        "/scopegate.v1.ManageKey/ListScopes",
+        &token,
+        Code::ResourceExhausted,
+    )
+    .await;
     for (path, streaming) in grpc_methods() {
         let door = scopegate::gate::Door::of_grpc_path(&path);
         let addr = match door {

@@ -179,7 +179,12 @@ async fn count(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or("unmatched", |path| known_route(path.as_str()));
     // A route served but not in ROUTES would escape the gate test's walk.
-    debug_assert_ne!(route, "other", "add {:?} to http::ROUTES", request.uri().path());
+    debug_assert_ne!(
+        route,
+        "other",
+        "add {:?} to http::ROUTES",
+        request.uri().path()
+    );
     let method = match *request.method() {
         Method::GET => "GET",
         Method::POST => "POST",
