@@ -306,9 +306,31 @@ pub fn new_admin_token() -> String {
     format!("scopegate-admin.{}", URL_SAFE_NO_PAD.encode(bytes))
 }
 
+/// The token of an `authorization` header value: `Bearer <token>`, the
+/// scheme in any case (every management door reads credentials with this).
+/// `Err` says what is wrong, never echoing the value.
+pub fn bearer(value: &[u8]) -> Result<&str, &'static str> {
+    let value = std::str::from_utf8(value).map_err(|_| "invalid credentials")?;
+    value
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .ok_or("authorization must be `Bearer <token>`")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_takes_the_token_of_a_bearer_value_only() {
+        assert_eq!(bearer(b"Bearer SG.a.b"), Ok("SG.a.b"));
+        assert_eq!(bearer(b"bearer  SG.a.b "), Ok("SG.a.b"));
+        for bad in [&b"Basic abc"[..], b"Bearer", b"SG.a.b", b"\xffBearer x"] {
+            assert!(bearer(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(bearer(b"\xff"), Err("invalid credentials"));
+    }
 
     fn format() -> TokenFormat {
         TokenFormat::new("SG", None).unwrap()

@@ -31,14 +31,9 @@ pub(super) fn bearer<T>(request: &Request<T>) -> Result<Option<&str>, Status> {
     let Some(value) = request.metadata().get("authorization") else {
         return Ok(None);
     };
-    let value = value
-        .to_str()
-        .map_err(|_| Status::unauthenticated("invalid credentials"))?;
-    value
-        .split_once(' ')
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| Some(token.trim()))
-        .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))
+    crate::token::bearer(value.as_bytes())
+        .map(Some)
+        .map_err(Status::unauthenticated)
 }
 
 /// Runs a key change on its own task. A request cut by its deadline stops

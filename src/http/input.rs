@@ -168,15 +168,9 @@ pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
-    let unauthorized = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, message);
-    let value = value
-        .to_str()
-        .map_err(|_| unauthorized("invalid credentials"))?;
-    value
-        .split_once(' ')
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| Some(token.trim()))
-        .ok_or_else(|| unauthorized("authorization must be `Bearer <API key>`"))
+    crate::token::bearer(value.as_bytes())
+        .map(Some)
+        .map_err(|message| ApiError::new(StatusCode::UNAUTHORIZED, message))
 }
 
 /// SendGrid's `on-behalf-of` header: the account the admin acts in.
