@@ -15,6 +15,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use subtle::ConstantTimeEq;
 
+use crate::authz::now_unix_ms;
 use crate::authz::Decision;
 use crate::key::KeyTable;
 use crate::limit::AccountRate;
@@ -501,11 +502,4 @@ fn record_mutation<T>(kind: &'static str, result: &Result<T, ManageError>) {
     };
     metrics::counter!(crate::telemetry::MUTATIONS_TOTAL, "kind" => kind, "outcome" => outcome)
         .increment(1);
-}
-
-fn now_unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or(0)
 }
