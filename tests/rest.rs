@@ -286,3 +286,40 @@ fn stalled_bodies_hold_no_management_permit() {
         assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     }
 }
+
+/// Headers that never finish are not waited for: with
+/// `--request-timeout-ms 1000`, a connection stalled mid-headers is closed
+/// within a few seconds, while a complete request on another is answered.
+#[test]
+fn stalled_headers_are_dropped_at_the_deadline() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--request-timeout-ms", "1000"]);
+    let rest = server.http_addr.clone().unwrap();
+    let started = std::time::Instant::now();
+    let mut stalled = std::net::TcpStream::connect(&rest).unwrap();
+    stalled
+        .write_all(b"GET /v3/scopes HTTP/1.1\r\nHost: test\r\nAuthorization: Bea")
+        .unwrap();
+    stalled
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let auth = format!("Bearer {}", server.admin_token);
+    let (status, _, body) = http_request(
+        &rest,
+        "GET",
+        "/v3/scopes",
+        &[("Authorization", &auth)],
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let mut answer = Vec::new();
+    stalled
+        .read_to_end(&mut answer)
+        .expect("the server closes the connection rather than wait");
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "closed only after {took:?}"
+    );
+}

@@ -12,7 +12,6 @@ mod gate;
 mod input;
 mod tls;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -137,15 +136,9 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "REST API listening (/v3/api_keys, /v3/scopes, /openapi.json)");
-    if let Some(acceptor) = tls {
-        return tls::serve(listener, acceptor, router(api, true), shutdown).await;
-    }
-    axum::serve(
-        listener,
-        router(api, false).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let deadline = api.timeout;
+    let router = router(api, tls.is_some());
+    tls::serve(listener, tls, router, shutdown, deadline).await
 }
 
 async fn openapi() -> Response {
