@@ -389,21 +389,33 @@ async fn every_management_route_takes_a_permit_and_decisions_never_do() {
         ],
         &dir.path().join("trace"),
     );
-    let holder = {
+    // A CreateKey takes the one permit and holds it in its sync. A probe
+    // that took the permit first would make it fail fast: then try again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let holder = loop {
         let mut manage = server.manage().await;
         let request = common::bearer(
             &server.admin_token,
             common::create("acme", "slow", &["mail.send"]),
         );
-        tokio::spawn(async move { manage.create_key(request).await })
+        let holder = tokio::spawn(async move { manage.create_key(request).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let probe = call_raw(
+            &server.addr,
+            "/scopegate.v1.ManageKey/ListScopes",
+            false,
+            &token,
+        )
+        .await;
+        if matches!(&probe, Err(status) if status.code() == Code::ResourceExhausted) {
+            break holder;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the permit was never held: {probe:?}"
+        );
+        let _ = holder.await;
     };
-    until_refused(
-        &server.addr,
-        "/scopegate.v1.ManageKey/ListScopes",
-        &token,
-        Code::ResourceExhausted,
-    )
-    .await;
     for (path, streaming) in grpc_methods() {
         let door = scopegate::gate::Door::of_grpc_path(&path);
         let addr = match door {
