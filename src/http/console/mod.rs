@@ -331,13 +331,13 @@ async fn sign_out(
         console.sessions.end(&id);
     }
     let mut response = Redirect::to("/console/sign-in").into_response();
-    let gone = format!(
-        "{}=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0",
-        session::COOKIE
+    console.set_cookie(
+        &mut response,
+        &format!(
+            "{}=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0",
+            session::COOKIE
+        ),
     );
-    if let Ok(value) = HeaderValue::from_str(&gone) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
-    }
     response
 }
 
