@@ -128,17 +128,20 @@ pub fn router(api: Arc<RestApi>, tls: bool) -> Router {
 
 pub use tls::acceptor as tls_acceptor;
 
-/// Serves the API until `shutdown`, over TLS when given an acceptor.
-pub async fn serve(
+/// Serves the API until `shutdown`, over TLS when given an acceptor. The
+/// address is logged before this returns, so it precedes "serving".
+pub fn serve(
     listener: tokio::net::TcpListener,
     api: Arc<RestApi>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "REST API listening (/v3/api_keys, /v3/scopes, /openapi.json)");
+) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, tls = tls.is_some(), "REST API listening (/v3/api_keys, /v3/scopes, /openapi.json)");
+    }
     let deadline = api.timeout;
     let router = router(api, tls.is_some());
-    tls::serve(listener, tls, router, shutdown, deadline).await
+    tls::serve(listener, tls, router, shutdown, deadline)
 }
 
 async fn openapi() -> Response {
