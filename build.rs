@@ -1,23 +1,12 @@
-//! Generates the gRPC code from `proto/` and the descriptor set that server
-//! reflection serves. protoc comes from `protoc-bin-vendored`, so no system
-//! package is needed.
+//! Generates Envoy's ext_authz server, read and written in place by
+//! `src/grpc` (scopegate's own protocol is the `scopegate-protocol` crate).
+//! protoc comes from `protoc-bin-vendored`, so no system package is needed.
 
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     std::env::set_var("PROTOC", protoc);
-    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    tonic_prost_build::configure()
-        .file_descriptor_set_path(out_dir.join("scopegate_descriptor.bin"))
-        .compile_protos(
-            &[
-                PathBuf::from("proto/scopegate/v1/admin.proto"),
-                PathBuf::from("proto/scopegate/v1/authorize.proto"),
-                PathBuf::from("proto/scopegate/v1/manage_key.proto"),
-            ],
-            &[PathBuf::from("proto"), protoc_bin_vendored::include_path()?],
-        )?;
     // Envoy's ext_authz service: only the server, with the request read in
     // place (src/grpc/envoy_request.rs), the response written as bytes
     // (src/grpc/envoy_response.rs).
@@ -36,6 +25,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[PathBuf::from("proto/envoy/external_auth.proto")],
             &[PathBuf::from("proto")],
         )?;
-    println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed=proto/envoy");
     Ok(())
 }

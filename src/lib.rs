@@ -22,24 +22,20 @@
 //! - [`cli`]: the command line, server and client subcommands.
 #![forbid(unsafe_code)]
 
-pub mod authz;
+pub use scopegate_core::{authz, key, ratelimit, route, scope, token};
+
 pub mod cli;
 pub mod config;
 pub mod counters;
 pub mod gate;
 pub mod grpc;
 pub mod http;
-pub mod key;
 pub mod limit;
 pub mod manage;
-pub mod ratelimit;
 pub mod readiness;
 pub mod request_id;
-pub mod route;
-pub mod scope;
 pub mod secret_file;
 pub mod server;
 pub mod store;
 pub mod telemetry;
-pub mod token;
 pub mod uds;

@@ -1,4 +1,4 @@
-//! The in-app tower layer (`client/`, for meshes without an authorization
+//! The in-app tower layer (`crates/client/`, for meshes without an authorization
 //! hook) end to end: an axum app and a tonic service behind
 //! `ScopegateLayer`, asking a real scopegate over TCP and over its Unix
 //! socket; answers as ext_authz gives them, and closed when scopegate is gone.

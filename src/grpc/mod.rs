@@ -99,15 +99,8 @@ impl CheckContext {
     }
 }
 
-/// Generated code for `proto/scopegate/v1`.
-pub mod pb {
-    #![allow(clippy::all)]
-    tonic::include_proto!("scopegate.v1");
-
-    /// Descriptor set served by gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("scopegate_descriptor");
-}
+/// Generated code for `proto/scopegate/v1` (the `scopegate-protocol` crate).
+pub use scopegate_protocol as pb;
 
 /// Envoy's ext_authz service (`proto/envoy`): its request is read in place
 /// by [`envoy_request::EnvoyCheck`], its response written as bytes

@@ -1,6 +1,6 @@
 use super::*;
 
-const EXAMPLE: &str = include_str!("../../examples/routes.toml");
+const EXAMPLE: &str = include_str!("../../../../examples/routes.toml");
 
 fn table(text: &str) -> Result<RouteTable, RouteError> {
     RouteTable::from_toml(text, &Catalog::builtin())

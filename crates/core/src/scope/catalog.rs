@@ -25,7 +25,7 @@ use super::set::{ScopeId, ScopeSet, MAX_SCOPES};
 use super::CatalogError;
 
 /// The catalog compiled into the binary (see `catalogs/default.toml`).
-pub const DEFAULT_CATALOG_TOML: &str = include_str!("../../catalogs/default.toml");
+pub const DEFAULT_CATALOG_TOML: &str = include_str!("../../../../catalogs/default.toml");
 
 /// Scopes that guard key management itself; every catalog must define them.
 pub const API_KEYS_RESOURCE: &str = "api_keys";

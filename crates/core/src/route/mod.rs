@@ -45,7 +45,7 @@ use crate::scope::{Catalog, ScopeId};
 
 /// Routes for the built-in catalog (`examples/routes.toml`), used when the
 /// server runs the built-in catalog without `--routes`.
-pub const DEFAULT_ROUTES_TOML: &str = include_str!("../../examples/routes.toml");
+pub const DEFAULT_ROUTES_TOML: &str = include_str!("../../../../examples/routes.toml");
 
 const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 

@@ -40,10 +40,7 @@ use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use tonic::transport::{Channel, Endpoint};
 
-#[allow(clippy::all)]
-mod pb {
-    tonic::include_proto!("scopegate.v1");
-}
+use scopegate_protocol as pb;
 
 use pb::authorize_client::AuthorizeClient;
 pub use pb::Decision;

@@ -1,0 +1,18 @@
+//! scopegate's pure core: what a key may do, decided without I/O.
+//!
+//! Modules, bottom up (a module imports only those listed before it):
+//! - [`scope`], [`token`]: the catalog, `ScopeSet`, access levels and the key
+//!   rules; the token format, its checksum and secret hashing.
+//! - [`ratelimit`]: named rate limits: parsing, no escalation, which requests
+//!   count.
+//! - [`key`], [`route`]: the hot-path view of a key and the lock-free table
+//!   of them; the HTTP route table and path normalisation.
+//! - [`authz`]: the decision, the hot path.
+#![forbid(unsafe_code)]
+
+pub mod authz;
+pub mod key;
+pub mod ratelimit;
+pub mod route;
+pub mod scope;
+pub mod token;
