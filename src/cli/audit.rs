@@ -1,6 +1,12 @@
 //! `scopegate audit`: the audit trail, oldest first.
 
-use super::*;
+use std::process::ExitCode;
+
+use clap::Args;
+use serde_json::{json, Value};
+
+use super::client::{authorized, manage_client, rate_limits_json, status_text, ClientArgs};
+use crate::grpc::pb;
 
 /// What `scopegate audit` takes.
 #[derive(Args, Debug)]

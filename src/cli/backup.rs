@@ -2,7 +2,13 @@
 //! `scopegate restore` (a fresh store from it, offline), and their JSON-lines
 //! format: hashes only, never a secret.
 
-use super::*;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::client::{authorized, connect, status_text, ClientArgs};
+use crate::grpc::pb;
 
 /// What `scopegate backup` takes.
 #[derive(Args, Debug)]

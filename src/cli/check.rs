@@ -1,6 +1,13 @@
 //! `scopegate check`: may this token use these scopes? Answered by exit code.
 
-use super::*;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use serde_json::json;
+
+use super::client::{connect, status_text, ClientArgs};
+use crate::grpc::pb;
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {

@@ -1,7 +1,15 @@
 //! What every client command shares: where the server is, the credential,
 //! the connection, and how answers are printed (a table, or JSON with --json).
 
-use super::*;
+use std::path::PathBuf;
+
+use clap::Args;
+use serde_json::{json, Value};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+use crate::grpc::pb;
+use crate::server::{ADMIN_TOKEN_FILE, DEFAULT_DATA_DIR};
 
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {

@@ -1,6 +1,11 @@
 //! `scopegate config check|print`: the serve settings, validated or shown.
 
-use super::*;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use super::serve::{effective_options, ServeArgs};
+use crate::server;
 
 #[derive(Subcommand, Debug)]
 pub enum ConfigCommand {

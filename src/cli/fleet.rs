@@ -1,6 +1,11 @@
 //! `scopegate fleet import`: a standalone store copied into etcd.
 
-use super::*;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use super::serve::{effective_options, ServeArgs};
+use crate::server;
 
 #[derive(Subcommand, Debug)]
 pub enum FleetCommand {

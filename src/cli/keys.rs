@@ -1,6 +1,15 @@
 //! `scopegate keys`: create, show, list, change, rotate and delete keys.
 
-use super::*;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use super::client::{
+    authorized, key_json, manage_client, print_keys, print_one_or_json, print_token, status_text,
+    ClientArgs,
+};
+use crate::grpc::pb;
 
 #[derive(Subcommand, Debug)]
 pub enum KeysCommand {

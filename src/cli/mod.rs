@@ -1,17 +1,11 @@
 //! The command line: `serve` runs the sidecar; the other subcommands are
 //! gRPC clients of a running one.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
-use serde_json::{json, Value};
-use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
+use clap::{Parser, Subcommand};
 
-use crate::config::{default_worker_threads, ConfigError, ServeOptions};
-use crate::grpc::pb;
-use crate::server::{self, ADMIN_TOKEN_FILE, DEFAULT_DATA_DIR};
+use crate::config::default_worker_threads;
 
 mod audit;
 mod backup;
@@ -27,11 +21,9 @@ pub use audit::AuditArgs;
 pub use backup::{BackupArgs, RestoreArgs};
 pub use check::CheckArgs;
 pub use client::ClientArgs;
-use client::*;
 pub use config::ConfigCommand;
 pub use fleet::FleetCommand;
 pub use keys::{CreateArgs, KeysCommand, TermsArgs, UpdateArgs};
-use serve::effective_options;
 pub use serve::ServeArgs;
 
 const EXAMPLES: &str = "\
@@ -152,6 +144,9 @@ async fn run_client(command: Command) -> Result<ExitCode, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
+    use super::client::{server_address, ServerAddress};
     use super::*;
 
     #[test]

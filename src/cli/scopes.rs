@@ -1,6 +1,11 @@
 //! `scopegate scopes`: the catalog, and the caller's access to each resource.
 
-use super::*;
+use std::process::ExitCode;
+
+use serde_json::{json, Value};
+
+use super::client::{access_name, authorized, manage_client, status_text, ClientArgs};
+use crate::grpc::pb;
 
 pub(super) async fn run(client: ClientArgs) -> Result<ExitCode, String> {
     let mut manage = manage_client(&client).await?;

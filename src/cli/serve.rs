@@ -1,7 +1,13 @@
 //! `scopegate serve`: settings from file, env and flags, logging, the
 //! runtime, and the signals that drain it.
 
-use super::*;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use crate::config::{ConfigError, ServeOptions};
+use crate::server;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {

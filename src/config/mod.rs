@@ -7,19 +7,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::grpc::ExtAuthzConfig;
 use crate::manage::DEFAULT_MAX_KEYS_PER_ACCOUNT;
-use crate::server::{
-    AdminTokenSource, Limits, RateLimitService, RateLimitServiceAt, ServeConfig, DEFAULT_DATA_DIR,
-    DEFAULT_LISTEN,
-};
+use crate::server::{Limits, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
 use crate::store::fleet::DEFAULT_PREFIX as DEFAULT_ETCD_PREFIX;
-use crate::store::FleetConfig;
 use crate::token::DEFAULT_PREFIX;
 
 mod resolve;
@@ -421,6 +416,8 @@ impl ServeOptions {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

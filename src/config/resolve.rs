@@ -1,8 +1,22 @@
 //! [`ServeOptions::resolve`]: defaults filled in, every value checked, each
 //! error naming its key.
 
-use super::*;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::{
+    default_worker_threads, ConfigError, ServeOptions, DEFAULT_AUDIT_RETENTION_DAYS,
+    DEFAULT_LAST_USED_INTERVAL_SECS, DEFAULT_RATE_LIMIT_REDIS_TIMEOUT_MS, DEFAULT_SLED_CACHE_MIB,
+};
 use crate::counters::CountersConfig;
+use crate::grpc::ExtAuthzConfig;
+use crate::manage::DEFAULT_MAX_KEYS_PER_ACCOUNT;
+use crate::server::{
+    AdminTokenSource, Limits, RateLimitService, RateLimitServiceAt, ServeConfig, DEFAULT_DATA_DIR,
+};
+use crate::store::fleet::DEFAULT_PREFIX as DEFAULT_ETCD_PREFIX;
+use crate::store::FleetConfig;
+use crate::token::DEFAULT_PREFIX;
 
 impl ServeOptions {
     /// Defaults filled in and every value checked.

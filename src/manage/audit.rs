@@ -1,6 +1,15 @@
 //! The audit trail as the use-cases write and read it.
 
-use super::*;
+use super::error::{invalid, ManageError};
+use super::paging::{next_page_token, page, page_binding};
+use super::rules::readable_account;
+use super::types::{AuditQuery, Caller};
+use super::validate::parse_key_id;
+use super::Manager;
+use crate::authz::now_unix_ms;
+use crate::scope::ManageAction;
+use crate::store::{AuditEvent, AuditFilter, KeyRecord, KeyState};
+use crate::token::secret_fingerprint;
 
 impl Manager {
     /// Audit events, oldest first: the admin sees every account (or the one

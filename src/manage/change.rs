@@ -1,7 +1,22 @@
 //! UpdateKey and DeleteKey: decided on the target and the caller as the
 //! store holds them when the change applies.
 
-use super::*;
+use std::collections::BTreeMap;
+
+use super::audit::audit_event;
+use super::error::{invalid, ManageError};
+use super::rules::{
+    caller_reads, changeable, check_no_escalation, check_rate_limits, check_terms_within,
+    check_windows_kept,
+};
+use super::types::{Caller, KeyChange, KeyView};
+use super::validate::{
+    parse_key_id, validate_cidrs, validate_metadata, validate_name, validate_rate_limits, validity,
+};
+use super::{count_key, record_mutation, Manager};
+use crate::authz::now_unix_ms;
+use crate::scope::{Catalog, ManageAction, ScopeSet};
+use crate::store::{Change, KeyRecord, RateLimitRecord, StoreError};
 
 impl Manager {
     pub async fn update(&self, caller: &Caller, change: KeyChange) -> Result<KeyView, ManageError> {

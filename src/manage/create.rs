@@ -1,6 +1,21 @@
 //! CreateKey, and its safe retry by request id ([`crate::request_id`]).
 
-use super::*;
+use super::audit::audit_event;
+use super::error::{invalid, ManageError};
+use super::rules::{
+    caller_reads, check_no_escalation, check_rate_limits, check_terms_within, current_caller,
+    require,
+};
+use super::types::{Caller, KeyView, NewKey};
+use super::validate::{
+    validate_account_id, validate_cidrs, validate_metadata, validate_name, validate_rate_limits,
+};
+use super::{count_key, record_mutation, Manager};
+use crate::authz::now_unix_ms;
+use crate::request_id::{request_digest, RequestId};
+use crate::scope::{ManageAction, ScopeSet};
+use crate::store::{Change, CreateRequest, CreateRequestRecord, KeyRecord, StoreError};
+use crate::token::KeyId;
 
 impl Manager {
     pub async fn create(

@@ -1,7 +1,8 @@
 //! What a management call can fail with: one enum, mapped to transport
 //! statuses by each edge (grpc/status.rs).
 
-use super::*;
+use crate::scope::ScopeError;
+use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManageError {

@@ -8,25 +8,16 @@
 //! (page tokens); this file holds [`Manager`] itself, authentication and the
 //! reads. The submodules share this module's imports (`use super::*`).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use subtle::ConstantTimeEq;
 
-use crate::authz::now_unix_ms;
 use crate::authz::Decision;
 use crate::key::KeyTable;
 use crate::limit::AccountRate;
-use crate::ratelimit::RateLimit;
-use crate::request_id::{request_digest, RequestId};
-use crate::scope::{Access, Catalog, KeyKind, ManageAction, ScopeError, ScopeSet, SharedCatalog};
-use crate::store::{
-    AuditEvent, AuditFilter, Change, CreateRequest, CreateRequestRecord, KeyRecord, KeyState,
-    RateLimitRecord, Snapshot, Store, StoreError,
-};
-use crate::token::{admin_token_hash, secret_fingerprint, KeyId, TokenFormat};
+use crate::scope::{Access, KeyKind, ManageAction, ScopeSet, SharedCatalog};
+use crate::store::{KeyRecord, Store, StoreError};
+use crate::token::{admin_token_hash, secret_fingerprint, TokenFormat};
 
 mod audit;
 mod change;
@@ -38,23 +29,15 @@ mod rules;
 mod types;
 mod validate;
 
-use audit::audit_event;
-use change::not_found_as;
+use error::scope_error;
 pub use error::ManageError;
-use error::{invalid, scope_error};
 use paging::{next_page_token, page, page_binding};
-use rules::{
-    caller_reads, changeable, check_no_escalation, check_rate_limits, check_terms_within,
-    check_windows_kept, current_caller, readable_account, require, visible_to,
-};
+use rules::{check_no_escalation, readable_account, require, visible_to};
 pub use types::{
     AuditQuery, Caller, KeyChange, KeyTerms, KeyView, ListQuery, NewKey, ResourceView, ScopesView,
 };
 pub use validate::{check_account_caps, validate_imported, validate_imported_scopes};
-use validate::{
-    parse_key_id, validate_account_id, validate_cidrs, validate_metadata, validate_name,
-    validate_rate_limits, validity,
-};
+use validate::{parse_key_id, validity};
 
 pub const DEFAULT_MAX_KEYS_PER_ACCOUNT: usize = 100;
 pub const DEFAULT_PAGE_SIZE: usize = 50;

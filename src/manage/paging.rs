@@ -1,7 +1,11 @@
 //! Page tokens: opaque, bound to the listing that issued them. Public for
 //! the `page_token` fuzz target; the edges only see `Manager::list`/`audit`.
 
-use super::*;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+
+use super::error::{invalid, ManageError};
+use super::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 
 /// Page size (default 50, at most 1000) and the store's cursor from a
 /// request. Page tokens are opaque

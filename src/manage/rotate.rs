@@ -1,7 +1,16 @@
 //! RotateKey: a new secret for the same key; the previous one decides for
 //! its overlap and never manages.
 
-use super::*;
+use super::audit::audit_event;
+use super::change::not_found_as;
+use super::error::{invalid, ManageError};
+use super::rules::{caller_reads, changeable};
+use super::types::{Caller, KeyView};
+use super::validate::parse_key_id;
+use super::{record_mutation, Manager};
+use crate::authz::now_unix_ms;
+use crate::scope::ManageAction;
+use crate::store::Change;
 
 pub(super) const MAX_ROTATION_OVERLAP: std::time::Duration =
     std::time::Duration::from_secs(30 * 86_400);

@@ -2,7 +2,13 @@
 //! mutation read: the caller as the store holds it now, the `api_keys` verb,
 //! no escalation, a lesser key never touching a stronger one, accounts apart.
 
-use super::*;
+use super::error::ManageError;
+use super::types::Caller;
+use super::validate::validate_account_id;
+use crate::ratelimit::RateLimit;
+use crate::scope::{Catalog, ManageAction, ScopeSet};
+use crate::store::{KeyRecord, RateLimitRecord, Snapshot, StoreError};
+use crate::token::KeyId;
 
 /// A key caller sees only its own account; other accounts' keys do not exist.
 pub(super) fn visible_to(caller: &Caller, record: &KeyRecord) -> bool {

@@ -1,6 +1,11 @@
 //! What the use-cases take and give: plain data, no transport types.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::ratelimit::RateLimit;
+use crate::scope::{Access, KeyKind, ScopeSet};
+use crate::token::KeyId;
 
 /// Who makes a management call.
 #[derive(Debug, Clone)]

@@ -1,7 +1,13 @@
 //! Field rules for keys: names, account ids, CIDRs, metadata, validity
 //! windows; also for records that arrive outside the API (restore, import).
 
-use super::*;
+use std::collections::BTreeMap;
+
+use super::error::{invalid, ManageError};
+use crate::ratelimit::RateLimit;
+use crate::scope::Catalog;
+use crate::store::{KeyRecord, RateLimitRecord};
+use crate::token::KeyId;
 
 pub(super) const MAX_NAME_CHARS: usize = 100;
 pub(super) const MAX_ACCOUNT_ID_BYTES: usize = 128;

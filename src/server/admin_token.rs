@@ -1,7 +1,12 @@
 //! The admin token: from a file, the environment, or generated once into
 //! the data dir (mode 0600); its path is logged, never the token.
 
-use super::*;
+use std::io::Write;
+use std::path::Path;
+
+use super::settings::{AdminTokenSource, ServeConfig, ADMIN_TOKEN_FILE, MIN_ADMIN_TOKEN_CHARS};
+use super::StartError;
+use crate::token::new_admin_token;
 
 pub(super) fn resolve_admin_token(config: &ServeConfig) -> Result<String, StartError> {
     let error = |path: &Path, reason: String| StartError::AdminToken {

@@ -2,10 +2,26 @@
 //! (metrics, admission), TLS on TCP, the Unix socket's `:authority` fix, and
 //! ManageKey on its own address when asked.
 
-use tonic::service::Routes;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
 
-use super::*;
+use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
+
+use super::settings::{RateLimitServiceAt, ServeConfig};
+use super::{load_tls, local_addr, StartError};
 use crate::gate::{Budgets, Gate};
+use crate::grpc::envoy_service::authorization_server::AuthorizationServer;
+use crate::grpc::pb::admin_server::AdminServer;
+use crate::grpc::pb::authorize_server::AuthorizeServer;
+use crate::grpc::pb::manage_key_server::ManageKeyServer;
+use crate::grpc::{
+    AdminService, AuthorizeService, CheckContext, ExtAuthzService, ManageKeyService,
+};
+use crate::manage::Manager;
+use crate::readiness::Readiness;
+use crate::{grpc, telemetry};
 
 /// The gRPC sockets, bound before anything is served.
 pub(super) struct GrpcListeners {

@@ -2,7 +2,6 @@
 //! token, bind, serve every service on one port, and drain on shutdown.
 
 use std::future::Future;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -10,23 +9,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::grpc::envoy_service::authorization_server::AuthorizationServer;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::authz::Policy;
-use crate::grpc::pb::admin_server::AdminServer;
 use crate::grpc::pb::authorize_server::AuthorizeServer;
 use crate::grpc::pb::manage_key_server::ManageKeyServer;
-use crate::grpc::{
-    self, AdminService, AuthorizeService, CheckContext, ExtAuthzService, ManageKeyService,
-};
+use crate::grpc::{AuthorizeService, CheckContext, ExtAuthzService, ManageKeyService};
 use crate::manage::Manager;
 use crate::readiness::Readiness;
 use crate::route::{RouteError, RouteTable, DEFAULT_ROUTES_TOML};
 use crate::scope::{Catalog, CatalogError, SharedCatalog};
 use crate::store::{Store, StoreError};
 use crate::telemetry::{self, ReadyState};
-use crate::token::{new_admin_token, TokenError, TokenFormat};
+use crate::token::{TokenError, TokenFormat};
 
 mod admin_token;
 mod listen;

@@ -1,7 +1,17 @@
 //! Reloading the catalog and routes: on SIGHUP, or when `--watch-secs`
 //! sees their content change. A bad file is refused whole; the old one stays.
 
-use super::*;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::settings::ServeConfig;
+use super::unix_now_secs;
+use crate::authz::Policy;
+use crate::grpc::CheckContext;
+use crate::route::{RouteTable, DEFAULT_ROUTES_TOML};
+use crate::scope::Catalog;
+use crate::store::Store;
+use crate::telemetry;
 
 /// Reloads the catalog and routes files on SIGHUP and, with a watch interval,
 /// whenever their content changes. A bad new file is rejected, logged and

@@ -2,7 +2,17 @@
 //! transaction under the writer lock, then group commit (commit.rs); the
 //! CreateKey request ids; offline restore.
 
-use super::*;
+use std::sync::Arc;
+
+use sled::transaction::{ConflictableTransactionError, Transactional};
+use tokio::sync::oneshot;
+
+use super::audit::{AuditEvent, KeyState};
+use super::commit::{Commit, Publish};
+use super::record::{
+    account_index_key, account_prefix, CreateRequest, CreateRequestRecord, KeyRecord,
+};
+use super::{audit, record_id, transaction_error, Change, Store, StoreError, AUDIT_PRUNE_EVERY};
 
 impl Store {
     /// Writes a change and its audit event into sled (the source of truth in

@@ -30,16 +30,14 @@ pub use record::{CreateRequest, CreateRequestRecord, KeyRecord, RateLimitRecord,
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use sled::transaction::TransactionError;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
-use crate::key::{AuthEntry, KeyTable};
-use crate::scope::{Catalog, KeyKind, ScopeError, SharedCatalog};
+use crate::key::KeyTable;
+use crate::scope::{ScopeError, SharedCatalog};
 use crate::token::KeyId;
-use commit::{sync_dir, Commit, Durable, Publish};
-use record::{account_index_key, account_prefix};
+use commit::{Commit, Durable};
 
 const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 /// Audit events are kept this long unless `set_audit_retention` says otherwise.

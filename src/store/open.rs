@@ -2,7 +2,22 @@
 //! store never becomes a mirror by accident, nor the reverse), and what a
 //! fleet mirror recorded of the etcd it follows.
 
-use super::*;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, watch};
+
+use super::commit::{sync_dir, Durable};
+use super::fleet::FleetConfig;
+use super::record::FORMAT_VERSION;
+use super::{
+    audit, commit, fleet, mirror, Inner, Store, StoreError, DEFAULT_AUDIT_RETENTION_MS,
+    DEFAULT_CACHE_BYTES, ETCD_CLUSTER_KEY, ETCD_PREFIX_KEY, ETCD_REVISION_KEY, FORMAT_VERSION_KEY,
+    MODE_FLEET, MODE_KEY, MODE_STANDALONE,
+};
+use crate::key::KeyTable;
+use crate::scope::SharedCatalog;
 
 impl Store {
     /// Opens (or creates) a standalone store in `dir`, sled being the source

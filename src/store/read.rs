@@ -1,7 +1,9 @@
 //! Reads of the records themselves (GetKey, ListKeys, backup), from sled:
 //! the truth standalone, the mirror in fleet mode.
 
-use super::*;
+use super::record::{account_prefix, KeyRecord};
+use super::{decode, decode_whole, Store, StoreError};
+use crate::token::KeyId;
 
 impl Store {
     pub fn get(&self, key_id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {

@@ -1,7 +1,13 @@
 //! The in-memory table `Check` reads: filled from disk at start (on two
 //! threads), kept fitting the catalog, and the "last used" marks.
 
-use super::*;
+use std::sync::Arc;
+
+use super::record::KeyRecord;
+use super::{decode, LoadedKeys, Store, StoreError};
+use crate::key::AuthEntry;
+use crate::scope::{Catalog, KeyKind};
+use crate::token::KeyId;
 
 impl Store {
     /// Fills the in-memory table from disk. Blocking; returns the key count.

@@ -1,7 +1,20 @@
 //! One key's pages: its details and audit events, the edit grid, rotate,
 //! disable and enable, and delete behind a confirmation that names it.
 
-use super::*;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::HeaderMap;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use maud::Markup;
+
+use super::forms::KeyForm;
+use super::{failed, forms, html, pages, same_site, signed_in, state_of, Console, Shared, Signed};
+use crate::http::error::ApiError;
+use crate::http::input;
+use crate::manage::{AuditQuery, KeyView};
 
 /// The key, as the signed-in caller may see it.
 async fn visible(console: &Console, signed: &Signed, id: String) -> Result<KeyView, ApiError> {

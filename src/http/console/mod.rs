@@ -23,7 +23,7 @@ use maud::Markup;
 
 use super::error::ApiError;
 use super::{input, RestApi};
-use crate::manage::{AuditQuery, Caller, KeyView, ListQuery};
+use crate::manage::{Caller, KeyView, ListQuery};
 use forms::KeyForm;
 use pages::Frame;
 use session::Sessions;

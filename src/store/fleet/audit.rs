@@ -1,7 +1,13 @@
 //! Audit events in etcd: written in each change's transaction under a
 //! lease (that is retention), listed from the source of truth.
 
-use super::*;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use etcd_client::{Client, GetOptions, Txn, TxnOp};
+
+use super::{etcd_unavailable, lease, prefix_end, Fleet, PAGE};
+use crate::store::{AuditEvent, AuditFilter, Store, StoreError};
 
 impl Fleet {
     pub(super) fn audit_path(&self, event: &AuditEvent) -> Vec<u8> {
@@ -155,7 +161,7 @@ impl Fleet {
             let page = client
                 .get(start.clone(), Some(options))
                 .await
-                .map_err(unreachable)?;
+                .map_err(etcd_unavailable)?;
             let values = match indexed {
                 false => page
                     .kvs()
@@ -237,7 +243,7 @@ impl Fleet {
             let answer = client
                 .txn(Txn::new().and_then(gets))
                 .await
-                .map_err(unreachable)?;
+                .map_err(etcd_unavailable)?;
             for response in answer.op_responses() {
                 values.push(match response {
                     etcd_client::TxnOpResponse::Get(got) => {

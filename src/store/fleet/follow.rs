@@ -3,7 +3,14 @@
 //! (compaction, no mirror, or an etcd whose history is not the one the
 //! mirror followed).
 
-use super::*;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchStream};
+
+use super::{etcd_unavailable, prefix_end, Fleet, MirrorChange, PAGE, PROGRESS_EVERY};
+use crate::store::{decode, Store, StoreError};
 
 impl Fleet {
     /// The watcher: keeps the mirror and the table following etcd, forever.
@@ -58,7 +65,7 @@ impl Fleet {
         let mut stream = client
             .watch(self.keys_prefix(), Some(options))
             .await
-            .map_err(unreachable)?;
+            .map_err(etcd_unavailable)?;
         match self.apply_stream(store, &mut stream).await? {
             StreamEnd::Compacted(revision) => {
                 tracing::warn!(
@@ -154,7 +161,7 @@ impl Fleet {
         let got = client
             .get(self.keys_prefix(), Some(options))
             .await
-            .map_err(unreachable)?;
+            .map_err(etcd_unavailable)?;
         let header = got
             .header()
             .ok_or_else(|| StoreError::EtcdUnavailable("a reply without a header".into()))?;
@@ -185,7 +192,7 @@ impl Fleet {
             let page = client
                 .get(start.clone(), Some(options))
                 .await
-                .map_err(unreachable)?;
+                .map_err(etcd_unavailable)?;
             if revision == 0 {
                 revision = page.header().map(|header| header.revision()).unwrap_or(0);
             }

@@ -1,6 +1,9 @@
 //! `scopegate fleet import`: a standalone store copied into etcd.
 
-use super::*;
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+
+use super::{backoff, etcd_unavailable, Fleet, FleetConfig, MAX_ATTEMPTS};
+use crate::store::{AuditEvent, KeyRecord, StoreError};
 
 /// Copies a standalone store's records into etcd: a record already there
 /// with the same bytes is skipped, a different one is refused (nothing is
@@ -23,7 +26,10 @@ pub async fn import(
             if attempt > 0 {
                 backoff(attempt).await;
             }
-            let existing = client.get(path.clone(), None).await.map_err(unreachable)?;
+            let existing = client
+                .get(path.clone(), None)
+                .await
+                .map_err(etcd_unavailable)?;
             if let Some(kv) = existing.kvs().first() {
                 if kv.value() == value.as_slice() {
                     present += 1;
@@ -64,7 +70,7 @@ pub async fn import(
                         Some(etcd_client::PutOptions::new().with_lease(lease)),
                     ),
                 ]);
-            if client.txn(txn).await.map_err(unreachable)?.succeeded() {
+            if client.txn(txn).await.map_err(etcd_unavailable)?.succeeded() {
                 copied += 1;
                 done = true;
                 break;

@@ -34,13 +34,10 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, TxnOpResponse,
-    WatchOptions, WatchStream,
-};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::watch;
 
-use super::{decode, AuditEvent, AuditFilter, Change, KeyRecord, Snapshot, Store, StoreError};
+use super::{AuditEvent, Change, KeyRecord, Snapshot, Store, StoreError};
 use crate::token::KeyId;
 
 pub const DEFAULT_PREFIX: &str = "/scopegate/v1/";
@@ -127,7 +124,8 @@ pub(super) struct Fleet {
     pub state: Arc<SyncState>,
 }
 
-fn unreachable(error: etcd_client::Error) -> StoreError {
+/// Any etcd client error: the store is unavailable, the write not acknowledged.
+fn etcd_unavailable(error: etcd_client::Error) -> StoreError {
     StoreError::EtcdUnavailable(error.to_string())
 }
 
@@ -204,7 +202,7 @@ impl Fleet {
             let response = client
                 .txn(Txn::new().when(compares).and_then(ops))
                 .await
-                .map_err(unreachable)?;
+                .map_err(etcd_unavailable)?;
             if !response.succeeded() {
                 metrics::counter!(crate::telemetry::FLEET_CONFLICTS_TOTAL).increment(1);
                 continue;
@@ -233,7 +231,7 @@ impl Fleet {
                 .map(|path| TxnOp::get(path.clone(), None))
                 .collect::<Vec<_>>(),
         );
-        let response = client.txn(read).await.map_err(unreachable)?;
+        let response = client.txn(read).await.map_err(etcd_unavailable)?;
         let mut snapshot = Snapshot::default();
         let mut compares = Vec::new();
         for ((key_id, path), op) in reads.iter().zip(&paths).zip(response.op_responses()) {
@@ -357,7 +355,7 @@ impl Fleet {
         let got = client
             .get(self.request_path(lookup), None)
             .await
-            .map_err(unreachable)?;
+            .map_err(etcd_unavailable)?;
         let Some(kv) = got.kvs().first() else {
             return Ok(None);
         };
@@ -406,7 +404,7 @@ impl Fleet {
         let got = client
             .get(self.account_path(account), None)
             .await
-            .map_err(unreachable)?;
+            .map_err(etcd_unavailable)?;
         Ok(match got.kvs().first() {
             Some(kv) => {
                 let count = std::str::from_utf8(kv.value())
@@ -472,7 +470,7 @@ impl Fleet {
         }
         let client = Client::connect(&self.config.endpoints, Some(options))
             .await
-            .map_err(unreachable)?;
+            .map_err(etcd_unavailable)?;
         Ok(self.client.get_or_init(|| client).clone())
     }
 }
@@ -492,7 +490,7 @@ async fn lease(
     let granted = client
         .lease_grant(ttl_secs.min(i64::MAX as u64) as i64, None)
         .await
-        .map_err(unreachable)?;
+        .map_err(etcd_unavailable)?;
     *held.lock().unwrap_or_else(|p| p.into_inner()) = Some((granted.id(), Instant::now()));
     Ok(granted.id())
 }
