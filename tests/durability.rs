@@ -1,11 +1,13 @@
-//! Crash durability: every CreateKey that returned OK survives `kill -9`.
+//! Crash durability: every CreateKey that returned OK survives `kill -9`,
+//! on both stores (standalone: sled; fleet: the sidecar and etcd both
+//! killed, a new sidecar reading what etcd kept).
 
 mod common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{bearer, check, create, Server};
+use common::{bearer, check, create, fleet, Etcd, Server};
 use scopegate::grpc::pb;
 use tonic::Code;
 
@@ -13,7 +15,39 @@ use tonic::Code;
 async fn acknowledged_creates_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut server = Server::start(&data, &["--max-keys-per-account", "100000"]);
+    let server = Server::start(&data, &["--max-keys-per-account", "100000"]);
+    let acknowledged = create_until_killed(server).await;
+    let server = Server::start(&data, &[]);
+    assert_none_lost(&server, &acknowledged).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_creates_survive_kill_9_of_the_sidecar_and_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut etcd = Etcd::start(dir.path());
+    etcd.wait_healthy();
+    let server = fleet::fleet(
+        dir.path(),
+        "a",
+        &etcd,
+        &["--max-keys-per-account", "100000"],
+    );
+    let acknowledged = create_until_killed_with(server, || etcd.kill9()).await;
+    etcd.restart();
+    etcd.wait_healthy();
+    // A sidecar that never saw them: what etcd committed is what it serves.
+    let server = fleet::fleet(dir.path(), "b", &etcd, &[]);
+    assert_none_lost(&server, &acknowledged).await;
+}
+
+/// Creates keys from 16 concurrent writers until a few hundred are
+/// acknowledged, then kills the server mid-stream; returns the tokens whose
+/// create returned OK.
+async fn create_until_killed(server: Server) -> Vec<String> {
+    create_until_killed_with(server, || {}).await
+}
+
+async fn create_until_killed_with(mut server: Server, also_kill: impl FnOnce()) -> Vec<String> {
     let admin = server.admin_token.clone();
     let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
 
@@ -46,6 +80,7 @@ async fn acknowledged_creates_survive_kill_9() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     server.kill9();
+    also_kill();
     for writer in writers {
         writer.await.unwrap();
     }
@@ -55,11 +90,13 @@ async fn acknowledged_creates_survive_kill_9() {
         "only {} creates were acknowledged",
         acknowledged.len()
     );
+    acknowledged
+}
 
-    let server = Server::start(&data, &[]);
+async fn assert_none_lost(server: &Server, acknowledged: &[String]) {
     let mut authorize = server.authorize().await;
     let mut lost = 0;
-    for token in &acknowledged {
+    for token in acknowledged {
         if !authorize
             .check(check(token, &["mail.send"]))
             .await

@@ -8,19 +8,26 @@
 //!   stronger target, own account, billing alone, cap);
 //! - no key holds a scope its creator / last updater lacked at the time, no
 //!   billing key holds anything else, no key caller touched another account;
-//! - sled (ListKeys) and the in-memory table (Check) agree with the model.
+//! - the store (ListKeys) and the in-memory table (Check) agree with the model.
 //!
 //! At the end the store is reopened from disk and must equal the model.
+//!
+//! The same test runs on both stores: standalone (sled is the truth) and
+//! fleet (a real etcd is the truth, sled its mirror; the reopening is a new
+//! sidecar with an empty data dir, which must rebuild the model from etcd).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
 use scopegate::authz::{decide, Decision};
 use scopegate::manage::{Caller, KeyChange, ListQuery, Manager, NewKey};
 use scopegate::scope::{Catalog, SharedCatalog};
-use scopegate::store::Store;
+use scopegate::store::{FleetConfig, Store};
 use scopegate::token::TokenFormat;
+
+mod common;
 
 const ADMIN: &str = "admin-token-for-the-model-test-0123";
 const CAP: usize = 4;
@@ -91,17 +98,95 @@ struct World {
     snapshots: Vec<Snapshot>,
 }
 
-fn open(dir: &std::path::Path) -> (Manager, Store, Arc<Catalog>, TokenFormat) {
+/// Where the truth lives: sled in the data dir, or etcd under a prefix.
+#[derive(Clone, Copy)]
+enum Truth<'a> {
+    Standalone,
+    Fleet { endpoint: &'a str, prefix: &'a str },
+}
+
+/// Opens a store on `truth` and loads it; a fleet mirror also follows etcd
+/// until it holds etcd's state.
+async fn open_store(dir: &std::path::Path, truth: Truth<'_>) -> Store {
+    let catalog: SharedCatalog = Arc::new(arc_swap::ArcSwap::from_pointee(Catalog::builtin()));
+    let fleet = match truth {
+        Truth::Standalone => None,
+        Truth::Fleet { endpoint, prefix } => Some(FleetConfig {
+            endpoints: vec![endpoint.to_owned()],
+            prefix: prefix.to_owned(),
+            ca_file: None,
+            cert_key: None,
+            user: None,
+        }),
+    };
+    // Reopening waits until the previous store's tasks let go of sled.
+    let mut opened = Err(None);
+    for _ in 0..200 {
+        match Store::open_in(dir, catalog.clone(), fleet.clone(), 16 << 20) {
+            Ok(store) => {
+                opened = Ok(store);
+                break;
+            }
+            Err(error) => {
+                opened = Err(Some(error));
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+    let store = opened.unwrap_or_else(|error| panic!("the store opens: {error:?}"));
+    store.load().unwrap();
+    if let Some(state) = store.sync_state() {
+        store.follow_source();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !state.synced.load(std::sync::atomic::Ordering::Acquire) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the mirror never synced with etcd"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+    store
+}
+
+fn manager(store: &Store) -> (Manager, Arc<Catalog>, TokenFormat) {
     let catalog = Arc::new(Catalog::builtin());
     let shared: SharedCatalog = Arc::new(arc_swap::ArcSwap::new(catalog.clone()));
-    let store = Store::open(dir, shared.clone()).unwrap();
-    store.load().unwrap();
     let format = TokenFormat::new("SG", None).unwrap();
     let manager = Manager::new(store.clone(), shared, format.clone(), ADMIN, CAP);
-    (manager, store, catalog, format)
+    (manager, catalog, format)
 }
 
 impl World {
+    /// A managing key in each account, authenticated.
+    async fn seed(&mut self) {
+        for account in ACCOUNTS {
+            let admin = self.manager.authenticate(Some(ADMIN)).unwrap();
+            let scopes: BTreeSet<String> = names(0b0111111);
+            let new = NewKey {
+                account_id: account.into(),
+                name: "root".into(),
+                scopes: scopes.iter().cloned().collect(),
+                grants: vec![],
+                ..Default::default()
+            };
+            let (view, token) = self.manager.create(&admin, new).await.unwrap();
+            self.ever.push(view.key_id.clone());
+            let key = ModelKey {
+                account: account.into(),
+                scopes: scopes.clone(),
+                token: token.clone(),
+            };
+            self.model.insert(view.key_id.clone(), key);
+            let caller = self.manager.authenticate(Some(&token)).unwrap();
+            self.snapshots.push(Snapshot {
+                key_id: view.key_id,
+                caller,
+                scopes,
+            });
+        }
+    }
+
     /// The model's own reading of the product rules, not the code under
     /// test's: a key holds at least one scope, and billing scopes alone.
     fn valid(&self, scopes: &BTreeSet<String>) -> bool {
@@ -348,57 +433,85 @@ impl World {
     }
 }
 
+/// One random sequence of operations on `truth`, checked after every step
+/// and after reopening.
+fn run(ops: &[Op], truth: Truth<'_>) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(&dir.path().join("first"), truth).await;
+        let (manager, catalog, format) = manager(&store);
+        let mut world = World {
+            manager,
+            catalog,
+            format,
+            model: BTreeMap::new(),
+            ever: Vec::new(),
+            snapshots: Vec::new(),
+        };
+        world.seed().await;
+        for op in ops {
+            world.step(op).await;
+            world.agree(&store);
+        }
+        let model = world.model.clone();
+        let format = world.format.clone();
+        drop(world);
+        drop(store);
+        // Standalone: the same data dir, from disk. Fleet: a new sidecar,
+        // from etcd.
+        let again = match truth {
+            Truth::Standalone => dir.path().join("first"),
+            Truth::Fleet { .. } => dir.path().join("second"),
+        };
+        let store = open_store(&again, truth).await;
+        assert_eq!(store.table().len(), model.len());
+        let catalog = Catalog::builtin();
+        for key in model.values() {
+            let required = catalog
+                .resolve(key.scopes.iter().map(String::as_str))
+                .unwrap();
+            assert!(decide(store.table(), &format, &key.token, &required).is_allowed());
+        }
+    });
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     #[test]
     fn management_follows_the_rules_on_current_state(ops in prop::collection::vec(op(), 1..60)) {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let dir = tempfile::tempdir().unwrap();
-            let (manager, store, catalog, format) = open(dir.path());
-            let mut world = World { manager, catalog, format, model: BTreeMap::new(), ever: Vec::new(), snapshots: Vec::new() };
-            // Seed: a managing key in each account, authenticated.
-            for account in ACCOUNTS {
-                let admin = world.manager.authenticate(Some(ADMIN)).unwrap();
-                let scopes: BTreeSet<String> = names(0b0111111);
-                let (view, token) = world.manager.create(&admin, NewKey {
-                    account_id: account.into(), name: "root".into(),
-                    scopes: scopes.iter().cloned().collect(), grants: vec![], ..Default::default() }).await.unwrap();
-                world.ever.push(view.key_id.clone());
-                world.model.insert(view.key_id.clone(), ModelKey { account: account.into(), scopes: scopes.clone(), token: token.clone() });
-                let caller = world.manager.authenticate(Some(&token)).unwrap();
-                world.snapshots.push(Snapshot { key_id: view.key_id, caller, scopes });
-            }
-            for op in &ops {
-                world.step(op).await;
-                world.agree(&store);
-            }
-            let model = world.model.clone();
-            let format = world.format.clone();
-            drop(world);
-            drop(store);
-            // Reopen from disk once the commit task has let go of sled.
-            let mut reopened = None;
-            for _ in 0..200 {
-                let catalog: SharedCatalog = Arc::new(arc_swap::ArcSwap::from_pointee(Catalog::builtin()));
-                match Store::open(dir.path(), catalog) {
-                    Ok(store) => { reopened = Some(store); break; }
-                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
-                }
-            }
-            let store = reopened.expect("the store reopens");
-            store.load().unwrap();
-            assert_eq!(store.table().len(), model.len());
-            let catalog = Catalog::builtin();
-            for key in model.values() {
-                let required = catalog.resolve(key.scopes.iter().map(String::as_str)).unwrap();
-                assert!(decide(store.table(), &format, &key.token, &required).is_allowed());
-            }
-        });
+        run(&ops, Truth::Standalone);
     }
+}
+
+/// The same property with etcd as the truth: one etcd, a prefix per case.
+#[test]
+fn management_follows_the_rules_on_current_state_in_fleet_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = common::Etcd::start(dir.path());
+    etcd.wait_healthy();
+    let cases = std::sync::atomic::AtomicUsize::new(0);
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 12,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&prop::collection::vec(op(), 1..60), |ops| {
+            let case = cases.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let prefix = format!("/model-{case}/");
+            run(
+                &ops,
+                Truth::Fleet {
+                    endpoint: &etcd.endpoint,
+                    prefix: &prefix,
+                },
+            );
+            Ok(())
+        })
+        .unwrap();
 }
