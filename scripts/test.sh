@@ -88,6 +88,8 @@ fi
 export GRPCURL="$tools/venv/bin/grpcurl"
 "$GRPCURL" -version
 
+echo "== vendor/: each copy is its crates.io release plus its patch"
+bash scripts/vendor.sh check
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
