@@ -96,7 +96,7 @@ fn benches(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::from_parameter(count), &count, |b, _| {
             b.iter(|| {
                 next = uniform(tokens.len());
-                let decision = decide(&keys, &format, &tokens[next], &required);
+                let decision = decide(&keys, &format, &tokens[next], None, &required);
                 assert!(decision.is_allowed());
                 decision
             })
@@ -135,7 +135,7 @@ fn benches(c: &mut Criterion) {
     group.bench_function("wide_catalog_4096_1000", |b| {
         b.iter(|| {
             let next = uniform(tokens.len());
-            let decision = decide(&keys, &format, &tokens[next], &required);
+            let decision = decide(&keys, &format, &tokens[next], None, &required);
             assert!(decision.is_allowed());
             decision
         })

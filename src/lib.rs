@@ -1,25 +1,25 @@
 //! scopegate: a gRPC authorization sidecar for API keys with permission scopes.
 //!
-//! Crate map (the long version is ARCHITECTURE.md):
-//! - [`scope`]: PURE. Catalog, `ScopeSet`, access levels, the key rules.
-//! - [`token`]: PURE. Token format, checksum, secret hashing.
-//! - [`key`]: the hot-path view of a key and the lock-free table of them.
-//! - [`route`]: PURE. HTTP route table: (method, path) → scope, path normalisation.
-//! - [`ratelimit`]: PURE. Named rate limits: parsing, no escalation, which requests count.
-//! - [`counters`]: the limits' counters (limitador: in memory or Redis).
-//! - [`authz`]: PURE. `decide` / `decide_http` → `Decision`: the hot path.
-//! - [`limit`]: admission: check and management concurrency apart, a
-//!   per-account rate for key changes.
-//! - [`manage`]: key lifecycle use-cases: callers, permissions, no escalation.
-//! - [`store`]: sled persistence, group commit, publishing into the table.
-//! - [`grpc`]: the only module that knows generated types; thin adapters.
-//! - [`server`]: `scopegate serve`: wiring, listeners, tower limits, health,
-//!   reflection, reload, drain.
-//! - [`config`]: serve settings from file, env and flags; validation.
-//! - [`telemetry`]: metric names, the gRPC metrics layer, /metrics /healthz /readyz.
-//! - [`uds`]: Unix socket connections, with the `:authority` fix that lets
-//!   grpcio, grpcurl and grpc-java clients through hyper's h2.
+//! Crate map, top down (the long version is ARCHITECTURE.md):
 //! - [`cli`]: the command line, server and client subcommands.
+//! - [`config`]: serve settings from file, env and flags; validation.
+//! - [`server`]: `scopegate serve`: wiring, listeners, health, reflection,
+//!   reload, drain.
+//! - [`grpc`], [`http`], [`uds`]: the edges (gRPC and Envoy's services; REST
+//!   and the console; Unix-socket connections): wire formats ↔ use-cases.
+//! - [`manage`]: key lifecycle use-cases: callers, permissions, no escalation.
+//! - [`gate`]: what every request of every door passes first: readiness,
+//!   budgets, deadlines.
+//! - [`limit`], [`readiness`], [`counters`]: per-account rates and failed
+//!   credentials; keys loaded and fresh; the rate limits' counters
+//!   (limitador: in memory or Redis).
+//! - [`store`]: sled (standalone) or etcd with a sled mirror (fleet), group
+//!   commit, publishing into the table.
+//! - [`telemetry`]: metric names, /metrics /healthz /readyz.
+//! - [`request_id`], [`secret_file`]: CreateKey retries; secrets from files.
+//! - The pure core, re-exported from the `scopegate-core` crate: [`authz`]
+//!   (the decision, the hot path), [`key`], [`route`], [`ratelimit`],
+//!   [`token`], [`scope`].
 #![forbid(unsafe_code)]
 
 pub use scopegate_core::{authz, key, ratelimit, route, scope, token};

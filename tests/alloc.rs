@@ -65,11 +65,11 @@ fn the_allow_path_does_not_allocate() {
     let required = catalog.resolve(["mail.send"]).unwrap();
     // Warm-up: thread-local state of the map's epoch guard.
     for token in &tokens {
-        assert!(decide(&keys, &format, token, &required).is_allowed());
+        assert!(decide(&keys, &format, token, None, &required).is_allowed());
     }
     let allocations = allocations_during(|| {
         for token in &tokens {
-            let decision = decide(&keys, &format, token, &required);
+            let decision = decide(&keys, &format, token, None, &required);
             assert!(decision.is_allowed());
         }
     });
@@ -81,7 +81,7 @@ fn the_allow_path_does_not_allocate() {
     // The counter works: a denial names the missing scopes, which allocates.
     let denied = allocations_during(|| {
         let other = catalog.resolve(["whitelabel.read"]).unwrap();
-        let decision = decide(&keys, &format, &tokens[0], &other);
+        let decision = decide(&keys, &format, &tokens[0], None, &other);
         assert!(!decision.is_allowed());
         let _names = catalog.names(&other);
     });

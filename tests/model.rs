@@ -410,13 +410,13 @@ impl World {
                 .catalog
                 .resolve(key.scopes.iter().map(String::as_str))
                 .unwrap();
-            let decision = decide(store.table(), &self.format, &key.token, &required);
+            let decision = decide(store.table(), &self.format, &key.token, None, &required);
             assert!(matches!(decision, Decision::Allowed { .. }), "{decision:?}");
             // And denied every scope the model says it does not hold (a
             // narrowing that kept old scopes would pass the check above).
             for scope in SCOPES.iter().filter(|scope| !key.scopes.contains(**scope)) {
                 let other = self.catalog.resolve([*scope]).unwrap();
-                let decision = decide(store.table(), &self.format, &key.token, &other);
+                let decision = decide(store.table(), &self.format, &key.token, None, &other);
                 assert!(
                     matches!(decision, Decision::InsufficientScope { .. }),
                     "{scope} for a key holding {:?}: {decision:?}",
@@ -475,7 +475,7 @@ fn run(ops: &[Op], truth: Truth<'_>) {
             let required = catalog
                 .resolve(key.scopes.iter().map(String::as_str))
                 .unwrap();
-            assert!(decide(store.table(), &format, &key.token, &required).is_allowed());
+            assert!(decide(store.table(), &format, &key.token, None, &required).is_allowed());
         }
     });
 }

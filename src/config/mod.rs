@@ -183,8 +183,9 @@ pub struct ServeOptions {
     /// checks. [default: 1024]
     #[arg(long, env = "SCOPEGATE_MAX_CONCURRENT_REQUESTS")]
     pub max_concurrent_requests: Option<usize>,
-    /// ManageKey and Admin requests handled at once (shed beyond it, like
-    /// checks). [default: 64]
+    /// Management requests (ManageKey, Admin, REST, console) handled at
+    /// once, one budget for every door (shed beyond it, like checks).
+    /// [default: 64]
     #[arg(long, env = "SCOPEGATE_MAX_CONCURRENT_MANAGE")]
     pub max_concurrent_manage: Option<usize>,
     /// Key changes (create, update, delete) per second that the API keys of

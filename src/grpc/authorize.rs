@@ -92,7 +92,7 @@ fn decide(
                 &policy.routes,
                 &request.token,
                 &authz::HttpCheck {
-                    proxy_scope: None,
+                    scope_from: crate::authz::ScopeFrom::Routes,
                     method: &http.method,
                     path: &http.path,
                     method_override: false,
@@ -109,7 +109,7 @@ fn decide(
                 .catalog
                 .resolve(request.scopes.iter().map(String::as_str))
                 .map_err(|error| scope_status("scopes", &error))?;
-            let decision = authz::decide_from(
+            let decision = authz::decide(
                 &context.keys,
                 &context.format,
                 &request.token,

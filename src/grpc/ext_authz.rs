@@ -121,9 +121,11 @@ impl Authorization for ExtAuthzService {
                     path: http.path(),
                     method_override,
                     client_ip: http.source_address().parse().ok(),
-                    proxy_scope: http
-                        .route_scope()
-                        .map(|name| proxy_scope(&policy.catalog, name)),
+                    scope_from: match http.route_scope() {
+                        None => authz::ScopeFrom::Routes,
+                        Some(name) => proxy_scope(&policy.catalog, name)
+                            .map_or(authz::ScopeFrom::UnknownToProxy, authz::ScopeFrom::Proxy),
+                    },
                 },
             ),
         };

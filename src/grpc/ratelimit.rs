@@ -113,7 +113,7 @@ impl RateLimitsService {
             })?),
         };
         let limits = self.context.keys.with(&key_id, |entry| {
-            entry.and_then(|entry| entry.limits.as_ref()?.rate.clone())
+            entry.and_then(|entry| entry.extras.as_ref()?.rate.clone())
         });
         let Some(limits) = limits else {
             return Ok(None);

@@ -1,12 +1,12 @@
 //! Key management use-cases: who is calling, what they may do, and the rules
 //! (known scopes, billing alone, no escalation, account isolation, caps).
-//! Transport-free: every edge (gRPC today, REST and the console next)
-//! converts to and from these types and calls [`Manager`], and nothing else.
+//! Transport-free: every edge (gRPC, REST, the console) converts to and
+//! from these types and calls [`Manager`], and nothing else.
 //!
 //! Where things live: `rules` (who may change what, pure), `validate` (field
 //! rules), `create`, `change` (update, delete), `rotate`, `audit`, `paging`
 //! (page tokens); this file holds [`Manager`] itself, authentication and the
-//! reads. The submodules share this module's imports (`use super::*`).
+//! reads.
 
 use std::sync::Arc;
 
@@ -185,7 +185,7 @@ impl Manager {
             .format
             .parse(presented)
             .map_err(|_| ManageError::BadCredentials)?;
-        let decision = crate::authz::decide_from(
+        let decision = crate::authz::decide(
             self.table(),
             &self.format,
             presented,
@@ -245,9 +245,9 @@ impl Manager {
         if !bool::from(entry.secret_hash.ct_eq(secret_hash)) {
             return Err(ManageError::BadCredentials);
         }
-        if let Some(limits) = &entry.limits {
-            let now = limits.is_timed().then(crate::authz::now_unix_ms);
-            match crate::authz::limits_deny(limits, now, client_ip) {
+        if let Some(extras) = &entry.extras {
+            let now = extras.is_timed().then(crate::authz::now_unix_ms);
+            match crate::authz::terms_deny(extras, now, client_ip) {
                 None => {}
                 Some(Decision::IpNotAllowed) => return Err(ManageError::IpNotAllowed),
                 Some(decision) => {

@@ -1,7 +1,7 @@
 //! The on-disk encoding of a key: a versioned protobuf message (prost), so
 //! fields can be added without rewriting stores.
 
-use crate::key::{KeyLimits, Metadata};
+use crate::key::{KeyExtras, Metadata};
 use crate::ratelimit::RateLimit;
 use crate::token::KeyId;
 
@@ -120,8 +120,9 @@ impl KeyRecord {
         self
     }
 
-    /// The hot-path view of the lifecycle fields; `None` when there are none.
-    pub fn limits(&self) -> Result<Option<Box<KeyLimits>>, String> {
+    /// The hot-path view of the lifecycle fields (rate limits are added by
+    /// the table, which knows the catalog); `None` when there are none.
+    pub fn extras(&self) -> Result<Option<Box<KeyExtras>>, String> {
         let previous = match self.previous_secret_hash.as_slice() {
             [] => None,
             hash => Some((
@@ -146,7 +147,7 @@ impl KeyRecord {
                     .collect::<Metadata>(),
             )
         });
-        let limits = KeyLimits {
+        let limits = KeyExtras {
             not_before_ms: self.not_before_unix_ms,
             expire_ms: self.expire_time_unix_ms,
             disabled: self.disabled,

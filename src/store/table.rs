@@ -117,20 +117,20 @@ impl Store {
                     key_id: key_id().to_string(),
                     reason: "secret hash is not 32 bytes".into(),
                 })?;
-        let mut limits = record.limits().map_err(|reason| StoreError::Corrupt {
+        let mut extras = record.extras().map_err(|reason| StoreError::Corrupt {
             key_id: key_id().to_string(),
             reason,
         })?;
         if !record.rate_limits.is_empty() {
             let rate = active_limits(record, &catalog, &key_id().to_string())?;
-            limits.get_or_insert_with(Default::default).rate = Some(rate);
+            extras.get_or_insert_with(Default::default).rate = Some(rate);
         }
         Ok(AuthEntry::new(
             secret_hash,
             scopes,
             record.account_id.as_str().into(),
             kind,
-            limits,
+            extras,
         ))
     }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use std::net::IpAddr;
 
-use crate::key::{KeyLimits, KeyTable, Metadata};
+use crate::key::{KeyExtras, KeyTable, Metadata};
 use crate::ratelimit::{Applicable, RateStatus};
 use crate::route::{RouteMiss, RouteTable};
 use crate::scope::{Catalog, ScopeId, ScopeSet};
@@ -101,11 +101,6 @@ impl Decision {
     }
 }
 
-/// May `token` use every scope in `required`?
-pub fn decide(keys: &KeyTable, format: &TokenFormat, token: &str, required: &ScopeSet) -> Decision {
-    decide_with(keys, format, token, None, Ok(Required::Set(required)))
-}
-
 /// May `token` make the HTTP request `method path`? The route table names the
 /// scope; the key is authenticated first, so an unauthenticated caller learns
 /// nothing about which routes exist. Returns the scope that was required.
@@ -122,7 +117,7 @@ pub fn decide_http(
         path,
         method_override: false,
         client_ip: None,
-        proxy_scope: None,
+        scope_from: ScopeFrom::Routes,
     };
     decide_http_request(keys, format, routes, token, &request)
 }
@@ -135,10 +130,21 @@ pub struct HttpCheck<'a> {
     /// It carries a method-override header (ext_authz).
     pub method_override: bool,
     pub client_ip: Option<IpAddr>,
+    /// Where the required scope comes from.
+    pub scope_from: ScopeFrom,
+}
+
+/// Where an HTTP check's required scope comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScopeFrom {
+    /// The route table, by method and path.
+    Routes,
     /// The scope the proxy names for this route (ext_authz
-    /// `context_extensions`), instead of the route table's: `Some(None)`
-    /// when the catalog has no scope of that name (denied as no route).
-    pub proxy_scope: Option<Option<ScopeId>>,
+    /// `context_extensions`), instead of the route table's.
+    Proxy(ScopeId),
+    /// The proxy names a scope the catalog does not have: denied as no
+    /// route.
+    UnknownToProxy,
 }
 
 /// [`decide_http`] for a request that may carry a method-override header
@@ -169,7 +175,7 @@ pub fn decide_http_noting(
         path,
         method_override,
         client_ip,
-        proxy_scope,
+        scope_from,
     } = *request;
     if method_override && !routes.allows_method_override() {
         return (
@@ -185,11 +191,12 @@ pub fn decide_http_noting(
         );
     }
     let (resolved, changed) = routes.route(method, path);
-    let route = match (resolved, proxy_scope) {
+    let route = match (resolved, scope_from) {
         // An unusable path is refused whoever names the scope.
         (Err(RouteMiss::InvalidPath), _) => Err(RouteMiss::InvalidPath),
-        (_, Some(named)) => named.ok_or(RouteMiss::NoRoute),
-        (route, None) => route,
+        (_, ScopeFrom::Proxy(scope)) => Ok(scope),
+        (_, ScopeFrom::UnknownToProxy) => Err(RouteMiss::NoRoute),
+        (route, ScopeFrom::Routes) => route,
     };
     let required = match route {
         Ok(scope) => Ok(Required::Scope(scope)),
@@ -203,9 +210,9 @@ pub fn decide_http_noting(
     )
 }
 
-/// [`decide`] for a request whose address is known (keys with an allowlist
-/// need it).
-pub fn decide_from(
+/// May `token` use every scope in `required`? `client_ip`: where the request
+/// comes from, if known (a key with an allowlist is denied without it).
+pub fn decide(
     keys: &KeyTable,
     format: &TokenFormat,
     token: &str,
@@ -239,15 +246,15 @@ fn decide_with(
         let Some(entry) = entry else {
             return Decision::UnknownKey;
         };
-        let limits = entry.limits.as_deref();
-        // A key without limits pays for this one branch and nothing else.
-        let now = limits
-            .filter(|limits| limits.is_timed())
+        let extras = entry.extras.as_deref();
+        // A key without extras pays for this one branch and nothing else.
+        let now = extras
+            .filter(|extras| extras.is_timed())
             .map(|_| now_unix_ms());
         let current = format.verify(&parsed, &entry.secret_hash);
         let previous = || {
-            limits
-                .and_then(|limits| limits.previous)
+            extras
+                .and_then(|extras| extras.previous)
                 .is_some_and(|(hash, until)| {
                     now.is_some_and(|now| now < until) && format.verify(&parsed, &hash)
                 })
@@ -256,8 +263,8 @@ fn decide_with(
             return Decision::UnknownKey;
         }
         entry.used.mark();
-        if let Some(limits) = limits {
-            if let Some(denied) = limits_deny(limits, now, client_ip) {
+        if let Some(extras) = extras {
+            if let Some(denied) = terms_deny(extras, now, client_ip) {
                 return denied;
             }
         }
@@ -273,8 +280,8 @@ fn decide_with(
             Decision::Allowed {
                 key_id: parsed.key_id,
                 account_id: entry.account_id.clone(),
-                metadata: limits.and_then(|limits| limits.metadata.clone()),
-                rate: limits.and_then(|limits| limits.rate.as_ref()).and_then(
+                metadata: extras.and_then(|extras| extras.metadata.clone()),
+                rate: extras.and_then(|extras| extras.rate.as_ref()).and_then(
                     |rate| match required {
                         Required::Scope(scope) => Applicable::for_scope(rate, scope),
                         Required::Set(required) => Applicable::for_set(rate, required),
@@ -294,30 +301,29 @@ fn decide_with(
     })
 }
 
-/// Disabled, outside its validity window, or from an address it may not be
-/// used from. The clock is read only for keys with a time limit.
-/// What a key's lifecycle limits deny now (`now`: unix ms, `None` to skip
-/// the validity window), if anything.
-pub fn limits_deny(
-    limits: &KeyLimits,
+/// What a key's terms deny now, if anything: disabled, outside its validity
+/// window (`now`: unix ms; `None` skips the window, read only for keys with
+/// one), or an address its allowlist does not hold.
+pub fn terms_deny(
+    extras: &KeyExtras,
     now: Option<i64>,
     client_ip: Option<IpAddr>,
 ) -> Option<Decision> {
-    if limits.disabled {
+    if extras.disabled {
         return Some(Decision::Disabled);
     }
     if let Some(now) = now {
-        let early = limits.not_before_ms != 0 && now < limits.not_before_ms;
-        let late = limits.expire_ms != 0 && now >= limits.expire_ms;
+        let early = extras.not_before_ms != 0 && now < extras.not_before_ms;
+        let late = extras.expire_ms != 0 && now >= extras.expire_ms;
         if early || late {
             return Some(Decision::Expired);
         }
     }
-    if !limits.cidrs.is_empty()
+    if !extras.cidrs.is_empty()
         && !client_ip.is_some_and(|ip| {
             // Dual-stack listeners report IPv4 peers as `::ffff:a.b.c.d`.
             let canonical = ip.to_canonical();
-            limits
+            extras
                 .cidrs
                 .iter()
                 .any(|cidr| cidr.contains(&ip) || cidr.contains(&canonical))
@@ -426,7 +432,11 @@ mod tests {
             ),
         ];
         for (name, token, required, expected) in cases {
-            assert_eq!(decide(&keys, &format, token, &required), expected, "{name}");
+            assert_eq!(
+                decide(&keys, &format, token, None, &required),
+                expected,
+                "{name}"
+            );
         }
     }
 
@@ -434,21 +444,21 @@ mod tests {
     /// `not_before` inclusive, expired from `expire` inclusive.
     #[test]
     fn the_validity_window_is_exact_to_the_millisecond() {
-        let limits = KeyLimits {
+        let limits = KeyExtras {
             not_before_ms: 1_000,
             expire_ms: 2_000,
-            ..KeyLimits::default()
+            ..KeyExtras::default()
         };
-        let at = |now| limits_deny(&limits, Some(now), None);
+        let at = |now| terms_deny(&limits, Some(now), None);
         assert_eq!(at(999), Some(Decision::Expired));
         assert_eq!(at(1_000), None);
         assert_eq!(at(1_999), None);
         assert_eq!(at(2_000), Some(Decision::Expired));
-        let open_ended = KeyLimits {
+        let open_ended = KeyExtras {
             expire_ms: 2_000,
-            ..KeyLimits::default()
+            ..KeyExtras::default()
         };
-        assert_eq!(limits_deny(&open_ended, Some(0), None), None);
+        assert_eq!(terms_deny(&open_ended, Some(0), None), None);
     }
 
     #[test]
@@ -458,7 +468,7 @@ mod tests {
         let forged = format.issue_for_test(key_id);
         let required = catalog.resolve(["mail.send"]).unwrap();
         assert_eq!(
-            decide(&keys, &format, &forged, &required),
+            decide(&keys, &format, &forged, None, &required),
             Decision::UnknownKey
         );
     }
@@ -467,10 +477,10 @@ mod tests {
     fn removal_takes_effect_at_once() {
         let (keys, format, catalog, token, key_id) = setup(&["mail.send"]);
         let required = catalog.resolve(["mail.send"]).unwrap();
-        assert!(decide(&keys, &format, &token, &required).is_allowed());
+        assert!(decide(&keys, &format, &token, None, &required).is_allowed());
         keys.remove(&key_id);
         assert_eq!(
-            decide(&keys, &format, &token, &required),
+            decide(&keys, &format, &token, None, &required),
             Decision::UnknownKey
         );
     }

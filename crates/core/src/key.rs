@@ -16,12 +16,13 @@ use crate::token::KeyId;
 pub struct AuthEntry {
     pub secret_hash: [u8; 32],
     /// The key's scopes among the catalog's first 256 (all of them, for such
-    /// a catalog); any past those sit in `limits` (see [`AuthEntry::new`]).
+    /// a catalog); any past those sit in `extras` (see [`AuthEntry::new`]).
     low_scopes: [u64; 4],
     pub account_id: Arc<str>,
     pub kind: KeyKind,
-    /// `None` for a key with no lifecycle limits: it costs one branch.
-    pub limits: Option<Box<KeyLimits>>,
+    /// Everything else a decision may read; `None` for a key with only
+    /// scopes, so such a key costs one branch.
+    pub extras: Option<Box<KeyExtras>>,
     /// When the key was last used (authenticated), in minutes.
     pub used: UsageMark,
 }
@@ -92,9 +93,12 @@ impl std::fmt::Debug for UsageMark {
     }
 }
 
-/// What restricts a key beyond its scopes.
+/// What a decision reads of a key beyond its secret and its first 256
+/// scopes: its validity window, disabled flag, previous secret, address
+/// allowlist, metadata, further scopes and rate limits. Boxed, so a key
+/// without any stays one small entry.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct KeyLimits {
+pub struct KeyExtras {
     /// Unix ms; 0: valid from creation.
     pub not_before_ms: i64,
     /// Unix ms; 0: never expires.
@@ -117,11 +121,11 @@ pub struct KeyLimits {
 /// A key's metadata, in key order.
 pub type Metadata = Vec<(String, String)>;
 
-impl KeyLimits {
-    /// Whether anything here can deny or annotate: keys without limits keep
-    /// `AuthEntry::limits` at `None`.
+impl KeyExtras {
+    /// Whether this holds nothing: such keys keep `AuthEntry::extras` at
+    /// `None`.
     pub fn is_empty(&self) -> bool {
-        *self == KeyLimits::default()
+        *self == KeyExtras::default()
     }
 
     pub fn is_timed(&self) -> bool {
@@ -135,15 +139,15 @@ impl AuthEntry {
         scopes: ScopeSet,
         account_id: Arc<str>,
         kind: KeyKind,
-        limits: Option<Box<KeyLimits>>,
+        extras: Option<Box<KeyExtras>>,
     ) -> AuthEntry {
         let (low_scopes, high) = scopes.into_parts();
-        let limits = match high {
-            None => limits,
+        let extras = match high {
+            None => extras,
             Some(high) => {
-                let mut limits = limits.unwrap_or_default();
-                limits.high_scopes = Some(high);
-                Some(limits)
+                let mut extras = extras.unwrap_or_default();
+                extras.high_scopes = Some(high);
+                Some(extras)
             }
         };
         AuthEntry {
@@ -151,7 +155,7 @@ impl AuthEntry {
             low_scopes,
             account_id,
             kind,
-            limits,
+            extras,
             used: UsageMark::default(),
         }
     }
@@ -170,17 +174,17 @@ impl AuthEntry {
     }
 
     fn high_scopes(&self) -> Option<&HighWords> {
-        self.limits
+        self.extras
             .as_deref()
-            .and_then(|limits| limits.high_scopes.as_deref())
+            .and_then(|extras| extras.high_scopes.as_deref())
     }
 
     /// The key's scopes (no allocation: the part past 256 is shared).
     pub fn scopes(&self) -> ScopeSet {
         let high = self
-            .limits
+            .extras
             .as_ref()
-            .and_then(|limits| limits.high_scopes.clone());
+            .and_then(|extras| extras.high_scopes.clone());
         ScopeSet::from_parts(self.low_scopes, high)
     }
 }
