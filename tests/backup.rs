@@ -207,7 +207,7 @@ async fn restore_holds_a_backup_to_the_api_rules() {
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
-    let cases: [(&str, serde_json::Value, &str); 5] = [
+    let cases: [(&str, serde_json::Value, &str); 11] = [
         (
             "account_id",
             "has space".into(),
@@ -221,6 +221,27 @@ async fn restore_holds_a_backup_to_the_api_rules() {
         ("metadata", serde_json::json!({"bad key!": "v"}), "metadata"),
         ("name", "".into(), "name: is required"),
         ("version", 9.into(), "version: record version 9"),
+        // Typed fields: a wrong type is named, never dropped (an allowlist
+        // of `[5]` must not restore as "any address").
+        (
+            "allowed_cidrs",
+            serde_json::json!([5]),
+            "allowed_cidrs[0]: invalid type: integer `5`, expected a string",
+        ),
+        (
+            "metadata",
+            serde_json::json!({"tier": 5}),
+            "metadata.tier: invalid type",
+        ),
+        (
+            "rate_limits",
+            serde_json::json!([{"name": "n", "limit": 5, "window_secs": 60, "scopes": [7]}]),
+            "rate_limits[0].scopes[0]: invalid type",
+        ),
+        ("disabled", "yes".into(), "disabled: invalid type"),
+        ("secret_hash", "zz".into(), "secret_hash: Invalid character"),
+        // A field this build does not know (a newer release's) is refused.
+        ("owner", "x".into(), "unknown field `owner`"),
     ];
     for (index, (field, value, expected)) in cases.into_iter().enumerate() {
         let mut edited = lines.clone();

@@ -51,7 +51,9 @@ pub(super) async fn run(args: BackupArgs) -> Result<ExitCode, String> {
     while let Some(record) = stream.message().await.map_err(status_text)? {
         let record = crate::store::decode(&[], &record.key_record)
             .map_err(|error| format!("the server sent a bad record: {error}"))?;
-        lines.push_str(&record_to_json(&record).to_string());
+        let line = record_to_json(&record)
+            .map_err(|error| format!("the server sent a bad record: {error}"))?;
+        lines.push_str(&line);
         lines.push('\n');
         count += 1;
     }
@@ -118,155 +120,30 @@ pub(super) async fn restore(args: RestoreArgs) -> ExitCode {
     }
 }
 
-use serde_json::{json, Value};
+use crate::store::KeyRecord;
 
-use crate::store::{KeyRecord, RateLimitRecord};
-use crate::token::KeyId;
-
-pub fn record_to_json(record: &KeyRecord) -> Value {
-    json!({
-        "version": record.version,
-        "key_id": record.key_id().map(|id| id.to_string()).unwrap_or_default(),
-        "account_id": record.account_id,
-        "name": record.name,
-        "scopes": record.scopes,
-        "secret_hash": hex(&record.secret_hash),
-        "create_time_unix_ms": record.create_time_unix_ms,
-        "update_time_unix_ms": record.update_time_unix_ms,
-        "created_by": record.created_by,
-        "expire_time_unix_ms": record.expire_time_unix_ms,
-        "not_before_unix_ms": record.not_before_unix_ms,
-        "disabled": record.disabled,
-        "previous_secret_hash": hex(&record.previous_secret_hash),
-        "previous_secret_expire_unix_ms": record.previous_secret_expire_unix_ms,
-        "allowed_cidrs": record.allowed_cidrs,
-        "metadata": record.metadata,
-        "rate_limits": record.rate_limits.iter().map(|limit| json!({
-            "name": limit.name,
-            "limit": limit.limit,
-            "window_secs": limit.window_secs,
-            "scopes": limit.scopes,
-            "shared": limit.shared,
-        })).collect::<Vec<_>>(),
-    })
+/// One backup line: the stored record as JSON (hashes in hex).
+pub fn record_to_json(record: &KeyRecord) -> Result<String, String> {
+    serde_json::to_string(record).map_err(|error| error.to_string())
 }
 
-/// Rate limits from a backup line (absent before them).
-fn rate_limits_from_json(value: &Value) -> Result<Vec<RateLimitRecord>, String> {
-    let Some(limits) = value.as_array() else {
-        return Ok(Vec::new());
-    };
-    limits
-        .iter()
-        .map(|limit| {
-            let count = |field: &str| {
-                limit[field]
-                    .as_u64()
-                    .ok_or_else(|| format!("rate limit `{field}` is missing or not a number"))
-            };
-            Ok(RateLimitRecord {
-                name: limit["name"]
-                    .as_str()
-                    .ok_or("rate limit `name` is missing")?
-                    .to_owned(),
-                limit: count("limit")?,
-                window_secs: count("window_secs")?,
-                scopes: limit["scopes"]
-                    .as_array()
-                    .map(|scopes| {
-                        scopes
-                            .iter()
-                            .filter_map(|s| s.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                shared: limit["shared"].as_bool().unwrap_or(false),
-            })
-        })
-        .collect()
-}
-
+/// A record from one backup line: every field typed, none unknown (a
+/// newer release's field is refused, never dropped).
 pub fn record_from_json(line: &str) -> Result<KeyRecord, String> {
-    let value: Value = serde_json::from_str(line).map_err(|error| error.to_string())?;
-    let text = |field: &str| {
-        value[field]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| format!("`{field}` is missing or not a string"))
-    };
-    let number = |field: &str| {
-        value[field]
-            .as_i64()
-            .ok_or_else(|| format!("`{field}` is missing or not a number"))
-    };
-    let key_id = KeyId::parse(&text("key_id")?).ok_or("`key_id` is not a key id")?;
-    let secret_hash = unhex(&text("secret_hash")?).ok_or("`secret_hash` is not hex")?;
-    let scopes = value["scopes"]
-        .as_array()
-        .ok_or("`scopes` is missing")?
-        .iter()
-        .map(|scope| {
-            scope
-                .as_str()
-                .map(str::to_owned)
-                .ok_or("a scope is not a string")
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(KeyRecord {
-        version: number("version")? as u32,
-        key_id: key_id.as_bytes().to_vec(),
-        account_id: text("account_id")?,
-        name: text("name")?,
-        scopes,
-        secret_hash,
-        create_time_unix_ms: number("create_time_unix_ms")?,
-        update_time_unix_ms: number("update_time_unix_ms")?,
-        created_by: text("created_by")?,
-        // Lifecycle fields: absent from version 1 backups.
-        expire_time_unix_ms: value["expire_time_unix_ms"].as_i64().unwrap_or(0),
-        not_before_unix_ms: value["not_before_unix_ms"].as_i64().unwrap_or(0),
-        disabled: value["disabled"].as_bool().unwrap_or(false),
-        previous_secret_hash: unhex(value["previous_secret_hash"].as_str().unwrap_or(""))
-            .ok_or("`previous_secret_hash` is not hex")?,
-        previous_secret_expire_unix_ms: value["previous_secret_expire_unix_ms"]
-            .as_i64()
-            .unwrap_or(0),
-        allowed_cidrs: value["allowed_cidrs"]
-            .as_array()
-            .map(|cidrs| {
-                cidrs
-                    .iter()
-                    .filter_map(|c| c.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        metadata: value["metadata"]
-            .as_object()
-            .map(|map| {
-                map.iter()
-                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        rate_limits: rate_limits_from_json(&value["rate_limits"])?,
-    })
+    let mut fields = serde_json::Deserializer::from_str(line);
+    let record = serde_path_to_error::deserialize(&mut fields).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        // serde names an unknown or missing field itself.
+        match path.as_str() {
+            "." | "" => inner.to_string(),
+            _ => format!("{path}: {inner}"),
+        }
+    })?;
+    fields.end().map_err(|error| error.to_string())?;
+    Ok(record)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|index| u8::from_str_radix(text.get(index..index + 2)?, 16).ok())
-        .collect()
-}
-
-/// Writes to a temporary file, fsyncs, then renames over `path`.
 /// Writes `content` to `path` (mode 0600) through a partial file that is
 /// removed on any error; file and directory are fsync'd, so a backup
 /// reported written survives a power cut.

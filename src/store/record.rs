@@ -9,12 +9,16 @@ use crate::token::KeyId;
 pub const FORMAT_VERSION: u32 = 1;
 
 /// One API key as stored. Holds the hash of the secret, never the secret.
-#[derive(Clone, PartialEq, prost::Message)]
+/// The same record is one line of a backup file (JSON, hashes in hex); a
+/// line with a field this build does not know is refused, never dropped.
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct KeyRecord {
-    /// Record version; 1 today.
+    /// Record version ([`KeyRecord::VERSION`] is the newest this build reads).
     #[prost(uint32, tag = "1")]
     pub version: u32,
     #[prost(bytes = "vec", tag = "2")]
+    #[serde(with = "key_id_text")]
     pub key_id: Vec<u8>,
     #[prost(string, tag = "3")]
     pub account_id: String,
@@ -24,6 +28,7 @@ pub struct KeyRecord {
     #[prost(string, repeated, tag = "5")]
     pub scopes: Vec<String>,
     #[prost(bytes = "vec", tag = "6")]
+    #[serde(with = "hex")]
     pub secret_hash: Vec<u8>,
     #[prost(int64, tag = "7")]
     pub create_time_unix_ms: i64,
@@ -32,31 +37,63 @@ pub struct KeyRecord {
     /// "admin" or the key id of the API key that created it.
     #[prost(string, tag = "9")]
     pub created_by: String,
-    /// Version 2 on: the lifecycle. 0 = none.
+    /// Version 2 on: the lifecycle. 0 = none (and absent from version 1
+    /// backups).
     #[prost(int64, tag = "10")]
+    #[serde(default)]
     pub expire_time_unix_ms: i64,
     #[prost(int64, tag = "11")]
+    #[serde(default)]
     pub not_before_unix_ms: i64,
     #[prost(bool, tag = "12")]
+    #[serde(default)]
     pub disabled: bool,
     /// After a rotation with overlap: the previous secret's hash, and when it
     /// stops working.
     #[prost(bytes = "vec", tag = "13")]
+    #[serde(default, with = "hex")]
     pub previous_secret_hash: Vec<u8>,
     #[prost(int64, tag = "14")]
+    #[serde(default)]
     pub previous_secret_expire_unix_ms: i64,
     #[prost(string, repeated, tag = "15")]
+    #[serde(default)]
     pub allowed_cidrs: Vec<String>,
     #[prost(btree_map = "string, string", tag = "16")]
+    #[serde(default)]
     pub metadata: std::collections::BTreeMap<String, String>,
     /// Named rate limits ([`crate::ratelimit`]); a sidecar from before them
     /// skips the field.
     #[prost(message, repeated, tag = "17")]
+    #[serde(default)]
     pub rate_limits: Vec<RateLimitRecord>,
 }
 
-/// One named limit as stored.
-#[derive(Clone, PartialEq, prost::Message)]
+/// A key id in a backup line: its text form, checked on the way in.
+mod key_id_text {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    use crate::token::KeyId;
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        let id = <[u8; 16]>::try_from(bytes).map(KeyId::from_bytes);
+        match id {
+            Ok(id) => serializer.collect_str(&id),
+            Err(_) => Err(serde::ser::Error::custom("key id is not 16 bytes")),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        KeyId::parse(&text)
+            .map(|id| id.as_bytes().to_vec())
+            .ok_or_else(|| D::Error::custom(format!("`{text}` is not a key id")))
+    }
+}
+
+/// One named limit as stored (and in a backup line).
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RateLimitRecord {
     #[prost(string, tag = "1")]
     pub name: String,
@@ -65,8 +102,10 @@ pub struct RateLimitRecord {
     #[prost(uint64, tag = "3")]
     pub window_secs: u64,
     #[prost(string, repeated, tag = "4")]
+    #[serde(default)]
     pub scopes: Vec<String>,
     #[prost(bool, tag = "5")]
+    #[serde(default)]
     pub shared: bool,
 }
 
