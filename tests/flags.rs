@@ -1,5 +1,6 @@
-//! Documented `serve` flags, exercised through the real binary: each test
-//! changes one flag and looks for its documented effect.
+//! Documented flags, exercised through the real binary: each test changes
+//! one flag (of `serve`, or of the `check` command) and looks for its
+//! documented effect.
 
 mod common;
 
@@ -10,6 +11,7 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use scopegate::grpc::pb;
+use sha2::Digest;
 use tonic::Code;
 
 /// `--token-prefix` names the tokens issued, and changing it invalidates the
@@ -317,5 +319,111 @@ async fn the_sled_cache_holds_what_it_is_given() {
         "page reads in a second export: {} with 1 MiB, {} with 64 MiB",
         preads[0],
         preads[1]
+    );
+}
+
+/// `scopegate check` takes the token from the environment or a file (never
+/// needing it on the command line) and answers by exit code.
+#[tokio::test]
+async fn the_check_command_reads_its_token_from_env_or_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let key = server
+        .admin_create(common::create("acme", "k", &["mail.send"]))
+        .await
+        .unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{}\n", key.token)).unwrap();
+    let run = |scope: &str, env: bool, file: bool| {
+        let mut command = std::process::Command::new(common::BIN);
+        command.args(["check", "--server", &server.addr, "--scope", scope]);
+        command.env_remove("SCOPEGATE_CHECK_TOKEN");
+        if env {
+            command.env("SCOPEGATE_CHECK_TOKEN", &key.token);
+        }
+        if file {
+            command.arg("--token-file").arg(&token_file);
+        }
+        let output = command.output().unwrap();
+        (
+            output.status.code().unwrap(),
+            String::from_utf8_lossy(&output.stdout).to_string()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    for (env, file) in [(true, false), (false, true)] {
+        assert_eq!(run("mail.send", env, file).0, 0, "env {env} file {file}");
+        let (code, out) = run("stats.read", env, file);
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains("INSUFFICIENT_SCOPE"), "{out}");
+        assert!(
+            !out.contains(&key.token),
+            "the token is never printed: {out}"
+        );
+    }
+    let (code, out) = run("mail.send", false, false);
+    assert_eq!(code, 2);
+    assert!(out.contains("SCOPEGATE_CHECK_TOKEN"), "{out}");
+}
+
+/// `--pepper-file` keys the secret hash: a key made with a pepper works only
+/// with that pepper, and no plain SHA-256 of its secret is on disk.
+#[tokio::test]
+async fn the_pepper_keys_every_secret_hash() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let write_pepper = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let pepper = write_pepper("pepper", b"a pepper of thirty-two bytes or more!!");
+    let other = write_pepper("other", b"another pepper of thirty-two bytes, or more");
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--pepper-file", &pepper]);
+    let key = server
+        .admin_create(create("acme", "peppered", &["mail.send"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        common::decision(&server, &key.token, &["mail.send"]).await,
+        pb::Decision::Allowed
+    );
+    drop(server);
+
+    let plain_hash = |token: &str| -> [u8; 32] {
+        let secret = &token.rsplit('.').next().unwrap()[..43];
+        sha2::Sha256::digest(secret.as_bytes()).into()
+    };
+    assert!(
+        !common::disk_holds(&data, &plain_hash(&key.token)),
+        "a plain SHA-256 of the secret is on disk"
+    );
+    // The same scan finds it where there is no pepper (it can fail).
+    let unpeppered = dir.path().join("unpeppered");
+    let server = Server::start(&unpeppered, &[]);
+    let plain_key = server
+        .admin_create(create("acme", "plain", &["mail.send"]))
+        .await
+        .unwrap();
+    drop(server);
+    assert!(common::disk_holds(
+        &unpeppered,
+        &plain_hash(&plain_key.token)
+    ));
+
+    for args in [vec![], vec!["--pepper-file", other.as_str()]] {
+        let server = Server::start(&data, &args);
+        assert_eq!(
+            common::decision(&server, &key.token, &["mail.send"]).await,
+            pb::Decision::UnknownKey,
+            "without the pepper it was made with ({args:?})"
+        );
+    }
+    let server = Server::start(&data, &["--pepper-file", &pepper]);
+    assert_eq!(
+        common::decision(&server, &key.token, &["mail.send"]).await,
+        pb::Decision::Allowed
     );
 }

@@ -748,3 +748,43 @@ async fn children_are_no_more_open_and_live_no_longer_than_their_creator() {
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("more open"), "{status:?}");
 }
+
+/// Dual-stack listeners hand Envoy IPv4 peers as `::ffff:a.b.c.d`: the key's
+/// IPv4 allowlist holds for them, through both entry points.
+#[tokio::test]
+async fn ipv4_mapped_sources_are_compared_as_ipv4() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let key = server
+        .admin_create(pb::CreateKeyRequest {
+            allowed_cidrs: vec!["203.0.113.0/24".into()],
+            ..common::create("acme", "office", &["mail.send"])
+        })
+        .await
+        .unwrap();
+    for (source, expected) in [
+        ("::ffff:203.0.113.7", 200),
+        ("203.0.113.7", 200),
+        ("::ffff:198.51.100.7", 403),
+        ("2001:db8::7", 403),
+    ] {
+        let (decision, status, _) = common::ext_authz(&server, &key.token, Some(source)).await;
+        assert_eq!(status, expected, "ext_authz from {source}: {decision}");
+        let request = pb::CheckRequest {
+            client_ip: source.into(),
+            ..check(&key.token, &["mail.send"])
+        };
+        let answer = server
+            .authorize()
+            .await
+            .check(request)
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            answer.allowed,
+            expected == 200,
+            "Authorize.Check from {source}: {answer:?}"
+        );
+    }
+}

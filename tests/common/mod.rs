@@ -5,6 +5,7 @@
 pub mod fleet;
 pub mod lifecycle;
 pub mod redis;
+pub mod store;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -455,6 +456,26 @@ pub async fn list_audit(
         .manage()
         .await
         .list_audit_events(bearer(credential, request))
+        .await
+        .map(|response| response.into_inner())
+}
+
+/// One ListKeys page of `account` (one key a page), as `credential`.
+pub async fn list_keys(
+    server: &Server,
+    credential: &str,
+    account: &str,
+    page_token: &str,
+) -> Result<pb::ListKeysResponse, tonic::Status> {
+    let request = pb::ListKeysRequest {
+        account_id: account.into(),
+        page_size: 1,
+        page_token: page_token.into(),
+    };
+    server
+        .manage()
+        .await
+        .list_keys(bearer(credential, request))
         .await
         .map(|response| response.into_inner())
 }
