@@ -35,6 +35,9 @@ pub const FLEET_RESYNCS_TOTAL: &str = "scopegate_fleet_resyncs_total";
 /// unreadable field, an id that differs from its path): denied here.
 pub const FLEET_UNFIT_RECORDS: &str = "scopegate_fleet_unfit_records";
 pub const FLEET_CONFLICTS_TOTAL: &str = "scopegate_fleet_conflicts_total";
+/// "Last used" marks written to disk (each round writes the keys used since
+/// the one before).
+pub const LAST_USED_WRITTEN_TOTAL: &str = "scopegate_last_used_written_total";
 /// Rate-limit counter calls that failed (Redis away or slow).
 pub const RATE_LIMIT_BACKEND_ERRORS_TOTAL: &str = "scopegate_rate_limit_backend_errors_total";
 

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use common::lifecycle::{create_with, decision, in_ms, update};
 use common::store::{event, seeded_store};
-use common::{bearer, check, create, create_manager, Server};
+use common::{bearer, check, create, create_manager, metric, Server};
 use scopegate::grpc::pb;
 use scopegate::store::{AuditEvent, Change, StoreError};
 use tonic::Code;
@@ -271,7 +271,19 @@ async fn last_used_is_recorded_and_survives_restart() {
     assert!(
         minute_of(used) >= minute_of(before) && minute_of(used) <= minute_of(SystemTime::now())
     );
-    tokio::time::sleep(Duration::from_millis(2500)).await; // one round written
+    // Kill it once a round has written the mark.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while metric(
+        &server.http_get("/metrics").1,
+        "scopegate_last_used_written_total",
+    ) < 1.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no round wrote the mark"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     server.kill9();
     let server = Server::start(&data, &[]);
     let after: SystemTime = get(&server, &key_id)

@@ -797,12 +797,14 @@ async fn acknowledged_creates_survive_the_loss_of_the_etcd_leader() {
     let b = Server::start(&dir.path().join("b"), &args);
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut writers = Vec::new();
     for server in [&a, &b] {
         for _ in 0..2 {
             let mut manage = server.manage().await;
             let admin = server.admin_token.clone();
             let stop = stop.clone();
+            let progress = progress.clone();
             writers.push(tokio::spawn(async move {
                 let mut acknowledged = Vec::new();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -810,7 +812,10 @@ async fn acknowledged_creates_survive_the_loss_of_the_etcd_leader() {
                         .create_key(bearer(&admin, create("acme", "k", &["mail.send"])))
                         .await
                     {
-                        Ok(response) => acknowledged.push(response.into_inner().token),
+                        Ok(response) => {
+                            acknowledged.push(response.into_inner().token);
+                            progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                         Err(status) => assert!(
                             matches!(
                                 status.code(),
@@ -827,7 +832,18 @@ async fn acknowledged_creates_survive_the_loss_of_the_etcd_leader() {
             }));
         }
     }
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Creates until `count` more than `from` are acknowledged.
+    let acknowledged_past = |from: usize, count: usize, what: &'static str| {
+        let progress = progress.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while progress.load(std::sync::atomic::Ordering::Relaxed) < from + count {
+                assert!(std::time::Instant::now() < deadline, "{what}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    acknowledged_past(0, 20, "no creates before the leader's loss").await;
     // Find and kill the leader.
     let mut leader = None;
     for (index, member) in members.iter().enumerate() {
@@ -839,7 +855,9 @@ async fn acknowledged_creates_survive_the_loss_of_the_etcd_leader() {
     }
     let leader = leader.expect("a leader");
     members[leader].kill9();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let at_loss = progress.load(std::sync::atomic::Ordering::Relaxed);
+    // A new leader takes over: creates are acknowledged again.
+    acknowledged_past(at_loss, 20, "no creates after the leader's loss").await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut acknowledged = Vec::new();
     for writer in writers {

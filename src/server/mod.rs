@@ -426,7 +426,9 @@ async fn record_usage(store: Store, every: Duration) {
         last_write = std::time::Instant::now();
         let writing = store.clone();
         match tokio::task::spawn_blocking(move || writing.persist_usage()).await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(written)) => {
+                metrics::counter!(telemetry::LAST_USED_WRITTEN_TOTAL).increment(written as u64)
+            }
             Ok(Err(error)) => tracing::warn!(%error, "could not record last-used times"),
             Err(_) => {}
         }
