@@ -199,16 +199,13 @@ impl Store {
         after: Option<Vec<u8>>,
         limit: usize,
     ) -> Result<(Vec<AuditEvent>, Option<Vec<u8>>), StoreError> {
-        if let Some(fleet) = &self.inner.fleet {
-            return fleet.audit_events(filter, after, limit).await;
-        }
-        let (store, filter) = (self.clone(), filter.clone());
-        tokio::task::spawn_blocking(move || store.local_audit_events(&filter, after, limit))
+        self.inner
+            .truth
+            .audit_events(self, filter.clone(), after, limit)
             .await
-            .map_err(|_| StoreError::Closed)?
     }
 
-    fn local_audit_events(
+    pub(super) fn local_audit_events(
         &self,
         filter: &AuditFilter,
         after: Option<Vec<u8>>,

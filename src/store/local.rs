@@ -147,19 +147,16 @@ impl Store {
         Ok(Publish::Remove(key_id))
     }
 
-    /// The first result filed under a CreateKey request id's `lookup`, if any.
-    pub async fn create_request(
+    /// Standalone: the first result filed under a CreateKey request id's
+    /// `lookup`, if any.
+    pub(super) async fn local_create_request(
         &self,
-        lookup: &[u8; 32],
+        lookup: [u8; 32],
     ) -> Result<Option<CreateRequestRecord>, StoreError> {
-        self.healthy()?;
-        if let Some(fleet) = &self.inner.fleet {
-            return fleet.create_request(Some(self), lookup).await;
-        }
         // Read under the writer lock and answered once everything applied
         // before it is durable: a retry never returns a key its first call
         // has applied but not yet synced.
-        let (store, lookup) = (self.clone(), *lookup);
+        let store = self.clone();
         let value = self
             .commit(move || {
                 let value = store.inner.requests.get(lookup)?;

@@ -1,6 +1,8 @@
 //! Persistence: sled on disk, and the in-memory [`KeyTable`] that `Check` reads.
+//! The truth is sled itself (standalone) or etcd, sled mirroring it (fleet);
+//! what differs between the two is the [`truth::Truth`] contract, one place.
 //!
-//! Write path (every mutation):
+//! Standalone write path (every mutation; fleet's is in `fleet/`):
 //! 1. under the writer lock, apply one sled transaction over `keys` and
 //!    `accounts` (so the per-account cap and publish order are serial);
 //! 2. hand the change to the commit task, still under the lock (so changes
@@ -10,8 +12,8 @@
 //!    callers. Nothing is acknowledged before it is on disk.
 //!
 //! Trees: `keys` (key id → [`KeyRecord`]), `accounts` (`account NUL key id` →
-//! empty), `meta` (`format_version`). The interface is narrow on purpose: a
-//! fleet mode can feed the same table from a shared source of truth.
+//! empty), `meta` (`format_version`, mode, the mirror's etcd position), the
+//! audit log and its index, request ids, last-used marks.
 
 pub mod audit;
 mod commit;
@@ -22,6 +24,7 @@ mod open;
 mod read;
 mod record;
 mod table;
+mod truth;
 
 pub use audit::{AuditEvent, AuditFilter, KeyState, DEFAULT_AUDIT_MAX_EVENTS_PER_ACCOUNT};
 pub use fleet::{FleetConfig, SyncState};
@@ -189,8 +192,8 @@ struct Inner {
     audit_sequence: std::sync::atomic::AtomicU64,
     /// Events older than this are pruned (ms).
     audit_retention_ms: std::sync::atomic::AtomicI64,
-    /// Fleet mode: etcd is the source of truth, sled its mirror.
-    fleet: Option<Arc<fleet::Fleet>>,
+    /// Where the truth lives: sled itself, or etcd with sled its mirror.
+    truth: Arc<dyn truth::Truth>,
     /// `Some(reason)` once a change could not be made durable.
     failed: watch::Sender<Option<String>>,
     /// Fleet mode: the records denied here because this sidecar cannot use them.
@@ -203,14 +206,12 @@ impl Store {
     /// Fleet mode: starts following etcd (after [`Store::load`]). Standalone:
     /// nothing to follow.
     pub fn follow_source(&self) {
-        if let Some(fleet) = &self.inner.fleet {
-            tokio::spawn(fleet.clone().follow(self.clone()));
-        }
+        self.inner.truth.clone().follow(self.clone());
     }
 
     /// Fleet mode: the sync state (health, staleness, metrics read it).
     pub fn sync_state(&self) -> Option<Arc<SyncState>> {
-        self.inner.fleet.as_ref().map(|fleet| fleet.state.clone())
+        self.inner.truth.sync_state()
     }
 
     /// Whether the table may be served: always in standalone mode; in fleet
@@ -281,21 +282,47 @@ impl Store {
         E: From<StoreError> + Send + 'static,
     {
         self.healthy()?;
-        if let Some(fleet) = &self.inner.fleet {
-            return fleet.mutate(self, reads, decide).await;
-        }
-        let store = self.clone();
-        self.commit(move || {
-            let mut snapshot = Snapshot::default();
-            for key_id in reads {
-                let record = store.get(&key_id)?;
-                snapshot.records.push((key_id, record));
+        // The truth sees the decision without its value or error type; the
+        // last run's are kept here.
+        let kept: Arc<Mutex<Option<Result<T, E>>>> = Arc::default();
+        let keep = kept.clone();
+        let decide: truth::Decide = Box::new(move |snapshot| {
+            let decided = decide(snapshot);
+            let mut kept = keep.lock().unwrap_or_else(|poison| poison.into_inner());
+            match decided {
+                Ok((change, event, value)) => {
+                    *kept = Some(Ok(value));
+                    Ok((change, event))
+                }
+                Err(error) => {
+                    *kept = Some(Err(error));
+                    Err(truth::Refused::ByDecision)
+                }
             }
-            let (change, event, value) = decide(&snapshot)?;
-            let publish = store.apply_local(change, event)?;
-            Ok((publish, value))
-        })
-        .await
+        });
+        let applied = self.inner.truth.mutate(self, reads, decide).await;
+        let decided = kept
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take();
+        match (applied, decided) {
+            (Ok(()), Some(Ok(value))) => Ok(value),
+            (Err(truth::Refused::ByDecision), Some(Err(error))) => Err(error),
+            (Err(truth::Refused::Store(error)), _) => Err(error.into()),
+            // Applied without a decision, or refused by one that said yes:
+            // neither can happen; refuse rather than guess.
+            _ => Err(StoreError::Closed.into()),
+        }
+    }
+
+    /// The first result filed under a CreateKey request id's `lookup`, if
+    /// any, once this sidecar holds what it names.
+    pub async fn create_request(
+        &self,
+        lookup: &[u8; 32],
+    ) -> Result<Option<CreateRequestRecord>, StoreError> {
+        self.healthy()?;
+        self.inner.truth.create_request(self, *lookup).await
     }
 
     /// A sled I/O error while writing leaves sled's state unknown: like a
@@ -330,9 +357,7 @@ impl Store {
             retention.as_millis().min(i64::MAX as u128) as i64,
             std::sync::atomic::Ordering::Relaxed,
         );
-        if let Some(fleet) = &self.inner.fleet {
-            fleet.set_audit_retention(retention);
-        }
+        self.inner.truth.set_audit_retention(retention);
     }
 
     /// Flushes and syncs everything to stable storage (used at shutdown).

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use super::commit::{sync_dir, Durable};
 use super::fleet::FleetConfig;
 use super::record::FORMAT_VERSION;
+use super::truth::Standalone;
 use super::{
     audit, commit, fleet, mirror, Inner, Store, StoreError, DEFAULT_AUDIT_RETENTION_MS,
     DEFAULT_CACHE_BYTES, ETCD_CLUSTER_KEY, ETCD_PREFIX_KEY, ETCD_REVISION_KEY, FORMAT_VERSION_KEY,
@@ -93,7 +94,10 @@ impl Store {
                 last_used,
                 usage_persisted: Mutex::default(),
                 audit_retention_ms: DEFAULT_AUDIT_RETENTION_MS.into(),
-                fleet: fleet.map(|config| Arc::new(fleet::Fleet::new(config, applied_revision))),
+                truth: match fleet {
+                    None => Arc::new(Standalone),
+                    Some(config) => Arc::new(fleet::Fleet::new(config, applied_revision)),
+                },
                 failed,
                 unfit: mirror::Unfit::default(),
                 audit_budget: audit::AuditBudget::new(),

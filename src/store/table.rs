@@ -56,7 +56,7 @@ impl Store {
         // Keys of one account share one account id allocation.
         let mut accounts: std::collections::HashMap<String, Arc<str>> =
             std::collections::HashMap::new();
-        let fleet = self.inner.fleet.is_some();
+        let fleet = self.inner.truth.mirrors();
         for batch in batches {
             for (id_bytes, value) in batch {
                 let key_id = <[u8; 16]>::try_from(id_bytes.as_ref())
@@ -206,7 +206,7 @@ impl Store {
             .writer
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        if self.inner.fleet.is_some() {
+        if self.inner.truth.mirrors() {
             self.inner.catalog.store(catalog);
             also();
             return self.rejudge_mirror();

@@ -37,7 +37,8 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::watch;
 
-use super::{AuditEvent, Change, KeyRecord, Snapshot, Store, StoreError};
+use super::truth::{Decide, Refused};
+use super::{Change, KeyRecord, Snapshot, Store, StoreError};
 use crate::token::KeyId;
 
 pub const DEFAULT_PREFIX: &str = "/scopegate/v1/";
@@ -173,16 +174,12 @@ impl Fleet {
             .ok_or_else(|| StoreError::EtcdUnavailable("not connected yet".into()))
     }
 
-    pub async fn mutate<T, E>(
+    pub(in crate::store) async fn mutate(
         &self,
         store: &Store,
         reads: Vec<KeyId>,
-        decide: impl Fn(&Snapshot) -> Result<(Change, AuditEvent, T), E> + Send + Sync + 'static,
-    ) -> Result<T, E>
-    where
-        T: Send + 'static,
-        E: From<StoreError> + Send + 'static,
-    {
+        decide: Decide,
+    ) -> Result<(), Refused> {
         self.await_watching().await?;
         let mut client = self.connected()?;
         for attempt in 0..MAX_ATTEMPTS {
@@ -190,7 +187,7 @@ impl Fleet {
                 backoff(attempt).await;
             }
             let (snapshot, mut compares) = self.read_snapshot(&mut client, &reads).await?;
-            let (change, event, value) = decide(&snapshot)?;
+            let (change, event) = decide(&snapshot)?;
             if attempt == 0 {
                 self.keep_audit_budget(store, &mut client, &event.account_id)
                     .await;
@@ -212,7 +209,7 @@ impl Fleet {
                 .map(|header| header.revision())
                 .unwrap_or(0);
             self.wait_applied(store, revision).await?;
-            return Ok(value);
+            return Ok(());
         }
         Err(StoreError::Conflict.into())
     }
@@ -343,7 +340,6 @@ impl Fleet {
         format!("{}requests/{hex}", self.config.prefix).into_bytes()
     }
 
-    /// The first result filed under a CreateKey request id, from etcd.
     /// The first result filed under a CreateKey request id, from etcd; with
     /// `store`, once this sidecar has applied it (so the key can be read).
     pub async fn create_request(

@@ -1,0 +1,193 @@
+//! The source of truth behind a [`Store`]: sled in the data dir
+//! (standalone), or etcd with sled as this sidecar's mirror (fleet). The
+//! store's methods are the same in both modes; what differs is this one
+//! contract, [`Truth`], and its two implementations below. `tests/model.rs`
+//! and `tests/durability.rs` run the same promises against both.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::audit::{AuditEvent, AuditFilter};
+use super::fleet::{Fleet, SyncState};
+use super::record::CreateRequestRecord;
+use super::{Change, Snapshot, Store, StoreError};
+use crate::token::KeyId;
+
+pub(super) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A mutation's decision with its value kept by the caller
+/// ([`Store::mutate`]): it may run more than once (fleet: again after a
+/// conflict), the last run being the one applied.
+pub(super) type Decide =
+    Box<dyn Fn(&Snapshot) -> Result<(Change, AuditEvent), Refused> + Send + Sync>;
+
+/// A page of audit events and the cursor to continue from.
+pub(super) type AuditPage = (Vec<AuditEvent>, Option<Vec<u8>>);
+
+/// Why a mutation did not apply.
+pub(super) enum Refused {
+    /// The decision refused it (its error is with the caller).
+    ByDecision,
+    Store(StoreError),
+}
+
+impl From<StoreError> for Refused {
+    fn from(error: StoreError) -> Refused {
+        Refused::Store(error)
+    }
+}
+
+/// Where the keys' truth lives, and what only it can do.
+pub(super) trait Truth: Send + Sync {
+    /// Applies one change decided on the records `reads` names as the truth
+    /// holds them when the change applies; returns once the change is
+    /// durable and visible to Check on this sidecar.
+    fn mutate<'a>(
+        &'a self,
+        store: &'a Store,
+        reads: Vec<KeyId>,
+        decide: Decide,
+    ) -> BoxFuture<'a, Result<(), Refused>>;
+
+    /// The first result filed under a CreateKey request id's `lookup`, once
+    /// this sidecar holds what it names.
+    fn create_request<'a>(
+        &'a self,
+        store: &'a Store,
+        lookup: [u8; 32],
+    ) -> BoxFuture<'a, Result<Option<CreateRequestRecord>, StoreError>>;
+
+    /// A page of audit events: up to `limit` matching `filter` after the
+    /// cursor `after`, and the cursor to continue from.
+    fn audit_events<'a>(
+        &'a self,
+        store: &'a Store,
+        filter: AuditFilter,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<AuditPage, StoreError>>;
+
+    /// Starts keeping the mirror up to date, if sled mirrors another truth.
+    fn follow(self: Arc<Self>, store: Store);
+
+    /// Whether sled mirrors another truth (fleet): a record the mirror holds
+    /// but this sidecar cannot use is denied, never refused at load.
+    fn mirrors(&self) -> bool;
+
+    /// How fresh the mirror is (fleet only).
+    fn sync_state(&self) -> Option<Arc<SyncState>>;
+
+    /// How long audit events are kept where the truth keeps them.
+    fn set_audit_retention(&self, retention: Duration);
+}
+
+/// Standalone: sled is the truth, written under the writer lock and group
+/// committed (`local.rs`, `commit.rs`).
+pub(super) struct Standalone;
+
+impl Truth for Standalone {
+    fn mutate<'a>(
+        &'a self,
+        store: &'a Store,
+        reads: Vec<KeyId>,
+        decide: Decide,
+    ) -> BoxFuture<'a, Result<(), Refused>> {
+        let writing = store.clone();
+        Box::pin(store.commit(move || {
+            let mut snapshot = Snapshot::default();
+            for key_id in reads {
+                let record = writing.get(&key_id)?;
+                snapshot.records.push((key_id, record));
+            }
+            let (change, event) = decide(&snapshot)?;
+            let publish = writing.apply_local(change, event)?;
+            Ok((publish, ()))
+        }))
+    }
+
+    fn create_request<'a>(
+        &'a self,
+        store: &'a Store,
+        lookup: [u8; 32],
+    ) -> BoxFuture<'a, Result<Option<CreateRequestRecord>, StoreError>> {
+        Box::pin(store.local_create_request(lookup))
+    }
+
+    fn audit_events<'a>(
+        &'a self,
+        store: &'a Store,
+        filter: AuditFilter,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<AuditPage, StoreError>> {
+        // On a blocking thread, never on a decision worker.
+        let store = store.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || store.local_audit_events(&filter, after, limit))
+                .await
+                .map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    fn follow(self: Arc<Self>, _store: Store) {}
+
+    fn mirrors(&self) -> bool {
+        false
+    }
+
+    fn sync_state(&self) -> Option<Arc<SyncState>> {
+        None
+    }
+
+    fn set_audit_retention(&self, _retention: Duration) {
+        // Kept by the store itself (pruned every `AUDIT_PRUNE_EVERY` changes).
+    }
+}
+
+/// Fleet: etcd is the truth, sled this sidecar's mirror (`fleet/`).
+impl Truth for Fleet {
+    fn mutate<'a>(
+        &'a self,
+        store: &'a Store,
+        reads: Vec<KeyId>,
+        decide: Decide,
+    ) -> BoxFuture<'a, Result<(), Refused>> {
+        Box::pin(Fleet::mutate(self, store, reads, decide))
+    }
+
+    fn create_request<'a>(
+        &'a self,
+        store: &'a Store,
+        lookup: [u8; 32],
+    ) -> BoxFuture<'a, Result<Option<CreateRequestRecord>, StoreError>> {
+        Box::pin(async move { Fleet::create_request(self, Some(store), &lookup).await })
+    }
+
+    fn audit_events<'a>(
+        &'a self,
+        _store: &'a Store,
+        filter: AuditFilter,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<AuditPage, StoreError>> {
+        Box::pin(async move { Fleet::audit_events(self, &filter, after, limit).await })
+    }
+
+    fn follow(self: Arc<Self>, store: Store) {
+        tokio::spawn(Fleet::follow(self, store));
+    }
+
+    fn mirrors(&self) -> bool {
+        true
+    }
+
+    fn sync_state(&self) -> Option<Arc<SyncState>> {
+        Some(self.state.clone())
+    }
+
+    fn set_audit_retention(&self, retention: Duration) {
+        Fleet::set_audit_retention(self, retention);
+    }
+}
