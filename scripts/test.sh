@@ -94,6 +94,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --locked --workspace --all-targets -- -D warnings
+echo "== cargo doc -D warnings (every intra-doc link resolves)"
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --quiet
 echo "== cargo build --release (the image test runs the release binary, as the Dockerfile builds it)"
 cargo build --locked --release --bin scopegate
 export SCOPEGATE_RELEASE_BIN="$CARGO_TARGET_DIR/release/scopegate"

@@ -8,7 +8,7 @@
 //!
 //! In memory, a counter outlives its key (deleted, or its limits changed)
 //! until a sweep, every [`SWEEP_EVERY`] on a blocking thread, drops the ones
-//! whose window has run out, [`SWEEP_CHUNK`] at a time: the decision path
+//! whose window has run out, `SWEEP_CHUNK` at a time: the decision path
 //! waits at most one chunk for the lock. (Redis expires its keys itself.)
 
 use std::sync::atomic::{AtomicBool, Ordering};

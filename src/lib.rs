@@ -21,6 +21,8 @@
 //!   (the decision, the hot path), [`key`], [`route`], [`ratelimit`],
 //!   [`token`], [`scope`].
 #![forbid(unsafe_code)]
+// Flag docs are clap's help text, whose placeholders read `<data-dir>`.
+#![allow(rustdoc::invalid_html_tags)]
 
 pub use scopegate_core::{authz, key, ratelimit, route, scope, token};
 

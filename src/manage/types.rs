@@ -15,7 +15,7 @@ pub enum Caller {
         key_id: KeyId,
         account_id: Arc<str>,
         /// As authenticated; a mutation re-reads the caller's record under
-        /// the store's writer lock and decides on that (see [`current_caller`]).
+        /// the store's writer lock and decides on that (see `rules::current_caller`).
         scopes: ScopeSet,
         secret_hash: [u8; 32],
     },
@@ -47,7 +47,7 @@ pub struct KeyView {
     pub enabled: bool,
     /// When the secret before the last rotation stops (0: none).
     pub previous_secret_expire_unix_ms: i64,
-    /// Names the current secret without revealing it ([`secret_fingerprint`]).
+    /// Names the current secret without revealing it ([`crate::token::secret_fingerprint`]).
     pub secret_fingerprint: String,
     pub allowed_cidrs: Vec<String>,
     pub metadata: BTreeMap<String, String>,

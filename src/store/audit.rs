@@ -14,7 +14,7 @@ use crate::token::KeyId;
 pub struct AuditEvent {
     #[prost(int64, tag = "1")]
     pub time_unix_ms: i64,
-    /// "admin" or "key:<key id>".
+    /// "admin" or `key:<key id>`.
     #[prost(string, tag = "2")]
     pub actor: String,
     /// The acting key's account ("" for the admin).

@@ -1,6 +1,6 @@
 //! Persistence: sled on disk, and the in-memory [`KeyTable`] that `Check` reads.
 //! The truth is sled itself (standalone) or etcd, sled mirroring it (fleet);
-//! what differs between the two is the [`truth::Truth`] contract, one place.
+//! what differs between the two is the `truth::Truth` contract, one place.
 //!
 //! Standalone write path (every mutation; fleet's is in `fleet/`):
 //! 1. under the writer lock, apply one sled transaction over `keys` and

@@ -26,7 +26,7 @@ pub enum Decision {
         /// The key's metadata, if it has any (a reference count, no copy).
         metadata: Option<Arc<Metadata>>,
         /// The key's rate limits this request counts against, if any: the
-        /// edge counts them ([`crate::counters`]) before it answers.
+        /// edge counts them (the sidecar's `counters`) before it answers.
         rate: Option<Applicable>,
     },
     MissingToken,

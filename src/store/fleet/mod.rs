@@ -8,7 +8,7 @@
 //!   a full read at one revision instead;
 //! - **writer**: each watch response is applied to the sled mirror together
 //!   with its revision in one sled transaction, synced like any standalone
-//!   write, and only then published to the [`KeyTable`] (a full read replaces
+//!   write, and only then published to the [`crate::key::KeyTable`] (a full read replaces
 //!   the mirror in one transaction, then brings the table to the new set);
 //! - **readers**: Check reads the table; Get/List read the mirror.
 //!
