@@ -133,34 +133,27 @@ pub async fn form(headers: &HeaderMap, body: Body) -> Result<Vec<(String, String
         .collect()
 }
 
+/// One form-encoded name or value: `+` is a space, `%XX` a byte; a `%`
+/// without two hex digits, or bytes that are not UTF-8, are a 400 (the
+/// decoder itself would pass them through).
 fn decode(text: &str) -> Result<String, ApiError> {
     let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut at = 0;
-    while at < bytes.len() {
-        match bytes[at] {
-            b'%' => {
-                let hex = bytes
-                    .get(at + 1..at + 3)
-                    .and_then(|hex| std::str::from_utf8(hex).ok())
-                    .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
-                    .ok_or_else(|| {
-                        ApiError::bad_request(None, "the query string has a bad % escape")
-                    })?;
-                out.push(u8::from_str_radix(hex, 16).expect("two hex digits"));
-                at += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                at += 1;
-            }
-            byte => {
-                out.push(byte);
-                at += 1;
-            }
-        }
+    let bad_escape = bytes.iter().enumerate().any(|(at, byte)| {
+        *byte == b'%'
+            && !bytes
+                .get(at + 1..at + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    if bad_escape {
+        return Err(ApiError::bad_request(
+            None,
+            "the query string has a bad % escape",
+        ));
     }
-    String::from_utf8(out).map_err(|_| ApiError::bad_request(None, "the query string is not UTF-8"))
+    percent_encoding::percent_decode_str(&text.replace('+', " "))
+        .decode_utf8()
+        .map(|decoded| decoded.into_owned())
+        .map_err(|_| ApiError::bad_request(None, "the query string is not UTF-8"))
 }
 
 /// `authorization: Bearer <token>`: `Ok(None)` without the header.

@@ -356,67 +356,40 @@ pub fn message(frame: Option<&Frame<'_>>, title: &str, text: &str) -> Markup {
 
 /// `YYYY-MM-DD HH:MM` for unix ms (UTC); empty for 0.
 pub fn utc(unix_ms: i64) -> String {
-    if unix_ms <= 0 {
-        return String::new();
-    }
-    let secs = unix_ms / 1000;
-    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}",
-        rest / 3600,
-        rest % 3600 / 60
-    )
+    shown(unix_ms, "%Y-%m-%d %H:%M")
 }
 
 /// `YYYY-MM-DD` for unix ms (UTC); empty for 0.
 pub fn date(unix_ms: i64) -> String {
-    utc(unix_ms).split(' ').next().unwrap_or("").to_owned()
+    shown(unix_ms, "%Y-%m-%d")
 }
 
-/// Unix ms of `YYYY-MM-DD` 00:00 UTC.
-pub fn parse_date(text: &str) -> Option<i64> {
-    let mut parts = text.split('-');
-    let year: i64 = parts.next()?.parse().ok()?;
-    let month: i64 = parts.next()?.parse().ok()?;
-    let day: i64 = parts.next()?.parse().ok()?;
-    if parts.next().is_some() || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
-        return None;
+fn shown(unix_ms: i64, format: &str) -> String {
+    match chrono::DateTime::from_timestamp_millis(unix_ms) {
+        Some(time) if unix_ms > 0 => time.format(format).to_string(),
+        _ => String::new(),
     }
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    // A day past its month's end (February 31) would land in the next one.
-    (civil_from_days(days) == (year, month, day)).then_some(days * 86_400_000)
 }
 
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
+/// Unix ms of `YYYY-MM-DD` 00:00 UTC; `None` for anything else, a day
+/// past its month's end (February 31) included.
+pub fn parse_date(text: &str) -> Option<i64> {
+    let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
+    Some(
+        date.and_time(chrono::NaiveTime::MIN)
+            .and_utc()
+            .timestamp_millis(),
+    )
 }
 
-/// Percent-encodes a query value.
+/// Percent-encodes a query value (all but RFC 3986's unreserved characters).
 pub fn url(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    const RESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(text, RESERVED).to_string()
 }
 
 #[cfg(test)]
