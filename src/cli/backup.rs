@@ -172,3 +172,24 @@ pub fn write_durably(path: &std::path::Path, content: &[u8]) -> std::io::Result<
     }
     written
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{record_from_json, record_to_json};
+
+    /// Backups from before the rename name an account limit `shared`; they
+    /// restore as one, and new backups say `account`.
+    #[test]
+    fn an_account_limit_reads_under_either_name() {
+        let key_id = crate::token::KeyId::from_bytes([1; 16]);
+        let line = format!(
+            r#"{{"version":3,"key_id":"{key_id}","account_id":"acme","name":"k","scopes":["mail.send"],"secret_hash":"{}","create_time_unix_ms":1,"update_time_unix_ms":1,"created_by":"admin","rate_limits":[{{"name":"org","limit":5,"window_secs":60,"shared":true}}]}}"#,
+            "01".repeat(32)
+        );
+        let record = record_from_json(&line).unwrap();
+        assert!(record.rate_limits[0].account);
+        let written = record_to_json(&record).unwrap();
+        assert!(written.contains(r#""account":true"#), "{written}");
+        assert_eq!(record_from_json(&written).unwrap(), record);
+    }
+}

@@ -172,7 +172,7 @@ fn limit_text(limit: &pb::RateLimit) -> String {
         limit: limit.limit,
         window_secs: limit.window.as_ref().map_or(0, |w| w.seconds.max(0) as u64),
         scopes: limit.scopes.clone(),
-        shared: limit.account,
+        account: limit.account,
     }
     .line()
 }

@@ -196,7 +196,7 @@ fn limit_to_pb(limit: crate::ratelimit::RateLimit) -> Result<pb::RateLimit, Stri
         name: limit.name,
         limit: limit.limit,
         scopes: limit.scopes,
-        account: limit.shared,
+        account: limit.account,
     })
 }
 

@@ -107,7 +107,7 @@ fn rate_limit_to_pb(limit: &RateLimit) -> pb::RateLimit {
         limit: limit.limit,
         window: Some(seconds(limit.window_secs)),
         scopes: limit.scopes.clone(),
-        account: limit.shared,
+        account: limit.account,
     }
 }
 
@@ -138,7 +138,7 @@ pub(super) fn rate_limits_from_pb(limits: Vec<pb::RateLimit>) -> Result<Vec<Rate
                 limit: limit.limit,
                 window_secs: window.seconds as u64,
                 scopes: limit.scopes,
-                shared: limit.account,
+                account: limit.account,
             })
         })
         .collect()

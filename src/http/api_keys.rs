@@ -62,7 +62,7 @@ impl From<RateLimitInput> for RateLimit {
             limit: input.limit,
             window_secs: input.window_seconds,
             scopes: input.scopes,
-            shared: input.account,
+            account: input.account,
         }
     }
 }
@@ -74,7 +74,7 @@ impl From<&RateLimit> for RateLimitInput {
             limit: limit.limit,
             window_seconds: limit.window_secs,
             scopes: limit.scopes.clone(),
-            account: limit.shared,
+            account: limit.account,
         }
     }
 }

@@ -268,7 +268,7 @@ pub(super) fn create_digest(caller: &Caller, request: &NewKey) -> [u8; 32] {
             .terms
             .rate_limits
             .iter()
-            .map(|limit| format!("{limit}{}", u8::from(limit.shared)).into_bytes()),
+            .map(|limit| format!("{limit}{}", u8::from(limit.account)).into_bytes()),
     );
     request_digest(&parts.iter().map(Vec::as_slice).collect::<Vec<_>>())
 }

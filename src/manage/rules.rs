@@ -167,7 +167,7 @@ pub(super) fn check_windows_kept(
     for limit in limits.iter().map(RateLimit::from) {
         let moved = before.iter().find(|old| {
             old.name == limit.name
-                && old.shared == limit.shared
+                && old.account == limit.account
                 && old.window_secs != limit.window_secs
         });
         if let Some(old) = moved {

@@ -104,9 +104,11 @@ pub struct RateLimitRecord {
     #[prost(string, repeated, tag = "4")]
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Counted for every key of the account (the API's `account`); backups
+    /// written before the rename call it `shared`.
     #[prost(bool, tag = "5")]
-    #[serde(default)]
-    pub shared: bool,
+    #[serde(default, alias = "shared")]
+    pub account: bool,
 }
 
 impl From<&RateLimit> for RateLimitRecord {
@@ -116,7 +118,7 @@ impl From<&RateLimit> for RateLimitRecord {
             limit: limit.limit,
             window_secs: limit.window_secs,
             scopes: limit.scopes.clone(),
-            shared: limit.shared,
+            account: limit.account,
         }
     }
 }
@@ -128,7 +130,7 @@ impl From<&RateLimitRecord> for RateLimit {
             limit: record.limit,
             window_secs: record.window_secs,
             scopes: record.scopes.clone(),
-            shared: record.shared,
+            account: record.account,
         }
     }
 }

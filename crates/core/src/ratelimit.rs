@@ -2,7 +2,7 @@
 //! requests it counts, and the no-escalation comparison. Pure: counting is
 //! `counters`' job (limitador), storing is `store::record`'s.
 //!
-//! A limit counts the requests of one key, or (`shared`) of every key of the
+//! A limit counts the requests of one key, or (`account`) of every key of the
 //! account that carries a limit of that name: an account limit lives on the
 //! keys, so it needs no record of its own and changes with them.
 
@@ -19,14 +19,14 @@ pub const MAX_WINDOW_SECS: u64 = 30 * 86_400;
 
 /// A limit as written and stored: at most `limit` requests per `window_secs`
 /// (fixed windows), counting those that need one of `scopes` (every request
-/// when empty), per key or, `shared`, per account.
+/// when empty), per key or, `account`, per account.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RateLimit {
     pub name: String,
     pub limit: u64,
     pub window_secs: u64,
     pub scopes: Vec<String>,
-    pub shared: bool,
+    pub account: bool,
 }
 
 /// What follows an account limit's rule on its line.
@@ -36,7 +36,7 @@ impl RateLimit {
     /// One line, as the CLI and the console show a limit and the console
     /// reads it back: `default=600/minute`, `org=10000/hour (account)`.
     pub fn line(&self) -> String {
-        if self.shared {
+        if self.account {
             format!("{self} {ACCOUNT}")
         } else {
             self.to_string()
@@ -53,7 +53,7 @@ impl RateLimit {
 
     /// `NAME=COUNT/WINDOW[:SCOPE,SCOPE…]`, e.g. `default=600/minute`,
     /// `send=100/second:mail.send`, `burst=20/10s`.
-    pub fn parse(text: &str, shared: bool) -> Result<RateLimit, String> {
+    pub fn parse(text: &str, account: bool) -> Result<RateLimit, String> {
         let shape =
             || format!("`{text}` is not NAME=COUNT/WINDOW[:SCOPE,…] (e.g. default=600/minute)");
         let (name, rest) = text.split_once('=').ok_or_else(shape)?;
@@ -69,7 +69,7 @@ impl RateLimit {
                 .map_err(|_| format!("`{count}` is not a whole number of requests"))?,
             window_secs: parse_window(window)?,
             scopes,
-            shared,
+            account,
         };
         limit.check()?;
         Ok(limit)
@@ -115,18 +115,18 @@ impl RateLimit {
     /// At least as strict as `other`: counts every request `other` counts,
     /// no more of them, over a window at least as long. An account's limit
     /// is one counter per name only over one window (a counter's window is
-    /// part of its identity), so a shared limit keeps `other`'s window
+    /// part of its identity), so an account limit keeps `other`'s window
     /// exactly: a longer one would be a fresh count.
     fn at_least_as_strict_as(&self, other: &RateLimit) -> bool {
         let counts_all_of_other = self.scopes.is_empty()
             || (!other.scopes.is_empty()
                 && other.scopes.iter().all(|scope| self.scopes.contains(scope)));
-        let window = if self.shared {
+        let window = if self.account {
             self.window_secs == other.window_secs
         } else {
             self.window_secs >= other.window_secs
         };
-        self.shared == other.shared && counts_all_of_other && self.limit <= other.limit && window
+        self.account == other.account && counts_all_of_other && self.limit <= other.limit && window
     }
 }
 
@@ -214,9 +214,9 @@ pub fn within(caller: &[RateLimit], key: &[RateLimit]) -> Result<(), String> {
             return Err(format!(
                 "the calling key is limited to {}{}: the key must carry a limit `{}` at least as strict{}",
                 held,
-                if held.shared { " (account)" } else { "" },
+                if held.account { " (account)" } else { "" },
                 held.name,
-                if held.shared {
+                if held.account {
                     ", over the same window (an account limit is one count per name)"
                 } else {
                     ""
@@ -250,7 +250,7 @@ impl ActiveLimit {
         key_id: &str,
         account_id: &str,
     ) -> ActiveLimit {
-        let counter = if limit.shared {
+        let counter = if limit.account {
             format!("account:{account_id}:{}", limit.name)
         } else {
             format!("key:{key_id}:{}", limit.name)
@@ -355,7 +355,7 @@ mod tests {
         ] {
             let limit = RateLimit::parse_line(text).unwrap();
             assert_eq!(limit.line(), text);
-            assert_eq!(limit.shared, text.ends_with("(account)"));
+            assert_eq!(limit.account, text.ends_with("(account)"));
         }
     }
 
@@ -413,16 +413,20 @@ mod tests {
         assert!(within(&scoped, &[limit("send=10/second")]).is_ok());
         assert!(within(&scoped, &[limit("send=10/second:mail.send,stats.read")]).is_ok());
         // An account limit is matched only by an account limit.
-        let shared = [RateLimit::parse("org=1000/hour", true).unwrap()];
-        assert!(within(&shared, &[limit("org=1000/hour")]).is_err());
-        assert!(within(&shared, &[RateLimit::parse("org=1000/hour", true).unwrap()]).is_ok());
+        let per_account = [RateLimit::parse("org=1000/hour", true).unwrap()];
+        assert!(within(&per_account, &[limit("org=1000/hour")]).is_err());
+        assert!(within(
+            &per_account,
+            &[RateLimit::parse("org=1000/hour", true).unwrap()]
+        )
+        .is_ok());
         // ... over its own window only: a longer one would be a fresh count.
         let longer = RateLimit::parse("org=1000/3601s", true).unwrap();
-        assert!(within(&shared, &[longer])
+        assert!(within(&per_account, &[longer])
             .unwrap_err()
             .contains("same window"));
         let fewer = RateLimit::parse("org=10/hour", true).unwrap();
-        assert!(within(&shared, &[fewer]).is_ok());
+        assert!(within(&per_account, &[fewer]).is_ok());
         // An unlimited caller grants anything.
         assert!(within(&[], &[]).is_ok());
     }
@@ -440,7 +444,8 @@ mod tests {
         assert_eq!(Applicable::named(&limits, Some("a")).unwrap().mask, 0b10);
         assert!(Applicable::named(&limits, Some("none")).is_none());
         assert_eq!(&*limits[0].counter, "key:k:all");
-        let shared = ActiveLimit::new(&RateLimit::parse("o=1/s", true).unwrap(), None, "k", "acct");
-        assert_eq!(&*shared.counter, "account:acct:o");
+        let per_account =
+            ActiveLimit::new(&RateLimit::parse("o=1/s", true).unwrap(), None, "k", "acct");
+        assert_eq!(&*per_account.counter, "account:acct:o");
     }
 }
