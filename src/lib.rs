@@ -9,7 +9,8 @@
 //!   and the console; Unix-socket connections): wire formats ↔ use-cases.
 //! - [`manage`]: key lifecycle use-cases: callers, permissions, no escalation.
 //! - [`gate`]: what every request of every door passes first: readiness,
-//!   budgets, deadlines.
+//!   budgets, deadlines. [`check`]: the decision, limits counted, for every
+//!   decision door.
 //! - [`limit`], [`readiness`], [`counters`]: per-account rates and failed
 //!   credentials; keys loaded and fresh; the rate limits' counters
 //!   (limitador: in memory or Redis).
@@ -26,6 +27,7 @@
 
 pub use scopegate_core::{authz, key, ratelimit, route, scope, token};
 
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod counters;

@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["server"],
     &["grpc", "uds", "http"],
     &["manage"],
-    &["gate"],
+    &["gate", "check"],
     &["limit", "readiness", "counters"],
     &["store"],
     &["telemetry"],

@@ -1,4 +1,4 @@
-//! `scopegate.v1.Authorize`: decode, [`authz::decide`] / [`authz::decide_http`], encode.
+//! `scopegate.v1.Authorize`: decode, the one check (`crate::check`), encode.
 
 use std::sync::Arc;
 
@@ -6,8 +6,8 @@ use tonic::{Request, Response, Status};
 
 use super::pb::{self, authorize_server::Authorize};
 use super::status::{bad_request, scope_status};
-use super::CheckContext;
-use crate::authz::{self, Decision};
+use crate::authz::{Decision, Policy};
+use crate::check::{CheckContext, CheckError, Checked, HttpQuestion};
 use crate::ratelimit::RateStatus;
 use crate::scope::Catalog;
 
@@ -42,83 +42,50 @@ impl Authorize for AuthorizeService {
                 )
             })?),
         };
-        let policy = context.policy.load();
-        let (decision, renormalized) = decide(context, &policy, &request, client_ip)?;
-        // The path decided on, when it is not the one sent (allowed only).
-        let canonical = match (&request.http, &decision) {
-            (Some(http), Decision::Allowed { .. }) if renormalized => {
-                policy.routes.canonical_path(&http.path)
+        let answer = |checked: Checked, policy: &Policy| {
+            let mut response = self.response(checked.decision, checked.rate, &policy.catalog);
+            if response.allowed {
+                response.path = checked.canonical_path.unwrap_or_default();
             }
-            _ => None,
+            response
         };
-        if !matches!(decision, Decision::Allowed { rate: Some(_), .. }) {
-            let mut response = self.response(decision, None, &policy.catalog);
-            response.path = canonical.unwrap_or_default();
-            return Ok(Response::new(response));
-        }
-        // The policy is not held across the count (a Redis round trip).
-        drop(policy);
-        let Some((decision, rate)) = context.count(decision).await else {
-            return Err(Status::unavailable(super::COUNTERS_AWAY));
-        };
-        let policy = context.policy.load();
-        let mut response = self.response(decision, rate, &policy.catalog);
-        if response.allowed {
-            response.path = canonical.unwrap_or_default();
-        }
-        Ok(Response::new(response))
-    }
-}
-
-/// The decision for a request (before its rate limits are counted), and
-/// whether an HTTP check's path was decided on in another form than sent.
-fn decide(
-    context: &CheckContext,
-    policy: &crate::authz::Policy,
-    request: &pb::CheckRequest,
-    client_ip: Option<std::net::IpAddr>,
-) -> Result<(Decision, bool), Status> {
-    Ok(match &request.http {
-        Some(http) => {
-            if !request.scopes.is_empty() {
-                return Err(bad_request("http", "give either scopes or http, not both"));
-            }
-            if http.method.is_empty() {
-                return Err(bad_request("http.method", "is required"));
-            }
-            let (decision, _, renormalized) = authz::decide_http_noting(
-                &context.keys,
-                &context.format,
-                &policy.routes,
-                &request.token,
-                &authz::HttpCheck {
-                    scope_from: crate::authz::ScopeFrom::Routes,
+        let checked = match &request.http {
+            Some(http) => {
+                if !request.scopes.is_empty() {
+                    return Err(bad_request("http", "give either scopes or http, not both"));
+                }
+                if http.method.is_empty() {
+                    return Err(bad_request("http.method", "is required"));
+                }
+                let question = HttpQuestion {
+                    token: &request.token,
+                    malformed: false,
                     method: &http.method,
                     path: &http.path,
                     method_override: false,
                     client_ip,
-                },
-            );
-            (decision, renormalized)
-        }
-        None => {
-            if request.scopes.is_empty() {
-                return Err(bad_request("scopes", "at least one scope is required"));
+                    proxy_scope: None,
+                    count: true,
+                };
+                context.check_http(&question, answer).await
             }
-            let required = policy
-                .catalog
-                .resolve(request.scopes.iter().map(String::as_str))
-                .map_err(|error| scope_status("scopes", &error))?;
-            let decision = authz::decide(
-                &context.keys,
-                &context.format,
-                &request.token,
-                client_ip,
-                &required,
-            );
-            (decision, false)
+            None => {
+                if request.scopes.is_empty() {
+                    return Err(bad_request("scopes", "at least one scope is required"));
+                }
+                context
+                    .check_scopes(&request.token, &request.scopes, client_ip, answer)
+                    .await
+            }
+        };
+        match checked {
+            Ok(response) => Ok(Response::new(response)),
+            Err(CheckError::CountersAway) => {
+                Err(Status::unavailable(CheckError::CountersAway.to_string()))
+            }
+            Err(CheckError::Scope(error)) => Err(scope_status("scopes", &error)),
         }
-    })
+    }
 }
 
 impl AuthorizeService {

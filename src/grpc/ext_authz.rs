@@ -1,9 +1,9 @@
 //! Envoy's `envoy.service.auth.v3.Authorization/Check` (ext_authz). The request
 //! is read in place ([`EnvoyCheck`]: only the fields the decision reads,
 //! headers as byte slices), the response is envoy-types' own
-//! `CheckResponse`. Translates Envoy's request to
-//! [`authz::decide_http`] (the same decision `Authorize.Check{http}` makes)
-//! and the decision to an Envoy response:
+//! `CheckResponse`. Translates Envoy's request to the one check
+//! (`crate::check`: the same decision `Authorize.Check{http}` makes, limits
+//! counted) and the decision to an Envoy response:
 //! - allow: upstream headers with the key and account ids (client-sent copies
 //!   overwritten), the credential header removed, dynamic metadata for access logs;
 //! - deny: 401 + `www-authenticate` for missing/malformed/unknown keys, 403 for
@@ -25,8 +25,8 @@ use super::envoy_service::authorization_server::Authorization;
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use tonic::{Code, Request, Response, Status};
 
-use super::CheckContext;
-use crate::authz::{self, Decision};
+use crate::authz::Decision;
+use crate::check::{CheckContext, Checked, HttpQuestion};
 use crate::ratelimit::RateStatus;
 use crate::scope::Catalog;
 
@@ -108,53 +108,42 @@ impl Authorization for ExtAuthzService {
             Credential::Token(_, token) => token.as_ref(),
             _ => "",
         };
-        let policy = context.policy.load();
-        let (decision, scope) = match &credential {
-            Credential::Malformed => (Decision::MalformedToken, None),
-            _ => authz::decide_http_request(
-                &context.keys,
-                &context.format,
-                &policy.routes,
-                token,
-                &authz::HttpCheck {
-                    method: http.method(),
-                    path: http.path(),
-                    method_override,
-                    client_ip: http.source_address().parse().ok(),
-                    scope_from: match http.route_scope() {
-                        None => authz::ScopeFrom::Routes,
-                        Some(name) => proxy_scope(&policy.catalog, name)
-                            .map_or(authz::ScopeFrom::UnknownToProxy, authz::ScopeFrom::Proxy),
-                    },
-                },
-            ),
+        let question = HttpQuestion {
+            token,
+            malformed: matches!(credential, Credential::Malformed),
+            method: http.method(),
+            path: http.path(),
+            method_override,
+            client_ip: http.source_address().parse().ok(),
+            proxy_scope: http.route_scope(),
+            count: self.config.count_rate_limits,
         };
-        let (decision, rate, policy) = match decision {
-            Decision::Allowed { rate: Some(_), .. } if self.config.count_rate_limits => {
-                // The policy is not held across the count (a Redis round trip).
-                drop(policy);
-                let Some((decision, rate)) = context.count(decision).await else {
-                    return Ok(Response::new(unavailable(super::COUNTERS_AWAY).into()));
-                };
-                (decision, rate, context.policy.load())
-            }
-            decision => (decision, None, policy),
-        };
-        let scope_name = shown_scope(&decision, scope, &policy.catalog);
-        if !decision.is_allowed()
-            && (self.config.dry_run || policy.routes.is_dry_run(http.method(), http.path()))
-        {
-            return Ok(Response::new(
-                self.dry_run(http, &decision, scope_name).into(),
-            ));
-        }
-        Ok(Response::new(self.response(
-            http,
-            (&credential, reserved),
-            (decision, rate),
-            scope_name,
-            &policy.catalog,
-        )))
+        let answered = context
+            .check_http(&question, |checked, policy| {
+                let Checked {
+                    decision,
+                    rate,
+                    scope,
+                    ..
+                } = checked;
+                let scope_name = shown_scope(&decision, scope, &policy.catalog);
+                if !decision.is_allowed()
+                    && (self.config.dry_run || policy.routes.is_dry_run(http.method(), http.path()))
+                {
+                    return self.dry_run(http, &decision, scope_name).into();
+                }
+                self.response(
+                    http,
+                    (&credential, reserved),
+                    (decision, rate),
+                    scope_name,
+                    &policy.catalog,
+                )
+            })
+            .await;
+        Ok(Response::new(answered.unwrap_or_else(|error| {
+            unavailable(&error.to_string()).into()
+        })))
     }
 }
 
@@ -414,20 +403,6 @@ fn shown_scope<'a>(
     scope
         .filter(|_| identified)
         .map(|scope| catalog.scope_name(scope))
-}
-
-/// The scope a proxy names for a route; one the catalog does not know is a
-/// misconfiguration of the proxy, denied as no route and logged once.
-fn proxy_scope(catalog: &Catalog, name: &str) -> Option<crate::scope::ScopeId> {
-    static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    let found = catalog.scope_id(name);
-    if found.is_none() && !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-        tracing::warn!(
-            scope = name,
-            "the proxy names a scope the catalog does not have (context_extensions \"scope\"); such requests are denied NO_ROUTE (logged once)"
-        );
-    }
-    found
 }
 
 /// A client-sent `x-scopegate-*` header (bytes: a name may hold non-ASCII).

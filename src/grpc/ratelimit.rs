@@ -78,7 +78,9 @@ impl RateLimitService for RateLimitsService {
                     Admission::Within(status) => descriptor_status(Code::Ok, status),
                     Admission::Over(status) => descriptor_status(Code::OverLimit, Some(status)),
                     Admission::Unavailable => {
-                        return Err(Status::unavailable(super::COUNTERS_AWAY))
+                        return Err(Status::unavailable(
+                            crate::check::CheckError::CountersAway.to_string(),
+                        ))
                     }
                 },
             };

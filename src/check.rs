@@ -1,0 +1,230 @@
+//! The decision, finished, for every decision door (Authorize, ext_authz,
+//! and any HTTP door to come): decided on one policy by the pure core
+//! (`authz`), then the key's rate limits counted, in this one place. Doors
+//! translate their request into an [`HttpQuestion`] or a scope list, and the
+//! [`Checked`] answer back; none counts limits or routes on its own.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::authz::{self, Decision, HttpCheck, Policy, ScopeFrom};
+use crate::counters::{Admission, Counters};
+use crate::key::KeyTable;
+use crate::ratelimit::RateStatus;
+use crate::scope::{Catalog, ScopeError, ScopeId};
+use crate::token::TokenFormat;
+
+/// What every decision door reads.
+pub struct CheckContext {
+    pub keys: Arc<KeyTable>,
+    pub format: TokenFormat,
+    /// Catalog + routes, swapped whole on reload; a check loads it once and
+    /// reads one policy from start to end.
+    pub policy: arc_swap::ArcSwap<Policy>,
+    /// Log one decision in this many (0: none).
+    pub decision_log_every: u64,
+    pub decisions_seen: std::sync::atomic::AtomicU64,
+    /// Would-be denials let through by dry run (for sampled logs).
+    pub dry_run_seen: std::sync::atomic::AtomicU64,
+    /// The rate limits' counters.
+    pub counters: Arc<Counters>,
+}
+
+/// An HTTP request as a door saw it.
+pub struct HttpQuestion<'a> {
+    /// The bearer token ("" when none was sent).
+    pub token: &'a str,
+    /// The credential headers could not be read as one token: denied
+    /// MALFORMED_TOKEN without routing.
+    pub malformed: bool,
+    pub method: &'a str,
+    pub path: &'a str,
+    /// The request carries a method-override header.
+    pub method_override: bool,
+    pub client_ip: Option<IpAddr>,
+    /// The scope the proxy names for this route, instead of the routes'.
+    pub proxy_scope: Option<&'a str>,
+    /// Whether this door counts the key's rate limits (ext_authz may leave
+    /// them to Envoy's rate-limit service).
+    pub count: bool,
+}
+
+/// A finished decision.
+pub struct Checked {
+    pub decision: Decision,
+    /// Where the key's closest limit stands, when limits were counted.
+    pub rate: Option<RateStatus>,
+    /// The scope the route required (HTTP checks).
+    pub scope: Option<ScopeId>,
+    /// Allowed on a path other than the one sent: the path decided on.
+    pub canonical_path: Option<String>,
+}
+
+impl Checked {
+    /// An allowed request past one of its key's limits: RATE_LIMITED.
+    fn over(self, status: RateStatus) -> Checked {
+        match self.decision {
+            Decision::Allowed {
+                key_id, account_id, ..
+            } => Checked {
+                decision: Decision::RateLimited {
+                    key_id,
+                    account_id,
+                    status: status.clone(),
+                },
+                rate: Some(status),
+                canonical_path: None,
+                ..self
+            },
+            _ => self,
+        }
+    }
+}
+
+/// Why a check has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("rate-limit counters are unreachable and --rate-limit-fail-closed is set")]
+    CountersAway,
+    #[error("{0}")]
+    Scope(#[from] ScopeError),
+}
+
+impl CheckContext {
+    /// Decides `question` and counts its limits; `answer` gets the result
+    /// with the policy it names scopes by (loaded once unless a count
+    /// intervened: no policy is held across a Redis round trip).
+    pub async fn check_http<R>(
+        &self,
+        question: &HttpQuestion<'_>,
+        answer: impl FnOnce(Checked, &Policy) -> R,
+    ) -> Result<R, CheckError> {
+        let policy = self.policy.load();
+        let checked = if question.malformed {
+            Checked {
+                decision: Decision::MalformedToken,
+                rate: None,
+                scope: None,
+                canonical_path: None,
+            }
+        } else {
+            let scope_from = match question.proxy_scope {
+                None => ScopeFrom::Routes,
+                Some(name) => proxy_scope(&policy.catalog, name)
+                    .map_or(ScopeFrom::UnknownToProxy, ScopeFrom::Proxy),
+            };
+            let (decision, scope, renormalized) = authz::decide_http_noting(
+                &self.keys,
+                &self.format,
+                &policy.routes,
+                question.token,
+                &HttpCheck {
+                    method: question.method,
+                    path: question.path,
+                    method_override: question.method_override,
+                    client_ip: question.client_ip,
+                    scope_from,
+                },
+            );
+            let canonical_path = match decision {
+                Decision::Allowed { .. } if renormalized => {
+                    policy.routes.canonical_path(question.path)
+                }
+                _ => None,
+            };
+            Checked {
+                decision,
+                rate: None,
+                scope,
+                canonical_path,
+            }
+        };
+        if !(question.count && matches!(checked.decision, Decision::Allowed { rate: Some(_), .. }))
+        {
+            return Ok(answer(checked, &policy));
+        }
+        drop(policy);
+        let counted = self.count(checked).await?;
+        Ok(answer(counted, &self.policy.load()))
+    }
+
+    /// Decides whether `token` holds every one of `scopes` and counts its
+    /// limits; `answer` as for [`CheckContext::check_http`].
+    pub async fn check_scopes<R>(
+        &self,
+        token: &str,
+        scopes: &[String],
+        client_ip: Option<IpAddr>,
+        answer: impl FnOnce(Checked, &Policy) -> R,
+    ) -> Result<R, CheckError> {
+        let policy = self.policy.load();
+        let required = policy.catalog.resolve(scopes.iter().map(String::as_str))?;
+        let checked = Checked {
+            decision: authz::decide(&self.keys, &self.format, token, client_ip, &required),
+            rate: None,
+            scope: None,
+            canonical_path: None,
+        };
+        if !matches!(checked.decision, Decision::Allowed { rate: Some(_), .. }) {
+            return Ok(answer(checked, &policy));
+        }
+        drop(policy);
+        let counted = self.count(checked).await?;
+        Ok(answer(counted, &self.policy.load()))
+    }
+
+    /// Counts an allowed request against the key's rate limits, after every
+    /// other rule: the decision stands (with where its closest limit
+    /// stands) or turns RATE_LIMITED.
+    async fn count(&self, checked: Checked) -> Result<Checked, CheckError> {
+        let applicable = match &checked.decision {
+            Decision::Allowed {
+                rate: Some(applicable),
+                ..
+            } => applicable,
+            _ => return Ok(checked),
+        };
+        match self.counters.admit(applicable, 1).await {
+            Admission::Within(status) => Ok(Checked {
+                rate: status,
+                ..checked
+            }),
+            Admission::Over(status) => Ok(checked.over(status)),
+            Admission::Unavailable => Err(CheckError::CountersAway),
+        }
+    }
+
+    /// Sampled per-decision log line: ids, scope and outcome, never a token.
+    pub fn log_decision(
+        &self,
+        api: &'static str,
+        decision: &'static str,
+        key_id: &str,
+        account_id: &str,
+        scope: Option<&str>,
+    ) {
+        if self.decision_log_every == 0 {
+            return;
+        }
+        let seen = self
+            .decisions_seen
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if seen % self.decision_log_every == 0 {
+            tracing::info!(api, decision, key_id, account_id, scope, "decision");
+        }
+    }
+}
+
+/// The catalog's id for a scope the proxy names; an unknown one is logged
+/// once (a misconfigured proxy), and its requests are denied NO_ROUTE.
+fn proxy_scope(catalog: &Catalog, name: &str) -> Option<ScopeId> {
+    static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let found = catalog.scope_id(name);
+    if found.is_none() && !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            scope = name,
+            "the proxy names a scope the catalog does not have (context_extensions \"scope\"); such requests are denied NO_ROUTE (logged once)"
+        );
+    }
+    found
+}
