@@ -8,23 +8,40 @@ use crate::store::SyncState;
 
 /// Serving gate: the services answer UNAVAILABLE until the store is loaded
 /// and, in fleet mode with `--max-staleness-secs`, while etcd has not been
-/// heard from for longer than that.
+/// heard from for longer than that. The one record of where serving stands:
+/// the gate and /readyz both read it.
 #[derive(Default)]
 pub struct Readiness {
     ready: std::sync::atomic::AtomicBool,
+    draining: std::sync::atomic::AtomicBool,
     staleness: Option<(std::time::Duration, Arc<SyncState>)>,
 }
 
 impl Readiness {
     pub fn new(staleness: Option<(std::time::Duration, Arc<SyncState>)>) -> Readiness {
         Readiness {
-            ready: Default::default(),
             staleness,
+            ..Readiness::default()
         }
     }
 
+    /// The keys are loaded: requests are answered from now on.
     pub fn set_ready(&self) {
         self.ready.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Shutting down: requests in flight finish, the load balancer is told.
+    pub fn set_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// What /readyz answers: loaded and not draining. Staleness is left
+    /// out: a stale sidecar fails its own decisions closed, and taking every
+    /// pod out of its Service during an etcd outage helps no caller.
+    pub fn probe(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Acquire)
+            && !self.draining.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Why requests are refused now (loading, or stale), if they are.

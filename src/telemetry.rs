@@ -4,8 +4,7 @@
 //! path (labels are fixed sets: api, decision, method, code, kind, result).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -83,24 +82,11 @@ fn build_recorder() -> PrometheusHandle {
         .expect("only scopegate installs a metrics recorder")
 }
 
-/// What /readyz reports.
-#[derive(Default)]
-pub struct ReadyState {
-    pub loaded: AtomicBool,
-    pub draining: AtomicBool,
-}
-
-impl ReadyState {
-    pub fn is_ready(&self) -> bool {
-        self.loaded.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
-    }
-}
-
 /// Serves /metrics, /healthz and /readyz until `shutdown` resolves.
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
     metrics: PrometheusHandle,
-    ready: Arc<ReadyState>,
+    ready: impl Fn() -> bool + Clone + Send + Sync + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::http::StatusCode;
@@ -114,7 +100,7 @@ pub async fn serve_http(
         .route(
             "/readyz",
             get(move || {
-                let status = if ready.is_ready() {
+                let status = if ready() {
                     (StatusCode::OK, "ready\n")
                 } else {
                     (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")

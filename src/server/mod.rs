@@ -20,7 +20,7 @@ use crate::readiness::Readiness;
 use crate::route::{RouteError, RouteTable, DEFAULT_ROUTES_TOML};
 use crate::scope::{Catalog, CatalogError, SharedCatalog};
 use crate::store::{Store, StoreError};
-use crate::telemetry::{self, ReadyState};
+use crate::telemetry;
 use crate::token::{TokenError, TokenFormat};
 
 mod admin_token;
@@ -107,7 +107,6 @@ struct Serving {
     stop: tokio::sync::watch::Sender<bool>,
     health: tonic_health::server::HealthReporter,
     readiness: Arc<Readiness>,
-    ready_state: Arc<ReadyState>,
     check_context: Arc<CheckContext>,
 }
 
@@ -216,7 +215,6 @@ async fn serve_all(
     let readiness = Arc::new(Readiness::new(
         config.max_staleness.zip(opened.store.sync_state()),
     ));
-    let ready_state = Arc::new(ReadyState::default());
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
     let manager = manager(config, &opened);
@@ -266,7 +264,10 @@ async fn serve_all(
                 tokio::spawn(telemetry::serve_http(
                     listener,
                     metrics_handle,
-                    ready_state.clone(),
+                    {
+                        let readiness = readiness.clone();
+                        move || readiness.probe()
+                    },
                     stopped(),
                 ))
             });
@@ -280,7 +281,6 @@ async fn serve_all(
         stop,
         health,
         readiness,
-        ready_state,
         check_context,
     })
 }
@@ -328,7 +328,6 @@ async fn load_keys(
         }
     }
     serving.readiness.set_ready();
-    serving.ready_state.loaded.store(true, Ordering::Release);
     set_health(&serving.health, ServingStatus::Serving).await;
     metrics::gauge!(telemetry::LAST_RELOAD_SUCCESS).set(unix_now_secs());
     tracing::info!(
@@ -363,7 +362,7 @@ async fn drain(
     store: &Store,
     failed: Option<String>,
 ) -> Result<(), StartError> {
-    serving.ready_state.draining.store(true, Ordering::Release);
+    serving.readiness.set_draining();
     set_health(&serving.health, ServingStatus::NotServing).await;
     let _ = serving.stop.send(true);
     // Graceful shutdown waits for clients to close their connections; an idle
