@@ -5,8 +5,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use crate::manage::ManageError;
-use crate::store::StoreError;
+use crate::manage::{ManageError, Refusal};
 
 /// A refused request, as the client sees it.
 #[derive(Debug)]
@@ -47,46 +46,30 @@ impl ApiError {
 impl From<ManageError> for ApiError {
     fn from(error: ManageError) -> ApiError {
         let message = error.to_string();
-        let status = match &error {
-            ManageError::MissingCredentials
-            | ManageError::BadCredentials
-            | ManageError::Inactive(_) => StatusCode::UNAUTHORIZED,
-            ManageError::IpNotAllowed
-            | ManageError::PreviousSecret
-            | ManageError::NeedsScope(_)
-            | ManageError::Escalation(_)
-            | ManageError::RateLimitEscalation(_)
-            | ManageError::TermsEscalation(_)
-            | ManageError::TargetStronger { .. }
-            | ManageError::OtherAccount
-            | ManageError::AdminOnly
-            | ManageError::AccountFull { .. } => StatusCode::FORBIDDEN,
-            ManageError::InvalidArgument { field, message } => {
+        let status = match error.refusal() {
+            Refusal::Unauthenticated => StatusCode::UNAUTHORIZED,
+            // SendGrid answers a full account with 403 too.
+            Refusal::Forbidden | Refusal::AccountFull => StatusCode::FORBIDDEN,
+            Refusal::Invalid { field, message } => {
                 // SendGrid's name for a key's id.
-                let field = if *field == "key_id" {
+                let field = if field == "key_id" {
                     "api_key_id"
                 } else {
                     field
                 };
-                return ApiError::bad_request(Some(field), message.clone());
+                return ApiError::bad_request(Some(field), message);
             }
-            ManageError::Scope { field, source } => {
-                return ApiError::bad_request(Some(field), source.to_string())
-            }
-            ManageError::NotFound(_) => StatusCode::NOT_FOUND,
-            ManageError::RateLimited { retry_after, .. }
-            | ManageError::CredentialsThrottled { retry_after } => {
+            Refusal::NotFound => StatusCode::NOT_FOUND,
+            Refusal::Throttled { retry_after } => {
                 return ApiError {
                     retry_after: Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
                     ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, message)
                 }
             }
-            ManageError::Store(
-                StoreError::Closed | StoreError::Failed { .. } | StoreError::EtcdUnavailable(_),
-            ) => return ApiError::unavailable(message),
-            ManageError::Store(StoreError::Conflict) => StatusCode::CONFLICT,
-            ManageError::Store(store_error) => {
-                tracing::error!(error = %store_error, "store failure");
+            Refusal::Unavailable => return ApiError::unavailable(message),
+            Refusal::Conflict => StatusCode::CONFLICT,
+            Refusal::Internal => {
+                tracing::error!(%error, "store failure");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };

@@ -69,6 +69,74 @@ pub enum ManageError {
     Store(StoreError),
 }
 
+/// What kind of refusal an error is: classified once, here; each edge maps
+/// a class to its own status (gRPC code, HTTP status) in one small table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal<'a> {
+    /// No credential, a wrong one, or one whose key is not active now.
+    Unauthenticated,
+    /// The caller may not do this (scope, escalation, another account, its
+    /// address, a rotated-out secret).
+    Forbidden,
+    /// A field of the request is wrong.
+    Invalid {
+        field: &'a str,
+        message: std::borrow::Cow<'a, str>,
+    },
+    NotFound,
+    /// The account holds its maximum of keys.
+    AccountFull,
+    /// Too many requests; retry after this.
+    Throttled {
+        retry_after: std::time::Duration,
+    },
+    /// The store cannot answer now (closed, failed, etcd away): retry.
+    Unavailable,
+    /// Lost to concurrent changes too often: retry.
+    Conflict,
+    /// A store failure that is not the caller's to fix (logged by the edge).
+    Internal,
+}
+
+impl ManageError {
+    /// The class of this refusal, for the edges' status tables.
+    pub fn refusal(&self) -> Refusal<'_> {
+        match self {
+            ManageError::MissingCredentials
+            | ManageError::BadCredentials
+            | ManageError::Inactive(_) => Refusal::Unauthenticated,
+            ManageError::IpNotAllowed
+            | ManageError::PreviousSecret
+            | ManageError::NeedsScope(_)
+            | ManageError::Escalation(_)
+            | ManageError::RateLimitEscalation(_)
+            | ManageError::TermsEscalation(_)
+            | ManageError::TargetStronger { .. }
+            | ManageError::OtherAccount
+            | ManageError::AdminOnly => Refusal::Forbidden,
+            ManageError::InvalidArgument { field, message } => Refusal::Invalid {
+                field,
+                message: message.into(),
+            },
+            ManageError::Scope { field, source } => Refusal::Invalid {
+                field,
+                message: source.to_string().into(),
+            },
+            ManageError::NotFound(_) => Refusal::NotFound,
+            ManageError::AccountFull { .. } => Refusal::AccountFull,
+            ManageError::RateLimited { retry_after, .. }
+            | ManageError::CredentialsThrottled { retry_after } => Refusal::Throttled {
+                retry_after: *retry_after,
+            },
+            ManageError::Store(
+                StoreError::Closed | StoreError::Failed { .. } | StoreError::EtcdUnavailable(_),
+            ) => Refusal::Unavailable,
+            ManageError::Store(StoreError::Conflict) => Refusal::Conflict,
+            ManageError::Store(_) => Refusal::Internal,
+        }
+    }
+}
+
 impl From<StoreError> for ManageError {
     fn from(error: StoreError) -> Self {
         match error {

@@ -30,7 +30,7 @@ mod types;
 mod validate;
 
 use error::scope_error;
-pub use error::ManageError;
+pub use error::{ManageError, Refusal};
 use paging::{next_page_token, page, page_binding};
 use rules::{check_no_escalation, readable_account, require, visible_to};
 pub use types::{
