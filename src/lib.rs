@@ -11,9 +11,9 @@
 //! - [`gate`]: what every request of every door passes first: readiness,
 //!   budgets, deadlines. [`check`]: the decision, limits counted, for every
 //!   decision door.
-//! - [`limit`], [`readiness`], [`counters`]: per-account rates and failed
-//!   credentials; keys loaded and fresh; the rate limits' counters
-//!   (limitador: in memory or Redis).
+//! - [`throttle`], [`readiness`], [`counters`]: management's per-account
+//!   rates and failed credentials; keys loaded and fresh; the keys' rate
+//!   limits' counters (limitador: in memory or Redis).
 //! - [`store`]: sled (standalone) or etcd with a sled mirror (fleet), group
 //!   commit, publishing into the table.
 //! - [`telemetry`]: metric names, /metrics /healthz /readyz.
@@ -34,7 +34,6 @@ pub mod counters;
 pub mod gate;
 pub mod grpc;
 pub mod http;
-pub mod limit;
 pub mod manage;
 pub mod readiness;
 pub mod request_id;
@@ -42,4 +41,5 @@ pub mod secret_file;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod throttle;
 pub mod uds;

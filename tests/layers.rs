@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["grpc", "uds", "http"],
     &["manage"],
     &["gate", "check"],
-    &["limit", "readiness", "counters"],
+    &["throttle", "readiness", "counters"],
     &["store"],
     &["telemetry"],
     &["authz"],

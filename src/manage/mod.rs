@@ -14,9 +14,9 @@ use subtle::ConstantTimeEq;
 
 use crate::authz::Decision;
 use crate::key::KeyTable;
-use crate::limit::AccountRate;
 use crate::scope::{Access, KeyKind, ManageAction, ScopeSet, SharedCatalog};
 use crate::store::{KeyRecord, Store, StoreError};
+use crate::throttle::Throttle;
 use crate::token::{admin_token_hash, secret_fingerprint, TokenFormat};
 
 mod audit;
@@ -50,13 +50,13 @@ pub struct Manager {
     admin_token_hash: [u8; 32],
     max_keys_per_account: usize,
     /// Key changes by API keys, per account; `None`: unlimited.
-    mutation_rate: Option<AccountRate>,
+    mutation_rate: Option<Throttle>,
     /// Management reads by API keys, per account; `None`: unlimited.
-    read_rate: Option<AccountRate>,
+    read_rate: Option<Throttle>,
     /// Every key must expire within this of now; `None`: no limit.
     max_key_lifetime: Option<std::time::Duration>,
     /// Failed credentials per client address, on every management door.
-    failed_credentials: AccountRate,
+    failed_credentials: Throttle,
 }
 
 /// Failed credentials one address may present per second (bursts of as
@@ -80,7 +80,7 @@ impl Manager {
             mutation_rate: None,
             read_rate: None,
             max_key_lifetime: None,
-            failed_credentials: AccountRate::new(FAILED_CREDENTIALS_PER_SEC),
+            failed_credentials: Throttle::new(FAILED_CREDENTIALS_PER_SEC),
         }
     }
 
@@ -93,14 +93,14 @@ impl Manager {
     /// Limits key changes by the API keys of one account to `per_second`
     /// (bursts of as many). The admin is not limited.
     pub fn with_mutation_rate(mut self, per_second: u32) -> Manager {
-        self.mutation_rate = Some(AccountRate::new(per_second));
+        self.mutation_rate = Some(Throttle::new(per_second));
         self
     }
 
     /// Limits management reads (GetKey, ListKeys, ListAuditEvents) by the
     /// API keys of one account to `per_second` (bursts of as many).
     pub fn with_read_rate(mut self, per_second: u32) -> Manager {
-        self.read_rate = Some(AccountRate::new(per_second));
+        self.read_rate = Some(Throttle::new(per_second));
         self
     }
 
@@ -114,11 +114,7 @@ impl Manager {
 }
 
 /// Takes a token from the caller's account bucket (API keys only).
-fn admit(
-    rate: Option<&AccountRate>,
-    caller: &Caller,
-    what: &'static str,
-) -> Result<(), ManageError> {
+fn admit(rate: Option<&Throttle>, caller: &Caller, what: &'static str) -> Result<(), ManageError> {
     {
         let (Some(rate), Caller::Key { account_id, .. }) = (rate, caller) else {
             return Ok(());

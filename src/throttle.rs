@@ -1,14 +1,16 @@
-//! Admission per account: [`AccountRate`], a token bucket per account for
-//! key changes and management reads made by API keys, so one tenant cannot
-//! monopolise the single writer. (What every request passes first, the
-//! readiness and concurrency gate, is `gate`.)
+//! Throttling of management: [`Throttle`], a token bucket per account for
+//! key changes and management reads made by API keys (so one tenant cannot
+//! monopolise the single writer), and per address for failed credentials.
+//! Not the keys' own rate limits: those are `ratelimit` (the rules) and
+//! `counters` (their counts). What every request passes first is `gate`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A token bucket per account: `rate` changes per second, bursts of `rate`.
-pub struct AccountRate {
+/// A token bucket per account (or address): `rate` per second, bursts of
+/// `rate`.
+pub struct Throttle {
     rate: f64,
     buckets: Mutex<HashMap<Arc<str>, Bucket>>,
 }
@@ -22,9 +24,9 @@ struct Bucket {
 /// Buckets kept before idle (full) ones are dropped.
 const MAX_BUCKETS: usize = 10_000;
 
-impl AccountRate {
-    pub fn new(per_second: u32) -> AccountRate {
-        AccountRate {
+impl Throttle {
+    pub fn new(per_second: u32) -> Throttle {
+        Throttle {
             rate: f64::from(per_second.max(1)),
             buckets: Mutex::new(HashMap::new()),
         }
@@ -86,7 +88,7 @@ mod tests {
 
     #[test]
     fn a_burst_then_the_rate_with_a_retry_hint() {
-        let rate = AccountRate::new(4);
+        let rate = Throttle::new(4);
         let acme: Arc<str> = "acme".into();
         let other: Arc<str> = "other".into();
         let start = Instant::now();
