@@ -12,8 +12,9 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use scopegate::authz::{decide, decide_http};
 use scopegate::grpc::envoy_request::EnvoyCheck;
 use scopegate::grpc::envoy_service::authorization_server::Authorization;
-use scopegate::grpc::{CheckContext, ExtAuthzConfig, ExtAuthzService};
+use scopegate::grpc::{CheckContext, ExtAuthzService};
 use scopegate::key::{AuthEntry, KeyTable};
+use scopegate::proxy::ProxyConfig;
 use scopegate::route::{RouteTable, DEFAULT_ROUTES_TOML};
 use scopegate::scope::{Catalog, KeyKind};
 use scopegate::token::TokenFormat;
@@ -176,7 +177,7 @@ fn benches(c: &mut Criterion) {
             )
             .unwrap(),
         }),
-        config: ExtAuthzConfig::default(),
+        config: ProxyConfig::default(),
     };
     // From the bytes Envoy sends: decoding is most of the cost.
     let request = prost::Message::encode_to_vec(&envoy_request(&tokens[0]));

@@ -215,6 +215,58 @@ impl CheckContext {
     }
 }
 
+/// A denial as an HTTP answer, for every door that answers in HTTP
+/// (ext_authz's denied response, forward-auth): 401 with
+/// `WWW-Authenticate` for a missing, malformed, unknown, expired or
+/// disabled key; 429 with `Retry-After` and the X-RateLimit headers; 400 for
+/// an unusable path or a method override; 403 otherwise. The body is
+/// SendGrid's `{"errors":[…]}`.
+pub struct HttpDenial {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub message: String,
+    pub body: String,
+}
+
+pub fn http_denial(decision: &Decision, catalog: &Catalog) -> HttpDenial {
+    let status = match decision {
+        Decision::RateLimited { .. } => 429,
+        Decision::MissingToken
+        | Decision::MalformedToken
+        | Decision::UnknownKey
+        | Decision::Expired
+        | Decision::Disabled => 401,
+        Decision::InvalidPath | Decision::MethodOverride => 400,
+        _ => 403,
+    };
+    let mut headers = vec![("content-type", "application/json".to_owned())];
+    if status == 401 {
+        headers.push(("www-authenticate", "Bearer realm=\"scopegate\"".to_owned()));
+    }
+    if let Decision::RateLimited { status, .. } = decision {
+        headers.push(("retry-after", status.reset_secs.to_string()));
+        headers.extend(rate_headers(status));
+    }
+    let message = decision.message(catalog);
+    let body = serde_json::json!({"errors": [{"field": null, "message": message}]}).to_string();
+    HttpDenial {
+        status,
+        headers,
+        message,
+        body,
+    }
+}
+
+/// The draft-03 rate-limit headers (as Envoy's rate-limit filter sends
+/// them) for the limit closest to running out.
+pub fn rate_headers(status: &RateStatus) -> [(&'static str, String); 3] {
+    [
+        ("x-ratelimit-limit", status.quota.to_string()),
+        ("x-ratelimit-remaining", status.remaining.to_string()),
+        ("x-ratelimit-reset", status.reset_secs.to_string()),
+    ]
+}
+
 /// The catalog's id for a scope the proxy names; an unknown one is logged
 /// once (a misconfigured proxy), and its requests are denied NO_ROUTE.
 fn proxy_scope(catalog: &Catalog, name: &str) -> Option<ScopeId> {

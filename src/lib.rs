@@ -10,7 +10,8 @@
 //! - [`manage`]: key lifecycle use-cases: callers, permissions, no escalation.
 //! - [`gate`]: what every request of every door passes first: readiness,
 //!   budgets, deadlines. [`check`]: the decision, limits counted, for every
-//!   decision door.
+//!   decision door. [`proxy`]: what the proxy doors share (header names,
+//!   the credential scan).
 //! - [`throttle`], [`readiness`], [`counters`]: management's per-account
 //!   rates and failed credentials; keys loaded and fresh; the keys' rate
 //!   limits' counters (limitador: in memory or Redis).
@@ -35,6 +36,7 @@ pub mod gate;
 pub mod grpc;
 pub mod http;
 pub mod manage;
+pub mod proxy;
 pub mod readiness;
 pub mod request_id;
 pub mod secret_file;

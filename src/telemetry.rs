@@ -253,23 +253,28 @@ fn method_label(method: usize) -> &'static str {
 pub enum Api {
     Check = 0,
     ExtAuthz = 1,
+    ForwardAuth = 2,
+    AuthZen = 3,
 }
 
-/// Decision codes (the wire enum's values) with a handle each.
+/// Decision codes (`Decision::code`) with a handle each.
 const DECISION_CODES: usize = 16;
+const DECISION_APIS: usize = 4;
 
-static DECISION_HANDLES: [[OnceLock<metrics::Counter>; DECISION_CODES]; 2] =
-    [const { [const { OnceLock::new() }; DECISION_CODES] }; 2];
+static DECISION_HANDLES: [[OnceLock<metrics::Counter>; DECISION_CODES]; DECISION_APIS] =
+    [const { [const { OnceLock::new() }; DECISION_CODES] }; DECISION_APIS];
 
 /// Counts one decision in `scopegate_decisions_total{api, decision}`.
-/// `code` is the wire enum's value, `name` its name.
-pub fn count_decision(api: Api, code: i32, name: &'static str) {
+pub fn count_decision(api: Api, decision: &crate::authz::Decision) {
     let label = match api {
         Api::Check => "check",
         Api::ExtAuthz => "ext_authz",
+        Api::ForwardAuth => "forward_auth",
+        Api::AuthZen => "authzen",
     };
+    let name = decision.reason();
     let register = || metrics::counter!(DECISIONS_TOTAL, "api" => label, "decision" => name);
-    match DECISION_HANDLES[api as usize].get(code as usize) {
+    match DECISION_HANDLES[api as usize].get(usize::from(decision.code())) {
         Some(cell) => cell.get_or_init(register).increment(1),
         None => register().increment(1),
     }

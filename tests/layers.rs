@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["server"],
     &["grpc", "uds", "http"],
     &["manage"],
-    &["gate", "check"],
+    &["gate", "check", "proxy"],
     &["throttle", "readiness", "counters"],
     &["store"],
     &["telemetry"],

@@ -13,7 +13,8 @@ use prost::Message;
 use scopegate::authz::Policy;
 use scopegate::grpc::envoy_request::EnvoyCheck;
 use scopegate::grpc::envoy_service::authorization_server::Authorization;
-use scopegate::grpc::{CheckContext, ExtAuthzConfig, ExtAuthzService};
+use scopegate::grpc::{CheckContext, ExtAuthzService};
+use scopegate::proxy::ProxyConfig;
 use scopegate::key::{AuthEntry, KeyTable};
 use scopegate::route::{RouteTable, DEFAULT_ROUTES_TOML};
 use scopegate::scope::{Catalog, KeyKind};
@@ -46,9 +47,9 @@ fn service() -> &'static (ExtAuthzService, tokio::runtime::Runtime) {
                 )
                 .unwrap(),
             }),
-            config: ExtAuthzConfig {
+            config: ProxyConfig {
                 api_key_header: Some("x-api-key".into()),
-                ..ExtAuthzConfig::default()
+                ..ProxyConfig::default()
             },
         };
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();

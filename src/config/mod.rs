@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use crate::grpc::ExtAuthzConfig;
 use crate::manage::DEFAULT_MAX_KEYS_PER_ACCOUNT;
+use crate::proxy::ProxyConfig;
 use crate::server::{Limits, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
 use crate::store::fleet::DEFAULT_PREFIX as DEFAULT_ETCD_PREFIX;
 use crate::token::DEFAULT_PREFIX;
@@ -377,8 +377,8 @@ impl ServeOptions {
             metrics_listen: Some(DEFAULT_METRICS_LISTEN.into()),
             http_listen: Some(crate::http::DEFAULT_HTTP_LISTEN.into()),
             data_dir: Some(DEFAULT_DATA_DIR.into()),
-            key_id_header: Some(ExtAuthzConfig::default().key_id_header),
-            account_id_header: Some(ExtAuthzConfig::default().account_id_header),
+            key_id_header: Some(ProxyConfig::default().key_id_header),
+            account_id_header: Some(ProxyConfig::default().account_id_header),
             keep_credential_header: Some(false),
             token_prefix: Some(DEFAULT_PREFIX.into()),
             max_keys_per_account: Some(DEFAULT_MAX_KEYS_PER_ACCOUNT),

@@ -9,8 +9,8 @@ use super::{
     DEFAULT_LAST_USED_INTERVAL_SECS, DEFAULT_RATE_LIMIT_REDIS_TIMEOUT_MS, DEFAULT_SLED_CACHE_MIB,
 };
 use crate::counters::CountersConfig;
-use crate::grpc::ExtAuthzConfig;
 use crate::manage::DEFAULT_MAX_KEYS_PER_ACCOUNT;
+use crate::proxy::ProxyConfig;
 use crate::server::{
     AdminTokenSource, Limits, RateLimitService, RateLimitServiceAt, ServeConfig, DEFAULT_DATA_DIR,
 };
@@ -451,7 +451,7 @@ fn limits(options: &ServeOptions) -> Result<Limits, ConfigError> {
 }
 
 /// What ext_authz reads and writes: header names checked, lowercased.
-fn ext_authz(options: &ServeOptions) -> Result<ExtAuthzConfig, ConfigError> {
+fn ext_authz(options: &ServeOptions) -> Result<ProxyConfig, ConfigError> {
     let header =
         |key: &'static str, value: Option<String>| -> Result<Option<String>, ConfigError> {
             match value {
@@ -467,7 +467,7 @@ fn ext_authz(options: &ServeOptions) -> Result<ExtAuthzConfig, ConfigError> {
                 Some(name) => Err(invalid(key, format!("`{name}` is not an HTTP header name"))),
             }
         };
-    Ok(ExtAuthzConfig {
+    Ok(ProxyConfig {
         api_key_header: header("api_key_header", options.api_key_header.clone())?,
         key_id_header: header("key_id_header", options.key_id_header.clone())?.unwrap_or_default(),
         account_id_header: header("account_id_header", options.account_id_header.clone())?

@@ -95,6 +95,7 @@ impl AuthorizeService {
         rate: Option<RateStatus>,
         catalog: &Catalog,
     ) -> pb::CheckResponse {
+        crate::telemetry::count_decision(crate::telemetry::Api::Check, &decision);
         let mut response = pb::CheckResponse {
             message: decision.message(catalog),
             rate_limit: rate.as_ref().map(rate_status_to_pb),
@@ -145,11 +146,6 @@ impl AuthorizeService {
                 pb::Decision::RateLimited
             }
         };
-        crate::telemetry::count_decision(
-            crate::telemetry::Api::Check,
-            code as i32,
-            code.as_str_name(),
-        );
         self.context.log_decision(
             "check",
             code.as_str_name(),
@@ -159,5 +155,69 @@ impl AuthorizeService {
         );
         response.decision = code as i32;
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::pb;
+    use crate::authz::Decision;
+    use crate::ratelimit::RateStatus;
+    use crate::scope::ScopeSet;
+    use crate::token::KeyId;
+
+    /// The core names and numbers decisions once (`Decision::reason`,
+    /// `Decision::code`); they are the proto's, for every variant.
+    #[test]
+    fn every_decision_has_the_protos_name_and_number() {
+        let key_id = KeyId::from_bytes([1; 16]);
+        let account_id: Arc<str> = "acme".into();
+        let status = RateStatus {
+            name: "n".into(),
+            limit: 1,
+            window_secs: 1,
+            remaining: 0,
+            reset_secs: 1,
+            quota: "1;w=1".into(),
+        };
+        let decisions = [
+            Decision::Allowed {
+                key_id,
+                account_id: account_id.clone(),
+                metadata: None,
+                rate: None,
+            },
+            Decision::MissingToken,
+            Decision::MalformedToken,
+            Decision::UnknownKey,
+            Decision::InsufficientScope {
+                key_id,
+                account_id: account_id.clone(),
+                missing: ScopeSet::default(),
+            },
+            Decision::NoRoute,
+            Decision::InvalidPath,
+            Decision::MethodOverride,
+            Decision::Expired,
+            Decision::Disabled,
+            Decision::IpNotAllowed,
+            Decision::RateLimited {
+                key_id,
+                account_id,
+                status,
+            },
+        ];
+        for decision in &decisions {
+            let wire = pb::Decision::try_from(i32::from(decision.code())).unwrap();
+            assert_eq!(wire.as_str_name(), decision.reason());
+        }
+        let named = (1..=12).filter_map(|code| pb::Decision::try_from(code).ok());
+        assert_eq!(
+            named.count(),
+            decisions.len(),
+            "a decision the core does not know"
+        );
     }
 }

@@ -26,61 +26,19 @@ use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use tonic::{Code, Request, Response, Status};
 
 use crate::authz::Decision;
-use crate::check::{CheckContext, Checked, HttpQuestion};
+use crate::check::{http_denial, rate_headers, CheckContext, Checked, HttpQuestion};
+use crate::proxy::{is_reserved, Credential, HeaderScan, ProxyConfig};
 use crate::ratelimit::RateStatus;
 use crate::scope::Catalog;
-
-/// Header names, configurable from the command line.
-#[derive(Debug, Clone)]
-pub struct ExtAuthzConfig {
-    /// Extra header carrying the raw token (e.g. `x-api-key`), besides
-    /// `authorization: Bearer <token>`. Lower-case.
-    pub api_key_header: Option<String>,
-    pub key_id_header: String,
-    pub account_id_header: String,
-    /// Remove the credential header before the request goes upstream.
-    pub hide_credentials: bool,
-    /// Allow every request, but count, log (sampled) and mark in dynamic
-    /// metadata what would have been denied.
-    pub dry_run: bool,
-    /// Count keys' rate limits here (off where Envoy's rate-limit filter
-    /// asks the RateLimitService instead).
-    pub count_rate_limits: bool,
-}
-
-impl Default for ExtAuthzConfig {
-    fn default() -> Self {
-        ExtAuthzConfig {
-            api_key_header: None,
-            key_id_header: "x-scopegate-key-id".into(),
-            account_id_header: "x-scopegate-account-id".into(),
-            hide_credentials: true,
-            dry_run: false,
-            count_rate_limits: true,
-        }
-    }
-}
 
 /// Dry run logs its first would-be denial and then one in this many.
 const DRY_RUN_LOG_EVERY: u64 = 100;
 
-/// Client-sent headers with this prefix never reach the upstream.
-const RESERVED_HEADER_PREFIX: &str = "x-scopegate-";
 const METADATA_NAMESPACE_FIELDS: [&str; 4] = ["key_id", "account_id", "scope", "decision"];
 
 pub struct ExtAuthzService {
     pub context: Arc<CheckContext>,
-    pub config: ExtAuthzConfig,
-}
-
-/// The credential found in the request headers.
-enum Credential<'a> {
-    Missing,
-    /// The header it came from (as sent) and the token.
-    Token(&'a str, Cow<'a, str>),
-    /// Several values, several credential headers, a non-UTF-8 value, or an
-    /// `authorization` header that is not `Bearer <token>`.
-    Malformed,
+    pub config: ProxyConfig,
 }
 
 #[tonic::async_trait]
@@ -103,7 +61,7 @@ impl Authorization for ExtAuthzService {
             credential,
             method_override,
             reserved,
-        } = self.scan(http);
+        } = self.config.scan(http.headers());
         let token = match &credential {
             Credential::Token(_, token) => token.as_ref(),
             _ => "",
@@ -148,41 +106,6 @@ impl Authorization for ExtAuthzService {
 }
 
 impl ExtAuthzService {
-    /// One pass over the request headers: the credential, whether a
-    /// method-override header is present, and whether any client-sent
-    /// `x-scopegate-*` header is (to be stripped on allow).
-    fn scan<'a>(&self, http: &'a EnvoyCheck) -> HeaderScan<'a> {
-        let mut credential = Credential::Missing;
-        let mut count = 0;
-        let mut method_override = false;
-        let mut reserved = false;
-        for (name, value) in http.headers() {
-            method_override |= METHOD_OVERRIDE_HEADERS
-                .iter()
-                .any(|header| name.eq_ignore_ascii_case(header.as_bytes()));
-            reserved |= is_reserved(name);
-            let is_bearer = name.eq_ignore_ascii_case(b"authorization");
-            let is_api_key = self
-                .config
-                .api_key_header
-                .as_deref()
-                .is_some_and(|header| name.eq_ignore_ascii_case(header.as_bytes()));
-            if !is_bearer && !is_api_key {
-                continue;
-            }
-            count += 1;
-            credential = parse_credential(name, value, is_bearer);
-        }
-        if count > 1 {
-            credential = Credential::Malformed;
-        }
-        HeaderScan {
-            credential,
-            method_override,
-            reserved,
-        }
-    }
-
     /// Dry run: what would have been denied is allowed, counted, logged
     /// (the first and then one in DRY_RUN_LOG_EVERY) and marked in dynamic
     /// metadata (`dry_run: true`, `decision`). Client-sent `x-scopegate-*`
@@ -194,7 +117,7 @@ impl ExtAuthzService {
         decision: &Decision,
         scope: Option<&str>,
     ) -> CheckResponse {
-        let decision_name = decision_name(decision);
+        let decision_name = decision.reason();
         metrics::counter!(crate::telemetry::DRY_RUN_DENIALS_TOTAL, "decision" => decision_name)
             .increment(1);
         let seen = self
@@ -239,13 +162,8 @@ impl ExtAuthzService {
         scope: Option<&str>,
         catalog: &Catalog,
     ) -> EnvoyAnswer {
-        let wire = wire_decision(&decision);
-        let decision_name = wire.as_str_name();
-        crate::telemetry::count_decision(
-            crate::telemetry::Api::ExtAuthz,
-            wire as i32,
-            decision_name,
-        );
+        let decision_name = decision.reason();
+        crate::telemetry::count_decision(crate::telemetry::Api::ExtAuthz, &decision);
         let (key_id, account_id) = match &decision {
             Decision::Allowed {
                 key_id, account_id, ..
@@ -313,7 +231,7 @@ impl ExtAuthzService {
                 ("key_id", key_id),
                 ("account_id", account_id),
                 ("scope", scope.unwrap_or("")),
-                ("decision", wire_decision(decision).as_str_name()),
+                ("decision", decision.reason()),
             ],
             // The key's own metadata, for access logs and later filters;
             // never as upstream headers.
@@ -332,7 +250,7 @@ fn deny(
     scope: Option<&str>,
     catalog: &Catalog,
 ) -> EnvoyAnswer {
-    let decision_name = wire_decision(&decision).as_str_name();
+    let decision_name = decision.reason();
     let mut response = CheckResponse::new();
     response.set_dynamic_metadata(Some(metadata([
         key_id,
@@ -340,48 +258,21 @@ fn deny(
         scope.unwrap_or(""),
         decision_name,
     ])));
-    let message = decision.message(catalog);
-    let limited = match &decision {
-        Decision::RateLimited { status, .. } => Some(status.clone()),
-        _ => None,
-    };
-    let (http_status, code) = match decision {
-        Decision::RateLimited { .. } => (HttpStatusCode::TooManyRequests, Code::ResourceExhausted),
-        Decision::MissingToken
-        | Decision::MalformedToken
-        | Decision::UnknownKey
-        | Decision::Expired
-        | Decision::Disabled => (HttpStatusCode::Unauthorized, Code::Unauthenticated),
-        Decision::InvalidPath | Decision::MethodOverride => {
-            (HttpStatusCode::BadRequest, Code::InvalidArgument)
-        }
+    let denial = http_denial(&decision, catalog);
+    let (http_status, code) = match denial.status {
+        429 => (HttpStatusCode::TooManyRequests, Code::ResourceExhausted),
+        401 => (HttpStatusCode::Unauthorized, Code::Unauthenticated),
+        400 => (HttpStatusCode::BadRequest, Code::InvalidArgument),
         _ => (HttpStatusCode::Forbidden, Code::PermissionDenied),
     };
     let mut denied = DeniedHttpResponseBuilder::new();
     denied.set_http_status(http_status);
     let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
-    denied.add_header("content-type", "application/json", overwrite, false);
-    if http_status == HttpStatusCode::Unauthorized {
-        denied.add_header(
-            "www-authenticate",
-            "Bearer realm=\"scopegate\"",
-            overwrite,
-            false,
-        );
+    for (name, value) in denial.headers {
+        denied.add_header(name, value, overwrite, false);
     }
-    if let Some(status) = limited {
-        denied.add_header(
-            "retry-after",
-            status.reset_secs.to_string(),
-            overwrite,
-            false,
-        );
-        for (name, value) in rate_headers(&status) {
-            denied.add_header(name, value, overwrite, false);
-        }
-    }
-    denied
-        .set_body(serde_json::json!({"errors": [{"field": null, "message": message}]}).to_string());
+    denied.set_body(denial.body);
+    let message = denial.message;
     response.set_status(Status::new(code, message));
     response.set_http_response(denied);
     response.into()
@@ -405,12 +296,6 @@ fn shown_scope<'a>(
         .map(|scope| catalog.scope_name(scope))
 }
 
-/// A client-sent `x-scopegate-*` header (bytes: a name may hold non-ASCII).
-fn is_reserved(name: &[u8]) -> bool {
-    name.get(..RESERVED_HEADER_PREFIX.len())
-        .is_some_and(|start| start.eq_ignore_ascii_case(RESERVED_HEADER_PREFIX.as_bytes()))
-}
-
 /// A header name as Envoy's `headers_to_remove` wants it.
 fn lower_name(name: &[u8]) -> String {
     String::from_utf8_lossy(name).to_ascii_lowercase()
@@ -432,75 +317,6 @@ fn unavailable(reason: &str) -> CheckResponse {
     response.set_status(Status::new(Code::Unavailable, reason));
     response.set_http_response(denied);
     response
-}
-
-/// Headers with which clients ask an upstream to act on another method.
-const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-];
-
-/// What the headers say, from [`ExtAuthzService::scan`].
-struct HeaderScan<'a> {
-    credential: Credential<'a>,
-    method_override: bool,
-    /// A client-sent `x-scopegate-*` header is present.
-    reserved: bool,
-}
-
-/// The token in a credential header: `Bearer <token>` for `authorization`,
-/// the raw value for the API-key header.
-fn parse_credential<'a>(name: &'a [u8], value: &'a [u8], is_bearer: bool) -> Credential<'a> {
-    // Both names matched ASCII text, so the name is UTF-8.
-    let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value)) else {
-        return Credential::Malformed;
-    };
-    // Envoy joins repeated headers with ','; a token never holds one.
-    if value.contains(',') {
-        return Credential::Malformed;
-    }
-    let token = if is_bearer {
-        match value.trim().split_once(' ') {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-            _ => return Credential::Malformed,
-        }
-    } else {
-        value.trim()
-    };
-    Credential::Token(name, Cow::Borrowed(token))
-}
-
-fn decision_name(decision: &Decision) -> &'static str {
-    wire_decision(decision).as_str_name()
-}
-
-fn wire_decision(decision: &Decision) -> super::pb::Decision {
-    use super::pb::Decision as Wire;
-    match decision {
-        Decision::Allowed { .. } => Wire::Allowed,
-        Decision::MissingToken => Wire::MissingToken,
-        Decision::MalformedToken => Wire::MalformedToken,
-        Decision::UnknownKey => Wire::UnknownKey,
-        Decision::InsufficientScope { .. } => Wire::InsufficientScope,
-        Decision::NoRoute => Wire::NoRoute,
-        Decision::InvalidPath => Wire::InvalidPath,
-        Decision::MethodOverride => Wire::MethodOverride,
-        Decision::Expired => Wire::Expired,
-        Decision::Disabled => Wire::Disabled,
-        Decision::IpNotAllowed => Wire::IpNotAllowed,
-        Decision::RateLimited { .. } => Wire::RateLimited,
-    }
-}
-
-/// Envoy's rate-limit filter headers (draft-03) for the limit closest to
-/// running out.
-fn rate_headers(status: &RateStatus) -> [(&'static str, String); 3] {
-    [
-        ("x-ratelimit-limit", status.quota.to_string()),
-        ("x-ratelimit-remaining", status.remaining.to_string()),
-        ("x-ratelimit-reset", status.reset_secs.to_string()),
-    ]
 }
 
 fn metadata(values: [&str; 4]) -> Struct {

@@ -13,7 +13,7 @@ mod status;
 
 pub use admin::AdminService;
 pub use authorize::AuthorizeService;
-pub use ext_authz::{ExtAuthzConfig, ExtAuthzService};
+pub use ext_authz::ExtAuthzService;
 pub use manage::ManageKeyService;
 pub use ratelimit::{RateLimitServiceServer, RateLimitsService};
 

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::grpc::ExtAuthzConfig;
+use crate::proxy::ProxyConfig;
 use crate::store::FleetConfig;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -54,7 +54,7 @@ pub struct ServeConfig {
     pub catalog: Option<PathBuf>,
     /// HTTP route table for ext_authz and `Check{http}`.
     pub routes: Option<PathBuf>,
-    pub ext_authz: ExtAuthzConfig,
+    pub ext_authz: ProxyConfig,
     pub token_prefix: String,
     pub pepper_file: Option<PathBuf>,
     pub max_keys_per_account: usize,

@@ -61,6 +61,61 @@ pub enum Decision {
 }
 
 impl Decision {
+    /// The decision's name, as `scopegate.v1.Decision` spells it: what every
+    /// door shows (Check's enum, ext_authz metadata, forward-auth and
+    /// AuthZEN reasons, metrics, logs).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Decision::Allowed { .. } => "ALLOWED",
+            Decision::MissingToken => "MISSING_TOKEN",
+            Decision::MalformedToken => "MALFORMED_TOKEN",
+            Decision::UnknownKey => "UNKNOWN_KEY",
+            Decision::InsufficientScope { .. } => "INSUFFICIENT_SCOPE",
+            Decision::NoRoute => "NO_ROUTE",
+            Decision::InvalidPath => "INVALID_PATH",
+            Decision::MethodOverride => "METHOD_OVERRIDE",
+            Decision::Expired => "EXPIRED",
+            Decision::Disabled => "DISABLED",
+            Decision::IpNotAllowed => "IP_NOT_ALLOWED",
+            Decision::RateLimited { .. } => "RATE_LIMITED",
+        }
+    }
+
+    /// The decision's number in `scopegate.v1.Decision` (1 to 12; the gRPC
+    /// edge's tests hold this and [`Decision::reason`] to the proto).
+    pub fn code(&self) -> u8 {
+        match self {
+            Decision::Allowed { .. } => 1,
+            Decision::MissingToken => 2,
+            Decision::MalformedToken => 3,
+            Decision::UnknownKey => 4,
+            Decision::InsufficientScope { .. } => 5,
+            Decision::NoRoute => 6,
+            Decision::InvalidPath => 7,
+            Decision::MethodOverride => 8,
+            Decision::Expired => 9,
+            Decision::Disabled => 10,
+            Decision::IpNotAllowed => 11,
+            Decision::RateLimited { .. } => 12,
+        }
+    }
+
+    /// The key's ids, when the decision identified one.
+    pub fn key(&self) -> Option<(KeyId, &Arc<str>)> {
+        match self {
+            Decision::Allowed {
+                key_id, account_id, ..
+            }
+            | Decision::InsufficientScope {
+                key_id, account_id, ..
+            }
+            | Decision::RateLimited {
+                key_id, account_id, ..
+            } => Some((*key_id, account_id)),
+            _ => None,
+        }
+    }
+
     pub fn is_allowed(&self) -> bool {
         matches!(self, Decision::Allowed { .. })
     }
