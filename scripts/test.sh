@@ -69,7 +69,8 @@ export SENDGRID_NODE="$sendgrid_node"
 # trail written "two days ago"), strace (counts, delays and fails fdatasync
 # calls), etcd-server and etcd-client (fleet-mode tests start their own etcd
 # processes on loopback, snapshot and restore them), redis-server (the
-# rate-limit tests start their own Redis processes on loopback).
+# rate-limit tests start their own Redis processes on loopback), nginx and
+# caddy (forward-auth behind real proxies).
 missing=()
 command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
@@ -81,6 +82,9 @@ command -v faketime >/dev/null || missing+=(faketime)
 # The console tests drive Debian's Chromium headless (no browser download).
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
+# The forward-auth tests put real proxies in front of scopegate.
+command -v nginx >/dev/null || missing+=(nginx)
+command -v caddy >/dev/null || missing+=(caddy)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== apt-get install ${missing[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"

@@ -210,11 +210,37 @@ fn every_http_route(server: &Server, cookie: Option<&str>) -> Vec<(String, Strin
     answers
 }
 
+/// Every route of the forward-auth door: AuthZEN's (the discovery
+/// document aside: it holds no key) and forward-auth itself (any other
+/// path); (method, path, status, body) of each.
+fn every_forward_auth_route(door: &str) -> Vec<(String, String, u16, String)> {
+    let mut paths: Vec<&str> = scopegate::http::forward_auth::ROUTES
+        .iter()
+        .copied()
+        .filter(|path| !path.starts_with("/.well-known/"))
+        .collect();
+    paths.push("/any/other/path");
+    paths
+        .into_iter()
+        .map(|path| {
+            let headers = [
+                ("Content-Type", "application/json"),
+                ("X-Forwarded-Method", "POST"),
+                ("X-Forwarded-Uri", "/v3/mail/send"),
+            ];
+            let (status, _, answer) = http_request(door, "POST", path, &headers, Some("{}"));
+            ("POST".to_owned(), path.to_owned(), status, answer)
+        })
+        .collect()
+}
+
 /// Asserts every door refuses, each saying `why`. `rate_limits`: the
-/// address of the rate-limit service's own listener.
+/// address of the rate-limit service's own listener; `forward_auth`: the
+/// forward-auth door's.
 async fn assert_every_door_refuses(
     server: &Server,
     rate_limits: &str,
+    forward_auth: &str,
     cookie: Option<&str>,
     why: &str,
 ) {
@@ -235,7 +261,11 @@ async fn assert_every_door_refuses(
         assert_eq!(status.code(), Code::Unavailable, "{path}: {status:?}");
         assert!(status.message().contains(why), "{path}: {status:?}");
     }
-    for (method, path, status, answer) in every_http_route(server, cookie) {
+    let http = every_http_route(server, cookie);
+    for (method, path, status, answer) in http
+        .into_iter()
+        .chain(every_forward_auth_route(forward_auth))
+    {
         assert_eq!(status, 503, "{method} {path}: {answer}");
         assert!(answer.contains(why), "{method} {path}: {answer}");
     }
@@ -249,6 +279,7 @@ async fn every_door_refuses_while_the_keys_are_not_loaded() {
     let nowhere = format!("http://127.0.0.1:{}", free_port());
     let http = format!("127.0.0.1:{}", free_port());
     let rate_limits = format!("127.0.0.1:{}", free_port());
+    let forward_auth = format!("127.0.0.1:{}", free_port());
     let mut server = Server::start_listening(
         &dir.path().join("data"),
         &[
@@ -260,11 +291,20 @@ async fn every_door_refuses_while_the_keys_are_not_loaded() {
             &http,
             "--rate-limit-service-listen",
             &rate_limits,
+            "--forward-auth-listen",
+            &forward_auth,
         ],
     );
     server.http_addr = Some(http);
     let rate_limits = format!("http://{rate_limits}");
-    assert_every_door_refuses(&server, &rate_limits, None, "still loading keys").await;
+    assert_every_door_refuses(
+        &server,
+        &rate_limits,
+        &forward_auth,
+        None,
+        "still loading keys",
+    )
+    .await;
 }
 
 /// A fleet sidecar cut off from etcd past `--max-staleness-secs` refuses on
@@ -275,6 +315,7 @@ async fn every_door_refuses_while_the_mirror_is_stale() {
     let mut etcd = Etcd::start(dir.path());
     etcd.wait_healthy();
     let rate_limits = format!("127.0.0.1:{}", free_port());
+    let forward_auth = format!("127.0.0.1:{}", free_port());
     let server = common::fleet::fleet(
         dir.path(),
         "a",
@@ -284,6 +325,8 @@ async fn every_door_refuses_while_the_mirror_is_stale() {
             "1",
             "--rate-limit-service-listen",
             &rate_limits,
+            "--forward-auth-listen",
+            &forward_auth,
         ],
     );
     let rate_limits = format!("http://{rate_limits}");
@@ -306,7 +349,7 @@ async fn every_door_refuses_while_the_mirror_is_stale() {
         Code::Unavailable,
     )
     .await;
-    assert_every_door_refuses(&server, &rate_limits, Some(&cookie), "stale").await;
+    assert_every_door_refuses(&server, &rate_limits, &forward_auth, Some(&cookie), "stale").await;
 }
 
 /// One raw HTTP/1.1 exchange; the whole answer as text.

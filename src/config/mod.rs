@@ -269,6 +269,24 @@ pub struct ServeOptions {
     /// [default: 1]
     #[arg(long, env = "SCOPEGATE_RATE_LIMIT_MAX_HITS")]
     pub rate_limit_max_hits: Option<u64>,
+    /// HTTP address of the forward-auth door (nginx auth_request, Traefik
+    /// ForwardAuth, Caddy forward_auth, Envoy's HTTP ext_authz, Gateway
+    /// API's ExternalAuth) and of AuthZEN 1.0 (/access/v1/evaluation(s)), or
+    /// "none". It trusts X-Forwarded-Method/-Uri and X-Original-Method/-URI
+    /// to name the request judged, so only the proxy may reach it (loopback
+    /// beside it, or a NetworkPolicy). Same TLS as gRPC. [default: none]
+    #[arg(long, env = "SCOPEGATE_FORWARD_AUTH_LISTEN")]
+    pub forward_auth_listen: Option<String>,
+    /// Forward-auth without X-Forwarded-*/X-Original-* headers judges the
+    /// request's own method and path, less this prefix (Envoy's HTTP
+    /// ext_authz `path_prefix`, e.g. /check). [default: ""]
+    #[arg(long, env = "SCOPEGATE_FORWARD_AUTH_PATH_PREFIX")]
+    pub forward_auth_path_prefix: Option<String>,
+    /// Proxies (comma-separated CIDRs) whose X-Forwarded-For names the
+    /// client address forward-auth judges (a key's allowlist). Unset: the
+    /// peer's own address, X-Forwarded-For ignored. [default: ""]
+    #[arg(long, env = "SCOPEGATE_FORWARD_AUTH_TRUSTED_PROXIES")]
+    pub forward_auth_trusted_proxies: Option<String>,
 }
 
 /// Seconds between writes of the keys' "last used" marks, by default.
@@ -364,6 +382,9 @@ impl ServeOptions {
             ext_authz_rate_limits,
             rate_limit_service_listen,
             rate_limit_max_hits,
+            forward_auth_listen,
+            forward_auth_path_prefix,
+            forward_auth_trusted_proxies,
         );
         self
     }
@@ -404,6 +425,9 @@ impl ServeOptions {
             ext_authz_rate_limits: Some(true),
             rate_limit_service_listen: Some("none".into()),
             rate_limit_max_hits: Some(1),
+            forward_auth_listen: Some("none".into()),
+            forward_auth_path_prefix: Some(String::new()),
+            forward_auth_trusted_proxies: Some(String::new()),
             last_used_interval_secs: Some(DEFAULT_LAST_USED_INTERVAL_SECS),
             audit_retention_days: Some(DEFAULT_AUDIT_RETENTION_DAYS),
             audit_max_events_per_account: Some(crate::store::DEFAULT_AUDIT_MAX_EVENTS_PER_ACCOUNT),

@@ -12,7 +12,8 @@ use crate::counters::CountersConfig;
 use crate::manage::DEFAULT_MAX_KEYS_PER_ACCOUNT;
 use crate::proxy::ProxyConfig;
 use crate::server::{
-    AdminTokenSource, Limits, RateLimitService, RateLimitServiceAt, ServeConfig, DEFAULT_DATA_DIR,
+    AdminTokenSource, ForwardAuthAt, Limits, RateLimitService, RateLimitServiceAt, ServeConfig,
+    DEFAULT_DATA_DIR,
 };
 use crate::store::fleet::DEFAULT_PREFIX as DEFAULT_ETCD_PREFIX;
 use crate::store::FleetConfig;
@@ -86,6 +87,7 @@ impl ServeOptions {
             counters: counters(&options)?,
             rate_limit_fail_closed: options.rate_limit_fail_closed.unwrap_or(false),
             rate_limit_service: rate_limit_service(&options)?,
+            forward_auth: forward_auth(&options)?,
         })
     }
 }
@@ -110,6 +112,51 @@ fn rate_limit_service(options: &ServeOptions) -> Result<Option<RateLimitService>
         ),
     };
     Ok(Some(RateLimitService { at, max_hits }))
+}
+
+/// The forward-auth door: its address, path prefix and trusted proxies.
+fn forward_auth(options: &ServeOptions) -> Result<Option<ForwardAuthAt>, ConfigError> {
+    let prefix = options.forward_auth_path_prefix.clone().unwrap_or_default();
+    if !prefix.is_empty() && (!prefix.starts_with('/') || prefix.ends_with('/')) {
+        return Err(invalid(
+            "forward_auth_path_prefix",
+            format!("`{prefix}` must start with / and not end with one (e.g. /check)"),
+        ));
+    }
+    let trusted_proxies = options
+        .forward_auth_trusted_proxies
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|text| !text.is_empty())
+        .map(|text| {
+            text.parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    invalid(
+                        "forward_auth_trusted_proxies",
+                        format!("`{text}` is not an address or CIDR"),
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let listen = optional_addr(
+        "forward_auth_listen",
+        options.forward_auth_listen.as_deref(),
+    )?;
+    match listen {
+        None if !prefix.is_empty() || !trusted_proxies.is_empty() => Err(invalid(
+            "forward_auth_listen",
+            "is none, but forward_auth_path_prefix or forward_auth_trusted_proxies is set",
+        )),
+        None => Ok(None),
+        Some(listen) => Ok(Some(ForwardAuthAt {
+            listen,
+            path_prefix: prefix,
+            trusted_proxies,
+        })),
+    }
 }
 
 /// Where rate-limit counters live: memory, or a Redis named by URL.

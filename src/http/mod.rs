@@ -6,8 +6,10 @@
 //! `error.rs`. `openapi.json` describes everything served here.
 
 mod api_keys;
+mod authzen;
 mod console;
 mod error;
+pub mod forward_auth;
 mod gate;
 mod input;
 mod tls;

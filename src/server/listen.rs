@@ -227,30 +227,49 @@ pub(super) fn gate(config: &ServeConfig, readiness: &Arc<Readiness>) -> Arc<Gate
     ))
 }
 
-/// The REST edge: through the same gate as gRPC (one management budget),
-/// with gRPC's certificate when it has one.
-pub(super) fn rest_api(
+/// The HTTP doors, spawned: the REST API and console, and the forward-auth
+/// and AuthZEN door, each on its listener if it has one.
+pub(super) fn spawn_http<F>(
     config: &ServeConfig,
-    listener: tokio::net::TcpListener,
-    manager: &Arc<Manager>,
-    gate: &Arc<Gate>,
-) -> Result<RestServer, StartError> {
-    let tls = config
-        .tls
-        .as_ref()
-        .map(crate::http::tls_acceptor)
-        .transpose()
-        .map_err(|(path, reason)| StartError::Tls { path, reason })?;
-    let api = Arc::new(crate::http::RestApi {
-        manager: manager.clone(),
-        gate: gate.clone(),
-        timeout: config.limits.request_timeout,
-    });
-    Ok((listener, api, tls))
+    (rest, forward_auth): (
+        Option<tokio::net::TcpListener>,
+        Option<tokio::net::TcpListener>,
+    ),
+    (manager, context, gate): (&Arc<Manager>, &Arc<CheckContext>, &Arc<Gate>),
+    stopped: &impl Fn() -> F,
+) -> Result<Vec<tokio::task::JoinHandle<std::io::Result<()>>>, StartError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let tls = || {
+        config
+            .tls
+            .as_ref()
+            .map(crate::http::tls_acceptor)
+            .transpose()
+            .map_err(|(path, reason)| StartError::Tls { path, reason })
+    };
+    let mut servers = Vec::new();
+    if let Some(listener) = rest {
+        let api = Arc::new(crate::http::RestApi {
+            manager: manager.clone(),
+            gate: gate.clone(),
+            timeout: config.limits.request_timeout,
+        });
+        let serving = crate::http::serve(listener, api, tls()?, stopped());
+        servers.push(tokio::spawn(serving));
+    }
+    if let (Some(listener), Some(at)) = (forward_auth, &config.forward_auth) {
+        let door = Arc::new(crate::http::forward_auth::ForwardAuth {
+            context: context.clone(),
+            gate: gate.clone(),
+            proxy: config.ext_authz.clone(),
+            path_prefix: at.path_prefix.clone(),
+            trusted_proxies: at.trusted_proxies.clone(),
+            timeout: config.limits.request_timeout,
+        });
+        let serving = crate::http::forward_auth::serve(listener, door, tls()?, stopped());
+        servers.push(tokio::spawn(serving));
+    }
+    Ok(servers)
 }
-
-pub(super) type RestServer = (
-    tokio::net::TcpListener,
-    Arc<crate::http::RestApi>,
-    Option<tokio_rustls::TlsAcceptor>,
-);

@@ -97,13 +97,15 @@ struct Listeners {
     rate_limits_tcp: Option<tokio::net::TcpListener>,
     metrics_tcp: Option<tokio::net::TcpListener>,
     http_tcp: Option<tokio::net::TcpListener>,
+    forward_auth_tcp: Option<tokio::net::TcpListener>,
 }
 
 /// The running servers and what start-up and shutdown flip.
 struct Serving {
     servers: tokio::task::JoinSet<Result<(), tonic::transport::Error>>,
     metrics_server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    rest_server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// The REST API's and the forward-auth door's.
+    http_servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
     stop: tokio::sync::watch::Sender<bool>,
     health: tonic_health::server::HealthReporter,
     readiness: Arc<Readiness>,
@@ -201,6 +203,10 @@ async fn bind_all(config: &ServeConfig) -> Result<Listeners, StartError> {
             Some(addr) => Some(bind_tcp(addr).await?),
             None => None,
         },
+        forward_auth_tcp: match &config.forward_auth {
+            Some(door) => Some(bind_tcp(door.listen).await?),
+            None => None,
+        },
     })
 }
 
@@ -218,25 +224,19 @@ async fn serve_all(
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
     let manager = manager(config, &opened);
-    let check_context = Arc::new(CheckContext {
-        counters: start_counters(config, &health)?,
-        keys: opened.store.table().clone(),
-        format: opened.format.clone(),
-        policy: arc_swap::ArcSwap::from_pointee(Policy {
-            catalog: opened.catalog.clone(),
-            routes: opened.routes,
-        }),
-        decision_log_every: config.decision_log_every,
-        decisions_seen: Default::default(),
-        dry_run_seen: Default::default(),
-    });
+    let policy = Policy {
+        catalog: opened.catalog.clone(),
+        routes: opened.routes,
+    };
+    let check_context = check_context(
+        config,
+        &health,
+        opened.store.table(),
+        &opened.format,
+        policy,
+    )?;
     drop(opened.admin_token);
     let gate = listen::gate(config, &readiness);
-    let rest = listeners
-        .http_tcp
-        .map(|listener| listen::rest_api(config, listener, &manager, &gate))
-        .transpose()?;
-    let services = listen::Services::new(config, check_context.clone(), manager, health_service)?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut stopping = stopping.clone();
@@ -244,6 +244,13 @@ async fn serve_all(
             let _ = stopping.wait_for(|stopping| *stopping).await;
         }
     };
+    let http_servers = listen::spawn_http(
+        config,
+        (listeners.http_tcp, listeners.forward_auth_tcp),
+        (&manager, &check_context, &gate),
+        &stopped,
+    )?;
+    let services = listen::Services::new(config, check_context.clone(), manager, health_service)?;
     let servers = services.spawn(
         config,
         listen::GrpcListeners {
@@ -271,18 +278,34 @@ async fn serve_all(
                     stopped(),
                 ))
             });
-    let rest_server = rest.map(|(listener, api, tls)| {
-        tokio::spawn(crate::http::serve(listener, api, tls, stopped()))
-    });
     Ok(Serving {
         servers,
         metrics_server,
-        rest_server,
+        http_servers,
         stop,
         health,
         readiness,
         check_context,
     })
+}
+
+/// What every decision door reads: the keys, the policy, the counters.
+fn check_context(
+    config: &ServeConfig,
+    health: &tonic_health::server::HealthReporter,
+    keys: &Arc<crate::key::KeyTable>,
+    format: &crate::token::TokenFormat,
+    policy: Policy,
+) -> Result<Arc<CheckContext>, StartError> {
+    Ok(Arc::new(CheckContext {
+        counters: start_counters(config, health)?,
+        keys: keys.clone(),
+        format: format.clone(),
+        policy: arc_swap::ArcSwap::from_pointee(policy),
+        decision_log_every: config.decision_log_every,
+        decisions_seen: Default::default(),
+        dry_run_seen: Default::default(),
+    }))
 }
 
 /// The use-cases every edge calls, with the limits the config sets.
@@ -367,7 +390,7 @@ async fn drain(
     let _ = serving.stop.send(true);
     // Graceful shutdown waits for clients to close their connections; an idle
     // client may never do so, so the drain is bounded.
-    let rest_server = serving.rest_server.take();
+    let http_servers = std::mem::take(&mut serving.http_servers);
     let drained = tokio::time::timeout(config.drain_timeout, async {
         let mut result = Ok(());
         while let Some(served) = serving.servers.join_next().await {
@@ -375,9 +398,9 @@ async fn drain(
                 result = Err(error);
             }
         }
-        // REST requests in progress finish too (the server stopped accepting).
-        if let Some(rest_server) = rest_server {
-            let _ = rest_server.await;
+        // HTTP requests in progress finish too (the servers stopped accepting).
+        for http_server in http_servers {
+            let _ = http_server.await;
         }
         result
     })

@@ -72,6 +72,8 @@ pub struct ServeConfig {
     pub rate_limit_fail_closed: bool,
     /// Envoy's RateLimitService, where the operator put it (off: `None`).
     pub rate_limit_service: Option<RateLimitService>,
+    /// The forward-auth and AuthZEN door, if any.
+    pub forward_auth: Option<ForwardAuthAt>,
 }
 
 /// Envoy's RateLimitService: it counts hits for any key id it is sent, so
@@ -81,6 +83,17 @@ pub struct RateLimitService {
     pub at: RateLimitServiceAt,
     /// Largest `hits_addend` taken.
     pub max_hits: u64,
+}
+
+/// Where the forward-auth door listens, and how it reads what the proxy says.
+#[derive(Debug, Clone)]
+pub struct ForwardAuthAt {
+    pub listen: SocketAddr,
+    /// Stripped from the request's own path when no forwarded headers say
+    /// which request is judged.
+    pub path_prefix: String,
+    /// Peers whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
