@@ -23,7 +23,7 @@ HELM = os.environ.get("HELM", "helm")
 KUBERNETES_VERSION = "1.33.0"
 VALUES = [None, "ci/sidecar-values.yaml", "ci/demo-pvc-values.yaml", "ci/demo-uds-values.yaml", "ci/demo-fleet-values.yaml",
           "../../examples/istio/chart-sidecar-values.yaml", "../../examples/istio/chart-service-values.yaml",
-          "../../examples/envoy-gateway/chart-values.yaml"]
+          "../../examples/envoy-gateway/chart-values.yaml", "../../examples/forward-auth/chart-values.yaml"]
 # Kinds whose schema is a CRD: checked by validate_crds() instead.
 CRD_KINDS = {"ServiceMonitor", "AuthorizationPolicy", "ServiceEntry", "SecurityPolicy", "IstioOperator"}
 
@@ -413,3 +413,77 @@ def test_service_mode_with_tls_or_a_mesh_instead_of_a_policy():
     (policy,) = by_kind(render(None, *SERVICE, peer), "NetworkPolicy")
     check_rule = policy["spec"]["ingress"][0]
     assert check_rule["from"] == [{"podSelector": {"matchLabels": {"app": "gateway"}}}]
+
+
+FORWARD_AUTH = ROOT / "examples" / "forward-auth"
+# What scopegate sets on an allowed request (ProxyConfig's defaults).
+IDENTITY_HEADERS = ["x-scopegate-key-id", "x-scopegate-account-id"]
+
+
+def test_forward_auth_in_service_mode_is_a_port_behind_the_policy():
+    docs = render("../../examples/forward-auth/chart-values.yaml")
+    (deployment,) = by_kind(docs, "Deployment")
+    (service,) = by_kind(docs, "Service")
+    (network,) = by_kind(docs, "NetworkPolicy")
+    scopegate = container(deployment, "scopegate")
+    port = next(p["containerPort"] for p in scopegate["ports"] if p["name"] == "forward-auth")
+    assert f"--forward-auth-listen=0.0.0.0:{port}" in scopegate["args"]
+    assert "--forward-auth-trusted-proxies=10.0.0.0/8" in scopegate["args"]
+    door = next(p for p in service["spec"]["ports"] if p["name"] == "forward-auth")
+    assert door["targetPort"] == "forward-auth"
+    # The same peers as the check port, and no one else.
+    (check_rule, metrics_rule) = network["spec"]["ingress"]
+    assert {"port": "forward-auth", "protocol": "TCP"} in check_rule["ports"]
+    assert check_rule["from"]
+    assert {"port": "forward-auth", "protocol": "TCP"} not in metrics_rule["ports"]
+    # Sidecar mode: loopback, for the proxy in the pod; off by default.
+    (sidecar,) = by_kind(render(None, "forwardAuth.enabled=true"), "Deployment")
+    assert f"--forward-auth-listen=127.0.0.1:{port}" in container(sidecar, "scopegate")["args"]
+    (default,) = by_kind(render(None), "Deployment")
+    assert not any(a.startswith("--forward-auth") for a in container(default, "scopegate")["args"])
+
+
+def test_ingress_nginx_and_traefik_examples_call_the_door_and_copy_the_identity():
+    (ingress,) = yaml.safe_load_all((FORWARD_AUTH / "ingress-nginx.yaml").read_text())
+    kubernetes_validate.validate(ingress, KUBERNETES_VERSION, strict=True)
+    annotations = ingress["metadata"]["annotations"]
+    values = yaml.safe_load((FORWARD_AUTH / "chart-values.yaml").read_text())
+    port = values["forwardAuth"]["port"]
+    assert annotations["nginx.ingress.kubernetes.io/auth-url"].endswith(f":{port}/")
+    copied = annotations["nginx.ingress.kubernetes.io/auth-response-headers"].lower().split(",")
+    assert copied == IDENTITY_HEADERS
+    # No registry package ships Traefik's CRD schema: its fields, asserted.
+    (middleware,) = yaml.safe_load_all((FORWARD_AUTH / "traefik.yaml").read_text())
+    assert middleware["apiVersion"] == "traefik.io/v1alpha1" and middleware["kind"] == "Middleware"
+    forward = middleware["spec"]["forwardAuth"]
+    assert set(forward) <= {"address", "trustForwardHeader", "authResponseHeaders"}
+    assert forward["address"].endswith(f":{port}/")
+    assert forward["trustForwardHeader"] is False
+    assert [h.lower() for h in forward["authResponseHeaders"]] == IDENTITY_HEADERS
+
+
+def test_gateway_api_external_auth_and_envoy_http_mode_use_the_path_prefix():
+    (route,) = yaml.safe_load_all((FORWARD_AUTH / "httproute.yaml").read_text())
+    (rule,) = route["spec"]["rules"]
+    (external,) = [f["externalAuth"] for f in rule["filters"] if f["type"] == "ExternalAuth"]
+    # The registry package ships the standard channel, whose filter types
+    # leave out the experimental ExternalAuth: the route is checked without
+    # that filter, the filter's config against its own schema.
+    standard = json.loads(json.dumps(route))
+    standard["spec"]["rules"][0]["filters"] = [f for f in rule["filters"] if f["type"] != "ExternalAuth"]
+    part = {"apiVersion": route["apiVersion"], "kind": "HTTPExternalAuthFilter",
+            "metadata": {"name": "scopegate"}, "part": external}
+    assert validate_crds([standard, part]) == ["ok HTTPRoute api", "ok HTTPExternalAuthFilter scopegate"]
+    assert external["protocol"] == "HTTP"
+    assert external["http"]["path"] == "/check"
+    assert external["http"]["allowedResponseHeaders"] == IDENTITY_HEADERS
+    # Envoy's own schema (xds-protos) for the HTTP-mode ext_authz filter.
+    fragment = yaml.safe_load((FORWARD_AUTH / "envoy-http.yaml").read_text())
+    config = ext_authz_pb2.ExtAuthz()
+    typed = dict(fragment["typed_config"])
+    typed.pop("@type")
+    json_format.ParseDict(typed, config)
+    assert not config.failure_mode_allow
+    assert config.http_service.path_prefix == "/check"
+    upstream = [p.exact for p in config.http_service.authorization_response.allowed_upstream_headers.patterns]
+    assert upstream == IDENTITY_HEADERS

@@ -111,6 +111,16 @@ seccompProfile:
     {{- else }}
     - --http-listen=none
     {{- end }}
+    {{- if .Values.forwardAuth.enabled }}
+    {{- if eq .Values.mode "service" }}
+    - --forward-auth-listen=0.0.0.0:{{ .Values.forwardAuth.port }}
+    {{- else }}
+    - --forward-auth-listen=127.0.0.1:{{ .Values.forwardAuth.port }}
+    {{- end }}
+    {{- with .Values.forwardAuth.trustedProxies }}
+    - --forward-auth-trusted-proxies={{ join "," . }}
+    {{- end }}
+    {{- end }}
     {{- if include "scopegate.uds" . }}
     - --uds={{ .Values.udsPath }}
     {{- end }}
@@ -175,6 +185,10 @@ seccompProfile:
       containerPort: {{ .Values.grpcPort }}
     - name: metrics
       containerPort: {{ .Values.metricsPort }}
+    {{- if .Values.forwardAuth.enabled }}
+    - name: forward-auth
+      containerPort: {{ .Values.forwardAuth.port }}
+    {{- end }}
   # Probes use the metrics listener: the gRPC port is on loopback.
   livenessProbe:
     httpGet:
