@@ -514,3 +514,43 @@ async fn authzen_evaluations_answer_as_check() {
         "{document}"
     );
 }
+
+/// Bad forward-auth settings stop start-up, naming the setting.
+#[test]
+fn bad_forward_auth_settings_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let door = format!("127.0.0.1:{}", free_port());
+    for (args, named) in [
+        (
+            vec!["--forward-auth-listen", "everywhere"],
+            "forward_auth_listen",
+        ),
+        (
+            vec![
+                "--forward-auth-listen",
+                &door,
+                "--forward-auth-path-prefix",
+                "check",
+            ],
+            "forward_auth_path_prefix",
+        ),
+        (
+            vec![
+                "--forward-auth-listen",
+                &door,
+                "--forward-auth-trusted-proxies",
+                "10.0.0.0/8,proxy",
+            ],
+            "forward_auth_trusted_proxies",
+        ),
+        (
+            vec!["--forward-auth-path-prefix", "/check"],
+            "forward_auth_listen",
+        ),
+    ] {
+        let refused = Server::try_start(&dir.path().join(named), &args)
+            .err()
+            .unwrap_or_else(|| panic!("{args:?} started"));
+        assert!(refused.contains(named), "{args:?}: {refused}");
+    }
+}
