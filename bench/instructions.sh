@@ -48,16 +48,24 @@ dump() { # pid prefix
   last_dump_total "$2"
 }
 
+# drive <target> <workload> <token> <in-flight> <requests>: one run of the load.
+drive() {
+  if [ "$2" = forward-auth ]; then
+    "$loadgen" forward-auth --target "$1" --token "$3" --concurrency "$4" --requests "$5" > /dev/null
+  else
+    "$loadgen" check --target "$1" --workload "$2" --token "$3" \
+      --concurrency "$4" --connections 1 --requests "$5" > /dev/null
+  fi
+}
+
 # instructions <server-name> <pid> <dump-prefix> <target> <workload> <token> <in-flight>
 instructions() {
   local name=$1 pid=$2 prefix=$3 target=$4 workload=$5 token=$6 inflight=$7
-  "$loadgen" check --target "$target" --workload "$workload" --token "$token" \
-    --concurrency "$inflight" --connections 1 --requests 200 > /dev/null
+  drive "$target" "$workload" "$token" "$inflight" 200
   callgrind_control -z "$pid" > /dev/null
   local started ended run idle
   started=$(date +%s.%N)
-  "$loadgen" check --target "$target" --workload "$workload" --token "$token" \
-    --concurrency "$inflight" --connections 1 --requests "$requests" > /dev/null
+  drive "$target" "$workload" "$token" "$inflight" "$requests"
   run=$(dump "$pid" "$prefix")
   ended=$(date +%s.%N)
   callgrind_control -z "$pid" > /dev/null
@@ -93,6 +101,12 @@ kill "$server_pid"; wait "$server_pid" 2> /dev/null || true; server_pid=""
 fi
 
 echo "== scopegate (default flags, metrics on) under callgrind: $bin" >&2
+# Builds with the forward-auth door answer the same request over HTTP too.
+forward_auth=()
+if "$bin" serve --help | grep -q -- --forward-auth-listen; then
+  door="127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  forward_auth=(--forward-auth-listen "$door")
+fi
 "$bin" serve "${no_rest[@]}" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$work/data" \
   --log-format json 2> "$work/prepare.log" &
 server_pid=$!
@@ -104,7 +118,7 @@ token=$("$bin" keys create --server "http://$addr" --data-dir "$work/data" --acc
   --name load --scope mail.send "${limit_args[@]}" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 kill "$server_pid"; wait "$server_pid" 2> /dev/null || true
 valgrind --tool=callgrind --callgrind-out-file="$work/scopegate.cg" \
-  "$bin" serve "${no_rest[@]}" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$work/data" \
+  "$bin" serve "${no_rest[@]}" "${forward_auth[@]}" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$work/data" \
   --log-format json 2> "$work/serve.log" &
 server_pid=$!
 wait_for "$work/serve.log" "keys loaded; serving"
@@ -114,6 +128,10 @@ for inflight in $inflight_list; do
     instructions scopegate "$server_pid" "$work/scopegate.cg" "http://$addr" "$workload" "$token" "$inflight" \
       | tee -a "$results"
   done
+  if [ ${#forward_auth[@]} -gt 0 ]; then
+    instructions scopegate "$server_pid" "$work/scopegate.cg" "$door" forward-auth "$token" "$inflight" \
+      | tee -a "$results"
+  fi
 done
 kill "$server_pid"; wait "$server_pid" 2> /dev/null || true; server_pid=""
 
@@ -123,7 +141,8 @@ import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 by = {(r["server"], r["workload"], r["in_flight"]): r["instructions_per_request"] for r in rows}
 names = {"scopes": "Authorize.Check (scopes)", "http": "Authorize.Check{http}",
-         "ext-authz": "ext_authz Check, all 14 headers", "ext-authz-allowed": "ext_authz Check, allowed headers (5)"}
+         "ext-authz": "ext_authz Check, all 14 headers", "ext-authz-allowed": "ext_authz Check, allowed headers (5)",
+         "forward-auth": "forward-auth (HTTP/1.1 keep-alive)"}
 # The bare server answers Authorize.Check with a fixed message ("ceiling"),
 # and Envoy's request, decoded as envoy-types does, with a fixed allow of
 # scopegate's size ("ceiling-ext-authz*"): ratios against both.
@@ -138,7 +157,8 @@ for (server, workload, inflight), value in sorted(by.items(), key=lambda kv: (kv
         print(f"| {names[workload]} | {inflight} | | | {value / 1000:.1f} K | | |")
         continue
     bare = by[("bare", "ceiling", inflight)]
-    twin = by[("bare", same[workload], inflight)]
+    # Forward-auth has no bare twin: compared with ext_authz (allowed headers).
+    twin = by.get(("bare", same.get(workload, ""), inflight)) or by[("scopegate", "ext-authz-allowed", inflight)]
     print(f"| {names[workload]} | {inflight} | {bare / 1000:.1f} K | {twin / 1000:.1f} K | {value / 1000:.1f} K "
           f"| {value / bare:.2f}× | {value / twin:.2f}× |")
 EOF

@@ -78,6 +78,20 @@ enum Command {
     /// warm-up, a fixed number of requests (`--requests`, for instruction
     /// counts), or open loop at a fixed arrival rate (`--rate`).
     Check(CheckArgs),
+    /// Forward-auth over HTTP/1.1 keep-alive, one connection per request in
+    /// flight, as a proxy calls it: exactly `requests` allowed checks of
+    /// `POST /v3/mail/send` (X-Forwarded-*), then latency percentiles.
+    ForwardAuth {
+        /// HOST:PORT of `serve --forward-auth-listen`.
+        #[arg(long)]
+        target: String,
+        #[arg(long)]
+        token: String,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 2000)]
+        requests: u64,
+    },
     /// Durable CreateKey then DeleteKey throughput, and stale allows after delete.
     Writes {
         #[arg(long)]
@@ -468,6 +482,66 @@ async fn run_count(request: &Workload, channels: &[Channel], concurrency: usize,
     );
 }
 
+/// Forward-auth requests over keep-alive connections; prints the count and
+/// latency percentiles (µs) as JSON.
+async fn run_forward_auth(target: String, token: String, concurrency: usize, requests: u64) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: scopegate\r\nAuthorization: Bearer {token}\r\nX-Forwarded-Method: POST\r\nX-Forwarded-Uri: /v3/mail/send\r\n\r\n"
+    );
+    let request: Arc<[u8]> = request.into_bytes().into();
+    let concurrency = concurrency.max(1) as u64;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|worker| {
+            let (target, request) = (target.clone(), request.clone());
+            let share = requests / concurrency + u64::from(worker < requests % concurrency);
+            tokio::spawn(async move {
+                let stream = tokio::net::TcpStream::connect(&target).await.expect("connect");
+                stream.set_nodelay(true).unwrap();
+                let mut stream = tokio::io::BufReader::new(stream);
+                let mut latencies = Histogram::<u64>::new(3).unwrap();
+                let mut line = String::new();
+                for _ in 0..share {
+                    let sent = Instant::now();
+                    stream.get_mut().write_all(&request).await.unwrap();
+                    let mut length = 0usize;
+                    let mut status = String::new();
+                    loop {
+                        line.clear();
+                        stream.read_line(&mut line).await.unwrap();
+                        if status.is_empty() {
+                            status = line.clone();
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        let lower = line.to_ascii_lowercase();
+                        if let Some(value) = lower.strip_prefix("content-length:") {
+                            length = value.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    stream.read_exact(&mut body).await.unwrap();
+                    assert!(status.starts_with("HTTP/1.1 200"), "the load must be allowed: {status}");
+                    latencies.record(sent.elapsed().as_micros() as u64).unwrap();
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Histogram::<u64>::new(3).unwrap();
+    for worker in workers {
+        latencies.add(worker.await.unwrap()).unwrap();
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "workload": "forward-auth", "requests": requests, "concurrency": concurrency,
+            "p50_us": latencies.value_at_quantile(0.5), "p99_us": latencies.value_at_quantile(0.99),
+        })
+    );
+}
+
 async fn run_audit_reads(target: String, token: String, concurrency: usize, duration_secs: f64) {
     let channel = channel(&target).await;
     let token: Arc<str> = token.into();
@@ -684,6 +758,12 @@ fn main() {
             }
         }),
         Command::Check(args) => runtime.block_on(run_check(args)),
+        Command::ForwardAuth {
+            target,
+            token,
+            concurrency,
+            requests,
+        } => runtime.block_on(run_forward_auth(target, token, concurrency, requests)),
         Command::Writes {
             target,
             admin_token_file,
