@@ -264,6 +264,23 @@ async fn behind(proxy: &Proxy, upstream: &Upstream, server: &Server, nginx: bool
             "{path} passed with {status} (nginx: {nginx})"
         );
     }
+    // A client naming an allowed request in the proxies' headers while it
+    // sends another: never reaches the upstream.
+    let auth = format!("Bearer {allowed}");
+    let (status, _, _) = http_request(
+        &proxy.addr,
+        "POST",
+        "/v3/api_keys",
+        &[
+            ("Authorization", &auth),
+            ("X-Forwarded-Method", "POST"),
+            ("X-Forwarded-Uri", "/v3/mail/send"),
+            ("X-Original-Method", "POST"),
+            ("X-Original-URI", "/v3/mail/send"),
+        ],
+        Some("{}"),
+    );
+    assert!(status >= 400, "smuggled with {status}");
     assert_eq!(
         upstream.heads().len(),
         2,
@@ -322,12 +339,13 @@ async fn envoys_http_mode_and_the_request_headers_rules() {
     // Outside the prefix, with no forwarded headers: nothing to judge.
     let (status, _, body) = own(&allowed, "POST", "/v3/mail/send");
     assert_eq!(status, 400, "{body}");
-    // A forwarded pair wins; half a pair is refused, never guessed.
+    // A forwarded pair names the request; half a pair is refused, never
+    // guessed.
     let auth = bearer(&allowed);
     let forwarded = |headers: &[(&str, &str)]| {
         let mut all = vec![("Authorization", auth.as_str())];
         all.extend_from_slice(headers);
-        http_request(&door, "GET", "/check/v3/stats", &all, None)
+        http_request(&door, "GET", "/", &all, None)
     };
     let (status, _, _) = forwarded(&[
         ("X-Forwarded-Method", "POST"),
@@ -342,6 +360,27 @@ async fn envoys_http_mode_and_the_request_headers_rules() {
         ("X-Original-URI", "/v3/mail/send"),
     ]);
     assert_eq!(status, 200);
+    // Two sources naming different requests: refused (a client adding the
+    // pair its proxy does not set must not be judged on another request).
+    let (status, _, body) = forwarded(&[
+        ("X-Forwarded-Method", "POST"),
+        ("X-Forwarded-Uri", "/v3/mail/send"),
+        ("X-Original-Method", "DELETE"),
+        ("X-Original-URI", "/v3/api_keys/AAAAAAAAAAAAAAAAAAAAAA"),
+    ]);
+    assert_eq!(status, 400, "{body}");
+    let (status, _, _) = http_request(
+        &door,
+        "GET",
+        "/check/v3/stats",
+        &[
+            ("Authorization", &auth),
+            ("X-Forwarded-Method", "POST"),
+            ("X-Forwarded-Uri", "/v3/mail/send"),
+        ],
+        None,
+    );
+    assert_eq!(status, 400);
     // A method-override header is refused as ext_authz refuses it.
     let (status, _, _) = forwarded(&[
         ("X-Forwarded-Method", "POST"),

@@ -148,23 +148,26 @@ async fn judge(
     answered.unwrap_or_else(|error| ApiError::unavailable(error.to_string()).into_response())
 }
 
-/// The method and URI judged: a forwarded pair, or the request's own.
+/// The method and URI judged: a forwarded pair, or the request's own. Every
+/// source present must name the same request: a client behind a proxy that
+/// passes its headers on could otherwise add a pair the proxy does not set
+/// (X-Forwarded-* where nginx sets X-Original-*) and be judged on another
+/// request than the one the proxy forwards.
 fn judged<'a>(
     headers: &'a HeaderMap,
     own_method: &'a str,
     own_uri: &'a axum::http::Uri,
     door: &ForwardAuth,
 ) -> Result<(&'a str, &'a str), ApiError> {
+    let mut named: Vec<(&str, &str)> = Vec::new();
     for (method_header, uri_header) in [
         ("x-forwarded-method", "x-forwarded-uri"),
         ("x-original-method", "x-original-uri"),
     ] {
-        let method = one_text(headers, method_header)?;
-        let uri = one_text(headers, uri_header)?;
-        match (method, uri) {
-            (None, None) => continue,
+        match (one_text(headers, method_header)?, one_text(headers, uri_header)?) {
+            (None, None) => {}
             (Some(method), Some(uri)) if !method.is_empty() && uri.starts_with('/') => {
-                return Ok((method, uri))
+                named.push((method, uri))
             }
             (Some(_), Some(_)) => {
                 return Err(ApiError::bad_request(
@@ -182,23 +185,39 @@ fn judged<'a>(
             }
         }
     }
-    let path = own_uri.path();
-    let own = if door.path_prefix.is_empty() {
-        Some(path)
-    } else {
-        path.strip_prefix(door.path_prefix.as_str())
-            .filter(|rest| rest.starts_with('/'))
-    };
-    let own = own.ok_or_else(|| {
-        ApiError::bad_request(
+    let under_prefix = (!door.path_prefix.is_empty())
+        .then(|| own_uri.path().strip_prefix(door.path_prefix.as_str()))
+        .flatten()
+        .filter(|rest| rest.starts_with('/'));
+    if let Some(own) = under_prefix {
+        named.push((own_method, own));
+    }
+    fn path_of(uri: &str) -> &str {
+        uri.split(['?', '#']).next().unwrap_or("")
+    }
+    match named.as_slice() {
+        [] if door.path_prefix.is_empty() => Ok((own_method, own_uri.path())),
+        [] => Err(ApiError::bad_request(
             None,
             format!(
                 "no X-Forwarded-Method/-Uri or X-Original-Method/-URI, and the path is not under {}",
                 door.path_prefix
             ),
-        )
-    })?;
-    Ok((own_method, own))
+        )),
+        [first, rest @ ..] => {
+            let same = |(method, uri): &(&str, &str)| {
+                method.eq_ignore_ascii_case(first.0) && path_of(uri) == path_of(first.1)
+            };
+            if rest.iter().all(same) {
+                Ok(*first)
+            } else {
+                Err(ApiError::bad_request(
+                    None,
+                    "the forwarded headers and the request name different requests",
+                ))
+            }
+        }
+    }
 }
 
 /// A header sent once as text; `Ok(None)` when absent.
