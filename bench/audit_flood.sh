@@ -33,7 +33,7 @@ start() { # extra serve flags...
     --log-format json --mutations-per-account-per-sec 100000 "$@" 2> "$work/serve.log" &
   server_pid=$!
   wait_for "$work/serve.log" "keys loaded; serving"
-  addr=$(grep -o '"addr":"[^"]*"' "$work/serve.log" | head -1 | cut -d'"' -f4)
+  addr=$(grep 'scopegate listening' "$work/serve.log" | grep -o '"addr":"[^"]*"' | head -1 | cut -d'"' -f4)
 }
 
 stop() { kill "$server_pid"; wait "$server_pid" 2> /dev/null || true; server_pid=""; }

@@ -37,7 +37,7 @@ for i in $(seq 1 "$sidecars"); do
     --log-format json 2> "$work/s$i.log" &
   pids+=("$!")
   for _ in $(seq 1 600); do grep -q '"keys loaded; serving"' "$work/s$i.log" 2>/dev/null && break; sleep 0.05; done
-  addrs+=("http://$(grep -o '"addr":"[^"]*"' "$work/s$i.log" | head -1 | cut -d'"' -f4)")
+  addrs+=("http://$(grep 'scopegate listening' "$work/s$i.log" | grep -o '"addr":"[^"]*"' | head -1 | cut -d'"' -f4)")
 done
 watchers=$(IFS=,; echo "${addrs[*]:1}")
 "$loadgen" revocation --origin "${addrs[0]}" --watchers "$watchers" \

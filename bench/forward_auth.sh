@@ -25,7 +25,7 @@ door="127.0.0.1:$(port)"
   --data-dir "$work/data" --log-format json 2> "$work/serve.log" &
 pids+=($!)
 for _ in $(seq 1 600); do grep -q "keys loaded; serving" "$work/serve.log" && break; sleep 0.05; done
-addr=$(grep -o '"addr":"[^"]*"' "$work/serve.log" | head -1 | cut -d'"' -f4)
+addr=$(grep 'scopegate listening' "$work/serve.log" | grep -o '"addr":"[^"]*"' | head -1 | cut -d'"' -f4)
 token=$("$bin" keys create --server "http://$addr" --data-dir "$work/data" --account bench \
   --name load --scope mail.send --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 

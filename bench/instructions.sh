@@ -111,7 +111,7 @@ fi
   --log-format json 2> "$work/prepare.log" &
 server_pid=$!
 wait_for "$work/prepare.log" "keys loaded; serving"
-addr=$(grep -o '"addr":"[^"]*"' "$work/prepare.log" | head -1 | cut -d'"' -f4)
+addr=$(grep 'scopegate listening' "$work/prepare.log" | grep -o '"addr":"[^"]*"' | head -1 | cut -d'"' -f4)
 limit_args=()
 [ -n "${LIMIT:-}" ] && limit_args=(--limit "$LIMIT")
 token=$("$bin" keys create --server "http://$addr" --data-dir "$work/data" --account bench \
@@ -122,7 +122,7 @@ valgrind --tool=callgrind --callgrind-out-file="$work/scopegate.cg" \
   --log-format json 2> "$work/serve.log" &
 server_pid=$!
 wait_for "$work/serve.log" "keys loaded; serving"
-addr=$(grep -o '"addr":"[^"]*"' "$work/serve.log" | head -1 | cut -d'"' -f4)
+addr=$(grep 'scopegate listening' "$work/serve.log" | grep -o '"addr":"[^"]*"' | head -1 | cut -d'"' -f4)
 for inflight in $inflight_list; do
   for workload in $workloads; do
     instructions scopegate "$server_pid" "$work/scopegate.cg" "http://$addr" "$workload" "$token" "$inflight" \

@@ -40,7 +40,7 @@ start() { # name, extra serve flags... (SERVER_BIN: another build)
     --log-format json "$@" > /dev/null 2> "$work/$name.log" &
   echo $! >> "$work/pids"
   wait_for "$work/$name.log" "keys loaded; serving"
-  grep -o '"addr":"[^"]*"' "$work/$name.log" | head -1 | cut -d'"' -f4
+  grep 'scopegate listening' "$work/$name.log" | grep -o '"addr":"[^"]*"' | head -1 | cut -d'"' -f4
 }
 
 key() { # addr, name, extra create flags...

@@ -46,7 +46,7 @@ start_servers() {
   "$@" "$loadgen" ceiling --uds "$work/ceiling.sock" > /dev/null &
   ceiling_uds_pid=$!; pids+=("$ceiling_uds_pid")
   wait_for_log "$work/serve.log" "keys loaded; serving"
-  addr=$(grep -o '"addr":"[^"]*"' "$work/serve.log" | head -1 | cut -d'"' -f4)
+  addr=$(grep 'scopegate listening' "$work/serve.log" | grep -o '"addr":"[^"]*"' | head -1 | cut -d'"' -f4)
   wait_for_log "$work/ceiling.addr" "127.0.0.1"
   ceiling_addr=$(cat "$work/ceiling.addr")
   for _ in $(seq 1 100); do [ -S "$work/ceiling.sock" ] && break; sleep 0.05; done
@@ -122,7 +122,7 @@ echo "== footprint: idle, default flags, 1,000 keys"
   --log-format json 2> "$work/footprint.log" &
 pids+=($!); footprint_pid=$!
 wait_for_log "$work/footprint.log" "keys loaded; serving"
-footprint_addr=$(grep -o '"addr":"[^"]*"' "$work/footprint.log" | head -1 | cut -d'"' -f4)
+footprint_addr=$(grep 'scopegate listening' "$work/footprint.log" | grep -o '"addr":"[^"]*"' | head -1 | cut -d'"' -f4)
 for n in 1 2 3; do # every lazily started thread (store writes) is counted, then left to idle
   "$bin" keys create --server "$footprint_addr" --data-dir "$work/footprint" --account idle \
     --name "k$n" --scope mail.send > /dev/null

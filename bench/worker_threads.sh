@@ -32,7 +32,7 @@ wait_for() { # file pattern
   --log-format json 2> "$work/serve.log" &
 pid=$!
 wait_for "$work/serve.log" "keys loaded; serving"
-addr=$(grep -o '"addr":"[^"]*"' "$work/serve.log" | head -1 | cut -d'"' -f4)
+addr=$(grep 'scopegate listening' "$work/serve.log" | grep -o '"addr":"[^"]*"' | head -1 | cut -d'"' -f4)
 token=$("$bin" keys create --server "http://$addr" --data-dir "$work/data" --account bench \
   --name load --scope mail.send --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 kill "$pid"; wait "$pid" 2> /dev/null || true; pid=""
@@ -46,7 +46,7 @@ run() { # label, server command...
     wait_for "$work/out" "127.0.0.1"; target=$(cat "$work/out")
   else
     wait_for "$work/serve.log" "keys loaded; serving"
-    target=$(grep -o '"addr":"[^"]*"' "$work/serve.log" | head -1 | cut -d'"' -f4)
+    target=$(grep 'scopegate listening' "$work/serve.log" | grep -o '"addr":"[^"]*"' | head -1 | cut -d'"' -f4)
   fi
   taskset -c 1 "$loadgen" check --target "http://$target" --workload scopes --token "$token" \
     --concurrency "$concurrency" --connections 4 --duration-secs "$seconds" --warmup-secs 1 \
