@@ -79,8 +79,9 @@ enum Command {
     /// counts), or open loop at a fixed arrival rate (`--rate`).
     Check(CheckArgs),
     /// Forward-auth over HTTP/1.1 keep-alive, one connection per request in
-    /// flight, as a proxy calls it: exactly `requests` allowed checks of
-    /// `POST /v3/mail/send` (X-Forwarded-*), then latency percentiles.
+    /// flight: exactly `requests` allowed `POST /v3/mail/send`, to the door
+    /// (judged on its own path) or to a proxy in front of it; then latency
+    /// percentiles.
     ForwardAuth {
         /// HOST:PORT of `serve --forward-auth-listen`.
         #[arg(long)]
@@ -487,7 +488,7 @@ async fn run_count(request: &Workload, channels: &[Channel], concurrency: usize,
 async fn run_forward_auth(target: String, token: String, concurrency: usize, requests: u64) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     let request = format!(
-        "GET / HTTP/1.1\r\nHost: scopegate\r\nAuthorization: Bearer {token}\r\nX-Forwarded-Method: POST\r\nX-Forwarded-Uri: /v3/mail/send\r\n\r\n"
+        "POST /v3/mail/send HTTP/1.1\r\nHost: scopegate\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n"
     );
     let request: Arc<[u8]> = request.into_bytes().into();
     let concurrency = concurrency.max(1) as u64;
