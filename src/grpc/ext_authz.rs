@@ -164,18 +164,10 @@ impl ExtAuthzService {
     ) -> EnvoyAnswer {
         let decision_name = decision.reason();
         crate::telemetry::count_decision(crate::telemetry::Api::ExtAuthz, &decision);
-        let (key_id, account_id) = match &decision {
-            Decision::Allowed {
-                key_id, account_id, ..
-            }
-            | Decision::InsufficientScope {
-                key_id, account_id, ..
-            }
-            | Decision::RateLimited {
-                key_id, account_id, ..
-            } => (key_id.to_string(), account_id.to_string()),
-            _ => (String::new(), String::new()),
-        };
+        let (key_id, account_id) = decision
+            .key()
+            .map(|(key_id, account_id)| (key_id.to_string(), account_id.to_string()))
+            .unwrap_or_default();
         self.context
             .log_decision("ext_authz", decision_name, &key_id, &account_id, scope);
         let ids = (key_id.as_str(), account_id.as_str());

@@ -455,29 +455,13 @@ fn count_key(kind: KeyKind, delta: f64) {
 /// Counts a mutation by kind and outcome (ok, denied, invalid, not_found,
 /// error): errors apart from refusals.
 fn record_mutation<T>(kind: &'static str, result: &Result<T, ManageError>) {
-    let outcome = match result {
+    let outcome = match result.as_ref().map_err(ManageError::refusal) {
         Ok(_) => "ok",
-        Err(
-            ManageError::MissingCredentials
-            | ManageError::BadCredentials
-            | ManageError::NeedsScope(_)
-            | ManageError::Escalation(_)
-            | ManageError::RateLimitEscalation(_)
-            | ManageError::TermsEscalation(_)
-            | ManageError::TargetStronger { .. }
-            | ManageError::OtherAccount
-            | ManageError::AdminOnly
-            | ManageError::Inactive(_)
-            | ManageError::IpNotAllowed
-            | ManageError::PreviousSecret
-            | ManageError::AccountFull { .. },
-        ) => "denied",
-        Err(ManageError::RateLimited { .. } | ManageError::CredentialsThrottled { .. }) => {
-            "rate_limited"
-        }
-        Err(ManageError::InvalidArgument { .. } | ManageError::Scope { .. }) => "invalid",
-        Err(ManageError::NotFound(_)) => "not_found",
-        Err(ManageError::Store(_)) => "error",
+        Err(Refusal::Unauthenticated | Refusal::Forbidden | Refusal::AccountFull) => "denied",
+        Err(Refusal::Throttled { .. }) => "rate_limited",
+        Err(Refusal::Invalid { .. }) => "invalid",
+        Err(Refusal::NotFound) => "not_found",
+        Err(Refusal::Unavailable | Refusal::Conflict | Refusal::Internal) => "error",
     };
     metrics::counter!(crate::telemetry::MUTATIONS_TOTAL, "kind" => kind, "outcome" => outcome)
         .increment(1);
