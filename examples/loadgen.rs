@@ -497,7 +497,9 @@ async fn run_forward_auth(target: String, token: String, concurrency: usize, req
             let (target, request) = (target.clone(), request.clone());
             let share = requests / concurrency + u64::from(worker < requests % concurrency);
             tokio::spawn(async move {
-                let stream = tokio::net::TcpStream::connect(&target).await.expect("connect");
+                let stream = tokio::net::TcpStream::connect(&target)
+                    .await
+                    .expect("connect");
                 stream.set_nodelay(true).unwrap();
                 let mut stream = tokio::io::BufReader::new(stream);
                 let mut latencies = Histogram::<u64>::new(3).unwrap();
@@ -523,7 +525,10 @@ async fn run_forward_auth(target: String, token: String, concurrency: usize, req
                     }
                     let mut body = vec![0; length];
                     stream.read_exact(&mut body).await.unwrap();
-                    assert!(status.starts_with("HTTP/1.1 200"), "the load must be allowed: {status}");
+                    assert!(
+                        status.starts_with("HTTP/1.1 200"),
+                        "the load must be allowed: {status}"
+                    );
                     latencies.record(sent.elapsed().as_micros() as u64).unwrap();
                 }
                 latencies

@@ -164,7 +164,10 @@ fn judged<'a>(
         ("x-forwarded-method", "x-forwarded-uri"),
         ("x-original-method", "x-original-uri"),
     ] {
-        match (one_text(headers, method_header)?, one_text(headers, uri_header)?) {
+        match (
+            one_text(headers, method_header)?,
+            one_text(headers, uri_header)?,
+        ) {
             (None, None) => {}
             (Some(method), Some(uri)) if !method.is_empty() && uri.starts_with('/') => {
                 named.push((method, uri))
