@@ -139,13 +139,7 @@ impl CheckContext {
                 canonical_path,
             }
         };
-        if !(question.count && matches!(checked.decision, Decision::Allowed { rate: Some(_), .. }))
-        {
-            return Ok(answer(checked, &policy));
-        }
-        drop(policy);
-        let counted = self.count(checked).await?;
-        Ok(answer(counted, &self.policy.load()))
+        self.finish(checked, policy, question.count, answer).await
     }
 
     /// Decides whether `token` holds every one of `scopes` and counts its
@@ -165,7 +159,20 @@ impl CheckContext {
             scope: None,
             canonical_path: None,
         };
-        if !matches!(checked.decision, Decision::Allowed { rate: Some(_), .. }) {
+        self.finish(checked, policy, true, answer).await
+    }
+
+    /// Answers at once, or (an allowed key with limits, `count`) counts
+    /// first and answers on the policy loaded again: none is held across a
+    /// Redis round trip.
+    async fn finish<R>(
+        &self,
+        checked: Checked,
+        policy: arc_swap::Guard<Arc<Policy>>,
+        count: bool,
+        answer: impl FnOnce(Checked, &Policy) -> R,
+    ) -> Result<R, CheckError> {
+        if !(count && matches!(checked.decision, Decision::Allowed { rate: Some(_), .. })) {
             return Ok(answer(checked, &policy));
         }
         drop(policy);

@@ -33,9 +33,6 @@ use crate::gate::{Door, Gate};
 use crate::proxy::{Credential, ProxyConfig};
 use crate::telemetry::{count_decision, Api};
 
-/// The largest AuthZEN request body read.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
-
 /// The routes of this door besides forward-auth itself (every other path).
 pub const ROUTES: [&str; 3] = [
     authzen::EVALUATION,
@@ -67,7 +64,8 @@ pub fn router(door: Arc<ForwardAuth>) -> Router {
         .with_state(door)
 }
 
-/// The gate: ready, the body (AuthZEN's) read under the deadline, then a
+/// The gate: ready, the body (AuthZEN's) read under the deadline and the
+/// REST API's size bound, then a
 /// permit of the decisions' budget; the discovery document is open.
 async fn admit(State(door): State<Arc<ForwardAuth>>, request: Request, next: Next) -> Response {
     let gate_door = match request.uri().path() {
@@ -78,26 +76,9 @@ async fn admit(State(door): State<Arc<ForwardAuth>>, request: Request, next: Nex
         return ApiError::unavailable(refused.to_string()).into_response();
     }
     let (parts, body) = request.into_parts();
-    let read = tokio::time::timeout(door.timeout, axum::body::to_bytes(body, MAX_BODY_BYTES));
-    let bytes = match read.await {
-        Err(_) => {
-            return ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the request body did not arrive within {} ms",
-                    door.timeout.as_millis()
-                ),
-            )
-            .into_response()
-        }
-        Ok(Err(_)) => {
-            return ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
-            )
-            .into_response()
-        }
-        Ok(Ok(bytes)) => bytes,
+    let bytes = match super::input::body_within(body, door.timeout).await {
+        Ok(bytes) => bytes,
+        Err((status, message)) => return ApiError::new(status, message).into_response(),
     };
     let _permit = match door.gate.permit(gate_door) {
         Ok(permit) => permit,

@@ -17,7 +17,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
-use super::{console, RestApi, MAX_BODY_BYTES};
+use super::{console, RestApi};
 use crate::gate::{Door, Refused};
 use crate::scope::ManageAction;
 
@@ -95,24 +95,9 @@ pub(super) async fn admit(
         }
         parts.extensions.insert(caller);
     }
-    let read = tokio::time::timeout(api.timeout, axum::body::to_bytes(body, MAX_BODY_BYTES));
-    let bytes = match read.await {
-        Err(_) => {
-            return refuse(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the request body did not arrive within {} ms",
-                    api.timeout.as_millis()
-                ),
-            )
-        }
-        Ok(Err(_)) => {
-            return refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
-            )
-        }
-        Ok(Ok(bytes)) => bytes,
+    let bytes = match super::input::body_within(body, api.timeout).await {
+        Ok(bytes) => bytes,
+        Err((status, message)) => return refuse(status, message),
     };
     let _permit = match api.gate.permit(door) {
         Ok(permit) => permit,

@@ -79,6 +79,29 @@ async fn bytes(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ApiError
     Ok(bytes)
 }
 
+/// A request body read whole within `timeout` and [`MAX_BODY_BYTES`], read by
+/// the gates before a permit is taken (a stalled body holds none); the
+/// refusal's status and message otherwise.
+pub async fn body_within(
+    body: Body,
+    timeout: std::time::Duration,
+) -> Result<axum::body::Bytes, (StatusCode, String)> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Err(_) => Err((
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} ms",
+                timeout.as_millis()
+            ),
+        )),
+        Ok(Err(_)) => Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+        )),
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
+}
+
 /// The query string's parameters; a repeated one, a bad escape or one
 /// outside `known` is a 400.
 pub fn query(raw: Option<&str>, known: &[&str]) -> Result<BTreeMap<String, String>, ApiError> {
