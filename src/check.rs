@@ -11,8 +11,9 @@ use crate::authz::{self, Decision, HttpCheck, Policy, ScopeFrom};
 use crate::counters::{Admission, Counters};
 use crate::key::KeyTable;
 use crate::ratelimit::RateStatus;
-use crate::scope::{Catalog, ScopeError, ScopeId};
+use crate::scope::{Catalog, ScopeError, ScopeId, ScopeSet};
 use crate::token::TokenFormat;
+use crate::usage::Usage;
 
 /// What every decision door reads.
 pub struct CheckContext {
@@ -28,6 +29,8 @@ pub struct CheckContext {
     pub dry_run_seen: std::sync::atomic::AtomicU64,
     /// The rate limits' counters.
     pub counters: Arc<Counters>,
+    /// Every decision counted per key, outcome and scope (`None`: `--usage off`).
+    pub usage: Option<Arc<Usage>>,
 }
 
 /// An HTTP request as a door saw it.
@@ -139,7 +142,10 @@ impl CheckContext {
                 canonical_path,
             }
         };
-        self.finish(checked, policy, question.count, answer).await
+        let scopes = checked.scope.map_or(ScopeSet::EMPTY, ScopeSet::single);
+        let subject = (question.token, scopes);
+        self.finish(checked, policy, question.count, subject, answer)
+            .await
     }
 
     /// Decides whether `token` holds every one of `scopes` and counts its
@@ -159,25 +165,37 @@ impl CheckContext {
             scope: None,
             canonical_path: None,
         };
-        self.finish(checked, policy, true, answer).await
+        self.finish(checked, policy, true, (token, required), answer)
+            .await
     }
 
     /// Answers at once, or (an allowed key with limits, `count`) counts
     /// first and answers on the policy loaded again: none is held across a
-    /// Redis round trip.
+    /// Redis round trip. Either way the decision's usage is counted, on the
+    /// key `subject`'s token names and the scopes it required.
     async fn finish<R>(
         &self,
         checked: Checked,
         policy: arc_swap::Guard<Arc<Policy>>,
         count: bool,
+        (token, scopes): (&str, ScopeSet),
         answer: impl FnOnce(Checked, &Policy) -> R,
     ) -> Result<R, CheckError> {
         if !(count && matches!(checked.decision, Decision::Allowed { rate: Some(_), .. })) {
+            self.tally(&checked.decision, token, scopes);
             return Ok(answer(checked, &policy));
         }
         drop(policy);
         let counted = self.count(checked).await?;
+        self.tally(&counted.decision, token, scopes);
         Ok(answer(counted, &self.policy.load()))
+    }
+
+    #[inline]
+    fn tally(&self, decision: &Decision, token: &str, scopes: ScopeSet) {
+        if let Some(usage) = &self.usage {
+            usage.record(decision, token, &self.format, &self.keys, scopes);
+        }
     }
 
     /// Counts an allowed request against the key's rate limits, after every

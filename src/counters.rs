@@ -108,7 +108,7 @@ impl Counters {
                     .map_err(|(file, reason)| {
                         format!("rate_limit_redis_password_file {file}: {reason}")
                     })?;
-                let client = redis_client(url, password.as_deref())?;
+                let client = redis_client("--rate-limit-redis", url, password.as_deref())?;
                 let backend = Backend::Redis {
                     storage: ArcSwapOption::empty(),
                     timeout: *timeout,
@@ -286,15 +286,22 @@ fn status(limit: &ActiveLimit, counter: &Counter, remaining: u64) -> RateStatus 
     }
 }
 
-/// The Redis client, the password set apart from the URL (read from a file).
-fn redis_client(url: &str, password: Option<&str>) -> Result<redis::Client, String> {
+/// The Redis client for `flag`'s URL, the password set apart from it (read
+/// from `flag`-password-file).
+pub fn redis_client(
+    flag: &str,
+    url: &str,
+    password: Option<&str>,
+) -> Result<redis::Client, String> {
     let mut info = redis::IntoConnectionInfo::into_connection_info(url)
-        .map_err(|error| format!("--rate-limit-redis `{}`: {error}", redacted(url)))?;
+        .map_err(|error| format!("{flag} `{}`: {error}", redacted(url)))?;
     if info.redis.password.is_some() {
-        return Err("--rate-limit-redis: put the password in --rate-limit-redis-password-file, not in the URL".into());
+        return Err(format!(
+            "{flag}: put the password in {flag}-password-file, not in the URL"
+        ));
     }
     info.redis.password = password.map(str::to_owned);
-    redis::Client::open(info).map_err(|error| format!("--rate-limit-redis: {error}"))
+    redis::Client::open(info).map_err(|error| format!("{flag}: {error}"))
 }
 
 /// A URL as it may be logged: anything before an `@` dropped.
@@ -430,12 +437,12 @@ mod tests {
 
     #[test]
     fn passwords_stay_out_of_urls_and_messages() {
-        let error = redis_client("redis://:hunter2@127.0.0.1:6379", None).unwrap_err();
+        let error = redis_client("--rate-limit-redis", "redis://:hunter2@127.0.0.1:6379", None).unwrap_err();
         assert!(
             error.contains("password-file") && !error.contains("hunter2"),
             "{error}"
         );
-        let error = redis_client("redis://:hunter2@[bad", None).unwrap_err();
+        let error = redis_client("--rate-limit-redis", "redis://:hunter2@[bad", None).unwrap_err();
         assert!(!error.contains("hunter2"), "{error}");
     }
 }

@@ -26,7 +26,7 @@
 // Flag docs are clap's help text, whose placeholders read `<data-dir>`.
 #![allow(rustdoc::invalid_html_tags)]
 
-pub use scopegate_core::{authz, key, ratelimit, route, scope, token};
+pub use scopegate_core::{authz, key, ratelimit, route, scope, stats, token};
 
 pub mod check;
 pub mod cli;
@@ -45,3 +45,4 @@ pub mod store;
 pub mod telemetry;
 pub mod throttle;
 pub mod uds;
+pub mod usage;

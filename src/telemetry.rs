@@ -39,6 +39,15 @@ pub const FLEET_CONFLICTS_TOTAL: &str = "scopegate_fleet_conflicts_total";
 pub const LAST_USED_WRITTEN_TOTAL: &str = "scopegate_last_used_written_total";
 /// Rate-limit counter calls that failed (Redis away or slow).
 pub const RATE_LIMIT_BACKEND_ERRORS_TOTAL: &str = "scopegate_rate_limit_backend_errors_total";
+/// Usage flushes, by `result` (`ok`, `failed`: kept and retried).
+pub const USAGE_FLUSHES_TOTAL: &str = "scopegate_usage_flushes_total";
+/// Seconds a usage flush took (naming, rolling up, writing).
+pub const USAGE_FLUSH_SECONDS: &str = "scopegate_usage_flush_seconds";
+/// Decisions whose usage was dropped unwritten (its book away too long:
+/// the held flushes past their bound, oldest first).
+pub const USAGE_DROPPED_TOTAL: &str = "scopegate_usage_dropped_decisions_total";
+/// Usage records held for a book that is away.
+pub const USAGE_PENDING_RECORDS: &str = "scopegate_usage_pending_records";
 
 /// The `kind` label of the keys gauge.
 pub fn kind_label(kind: crate::scope::KeyKind) -> &'static str {

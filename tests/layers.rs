@@ -17,13 +17,14 @@ const LAYERS: &[&[&str]] = &[
     &["grpc", "uds", "http"],
     &["manage"],
     &["gate", "check", "proxy"],
+    &["usage"],
     &["throttle", "readiness", "counters"],
     &["store"],
     &["telemetry"],
     &["authz"],
     &["route", "key"],
     &["ratelimit"],
-    &["token", "scope", "request_id", "secret_file"],
+    &["token", "scope", "stats", "request_id", "secret_file"],
 ];
 
 /// The crates whose modules are ordered here, as source roots.

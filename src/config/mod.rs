@@ -287,6 +287,35 @@ pub struct ServeOptions {
     /// peer's own address, X-Forwarded-For ignored. [default: ""]
     #[arg(long, env = "SCOPEGATE_FORWARD_AUTH_TRUSTED_PROXIES")]
     pub forward_auth_trusted_proxies: Option<String>,
+    /// Count every decision per key, outcome and scope, readable as
+    /// SendGrid's stats (GET /v3/api_keys/{id}/stats, /v3/stats,
+    /// ManageKey.GetUsage, `scopegate usage`, the console): `on` or `off`.
+    /// [default: on]
+    #[arg(long, env = "SCOPEGATE_USAGE")]
+    pub usage: Option<String>,
+    /// Seconds between usage flushes (counts become readable then; a
+    /// kill -9 forgets at most this much). [default: 10]
+    #[arg(long, env = "SCOPEGATE_USAGE_FLUSH_SECS")]
+    pub usage_flush_secs: Option<u64>,
+    /// How long minute buckets of usage are kept (30m, 48h, 7d).
+    /// [default: 48h]
+    #[arg(long, env = "SCOPEGATE_USAGE_RETENTION_MINUTE")]
+    pub usage_retention_minute: Option<String>,
+    /// How long hour buckets of usage are kept. [default: 90d]
+    #[arg(long, env = "SCOPEGATE_USAGE_RETENTION_HOUR")]
+    pub usage_retention_hour: Option<String>,
+    /// How long day buckets of usage are kept. [default: 400d]
+    #[arg(long, env = "SCOPEGATE_USAGE_RETENTION_DAY")]
+    pub usage_retention_day: Option<String>,
+    /// Add every sidecar's usage up in this Redis (fleet mode):
+    /// redis:// or rediss://. [default: --rate-limit-redis, if set; else
+    /// each sidecar's own data dir, and a fleet's reads say "partial"]
+    #[arg(long, env = "SCOPEGATE_USAGE_REDIS")]
+    pub usage_redis: Option<String>,
+    /// File holding the usage Redis's password (mode 0600). [default:
+    /// --rate-limit-redis-password-file when --usage-redis is not set]
+    #[arg(long, env = "SCOPEGATE_USAGE_REDIS_PASSWORD_FILE")]
+    pub usage_redis_password_file: Option<PathBuf>,
 }
 
 /// Seconds between writes of the keys' "last used" marks, by default.
@@ -385,6 +414,13 @@ impl ServeOptions {
             forward_auth_listen,
             forward_auth_path_prefix,
             forward_auth_trusted_proxies,
+            usage,
+            usage_flush_secs,
+            usage_retention_minute,
+            usage_retention_hour,
+            usage_retention_day,
+            usage_redis,
+            usage_redis_password_file,
         );
         self
     }
@@ -428,6 +464,11 @@ impl ServeOptions {
             forward_auth_listen: Some("none".into()),
             forward_auth_path_prefix: Some(String::new()),
             forward_auth_trusted_proxies: Some(String::new()),
+            usage: Some("on".into()),
+            usage_flush_secs: Some(crate::usage::DEFAULT_FLUSH_SECS),
+            usage_retention_minute: Some("48h".into()),
+            usage_retention_hour: Some("90d".into()),
+            usage_retention_day: Some("400d".into()),
             last_used_interval_secs: Some(DEFAULT_LAST_USED_INTERVAL_SECS),
             audit_retention_days: Some(DEFAULT_AUDIT_RETENTION_DAYS),
             audit_max_events_per_account: Some(crate::store::DEFAULT_AUDIT_MAX_EVENTS_PER_ACCOUNT),

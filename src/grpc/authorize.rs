@@ -212,6 +212,7 @@ mod tests {
         for decision in &decisions {
             let wire = pb::Decision::try_from(i32::from(decision.code())).unwrap();
             assert_eq!(wire.as_str_name(), decision.reason());
+            assert_eq!(decision.outcome(), decision.reason().to_ascii_lowercase());
         }
         let named = (1..=12).filter_map(|code| pb::Decision::try_from(code).ok());
         assert_eq!(

@@ -106,7 +106,7 @@ pub(super) struct RotateInput {
 }
 
 /// The path's key id, or a 400 that says why it is not one.
-fn key_id(path: std::result::Result<Path<String>, PathRejection>) -> Result<String> {
+pub(super) fn key_id(path: std::result::Result<Path<String>, PathRejection>) -> Result<String> {
     path.map(|Path(id)| id)
         .map_err(|rejection| ApiError::bad_request(Some("api_key_id"), rejection.body_text()))
 }
@@ -166,7 +166,7 @@ pub(super) async fn create(
 }
 
 /// An API key acts in its own account: `on-behalf-of` is the admin's.
-fn refuse_on_behalf_of(obo: Option<String>) -> Result<String> {
+pub(super) fn refuse_on_behalf_of(obo: Option<String>) -> Result<String> {
     match obo {
         None => Ok(String::new()),
         Some(_) => Err(ApiError {

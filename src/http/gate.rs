@@ -37,7 +37,9 @@ pub fn door(method: &Method, route: &str) -> Door {
 /// `GET /v3/scopes`, or a method the route does not serve).
 fn action(method: &Method, route: &str) -> Option<ManageAction> {
     match (route, method.as_str()) {
-        ("/v3/api_keys", "GET") | ("/v3/api_keys/{id}", "GET") => Some(ManageAction::Read),
+        ("/v3/api_keys" | "/v3/api_keys/{id}" | "/v3/api_keys/{id}/stats" | "/v3/stats", "GET") => {
+            Some(ManageAction::Read)
+        }
         ("/v3/api_keys", "POST") => Some(ManageAction::Create),
         ("/v3/api_keys/{id}", "PUT" | "PATCH") => Some(ManageAction::Update),
         ("/v3/api_keys/{id}", "DELETE") => Some(ManageAction::Delete),

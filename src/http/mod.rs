@@ -12,6 +12,7 @@ mod error;
 pub mod forward_auth;
 mod gate;
 mod input;
+mod stats;
 mod tls;
 
 use std::sync::Arc;
@@ -108,6 +109,8 @@ pub fn router(api: Arc<RestApi>, tls: bool) -> Router {
                 api_keys::set_enabled(false, api, caller, headers, path)
             }),
         )
+        .route("/v3/api_keys/{id}/stats", get(stats::key_stats))
+        .route("/v3/stats", get(stats::account_stats))
         .route("/v3/scopes", get(api_keys::scopes))
         .route("/openapi.json", get(openapi))
         .with_state(api)
@@ -212,12 +215,14 @@ fn known_route(template: &str) -> &'static str {
 
 /// Every route template served (REST and console): the metrics' labels,
 /// and what the gate test enumerates.
-pub const ROUTES: [&str; 18] = [
+pub const ROUTES: [&str; 20] = [
     "/v3/api_keys",
     "/v3/api_keys/{id}",
     "/v3/api_keys/{id}/rotate",
     "/v3/api_keys/{id}/enable",
     "/v3/api_keys/{id}/disable",
+    "/v3/api_keys/{id}/stats",
+    "/v3/stats",
     "/v3/scopes",
     "/openapi.json",
     "/console",

@@ -2,7 +2,9 @@
 //! statuses by each edge (grpc/status.rs).
 
 use crate::scope::ScopeError;
+use crate::stats::RangeError;
 use crate::store::StoreError;
+use crate::usage::UsageError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManageError {
@@ -67,6 +69,10 @@ pub enum ManageError {
     CredentialsThrottled { retry_after: std::time::Duration },
     #[error("store error: {0}")]
     Store(StoreError),
+    #[error("{0}")]
+    Range(#[from] RangeError),
+    #[error("{0}")]
+    Usage(#[from] UsageError),
 }
 
 /// What kind of refusal an error is: classified once, here; each edge maps
@@ -132,6 +138,11 @@ impl ManageError {
                 StoreError::Closed | StoreError::Failed { .. } | StoreError::EtcdUnavailable(_),
             ) => Refusal::Unavailable,
             ManageError::Store(StoreError::Conflict) => Refusal::Conflict,
+            ManageError::Range(range) => Refusal::Invalid {
+                field: range.field(),
+                message: range.to_string().into(),
+            },
+            ManageError::Usage(_) => Refusal::Unavailable,
             ManageError::Store(_) => Refusal::Internal,
         }
     }

@@ -18,6 +18,7 @@ use crate::scope::{Access, KeyKind, ManageAction, ScopeSet, SharedCatalog};
 use crate::store::{KeyRecord, Store, StoreError};
 use crate::throttle::Throttle;
 use crate::token::{admin_token_hash, secret_fingerprint, TokenFormat};
+use crate::usage::Usage;
 
 mod audit;
 mod change;
@@ -27,6 +28,7 @@ pub mod paging;
 mod rotate;
 mod rules;
 mod types;
+mod usage;
 mod validate;
 
 use error::scope_error;
@@ -36,6 +38,7 @@ use rules::{check_no_escalation, readable_account, require, visible_to};
 pub use types::{
     AuditQuery, Caller, KeyChange, KeyTerms, KeyView, ListQuery, NewKey, ResourceView, ScopesView,
 };
+pub use usage::{UsageQuery, MAX_TOP_KEYS};
 pub use validate::{check_account_caps, validate_imported, validate_imported_scopes};
 use validate::{parse_key_id, validity};
 
@@ -57,6 +60,8 @@ pub struct Manager {
     max_key_lifetime: Option<std::time::Duration>,
     /// Failed credentials per client address, on every management door.
     failed_credentials: Throttle,
+    /// Decisions counted per key (`None`: `--usage off`).
+    usage: Option<Arc<Usage>>,
 }
 
 /// Failed credentials one address may present per second (bursts of as
@@ -81,7 +86,14 @@ impl Manager {
             read_rate: None,
             max_key_lifetime: None,
             failed_credentials: Throttle::new(FAILED_CREDENTIALS_PER_SEC),
+            usage: None,
         }
+    }
+
+    /// Reads usage from `usage` (none: usage reads answer that it is off).
+    pub fn with_usage(mut self, usage: Option<Arc<Usage>>) -> Manager {
+        self.usage = usage;
+        self
     }
 
     /// Every key must have an expiry no further than `lifetime` from now.

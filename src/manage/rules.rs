@@ -18,6 +18,14 @@ pub(super) fn visible_to(caller: &Caller, record: &KeyRecord) -> bool {
     }
 }
 
+/// Whether `caller` may see what belongs to `account`.
+pub(super) fn visible_in(caller: &Caller, account: &str) -> bool {
+    match caller {
+        Caller::Admin => true,
+        Caller::Key { account_id, .. } => **account_id == *account,
+    }
+}
+
 /// The account a read may cover: for the admin the one asked for (`None`:
 /// every account), for an API key its own (asking for another is refused).
 pub(super) fn readable_account(

@@ -46,6 +46,8 @@ pub enum StartError {
     AdminToken { path: String, reason: String },
     #[error("rate limits: {0}")]
     RateLimits(String),
+    #[error("usage: {0}")]
+    Usage(String),
     #[error("pepper file {path}: {reason}")]
     Pepper { path: String, reason: String },
     #[error("TLS {path}: {reason}")]
@@ -127,7 +129,7 @@ pub async fn run(
     let store = opened.store.clone();
     let serving = serve_all(&config, opened, listeners, metrics_handle).await?;
     load_keys(&store, &serving, &catalog, route_count).await?;
-    let usage = tokio::spawn(record_usage(store.clone(), config.last_used_interval));
+    let last_used = tokio::spawn(record_last_used(store.clone(), config.last_used_interval));
     let reloader = tokio::spawn(reload_files(
         watched,
         config.clone(),
@@ -136,7 +138,7 @@ pub async fn run(
     ));
     let failed = until_stopped(shutdown, &store).await;
     reloader.abort();
-    usage.abort();
+    last_used.abort();
     drain(&config, serving, &store, failed).await
 }
 
@@ -223,7 +225,20 @@ async fn serve_all(
     ));
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
-    let manager = manager(config, &opened);
+    let usage = config
+        .usage
+        .as_ref()
+        .map(|usage| {
+            crate::usage::Usage::start(
+                usage,
+                &opened.store,
+                opened.shared_catalog.clone(),
+                config.fleet.is_some(),
+            )
+        })
+        .transpose()
+        .map_err(StartError::Usage)?;
+    let manager = manager(config, &opened, usage.clone());
     let policy = Policy {
         catalog: opened.catalog.clone(),
         routes: opened.routes,
@@ -233,7 +248,7 @@ async fn serve_all(
         &health,
         opened.store.table(),
         &opened.format,
-        policy,
+        (policy, usage),
     )?;
     drop(opened.admin_token);
     let gate = listen::gate(config, &readiness);
@@ -289,15 +304,17 @@ async fn serve_all(
     })
 }
 
-/// What every decision door reads: the keys, the policy, the counters.
+/// What every decision door reads: the keys, the policy, the counters,
+/// and where decisions are counted.
 fn check_context(
     config: &ServeConfig,
     health: &tonic_health::server::HealthReporter,
     keys: &Arc<crate::key::KeyTable>,
     format: &crate::token::TokenFormat,
-    policy: Policy,
+    (policy, usage): (Policy, Option<Arc<crate::usage::Usage>>),
 ) -> Result<Arc<CheckContext>, StartError> {
     Ok(Arc::new(CheckContext {
+        usage,
         counters: start_counters(config, health)?,
         keys: keys.clone(),
         format: format.clone(),
@@ -309,7 +326,11 @@ fn check_context(
 }
 
 /// The use-cases every edge calls, with the limits the config sets.
-fn manager(config: &ServeConfig, opened: &Opened) -> Arc<Manager> {
+fn manager(
+    config: &ServeConfig,
+    opened: &Opened,
+    usage: Option<Arc<crate::usage::Usage>>,
+) -> Arc<Manager> {
     Arc::new(
         Manager::new(
             opened.store.clone(),
@@ -320,7 +341,8 @@ fn manager(config: &ServeConfig, opened: &Opened) -> Arc<Manager> {
         )
         .with_mutation_rate(config.limits.mutations_per_account_per_sec)
         .with_read_rate(config.limits.reads_per_account_per_sec)
-        .with_max_key_lifetime(config.max_key_lifetime),
+        .with_max_key_lifetime(config.max_key_lifetime)
+        .with_usage(usage),
     )
 }
 
@@ -425,7 +447,11 @@ async fn drain(
     if let Some(reason) = failed {
         return Err(StartError::Store(StoreError::Failed { reason }));
     }
-    // A clean stop keeps the last round of "last used" marks too.
+    // A clean stop keeps the decisions counted since the last flush, and
+    // the last round of "last used" marks.
+    if let Some(usage) = &serving.check_context.usage {
+        usage.flush().await;
+    }
     if let Err(error) = store.persist_usage() {
         tracing::warn!(%error, "could not record last-used times at shutdown");
     }
@@ -436,7 +462,7 @@ async fn drain(
 
 /// Keeps the coarse clock of "last used" (every second) and writes the
 /// marks of the keys used since the last round (every `every`).
-async fn record_usage(store: Store, every: Duration) {
+async fn record_last_used(store: Store, every: Duration) {
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     let mut last_write = std::time::Instant::now();
     loop {

@@ -74,6 +74,8 @@ pub struct ServeConfig {
     pub rate_limit_service: Option<RateLimitService>,
     /// The forward-auth and AuthZEN door, if any.
     pub forward_auth: Option<ForwardAuthAt>,
+    /// Decisions counted per key (`None`: `--usage off`).
+    pub usage: Option<crate::usage::UsageConfig>,
 }
 
 /// Envoy's RateLimitService: it counts hits for any key id it is sent, so

@@ -46,6 +46,11 @@ pub(super) struct Durable {
 impl Durable {
     /// sled 0.34 keeps every page in one log file, `db`, beside `conf` and
     /// occasional `snap.*` files (which it can rebuild from the log).
+    /// A tree of the same database (flushed and synced with it).
+    pub fn open_tree(&self, name: &str) -> sled::Result<sled::Tree> {
+        self.db.open_tree(name)
+    }
+
     pub fn open(db: sled::Db, sled_dir: &Path) -> std::io::Result<Durable> {
         let log = File::open(sled_dir.join("db"))?;
         Ok(Durable {

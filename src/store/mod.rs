@@ -360,6 +360,12 @@ impl Store {
         self.inner.truth.set_audit_retention(retention);
     }
 
+    /// The tree decision usage is counted in (see `crate::usage`).
+    pub fn usage_tree(&self) -> Result<sled::Tree, StoreError> {
+        self.healthy()?;
+        Ok(self.inner.durable.open_tree("usage")?)
+    }
+
     /// Flushes and syncs everything to stable storage (used at shutdown).
     pub fn sync(&self) -> Result<(), StoreError> {
         self.healthy()?;

@@ -100,6 +100,12 @@ impl Decision {
         }
     }
 
+    /// The decision as usage counts it: its name, lower-cased
+    /// (`insufficient_scope`).
+    pub fn outcome(&self) -> &'static str {
+        crate::stats::OUTCOMES[self.code() as usize - 1]
+    }
+
     /// The key's ids, when the decision identified one.
     pub fn key(&self) -> Option<(KeyId, &Arc<str>)> {
         match self {

@@ -3,6 +3,7 @@
 //! Modules, bottom up (a module imports only those listed before it):
 //! - [`scope`], [`token`]: the catalog, `ScopeSet`, access levels and the key
 //!   rules; the token format, its checksum and secret hashing.
+//! - [`stats`]: usage as SendGrid's stats: buckets, ranges, reports.
 //! - [`ratelimit`]: named rate limits: parsing, no escalation, which requests
 //!   count.
 //! - [`key`], [`route`]: the hot-path view of a key and the lock-free table
@@ -15,4 +16,5 @@ pub mod key;
 pub mod ratelimit;
 pub mod route;
 pub mod scope;
+pub mod stats;
 pub mod token;

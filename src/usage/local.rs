@@ -1,0 +1,162 @@
+//! Usage in this sidecar's sled (standalone mode, or a fleet without
+//! Redis): a tree of its own, one record per (grain, account, key,
+//! bucket). A flush is one atomic batch and one fsync; a kill -9 loses the
+//! cells not yet flushed, never half a flush. Blocking: called on the
+//! blocking pool.
+
+use std::collections::BTreeMap;
+
+use crate::stats::{Grain, Kept, Tally};
+use crate::store::Store;
+
+use super::batch::{decode, encode, merge, Batch, ACCOUNT_TOTAL};
+
+pub struct LocalBook {
+    tree: sled::Tree,
+    store: Store,
+}
+
+fn grain_code(grain: Grain) -> u8 {
+    match grain {
+        Grain::Minute => b'm',
+        Grain::Hour => b'h',
+        Grain::Day => b'd',
+    }
+}
+
+/// `grain | account | 0 | key | 0`: every bucket of one key (or account
+/// total) follows, in order.
+fn prefix(grain: Grain, account: &str, key: Option<&str>) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(account.len() + 32);
+    bytes.push(grain_code(grain));
+    bytes.extend_from_slice(account.as_bytes());
+    bytes.push(0);
+    if let Some(key) = key {
+        bytes.extend_from_slice(key.as_bytes());
+        bytes.push(0);
+    }
+    bytes
+}
+
+fn record_key(grain: Grain, account: &str, key: &str, bucket: u32) -> Vec<u8> {
+    let mut bytes = prefix(grain, account, Some(key));
+    bytes.extend_from_slice(&bucket.to_be_bytes());
+    bytes
+}
+
+/// The bucket at the end of a record key.
+fn bucket_of(key: &[u8]) -> Option<u32> {
+    let tail = key.len().checked_sub(4)?;
+    Some(u32::from_be_bytes(key[tail..].try_into().ok()?))
+}
+
+impl LocalBook {
+    pub fn new(store: Store) -> Result<LocalBook, String> {
+        let tree = store.usage_tree().map_err(|error| error.to_string())?;
+        Ok(LocalBook { tree, store })
+    }
+
+    /// Adds a flush: every record read, added to, and written in one
+    /// atomic batch, then synced.
+    pub fn write(&self, batch: &Batch) -> Result<(), String> {
+        let mut writes = sled::Batch::default();
+        for (record, tally) in &batch.records {
+            let key = record_key(record.grain, &record.account, &record.key, record.bucket);
+            let mut stored = match self.tree.get(&key).map_err(|error| error.to_string())? {
+                Some(bytes) => decode(&bytes).unwrap_or_else(|| {
+                    tracing::warn!("a usage record could not be read; it starts again from zero");
+                    Tally::new()
+                }),
+                None => Tally::new(),
+            };
+            merge(&mut stored, tally);
+            writes.insert(key, encode(&stored));
+        }
+        self.tree
+            .apply_batch(writes)
+            .map_err(|error| error.to_string())?;
+        self.store.sync().map_err(|error| error.to_string())
+    }
+
+    /// One key's (or, `key` `None`, the account's) buckets `from..=to`.
+    pub fn read(
+        &self,
+        grain: Grain,
+        account: &str,
+        key: Option<&str>,
+        (from, to): (u32, u32),
+    ) -> Result<Vec<(u32, Tally)>, String> {
+        let key = key.unwrap_or(ACCOUNT_TOTAL);
+        let start = record_key(grain, account, key, from);
+        let end = record_key(grain, account, key, to);
+        self.tree
+            .range(start..=end)
+            .map(|entry| {
+                let (key, value) = entry.map_err(|error| error.to_string())?;
+                let bucket = bucket_of(&key).ok_or("a usage record key is cut")?;
+                let tally = decode(&value).ok_or("a usage record could not be read")?;
+                Ok((bucket, tally))
+            })
+            .collect()
+    }
+
+    /// Every key of `account` with decisions in buckets `from..=to`, and
+    /// how many.
+    pub fn totals(
+        &self,
+        grain: Grain,
+        account: &str,
+        (from, to): (u32, u32),
+    ) -> Result<BTreeMap<String, u64>, String> {
+        let mut totals = BTreeMap::new();
+        for entry in self.tree.scan_prefix(prefix(grain, account, None)) {
+            let (key, value) = entry.map_err(|error| error.to_string())?;
+            let Some(bucket) = bucket_of(&key) else {
+                continue;
+            };
+            if !(from..=to).contains(&bucket) {
+                continue;
+            }
+            let name_at = 1 + account.len() + 1;
+            let name = key
+                .get(name_at..key.len() - 5)
+                .and_then(|name| std::str::from_utf8(name).ok())
+                .unwrap_or_default();
+            if name == ACCOUNT_TOTAL || name.is_empty() {
+                continue;
+            }
+            let count: u64 = decode(&value).map_or(0, |tally| tally.values().sum());
+            *totals.entry(name.to_owned()).or_default() += count;
+        }
+        Ok(totals)
+    }
+
+    /// Deletes buckets older than each grain is kept; returns how many.
+    pub fn prune(&self, kept: &Kept, now: i64) -> Result<u64, String> {
+        let mut pruned = 0;
+        for grain in Grain::ALL {
+            let oldest = grain.bucket(now - kept.secs(grain));
+            let mut doomed = sled::Batch::default();
+            let mut in_batch = 0;
+            for entry in self.tree.scan_prefix([grain_code(grain)]) {
+                let (key, _) = entry.map_err(|error| error.to_string())?;
+                if bucket_of(&key).is_some_and(|bucket| bucket < oldest) {
+                    doomed.remove(key);
+                    in_batch += 1;
+                }
+                if in_batch == 10_000 {
+                    self.tree
+                        .apply_batch(std::mem::take(&mut doomed))
+                        .map_err(|error| error.to_string())?;
+                    pruned += in_batch;
+                    in_batch = 0;
+                }
+            }
+            self.tree
+                .apply_batch(doomed)
+                .map_err(|error| error.to_string())?;
+            pruned += in_batch;
+        }
+        Ok(pruned)
+    }
+}
