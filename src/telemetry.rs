@@ -145,7 +145,7 @@ pub struct GrpcMetrics<S> {
     inner: S,
 }
 
-const KNOWN_METHODS: [&str; 12] = [
+const KNOWN_METHODS: [&str; 14] = [
     "/scopegate.v1.Authorize/Check",
     "/scopegate.v1.ManageKey/CreateKey",
     "/scopegate.v1.ManageKey/GetKey",
@@ -155,6 +155,8 @@ const KNOWN_METHODS: [&str; 12] = [
     "/scopegate.v1.ManageKey/RotateKey",
     "/scopegate.v1.ManageKey/ListAuditEvents",
     "/scopegate.v1.ManageKey/ListScopes",
+    "/scopegate.v1.ManageKey/GetUsage",
+    "/scopegate.v1.ManageKey/ExportUsage",
     "/envoy.service.auth.v3.Authorization/Check",
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::config::default_worker_threads;
 
 mod audit;
+mod usage;
 mod backup;
 mod check;
 mod client;
@@ -18,6 +19,7 @@ mod scopes;
 mod serve;
 
 pub use audit::AuditArgs;
+pub use usage::UsageArgs;
 pub use backup::{BackupArgs, RestoreArgs};
 pub use check::CheckArgs;
 pub use client::ClientArgs;
@@ -81,6 +83,14 @@ pub enum Command {
     ///
     /// Example: scopegate audit --account acme --since-secs 86400
     Audit(AuditArgs),
+    /// How much keys were decided on, by outcome (allowed, insufficient
+    /// scope, unknown key…), per minute, hour, day, week or month; and the
+    /// stored counts exported for a warehouse.
+    ///
+    /// Example: scopegate usage --key KEY_ID --since 24h
+    /// Example: scopegate usage --account acme --since 30d --by day --top 5
+    /// Example: scopegate usage export --since 7d --format csv > usage.csv
+    Usage(UsageArgs),
     /// Fleet mode (keys shared through etcd): tools.
     #[command(subcommand)]
     Fleet(FleetCommand),
@@ -135,6 +145,7 @@ async fn run_client(command: Command) -> Result<ExitCode, String> {
         Command::Scopes(client) => scopes::run(client).await,
         Command::Check(args) => check::run(args).await,
         Command::Audit(args) => audit::run(args).await,
+        Command::Usage(args) => usage::run(args).await,
         Command::Backup(args) => backup::run(args).await,
         Command::Serve(_) | Command::Config(_) | Command::Fleet(_) | Command::Restore(_) => {
             unreachable!("not a client command")

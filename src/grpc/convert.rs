@@ -194,3 +194,38 @@ pub(super) fn scopes_to_pb(view: ScopesView) -> pb::ListScopesResponse {
         caller_is_admin: view.caller_is_admin,
     }
 }
+
+pub fn usage_to_pb(report: crate::usage::Report) -> pb::GetUsageResponse {
+    pb::GetUsageResponse {
+        points: report
+            .points
+            .into_iter()
+            .map(|point| pb::UsagePoint {
+                date: point.date,
+                start_time: point.start,
+                stats: point
+                    .series
+                    .into_iter()
+                    .map(|series| pb::UsageSeries {
+                        r#type: series.kind.unwrap_or_default().to_owned(),
+                        name: series.name.unwrap_or_default(),
+                        metrics: series.metrics.into_iter().collect(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        partial: report.partial,
+    }
+}
+
+pub fn usage_row_to_pb(row: crate::usage::UsageRow) -> pb::UsageRow {
+    pb::UsageRow {
+        start_time: row.start,
+        grain: row.grain.name().to_owned(),
+        account_id: row.account,
+        key_id: row.key,
+        outcome: row.outcome,
+        scope: row.scope,
+        count: row.count,
+    }
+}

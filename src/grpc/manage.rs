@@ -6,12 +6,15 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{
     audit_event_to_pb, grants_from_pb, key_to_pb, rate_limits_from_pb, scopes_to_pb, unix_ms,
+    usage_row_to_pb, usage_to_pb,
 };
 use super::pb::{self, manage_key_server::ManageKey};
 use super::status::bad_request;
 use crate::manage::{
-    AuditQuery, Caller, KeyChange, KeyTerms, ListQuery, ManageError, Manager, NewKey,
+    AuditQuery, Caller, ExportQuery, KeyChange, KeyTerms, ListQuery, ManageError, Manager, NewKey,
+    UsageQuery,
 };
+use crate::stats::RangeQuery;
 
 pub struct ManageKeyService {
     pub manager: Arc<Manager>,
@@ -200,6 +203,62 @@ impl ManageKey for ManageKeyService {
         let (events, next_page_token) = self.manager.audit(&caller, query).await?;
         Ok(Response::new(pb::ListAuditEventsResponse {
             events: events.into_iter().map(audit_event_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_usage(
+        &self,
+        request: Request<pb::GetUsageRequest>,
+    ) -> Result<Response<pb::GetUsageResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let request = request.into_inner();
+        let top_keys = usize::try_from(request.top_keys)
+            .map_err(|_| bad_request("top_keys", "must not be negative"))?;
+        let (start_time, end_time) = (
+            request.start_time.map(|time| time.to_string()),
+            request.end_time.map(|time| time.to_string()),
+        );
+        let text = |text: &str| Some(text).filter(|text| !text.is_empty()).map(str::to_owned);
+        let (aggregated_by, start_date, end_date) = (
+            text(&request.aggregated_by),
+            text(&request.start_date),
+            text(&request.end_date),
+        );
+        let query = UsageQuery {
+            key_id: Some(request.key_id.as_str()).filter(|id| !id.is_empty()),
+            account_id: &request.account_id,
+            range: RangeQuery {
+                aggregated_by: aggregated_by.as_deref(),
+                start_date: start_date.as_deref(),
+                end_date: end_date.as_deref(),
+                start_time: start_time.as_deref(),
+                end_time: end_time.as_deref(),
+            },
+            group_by_scope: request.group_by_scope,
+            top_keys,
+        };
+        let report = self.manager.usage(&caller, query).await?;
+        Ok(Response::new(usage_to_pb(report)))
+    }
+
+    async fn export_usage(
+        &self,
+        request: Request<pb::ExportUsageRequest>,
+    ) -> Result<Response<pb::ExportUsageResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let request = request.into_inner();
+        let query = ExportQuery {
+            account_id: &request.account_id,
+            grain: &request.grain,
+            start_time: request.start_time,
+            end_time: request.end_time,
+            page_size: request.page_size,
+            page_token: &request.page_token,
+        };
+        let (rows, next_page_token) = self.manager.export_usage(&caller, query).await?;
+        Ok(Response::new(pb::ExportUsageResponse {
+            rows: rows.into_iter().map(usage_row_to_pb).collect(),
             next_page_token,
         }))
     }

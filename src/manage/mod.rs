@@ -38,7 +38,7 @@ use rules::{check_no_escalation, readable_account, require, visible_to};
 pub use types::{
     AuditQuery, Caller, KeyChange, KeyTerms, KeyView, ListQuery, NewKey, ResourceView, ScopesView,
 };
-pub use usage::{UsageQuery, MAX_TOP_KEYS};
+pub use usage::{ExportQuery, UsageQuery, MAX_TOP_KEYS};
 pub use validate::{check_account_caps, validate_imported, validate_imported_scopes};
 use validate::{parse_key_id, validity};
 

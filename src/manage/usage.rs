@@ -97,3 +97,53 @@ impl Manager {
             .ok_or_else(|| ManageError::NotFound(key_id.to_owned()))
     }
 }
+
+/// What an export asks for.
+pub struct ExportQuery<'a> {
+    /// The admin may leave it empty for every account.
+    pub account_id: &'a str,
+    pub grain: &'a str,
+    pub start_time: i64,
+    /// `None`: now.
+    pub end_time: Option<i64>,
+    pub page_size: i32,
+    pub page_token: &'a str,
+}
+
+impl Manager {
+    /// A page of stored usage cells (`scopegate usage export`).
+    pub async fn export_usage(
+        &self,
+        caller: &Caller,
+        query: ExportQuery<'_>,
+    ) -> Result<(Vec<crate::usage::UsageRow>, String), ManageError> {
+        self.require(caller, ManageAction::Read)?;
+        self.admit_read(caller)?;
+        let usage = self.usage.as_ref().ok_or(UsageError::Off)?;
+        let grain = match query.grain {
+            "" | "day" => Grain::Day,
+            "hour" => Grain::Hour,
+            "minute" => Grain::Minute,
+            other => return Err(invalid("grain", format!("`{other}` is not minute, hour or day"))),
+        };
+        let now = crate::authz::now_unix_ms() / 1000;
+        let end = query.end_time.unwrap_or(now);
+        if query.start_time < 0 || end < query.start_time {
+            return Err(invalid("end_time", "is before start_time"));
+        }
+        let account = readable_account(caller, query.account_id)?;
+        let binding = super::paging::page_binding(&[
+            b"ExportUsage",
+            account.as_deref().unwrap_or("").as_bytes(),
+            grain.name().as_bytes(),
+            &query.start_time.to_be_bytes(),
+            &end.to_be_bytes(),
+        ]);
+        let (size, after) = super::paging::page(query.page_size, query.page_token, &binding)?;
+        let buckets = (grain.bucket(query.start_time), grain.bucket(end));
+        let (rows, next) = usage
+            .export(grain, account.as_deref(), buckets, after, size)
+            .await?;
+        Ok((rows, super::paging::next_page_token(&binding, next)))
+    }
+}

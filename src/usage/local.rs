@@ -10,6 +10,7 @@ use crate::stats::{Grain, Kept, Tally};
 use crate::store::Store;
 
 use super::batch::{decode, encode, merge, Batch, ACCOUNT_TOTAL};
+use super::UsageRow;
 
 pub struct LocalBook {
     tree: sled::Tree,
@@ -42,6 +43,18 @@ fn record_key(grain: Grain, account: &str, key: &str, bucket: u32) -> Vec<u8> {
     let mut bytes = prefix(grain, account, Some(key));
     bytes.extend_from_slice(&bucket.to_be_bytes());
     bytes
+}
+
+/// Records one export call looks at, at most.
+const EXPORT_SCAN: usize = 50_000;
+
+/// A record key's account, key and bucket.
+fn split_record_key(key: &[u8]) -> Option<(&str, &str, u32)> {
+    let body = key.get(1..key.len().checked_sub(4)?)?;
+    let mut parts = body.split(|byte| *byte == 0);
+    let account = std::str::from_utf8(parts.next()?).ok()?;
+    let name = std::str::from_utf8(parts.next()?).ok()?;
+    Some((account, name, bucket_of(key)?))
 }
 
 /// The bucket at the end of a record key.
@@ -129,6 +142,57 @@ impl LocalBook {
             *totals.entry(name.to_owned()).or_default() += count;
         }
         Ok(totals)
+    }
+
+    /// Rows of every record (not the accounts' totals) in buckets
+    /// `from..=to`, of one account or all, after `after` (a record key);
+    /// at most [`EXPORT_SCAN`] records looked at per call, so a page may
+    /// be short and still have a next.
+    pub fn export(
+        &self,
+        grain: Grain,
+        account: Option<&str>,
+        (from, to): (u32, u32),
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<UsageRow>, Option<Vec<u8>>), String> {
+        let prefix = match account {
+            Some(account) => prefix(grain, account, None),
+            None => vec![grain_code(grain)],
+        };
+        let start = match after {
+            Some(after) => std::ops::Bound::Excluded(after.to_vec()),
+            None => std::ops::Bound::Included(prefix.clone()),
+        };
+        let mut rows = Vec::new();
+        let mut last = None;
+        for (scanned, entry) in self.tree.range((start, std::ops::Bound::Unbounded)).enumerate() {
+            let (key, value) = entry.map_err(|error| error.to_string())?;
+            if !key.starts_with(&prefix) {
+                return Ok((rows, None));
+            }
+            if rows.len() >= limit || scanned >= EXPORT_SCAN {
+                return Ok((rows, last));
+            }
+            last = Some(key.to_vec());
+            let Some((account, name, bucket)) = split_record_key(&key) else {
+                continue;
+            };
+            if name == ACCOUNT_TOTAL || !(from..=to).contains(&bucket) {
+                continue;
+            }
+            let tally = decode(&value).ok_or("a usage record could not be read")?;
+            rows.extend(tally.into_iter().map(|((outcome, scope), count)| UsageRow {
+                grain,
+                start: grain.start(bucket),
+                account: account.to_owned(),
+                key: name.to_owned(),
+                outcome,
+                scope,
+                count,
+            }));
+        }
+        Ok((rows, None))
     }
 
     /// Deletes buckets older than each grain is kept; returns how many.

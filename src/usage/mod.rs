@@ -97,6 +97,19 @@ pub struct UsageRead<'a> {
     pub top_keys: usize,
 }
 
+/// One stored cell, as exported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRow {
+    pub grain: Grain,
+    /// Unix second its bucket starts.
+    pub start: i64,
+    pub account: String,
+    pub key: String,
+    pub outcome: String,
+    pub scope: String,
+    pub count: u64,
+}
+
 pub struct Report {
     pub points: Vec<Point>,
     /// Only this sidecar's counts (a fleet without a shared book).
@@ -276,6 +289,39 @@ impl Usage {
                 .totals(grain, account, buckets, MAX_KEYS_READ)
                 .await
                 .map_err(UsageError::Away),
+        }
+    }
+
+    /// A page of stored cells (see `LocalBook::export`, `SharedBook::export`):
+    /// the rows and the cursor of the next page, if any.
+    pub async fn export(
+        &self,
+        grain: Grain,
+        account: Option<&str>,
+        buckets: (u32, u32),
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<(Vec<UsageRow>, Option<Vec<u8>>), UsageError> {
+        match &self.book {
+            Book::Local(book) => {
+                let (book, account) = (book.clone(), account.map(str::to_owned));
+                tokio::task::spawn_blocking(move || {
+                    book.export(grain, account.as_deref(), buckets, after.as_deref(), limit)
+                })
+                .await
+                .map_err(|error| UsageError::Away(error.to_string()))?
+                .map_err(UsageError::Away)
+            }
+            Book::Shared(book) => {
+                let cursor = after
+                    .and_then(|bytes| Some(u64::from_be_bytes(bytes.try_into().ok()?)))
+                    .unwrap_or(0);
+                let (rows, next) = shared(book)?
+                    .export(grain, account, buckets, cursor, limit)
+                    .await
+                    .map_err(UsageError::Away)?;
+                Ok((rows, (next != 0).then(|| next.to_be_bytes().to_vec())))
+            }
         }
     }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::stats::{Grain, Kept, Tally};
 
 use super::batch::{Batch, ACCOUNT_TOTAL};
+use super::UsageRow;
 
 const PREFIX: &str = "scopegate:usage:";
 /// Records per script: a flush of 100,000 keys is a pipeline of many.
@@ -188,4 +189,89 @@ impl SharedBook {
         }
         Ok(totals)
     }
+
+    /// Rows of every record in buckets `from..=to` (one account's, or
+    /// all), a SCAN step from `cursor` (0: the start; the next is 0 at
+    /// the end).
+    pub async fn export(
+        &self,
+        grain: Grain,
+        account: Option<&str>,
+        (from, to): (u32, u32),
+        cursor: u64,
+        limit: usize,
+    ) -> Result<(Vec<UsageRow>, u64), String> {
+        let pattern = match account {
+            Some(account) => format!("{PREFIX}{}:*:{}", grain_code(grain), glob_escaped(account)),
+            None => format!("{PREFIX}{}:*", grain_code(grain)),
+        };
+        let mut connection = self.connection.clone();
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(limit.max(10))
+            .query_async(&mut connection)
+            .await
+            .map_err(|error| error.to_string())?;
+        let head = format!("{PREFIX}{}:", grain_code(grain));
+        let wanted: Vec<(u32, String, String, String)> = keys
+            .into_iter()
+            .filter_map(|redis_key| {
+                let rest = redis_key.strip_prefix(&head)?;
+                let mut parts = rest.splitn(3, ':');
+                let bucket: u32 = parts.next()?.parse().ok()?;
+                let key = parts.next()?.to_owned();
+                let found = parts.next()?.to_owned();
+                let keep = (from..=to).contains(&bucket)
+                    && key != ACCOUNT_TOTAL
+                    && account.is_none_or(|account| account == found);
+                let account = found;
+                keep.then_some((bucket, key, account, redis_key))
+            })
+            .collect();
+        let mut pipeline = redis::pipe();
+        for (_, _, _, redis_key) in &wanted {
+            pipeline.hgetall(redis_key);
+        }
+        let hashes: Vec<BTreeMap<String, u64>> = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            pipeline
+                .query_async(&mut connection)
+                .await
+                .map_err(|error| error.to_string())?
+        };
+        let mut rows = Vec::new();
+        for ((bucket, key, account, _), hash) in wanted.into_iter().zip(hashes) {
+            for (field, count) in hash {
+                let Some((outcome, scope)) = field.split_once(FIELD_SEPARATOR) else {
+                    continue;
+                };
+                rows.push(UsageRow {
+                    grain,
+                    start: grain.start(bucket),
+                    account: account.clone(),
+                    key: key.clone(),
+                    outcome: outcome.to_owned(),
+                    scope: scope.to_owned(),
+                    count,
+                });
+            }
+        }
+        Ok((rows, next))
+    }
+}
+
+/// `text` as a Redis glob matching itself only.
+fn glob_escaped(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '^' | '-') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
