@@ -354,3 +354,47 @@ async fn retention_prunes_minutes_and_keeps_hours_and_days() {
     let (_, body) = rest(&server, &server.admin_token, None, &format!("/v3/api_keys/{id}/stats?start_date={day}&end_date={day}"));
     assert_eq!(sum(&body, 0, "allowed"), 40, "day buckets stay: {body}");
 }
+
+/// Every decision door counts, on the key and the scope it required: Check,
+/// Envoy's ext_authz, forward-auth and AuthZEN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_door_counts_its_decisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let door = format!("127.0.0.1:{}", common::free_port());
+    let mut args = FLUSH.to_vec();
+    args.extend(["--forward-auth-listen", door.as_str()]);
+    let server = Server::start(&dir.path().join("d"), &args);
+    let key = server.admin_key(&["mail.send"]).await;
+    let id = key.key.unwrap().key_id;
+    let auth = format!("Bearer {}", key.token);
+    checks(&server, &key.token, &["mail.send"], 1).await;
+    for _ in 0..2 {
+        let (decision, status, _) = common::ext_authz(&server, &key.token, None).await;
+        assert_eq!((decision.as_str(), status), ("ALLOWED", 200));
+    }
+    for _ in 0..3 {
+        let headers = [
+            ("Authorization", auth.as_str()),
+            ("X-Forwarded-Method", "POST"),
+            ("X-Forwarded-Uri", "/v3/mail/send"),
+        ];
+        let (status, _, body) = http_request(&door, "GET", "/", &headers, None);
+        assert_eq!(status, 200, "{body}");
+    }
+    let evaluation = serde_json::json!({
+        "subject": {"type": "api_key", "properties": {"token": key.token}},
+        "action": {"name": "mail.send"},
+        "resource": {"type": "account", "id": "acme"},
+    })
+    .to_string();
+    for _ in 0..4 {
+        let headers = [("Content-Type", "application/json")];
+        let (status, _, body) = http_request(&door, "POST", "/access/v1/evaluation", &headers, Some(&evaluation));
+        assert_eq!((status, json(&body)["decision"].as_bool()), (200, Some(true)), "{body}");
+    }
+    let body = settled(&server, &id, "allowed", 10).await;
+    assert_eq!(sum(&body, 0, "allowed"), 10, "1 + 2 + 3 + 4: {body}");
+    let (_, by_scope) = rest(&server, &server.admin_token, None, &format!("/v3/api_keys/{id}/stats?start_date={}&group_by=scope", today()));
+    assert_eq!(by_scope[0]["stats"][0]["name"], "mail.send", "{by_scope}");
+    assert_eq!(by_scope[0]["stats"].as_array().unwrap().len(), 1, "{by_scope}");
+}
