@@ -171,6 +171,7 @@ fn benches(c: &mut Criterion) {
             decision_log_every: 0,
             decisions_seen: Default::default(),
             dry_run_seen: Default::default(),
+            usage: None,
             counters: scopegate::counters::Counters::start(
                 &scopegate::counters::CountersConfig::Memory,
                 false,

@@ -437,7 +437,12 @@ mod tests {
 
     #[test]
     fn passwords_stay_out_of_urls_and_messages() {
-        let error = redis_client("--rate-limit-redis", "redis://:hunter2@127.0.0.1:6379", None).unwrap_err();
+        let error = redis_client(
+            "--rate-limit-redis",
+            "redis://:hunter2@127.0.0.1:6379",
+            None,
+        )
+        .unwrap_err();
         assert!(
             error.contains("password-file") && !error.contains("hunter2"),
             "{error}"

@@ -35,7 +35,13 @@ fn rest(server: &Server, credential: &str, account: Option<&str>, path: &str) ->
     if let Some(account) = account {
         headers.push(("on-behalf-of", account));
     }
-    let (status, _, body) = http_request(server.http_addr.as_deref().unwrap(), "GET", path, &headers, None);
+    let (status, _, body) = http_request(
+        server.http_addr.as_deref().unwrap(),
+        "GET",
+        path,
+        &headers,
+        None,
+    );
     (status, json(&body))
 }
 
@@ -86,7 +92,10 @@ async fn settled(server: &Server, key_id: &str, metric: &str, expected: u64) -> 
         if sum(&body, 0, metric) >= expected {
             return body;
         }
-        assert!(Instant::now() < deadline, "never {expected} {metric}: {body}");
+        assert!(
+            Instant::now() < deadline,
+            "never {expected} {metric}: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -112,12 +121,18 @@ async fn known_traffic_reads_the_same_through_rest_grpc_and_the_cli() {
     assert_eq!(metrics.len(), 12, "every outcome, zeros too: {body}");
     assert_eq!(metrics["allowed"], 700);
     assert_eq!(metrics["insufficient_scope"], 200);
-    assert_eq!(metrics["unknown_key"], 100, "a wrong secret counts on its key");
+    assert_eq!(
+        metrics["unknown_key"], 100,
+        "a wrong secret counts on its key"
+    );
     assert_eq!(metrics["malformed_token"], 0, "garbage is nobody's");
 
     // By minute, over the last hour: the same totals, whatever minute
     // edges the run crossed.
-    let path = format!("/v3/api_keys/{id}/stats?aggregated_by=minute&start_time={}", now() - 3_600);
+    let path = format!(
+        "/v3/api_keys/{id}/stats?aggregated_by=minute&start_time={}",
+        now() - 3_600
+    );
     let (status, minutes) = rest(&server, &server.admin_token, None, &path);
     assert_eq!(status, 200, "{minutes}");
     assert_eq!(minutes.as_array().unwrap().len(), 61);
@@ -126,7 +141,10 @@ async fn known_traffic_reads_the_same_through_rest_grpc_and_the_cli() {
     assert_eq!(sum(&minutes, 0, "insufficient_scope"), 200);
 
     // By scope: mail.send holds the allowed and the wrong secrets.
-    let path = format!("/v3/api_keys/{id}/stats?start_date={}&group_by=scope", today());
+    let path = format!(
+        "/v3/api_keys/{id}/stats?start_date={}&group_by=scope",
+        today()
+    );
     let (_, by_scope) = rest(&server, &server.admin_token, None, &path);
     let stats = by_scope[0]["stats"].as_array().unwrap();
     let names: Vec<&str> = stats.iter().map(|s| s["name"].as_str().unwrap()).collect();
@@ -144,10 +162,21 @@ async fn known_traffic_reads_the_same_through_rest_grpc_and_the_cli() {
     let stats = account[0]["stats"].as_array().unwrap();
     assert_eq!(stats.len(), 2, "the total and the one key used: {account}");
     assert_eq!(stats[0]["metrics"]["allowed"], 700);
-    assert_eq!((stats[1]["type"].as_str(), stats[1]["name"].as_str()), (Some("api_key"), Some(id.as_str())));
+    assert_eq!(
+        (stats[1]["type"].as_str(), stats[1]["name"].as_str()),
+        (Some("api_key"), Some(id.as_str()))
+    );
     assert_ne!(stats[1]["name"], idle.as_str());
-    let (_, nobody) = rest(&server, &server.admin_token, Some("-"), &format!("/v3/stats?start_date={}", today()));
-    assert_eq!(nobody[0]["stats"][0]["metrics"]["malformed_token"], 5, "{nobody}");
+    let (_, nobody) = rest(
+        &server,
+        &server.admin_token,
+        Some("-"),
+        &format!("/v3/stats?start_date={}", today()),
+    );
+    assert_eq!(
+        nobody[0]["stats"][0]["metrics"]["malformed_token"], 5,
+        "{nobody}"
+    );
 
     // gRPC: the same.
     let usage = server
@@ -167,17 +196,33 @@ async fn known_traffic_reads_the_same_through_rest_grpc_and_the_cli() {
         .into_inner();
     assert!(!usage.partial);
     let series = &usage.points[0].stats;
-    assert_eq!((series[0].r#type.as_str(), series[0].name.as_str()), ("scope", "mail.send"));
+    assert_eq!(
+        (series[0].r#type.as_str(), series[0].name.as_str()),
+        ("scope", "mail.send")
+    );
     assert_eq!(series[0].metrics["allowed"], 700);
     assert_eq!(series[1].metrics["insufficient_scope"], 200);
 
     // The CLI: the same, as JSON.
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_scopegate"))
-        .args(["usage", "--key", &id, "--since", "2h", "--json", "--server", &server.addr])
+        .args([
+            "usage",
+            "--key",
+            &id,
+            "--since",
+            "2h",
+            "--json",
+            "--server",
+            &server.addr,
+        ])
         .env("SCOPEGATE_AUTH", &server.admin_token)
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let cli = json(&String::from_utf8(output.stdout).unwrap());
     let total = |name: &str| -> u64 {
         cli["points"]
@@ -187,14 +232,32 @@ async fn known_traffic_reads_the_same_through_rest_grpc_and_the_cli() {
             .map(|point| point["stats"][0]["metrics"][name].as_u64().unwrap())
             .sum()
     };
-    assert_eq!((total("allowed"), total("insufficient_scope"), total("unknown_key")), (700, 200, 100));
+    assert_eq!(
+        (
+            total("allowed"),
+            total("insufficient_scope"),
+            total("unknown_key")
+        ),
+        (700, 200, 100)
+    );
     let table = std::process::Command::new(env!("CARGO_BIN_EXE_scopegate"))
-        .args(["usage", "--key", &id, "--since", "2h", "--server", &server.addr])
+        .args([
+            "usage",
+            "--key",
+            &id,
+            "--since",
+            "2h",
+            "--server",
+            &server.addr,
+        ])
         .env("SCOPEGATE_AUTH", &server.admin_token)
         .output()
         .unwrap();
     let table = String::from_utf8(table.stdout).unwrap();
-    assert!(table.starts_with("PERIOD") && table.contains("INSUFFICIENT_SCOPE"), "{table}");
+    assert!(
+        table.starts_with("PERIOD") && table.contains("INSUFFICIENT_SCOPE"),
+        "{table}"
+    );
 
     // A graceful restart keeps every count.
     let data = server.data_dir.clone();
@@ -211,9 +274,21 @@ async fn keys_read_their_own_accounts_usage_and_nothing_else() {
     let server = Server::start(&dir.path().join("d"), FLUSH);
     let key = server.admin_key(&["mail.send"]).await;
     let id = key.key.unwrap().key_id;
-    let reader = server.admin_create(create_manager("acme", "reader", &[])).await.unwrap().token;
-    let stranger = server.admin_create(create_manager("globex", "stranger", &[])).await.unwrap().token;
-    let sender = server.admin_create(create("acme", "sender", &["mail.send"])).await.unwrap().token;
+    let reader = server
+        .admin_create(create_manager("acme", "reader", &[]))
+        .await
+        .unwrap()
+        .token;
+    let stranger = server
+        .admin_create(create_manager("globex", "stranger", &[]))
+        .await
+        .unwrap()
+        .token;
+    let sender = server
+        .admin_create(create("acme", "sender", &["mail.send"]))
+        .await
+        .unwrap()
+        .token;
     checks(&server, &key.token, &["mail.send"], 30).await;
     settled(&server, &id, "allowed", 30).await;
 
@@ -224,17 +299,33 @@ async fn keys_read_their_own_accounts_usage_and_nothing_else() {
     assert_eq!(status, 404, "another account's key is not found: {body}");
     let (status, body) = rest(&server, &sender, None, &path);
     assert_eq!(status, 403, "{body}");
-    assert!(body["errors"][0]["message"].as_str().unwrap().contains("api_keys.read"), "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("api_keys.read"),
+        "{body}"
+    );
     let (status, body) = rest(&server, &reader, Some("globex"), &path);
-    assert_eq!(status, 403, "a key cannot speak for another account: {body}");
+    assert_eq!(
+        status, 403,
+        "a key cannot speak for another account: {body}"
+    );
     let (status, _) = rest(&server, &server.admin_token, Some("globex"), &path);
-    assert_eq!(status, 404, "the admin on behalf of another account does not see it");
+    assert_eq!(
+        status, 404,
+        "the admin on behalf of another account does not see it"
+    );
 
     let account = format!("/v3/stats?start_date={}", today());
     let (status, body) = rest(&server, &reader, None, &account);
     assert_eq!((status, sum(&body, 0, "allowed")), (200, 30), "{body}");
     let (status, body) = rest(&server, &stranger, None, &account);
-    assert_eq!((status, sum(&body, 0, "allowed")), (200, 0), "its own account: {body}");
+    assert_eq!(
+        (status, sum(&body, 0, "allowed")),
+        (200, 0),
+        "its own account: {body}"
+    );
     let (status, body) = rest(&server, &server.admin_token, None, &account);
     assert_eq!(status, 400, "the admin names the account: {body}");
     assert_eq!(body["errors"][0]["field"], "account_id");
@@ -242,7 +333,14 @@ async fn keys_read_their_own_accounts_usage_and_nothing_else() {
     let denied = server
         .manage()
         .await
-        .get_usage(bearer(&stranger, pb::GetUsageRequest { key_id: id.clone(), start_date: today(), ..Default::default() }))
+        .get_usage(bearer(
+            &stranger,
+            pb::GetUsageRequest {
+                key_id: id.clone(),
+                start_date: today(),
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::NotFound);
@@ -256,40 +354,115 @@ async fn bad_ranges_are_refused_with_sendgrids_error_body() {
     let cases = [
         ("", "start_date", "start_date is required"),
         ("start_date=2026-02-30", "start_date", "is not a date"),
-        ("start_date=2026-12-05&end_date=2026-12-01", "end_date", "end_date is before start_date"),
-        ("start_date=2026-12-01&aggregated_by=fortnight", "aggregated_by", "is not day, week, month, hour or minute"),
-        ("aggregated_by=minute&start_time=0", "aggregated_by", "minute buckets are kept (2d)"),
-        ("aggregated_by=hour&start_date=2026-12-01", "start_date", "dates and times cannot be mixed"),
-        ("aggregated_by=hour&start_time=soon", "start_time", "is not a unix time"),
-        ("start_date=2026-12-01&group_by=colour", "group_by", "is not scope"),
-        ("start_date=2026-12-01&top_keys=3", "top_keys", "unknown query parameter"),
-        ("start_date=2026-12-01&start_date=2026-12-02", "start_date", "more than once"),
+        (
+            "start_date=2026-12-05&end_date=2026-12-01",
+            "end_date",
+            "end_date is before start_date",
+        ),
+        (
+            "start_date=2026-12-01&aggregated_by=fortnight",
+            "aggregated_by",
+            "is not day, week, month, hour or minute",
+        ),
+        (
+            "aggregated_by=minute&start_time=0",
+            "aggregated_by",
+            "minute buckets are kept (2d)",
+        ),
+        (
+            "aggregated_by=hour&start_date=2026-12-01",
+            "start_date",
+            "dates and times cannot be mixed",
+        ),
+        (
+            "aggregated_by=hour&start_time=soon",
+            "start_time",
+            "is not a unix time",
+        ),
+        (
+            "start_date=2026-12-01&group_by=colour",
+            "group_by",
+            "is not scope",
+        ),
+        (
+            "start_date=2026-12-01&top_keys=3",
+            "top_keys",
+            "unknown query parameter",
+        ),
+        (
+            "start_date=2026-12-01&start_date=2026-12-02",
+            "start_date",
+            "more than once",
+        ),
     ];
     for (query, field, message) in cases {
-        let (status, body) = rest(&server, &server.admin_token, None, &format!("/v3/api_keys/{id}/stats?{query}"));
+        let (status, body) = rest(
+            &server,
+            &server.admin_token,
+            None,
+            &format!("/v3/api_keys/{id}/stats?{query}"),
+        );
         assert_eq!(status, 400, "{query}: {body}");
         let error = &body["errors"][0];
         assert_eq!(error["field"], field, "{query}: {body}");
-        assert!(error["message"].as_str().unwrap().contains(message), "{query}: {body}");
+        assert!(
+            error["message"].as_str().unwrap().contains(message),
+            "{query}: {body}"
+        );
     }
-    let (status, body) = rest(&server, &server.admin_token, Some("acme"), "/v3/stats?start_date=2026-12-01&top_keys=1000");
-    assert_eq!((status, &body["errors"][0]["field"]), (400, &Value::from("top_keys")), "{body}");
-    let (status, _) = rest(&server, &server.admin_token, None, "/v3/api_keys/AAAAAAAAAAAAAAAAAAAAAA/stats?start_date=2026-12-01");
+    let (status, body) = rest(
+        &server,
+        &server.admin_token,
+        Some("acme"),
+        "/v3/stats?start_date=2026-12-01&top_keys=1000",
+    );
+    assert_eq!(
+        (status, &body["errors"][0]["field"]),
+        (400, &Value::from("top_keys")),
+        "{body}"
+    );
+    let (status, _) = rest(
+        &server,
+        &server.admin_token,
+        None,
+        "/v3/api_keys/AAAAAAAAAAAAAAAAAAAAAA/stats?start_date=2026-12-01",
+    );
     assert_eq!(status, 404);
     let invalid = server
         .manage()
         .await
-        .get_usage(bearer(&server.admin_token, pb::GetUsageRequest { key_id: id, aggregated_by: "hour".into(), ..Default::default() }))
+        .get_usage(bearer(
+            &server.admin_token,
+            pb::GetUsageRequest {
+                key_id: id,
+                aggregated_by: "hour".into(),
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap_err();
     assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
-    assert!(invalid.message().contains("start_time is required"), "{invalid:?}");
+    assert!(
+        invalid.message().contains("start_time is required"),
+        "{invalid:?}"
+    );
 
     let off = Server::start(&dir.path().join("off"), &["--usage", "off"]);
     let id = off.admin_key(&["mail.send"]).await.key.unwrap().key_id;
-    let (status, body) = rest(&off, &off.admin_token, None, &format!("/v3/api_keys/{id}/stats?start_date={}", today()));
+    let (status, body) = rest(
+        &off,
+        &off.admin_token,
+        None,
+        &format!("/v3/api_keys/{id}/stats?start_date={}", today()),
+    );
     assert_eq!(status, 503, "{body}");
-    assert!(body["errors"][0]["message"].as_str().unwrap().contains("--usage off"), "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--usage off"),
+        "{body}"
+    );
 }
 
 /// A kill -9 forgets at most what came after the last flush, and never
@@ -328,10 +501,23 @@ async fn retention_prunes_minutes_and_keeps_hours_and_days() {
     let id = key.key.unwrap().key_id;
     checks(&past, &key.token, &["mail.send"], 40).await;
     let then = now() - 3 * 86_400;
-    let minutes = format!("/v3/api_keys/{id}/stats?aggregated_by=minute&start_time={}&end_time={}", then - 600, then + 600);
-    let hours = format!("/v3/api_keys/{id}/stats?aggregated_by=hour&start_time={}&end_time={}", then - 7_200, then + 7_200);
+    let minutes = format!(
+        "/v3/api_keys/{id}/stats?aggregated_by=minute&start_time={}&end_time={}",
+        then - 600,
+        then + 600
+    );
+    let hours = format!(
+        "/v3/api_keys/{id}/stats?aggregated_by=hour&start_time={}&end_time={}",
+        then - 7_200,
+        then + 7_200
+    );
     let deadline = Instant::now() + Duration::from_secs(15);
-    while sum(&rest(&past, &past.admin_token, None, &minutes).1, 0, "allowed") < 40 {
+    while sum(
+        &rest(&past, &past.admin_token, None, &minutes).1,
+        0,
+        "allowed",
+    ) < 40
+    {
         assert!(Instant::now() < deadline, "the past server never flushed");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -345,13 +531,24 @@ async fn retention_prunes_minutes_and_keeps_hours_and_days() {
         if sum(&body, 0, "allowed") == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "minute buckets three days old were never pruned");
+        assert!(
+            Instant::now() < deadline,
+            "minute buckets three days old were never pruned"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (_, body) = rest(&server, &server.admin_token, None, &hours);
     assert_eq!(sum(&body, 0, "allowed"), 40, "hour buckets stay: {body}");
-    let day = chrono::DateTime::from_timestamp(then, 0).unwrap().format("%Y-%m-%d").to_string();
-    let (_, body) = rest(&server, &server.admin_token, None, &format!("/v3/api_keys/{id}/stats?start_date={day}&end_date={day}"));
+    let day = chrono::DateTime::from_timestamp(then, 0)
+        .unwrap()
+        .format("%Y-%m-%d")
+        .to_string();
+    let (_, body) = rest(
+        &server,
+        &server.admin_token,
+        None,
+        &format!("/v3/api_keys/{id}/stats?start_date={day}&end_date={day}"),
+    );
     assert_eq!(sum(&body, 0, "allowed"), 40, "day buckets stay: {body}");
 }
 
@@ -389,12 +586,34 @@ async fn every_door_counts_its_decisions() {
     .to_string();
     for _ in 0..4 {
         let headers = [("Content-Type", "application/json")];
-        let (status, _, body) = http_request(&door, "POST", "/access/v1/evaluation", &headers, Some(&evaluation));
-        assert_eq!((status, json(&body)["decision"].as_bool()), (200, Some(true)), "{body}");
+        let (status, _, body) = http_request(
+            &door,
+            "POST",
+            "/access/v1/evaluation",
+            &headers,
+            Some(&evaluation),
+        );
+        assert_eq!(
+            (status, json(&body)["decision"].as_bool()),
+            (200, Some(true)),
+            "{body}"
+        );
     }
     let body = settled(&server, &id, "allowed", 10).await;
     assert_eq!(sum(&body, 0, "allowed"), 10, "1 + 2 + 3 + 4: {body}");
-    let (_, by_scope) = rest(&server, &server.admin_token, None, &format!("/v3/api_keys/{id}/stats?start_date={}&group_by=scope", today()));
+    let (_, by_scope) = rest(
+        &server,
+        &server.admin_token,
+        None,
+        &format!(
+            "/v3/api_keys/{id}/stats?start_date={}&group_by=scope",
+            today()
+        ),
+    );
     assert_eq!(by_scope[0]["stats"][0]["name"], "mail.send", "{by_scope}");
-    assert_eq!(by_scope[0]["stats"].as_array().unwrap().len(), 1, "{by_scope}");
+    assert_eq!(
+        by_scope[0]["stats"].as_array().unwrap().len(),
+        1,
+        "{by_scope}"
+    );
 }

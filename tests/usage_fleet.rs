@@ -32,7 +32,9 @@ async fn reply_dropper(redis_port: u16) -> ReplyDropper {
     tokio::spawn(async move {
         loop {
             let (client, _) = listener.accept().await.unwrap();
-            let server = tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await.unwrap();
+            let server = tokio::net::TcpStream::connect(("127.0.0.1", redis_port))
+                .await
+                .unwrap();
             let (mut client_read, mut client_write) = client.into_split();
             let (mut server_read, mut server_write) = server.into_split();
             tokio::spawn(async move {
@@ -42,7 +44,9 @@ async fn reply_dropper(redis_port: u16) -> ReplyDropper {
             tokio::spawn(async move {
                 let mut buffer = vec![0u8; 64 * 1024];
                 loop {
-                    let Ok(read) = server_read.read(&mut buffer).await else { return };
+                    let Ok(read) = server_read.read(&mut buffer).await else {
+                        return;
+                    };
                     if read == 0 {
                         return;
                     }
@@ -58,7 +62,11 @@ async fn reply_dropper(redis_port: u16) -> ReplyDropper {
             });
         }
     });
-    ReplyDropper { addr, armed, dropped }
+    ReplyDropper {
+        addr,
+        armed,
+        dropped,
+    }
 }
 
 fn today() -> String {
@@ -72,17 +80,33 @@ fn today() -> String {
 fn allowed_today(server: &Server, key_id: &str) -> (u16, u64, serde_json::Value) {
     let auth = format!("Bearer {}", server.admin_token);
     let path = format!("/v3/api_keys/{key_id}/stats?start_date={}", today());
-    let (status, head, body) = http_request(server.http_addr.as_deref().unwrap(), "GET", &path, &[("Authorization", &auth)], None);
+    let (status, head, body) = http_request(
+        server.http_addr.as_deref().unwrap(),
+        "GET",
+        &path,
+        &[("Authorization", &auth)],
+        None,
+    );
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let allowed = body[0]["stats"][0]["metrics"]["allowed"].as_u64().unwrap_or(0);
-    assert_eq!(head.contains("x-scopegate-partial: true"), body[0]["partial"] == true, "{head}");
+    let allowed = body[0]["stats"][0]["metrics"]["allowed"]
+        .as_u64()
+        .unwrap_or(0);
+    assert_eq!(
+        head.contains("x-scopegate-partial: true"),
+        body[0]["partial"] == true,
+        "{head}"
+    );
     (status, allowed, body)
 }
 
 async fn checks(server: &Server, token: &str, n: usize) {
     let mut client = server.authorize().await;
     for _ in 0..n {
-        let answer = client.check(check(token, &["mail.send"])).await.unwrap().into_inner();
+        let answer = client
+            .check(check(token, &["mail.send"]))
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(answer.decision, pb::Decision::Allowed as i32);
     }
 }
@@ -94,7 +118,14 @@ async fn three_sidecars_sum_exactly_in_redis_and_a_retried_flush_counts_once() {
     let redis = Redis::start(dir.path());
     let dropper = reply_dropper(redis.port).await;
     let through_dropper = format!("redis://{}/0", dropper.addr);
-    let flags = |url: &str| vec!["--usage-flush-secs".to_owned(), "1".into(), "--usage-redis".into(), url.to_owned()];
+    let flags = |url: &str| {
+        vec![
+            "--usage-flush-secs".to_owned(),
+            "1".into(),
+            "--usage-redis".into(),
+            url.to_owned(),
+        ]
+    };
     let start = |name: &str, url: &str| {
         let flags = flags(url);
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
@@ -105,7 +136,10 @@ async fn three_sidecars_sum_exactly_in_redis_and_a_retried_flush_counts_once() {
     let c = start("c", &redis.url);
     let (id, token) = create_on(&a, "acme", &["mail.send"]).await;
     for sidecar in [&a, &b, &c] {
-        eventually("the key decides everywhere", || async { decision(sidecar, &token, &["mail.send"]).await == pb::Decision::Allowed }).await;
+        eventually("the key decides everywhere", || async {
+            decision(sidecar, &token, &["mail.send"]).await == pb::Decision::Allowed
+        })
+        .await;
     }
     a.wait_for_log("usage is written to Redis", 1);
     // What the probes above counted, settled, is the baseline.
@@ -125,22 +159,38 @@ async fn three_sidecars_sum_exactly_in_redis_and_a_retried_flush_counts_once() {
         if allowed == expected {
             break;
         }
-        assert!(Instant::now() < deadline, "never summed to {expected}: {allowed}");
+        assert!(
+            Instant::now() < deadline,
+            "never summed to {expected}: {allowed}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(dropper.dropped.load(Ordering::SeqCst), 1, "a reply was lost");
+    assert_eq!(
+        dropper.dropped.load(Ordering::SeqCst),
+        1,
+        "a reply was lost"
+    );
     let (_, metrics) = a.http_get("/metrics");
-    assert!(metric(&metrics, "scopegate_usage_flushes_total{result=\"failed\"}") >= 1.0, "{metrics}");
+    assert!(
+        metric(&metrics, "scopegate_usage_flushes_total{result=\"failed\"}") >= 1.0,
+        "{metrics}"
+    );
     // Two more flush intervals: still exactly once.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     for sidecar in [&a, &b, &c] {
         let (_, allowed, body) = allowed_today(sidecar, &id);
-        assert_eq!(allowed, expected, "every sidecar reads the fleet's sum: {body}");
+        assert_eq!(
+            allowed, expected,
+            "every sidecar reads the fleet's sum: {body}"
+        );
     }
 
     // Without Redis a fleet sidecar answers for itself, and says so.
     let alone = fleet(dir.path(), "alone", &etcd, &["--usage-flush-secs", "1"]);
-    eventually("the key decides on the lone sidecar", || async { decision(&alone, &token, &["mail.send"]).await == pb::Decision::Allowed }).await;
+    eventually("the key decides on the lone sidecar", || async {
+        decision(&alone, &token, &["mail.send"]).await == pb::Decision::Allowed
+    })
+    .await;
     checks(&alone, &token, 7).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

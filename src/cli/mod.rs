@@ -8,7 +8,6 @@ use clap::{Parser, Subcommand};
 use crate::config::default_worker_threads;
 
 mod audit;
-mod usage;
 mod backup;
 mod check;
 mod client;
@@ -17,9 +16,9 @@ mod fleet;
 mod keys;
 mod scopes;
 mod serve;
+mod usage;
 
 pub use audit::AuditArgs;
-pub use usage::UsageArgs;
 pub use backup::{BackupArgs, RestoreArgs};
 pub use check::CheckArgs;
 pub use client::ClientArgs;
@@ -27,6 +26,7 @@ pub use config::ConfigCommand;
 pub use fleet::FleetCommand;
 pub use keys::{CreateArgs, KeysCommand, TermsArgs, UpdateArgs};
 pub use serve::ServeArgs;
+pub use usage::UsageArgs;
 
 const EXAMPLES: &str = "\
 Quick start:

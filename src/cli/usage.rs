@@ -85,7 +85,8 @@ pub(super) async fn run(args: UsageArgs) -> Result<ExitCode, String> {
 }
 
 fn since_secs(text: &str) -> Result<i64, String> {
-    parse_duration(text).ok_or_else(|| format!("--since: `{text}` is not a duration (90m, 24h, 30d)"))
+    parse_duration(text)
+        .ok_or_else(|| format!("--since: `{text}` is not a duration (90m, 24h, 30d)"))
 }
 
 fn now() -> i64 {
@@ -159,7 +160,11 @@ fn print_table(response: &pb::GetUsageResponse) {
     }
     let mut header = format!("{:<22}  {:<24}  {:>9}", "PERIOD", "SERIES", "TOTAL");
     for outcome in &outcomes {
-        header.push_str(&format!("  {:>width$}", outcome.to_uppercase(), width = outcome.len().max(7)));
+        header.push_str(&format!(
+            "  {:>width$}",
+            outcome.to_uppercase(),
+            width = outcome.len().max(7)
+        ));
     }
     println!("{header}");
     for point in &response.points {
@@ -172,7 +177,11 @@ fn print_table(response: &pb::GetUsageResponse) {
             let mut line = format!("{:<22}  {:<24}  {:>9}", point.date, name, total);
             for outcome in &outcomes {
                 let count = series.metrics.get(*outcome).copied().unwrap_or(0);
-                line.push_str(&format!("  {:>width$}", count, width = outcome.len().max(7)));
+                line.push_str(&format!(
+                    "  {:>width$}",
+                    count,
+                    width = outcome.len().max(7)
+                ));
             }
             println!("{line}");
         }

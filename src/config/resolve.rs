@@ -9,7 +9,6 @@ use super::{
     DEFAULT_LAST_USED_INTERVAL_SECS, DEFAULT_RATE_LIMIT_REDIS_TIMEOUT_MS, DEFAULT_SLED_CACHE_MIB,
 };
 use crate::counters::CountersConfig;
-use crate::usage::{UsageConfig, UsageRedis};
 use crate::manage::DEFAULT_MAX_KEYS_PER_ACCOUNT;
 use crate::proxy::ProxyConfig;
 use crate::server::{
@@ -19,6 +18,7 @@ use crate::server::{
 use crate::store::fleet::DEFAULT_PREFIX as DEFAULT_ETCD_PREFIX;
 use crate::store::FleetConfig;
 use crate::token::DEFAULT_PREFIX;
+use crate::usage::{UsageConfig, UsageRedis};
 
 impl ServeOptions {
     /// Defaults filled in and every value checked.
@@ -114,9 +114,21 @@ fn usage(options: &ServeOptions) -> Result<Option<UsageConfig>, ConfigError> {
     };
     let defaults = crate::stats::Kept::default();
     let kept = crate::stats::Kept {
-        minute: retention("usage_retention_minute", &options.usage_retention_minute, defaults.minute)?,
-        hour: retention("usage_retention_hour", &options.usage_retention_hour, defaults.hour)?,
-        day: retention("usage_retention_day", &options.usage_retention_day, defaults.day)?,
+        minute: retention(
+            "usage_retention_minute",
+            &options.usage_retention_minute,
+            defaults.minute,
+        )?,
+        hour: retention(
+            "usage_retention_hour",
+            &options.usage_retention_hour,
+            defaults.hour,
+        )?,
+        day: retention(
+            "usage_retention_day",
+            &options.usage_retention_day,
+            defaults.day,
+        )?,
     };
     let (url, password_file) = match (&options.usage_redis, &options.rate_limit_redis) {
         (Some(url), _) => (Some(url), options.usage_redis_password_file.clone()),
@@ -131,7 +143,10 @@ fn usage(options: &ServeOptions) -> Result<Option<UsageConfig>, ConfigError> {
     let redis = match url {
         None => None,
         Some(url) if !(url.starts_with("redis://") || url.starts_with("rediss://")) => {
-            return Err(invalid("usage_redis", "must be a redis:// or rediss:// URL"))
+            return Err(invalid(
+                "usage_redis",
+                "must be a redis:// or rediss:// URL",
+            ))
         }
         Some(url) => Some(UsageRedis {
             url: url.clone(),

@@ -219,7 +219,11 @@ impl ManageKey for ManageKeyService {
             request.start_time.map(|time| time.to_string()),
             request.end_time.map(|time| time.to_string()),
         );
-        let text = |text: &str| Some(text).filter(|text| !text.is_empty()).map(str::to_owned);
+        let text = |text: &str| {
+            Some(text)
+                .filter(|text| !text.is_empty())
+                .map(str::to_owned)
+        };
         let (aggregated_by, start_date, end_date) = (
             text(&request.aggregated_by),
             text(&request.start_date),

@@ -215,7 +215,7 @@ fn known_route(template: &str) -> &'static str {
 
 /// Every route template served (REST and console): the metrics' labels,
 /// and what the gate test enumerates.
-pub const ROUTES: [&str; 20] = [
+pub const ROUTES: [&str; 21] = [
     "/v3/api_keys",
     "/v3/api_keys/{id}",
     "/v3/api_keys/{id}/rotate",
@@ -230,6 +230,7 @@ pub const ROUTES: [&str; 20] = [
     "/console/sign-out",
     "/console/keys",
     "/console/keys/new",
+    "/console/usage",
     "/console/keys/{id}",
     "/console/keys/{id}/rotate",
     "/console/keys/{id}/disable",

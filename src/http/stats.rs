@@ -60,12 +60,19 @@ pub(super) async fn account_stats(
     let account = account(&caller, &headers)?;
     let top_keys = match params.get("top_keys") {
         None => 0,
-        Some(text) => text.parse::<usize>().ok().filter(|n| (1..=crate::manage::MAX_TOP_KEYS).contains(n)).ok_or_else(|| {
-            ApiError::bad_request(
-                Some("top_keys"),
-                format!("is not a whole number from 1 to {}", crate::manage::MAX_TOP_KEYS),
-            )
-        })?,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=crate::manage::MAX_TOP_KEYS).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    Some("top_keys"),
+                    format!(
+                        "is not a whole number from 1 to {}",
+                        crate::manage::MAX_TOP_KEYS
+                    ),
+                )
+            })?,
     };
     let query = UsageQuery {
         account_id: &account,
@@ -83,7 +90,9 @@ fn account(caller: &Caller, headers: &HeaderMap) -> Result<String, ApiError> {
     }
 }
 
-fn usage_query(params: &std::collections::BTreeMap<String, String>) -> Result<UsageQuery<'_>, ApiError> {
+fn usage_query(
+    params: &std::collections::BTreeMap<String, String>,
+) -> Result<UsageQuery<'_>, ApiError> {
     let group_by_scope = match params.get("group_by").map(String::as_str) {
         None => false,
         Some("scope") => true,
@@ -108,7 +117,11 @@ fn usage_query(params: &std::collections::BTreeMap<String, String>) -> Result<Us
     })
 }
 
-async fn answer(api: &RestApi, caller: &Caller, query: UsageQuery<'_>) -> Result<Response, ApiError> {
+async fn answer(
+    api: &RestApi,
+    caller: &Caller,
+    query: UsageQuery<'_>,
+) -> Result<Response, ApiError> {
     let report = tokio::time::timeout(api.timeout, api.manager.usage(caller, query))
         .await
         .map_err(|_| ApiError::unavailable("the read did not finish in time"))??;

@@ -31,19 +31,29 @@ pub const MAX_TOP_KEYS: usize = 100;
 impl Manager {
     /// A usage report. Reads off the decision workers (the book's own
     /// blocking reads, or Redis).
-    pub async fn usage(&self, caller: &Caller, query: UsageQuery<'_>) -> Result<Report, ManageError> {
+    pub async fn usage(
+        &self,
+        caller: &Caller,
+        query: UsageQuery<'_>,
+    ) -> Result<Report, ManageError> {
         self.require(caller, ManageAction::Read)?;
         self.admit_read(caller)?;
         let usage = self.usage.as_ref().ok_or(UsageError::Off)?;
         let now = crate::authz::now_unix_ms() / 1000;
         let range = Range::parse(&query.range, now, usage.kept())?;
         if query.top_keys > MAX_TOP_KEYS {
-            return Err(invalid("top_keys", format!("must be at most {MAX_TOP_KEYS}")));
+            return Err(invalid(
+                "top_keys",
+                format!("must be at most {MAX_TOP_KEYS}"),
+            ));
         }
         let account = match query.key_id {
             Some(key_id) => {
                 if query.top_keys > 0 {
-                    return Err(invalid("top_keys", "applies to an account's stats, not one key's"));
+                    return Err(invalid(
+                        "top_keys",
+                        "applies to an account's stats, not one key's",
+                    ));
                 }
                 let account = self.key_account(caller, key_id)?;
                 if !query.account_id.is_empty() && account != query.account_id {
@@ -52,7 +62,10 @@ impl Manager {
                 account
             }
             None => readable_account(caller, query.account_id)?.ok_or_else(|| {
-                invalid("account_id", "is required: name the account (REST: the on-behalf-of header)")
+                invalid(
+                    "account_id",
+                    "is required: name the account (REST: the on-behalf-of header)",
+                )
             })?,
         };
         Ok(usage
@@ -76,7 +89,8 @@ impl Manager {
     ) -> Result<std::collections::BTreeMap<String, u64>, ManageError> {
         self.require(caller, ManageAction::Read)?;
         let usage = self.usage.as_ref().ok_or(UsageError::Off)?;
-        let account = readable_account(caller, account)?.ok_or_else(|| invalid("account_id", "is required"))?;
+        let account = readable_account(caller, account)?
+            .ok_or_else(|| invalid("account_id", "is required"))?;
         let now = crate::authz::now_unix_ms() / 1000;
         let last = Grain::Hour.bucket(now);
         let range = (last.saturating_sub(hours.saturating_sub(1)), last);
@@ -124,7 +138,12 @@ impl Manager {
             "" | "day" => Grain::Day,
             "hour" => Grain::Hour,
             "minute" => Grain::Minute,
-            other => return Err(invalid("grain", format!("`{other}` is not minute, hour or day"))),
+            other => {
+                return Err(invalid(
+                    "grain",
+                    format!("`{other}` is not minute, hour or day"),
+                ))
+            }
         };
         let now = crate::authz::now_unix_ms() / 1000;
         let end = query.end_time.unwrap_or(now);

@@ -24,11 +24,13 @@ use crate::telemetry;
 use crate::token::{TokenError, TokenFormat};
 
 mod admin_token;
+mod background;
 mod listen;
 mod reload;
 mod settings;
 
 use admin_token::resolve_admin_token;
+use background::{record_last_used, report_sync, start_counters};
 use reload::{reload_files, watched_content};
 pub use settings::*;
 
@@ -216,7 +218,7 @@ async fn bind_all(config: &ServeConfig) -> Result<Listeners, StartError> {
 /// until the keys are loaded.
 async fn serve_all(
     config: &ServeConfig,
-    opened: Opened,
+    mut opened: Opened,
     listeners: Listeners,
     metrics_handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) -> Result<Serving, StartError> {
@@ -225,31 +227,12 @@ async fn serve_all(
     ));
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
-    let usage = config
-        .usage
-        .as_ref()
-        .map(|usage| {
-            crate::usage::Usage::start(
-                usage,
-                &opened.store,
-                opened.shared_catalog.clone(),
-                config.fleet.is_some(),
-            )
-        })
-        .transpose()
-        .map_err(StartError::Usage)?;
-    let manager = manager(config, &opened, usage.clone());
     let policy = Policy {
         catalog: opened.catalog.clone(),
-        routes: opened.routes,
+        routes: std::mem::replace(&mut opened.routes, RouteTable::empty()),
     };
-    let check_context = check_context(
-        config,
-        &health,
-        opened.store.table(),
-        &opened.format,
-        (policy, usage),
-    )?;
+    let check_context = check_context(config, &health, &opened, policy)?;
+    let manager = manager(config, &opened, check_context.usage.clone());
     drop(opened.admin_token);
     let gate = listen::gate(config, &readiness);
     let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -309,15 +292,27 @@ async fn serve_all(
 fn check_context(
     config: &ServeConfig,
     health: &tonic_health::server::HealthReporter,
-    keys: &Arc<crate::key::KeyTable>,
-    format: &crate::token::TokenFormat,
-    (policy, usage): (Policy, Option<Arc<crate::usage::Usage>>),
+    opened: &Opened,
+    policy: Policy,
 ) -> Result<Arc<CheckContext>, StartError> {
+    let usage = config
+        .usage
+        .as_ref()
+        .map(|usage| {
+            crate::usage::Usage::start(
+                usage,
+                &opened.store,
+                opened.shared_catalog.clone(),
+                config.fleet.is_some(),
+            )
+        })
+        .transpose()
+        .map_err(StartError::Usage)?;
     Ok(Arc::new(CheckContext {
         usage,
         counters: start_counters(config, health)?,
-        keys: keys.clone(),
-        format: format.clone(),
+        keys: opened.store.table().clone(),
+        format: opened.format.clone(),
         policy: arc_swap::ArcSwap::from_pointee(policy),
         decision_log_every: config.decision_log_every,
         decisions_seen: Default::default(),
@@ -458,86 +453,6 @@ async fn drain(
     store.sync()?;
     tracing::info!("stopped");
     served.map_err(StartError::from)
-}
-
-/// Keeps the coarse clock of "last used" (every second) and writes the
-/// marks of the keys used since the last round (every `every`).
-async fn record_last_used(store: Store, every: Duration) {
-    let mut ticks = tokio::time::interval(Duration::from_secs(1));
-    let mut last_write = std::time::Instant::now();
-    loop {
-        ticks.tick().await;
-        crate::key::tick_coarse_minute();
-        if last_write.elapsed() < every {
-            continue;
-        }
-        last_write = std::time::Instant::now();
-        let writing = store.clone();
-        match tokio::task::spawn_blocking(move || writing.persist_usage()).await {
-            Ok(Ok(written)) => {
-                metrics::counter!(telemetry::LAST_USED_WRITTEN_TOTAL).increment(written as u64)
-            }
-            Ok(Err(error)) => tracing::warn!(%error, "could not record last-used times"),
-            Err(_) => {}
-        }
-    }
-}
-
-/// Fleet mode: the sync health service (`scopegate.v1.FleetSync`: SERVING
-/// while etcd is followed and heard from) and the staleness gauge, every
-/// second. `scopegate.v1.Authorize` stays SERVING while it answers.
-async fn report_sync(
-    sync: Arc<crate::store::SyncState>,
-    health: tonic_health::server::HealthReporter,
-) {
-    let mut every = tokio::time::interval(Duration::from_secs(1));
-    let mut last = None;
-    loop {
-        every.tick().await;
-        let status = if sync.in_sync() {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        if last != Some(status) {
-            health.set_service_status(FLEET_SYNC_SERVICE, status).await;
-            last = Some(status);
-        }
-        let since = sync
-            .since_contact()
-            .map_or(f64::INFINITY, |since| since.as_secs_f64());
-        metrics::gauge!(telemetry::FLEET_SECONDS_SINCE_CONTACT).set(since);
-    }
-}
-
-/// The rate limits' counters, their reachability reported to health.
-fn start_counters(
-    config: &ServeConfig,
-    health: &tonic_health::server::HealthReporter,
-) -> Result<Arc<crate::counters::Counters>, StartError> {
-    let counters =
-        crate::counters::Counters::start(&config.counters, config.rate_limit_fail_closed)
-            .map_err(StartError::RateLimits)?;
-    tokio::spawn(report_rate_limits(counters.health(), health.clone()));
-    Ok(counters)
-}
-
-/// The counters' reachability as `scopegate.v1.RateLimits` (always SERVING
-/// with counters in memory).
-async fn report_rate_limits(
-    mut reachable: tokio::sync::watch::Receiver<bool>,
-    health: tonic_health::server::HealthReporter,
-) {
-    loop {
-        let status = match *reachable.borrow_and_update() {
-            true => ServingStatus::Serving,
-            false => ServingStatus::NotServing,
-        };
-        health.set_service_status(RATE_LIMITS_SERVICE, status).await;
-        if reachable.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 fn load_tls(

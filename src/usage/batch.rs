@@ -49,7 +49,9 @@ impl Batch {
                 .get(usize::from(cell.outcome).wrapping_sub(1))
                 .copied()
                 .unwrap_or("unknown");
-            let key: Arc<str> = cell.key.map_or(nobody.clone(), |key| key.to_string().into());
+            let key: Arc<str> = cell
+                .key
+                .map_or(nobody.clone(), |key| key.to_string().into());
             let account = counted.account.clone().unwrap_or_else(|| nobody.clone());
             for grain in Grain::ALL {
                 let bucket = grain.bucket_of_minute(cell.minute);
@@ -132,7 +134,10 @@ mod tests {
         let mut tally = Tally::new();
         tally.insert(("allowed".into(), "mail.send".into()), 700);
         tally.insert(("unknown_key".into(), "-".into()), u64::MAX);
-        tally.insert(("insufficient_scope".into(), "mail.send+stats.read".into()), 1);
+        tally.insert(
+            ("insufficient_scope".into(), "mail.send+stats.read".into()),
+            1,
+        );
         let bytes = encode(&tally);
         assert_eq!(decode(&bytes), Some(tally));
         assert_eq!(decode(&bytes[..bytes.len() - 1]), None, "a cut record");

@@ -166,7 +166,11 @@ impl LocalBook {
         };
         let mut rows = Vec::new();
         let mut last = None;
-        for (scanned, entry) in self.tree.range((start, std::ops::Bound::Unbounded)).enumerate() {
+        for (scanned, entry) in self
+            .tree
+            .range((start, std::ops::Bound::Unbounded))
+            .enumerate()
+        {
             let (key, value) = entry.map_err(|error| error.to_string())?;
             if !key.starts_with(&prefix) {
                 return Ok((rows, None));

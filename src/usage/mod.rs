@@ -64,7 +64,7 @@ pub enum UsageError {
 enum Book {
     Local(Arc<LocalBook>),
     /// Connected in the background: until then, flushes wait.
-    Shared(tokio::sync::OnceCell<SharedBook>),
+    Shared(Box<tokio::sync::OnceCell<SharedBook>>),
 }
 
 /// One flush waiting for its book, under its id (retries reuse it).
@@ -127,7 +127,7 @@ impl Usage {
     ) -> Result<Arc<Usage>, String> {
         let book = match &config.redis {
             None => Book::Local(Arc::new(LocalBook::new(store.clone())?)),
-            Some(_) => Book::Shared(tokio::sync::OnceCell::new()),
+            Some(_) => Book::Shared(Box::default()),
         };
         let usage = Arc::new(Usage {
             recorder: Recorder::default(),
@@ -140,7 +140,11 @@ impl Usage {
             reachable: AtomicBool::new(true),
         });
         if let Some(redis) = &config.redis {
-            let client = crate::counters::redis_client("--usage-redis", &redis.url, redis_password(redis)?.as_deref().map(String::as_str))?;
+            let client = crate::counters::redis_client(
+                "--usage-redis",
+                &redis.url,
+                redis_password(redis)?.as_deref().map(String::as_str),
+            )?;
             tokio::spawn(connect(Arc::downgrade(&usage), client, redis.timeout));
         }
         tokio::spawn(flush_every(Arc::downgrade(&usage), config.flush_every));
@@ -150,7 +154,14 @@ impl Usage {
 
     /// Counts one decision (see `record`).
     #[inline]
-    pub fn record(&self, decision: &Decision, token: &str, format: &TokenFormat, keys: &KeyTable, scopes: ScopeSet) {
+    pub fn record(
+        &self,
+        decision: &Decision,
+        token: &str,
+        format: &TokenFormat,
+        keys: &KeyTable,
+        scopes: ScopeSet,
+    ) {
         self.recorder.record(decision, token, format, keys, scopes);
     }
 
@@ -180,13 +191,15 @@ impl Usage {
             match self.write(next).await {
                 Ok(()) => {
                     held.pop_front();
-                    metrics::counter!(telemetry::USAGE_FLUSHES_TOTAL, "result" => "ok").increment(1);
+                    metrics::counter!(telemetry::USAGE_FLUSHES_TOTAL, "result" => "ok")
+                        .increment(1);
                     if !self.reachable.swap(true, Ordering::Relaxed) {
                         tracing::info!("usage is written again");
                     }
                 }
                 Err(reason) => {
-                    metrics::counter!(telemetry::USAGE_FLUSHES_TOTAL, "result" => "failed").increment(1);
+                    metrics::counter!(telemetry::USAGE_FLUSHES_TOTAL, "result" => "failed")
+                        .increment(1);
                     if self.reachable.swap(false, Ordering::Relaxed) {
                         tracing::warn!(%reason, "usage cannot be written; held and retried each flush (one warning per outage)");
                     }
@@ -256,11 +269,14 @@ impl Usage {
     ) -> Result<Vec<(u32, Tally)>, UsageError> {
         match &self.book {
             Book::Local(book) => {
-                let (book, account, key) = (book.clone(), account.to_owned(), key.map(str::to_owned));
-                tokio::task::spawn_blocking(move || book.read(grain, &account, key.as_deref(), buckets))
-                    .await
-                    .map_err(|error| UsageError::Away(error.to_string()))?
-                    .map_err(UsageError::Away)
+                let (book, account, key) =
+                    (book.clone(), account.to_owned(), key.map(str::to_owned));
+                tokio::task::spawn_blocking(move || {
+                    book.read(grain, &account, key.as_deref(), buckets)
+                })
+                .await
+                .map_err(|error| UsageError::Away(error.to_string()))?
+                .map_err(UsageError::Away)
             }
             Book::Shared(book) => shared(book)?
                 .read(grain, account, key, buckets)

@@ -72,16 +72,18 @@ impl Recorder {
             outcome: decision.code(),
             scopes,
         };
-        let shard = self
-            .shards
-            .get_or(|| Mutex::new(Cells::with_capacity_and_hasher(SHARD_CAPACITY, Default::default())));
-        let mut cells = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let shard = self.shards.get_or(|| {
+            Mutex::new(Cells::with_capacity_and_hasher(
+                SHARD_CAPACITY,
+                Default::default(),
+            ))
+        });
+        let mut cells = shard
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         cells
             .entry(cell)
-            .or_insert_with(|| Counted {
-                count: 0,
-                account,
-            })
+            .or_insert_with(|| Counted { count: 0, account })
             .count += 1;
     }
 
@@ -90,7 +92,9 @@ impl Recorder {
         let mut taken = Vec::new();
         for shard in self.shards.iter() {
             let spare = self.spare();
-            let mut cells = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut cells = shard
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             if cells.is_empty() {
                 drop(cells);
                 self.recycle(spare);
@@ -104,7 +108,10 @@ impl Recorder {
     /// Gives a taken map back, emptied, for a later swap.
     pub fn recycle(&self, mut cells: Cells) {
         cells.clear();
-        let mut spares = self.spares.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut spares = self
+            .spares
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if spares.len() < 64 {
             spares.push(cells);
         }
@@ -132,7 +139,9 @@ fn named_key(
     let Ok(parsed) = format.parse(token) else {
         return (None, None);
     };
-    match keys.with(&parsed.key_id, |entry| entry.map(|entry| entry.account_id.clone())) {
+    match keys.with(&parsed.key_id, |entry| {
+        entry.map(|entry| entry.account_id.clone())
+    }) {
         Some(account) => (Some(parsed.key_id), Some(account)),
         None => (None, None),
     }

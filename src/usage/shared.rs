@@ -75,7 +75,11 @@ fn keys_key(account: &str) -> String {
 const FIELD_SEPARATOR: char = '\x1f';
 
 impl SharedBook {
-    pub async fn connect(client: redis::Client, timeout: Duration, kept: Kept) -> Result<SharedBook, String> {
+    pub async fn connect(
+        client: redis::Client,
+        timeout: Duration,
+        kept: Kept,
+    ) -> Result<SharedBook, String> {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(timeout.max(Duration::from_millis(500)))
             .set_response_timeout(timeout.max(Duration::from_secs(2)))
@@ -109,13 +113,23 @@ impl SharedBook {
             for (record, tally) in chunk {
                 command
                     .arg(grain_code(record.grain))
-                    .arg(record_key(record.grain, record.bucket, &record.key, &record.account))
+                    .arg(record_key(
+                        record.grain,
+                        record.bucket,
+                        &record.key,
+                        &record.account,
+                    ))
                     .arg(tally.len());
                 for ((outcome, scope), count) in tally.iter() {
-                    command.arg(format!("{outcome}{FIELD_SEPARATOR}{scope}")).arg(*count);
+                    command
+                        .arg(format!("{outcome}{FIELD_SEPARATOR}{scope}"))
+                        .arg(*count);
                 }
                 if record.grain == Grain::Day && &*record.key != ACCOUNT_TOTAL {
-                    command.arg("s").arg(keys_key(&record.account)).arg(&*record.key);
+                    command
+                        .arg("s")
+                        .arg(keys_key(&record.account))
+                        .arg(&*record.key);
                 }
             }
             pipeline.add_command(command);

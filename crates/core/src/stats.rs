@@ -194,17 +194,24 @@ impl Range {
     pub fn parse(query: &RangeQuery<'_>, now: i64, kept: &Kept) -> Result<Range, RangeError> {
         let aggregate = match query.aggregated_by {
             None | Some("") => Aggregate::Day,
-            Some(text) => Aggregate::parse(text).ok_or_else(|| RangeError::Aggregate(text.into()))?,
+            Some(text) => {
+                Aggregate::parse(text).ok_or_else(|| RangeError::Aggregate(text.into()))?
+            }
         };
         let (start, end, start_field, end_field) = if aggregate.by_date() {
-            for (field, value) in [("start_time", query.start_time), ("end_time", query.end_time)] {
+            for (field, value) in [
+                ("start_time", query.start_time),
+                ("end_time", query.end_time),
+            ] {
                 if value.is_some() {
                     return Err(mixed(field, aggregate, "start_date and end_date"));
                 }
             }
             let start = date(
                 "start_date",
-                query.start_date.ok_or(RangeError::Missing { field: "start_date" })?,
+                query.start_date.ok_or(RangeError::Missing {
+                    field: "start_date",
+                })?,
             )?;
             let end = match query.end_date {
                 Some(text) => date("end_date", text)?,
@@ -212,7 +219,10 @@ impl Range {
             };
             (start, end + 86_400, "start_date", "end_date")
         } else {
-            for (field, value) in [("start_date", query.start_date), ("end_date", query.end_date)] {
+            for (field, value) in [
+                ("start_date", query.start_date),
+                ("end_date", query.end_date),
+            ] {
                 if value.is_some() {
                     return Err(mixed(field, aggregate, "start_time and end_time"));
                 }
@@ -220,14 +230,21 @@ impl Range {
             let grain = aggregate.grain();
             let start = time(
                 "start_time",
-                query.start_time.ok_or(RangeError::Missing { field: "start_time" })?,
+                query.start_time.ok_or(RangeError::Missing {
+                    field: "start_time",
+                })?,
             )?;
             let end = match query.end_time {
                 Some(text) => time("end_time", text)?,
                 None => now,
             };
             let align = |at: i64| grain.start(grain.bucket(at));
-            (align(start), align(end) + grain.secs(), "start_time", "end_time")
+            (
+                align(start),
+                align(end) + grain.secs(),
+                "start_time",
+                "end_time",
+            )
         };
         if end <= start || (aggregate.by_date() && end - start < 86_400) {
             return Err(RangeError::EndBeforeStart {
@@ -275,8 +292,7 @@ impl Range {
                         12 => (day.year() + 1, 1),
                         month => (day.year(), month + 1),
                     };
-                    NaiveDate::from_ymd_opt(year, month, 1)
-                        .map_or(self.end, |first| seconds_of(first))
+                    NaiveDate::from_ymd_opt(year, month, 1).map_or(self.end, seconds_of)
                 }
             };
             periods.push((at, next.min(self.end)));
@@ -477,9 +493,13 @@ pub fn report(range: &Range, subjects: &[Subject], by_scope: bool) -> Vec<Point>
         .collect()
 }
 
-fn metrics<'a>(cells: impl Iterator<Item = (&'a (String, String), &'a u64)>) -> BTreeMap<String, u64> {
-    let mut metrics: BTreeMap<String, u64> =
-        OUTCOMES.iter().map(|outcome| ((*outcome).to_owned(), 0)).collect();
+fn metrics<'a>(
+    cells: impl Iterator<Item = (&'a (String, String), &'a u64)>,
+) -> BTreeMap<String, u64> {
+    let mut metrics: BTreeMap<String, u64> = OUTCOMES
+        .iter()
+        .map(|outcome| ((*outcome).to_owned(), 0))
+        .collect();
     for ((outcome, _), count) in cells {
         *metrics.entry(outcome.clone()).or_default() += count;
     }
@@ -542,7 +562,11 @@ mod tests {
         let labels: Vec<String> = range.periods().iter().map(|p| range.label(p.0)).collect();
         assert_eq!(
             labels,
-            ["2025-12-01T13:05:00Z", "2025-12-01T13:06:00Z", "2025-12-01T13:07:00Z"]
+            [
+                "2025-12-01T13:05:00Z",
+                "2025-12-01T13:06:00Z",
+                "2025-12-01T13:07:00Z"
+            ]
         );
     }
 
@@ -567,10 +591,7 @@ mod tests {
             error(query("minute", &DEC_1.to_string(), &(DEC_1 + 3 * 86_400).to_string())),
             "the range spans more than minute buckets are kept (2d); ask for a shorter one or a coarser aggregated_by"
         );
-        assert_eq!(
-            error(RangeQuery::default()),
-            "start_date is required"
-        );
+        assert_eq!(error(RangeQuery::default()), "start_date is required");
         let mixed = RangeQuery {
             aggregated_by: Some("hour"),
             start_date: Some("2025-12-01"),
@@ -585,12 +606,23 @@ mod tests {
     #[test]
     fn a_report_sums_buckets_per_period_with_every_outcome_and_splits_by_scope() {
         let now = DEC_1 + 10 * 86_400;
-        let range = Range::parse(&query("hour", &DEC_1.to_string(), &(DEC_1 + 7_200).to_string()), now, &Kept::default()).unwrap();
+        let range = Range::parse(
+            &query("hour", &DEC_1.to_string(), &(DEC_1 + 7_200).to_string()),
+            now,
+            &Kept::default(),
+        )
+        .unwrap();
         let first = Grain::Hour.bucket(DEC_1);
         let total = Subject {
             label: None,
             buckets: vec![
-                (first, tally(&[("allowed", "mail.send", 7), ("insufficient_scope", "stats.read", 2)])),
+                (
+                    first,
+                    tally(&[
+                        ("allowed", "mail.send", 7),
+                        ("insufficient_scope", "stats.read", 2),
+                    ]),
+                ),
                 (first + 2, tally(&[("allowed", "mail.send", 1)])),
             ],
         };
@@ -599,15 +631,32 @@ mod tests {
         assert_eq!(points[0].series[0].metrics["allowed"], 7);
         assert_eq!(points[0].series[0].metrics["insufficient_scope"], 2);
         assert_eq!(points[0].series[0].metrics.len(), OUTCOMES.len());
-        assert!(points[1].series[0].metrics.values().all(|count| *count == 0));
+        assert!(points[1].series[0]
+            .metrics
+            .values()
+            .all(|count| *count == 0));
         assert_eq!(points[2].series[0].metrics["allowed"], 1);
         let total = Subject {
             label: None,
-            buckets: vec![(first, tally(&[("allowed", "mail.send", 7), ("insufficient_scope", "stats.read", 2)]))],
+            buckets: vec![(
+                first,
+                tally(&[
+                    ("allowed", "mail.send", 7),
+                    ("insufficient_scope", "stats.read", 2),
+                ]),
+            )],
         };
         let by_scope = report(&range, &[total], true);
-        let names: Vec<_> = by_scope[1].series.iter().map(|s| s.name.clone().unwrap()).collect();
-        assert_eq!(names, ["mail.send", "stats.read"], "every period names every scope");
+        let names: Vec<_> = by_scope[1]
+            .series
+            .iter()
+            .map(|s| s.name.clone().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["mail.send", "stats.read"],
+            "every period names every scope"
+        );
         assert_eq!(by_scope[0].series[1].metrics["insufficient_scope"], 2);
         assert_eq!(by_scope[0].series[1].metrics["allowed"], 0);
     }

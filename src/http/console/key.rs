@@ -11,7 +11,9 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::Markup;
 
 use super::forms::KeyForm;
-use super::{failed, forms, html, pages, same_site, signed_in, state_of, Console, Shared, Signed};
+use super::{
+    failed, forms, html, pages, same_site, signed_in, state_of, usage, Console, Shared, Signed,
+};
 use crate::http::error::ApiError;
 use crate::http::input;
 use crate::manage::{AuditQuery, KeyView};
@@ -50,7 +52,14 @@ async fn key_page(
         .map(|(events, _)| events)
         .unwrap_or_default();
     let edit = forms::edit_form(console, signed, view, form, error);
-    pages::key_detail(&signed.frame(), view, state_of(view), edit, &events)
+    let usage = usage::charts(console, signed, &view.account_id, Some(&view.key_id)).await;
+    pages::key_detail(
+        &signed.frame(),
+        view,
+        state_of(view),
+        (usage, edit),
+        &events,
+    )
 }
 
 pub(super) async fn key(

@@ -4,10 +4,12 @@
 //! keys table in place), a server-side session per sign-in, a CSRF token and
 //! an Origin check on every change, and a strict Content-Security-Policy.
 
+mod chart;
 mod forms;
 mod key;
 mod pages;
 mod session;
+mod usage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -56,6 +58,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/console/sign-out", post(sign_out))
         .route("/console/keys", get(keys).post(create))
         .route("/console/keys/new", get(new_key))
+        .route("/console/usage", get(usage::account_page))
         .route("/console/keys/{id}", get(key::key).post(key::edit))
         .route("/console/keys/{id}/rotate", post(key::rotate))
         .route("/console/keys/{id}/disable", post(key::disable))
@@ -373,7 +376,7 @@ fn failed(signed: Option<&Signed>, error: ApiError) -> Response {
 
 /// The keys page's query: account (the admin's choice), name, state.
 fn keys_query(raw: Option<&str>) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
-    input::query(raw, &["account", "name", "state"])
+    input::query(raw, &["account", "name", "state", "sort"])
 }
 
 async fn keys(
@@ -393,9 +396,10 @@ async fn keys(
     let account = account_of(&signed, query.get("account").map(String::as_str));
     let name = query.remove("name").unwrap_or_default();
     let state = query.remove("state").unwrap_or_default();
+    let by_usage = query.remove("sort").as_deref() == Some("usage");
     let mut rows = Vec::new();
     if !account.is_empty() {
-        let (manager, caller, account) = (
+        let (manager, caller, asked) = (
             console.api.manager.clone(),
             signed.caller.clone(),
             account.clone(),
@@ -406,7 +410,7 @@ async fn keys(
                 manager.list(
                     &caller,
                     ListQuery {
-                        account_id: account,
+                        account_id: asked,
                         page_size: 1000,
                         page_token: String::new(),
                     },
@@ -418,6 +422,7 @@ async fn keys(
             Err(error) => return failed(Some(&signed), error),
         };
         let needle = name.to_lowercase();
+        let last_day = usage::last_day(&console, &signed, &account).await;
         rows = views
             .into_iter()
             .filter(|view| view.name.to_lowercase().contains(&needle))
@@ -425,10 +430,16 @@ async fn keys(
                 state: state_of(&view),
                 expires: pages::date(view.expire_time_unix_ms),
                 last_used: pages::utc(view.last_used_unix_ms),
+                last_day: last_day
+                    .as_ref()
+                    .map(|counts| counts.get(&view.key_id).copied().unwrap_or(0)),
                 view,
             })
             .filter(|row| state.is_empty() || row.state == state)
             .collect();
+        if by_usage {
+            rows.sort_by_key(|row| std::cmp::Reverse(row.last_day));
+        }
     }
     let is_admin = matches!(signed.caller, Caller::Admin);
     html(pages::keys(

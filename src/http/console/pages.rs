@@ -67,6 +67,8 @@ pub struct KeyRow {
     pub state: &'static str,
     pub expires: String,
     pub last_used: String,
+    /// Decisions in the last 24 hours (`None`: usage cannot be read).
+    pub last_day: Option<u64>,
 }
 
 pub fn keys(
@@ -97,10 +99,17 @@ pub fn keys(
                 button type="submit" { "Show" }
             }
             @if !account.is_empty() {
-                p { a.button href=(format!("/console/keys/new?account={}", url(account))) { "Create API key" } }
+                p {
+                    a.button href=(format!("/console/keys/new?account={}", url(account))) { "Create API key" }
+                    " "
+                    a href=(format!("/console/usage?account={}", url(account))) { "Usage of " (account) }
+                }
             }
             table #keys {
-                thead { tr { th { "Name" } th { "ID" } th { "Kind" } th { "State" } th { "Expires" } th { "Last used" } } }
+                thead { tr {
+                    th { "Name" } th { "ID" } th { "Kind" } th { "State" } th { "Expires" } th { "Last used" }
+                    th { a #sort-usage href=(format!("/console/keys?account={}&name={}&state={}&sort=usage", url(account), url(name), url(state))) { "Last 24 h" } }
+                } }
                 tbody {
                     @for row in rows {
                         tr {
@@ -110,9 +119,10 @@ pub fn keys(
                             td { (row.state) }
                             td { (row.expires) }
                             td { (row.last_used) }
+                            td.last-day { @match row.last_day { Some(count) => (count), None => "–" } }
                         }
                     }
-                    @if rows.is_empty() { tr { td colspan="6" { "No keys." } } }
+                    @if rows.is_empty() { tr { td colspan="7" { "No keys." } } }
                 }
             }
         },
@@ -277,7 +287,7 @@ pub fn key_detail(
     frame: &Frame<'_>,
     view: &KeyView,
     state: &str,
-    form: Markup,
+    (usage, form): (Markup, Markup),
     events: &[AuditEvent],
 ) -> Markup {
     page(
@@ -298,6 +308,8 @@ pub fn key_detail(
                 }
                 dt { "Secret" } dd { "fingerprint " code { (view.secret_fingerprint) } }
             }
+            h2 #usage { "Usage" }
+            (usage)
             h2 { "Edit" }
             (form)
             h2 { "Actions" }
