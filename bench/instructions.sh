@@ -9,6 +9,8 @@
 #                                            # another build (before/after a change), no bare server
 #   LIMIT=default=1000000000/hour BARE=0 bash bench/instructions.sh
 #                                            # the key carries that rate limit (in memory)
+#   SERVE_ARGS="--usage off" BARE=0 bash bench/instructions.sh
+#                                            # more serve flags (a feature off, to cost it)
 # Each figure: counters zeroed after a warm-up, N requests sent, counters
 # dumped; then zeroed again, the server left idle for as long, dumped; the
 # idle count is subtracted and the rest divided by N.
@@ -117,8 +119,9 @@ limit_args=()
 token=$("$bin" keys create --server "http://$addr" --data-dir "$work/data" --account bench \
   --name load --scope mail.send "${limit_args[@]}" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 kill "$server_pid"; wait "$server_pid" 2> /dev/null || true
+read -r -a serve_args <<< "${SERVE_ARGS:-}"
 valgrind --tool=callgrind --callgrind-out-file="$work/scopegate.cg" \
-  "$bin" serve "${no_rest[@]}" "${forward_auth[@]}" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$work/data" \
+  "$bin" serve "${no_rest[@]}" "${forward_auth[@]}" "${serve_args[@]}" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$work/data" \
   --log-format json 2> "$work/serve.log" &
 server_pid=$!
 wait_for "$work/serve.log" "keys loaded; serving"

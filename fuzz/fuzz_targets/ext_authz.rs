@@ -41,6 +41,7 @@ fn service() -> &'static (ExtAuthzService, tokio::runtime::Runtime) {
                 decision_log_every: 0,
                 decisions_seen: Default::default(),
                 dry_run_seen: Default::default(),
+                usage: None,
                 counters: scopegate::counters::Counters::start(
                     &scopegate::counters::CountersConfig::Memory,
                     false,

@@ -212,6 +212,12 @@ impl Usage {
         metrics::histogram!(telemetry::USAGE_FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
     }
 
+    /// Records held for a book that was away at the last flush.
+    pub async fn held_records(&self) -> usize {
+        let held = self.held.lock().await;
+        held.iter().map(|held| held.batch.records.len()).sum()
+    }
+
     async fn write(&self, held: &Held) -> Result<(), String> {
         match &self.book {
             Book::Local(book) => {

@@ -227,6 +227,17 @@ def test_rate_limit_counters_in_redis_are_wired_with_the_password_from_a_secret(
     assert not any(a.startswith("--rate-limit") for a in container(plain, "scopegate")["args"])
 
 
+def test_usage_is_on_by_default_and_its_flags_are_ones_the_binary_takes():
+    args = lambda *sets: container(by_kind(render(None, *sets), "Deployment")[0], "scopegate")["args"]
+    assert not any(a.startswith("--usage") for a in args()), "the defaults need no flag"
+    assert "--usage=off" in args("usage.enabled=false")
+    assert "--usage-flush-secs=30" in args("usage.flushSecs=30")
+    from conftest import BIN
+    help_text = subprocess.run([BIN, "serve", "--help"], capture_output=True, text=True).stdout
+    for flag in ("--usage <USAGE>", "--usage-flush-secs"):
+        assert flag in help_text, flag
+
+
 ISTIO = ROOT / "examples" / "istio"
 
 

@@ -159,6 +159,11 @@ seccompProfile:
     {{- if .Values.rateLimits.failClosed }}
     - --rate-limit-fail-closed
     {{- end }}
+    {{- if not .Values.usage.enabled }}
+    - --usage=off
+    {{- else if ne (int .Values.usage.flushSecs) 10 }}
+    - --usage-flush-secs={{ .Values.usage.flushSecs }}
+    {{- end }}
     {{- if and (eq .Values.mode "service") .Values.service.tls.secretName }}
     - --tls-cert-file=/etc/scopegate/tls/tls.crt
     - --tls-key-file=/etc/scopegate/tls/tls.key
