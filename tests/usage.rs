@@ -259,6 +259,57 @@ async fn known_traffic_reads_the_same_through_rest_grpc_and_the_cli() {
         "{table}"
     );
 
+    // The export: every cell, as CSV and as NDJSON, the same counts.
+    let export = |format: &str| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_scopegate"))
+            .args([
+                "usage", "export", "--since", "1h", "--grain", "minute", "--format", format,
+            ])
+            .args(["--server", &server.addr])
+            .env("SCOPEGATE_AUTH", &server.admin_token)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let csv = export("csv");
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("start_time,grain,account_id,key_id,outcome,scope,count")
+    );
+    let mut exported = std::collections::BTreeMap::<(String, String, String), u64>::new();
+    for line in lines {
+        let fields: Vec<&str> = line.split(',').collect();
+        assert_eq!(fields.len(), 7, "{line}");
+        *exported
+            .entry((fields[3].into(), fields[4].into(), fields[5].into()))
+            .or_default() += fields[6].parse::<u64>().unwrap();
+    }
+    let cell = |outcome: &str, scope: &str| {
+        exported
+            .get(&(id.clone(), outcome.into(), scope.into()))
+            .copied()
+    };
+    assert_eq!(cell("allowed", "mail.send"), Some(700), "{csv}");
+    assert_eq!(cell("insufficient_scope", "stats.read"), Some(200));
+    assert_eq!(cell("unknown_key", "mail.send"), Some(100));
+    let nobody: u64 = exported
+        .iter()
+        .filter(|((key, ..), _)| key == "-")
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(nobody, 5, "the garbage tokens, under -");
+    let ndjson: u64 = export("ndjson")
+        .lines()
+        .map(|line| json(line)["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(ndjson, 1_005);
+
     // A graceful restart keeps every count.
     let data = server.data_dir.clone();
     drop(server);
@@ -616,4 +667,55 @@ async fn every_door_counts_its_decisions() {
         1,
         "{by_scope}"
     );
+}
+
+/// Counts land in the minute they were decided in: a run that crosses a
+/// minute (the server's clock set to 10:00:55 by libfaketime, traffic for
+/// eight seconds) shows in two minute buckets that add up to the hour's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minute_rolling_over_mid_run_splits_the_counts_and_loses_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_after(
+        "export FAKETIME='@2026-12-07 10:00:55' LD_PRELOAD=/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        &dir.path().join("d"),
+        FLUSH,
+    );
+    let key = server.admin_key(&["mail.send"]).await;
+    let id = key.key.unwrap().key_id;
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(8) {
+        checks(&server, &key.token, &["mail.send"], 20).await;
+        sent += 20;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ten = 1_796_637_600; // 2026-12-07T10:00:00Z
+    let minutes = format!(
+        "/v3/api_keys/{id}/stats?aggregated_by=minute&start_time={ten}&end_time={}",
+        ten + 120
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let body = loop {
+        let (status, body) = rest(&server, &server.admin_token, None, &minutes);
+        assert_eq!(status, 200, "{body}");
+        if sum(&body, 0, "allowed") == sent {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "{sent} sent: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let per_minute: Vec<u64> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["stats"][0]["metrics"]["allowed"].as_u64().unwrap())
+        .collect();
+    assert!(
+        per_minute[0] > 0 && per_minute[1] > 0,
+        "both sides of 10:01: {per_minute:?}"
+    );
+    let hour =
+        format!("/v3/api_keys/{id}/stats?aggregated_by=hour&start_time={ten}&end_time={ten}");
+    let (_, body) = rest(&server, &server.admin_token, None, &hour);
+    assert_eq!(sum(&body, 0, "allowed"), sent, "{body}");
 }

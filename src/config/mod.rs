@@ -308,12 +308,12 @@ pub struct ServeOptions {
     #[arg(long, env = "SCOPEGATE_USAGE_RETENTION_DAY")]
     pub usage_retention_day: Option<String>,
     /// Add every sidecar's usage up in this Redis (fleet mode):
-    /// redis:// or rediss://. [default: --rate-limit-redis, if set; else
-    /// each sidecar's own data dir, and a fleet's reads say "partial"]
+    /// redis:// or rediss://. Unset: --rate-limit-redis, if that is set;
+    /// else each sidecar's own data dir (a fleet's reads say "partial").
     #[arg(long, env = "SCOPEGATE_USAGE_REDIS")]
     pub usage_redis: Option<String>,
-    /// File holding the usage Redis's password (mode 0600). [default:
-    /// --rate-limit-redis-password-file when --usage-redis is not set]
+    /// File holding the usage Redis's password (mode 0600). Unset, with
+    /// --usage-redis unset too: --rate-limit-redis-password-file.
     #[arg(long, env = "SCOPEGATE_USAGE_REDIS_PASSWORD_FILE")]
     pub usage_redis_password_file: Option<PathBuf>,
 }

@@ -142,6 +142,10 @@ impl ManageError {
                 field: range.field(),
                 message: range.to_string().into(),
             },
+            ManageError::Usage(UsageError::Range(range)) => Refusal::Invalid {
+                field: range.field(),
+                message: range.to_string().into(),
+            },
             ManageError::Usage(_) => Refusal::Unavailable,
             ManageError::Store(_) => Refusal::Internal,
         }

@@ -59,6 +59,8 @@ pub enum UsageError {
     Off,
     #[error("usage cannot be read now: {0}")]
     Away(String),
+    #[error("{0}")]
+    Range(#[from] stats::RangeError),
 }
 
 enum Book {
@@ -262,8 +264,19 @@ impl Usage {
                 });
             }
         }
+        let entries = stats::entries(&read.range, &subjects, read.by_scope);
+        if entries > stats::MAX_ENTRIES {
+            return Err(UsageError::Range(stats::RangeError::TooManyEntries {
+                entries,
+            }));
+        }
+        let (range, by_scope) = (read.range, read.by_scope);
+        let points =
+            tokio::task::spawn_blocking(move || stats::report(&range, &subjects, by_scope))
+                .await
+                .map_err(|error| UsageError::Away(error.to_string()))?;
         Ok(Report {
-            points: stats::report(&read.range, &subjects, read.by_scope),
+            points,
             partial: self.partial,
         })
     }

@@ -152,6 +152,8 @@ pub enum RangeError {
     },
     #[error("the range spans more than {grain} buckets are kept ({kept}); ask for a shorter one or a coarser aggregated_by")]
     TooLong { grain: &'static str, kept: String },
+    #[error("the answer would hold {entries} entries (periods × series; at most {MAX_ENTRIES}): ask for a shorter range, a coarser aggregated_by, fewer top_keys or no group_by")]
+    TooManyEntries { entries: usize },
     #[error("{field}: dates and times cannot be mixed: aggregated_by {aggregate} takes {takes}")]
     Mixed {
         field: &'static str,
@@ -170,7 +172,7 @@ impl RangeError {
             | RangeError::Mixed { field, .. } => field,
             RangeError::Aggregate(_) => "aggregated_by",
             RangeError::EndBeforeStart { end_field, .. } => end_field,
-            RangeError::TooLong { .. } => "aggregated_by",
+            RangeError::TooLong { .. } | RangeError::TooManyEntries { .. } => "aggregated_by",
         }
     }
 }
@@ -437,6 +439,28 @@ pub struct Subject {
     pub buckets: Vec<(u32, Tally)>,
 }
 
+/// The most entries (periods × series) one report holds.
+pub const MAX_ENTRIES: usize = 50_000;
+
+/// The report's size in entries, before it is made.
+pub fn entries(range: &Range, subjects: &[Subject], by_scope: bool) -> usize {
+    let first = match subjects.first() {
+        Some(subject) if by_scope => {
+            let mut scopes: Vec<&str> = subject
+                .buckets
+                .iter()
+                .flat_map(|(_, tally)| tally.keys().map(|(_, scope)| scope.as_str()))
+                .collect();
+            scopes.sort_unstable();
+            scopes.dedup();
+            scopes.len()
+        }
+        _ => 1,
+    };
+    let series = first + subjects.len().saturating_sub(1);
+    range.periods().len().saturating_mul(series)
+}
+
 /// The report: a point per period of `range`, in each a series per subject
 /// (per scope of the first subject with `by_scope`).
 pub fn report(range: &Range, subjects: &[Subject], by_scope: bool) -> Vec<Point> {
@@ -659,6 +683,39 @@ mod tests {
         );
         assert_eq!(by_scope[0].series[1].metrics["insufficient_scope"], 2);
         assert_eq!(by_scope[0].series[1].metrics["allowed"], 0);
+    }
+
+    #[test]
+    fn a_report_is_sized_before_it_is_made() {
+        let now = DEC_1 + 10 * 86_400;
+        let range = Range::parse(
+            &query("minute", &(now - 47 * 3_600).to_string(), &now.to_string()),
+            now,
+            &Kept::default(),
+        )
+        .unwrap();
+        let scopes: Vec<(&str, &str, u64)> = (0..20).map(|_| ("allowed", "x", 1)).collect();
+        let mut tally = Tally::new();
+        for index in 0..scopes.len() {
+            tally.insert(("allowed".into(), format!("scope.{index}")), 1);
+        }
+        let subject = Subject {
+            label: None,
+            buckets: vec![(Grain::Minute.bucket(now), tally)],
+        };
+        let periods = range.periods().len();
+        assert_eq!(
+            entries(&range, std::slice::from_ref(&subject), false),
+            periods
+        );
+        assert_eq!(
+            entries(&range, std::slice::from_ref(&subject), true),
+            periods * 20
+        );
+        assert!(
+            periods * 20 > MAX_ENTRIES,
+            "a by-scope minute report of 47 h is refused"
+        );
     }
 
     #[test]
