@@ -63,6 +63,7 @@ async fn main() {
                     account_id: account.clone(),
                     metadata: None,
                     rate: None,
+                    credits: None,
                 }
             };
             usage.record(&decision, "", &format, &table, scope.clone());

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::authz::{self, Decision, HttpCheck, Policy, ScopeFrom};
+use crate::balances::{Balances, Spent};
 use crate::counters::{Admission, Counters};
 use crate::key::KeyTable;
 use crate::ratelimit::RateStatus;
@@ -31,6 +32,8 @@ pub struct CheckContext {
     pub counters: Arc<Counters>,
     /// Every decision counted per key, outcome and scope (`None`: `--usage off`).
     pub usage: Option<Arc<Usage>>,
+    /// Keys' credit balances.
+    pub balances: Arc<Balances>,
 }
 
 /// An HTTP request as a door saw it.
@@ -50,6 +53,9 @@ pub struct HttpQuestion<'a> {
     /// Whether this door counts the key's rate limits (ext_authz may leave
     /// them to Envoy's rate-limit service).
     pub count: bool,
+    /// What the request costs a key with credits, when its proxy or caller
+    /// says (instead of its route's `cost`).
+    pub cost: Option<u32>,
 }
 
 /// A finished decision.
@@ -61,6 +67,8 @@ pub struct Checked {
     pub scope: Option<ScopeId>,
     /// Allowed on a path other than the one sent: the path decided on.
     pub canonical_path: Option<String>,
+    /// A key with credits: what is left (allowed), or what could not pay.
+    pub credits: Option<u64>,
 }
 
 impl Checked {
@@ -82,6 +90,25 @@ impl Checked {
             _ => self,
         }
     }
+
+    /// An allowed request its key's credits cannot pay for: USAGE_EXCEEDED.
+    fn short(self, remaining: u64) -> Checked {
+        match self.decision {
+            Decision::Allowed {
+                key_id, account_id, ..
+            } => Checked {
+                decision: Decision::UsageExceeded {
+                    key_id,
+                    account_id,
+                    remaining,
+                },
+                credits: Some(remaining),
+                canonical_path: None,
+                ..self
+            },
+            _ => self,
+        }
+    }
 }
 
 /// Why a check has no answer.
@@ -89,6 +116,8 @@ impl Checked {
 pub enum CheckError {
     #[error("rate-limit counters are unreachable and --rate-limit-fail-closed is set")]
     CountersAway,
+    #[error("credit balances are unreachable and --rate-limit-fail-closed is set")]
+    CreditsAway,
     #[error("{0}")]
     Scope(#[from] ScopeError),
 }
@@ -103,12 +132,14 @@ impl CheckContext {
         answer: impl FnOnce(Checked, &Policy) -> R,
     ) -> Result<R, CheckError> {
         let policy = self.policy.load();
+        let mut cost = question.cost.unwrap_or(crate::route::DEFAULT_COST);
         let checked = if question.malformed {
             Checked {
                 decision: Decision::MalformedToken,
                 rate: None,
                 scope: None,
                 canonical_path: None,
+                credits: None,
             }
         } else {
             let scope_from = match question.proxy_scope {
@@ -116,7 +147,7 @@ impl CheckContext {
                 Some(name) => proxy_scope(&policy.catalog, name)
                     .map_or(ScopeFrom::UnknownToProxy, ScopeFrom::Proxy),
             };
-            let (decision, scope, renormalized) = authz::decide_http_noting(
+            let decided = authz::decide_http_noting(
                 &self.keys,
                 &self.format,
                 &policy.routes,
@@ -129,21 +160,23 @@ impl CheckContext {
                     scope_from,
                 },
             );
-            let canonical_path = match decision {
-                Decision::Allowed { .. } if renormalized => {
+            let canonical_path = match decided.decision {
+                Decision::Allowed { .. } if decided.renormalized => {
                     policy.routes.canonical_path(question.path)
                 }
                 _ => None,
             };
+            cost = question.cost.unwrap_or(decided.cost);
             Checked {
-                decision,
+                decision: decided.decision,
                 rate: None,
-                scope,
+                scope: decided.scope,
                 canonical_path,
+                credits: None,
             }
         };
         let scopes = checked.scope.map_or(ScopeSet::EMPTY, ScopeSet::single);
-        let subject = (question.token, scopes);
+        let subject = (question.token, scopes, cost);
         self.finish(checked, policy, question.count, subject, answer)
             .await
     }
@@ -154,7 +187,7 @@ impl CheckContext {
         &self,
         token: &str,
         scopes: &[String],
-        client_ip: Option<IpAddr>,
+        (client_ip, cost): (Option<IpAddr>, Option<u32>),
         answer: impl FnOnce(Checked, &Policy) -> R,
     ) -> Result<R, CheckError> {
         let policy = self.policy.load();
@@ -164,31 +197,72 @@ impl CheckContext {
             rate: None,
             scope: None,
             canonical_path: None,
+            credits: None,
         };
-        self.finish(checked, policy, true, (token, required), answer)
+        let cost = cost.unwrap_or(crate::route::DEFAULT_COST);
+        self.finish(checked, policy, true, (token, required, cost), answer)
             .await
     }
 
-    /// Answers at once, or (an allowed key with limits, `count`) counts
-    /// first and answers on the policy loaded again: none is held across a
-    /// Redis round trip. Either way the decision's usage is counted, on the
-    /// key `subject`'s token names and the scopes it required.
+    /// Answers at once, or (an allowed key with limits, `count`, or with
+    /// credits and a cost) counts and spends first, and answers on the
+    /// policy loaded again: none is held across a Redis round trip. Either
+    /// way the decision's usage is counted, on the key `subject`'s token
+    /// names and the scopes it required.
     async fn finish<R>(
         &self,
         checked: Checked,
         policy: arc_swap::Guard<Arc<Policy>>,
         count: bool,
-        (token, scopes): (&str, ScopeSet),
+        (token, scopes, cost): (&str, ScopeSet, u32),
         answer: impl FnOnce(Checked, &Policy) -> R,
     ) -> Result<R, CheckError> {
-        if !(count && matches!(checked.decision, Decision::Allowed { rate: Some(_), .. })) {
+        let (limits, credits) = match &checked.decision {
+            Decision::Allowed { rate, credits, .. } => {
+                (count && rate.is_some(), credits.is_some() && cost > 0)
+            }
+            _ => (false, false),
+        };
+        if !limits && !credits {
             self.tally(&checked.decision, token, scopes);
             return Ok(answer(checked, &policy));
         }
         drop(policy);
-        let counted = self.count(checked).await?;
-        self.tally(&counted.decision, token, scopes);
-        Ok(answer(counted, &self.policy.load()))
+        let counted = if limits {
+            self.count(checked).await?
+        } else {
+            checked
+        };
+        let paid = if credits {
+            self.spend(counted, cost).await?
+        } else {
+            counted
+        };
+        self.tally(&paid.decision, token, scopes);
+        Ok(answer(paid, &self.policy.load()))
+    }
+
+    /// Spends an allowed request's cost of its key's credits, after every
+    /// other rule (its rate limits included): it stays allowed with what is
+    /// left, or turns USAGE_EXCEEDED, nothing spent.
+    async fn spend(&self, checked: Checked, cost: u32) -> Result<Checked, CheckError> {
+        let Decision::Allowed {
+            key_id,
+            credits: Some(credits),
+            ..
+        } = &checked.decision
+        else {
+            return Ok(checked);
+        };
+        match self.balances.spend(*key_id, credits, u64::from(cost)).await {
+            Spent::Paid(left) => Ok(Checked {
+                credits: Some(left),
+                ..checked
+            }),
+            Spent::Short(left) => Ok(checked.short(left)),
+            Spent::Away if self.balances.fail_closed() => Err(CheckError::CreditsAway),
+            Spent::Away => Ok(checked),
+        }
     }
 
     #[inline]
@@ -255,7 +329,7 @@ pub struct HttpDenial {
 
 pub fn http_denial(decision: &Decision, catalog: &Catalog) -> HttpDenial {
     let status = match decision {
-        Decision::RateLimited { .. } => 429,
+        Decision::RateLimited { .. } | Decision::UsageExceeded { .. } => 429,
         Decision::MissingToken
         | Decision::MalformedToken
         | Decision::UnknownKey
@@ -272,6 +346,9 @@ pub fn http_denial(decision: &Decision, catalog: &Catalog) -> HttpDenial {
         headers.push(("retry-after", status.reset_secs.to_string()));
         headers.extend(rate_headers(status));
     }
+    if let Decision::UsageExceeded { remaining, .. } = decision {
+        headers.push((CREDITS_HEADER, remaining.to_string()));
+    }
     let message = decision.message(catalog);
     let body = serde_json::json!({"errors": [{"field": null, "message": message}]}).to_string();
     HttpDenial {
@@ -281,6 +358,9 @@ pub fn http_denial(decision: &Decision, catalog: &Catalog) -> HttpDenial {
         body,
     }
 }
+
+/// The header that tells what a key with credits has left.
+pub const CREDITS_HEADER: &str = "x-credits-remaining";
 
 /// The draft-03 rate-limit headers (as Envoy's rate-limit filter sends
 /// them) for the limit closest to running out.

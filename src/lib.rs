@@ -26,8 +26,9 @@
 // Flag docs are clap's help text, whose placeholders read `<data-dir>`.
 #![allow(rustdoc::invalid_html_tags)]
 
-pub use scopegate_core::{authz, key, ratelimit, route, scope, stats, token};
+pub use scopegate_core::{authz, credits, key, ratelimit, route, scope, stats, token};
 
+pub mod balances;
 pub mod check;
 pub mod cli;
 pub mod config;

@@ -210,6 +210,7 @@ async fn ext_authz_and_check_http_agree_on_every_decision() {
                             path: path.into(),
                         }),
                         client_ip: SOURCE.into(),
+                        cost: None,
                     })
                     .await
                     .unwrap()

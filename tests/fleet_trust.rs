@@ -451,9 +451,9 @@ async fn a_record_needing_a_newer_release_is_denied_not_stripped() {
     };
     assert_eq!(get(limited_id.clone()).await.version, 3);
     assert_eq!(get(plain_id.clone()).await.version, 2);
-    // A later release's record (version 4) of the plain key: denied here.
+    // A later release's record (version 5) of the plain key: denied here.
     let newer = KeyRecord {
-        version: 4,
+        version: KeyRecord::VERSION + 1,
         ..get(plain_id.clone()).await
     };
     client
@@ -476,7 +476,7 @@ async fn a_record_needing_a_newer_release_is_denied_not_stripped() {
         .await
         .expect_err("a record this build cannot read is never rewritten by it");
     assert_ne!(refused.code(), tonic::Code::Ok);
-    assert_eq!(get(plain_id).await.version, 4);
+    assert_eq!(get(plain_id).await.version, KeyRecord::VERSION + 1);
 
     // A later release's field that needed no new version (field 99 here):
     // Check still decides on the key, but no change made here drops it.

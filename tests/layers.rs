@@ -18,13 +18,20 @@ const LAYERS: &[&[&str]] = &[
     &["manage"],
     &["gate", "check", "proxy"],
     &["usage"],
-    &["throttle", "readiness", "counters"],
+    &["throttle", "readiness", "counters", "balances"],
     &["store"],
     &["telemetry"],
     &["authz"],
     &["route", "key"],
     &["ratelimit"],
-    &["token", "scope", "stats", "request_id", "secret_file"],
+    &[
+        "token",
+        "scope",
+        "stats",
+        "credits",
+        "request_id",
+        "secret_file",
+    ],
 ];
 
 /// The crates whose modules are ordered here, as source roots.

@@ -41,6 +41,7 @@ pub(super) async fn run(args: CheckArgs) -> Result<ExitCode, String> {
     let channel = connect(&args.client).await?;
     let response = pb::authorize_client::AuthorizeClient::new(channel)
         .check(pb::CheckRequest {
+            cost: None,
             token,
             scopes: args.scopes,
             http: None,

@@ -149,6 +149,12 @@ pub(super) fn key_json(key: &pb::ApiKey) -> Value {
         "allowed_cidrs": key.allowed_cidrs, "metadata": key.metadata,
         "last_used_time": time(&key.last_used_time),
         "rate_limits": rate_limits_json(&key.rate_limits),
+        "credits": key.credits.as_ref().map(|credits| json!({
+            "remaining": credits.remaining,
+            "refill": credits.refill.as_ref().map(|refill| json!({
+                "amount": refill.amount, "interval": refill.interval, "day_of_month": refill.day_of_month,
+            })),
+        })),
     })
 }
 

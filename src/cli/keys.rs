@@ -59,6 +59,19 @@ pub enum KeysCommand {
     ///
     /// Example: scopegate keys update qL0w1cT9Rk2tqc8z3mE1aA --scope mail.send --scope stats.read
     Update(UpdateArgs),
+    /// Set, add to or take from a key's credits (atomic with the requests
+    /// spending them); prints what is left.
+    ///
+    /// Example: scopegate keys credits qL0w1cT9Rk2tqc8z3mE1aA --increment 1000
+    Credits {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Key id (ids may begin with `-`; that is fine here).
+        #[arg(allow_hyphen_values = true)]
+        key_id: String,
+        #[command(flatten)]
+        op: CreditOpArgs,
+    },
     /// Delete a key; its token stops working at once.
     ///
     /// Example: scopegate keys delete qL0w1cT9Rk2tqc8z3mE1aA
@@ -131,6 +144,22 @@ pub struct UpdateArgs {
     /// Remove every rate limit.
     #[arg(long, conflicts_with_all = ["limits", "account_limits"])]
     no_limits: bool,
+    /// Remove the credits: the key may spend without limit.
+    #[arg(long, conflicts_with = "credits")]
+    unlimited: bool,
+}
+
+/// One of `--set`, `--increment`, `--decrement`.
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct CreditOpArgs {
+    #[arg(long)]
+    set: Option<u64>,
+    #[arg(long)]
+    increment: Option<u64>,
+    /// (never below 0)
+    #[arg(long)]
+    decrement: Option<u64>,
 }
 
 /// Lifecycle options of `keys create` and `keys update`.
@@ -161,9 +190,41 @@ pub struct TermsArgs {
     /// this name (same form as --limit).
     #[arg(long = "account-limit", value_parser = parse_account_limit)]
     account_limits: Vec<pb::RateLimit>,
+    /// Requests the key may make (each costs 1, or its route's `cost`);
+    /// update: the balance starts again from this. Unset: unlimited.
+    #[arg(long)]
+    credits: Option<u64>,
+    /// With --credits: AMOUNT/daily, or AMOUNT/monthly:DAY (1 to 31; a
+    /// shorter month's last day): the balance is set back to AMOUNT then.
+    #[arg(long, requires = "credits", value_parser = parse_refill)]
+    refill: Option<pb::Refill>,
+}
+
+fn parse_refill(text: &str) -> Result<pb::Refill, String> {
+    let shape = || format!("`{text}` is not AMOUNT/daily or AMOUNT/monthly:DAY");
+    let (amount, period) = text.split_once('/').ok_or_else(shape)?;
+    let amount = amount.parse::<u64>().map_err(|_| shape())?;
+    let (interval, day) = match period.split_once(':') {
+        Some((interval, day)) => (interval, day.parse::<u32>().map_err(|_| shape())?),
+        None => (period, 0),
+    };
+    let refill =
+        crate::credits::Refill::new(amount, interval, day).map_err(|error| error.to_string())?;
+    Ok(pb::Refill {
+        amount: refill.amount,
+        interval: refill.interval.name().to_owned(),
+        day_of_month: u32::from(refill.day_of_month),
+    })
 }
 
 impl TermsArgs {
+    fn credits(&mut self) -> Option<pb::Credits> {
+        self.credits.map(|remaining| pb::Credits {
+            remaining,
+            refill: self.refill.take(),
+        })
+    }
+
     fn rate_limits(&mut self) -> Vec<pb::RateLimit> {
         let mut limits = std::mem::take(&mut self.limits);
         limits.append(&mut self.account_limits);
@@ -239,6 +300,7 @@ pub(super) async fn run(command: KeysCommand) -> Result<ExitCode, String> {
             overlap_secs,
         } => rotate(client, key_id, overlap_secs).await?,
         KeysCommand::Delete { client, key_id } => delete(client, key_id).await?,
+        KeysCommand::Credits { client, key_id, op } => credits(client, key_id, op).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -254,6 +316,7 @@ async fn create(args: CreateArgs) -> Result<(), String> {
         request_id,
     } = args;
     let request = pb::CreateKeyRequest {
+        credits: terms.credits(),
         rate_limits: terms.rate_limits(),
         request_id,
         account_id: account,
@@ -273,6 +336,32 @@ async fn create(args: CreateArgs) -> Result<(), String> {
         .map_err(status_text)?
         .into_inner();
     print_token(&client, response);
+    Ok(())
+}
+
+async fn credits(client: ClientArgs, key_id: String, op: CreditOpArgs) -> Result<(), String> {
+    let (op, amount) = match (op.set, op.increment, op.decrement) {
+        (Some(amount), _, _) => ("set", amount),
+        (_, Some(amount), _) => ("increment", amount),
+        (_, _, Some(amount)) => ("decrement", amount),
+        _ => return Err("give --set, --increment or --decrement".into()),
+    };
+    let request = pb::UpdateCreditsRequest {
+        key_id,
+        op: op.into(),
+        amount,
+    };
+    let response = manage_client(&client)
+        .await?
+        .update_credits(authorized(&client, request)?)
+        .await
+        .map_err(status_text)?
+        .into_inner();
+    if client.json {
+        println!("{}", json!({"remaining": response.remaining}));
+    } else {
+        println!("{} credits left", response.remaining);
+    }
     Ok(())
 }
 
@@ -333,10 +422,13 @@ async fn update(args: UpdateArgs) -> Result<(), String> {
         no_cidrs,
         no_metadata,
         no_limits,
+        unlimited,
     } = args;
     let mut terms = terms;
     let limits = terms.rate_limits();
+    let credits = terms.credits();
     let request = pb::UpdateKeyRequest {
+        credits: (unlimited || credits.is_some()).then_some(pb::CreditsChange { credits }),
         rate_limits: (no_limits || !limits.is_empty()).then_some(pb::RateLimitList { limits }),
         expire_time: terms.expire_time(),
         all_my_scopes_except_billing: terms.all_my_scopes_except_billing,

@@ -47,6 +47,7 @@ impl Authorize for AuthorizeService {
             if response.allowed {
                 response.path = checked.canonical_path.unwrap_or_default();
             }
+            response.credits_remaining = checked.credits;
             response
         };
         let checked = match &request.http {
@@ -66,6 +67,7 @@ impl Authorize for AuthorizeService {
                     client_ip,
                     proxy_scope: None,
                     count: true,
+                    cost: request.cost,
                 };
                 context.check_http(&question, answer).await
             }
@@ -74,14 +76,19 @@ impl Authorize for AuthorizeService {
                     return Err(bad_request("scopes", "at least one scope is required"));
                 }
                 context
-                    .check_scopes(&request.token, &request.scopes, client_ip, answer)
+                    .check_scopes(
+                        &request.token,
+                        &request.scopes,
+                        (client_ip, request.cost),
+                        answer,
+                    )
                     .await
             }
         };
         match checked {
             Ok(response) => Ok(Response::new(response)),
-            Err(CheckError::CountersAway) => {
-                Err(Status::unavailable(CheckError::CountersAway.to_string()))
+            Err(away @ (CheckError::CountersAway | CheckError::CreditsAway)) => {
+                Err(Status::unavailable(away.to_string()))
             }
             Err(CheckError::Scope(error)) => Err(scope_status("scopes", &error)),
         }
@@ -107,6 +114,7 @@ impl AuthorizeService {
                 account_id,
                 metadata,
                 rate: _,
+                credits: _,
             } => {
                 response.allowed = true;
                 response.key_id = key_id.to_string();
@@ -144,6 +152,13 @@ impl AuthorizeService {
                 response.account_id = account_id.to_string();
                 response.retry_after = Some(super::convert::seconds(status.reset_secs));
                 pb::Decision::RateLimited
+            }
+            Decision::UsageExceeded {
+                key_id, account_id, ..
+            } => {
+                response.key_id = key_id.to_string();
+                response.account_id = account_id.to_string();
+                pb::Decision::UsageExceeded
             }
         };
         self.context.log_decision(
@@ -188,6 +203,7 @@ mod tests {
                 account_id: account_id.clone(),
                 metadata: None,
                 rate: None,
+                credits: None,
             },
             Decision::MissingToken,
             Decision::MalformedToken,
@@ -205,8 +221,13 @@ mod tests {
             Decision::IpNotAllowed,
             Decision::RateLimited {
                 key_id,
-                account_id,
+                account_id: account_id.clone(),
                 status,
+            },
+            Decision::UsageExceeded {
+                key_id,
+                account_id,
+                remaining: 0,
             },
         ];
         for decision in &decisions {
@@ -214,7 +235,7 @@ mod tests {
             assert_eq!(wire.as_str_name(), decision.reason());
             assert_eq!(decision.outcome(), decision.reason().to_ascii_lowercase());
         }
-        let named = (1..=12).filter_map(|code| pb::Decision::try_from(code).ok());
+        let named = (1..=13).filter_map(|code| pb::Decision::try_from(code).ok());
         assert_eq!(
             named.count(),
             decisions.len(),

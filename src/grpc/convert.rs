@@ -2,6 +2,7 @@
 
 use super::pb;
 use super::status::bad_request;
+use crate::credits::{Credits, Refill};
 use crate::manage::{KeyView, ScopesView};
 use crate::ratelimit::RateLimit;
 use crate::scope::{Access, KeyKind};
@@ -98,7 +99,30 @@ pub(super) fn key_to_pb(view: KeyView) -> pb::ApiKey {
         metadata: view.metadata.into_iter().collect(),
         last_used_time: optional_timestamp(view.last_used_unix_ms),
         rate_limits: view.rate_limits.iter().map(rate_limit_to_pb).collect(),
+        credits: view.credits.as_ref().map(credits_to_pb),
     }
+}
+
+pub(super) fn credits_to_pb(credits: &Credits) -> pb::Credits {
+    pb::Credits {
+        remaining: credits.remaining,
+        refill: credits.refill.map(|refill| pb::Refill {
+            amount: refill.amount,
+            interval: refill.interval.name().to_owned(),
+            day_of_month: u32::from(refill.day_of_month),
+        }),
+    }
+}
+
+/// Credits from the wire, checked (a refill names its interval).
+pub(super) fn credits_from_pb(credits: pb::Credits) -> Result<Credits, Status> {
+    let refill = credits
+        .refill
+        .map(|refill| Refill::new(refill.amount, &refill.interval, refill.day_of_month))
+        .transpose()
+        .map_err(|error| bad_request("credits.refill", error.to_string()))?;
+    Credits::new(credits.remaining, refill)
+        .map_err(|error| bad_request("credits.remaining", error.to_string()))
 }
 
 fn rate_limit_to_pb(limit: &RateLimit) -> pb::RateLimit {
@@ -150,6 +174,10 @@ fn key_state_to_pb(state: crate::store::KeyState) -> pb::KeyState {
         scopes: state.scopes,
         expire_time: optional_timestamp(state.expire_time_unix_ms),
         enabled: state.enabled,
+        credits: state
+            .credits
+            .and_then(|credits| credits.key_credits().ok())
+            .map(|credits| credits_to_pb(&credits.terms)),
         rate_limits: state
             .rate_limits
             .iter()

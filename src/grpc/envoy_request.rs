@@ -34,6 +34,8 @@ pub struct EnvoyCheck {
     headers: Vec<(Range<u32>, Range<u32>)>,
     /// `attributes.context_extensions["scope"]`, if the proxy set it.
     route_scope: Option<Range<u32>>,
+    /// `attributes.context_extensions["cost"]`, if the proxy set it.
+    route_cost: Option<Range<u32>>,
 }
 
 /// Why a message is not a `CheckRequest`.
@@ -204,7 +206,14 @@ impl EnvoyCheck {
             }
         }
         let route_scope = check.route_scope.clone().unwrap_or(0..0);
-        for range in [&check.method, &check.path, &check.source, &route_scope] {
+        let route_cost = check.route_cost.clone().unwrap_or(0..0);
+        for range in [
+            &check.method,
+            &check.path,
+            &check.source,
+            &route_scope,
+            &route_cost,
+        ] {
             std::str::from_utf8(&bytes[range.start as usize..range.end as usize])
                 .map_err(|_| WireError("a string field is not UTF-8"))?;
         }
@@ -248,8 +257,10 @@ impl EnvoyCheck {
                     // A map entry: { string key = 1; string value = 2; }; the
                     // last entry of a key wins, as protobuf merges maps.
                     let (name, value) = entry(bytes, payload(&field)?, false)?;
-                    if bytes[name.start as usize..name.end as usize] == *b"scope" {
-                        self.route_scope = Some(value);
+                    match &bytes[name.start as usize..name.end as usize] {
+                        b"scope" => self.route_scope = Some(value),
+                        b"cost" => self.route_cost = Some(value),
+                        _ => {}
                     }
                 }
                 _ => {}
@@ -324,6 +335,16 @@ impl EnvoyCheck {
     /// set it).
     pub fn route_scope(&self) -> Option<&str> {
         self.route_scope.as_ref().map(|range| self.text(range))
+    }
+
+    /// What the proxy says this route's requests cost a key with credits
+    /// (`context_extensions` `cost`, a whole number; one that is not reads
+    /// as unset: the route table's cost applies).
+    pub fn route_cost(&self) -> Option<u32> {
+        self.route_cost
+            .as_ref()
+            .and_then(|range| self.text(range).parse().ok())
+            .filter(|cost| *cost <= crate::route::MAX_COST)
     }
 
     /// Every request header as (name, value), in the order sent.

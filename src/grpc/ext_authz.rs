@@ -26,7 +26,9 @@ use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use tonic::{Code, Request, Response, Status};
 
 use crate::authz::Decision;
-use crate::check::{http_denial, rate_headers, CheckContext, Checked, HttpQuestion};
+use crate::check::{
+    http_denial, rate_headers, CheckContext, Checked, HttpQuestion, CREDITS_HEADER,
+};
 use crate::proxy::{is_reserved, Credential, HeaderScan, ProxyConfig};
 use crate::ratelimit::RateStatus;
 use crate::scope::Catalog;
@@ -75,6 +77,7 @@ impl Authorization for ExtAuthzService {
             client_ip: http.source_address().parse().ok(),
             proxy_scope: http.route_scope(),
             count: self.config.count_rate_limits,
+            cost: http.route_cost(),
         };
         let answered = context
             .check_http(&question, |checked, policy| {
@@ -82,6 +85,7 @@ impl Authorization for ExtAuthzService {
                     decision,
                     rate,
                     scope,
+                    credits,
                     ..
                 } = checked;
                 let scope_name = shown_scope(&decision, scope, &policy.catalog);
@@ -93,7 +97,7 @@ impl Authorization for ExtAuthzService {
                 self.response(
                     http,
                     (&credential, reserved),
-                    (decision, rate),
+                    (decision, rate, credits),
                     scope_name,
                     &policy.catalog,
                 )
@@ -158,7 +162,7 @@ impl ExtAuthzService {
         &self,
         http: &EnvoyCheck,
         (credential, reserved): (&Credential<'_>, bool),
-        (decision, rate): (Decision, Option<RateStatus>),
+        (decision, rate, credits): (Decision, Option<RateStatus>, Option<u64>),
         scope: Option<&str>,
         catalog: &Catalog,
     ) -> EnvoyAnswer {
@@ -173,9 +177,23 @@ impl ExtAuthzService {
         let ids = (key_id.as_str(), account_id.as_str());
         match &decision {
             Decision::Allowed { .. } => {
-                let headers = rate.as_ref().map(rate_headers);
-                let headers = headers.as_ref().map_or(&[][..], |headers| &headers[..]);
-                self.allow(http, (credential, reserved), &decision, ids, scope, headers)
+                let mut headers: Vec<(&'static str, String)> = rate
+                    .as_ref()
+                    .map(rate_headers)
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                if let Some(left) = credits {
+                    headers.push((CREDITS_HEADER, left.to_string()));
+                }
+                self.allow(
+                    http,
+                    (credential, reserved),
+                    &decision,
+                    ids,
+                    scope,
+                    &headers,
+                )
             }
             _ => deny(decision, ids, scope, catalog),
         }

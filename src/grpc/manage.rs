@@ -5,8 +5,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::convert::{
-    audit_event_to_pb, grants_from_pb, key_to_pb, rate_limits_from_pb, scopes_to_pb, unix_ms,
-    usage_row_to_pb, usage_to_pb,
+    audit_event_to_pb, credits_from_pb, grants_from_pb, key_to_pb, rate_limits_from_pb,
+    scopes_to_pb, unix_ms, usage_row_to_pb, usage_to_pb,
 };
 use super::pb::{self, manage_key_server::ManageKey};
 use super::status::bad_request;
@@ -83,6 +83,7 @@ impl ManageKey for ManageKeyService {
             allowed_cidrs: request.allowed_cidrs,
             metadata: request.metadata.into_iter().collect(),
             rate_limits: rate_limits_from_pb(request.rate_limits)?,
+            credits: request.credits.map(credits_from_pb).transpose()?,
         };
         let new_key = NewKey {
             account_id: request.account_id,
@@ -108,7 +109,9 @@ impl ManageKey for ManageKeyService {
         let caller = self.caller(&request)?;
         let (manager, key_id) = (self.manager.clone(), request.into_inner().key_id);
         let view = off_workers(move || manager.get(&caller, &key_id)).await?;
-        Ok(Response::new(key_to_pb(view)))
+        Ok(Response::new(key_to_pb(
+            self.manager.live_credits(view).await,
+        )))
     }
 
     async fn list_keys(
@@ -124,8 +127,12 @@ impl ManageKey for ManageKeyService {
         };
         let manager = self.manager.clone();
         let (views, next_page_token) = off_workers(move || manager.list(&caller, query)).await?;
+        let mut keys = Vec::with_capacity(views.len());
+        for view in views {
+            keys.push(key_to_pb(self.manager.live_credits(view).await));
+        }
         Ok(Response::new(pb::ListKeysResponse {
-            keys: views.into_iter().map(key_to_pb).collect(),
+            keys,
             next_page_token,
         }))
     }
@@ -167,10 +174,16 @@ impl ManageKey for ManageKeyService {
                 .rate_limits
                 .map(|list| rate_limits_from_pb(list.limits))
                 .transpose()?,
+            credits: request
+                .credits
+                .map(|change| change.credits.map(credits_from_pb).transpose())
+                .transpose()?,
         };
         let manager = self.manager.clone();
         let view = detached(async move { manager.update(&caller, change).await }).await?;
-        Ok(Response::new(key_to_pb(view)))
+        Ok(Response::new(key_to_pb(
+            self.manager.live_credits(view).await,
+        )))
     }
 
     async fn delete_key(
@@ -265,6 +278,22 @@ impl ManageKey for ManageKeyService {
             rows: rows.into_iter().map(usage_row_to_pb).collect(),
             next_page_token,
         }))
+    }
+
+    async fn update_credits(
+        &self,
+        request: Request<pb::UpdateCreditsRequest>,
+    ) -> Result<Response<pb::UpdateCreditsResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let request = request.into_inner();
+        let manager = self.manager.clone();
+        let remaining = detached(async move {
+            manager
+                .update_credits(&caller, &request.key_id, (&request.op, request.amount))
+                .await
+        })
+        .await?;
+        Ok(Response::new(pb::UpdateCreditsResponse { remaining }))
     }
 
     async fn rotate_key(

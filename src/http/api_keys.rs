@@ -16,6 +16,7 @@ use axum::Extension;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::credits::CreditsInput;
 use super::error::ApiError;
 use super::input::{self, on_behalf_of};
 use super::{json_response, RestApi};
@@ -40,6 +41,8 @@ pub(super) struct CreateInput {
     request_id: Option<String>,
     /// scopegate: named rate limits.
     rate_limits: Option<Vec<RateLimitInput>>,
+    /// scopegate: how much the key may spend (absent: unlimited).
+    credits: Option<CreditsInput>,
 }
 
 /// scopegate's rate limit, as JSON.
@@ -90,6 +93,9 @@ pub(super) struct ReplaceInput {
     scopes: Option<Vec<String>>,
     /// scopegate: the key's new rate limits ([] removes them).
     rate_limits: Option<Vec<RateLimitInput>>,
+    /// scopegate: the key's new credits (null: unlimited).
+    #[serde(default, deserialize_with = "super::credits::present")]
+    credits: Option<Option<CreditsInput>>,
 }
 
 #[derive(Deserialize)]
@@ -155,6 +161,7 @@ pub(super) async fn create(
             allowed_cidrs: input.allowed_cidrs.unwrap_or_default(),
             metadata: input.metadata.unwrap_or_default(),
             rate_limits: rate_limits_given(input.rate_limits).unwrap_or_default(),
+            credits: input.credits.map(CreditsInput::terms).transpose()?,
         },
         request_id: input.request_id.unwrap_or_default(),
     };
@@ -232,11 +239,15 @@ pub(super) async fn get(
     path: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<Response> {
     let view = api.visible(&caller, &headers, key_id(path)?).await?;
+    let view = api.manager.live_credits(view).await;
     let mut key = json!({"name": view.name, "api_key_id": view.key_id, "scopes": view.scopes});
     if !view.rate_limits.is_empty() {
         let limits: Vec<RateLimitInput> =
             view.rate_limits.iter().map(RateLimitInput::from).collect();
         key["rate_limits"] = json!(limits);
+    }
+    if let Some(credits) = &view.credits {
+        key["credits"] = json!(CreditsInput::shown(credits));
     }
     Ok(json_response(&json!({ "result": [key] })).into_response())
 }
@@ -255,6 +266,10 @@ pub(super) async fn replace(
         name: Some(input.name),
         scopes: scopes_given(input.scopes)?.unwrap_or_default(),
         rate_limits: rate_limits_given(input.rate_limits),
+        credits: input
+            .credits
+            .map(|credits| credits.map(CreditsInput::terms).transpose())
+            .transpose()?,
         ..KeyChange::default()
     };
     let view = api.change(caller, &headers, change).await?;
@@ -377,7 +392,7 @@ impl RestApi {
 
     /// A key as `caller` may see it; the admin acting on behalf of an
     /// account sees only that account's keys (404 for others).
-    async fn visible(
+    pub(super) async fn visible(
         &self,
         caller: &Caller,
         headers: &HeaderMap,

@@ -192,17 +192,18 @@ async fn evaluate(
             client_ip,
             proxy_scope: None,
             count: true,
+            cost: None,
         };
         door.context.check_http(&question, answer).await
     } else {
         let scopes = [request.action.name.clone()];
         door.context
-            .check_scopes(token, &scopes, client_ip, answer)
+            .check_scopes(token, &scopes, (client_ip, None), answer)
             .await
     };
     checked.map_err(|error| match error {
         CheckError::Scope(error) => invalid(format!("action.name: {error}")),
-        away @ CheckError::CountersAway => {
+        away @ (CheckError::CountersAway | CheckError::CreditsAway) => {
             Unreadable(StatusCode::SERVICE_UNAVAILABLE, away.to_string())
         }
     })

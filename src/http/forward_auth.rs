@@ -28,7 +28,9 @@ use axum::Router;
 use super::authzen;
 use super::error::ApiError;
 use crate::authz::Decision;
-use crate::check::{http_denial, rate_headers, CheckContext, Checked, HttpQuestion};
+use crate::check::{
+    http_denial, rate_headers, CheckContext, Checked, HttpQuestion, CREDITS_HEADER,
+};
 use crate::gate::{Door, Gate};
 use crate::proxy::{Credential, ProxyConfig};
 use crate::telemetry::{count_decision, Api};
@@ -119,6 +121,7 @@ async fn judge(
         client_ip: Some(client_ip(headers, peer.ip(), &door.trusted_proxies)),
         proxy_scope: None,
         count: door.proxy.count_rate_limits,
+        cost: None,
     };
     let answered = door
         .context
@@ -246,6 +249,7 @@ fn answer(door: &ForwardAuth, checked: Checked, catalog: &crate::scope::Catalog)
         decision,
         rate,
         scope,
+        credits,
         ..
     } = checked;
     count_decision(Api::ForwardAuth, &decision);
@@ -283,6 +287,9 @@ fn answer(door: &ForwardAuth, checked: Checked, catalog: &crate::scope::Catalog)
         }
         for (name, value) in rate.as_ref().map(rate_headers).into_iter().flatten() {
             insert(&mut response, name, &value);
+        }
+        if let Some(left) = credits {
+            insert(&mut response, CREDITS_HEADER, &left.to_string());
         }
         return response;
     }

@@ -44,7 +44,10 @@ fn action(method: &Method, route: &str) -> Option<ManageAction> {
         ("/v3/api_keys/{id}", "PUT" | "PATCH") => Some(ManageAction::Update),
         ("/v3/api_keys/{id}", "DELETE") => Some(ManageAction::Delete),
         (
-            "/v3/api_keys/{id}/rotate" | "/v3/api_keys/{id}/enable" | "/v3/api_keys/{id}/disable",
+            "/v3/api_keys/{id}/rotate"
+            | "/v3/api_keys/{id}/enable"
+            | "/v3/api_keys/{id}/disable"
+            | "/v3/api_keys/{id}/credits",
             "POST",
         ) => Some(ManageAction::Update),
         _ => None,

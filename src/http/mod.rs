@@ -8,6 +8,7 @@
 mod api_keys;
 mod authzen;
 mod console;
+mod credits;
 mod error;
 pub mod forward_auth;
 mod gate;
@@ -110,6 +111,7 @@ pub fn router(api: Arc<RestApi>, tls: bool) -> Router {
             }),
         )
         .route("/v3/api_keys/{id}/stats", get(stats::key_stats))
+        .route("/v3/api_keys/{id}/credits", post(credits::update))
         .route("/v3/stats", get(stats::account_stats))
         .route("/v3/scopes", get(api_keys::scopes))
         .route("/openapi.json", get(openapi))
@@ -215,13 +217,14 @@ fn known_route(template: &str) -> &'static str {
 
 /// Every route template served (REST and console): the metrics' labels,
 /// and what the gate test enumerates.
-pub const ROUTES: [&str; 21] = [
+pub const ROUTES: [&str; 22] = [
     "/v3/api_keys",
     "/v3/api_keys/{id}",
     "/v3/api_keys/{id}/rotate",
     "/v3/api_keys/{id}/enable",
     "/v3/api_keys/{id}/disable",
     "/v3/api_keys/{id}/stats",
+    "/v3/api_keys/{id}/credits",
     "/v3/stats",
     "/v3/scopes",
     "/openapi.json",

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use super::audit::audit_event;
 use super::error::{invalid, ManageError};
 use super::rules::{
-    caller_reads, changeable, check_no_escalation, check_rate_limits, check_terms_within,
-    check_windows_kept,
+    caller_reads, changeable, check_credits_given, check_no_escalation, check_rate_limits,
+    check_terms_within, check_windows_kept,
 };
 use super::types::{Caller, KeyChange, KeyView};
 use super::validate::{
@@ -16,7 +16,7 @@ use super::validate::{
 use super::{count_key, record_mutation, Manager};
 use crate::authz::now_unix_ms;
 use crate::scope::{Catalog, ManageAction, ScopeSet};
-use crate::store::{Change, KeyRecord, RateLimitRecord, StoreError};
+use crate::store::{Change, CreditsRecord, KeyRecord, RateLimitRecord, StoreError};
 
 impl Manager {
     pub async fn update(&self, caller: &Caller, change: KeyChange) -> Result<KeyView, ManageError> {
@@ -30,6 +30,7 @@ impl Manager {
         self.admit_mutation(caller)?;
         let id = parse_key_id(&change.key_id)?;
         let patch = self.patch(caller, &change)?;
+        let caller_left = self.caller_credits_left(caller).await?;
         let catalog = self.catalog.load_full();
         let guard = caller.clone();
         let key_id_text = change.key_id.clone();
@@ -50,6 +51,9 @@ impl Manager {
                 if let Some(limits) = &patch.rate_limits {
                     check_rate_limits(snapshot, &caller, limits)?;
                     check_windows_kept(&caller, current, limits)?;
+                }
+                if let Some(credits) = &patch.credits {
+                    check_credits_given(snapshot, &caller, credits.as_ref(), caller_left)?;
                 }
                 let updated = patch.apply(current, &catalog, now_unix_ms())?;
                 check_terms_within(snapshot, &caller, &updated).map_err(|why| {
@@ -89,11 +93,12 @@ impl Manager {
             || change.not_before.is_some()
             || change.allowed_cidrs.is_some()
             || change.metadata.is_some()
-            || change.rate_limits.is_some();
+            || change.rate_limits.is_some()
+            || change.credits.is_some();
         if name.is_none() && !replace_scopes && !lifecycle {
             return Err(invalid(
                 "name",
-                "nothing to update: give a name, scopes, grants, enabled, expiry, allowed CIDRs, metadata or rate limits",
+                "nothing to update: give a name, scopes, grants, enabled, expiry, allowed CIDRs, metadata, rate limits or credits",
             ));
         }
         let cidrs = change
@@ -122,6 +127,9 @@ impl Manager {
             .map(|limits| validate_rate_limits(limits, &self.catalog.load()))
             .transpose()?;
         Ok(Patch {
+            credits: change
+                .credits
+                .map(|credits| credits.map(|credits| CreditsRecord::new(&credits, 0))),
             rate_limits,
             name,
             scopes,
@@ -184,6 +192,8 @@ struct Patch {
     cidrs: Option<Vec<String>>,
     metadata: Option<BTreeMap<String, String>>,
     rate_limits: Option<Vec<RateLimitRecord>>,
+    /// `Some(None)`: unlimited. Its generation is set from the current one.
+    credits: Option<Option<CreditsRecord>>,
     /// `Some(None)`: remove.
     expire_time: Option<Option<i64>>,
     not_before: Option<Option<i64>>,
@@ -216,6 +226,13 @@ impl Patch {
         }
         if let Some(limits) = &self.rate_limits {
             updated.rate_limits = limits.clone();
+        }
+        if let Some(credits) = &self.credits {
+            let generation = current.credits.as_ref().map_or(0, |c| c.generation) + 1;
+            updated.credits = credits.clone().map(|credits| CreditsRecord {
+                generation,
+                ..credits
+            });
         }
         if self.expire_time.is_some() || self.not_before.is_some() {
             let not_before = self

@@ -3,8 +3,8 @@
 use super::audit::audit_event;
 use super::error::{invalid, ManageError};
 use super::rules::{
-    caller_reads, check_no_escalation, check_rate_limits, check_terms_within, current_caller,
-    require,
+    caller_reads, check_credits_given, check_no_escalation, check_rate_limits, check_terms_within,
+    current_caller, require,
 };
 use super::types::{Caller, KeyView, NewKey};
 use super::validate::{
@@ -14,7 +14,9 @@ use super::{count_key, record_mutation, Manager};
 use crate::authz::now_unix_ms;
 use crate::request_id::{request_digest, RequestId};
 use crate::scope::{ManageAction, ScopeSet};
-use crate::store::{Change, CreateRequest, CreateRequestRecord, KeyRecord, StoreError};
+use crate::store::{
+    Change, CreateRequest, CreateRequestRecord, CreditsRecord, KeyRecord, StoreError,
+};
 use crate::token::KeyId;
 
 impl Manager {
@@ -73,6 +75,7 @@ impl Manager {
             allowed_cidrs: validate_cidrs(&terms.allowed_cidrs)?,
             metadata: validate_metadata(&terms.metadata)?,
             rate_limits: validate_rate_limits(&terms.rate_limits, &self.catalog.load())?,
+            credits: terms.credits.map(|credits| CreditsRecord::new(&credits, 1)),
             ..KeyRecord::default()
         };
         let record = record.versioned();
@@ -86,7 +89,11 @@ impl Manager {
                 time_unix_ms: now,
             },
         });
-        match self.commit_create(caller, record, scopes, filed).await {
+        let caller_left = self.caller_credits_left(caller).await?;
+        match self
+            .commit_create(caller, record, (scopes, caller_left), filed)
+            .await
+        {
             Ok(()) => {}
             // A concurrent retry with the same request id won: its result.
             Err(ManageError::Store(StoreError::DuplicateRequest)) => {
@@ -113,7 +120,7 @@ impl Manager {
         &self,
         caller: &Caller,
         record: KeyRecord,
-        scopes: ScopeSet,
+        (scopes, caller_left): (ScopeSet, Option<u64>),
         request: Option<CreateRequest>,
     ) -> Result<(), ManageError> {
         let catalog = self.catalog.load_full();
@@ -125,6 +132,7 @@ impl Manager {
                 require(&catalog, &caller, ManageAction::Create)?;
                 check_no_escalation(&catalog, &caller, &scopes)?;
                 check_rate_limits(snapshot, &caller, &record.rate_limits)?;
+                check_credits_given(snapshot, &caller, record.credits.as_ref(), caller_left)?;
                 check_terms_within(snapshot, &caller, &record).map_err(|why| {
                     ManageError::TermsEscalation(format!("a key made by an API key needs {why}"))
                 })?;
@@ -262,6 +270,7 @@ pub(super) fn create_digest(caller: &Caller, request: &NewKey) -> [u8; 32] {
             .iter()
             .map(|(key, value)| format!("{key}={value}").into_bytes()),
     );
+    parts.push(format!("|credits{:?}", request.terms.credits).into_bytes());
     parts.push(b"|rate_limits".to_vec());
     parts.extend(
         request

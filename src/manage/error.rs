@@ -25,6 +25,10 @@ pub enum ManageError {
     /// none, where its limited creator has one.
     #[error("{0}")]
     RateLimitEscalation(String),
+    /// No escalation of credits: unlimited, more than the caller has left,
+    /// a larger refill, a top-up, or a key that spends more freely.
+    #[error("{0}")]
+    CreditsEscalation(String),
     /// No escalation of lifecycle terms: a key more open (addresses) or
     /// longer-lived than the API key that makes or changes it.
     #[error("{0}")]
@@ -117,6 +121,7 @@ impl ManageError {
             | ManageError::Escalation(_)
             | ManageError::RateLimitEscalation(_)
             | ManageError::TermsEscalation(_)
+            | ManageError::CreditsEscalation(_)
             | ManageError::TargetStronger { .. }
             | ManageError::OtherAccount
             | ManageError::AdminOnly => Refusal::Forbidden,

@@ -23,6 +23,7 @@ use crate::usage::Usage;
 mod audit;
 mod change;
 mod create;
+mod credits;
 mod error;
 pub mod paging;
 mod rotate;
@@ -62,6 +63,9 @@ pub struct Manager {
     failed_credentials: Throttle,
     /// Decisions counted per key (`None`: `--usage off`).
     usage: Option<Arc<Usage>>,
+    /// Credit balances (`None`: a manager without them, as in tests of
+    /// the store alone; credits are then shown as last set).
+    balances: Option<Arc<crate::balances::Balances>>,
 }
 
 /// Failed credentials one address may present per second (bursts of as
@@ -87,7 +91,14 @@ impl Manager {
             max_key_lifetime: None,
             failed_credentials: Throttle::new(FAILED_CREDENTIALS_PER_SEC),
             usage: None,
+            balances: None,
         }
+    }
+
+    /// Spends and changes credits through `balances`.
+    pub fn with_balances(mut self, balances: Option<Arc<crate::balances::Balances>>) -> Manager {
+        self.balances = balances;
+        self
     }
 
     /// Reads usage from `usage` (none: usage reads answer that it is off).
@@ -446,6 +457,11 @@ impl Manager {
             secret_fingerprint: secret_fingerprint(&record.secret_hash),
             allowed_cidrs: record.allowed_cidrs.clone(),
             rate_limits: record.rate_limits(),
+            credits: record
+                .credits
+                .as_ref()
+                .and_then(|credits| credits.key_credits().ok())
+                .map(|credits| credits.terms),
             metadata: record.metadata.clone(),
             last_used_unix_ms: record
                 .key_id()

@@ -7,7 +7,7 @@ use super::types::Caller;
 use super::validate::validate_account_id;
 use crate::ratelimit::RateLimit;
 use crate::scope::{Catalog, ManageAction, ScopeSet};
-use crate::store::{KeyRecord, RateLimitRecord, Snapshot, StoreError};
+use crate::store::{CreditsRecord, KeyRecord, RateLimitRecord, Snapshot, StoreError};
 use crate::token::KeyId;
 
 /// A key caller sees only its own account; other accounts' keys do not exist.
@@ -160,6 +160,88 @@ pub(super) fn check_rate_limits(
     crate::ratelimit::within(&held.rate_limits(), &given).map_err(ManageError::RateLimitEscalation)
 }
 
+/// No escalation of credits: an API key with credits gives keys only
+/// credits, no more than it has left (`caller_left`, its live balance read
+/// before the change) and a refill only like its own (`credits::within`).
+pub(super) fn check_credits_given(
+    snapshot: &Snapshot,
+    caller: &Caller,
+    given: Option<&CreditsRecord>,
+    caller_left: Option<u64>,
+) -> Result<(), ManageError> {
+    let Some(held) = caller_credits(snapshot, caller)? else {
+        return Ok(());
+    };
+    let given = given
+        .map(CreditsRecord::key_credits)
+        .transpose()
+        .map_err(|message| ManageError::InvalidArgument {
+            field: "credits",
+            message,
+        })?;
+    let left = caller_left.unwrap_or(held.terms.remaining);
+    crate::credits::within(
+        Some((left, held.terms.refill)),
+        given.as_ref().map(|c| &c.terms),
+    )
+    .map_err(ManageError::CreditsEscalation)
+}
+
+/// The caller's credits as the store holds them now (`None`: the admin, or
+/// a key without credits).
+pub(super) fn caller_credits(
+    snapshot: &Snapshot,
+    caller: &Caller,
+) -> Result<Option<crate::credits::KeyCredits>, ManageError> {
+    let Caller::Key { key_id, .. } = caller else {
+        return Ok(None);
+    };
+    let held = snapshot.get(key_id).ok_or(ManageError::BadCredentials)?;
+    held.credits
+        .as_ref()
+        .map(CreditsRecord::key_credits)
+        .transpose()
+        .map_err(|reason| {
+            ManageError::Store(StoreError::Corrupt {
+                key_id: key_id.to_string(),
+                reason,
+            })
+        })
+}
+
+/// Credits are part of "stronger": a caller with credits touches only keys
+/// with credits, refilled no more generously than itself.
+fn check_target_credits(
+    snapshot: &Snapshot,
+    caller: &Caller,
+    target: &KeyRecord,
+    key_id: &str,
+) -> Result<(), ManageError> {
+    let Some(held) = caller_credits(snapshot, caller)? else {
+        return Ok(());
+    };
+    let target_credits = target
+        .credits
+        .as_ref()
+        .map(CreditsRecord::key_credits)
+        .transpose()
+        .map_err(|reason| {
+            ManageError::Store(StoreError::Corrupt {
+                key_id: key_id.to_owned(),
+                reason,
+            })
+        })?;
+    let weaker = target_credits.map(|credits| crate::credits::Credits {
+        remaining: 0,
+        ..credits.terms
+    });
+    crate::credits::within(Some((u64::MAX, held.terms.refill)), weaker.as_ref()).map_err(|why| {
+        ManageError::CreditsEscalation(format!(
+            "key {key_id} may spend more freely than the caller ({why}): a key with credits cannot change it"
+        ))
+    })
+}
+
 /// A counter's window is part of its identity, so a new window is a fresh
 /// count: an API key may change a limit's count or scopes, never the window
 /// of a limit the key already has (the admin may).
@@ -204,6 +286,7 @@ pub(super) fn changeable<'a>(
     require(catalog, &caller, action)?;
     check_may_change(catalog, &caller, current, key_id)?;
     check_target_limits(snapshot, &caller, current, key_id)?;
+    check_target_credits(snapshot, &caller, current, key_id)?;
     check_terms_within(snapshot, &caller, current).map_err(|why| {
         ManageError::TermsEscalation(format!(
             "key {key_id} is more open or longer-lived than the caller: a key it may change needs {why}"

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::credits::Credits;
 use crate::ratelimit::RateLimit;
 use crate::scope::{Access, KeyKind, ScopeSet};
 use crate::token::KeyId;
@@ -54,6 +55,9 @@ pub struct KeyView {
     /// 0: not used since records began.
     pub last_used_unix_ms: i64,
     pub rate_limits: Vec<RateLimit>,
+    /// `None`: unlimited. `remaining` is the balance as last set; the
+    /// edges show the live one (`Manager::live_credits`).
+    pub credits: Option<Credits>,
 }
 
 #[derive(Default)]
@@ -79,6 +83,8 @@ pub struct KeyTerms {
     pub allowed_cidrs: Vec<String>,
     pub metadata: BTreeMap<String, String>,
     pub rate_limits: Vec<RateLimit>,
+    /// `None`: unlimited.
+    pub credits: Option<Credits>,
 }
 
 #[derive(Default)]
@@ -96,6 +102,9 @@ pub struct KeyChange {
     pub metadata: Option<BTreeMap<String, String>>,
     /// `Some`: replaces the key's rate limits (empty: none).
     pub rate_limits: Option<Vec<RateLimit>>,
+    /// `Some`: replaces the key's credits (`Some(None)`: unlimited); the
+    /// balance starts again from them.
+    pub credits: Option<Option<Credits>>,
 }
 
 #[derive(Default)]

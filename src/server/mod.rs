@@ -50,6 +50,8 @@ pub enum StartError {
     RateLimits(String),
     #[error("usage: {0}")]
     Usage(String),
+    #[error("credits: {0}")]
+    Credits(String),
     #[error("pepper file {path}: {reason}")]
     Pepper { path: String, reason: String },
     #[error("TLS {path}: {reason}")]
@@ -232,7 +234,11 @@ async fn serve_all(
         routes: std::mem::replace(&mut opened.routes, RouteTable::empty()),
     };
     let check_context = check_context(config, &health, &opened, policy)?;
-    let manager = manager(config, &opened, check_context.usage.clone());
+    let manager = manager(
+        config,
+        &opened,
+        (check_context.usage.clone(), check_context.balances.clone()),
+    );
     drop(opened.admin_token);
     let gate = listen::gate(config, &readiness);
     let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -308,8 +314,10 @@ fn check_context(
         })
         .transpose()
         .map_err(StartError::Usage)?;
+    let balances = balances(config, opened)?;
     Ok(Arc::new(CheckContext {
         usage,
+        balances,
         counters: start_counters(config, health)?,
         keys: opened.store.table().clone(),
         format: opened.format.clone(),
@@ -320,11 +328,51 @@ fn check_context(
     }))
 }
 
+/// Where credit balances live: the rate-limit Redis when the fleet shares
+/// one (one balance for every sidecar), else memory written to the data
+/// dir (standalone; in a fleet without Redis, per sidecar).
+fn balances(
+    config: &ServeConfig,
+    opened: &Opened,
+) -> Result<Arc<crate::balances::Balances>, StartError> {
+    match &config.counters {
+        crate::counters::CountersConfig::Redis {
+            url,
+            password_file,
+            timeout,
+        } => {
+            let password = password_file
+                .as_deref()
+                .map(|path| crate::secret_file::read_secret_file(path, 1))
+                .transpose()
+                .map_err(|(file, reason)| {
+                    StartError::RateLimits(format!(
+                        "rate_limit_redis_password_file {file}: {reason}"
+                    ))
+                })?;
+            let client =
+                crate::counters::redis_client("--rate-limit-redis", url, password.as_deref())
+                    .map_err(StartError::RateLimits)?;
+            Ok(crate::balances::Balances::shared(
+                client,
+                *timeout,
+                config.rate_limit_fail_closed,
+            ))
+        }
+        crate::counters::CountersConfig::Memory => {
+            crate::balances::Balances::local(Some(&opened.store)).map_err(StartError::Credits)
+        }
+    }
+}
+
 /// The use-cases every edge calls, with the limits the config sets.
 fn manager(
     config: &ServeConfig,
     opened: &Opened,
-    usage: Option<Arc<crate::usage::Usage>>,
+    (usage, balances): (
+        Option<Arc<crate::usage::Usage>>,
+        Arc<crate::balances::Balances>,
+    ),
 ) -> Arc<Manager> {
     Arc::new(
         Manager::new(
@@ -337,7 +385,8 @@ fn manager(
         .with_mutation_rate(config.limits.mutations_per_account_per_sec)
         .with_read_rate(config.limits.reads_per_account_per_sec)
         .with_max_key_lifetime(config.max_key_lifetime)
-        .with_usage(usage),
+        .with_usage(usage)
+        .with_balances(Some(balances)),
     )
 }
 
@@ -447,6 +496,7 @@ async fn drain(
     if let Some(usage) = &serving.check_context.usage {
         usage.flush().await;
     }
+    serving.check_context.balances.flush();
     if let Err(error) = store.persist_usage() {
         tracing::warn!(%error, "could not record last-used times at shutdown");
     }

@@ -50,6 +50,9 @@ pub struct KeyState {
     pub enabled: bool,
     #[prost(message, repeated, tag = "5")]
     pub rate_limits: Vec<super::RateLimitRecord>,
+    /// The credits as set (an UpdateCredits: the balance before and after).
+    #[prost(message, optional, tag = "6")]
+    pub credits: Option<super::CreditsRecord>,
 }
 
 impl KeyState {
@@ -59,6 +62,7 @@ impl KeyState {
             scopes: record.scopes.clone(),
             expire_time_unix_ms: record.expire_time_unix_ms,
             enabled: !record.disabled,
+            credits: record.credits.clone(),
             rate_limits: record.rate_limits.clone(),
         }
     }

@@ -28,7 +28,9 @@ mod truth;
 
 pub use audit::{AuditEvent, AuditFilter, KeyState, DEFAULT_AUDIT_MAX_EVENTS_PER_ACCOUNT};
 pub use fleet::{FleetConfig, SyncState};
-pub use record::{CreateRequest, CreateRequestRecord, KeyRecord, RateLimitRecord, FORMAT_VERSION};
+pub use record::{
+    CreateRequest, CreateRequestRecord, CreditsRecord, KeyRecord, RateLimitRecord, FORMAT_VERSION,
+};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -114,6 +116,12 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// A snapshot of records read now (a check before a change that is
+    /// decided again when it applies).
+    pub fn of(records: Vec<(KeyId, Option<KeyRecord>)>) -> Snapshot {
+        Snapshot { records }
+    }
+
     pub fn get(&self, key_id: &KeyId) -> Option<&KeyRecord> {
         self.records
             .iter()
@@ -364,6 +372,12 @@ impl Store {
     pub fn usage_tree(&self) -> Result<sled::Tree, StoreError> {
         self.healthy()?;
         Ok(self.inner.durable.open_tree("usage")?)
+    }
+
+    /// The tree credit balances are kept in (see `crate::credits`).
+    pub fn credits_tree(&self) -> Result<sled::Tree, StoreError> {
+        self.healthy()?;
+        Ok(self.inner.durable.open_tree("credits")?)
     }
 
     /// Flushes and syncs everything to stable storage (used at shutdown).

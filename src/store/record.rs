@@ -1,6 +1,7 @@
 //! The on-disk encoding of a key: a versioned protobuf message (prost), so
 //! fields can be added without rewriting stores.
 
+use crate::credits::{Credits, KeyCredits, Refill};
 use crate::key::{KeyExtras, Metadata};
 use crate::ratelimit::RateLimit;
 use crate::token::KeyId;
@@ -67,6 +68,66 @@ pub struct KeyRecord {
     #[prost(message, repeated, tag = "17")]
     #[serde(default)]
     pub rate_limits: Vec<RateLimitRecord>,
+    /// Credits ([`crate::credits`]); unset: unlimited. Version 4.
+    #[prost(message, optional, tag = "18")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<CreditsRecord>,
+}
+
+/// A key's credits as stored (and in a backup line): the balance as last
+/// set, its refill, and the balance's generation.
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreditsRecord {
+    /// The balance when last set (create, update, UpdateCredits); the live
+    /// one is the credits book's.
+    #[prost(uint64, tag = "1")]
+    pub remaining: u64,
+    #[prost(uint64, tag = "2")]
+    #[serde(default)]
+    pub refill_amount: u64,
+    /// "daily" or "monthly"; empty: no refill.
+    #[prost(string, tag = "3")]
+    #[serde(default)]
+    pub refill_interval: String,
+    #[prost(uint32, tag = "4")]
+    #[serde(default)]
+    pub refill_day_of_month: u32,
+    /// Bumped each time `remaining` is set: a balance of an older
+    /// generation starts again from it.
+    #[prost(uint64, tag = "5")]
+    #[serde(default)]
+    pub generation: u64,
+}
+
+impl CreditsRecord {
+    pub fn new(credits: &Credits, generation: u64) -> CreditsRecord {
+        let refill = credits.refill;
+        CreditsRecord {
+            remaining: credits.remaining,
+            refill_amount: refill.map_or(0, |refill| refill.amount),
+            refill_interval: refill
+                .map_or(String::new(), |refill| refill.interval.name().to_owned()),
+            refill_day_of_month: refill.map_or(0, |refill| u32::from(refill.day_of_month)),
+            generation,
+        }
+    }
+
+    /// The terms, checked (a record this build cannot read is unfit).
+    pub fn key_credits(&self) -> Result<KeyCredits, String> {
+        let refill = match self.refill_interval.as_str() {
+            "" => None,
+            interval => Some(
+                Refill::new(self.refill_amount, interval, self.refill_day_of_month)
+                    .map_err(|error| error.to_string())?,
+            ),
+        };
+        let terms = Credits::new(self.remaining, refill).map_err(|error| error.to_string())?;
+        Ok(KeyCredits {
+            terms,
+            generation: self.generation,
+        })
+    }
 }
 
 /// A key id in a backup line: its text form, checked on the way in.
@@ -138,9 +199,10 @@ impl From<&RateLimitRecord> for RateLimit {
 impl KeyRecord {
     /// 1: the first release. 2: lifecycle fields (expiry, not-before,
     /// disabled, previous secret, allowed CIDRs, metadata). 3: rate limits.
-    /// A build refuses records newer than it reads (the key is unfit: denied,
-    /// never changed) instead of ignoring a field that restricts the key.
-    pub const VERSION: u32 = 3;
+    /// 4: credits. A build refuses records newer than it reads (the key is
+    /// unfit: denied, never changed) instead of ignoring a field that
+    /// restricts the key.
+    pub const VERSION: u32 = 4;
 
     /// The version a record is written as: the oldest that enforces every
     /// field set in it. A key with rate limits is version 3, so a sidecar
@@ -148,10 +210,12 @@ impl KeyRecord {
     /// rewrite it without them); a key without stays version 2, readable by
     /// that sidecar while a fleet upgrades.
     pub fn required_version(&self) -> u32 {
-        if self.rate_limits.is_empty() {
-            2
-        } else {
+        if self.credits.is_some() {
+            4
+        } else if !self.rate_limits.is_empty() {
             3
+        } else {
+            2
         }
     }
 
@@ -197,6 +261,11 @@ impl KeyRecord {
             metadata,
             high_scopes: None,
             rate: None,
+            credits: self
+                .credits
+                .as_ref()
+                .map(CreditsRecord::key_credits)
+                .transpose()?,
         };
         Ok((!limits.is_empty()).then(|| Box::new(limits)))
     }

@@ -310,6 +310,7 @@ impl ScopegateLayer {
             scopes,
             http,
             client_ip,
+            cost: None,
         }
     }
 
@@ -355,7 +356,7 @@ fn http_status(decision: Decision) -> StatusCode {
         | Decision::Expired
         | Decision::Disabled => StatusCode::UNAUTHORIZED,
         Decision::InvalidPath | Decision::MethodOverride => StatusCode::BAD_REQUEST,
-        Decision::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        Decision::RateLimited | Decision::UsageExceeded => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::FORBIDDEN,
     }
 }

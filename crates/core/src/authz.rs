@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use std::net::IpAddr;
 
+use crate::credits::KeyCredits;
 use crate::key::{KeyExtras, KeyTable, Metadata};
 use crate::ratelimit::{Applicable, RateStatus};
-use crate::route::{RouteMiss, RouteTable};
+use crate::route::{RouteMiss, RouteTable, DEFAULT_COST};
 use crate::scope::{Catalog, ScopeId, ScopeSet};
 use crate::token::{KeyId, TokenFormat};
 
@@ -28,6 +29,9 @@ pub enum Decision {
         /// The key's rate limits this request counts against, if any: the
         /// edge counts them (the sidecar's `counters`) before it answers.
         rate: Option<Applicable>,
+        /// The key's credits, if it has any: the edge spends them (the
+        /// sidecar's `credits`), after the rate limits.
+        credits: Option<KeyCredits>,
     },
     MissingToken,
     MalformedToken,
@@ -58,6 +62,14 @@ pub enum Decision {
         account_id: Arc<str>,
         status: RateStatus,
     },
+    /// Allowed by scope and limits, but its credits cannot pay the
+    /// request's cost (nothing spent).
+    UsageExceeded {
+        key_id: KeyId,
+        account_id: Arc<str>,
+        /// What is left (less than the cost).
+        remaining: u64,
+    },
 }
 
 impl Decision {
@@ -78,10 +90,11 @@ impl Decision {
             Decision::Disabled => "DISABLED",
             Decision::IpNotAllowed => "IP_NOT_ALLOWED",
             Decision::RateLimited { .. } => "RATE_LIMITED",
+            Decision::UsageExceeded { .. } => "USAGE_EXCEEDED",
         }
     }
 
-    /// The decision's number in `scopegate.v1.Decision` (1 to 12; the gRPC
+    /// The decision's number in `scopegate.v1.Decision` (1 to 13; the gRPC
     /// edge's tests hold this and [`Decision::reason`] to the proto).
     pub fn code(&self) -> u8 {
         match self {
@@ -97,6 +110,7 @@ impl Decision {
             Decision::Disabled => 10,
             Decision::IpNotAllowed => 11,
             Decision::RateLimited { .. } => 12,
+            Decision::UsageExceeded { .. } => 13,
         }
     }
 
@@ -116,6 +130,9 @@ impl Decision {
                 key_id, account_id, ..
             }
             | Decision::RateLimited {
+                key_id, account_id, ..
+            }
+            | Decision::UsageExceeded {
                 key_id, account_id, ..
             } => Some((*key_id, account_id)),
             _ => None,
@@ -154,6 +171,9 @@ impl Decision {
                 status.limit,
                 crate::ratelimit::window_text(status.window_secs),
                 status.reset_secs
+            ),
+            Decision::UsageExceeded { remaining, .. } => format!(
+                "the API key is out of credits ({remaining} left, less than this request costs)"
             ),
             Decision::MethodOverride => {
                 "method-override headers (X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override) are refused".into()
@@ -218,19 +238,31 @@ pub fn decide_http_request(
     token: &str,
     request: &HttpCheck<'_>,
 ) -> (Decision, Option<ScopeId>) {
-    let (decision, scope, _) = decide_http_noting(keys, format, routes, token, request);
-    (decision, scope)
+    let decided = decide_http_noting(keys, format, routes, token, request);
+    (decided.decision, decided.scope)
 }
 
-/// [`decide_http_request`], and whether the route table decided on a path
-/// other than the one sent (see `RouteTable::route`).
+/// An HTTP decision with what the route said besides.
+pub struct HttpDecided {
+    pub decision: Decision,
+    /// The scope the route required.
+    pub scope: Option<ScopeId>,
+    /// The route table decided on a path other than the one sent (see
+    /// `RouteTable::route`).
+    pub renormalized: bool,
+    /// What the request costs a key with credits (its rule's `cost`).
+    pub cost: u32,
+}
+
+/// [`decide_http_request`], with the route's scope, cost and whether the
+/// path was renormalized.
 pub fn decide_http_noting(
     keys: &KeyTable,
     format: &TokenFormat,
     routes: &RouteTable,
     token: &str,
     request: &HttpCheck<'_>,
-) -> (Decision, Option<ScopeId>, bool) {
+) -> HttpDecided {
     let HttpCheck {
         method,
         path,
@@ -239,36 +271,38 @@ pub fn decide_http_noting(
         scope_from,
     } = *request;
     if method_override && !routes.allows_method_override() {
-        return (
-            decide_with(
+        return HttpDecided {
+            decision: decide_with(
                 keys,
                 format,
                 token,
                 client_ip,
                 Err(Decision::MethodOverride),
             ),
-            None,
-            false,
-        );
+            scope: None,
+            renormalized: false,
+            cost: DEFAULT_COST,
+        };
     }
-    let (resolved, changed) = routes.route(method, path);
+    let (resolved, changed) = routes.route_costed(method, path);
     let route = match (resolved, scope_from) {
         // An unusable path is refused whoever names the scope.
         (Err(RouteMiss::InvalidPath), _) => Err(RouteMiss::InvalidPath),
-        (_, ScopeFrom::Proxy(scope)) => Ok(scope),
+        (_, ScopeFrom::Proxy(scope)) => Ok((scope, DEFAULT_COST)),
         (_, ScopeFrom::UnknownToProxy) => Err(RouteMiss::NoRoute),
         (route, ScopeFrom::Routes) => route,
     };
     let required = match route {
-        Ok(scope) => Ok(Required::Scope(scope)),
+        Ok((scope, _)) => Ok(Required::Scope(scope)),
         Err(RouteMiss::NoRoute) => Err(Decision::NoRoute),
         Err(RouteMiss::InvalidPath) => Err(Decision::InvalidPath),
     };
-    (
-        decide_with(keys, format, token, client_ip, required),
-        route.ok(),
-        changed,
-    )
+    HttpDecided {
+        decision: decide_with(keys, format, token, client_ip, required),
+        scope: route.ok().map(|(scope, _)| scope),
+        renormalized: changed,
+        cost: route.map_or(DEFAULT_COST, |(_, cost)| cost),
+    }
 }
 
 /// May `token` use every scope in `required`? `client_ip`: where the request
@@ -348,6 +382,7 @@ fn decide_with(
                         Required::Set(required) => Applicable::for_set(rate, required),
                     },
                 ),
+                credits: extras.and_then(|extras| extras.credits),
             }
         } else {
             Decision::InsufficientScope {
@@ -444,6 +479,7 @@ mod tests {
                     account_id: "acct".into(),
                     metadata: None,
                     rate: None,
+                    credits: None,
                 },
             ),
             (
@@ -455,6 +491,7 @@ mod tests {
                     account_id: "acct".into(),
                     metadata: None,
                     rate: None,
+                    credits: None,
                 },
             ),
             (

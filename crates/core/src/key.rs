@@ -116,6 +116,8 @@ pub struct KeyExtras {
     pub high_scopes: Option<Arc<HighWords>>,
     /// Named rate limits, counted after the scope check.
     pub rate: Option<Arc<[crate::ratelimit::ActiveLimit]>>,
+    /// Credits, spent after the rate limits; `None`: unlimited.
+    pub credits: Option<crate::credits::KeyCredits>,
 }
 
 /// A key's metadata, in key order.

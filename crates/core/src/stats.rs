@@ -12,7 +12,7 @@ use chrono::{Datelike, NaiveDate};
 
 /// The outcomes a decision counts as, in `scopegate.v1.Decision`'s order:
 /// its names, lower-cased.
-pub const OUTCOMES: [&str; 12] = [
+pub const OUTCOMES: [&str; 13] = [
     "allowed",
     "missing_token",
     "malformed_token",
@@ -25,6 +25,7 @@ pub const OUTCOMES: [&str; 12] = [
     "disabled",
     "ip_not_allowed",
     "rate_limited",
+    "usage_exceeded",
 ];
 
 /// The account and key of a decision that named no key (none sent, or

@@ -122,6 +122,7 @@ impl KeyForm {
 
     fn terms(&self) -> Result<KeyTerms, ApiError> {
         Ok(KeyTerms {
+            credits: None,
             expire_time: self.expire_time()?,
             not_before: None,
             allowed_cidrs: self.cidr_list(),

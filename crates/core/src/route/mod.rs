@@ -25,7 +25,9 @@
 //! resource = "whitelabel"          # ... or a resource: the verb follows the method
 //! ```
 //! A rule may say `mode = "dry_run"`: ext_authz then allows what it would
-//! deny on that rule, counting and marking it (see `serve --dry-run`).
+//! deny on that rule, counting and marking it (see `serve --dry-run`); and
+//! `cost = N`: what its requests spend of a key with credits (default 1;
+//! `cost = 0` for free reads).
 //!
 //! Method → verb for `resource`: GET/HEAD → read, POST → create, PUT/PATCH →
 //! update, DELETE → delete. Overlaps resolve as matchit does: the most specific
@@ -69,12 +71,18 @@ pub enum RouteMiss {
     InvalidPath,
 }
 
-/// While loading: (scope, line, explicit method, dry run) per method.
-type MethodRule = (ScopeId, usize, bool, bool);
+/// While loading: (scope, line, explicit method, dry run, cost) per method.
+type MethodRule = (ScopeId, usize, bool, bool, u32);
+
+/// What a request costs a key with credits unless its rule says otherwise.
+pub const DEFAULT_COST: u32 = 1;
+/// The most a rule may say a request costs.
+pub const MAX_COST: u32 = 1_000_000;
 
 #[derive(Debug, Default, Clone)]
 struct MethodTable {
-    by_method: HashMap<&'static str, ScopeId>,
+    /// The scope and the cost of each method.
+    by_method: HashMap<&'static str, (ScopeId, u32)>,
     /// Methods whose rule says `mode = "dry_run"`.
     dry_run: Vec<&'static str>,
 }
@@ -121,9 +129,19 @@ struct RuleFile {
     /// "enforce" (default) or "dry_run": ext_authz allows what this rule
     /// would deny, and counts and marks it.
     mode: Option<String>,
+    /// What a request costs a key with credits (default 1; 0: free).
+    cost: Option<u32>,
 }
 
 impl RuleFile {
+    fn cost(&self) -> Result<u32, String> {
+        match self.cost {
+            None => Ok(DEFAULT_COST),
+            Some(cost) if cost <= MAX_COST => Ok(cost),
+            Some(cost) => Err(format!("cost {cost} is more than {MAX_COST}")),
+        }
+    }
+
     fn dry_run(&self) -> Result<bool, String> {
         match self.mode.as_deref() {
             None | Some("enforce") => Ok(false),
@@ -269,6 +287,7 @@ impl RouteTable {
             let at = |reason: String| invalid(format!("line {line}: {reason}"));
             let rule = spanned.get_ref();
             let dry_run = rule.dry_run().map_err(at)?;
+            let cost = rule.cost().map_err(at)?;
             let rule_templates = rule.templates().map_err(at)?;
             let targets = rule.targets(catalog).map_err(at)?;
             for template in rule_templates {
@@ -278,14 +297,14 @@ impl RouteTable {
                 });
                 for (method, scope, explicit) in &targets {
                     match table.get(method) {
-                        Some((_, other_line, other_explicit, _)) if *other_explicit == *explicit => {
+                        Some((_, other_line, other_explicit, _, _)) if *other_explicit == *explicit => {
                             return Err(at(format!(
                                 "{method} {template} is already covered by the rule at line {other_line}"
                             )))
                         }
-                        Some((_, _, true, _)) => {} // an explicit method rule beats a catch-all one
+                        Some((_, _, true, _, _)) => {} // an explicit method rule beats a catch-all one
                         _ => {
-                            table.insert(method, (*scope, line, *explicit, dry_run));
+                            table.insert(method, (*scope, line, *explicit, dry_run, cost));
                         }
                     }
                 }
@@ -296,11 +315,11 @@ impl RouteTable {
             let methods = MethodTable {
                 by_method: tables[template]
                     .iter()
-                    .map(|(method, (scope, _, _, _))| (*method, *scope))
+                    .map(|(method, (scope, _, _, _, cost))| (*method, (*scope, *cost)))
                     .collect(),
                 dry_run: tables[template]
                     .iter()
-                    .filter(|(_, (_, _, _, dry_run))| *dry_run)
+                    .filter(|(_, (_, _, _, dry_run, _))| *dry_run)
                     .map(|(method, _)| *method)
                     .collect(),
             };
@@ -339,15 +358,29 @@ impl RouteTable {
     /// from the one sent (normalizing changed it, beyond dropping a query):
     /// then [`RouteTable::canonical_path`] is worth asking for.
     pub fn route(&self, method: &str, path: &str) -> (Result<ScopeId, RouteMiss>, bool) {
+        let (routed, changed) = self.route_costed(method, path);
+        (routed.map(|(scope, _)| scope), changed)
+    }
+
+    /// [`RouteTable::route`], with what the request costs a key with
+    /// credits (its rule's `cost`, 1 by default).
+    pub fn route_costed(
+        &self,
+        method: &str,
+        path: &str,
+    ) -> (Result<(ScopeId, u32), RouteMiss>, bool) {
         let Some(path) = normalize_path_with(path, self.paths) else {
             return (Err(RouteMiss::InvalidPath), false);
         };
         let changed = matches!(path, Cow::Owned(_));
-        let scope = match self.router.at(&path) {
+        let routed = match self.router.at(&path) {
             Ok(found) => lookup_method(&found.value.by_method, method).ok_or(RouteMiss::NoRoute),
-            Err(_) => self.default_scope.ok_or(RouteMiss::NoRoute),
+            Err(_) => self
+                .default_scope
+                .map(|scope| (scope, DEFAULT_COST))
+                .ok_or(RouteMiss::NoRoute),
         };
-        (scope, changed)
+        (routed, changed)
     }
 
     /// The path as this table decides on it (normalized, without the
@@ -392,7 +425,10 @@ impl RouteTable {
     }
 }
 
-fn lookup_method(table: &HashMap<&'static str, ScopeId>, method: &str) -> Option<ScopeId> {
+fn lookup_method(
+    table: &HashMap<&'static str, (ScopeId, u32)>,
+    method: &str,
+) -> Option<(ScopeId, u32)> {
     if let Some(scope) = table.get(method) {
         return Some(*scope);
     }
