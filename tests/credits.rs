@@ -620,3 +620,88 @@ async fn bad_credits_are_refused_naming_the_field_and_nothing_changes() {
         .unwrap_err();
     invalid(status, "unlimited credits");
 }
+
+/// The proxy may name a request's cost: Envoy per route
+/// (`context_extensions["cost"]`), a forward-auth proxy in the header
+/// `--forward-auth-cost-header` names (never a header a client could send
+/// unless the operator says so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_names_the_cost_in_context_extensions_or_its_header() {
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let door = format!("127.0.0.1:{}", common::free_port());
+    let server = Server::start(
+        &dir.path().join("d"),
+        &[
+            "--forward-auth-listen",
+            &door,
+            "--forward-auth-cost-header",
+            "X-Request-Cost",
+        ],
+    );
+    let key = server
+        .admin_create(with_credits("acme", &["mail.send"], 20))
+        .await
+        .unwrap();
+    let id = key.key.unwrap().key_id;
+    let envoy = CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "POST".into(),
+                    path: "/v3/mail/send".into(),
+                    headers: [("authorization".to_owned(), format!("Bearer {}", key.token))]
+                        .into_iter()
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: [("cost".to_owned(), "7".to_owned())].into_iter().collect(),
+            ..Default::default()
+        }),
+    };
+    AuthorizationClient::new(server.channel().await)
+        .check(envoy)
+        .await
+        .unwrap();
+    assert_eq!(
+        remaining(&server, &id).await,
+        Some(13),
+        "Envoy's route said 7"
+    );
+    let auth = format!("Bearer {}", key.token);
+    let with_cost = |cost: &'static str| {
+        vec![
+            ("Authorization", auth.clone()),
+            ("X-Forwarded-Method", "POST".to_owned()),
+            ("X-Forwarded-Uri", "/v3/mail/send".to_owned()),
+            ("X-Request-Cost", cost.to_owned()),
+        ]
+    };
+    let send = |headers: Vec<(&'static str, String)>| {
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(name, value)| (*name, value.as_str()))
+            .collect();
+        http_request(&door, "GET", "/", &headers, None)
+    };
+    let (status, head, _) = send(with_cost("4"));
+    assert_eq!(status, 200);
+    assert!(head.contains("x-credits-remaining: 9"), "{head}");
+    for bad in ["many", "-1", "1000001"] {
+        let (status, _, body) = send(with_cost(bad));
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.contains("x-request-cost"), "{body}");
+    }
+    let mut twice = with_cost("1");
+    twice.push(("X-Request-Cost", "2".to_owned()));
+    assert_eq!(send(twice).0, 400);
+    assert_eq!(
+        remaining(&server, &id).await,
+        Some(9),
+        "refused requests spend nothing"
+    );
+}

@@ -134,6 +134,29 @@ async fn an_axum_app_behind_the_layer_answers_as_ext_authz_would() {
     assert!((1..=60).contains(&retry_after), "{head}");
     assert!(error_message(&body).contains("rate limit"), "{body}");
 
+    // Out of credits: 429 naming credits, never a rate limit's Retry-After.
+    let metered = server
+        .admin_create(scopegate::grpc::pb::CreateKeyRequest {
+            credits: Some(scopegate::grpc::pb::Credits {
+                remaining: 1,
+                refill: None,
+            }),
+            ..common::create("acme", "metered", &["mail.send"])
+        })
+        .await
+        .unwrap()
+        .token;
+    let (status, _, _) = blocking("POST", "/v3/mail/send", Some(metered.clone()))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let (status, head, body) = blocking("POST", "/v3/mail/send", Some(metered))
+        .await
+        .unwrap();
+    assert_eq!(status, 429, "{body}");
+    assert!(!head.contains("retry-after"), "{head}");
+    assert!(error_message(&body).contains("out of credits"), "{body}");
+
     // scopegate gone: 503, never the handler.
     assert!(server.terminate());
     let (status, _, body) = blocking("POST", "/v3/mail/send", Some(sender.token.clone()))

@@ -287,6 +287,12 @@ pub struct ServeOptions {
     /// peer's own address, X-Forwarded-For ignored. [default: ""]
     #[arg(long, env = "SCOPEGATE_FORWARD_AUTH_TRUSTED_PROXIES")]
     pub forward_auth_trusted_proxies: Option<String>,
+    /// A header the proxy sets (overwriting any the client sent, e.g.
+    /// nginx's proxy_set_header) to say what the request costs a key with
+    /// credits, instead of its route's `cost`. Unset: route costs only (a
+    /// header a client could send is never believed).
+    #[arg(long, env = "SCOPEGATE_FORWARD_AUTH_COST_HEADER")]
+    pub forward_auth_cost_header: Option<String>,
     /// Count every decision per key, outcome and scope, readable as
     /// SendGrid's stats (GET /v3/api_keys/{id}/stats, /v3/stats,
     /// ManageKey.GetUsage, `scopegate usage`, the console): `on` or `off`.
@@ -414,6 +420,7 @@ impl ServeOptions {
             forward_auth_listen,
             forward_auth_path_prefix,
             forward_auth_trusted_proxies,
+            forward_auth_cost_header,
             usage,
             usage_flush_secs,
             usage_retention_minute,

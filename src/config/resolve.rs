@@ -219,16 +219,29 @@ fn forward_auth(options: &ServeOptions) -> Result<Option<ForwardAuthAt>, ConfigE
         "forward_auth_listen",
         options.forward_auth_listen.as_deref(),
     )?;
+    let cost_header = options
+        .forward_auth_cost_header
+        .as_deref()
+        .map(|name| {
+            axum::http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).map_err(|_| {
+                invalid(
+                    "forward_auth_cost_header",
+                    format!("`{name}` is not an HTTP header name"),
+                )
+            })
+        })
+        .transpose()?;
     match listen {
-        None if !prefix.is_empty() || !trusted_proxies.is_empty() => Err(invalid(
+        None if !prefix.is_empty() || !trusted_proxies.is_empty() || cost_header.is_some() => Err(invalid(
             "forward_auth_listen",
-            "is none, but forward_auth_path_prefix or forward_auth_trusted_proxies is set",
+            "is none, but forward_auth_path_prefix, forward_auth_trusted_proxies or forward_auth_cost_header is set",
         )),
         None => Ok(None),
         Some(listen) => Ok(Some(ForwardAuthAt {
             listen,
             path_prefix: prefix,
             trusted_proxies,
+            cost_header,
         })),
     }
 }

@@ -50,6 +50,8 @@ pub struct ForwardAuth {
     pub proxy: ProxyConfig,
     pub path_prefix: String,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The header the proxy names a request's cost in (`None`: the route's).
+    pub cost_header: Option<axum::http::HeaderName>,
     /// How long a request's headers and body may take.
     pub timeout: Duration,
 }
@@ -103,6 +105,10 @@ async fn judge(
         Err(error) => return error.into_response(),
     };
     let path = uri.split(['?', '#']).next().unwrap_or("");
+    let cost = match named_cost(headers, door.cost_header.as_ref()) {
+        Ok(cost) => cost,
+        Err(error) => return error.into_response(),
+    };
     let scan = door.proxy.scan(
         headers
             .iter()
@@ -121,7 +127,7 @@ async fn judge(
         client_ip: Some(client_ip(headers, peer.ip(), &door.trusted_proxies)),
         proxy_scope: None,
         count: door.proxy.count_rate_limits,
-        cost: None,
+        cost,
     };
     let answered = door
         .context
@@ -130,6 +136,43 @@ async fn judge(
         })
         .await;
     answered.unwrap_or_else(|error| ApiError::unavailable(error.to_string()).into_response())
+}
+
+/// The cost the proxy names (`--forward-auth-cost-header`), one header, a
+/// whole number up to `route::MAX_COST`; anything else is the proxy's
+/// mistake: 400, never a guess.
+fn named_cost(
+    headers: &HeaderMap,
+    name: Option<&axum::http::HeaderName>,
+) -> Result<Option<u32>, ApiError> {
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    let mut values = headers.get_all(name).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return match headers.contains_key(name) {
+            false => Ok(None),
+            true => Err(ApiError::bad_request(
+                Some(name.as_str()),
+                "is given more than once",
+            )),
+        };
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .filter(|cost| *cost <= crate::route::MAX_COST)
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                Some(name.as_str()),
+                format!(
+                    "is not a cost (a whole number, 0 to {})",
+                    crate::route::MAX_COST
+                ),
+            )
+        })
 }
 
 /// The method and URI judged: a forwarded pair, or the request's own. Every

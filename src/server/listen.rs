@@ -266,6 +266,7 @@ where
             proxy: config.ext_authz.clone(),
             path_prefix: at.path_prefix.clone(),
             trusted_proxies: at.trusted_proxies.clone(),
+            cost_header: at.cost_header.clone(),
             timeout: config.limits.request_timeout,
         });
         let serving = crate::http::forward_auth::serve(listener, door, tls()?, stopped());

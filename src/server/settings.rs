@@ -96,6 +96,8 @@ pub struct ForwardAuthAt {
     pub path_prefix: String,
     /// Peers whose X-Forwarded-For is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The header the proxy names a request's cost in, if it does.
+    pub cost_header: Option<axum::http::HeaderName>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

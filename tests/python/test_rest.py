@@ -344,6 +344,8 @@ def body_for(method, template):
         return {"name": "changed"}
     if method == "POST" and template == "/v3/api_keys":
         return {"name": "made", "scopes": ["mail.send"]}
+    if method == "POST" and template.endswith("/credits"):
+        return {"op": "decrement", "amount": 1}
     return None
 
 
