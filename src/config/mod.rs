@@ -18,6 +18,7 @@ use crate::store::fleet::DEFAULT_PREFIX as DEFAULT_ETCD_PREFIX;
 use crate::token::DEFAULT_PREFIX;
 
 mod resolve;
+mod usage;
 
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9090";
 /// Threads answering requests unless `--worker-threads` says otherwise: two,

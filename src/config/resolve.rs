@@ -18,7 +18,6 @@ use crate::server::{
 use crate::store::fleet::DEFAULT_PREFIX as DEFAULT_ETCD_PREFIX;
 use crate::store::FleetConfig;
 use crate::token::DEFAULT_PREFIX;
-use crate::usage::{UsageConfig, UsageRedis};
 
 impl ServeOptions {
     /// Defaults filled in and every value checked.
@@ -89,82 +88,11 @@ impl ServeOptions {
             rate_limit_fail_closed: options.rate_limit_fail_closed.unwrap_or(false),
             rate_limit_service: rate_limit_service(&options)?,
             forward_auth: forward_auth(&options)?,
-            usage: usage(&options)?,
+            usage: super::usage::usage(&options)?,
         })
     }
 }
 
-/// Whether and how decisions are counted.
-fn usage(options: &ServeOptions) -> Result<Option<UsageConfig>, ConfigError> {
-    match options.usage.as_deref().unwrap_or("on") {
-        "on" => {}
-        "off" => return Ok(None),
-        other => return Err(invalid("usage", format!("`{other}` is not on or off"))),
-    }
-    let flush_secs = options
-        .usage_flush_secs
-        .unwrap_or(crate::usage::DEFAULT_FLUSH_SECS);
-    if !(1..=3_600).contains(&flush_secs) {
-        return Err(invalid("usage_flush_secs", "must be 1 to 3600"));
-    }
-    let retention = |key: &'static str, value: &Option<String>, default: i64| match value {
-        None => Ok(default),
-        Some(text) => crate::stats::parse_duration(text)
-            .ok_or_else(|| invalid(key, format!("`{text}` is not a duration (30m, 48h, 90d)"))),
-    };
-    let defaults = crate::stats::Kept::default();
-    let kept = crate::stats::Kept {
-        minute: retention(
-            "usage_retention_minute",
-            &options.usage_retention_minute,
-            defaults.minute,
-        )?,
-        hour: retention(
-            "usage_retention_hour",
-            &options.usage_retention_hour,
-            defaults.hour,
-        )?,
-        day: retention(
-            "usage_retention_day",
-            &options.usage_retention_day,
-            defaults.day,
-        )?,
-    };
-    let (url, password_file) = match (&options.usage_redis, &options.rate_limit_redis) {
-        (Some(url), _) => (Some(url), options.usage_redis_password_file.clone()),
-        (None, Some(url)) if options.usage_redis_password_file.is_none() => {
-            (Some(url), options.rate_limit_redis_password_file.clone())
-        }
-        (None, _) if options.usage_redis_password_file.is_some() => {
-            return Err(invalid("usage_redis_password_file", "needs usage_redis"))
-        }
-        (None, _) => (None, None),
-    };
-    let redis = match url {
-        None => None,
-        Some(url) if !(url.starts_with("redis://") || url.starts_with("rediss://")) => {
-            return Err(invalid(
-                "usage_redis",
-                "must be a redis:// or rediss:// URL",
-            ))
-        }
-        Some(url) => Some(UsageRedis {
-            url: url.clone(),
-            password_file,
-            timeout: Duration::from_millis(
-                options
-                    .rate_limit_redis_timeout_ms
-                    .unwrap_or(DEFAULT_RATE_LIMIT_REDIS_TIMEOUT_MS)
-                    .max(1_000),
-            ),
-        }),
-    };
-    Ok(Some(UsageConfig {
-        flush_every: Duration::from_secs(flush_secs),
-        kept,
-        redis,
-    }))
-}
 
 /// Where Envoy's RateLimitService is served, and the most hits it takes.
 fn rate_limit_service(options: &ServeOptions) -> Result<Option<RateLimitService>, ConfigError> {
@@ -271,7 +199,7 @@ fn counters(options: &ServeOptions) -> Result<CountersConfig, ConfigError> {
     }
 }
 
-fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+pub(super) fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
         reason: reason.into(),
