@@ -93,7 +93,6 @@ impl ServeOptions {
     }
 }
 
-
 /// Where Envoy's RateLimitService is served, and the most hits it takes.
 fn rate_limit_service(options: &ServeOptions) -> Result<Option<RateLimitService>, ConfigError> {
     let max_hits = options.rate_limit_max_hits.unwrap_or(1);

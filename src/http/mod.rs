@@ -217,7 +217,7 @@ fn known_route(template: &str) -> &'static str {
 
 /// Every route template served (REST and console): the metrics' labels,
 /// and what the gate test enumerates.
-pub const ROUTES: [&str; 22] = [
+pub const ROUTES: [&str; 23] = [
     "/v3/api_keys",
     "/v3/api_keys/{id}",
     "/v3/api_keys/{id}/rotate",
@@ -236,6 +236,7 @@ pub const ROUTES: [&str; 22] = [
     "/console/usage",
     "/console/keys/{id}",
     "/console/keys/{id}/rotate",
+    "/console/keys/{id}/credits",
     "/console/keys/{id}/disable",
     "/console/keys/{id}/enable",
     "/console/keys/{id}/delete",

@@ -252,6 +252,44 @@ def test_limits_are_edited_in_the_form_and_a_limited_key_cannot_lift_them(server
     assert server.cli("keys", "get", child_id)["name"] == "child"
 
 
+def set_field(browser, field_id, text):
+    field = browser.find_element(By.ID, field_id)
+    field.clear()
+    field.send_keys(text)
+
+
+def test_credits_are_given_in_the_form_shown_as_spent_and_changed_on_the_page(server, admin_token, browser):
+    key = server.cli("keys", "create", "--account", "acme", "--name", "metered", "--scope", "stats.read")
+    key_id, token = key["key"]["key_id"], key["token"]
+    sign_in(browser, server, admin_token)
+    browser.get(url(server, f"/console/keys/{key_id}"))
+    assert browser.find_element(By.ID, "credits-left").text == "unlimited"
+    # A bad refill: refused next to the field, nothing changed.
+    set_field(browser, "credits", "3")
+    set_field(browser, "refill", "10/weekly")
+    save(browser)
+    assert "weekly" in browser.find_element(By.CSS_SELECTOR, "#refill ~ .error").text, browser.page_source
+    assert server.cli("keys", "get", key_id)["credits"] is None
+    set_field(browser, "refill", "10/monthly:15")
+    save(browser)
+    assert browser.find_element(By.ID, "credits-left").text == "3 left; refill 10/monthly:15", browser.page_source
+    # Spent by Checks, shown live; the third is the last.
+    assert decide(server, token, "stats.read") and decide(server, token, "stats.read")
+    browser.get(url(server, f"/console/keys/{key_id}"))
+    assert browser.find_element(By.ID, "credits-left").text.startswith("1 left")
+    # Topped up on the page, atomically with the spending.
+    browser.find_element(By.ID, "credit-amount").send_keys("4")
+    click_and_load(browser, browser.find_element(By.CSS_SELECTOR, "#credit-amount ~ button"))
+    assert browser.find_element(By.ID, "credits-left").text.startswith("5 left"), browser.page_source
+    events = [e for e in server.cli("audit", "--key", key_id)["events"] if e["action"] == "credits"]
+    assert len(events) == 1, events
+    # Renaming leaves the balance alone (the form holds the credits as set).
+    set_field(browser, "key-name", "metered, renamed")
+    save(browser)
+    assert browser.find_element(By.ID, "credits-left").text.startswith("5 left"), browser.page_source
+    assert [decide(server, token, "stats.read") for _ in range(6)] == [True] * 5 + [False]
+
+
 def test_an_api_key_sees_the_levels_it_lacks_disabled(server, browser):
     manager = server.create_key("api_keys.create", "api_keys.read", "api_keys.update", "mail.send",
                                 "stats.read")["token"]

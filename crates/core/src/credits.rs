@@ -98,6 +98,27 @@ impl Refill {
         })
     }
 
+    /// `AMOUNT/daily` or `AMOUNT/monthly:DAY`: the form the CLI and the
+    /// console take and show ([`Refill::text`]).
+    pub fn parse(text: &str) -> Result<Refill, String> {
+        let shape = || format!("`{text}` is not AMOUNT/daily or AMOUNT/monthly:DAY");
+        let (amount, period) = text.split_once('/').ok_or_else(shape)?;
+        let amount = amount.trim().parse::<u64>().map_err(|_| shape())?;
+        let (interval, day) = match period.split_once(':') {
+            Some((interval, day)) => (interval, day.trim().parse::<u32>().map_err(|_| shape())?),
+            None => (period, 0),
+        };
+        Refill::new(amount, interval.trim(), day).map_err(|error| error.to_string())
+    }
+
+    /// The refill as [`Refill::parse`] reads it.
+    pub fn text(&self) -> String {
+        match self.interval {
+            Interval::Daily => format!("{}/daily", self.amount),
+            Interval::Monthly => format!("{}/monthly:{}", self.amount, self.day_of_month),
+        }
+    }
+
     /// The period holding unix second `at`: days since the epoch, or
     /// months since January 1970 counted from each month's refill day.
     pub fn period(&self, at: i64) -> u32 {
@@ -218,6 +239,16 @@ mod tests {
             on_1.period(at("2027-01-01", 0)),
             on_1.period(at("2026-12-31", 86_399)) + 1
         );
+    }
+
+    #[test]
+    fn a_refill_reads_back_as_written() {
+        for text in ["1000/daily", "5/monthly:31"] {
+            assert_eq!(Refill::parse(text).unwrap().text(), text);
+        }
+        for bad in ["1000", "x/daily", "5/monthly", "5/monthly:x", "5/weekly"] {
+            assert!(Refill::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

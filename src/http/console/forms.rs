@@ -7,6 +7,7 @@ use maud::Markup;
 
 use super::pages::{self, Grid, KeyFields};
 use super::{Console, Signed};
+use crate::credits::{Credits, Refill};
 use crate::http::error::ApiError;
 use crate::manage::{KeyChange, KeyTerms, KeyView, NewKey};
 use crate::ratelimit::RateLimit;
@@ -32,6 +33,8 @@ pub struct KeyForm {
     cidrs: String,
     metadata: String,
     limits: String,
+    credits: String,
+    refill: String,
 }
 
 impl KeyForm {
@@ -43,6 +46,8 @@ impl KeyForm {
             cidrs: value(form, "cidrs").unwrap_or("").to_owned(),
             metadata: value(form, "metadata").unwrap_or("").to_owned(),
             limits: value(form, "limits").unwrap_or("").to_owned(),
+            credits: value(form, "credits").unwrap_or("").trim().to_owned(),
+            refill: value(form, "refill").unwrap_or("").trim().to_owned(),
             ..KeyForm::default()
         };
         for (field, chosen) in form {
@@ -103,6 +108,13 @@ impl KeyForm {
                 .map(RateLimit::line)
                 .collect::<Vec<_>>()
                 .join("\n"),
+            credits: view
+                .credits
+                .map_or_else(String::new, |credits| credits.remaining.to_string()),
+            refill: view
+                .credits
+                .and_then(|credits| credits.refill)
+                .map_or_else(String::new, |refill| refill.text()),
         }
     }
 
@@ -122,7 +134,7 @@ impl KeyForm {
 
     fn terms(&self) -> Result<KeyTerms, ApiError> {
         Ok(KeyTerms {
-            credits: None,
+            credits: self.credits()?,
             expire_time: self.expire_time()?,
             not_before: None,
             allowed_cidrs: self.cidr_list(),
@@ -165,6 +177,35 @@ impl KeyForm {
                     })
             })
             .collect()
+    }
+
+    /// The credits the form gives (`None`: unlimited).
+    fn credits(&self) -> Result<Option<Credits>, ApiError> {
+        if self.credits.is_empty() {
+            if !self.refill.is_empty() {
+                return Err(ApiError::bad_request(
+                    Some("credits"),
+                    "a refill needs credits",
+                ));
+            }
+            return Ok(None);
+        }
+        let remaining = self.credits.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(
+                Some("credits"),
+                format!("`{}` is not a whole number", self.credits),
+            )
+        })?;
+        let refill = match self.refill.as_str() {
+            "" => None,
+            text => Some(
+                Refill::parse(text)
+                    .map_err(|reason| ApiError::bad_request(Some("credits.refill"), reason))?,
+            ),
+        };
+        Credits::new(remaining, refill)
+            .map(Some)
+            .map_err(|error| ApiError::bad_request(Some("credits"), error.to_string()))
     }
 
     fn rate_limits(&self) -> Result<Vec<RateLimit>, ApiError> {
@@ -248,9 +289,11 @@ impl KeyForm {
     ) -> Result<KeyChange, ApiError> {
         let (grants, scopes) = self.chosen(console, signed)?;
         let limits = self.rate_limits()?;
+        let credits = self.credits()?;
         Ok(KeyChange {
             key_id: current.key_id.clone(),
             rate_limits: (limits != current.rate_limits).then_some(limits),
+            credits: (credits != current.credits).then_some(credits),
             name: Some(self.name.clone()),
             scopes,
             grants,
@@ -268,6 +311,8 @@ impl KeyForm {
             cidrs: &self.cidrs,
             metadata: &self.metadata,
             limits: &self.limits,
+            credits: &self.credits,
+            refill: &self.refill,
             error: error
                 .map(|error| (error.field.as_deref().unwrap_or(""), error.message.as_str())),
         }

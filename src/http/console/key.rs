@@ -53,9 +53,11 @@ async fn key_page(
         .unwrap_or_default();
     let edit = forms::edit_form(console, signed, view, form, error);
     let usage = usage::charts(console, signed, &view.account_id, Some(&view.key_id)).await;
+    // The form holds the credits as set; the page shows what is left now.
+    let shown = console.api.manager.live_credits(view.clone()).await;
     pages::key_detail(
         &signed.frame(),
-        view,
+        &shown,
         state_of(view),
         (usage, edit),
         &events,
@@ -133,6 +135,51 @@ pub(super) async fn edit(
             ),
         )
             .into_response(),
+    }
+}
+
+/// Sets, adds to or takes from the key's credits, then shows the key.
+pub(super) async fn credits(
+    State(console): Shared,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Response {
+    let (signed, fields, view) = match posted(&console, &headers, peer, body, id).await {
+        Ok(posted) => posted,
+        Err(response) => return *response,
+    };
+    let op = forms::value(&fields, "op").unwrap_or("").to_owned();
+    let Ok(amount) = forms::value(&fields, "amount")
+        .unwrap_or("")
+        .trim()
+        .parse::<u64>()
+    else {
+        return failed(
+            Some(&signed),
+            ApiError::bad_request(Some("amount"), "is not a whole number"),
+        );
+    };
+    let (manager, caller) = (console.api.manager.clone(), signed.caller.clone());
+    let key_id = view.key_id.clone();
+    let changed = console
+        .api
+        .detached(async move {
+            manager
+                .update_credits(&caller, &key_id, (&op, amount))
+                .await
+        })
+        .await;
+    if let Err(error) = changed {
+        return failed(Some(&signed), error);
+    }
+    // Read again: the form must hold the credits as now set.
+    match visible(&console, &signed, view.key_id.clone()).await {
+        Ok(view) => {
+            html(key_page(&console, &signed, &view, &KeyForm::from_view(&view), None).await)
+        }
+        Err(error) => failed(Some(&signed), error),
     }
 }
 

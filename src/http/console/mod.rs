@@ -61,6 +61,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/console/usage", get(usage::account_page))
         .route("/console/keys/{id}", get(key::key).post(key::edit))
         .route("/console/keys/{id}/rotate", post(key::rotate))
+        .route("/console/keys/{id}/credits", post(key::credits))
         .route("/console/keys/{id}/disable", post(key::disable))
         .route("/console/keys/{id}/enable", post(key::enable))
         .route(

@@ -208,6 +208,9 @@ pub struct KeyFields<'a> {
     pub metadata: &'a str,
     /// One limit per line.
     pub limits: &'a str,
+    /// The balance (empty: unlimited) and its refill.
+    pub credits: &'a str,
+    pub refill: &'a str,
     /// (field, message) of the Manager's error, shown next to that field.
     pub error: Option<(&'a str, &'a str)>,
 }
@@ -233,7 +236,7 @@ pub fn key_form(
             input type="hidden" name="csrf" value=(csrf);
             @if let Some(account) = account { input type="hidden" name="account" value=(account); }
             @if let Some((field, message)) = fields.error {
-                @if !["name", "scopes", "grants", "expire_time", "allowed_cidrs", "metadata", "rate_limits"].contains(&field) {
+                @if !["name", "scopes", "grants", "expire_time", "allowed_cidrs", "metadata", "rate_limits", "credits", "credits.refill"].contains(&field) {
                     p.error role="alert" { (message) }
                 }
             }
@@ -263,6 +266,12 @@ pub fn key_form(
             label for="limits" { "Rate limits (NAME=COUNT/WINDOW[:SCOPES] per line, e.g. default=600/minute; \"(account)\" at the end: shared by the account's keys)" }
             textarea #limits name="limits" rows="3" { (fields.limits) }
             (error_for(fields, &["rate_limits"]))
+            label for="credits" { "Credits (requests the key may make; empty: unlimited; a change starts the balance again)" }
+            input #credits name="credits" inputmode="numeric" value=(fields.credits);
+            (error_for(fields, &["credits", "credits.remaining"]))
+            label for="refill" { "Refill (AMOUNT/daily or AMOUNT/monthly:DAY; empty: none)" }
+            input #refill name="refill" value=(fields.refill);
+            (error_for(fields, &["credits.refill"]))
             button type="submit" { (submit) }
         }
     }
@@ -290,6 +299,13 @@ pub fn key_detail(
     (usage, form): (Markup, Markup),
     events: &[AuditEvent],
 ) -> Markup {
+    let credits = view.credits.map_or_else(
+        || "unlimited".to_owned(),
+        |credits| match credits.refill {
+            None => format!("{} left", credits.remaining),
+            Some(refill) => format!("{} left; refill {}", credits.remaining, refill.text()),
+        },
+    );
     page(
         &format!("Key {}", view.name),
         Some(frame),
@@ -306,7 +322,21 @@ pub fn key_detail(
                     }
                     @if view.rate_limits.is_empty() { "none" }
                 }
+                dt { "Credits" } dd #credits-left { (credits) }
                 dt { "Secret" } dd { "fingerprint " code { (view.secret_fingerprint) } }
+            }
+            @if view.credits.is_some() {
+                form.filters method="post" action=(format!("/console/keys/{}/credits", view.key_id)) {
+                    input type="hidden" name="csrf" value=(frame.csrf);
+                    label for="credit-op" { "Credits" }
+                    select #credit-op name="op" {
+                        option value="increment" { "add" }
+                        option value="decrement" { "take away" }
+                        option value="set" { "set to" }
+                    }
+                    input #credit-amount name="amount" inputmode="numeric" required;
+                    button type="submit" { "Change credits" }
+                }
             }
             h2 #usage { "Usage" }
             (usage)
