@@ -9,6 +9,8 @@
 #                                            # another build (before/after a change), no bare server
 #   LIMIT=default=1000000000/hour BARE=0 bash bench/instructions.sh
 #                                            # the key carries that rate limit (in memory)
+#   CREDITS=1000000000000 BARE=0 bash bench/instructions.sh
+#                                            # the key has credits (in memory)
 #   SERVE_ARGS="--usage off" BARE=0 bash bench/instructions.sh
 #                                            # more serve flags (a feature off, to cost it)
 # Each figure: counters zeroed after a warm-up, N requests sent, counters
@@ -116,6 +118,7 @@ wait_for "$work/prepare.log" "keys loaded; serving"
 addr=$(grep 'scopegate listening' "$work/prepare.log" | grep -o '"addr":"[^"]*"' | head -1 | cut -d'"' -f4)
 limit_args=()
 [ -n "${LIMIT:-}" ] && limit_args=(--limit "$LIMIT")
+[ -n "${CREDITS:-}" ] && limit_args+=(--credits "$CREDITS")
 token=$("$bin" keys create --server "http://$addr" --data-dir "$work/data" --account bench \
   --name load --scope mail.send "${limit_args[@]}" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 kill "$server_pid"; wait "$server_pid" 2> /dev/null || true

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What a rate limit adds to a Check's latency (issue #21): one scopegate
+# What a rate limit, or credits (issue #33), add to a Check's latency (issue #21): one scopegate
 # (release build) with its counters in a local Redis (Debian's redis-server,
 # started here on a free loopback port), and one with counters in memory;
 # Authorize.Check (scopes) at one in flight for SECONDS_PER_RUN s, from a key
@@ -57,6 +57,12 @@ target[none]=$memory_addr;   token[none]=$(key "$memory_addr" memory)
 target[memory]=$memory_addr; token[memory]=$(key "$memory_addr" memory --limit default=1000000000/hour)
 target[redis]=$redis_addr;   token[redis]=$(key "$redis_addr" redis --limit default=1000000000/hour)
 labels="none memory redis"
+# Credits (a balance it never runs out of), where the build has them.
+if "$bin" keys create --help | grep -q -- --credits; then
+  target[credits]=$memory_addr;       token[credits]=$(key "$memory_addr" memory --credits 1000000000000)
+  target[credits_redis]=$redis_addr;  token[credits_redis]=$(key "$redis_addr" redis --credits 1000000000000)
+  labels="$labels credits credits_redis"
+fi
 if [ -n "${BEFORE:-}" ]; then
   before_addr=$(SERVER_BIN=$BEFORE start before --rate-limit-redis "redis://127.0.0.1:$port/1")
   target[before]=$before_addr; token[before]=$(key "$before_addr" before --limit default=1000000000/hour)
@@ -77,11 +83,12 @@ import json, statistics, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 names = {"none": "key without limits", "memory": "one limit, counters in memory",
          "redis": "one limit, counters in Redis (loopback)",
-         "before": "the same, the BEFORE build"}
+         "before": "the same, the BEFORE build",
+         "credits": "credits, in memory", "credits_redis": "credits, in Redis (loopback)"}
 base = {q: statistics.median(r[q] for r in rows if r["label"] == "none") for q in ("p50_us", "p99_us")}
 print("| Check from | p50 | p99 | p50 added | p99 added | req/s (1 in flight) |")
 print("|---|---|---|---|---|---|")
-for label in ("none", "memory", "redis", "before"):
+for label in ("none", "memory", "redis", "before", "credits", "credits_redis"):
     mine = [r for r in rows if r["label"] == label]
     if not mine:
         continue
