@@ -83,13 +83,14 @@ impl State {
         }
     }
 
-    /// Brought up to date: the terms' generation, then the refill.
-    fn current(&mut self, credits: &KeyCredits, now: i64) {
+    /// Brought up to date: the terms' generation, then the refill. The
+    /// clock is read only for a key with a refill or new terms.
+    fn current(&mut self, credits: &KeyCredits, now: impl Fn() -> i64) {
         if self.generation < credits.generation {
-            *self = State::fresh(credits, now);
+            *self = State::fresh(credits, now());
         }
         if let Some(refill) = credits.terms.refill {
-            let period = refill.period(now);
+            let period = refill.period(now());
             if period > self.period {
                 self.remaining = refill.amount;
                 self.period = period;
@@ -206,19 +207,25 @@ impl Balances {
         Ok(())
     }
 
-    fn balance(&self, key: KeyId, credits: &KeyCredits) -> Arc<Balance> {
+    /// Runs `use_it` on `key`'s balance (made from its terms the first
+    /// time), under the map's guard: no reference count is taken.
+    fn with_balance<R>(
+        &self,
+        key: KeyId,
+        credits: &KeyCredits,
+        use_it: impl FnOnce(&Balance) -> R,
+    ) -> R {
         let memory = self.memory.pin();
         if let Some(balance) = memory.get(&key) {
-            return balance.clone();
+            return use_it(balance);
         }
-        memory
-            .get_or_insert_with(key, || {
-                Arc::new(Balance {
-                    state: Mutex::new(State::fresh(credits, now())),
-                    dirty: AtomicBool::new(true),
-                })
+        let balance = memory.get_or_insert_with(key, || {
+            Arc::new(Balance {
+                state: Mutex::new(State::fresh(credits, now())),
+                dirty: AtomicBool::new(true),
             })
-            .clone()
+        });
+        use_it(balance)
     }
 
     /// Spends `cost` of `key`'s credits, if it has that much.
@@ -226,15 +233,16 @@ impl Balances {
         if let Some(shared) = &self.shared {
             return shared.spend(key, credits, cost, now()).await;
         }
-        let balance = self.balance(key, credits);
-        let mut state = lock(&balance);
-        state.current(credits, now());
-        if state.remaining < cost {
-            return Spent::Short(state.remaining);
-        }
-        state.remaining -= cost;
-        balance.dirty.store(true, Ordering::Relaxed);
-        Spent::Paid(state.remaining)
+        self.with_balance(key, credits, |balance| {
+            let mut state = lock(balance);
+            state.current(credits, now);
+            if state.remaining < cost {
+                return Spent::Short(state.remaining);
+            }
+            state.remaining -= cost;
+            balance.dirty.store(true, Ordering::Relaxed);
+            Spent::Paid(state.remaining)
+        })
     }
 
     /// What `key` has left now.
@@ -242,10 +250,11 @@ impl Balances {
         if let Some(shared) = &self.shared {
             return shared.remaining(key, credits, now()).await;
         }
-        let balance = self.balance(key, credits);
-        let mut state = lock(&balance);
-        state.current(credits, now());
-        Ok(state.remaining)
+        Ok(self.with_balance(key, credits, |balance| {
+            let mut state = lock(balance);
+            state.current(credits, now);
+            state.remaining
+        }))
     }
 
     /// A management change, atomic with the spending; the balance takes
@@ -263,16 +272,15 @@ impl Balances {
                 .apply(key, credits, (op.name(), amount), generation, now())
                 .await;
         }
-        let balance = self.balance(key, credits);
-        let changed = {
-            let mut state = lock(&balance);
-            state.current(credits, now());
+        let changed = self.with_balance(key, credits, |balance| {
+            let mut state = lock(balance);
+            state.current(credits, now);
             let before = state.remaining;
             state.remaining = op.apply(before, amount);
             state.generation = generation;
+            balance.dirty.store(true, Ordering::Relaxed);
             (before, state.remaining)
-        };
-        balance.dirty.store(true, Ordering::Relaxed);
+        });
         self.write()?;
         Ok(changed)
     }
@@ -343,18 +351,18 @@ mod tests {
         let mut state = State::fresh(&credits, day);
         assert_eq!((state.remaining, state.period), (3, 20_000));
         state.remaining = 1;
-        state.current(&credits, day + 86_399);
+        state.current(&credits, || day + 86_399);
         assert_eq!(state.remaining, 1, "no refill within the day");
-        state.current(&credits, day + 86_400);
+        state.current(&credits, || day + 86_400);
         assert_eq!(state.remaining, 10, "refilled at midnight");
         state.remaining = 4;
-        state.current(&credits, day + 86_400 + 5);
+        state.current(&credits, || day + 86_400 + 5);
         assert_eq!(state.remaining, 4, "once a period");
         let newer = KeyCredits {
             generation: 2,
             ..credits
         };
-        state.current(&newer, day + 86_400 + 6);
+        state.current(&newer, || day + 86_400 + 6);
         assert_eq!(state.remaining, 3, "new terms start again");
         assert_eq!(State::decode(&state.encode()), Some(state));
         assert_eq!(CreditOp::Decrement.apply(3, 5), 0);

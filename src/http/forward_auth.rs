@@ -332,7 +332,10 @@ fn answer(door: &ForwardAuth, checked: Checked, catalog: &crate::scope::Catalog)
             insert(&mut response, name, &value);
         }
         if let Some(left) = credits {
-            insert(&mut response, CREDITS_HEADER, &left.to_string());
+            response.headers_mut().insert(
+                axum::http::HeaderName::from_static(CREDITS_HEADER),
+                axum::http::HeaderValue::from(left),
+            );
         }
         return response;
     }

@@ -26,7 +26,7 @@ impl Manager {
             return Ok(None);
         };
         let credits = self.store.table().with(key_id, |entry| {
-            entry.and_then(|entry| entry.extras.as_ref()?.credits)
+            entry.and_then(|entry| entry.extras.as_ref()?.credits.as_deref().copied())
         });
         match credits {
             None => Ok(None),
@@ -44,7 +44,7 @@ impl Manager {
             return view;
         };
         let credits = self.store.table().with(&id, |entry| {
-            entry.and_then(|entry| entry.extras.as_ref()?.credits)
+            entry.and_then(|entry| entry.extras.as_ref()?.credits.as_deref().copied())
         });
         if let (Some(credits), Some(shown)) = (credits, view.credits.as_mut()) {
             if let Ok(remaining) = balances.remaining(id, &credits).await {

@@ -265,7 +265,8 @@ impl KeyRecord {
                 .credits
                 .as_ref()
                 .map(CreditsRecord::key_credits)
-                .transpose()?,
+                .transpose()?
+                .map(std::sync::Arc::new),
         };
         Ok((!limits.is_empty()).then(|| Box::new(limits)))
     }

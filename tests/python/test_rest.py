@@ -404,3 +404,38 @@ def test_no_rest_operation_escalates_or_touches_a_stronger_key(server, rest, adm
     assert server.cli("keys", "get", stronger_id) == before
     # Not rotated, disabled or deleted: its token still passes.
     assert envoy_check(server, stronger["token"], "POST", "/v3/mail/send") == code_pb2.OK
+
+
+def test_credits_through_sendgrids_client_and_the_document(server, rest, admin, manager):
+    """Credits over REST with SendGrid's Python client (its raw path builder):
+    given at creation, spent by checks, changed with POST .../credits, shown
+    by GET; every answer held to the OpenAPI document. A manager without
+    credits may give any; the key it makes cannot give itself more."""
+    sg = SendGridAPIClient(api_key=manager["api_key"], host=f"http://{server.http_addr}")
+    made = sg.client.api_keys.post(request_body={
+        "name": "metered", "scopes": ["mail.send", "api_keys.update"],
+        "credits": {"remaining": 5, "refill": {"amount": 5, "interval": "monthly", "day_of_month": 31}}})
+    assert made.status_code == 201
+    key = json.loads(made.body)
+    key_id = key["api_key_id"]
+    assert envoy_check(server, key["api_key"], "POST", "/v3/mail/send") == code_pb2.OK
+    for method, path, body in [("GET", f"/v3/api_keys/{key_id}", None),
+                               ("POST", f"/v3/api_keys/{key_id}/credits", {"op": "increment", "amount": 10})]:
+        status, headers, answer = rest(method, path, manager["api_key"], body)
+        assert status == 200, answer
+    status, _, got = rest("GET", f"/v3/api_keys/{key_id}", manager["api_key"])
+    assert got["result"][0]["credits"] == {
+        "remaining": 14, "refill": {"amount": 5, "interval": "monthly", "day_of_month": 31}}, got
+    answer = sg.client.api_keys._(key_id).credits.post(request_body={"op": "decrement", "amount": 4})
+    assert json.loads(answer.body) == {"remaining": 10}
+    # The metered key itself may only take away.
+    status, _, refused = rest("POST", f"/v3/api_keys/{key_id}/credits", key["api_key"], {"op": "increment", "amount": 1})
+    assert status == 403 and "only take credits away" in refused["errors"][0]["message"], refused
+    # Bad input: SendGrid's error body naming the field.
+    for body, field in [({"op": "set", "amount": -1}, None), ({"op": "grow", "amount": 1}, "op"),
+                        ({"name": "x", "credits": {"remaining": 1, "refill": {"amount": 1, "interval": "weekly"}}}, "credits.refill")]:
+        path = f"/v3/api_keys/{key_id}/credits" if "op" in body else "/v3/api_keys"
+        status, _, error = rest("POST", path, manager["api_key"], body)
+        assert status == 400, (body, error)
+        if field:
+            assert error["errors"][0]["field"] == field, error

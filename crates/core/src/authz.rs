@@ -31,7 +31,7 @@ pub enum Decision {
         rate: Option<Applicable>,
         /// The key's credits, if it has any: the edge spends them (the
         /// sidecar's `credits`), after the rate limits.
-        credits: Option<KeyCredits>,
+        credits: Option<Arc<KeyCredits>>,
     },
     MissingToken,
     MalformedToken,
@@ -382,7 +382,7 @@ fn decide_with(
                         Required::Set(required) => Applicable::for_set(rate, required),
                     },
                 ),
-                credits: extras.and_then(|extras| extras.credits),
+                credits: extras.and_then(|extras| extras.credits.clone()),
             }
         } else {
             Decision::InsufficientScope {

@@ -117,7 +117,7 @@ pub struct KeyExtras {
     /// Named rate limits, counted after the scope check.
     pub rate: Option<Arc<[crate::ratelimit::ActiveLimit]>>,
     /// Credits, spent after the rate limits; `None`: unlimited.
-    pub credits: Option<crate::credits::KeyCredits>,
+    pub credits: Option<Arc<crate::credits::KeyCredits>>,
 }
 
 /// A key's metadata, in key order.
