@@ -13,9 +13,10 @@ use axum::Extension;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::json;
 
-use super::api_keys::key_id;
+use super::api_keys::{key_id, refuse_on_behalf_of};
 use super::error::ApiError;
-use super::{input, json_response, RestApi};
+use super::input::{self, on_behalf_of};
+use super::{json_response, RestApi};
 use crate::credits::{Credits, Refill};
 use crate::manage::Caller;
 
@@ -90,7 +91,13 @@ pub(super) async fn update(
 ) -> Result<Response, ApiError> {
     let id = key_id(path)?;
     let change: CreditsChange = input::json(&headers, body).await?;
-    api.visible(&caller, &headers, id.clone()).await?;
+    // An API key acts in its own account; the admin's on-behalf-of must
+    // name the key's.
+    match (&caller, on_behalf_of(&headers)?) {
+        (Caller::Key { .. }, obo) => drop(refuse_on_behalf_of(obo)?),
+        (Caller::Admin, Some(_)) => drop(api.visible(&caller, &headers, id.clone()).await?),
+        (Caller::Admin, None) => {}
+    }
     let manager = api.manager.clone();
     let remaining = api
         .detached(async move {
