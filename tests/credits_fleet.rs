@@ -150,3 +150,83 @@ async fn a_refill_comes_once_per_day_and_month_whichever_sidecar_sees_it() {
         "a month's refill, once"
     );
 }
+
+/// Redis away: requests of keys with credits pass unspent (as rate limits
+/// fail open), or are refused with --rate-limit-fail-closed; keys without
+/// credits are untouched either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_away_fails_open_or_closed_as_the_rate_limits_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = Redis::start(dir.path());
+    let open = Server::start(
+        &dir.path().join("open"),
+        &["--rate-limit-redis", &redis.url],
+    );
+    let closed = Server::start(
+        &dir.path().join("closed"),
+        &["--rate-limit-redis", &redis.url, "--rate-limit-fail-closed"],
+    );
+    let (_, open_token) = metered(&open, 5, None).await;
+    let (_, closed_token) = metered(&closed, 5, None).await;
+    let free = closed.admin_key(&["mail.send"]).await.token;
+    let answer = open
+        .authorize()
+        .await
+        .check(check(&open_token, &["mail.send"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.credits_remaining, Some(4), "Redis up: spent");
+    redis.kill9();
+    let answer = open
+        .authorize()
+        .await
+        .check(check(&open_token, &["mail.send"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (answer.decision, answer.credits_remaining),
+        (pb::Decision::Allowed as i32, None),
+        "open: unspent"
+    );
+    let refused = closed
+        .authorize()
+        .await
+        .check(check(&closed_token, &["mail.send"]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("credit balances"), "{refused:?}");
+    let answer = closed
+        .authorize()
+        .await
+        .check(check(&free, &["mail.send"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        answer.decision,
+        pb::Decision::Allowed as i32,
+        "no credits, no Redis needed"
+    );
+    redis.restart();
+    let mut spent = None;
+    for _ in 0..50 {
+        let answer = closed
+            .authorize()
+            .await
+            .check(check(&closed_token, &["mail.send"]))
+            .await;
+        if let Ok(answer) = answer {
+            spent = answer.into_inner().credits_remaining;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        spent,
+        Some(4),
+        "Redis back (empty): the balance starts from the terms"
+    );
+}
