@@ -106,7 +106,7 @@ async fn a_refill_comes_once_per_day_and_month_whichever_sidecar_sees_it() {
     let dir = tempfile::tempdir().unwrap();
     let etcd = Etcd::start(dir.path());
     let redis = Redis::start(dir.path());
-    let shell = "export FAKETIME='@2026-12-31 23:59:54' LD_PRELOAD=/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    let shell = "export FAKETIME='@2026-12-31 23:59:40' LD_PRELOAD=/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
     let args = [
         "--store",
         "etcd",
@@ -115,9 +115,12 @@ async fn a_refill_comes_once_per_day_and_month_whichever_sidecar_sees_it() {
         "--rate-limit-redis",
         redis.url.as_str(),
     ];
+    // Each clock starts at 23:59:40 when its sidecar starts: midnight is 20 s
+    // after each launch (room for a slow start on a busy machine).
+    let launched = std::time::Instant::now();
     let a = Server::start_after(shell, &dir.path().join("a"), &args);
+    let b_launched = std::time::Instant::now();
     let b = Server::start_after(shell, &dir.path().join("b"), &args);
-    let started = std::time::Instant::now();
     let (_, daily) = metered(&a, 3, Some((7, "daily", 0))).await;
     let (_, monthly) = metered(&a, 2, Some((9, "monthly", 1))).await;
     for token in [&daily, &monthly] {
@@ -134,11 +137,11 @@ async fn a_refill_comes_once_per_day_and_month_whichever_sidecar_sees_it() {
         "2, less b's probe"
     );
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        launched.elapsed() < Duration::from_secs(19),
         "too slow to stay before midnight"
     );
     // After midnight (on both clocks): one refill each, shared.
-    tokio::time::sleep(Duration::from_secs(8).saturating_sub(started.elapsed())).await;
+    tokio::time::sleep(Duration::from_secs(21).saturating_sub(b_launched.elapsed())).await;
     assert_eq!(
         spend_all(&[&a, &b], &daily, 4, 5).await,
         7,
