@@ -26,7 +26,7 @@
 // Flag docs are clap's help text, whose placeholders read `<data-dir>`.
 #![allow(rustdoc::invalid_html_tags)]
 
-pub use scopegate_core::{authz, credits, key, ratelimit, route, scope, stats, token};
+pub use scopegate_core::{authz, credits, key, ratelimit, role, route, scope, stats, token};
 
 pub mod balances;
 pub mod check;

@@ -23,7 +23,7 @@ const LAYERS: &[&[&str]] = &[
     &["telemetry"],
     &["authz"],
     &["route", "key"],
-    &["ratelimit"],
+    &["ratelimit", "role"],
     &[
         "token",
         "scope",

@@ -140,6 +140,8 @@ pub(super) fn key_json(key: &pb::ApiKey) -> Value {
     json!({
         "key_id": key.key_id, "account_id": key.account_id, "name": key.name,
         "scopes": key.scopes,
+        "own_scopes": key.own_scopes,
+        "roles": key.roles.iter().map(|r| json!({"role_id": r.role_id, "name": r.name, "adds": r.adds})).collect::<Vec<_>>(),
         "access": key.access.iter().map(|g| json!({"resource": g.resource, "access": access_name(g.access)})).collect::<Vec<_>>(),
         "kind": pb::KeyKind::try_from(key.kind).map(|k| k.as_str_name()).unwrap_or("UNKNOWN"),
         "create_time": time(&key.create_time), "update_time": time(&key.update_time),

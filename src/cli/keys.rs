@@ -99,6 +99,10 @@ pub struct CreateArgs {
     /// RESOURCE=read|write|full, e.g. marketing_campaigns=full (repeatable).
     #[arg(long = "grant", value_parser = parse_grant)]
     grants: Vec<pb::Grant>,
+    /// A role of the account, by name or id (repeatable): the key may also
+    /// do what it grants (`scopegate roles list`); --scope may then be left out.
+    #[arg(long = "role")]
+    roles: Vec<String>,
     #[command(flatten)]
     terms: TermsArgs,
     /// Makes a retry safe: run the same command again with the same id
@@ -124,6 +128,12 @@ pub struct UpdateArgs {
     /// RESOURCE=read|write|full (repeatable); with --scope, the union.
     #[arg(long = "grant", value_parser = parse_grant)]
     grants: Vec<pb::Grant>,
+    /// Replaces the key's roles, by name or id (repeatable).
+    #[arg(long = "role")]
+    roles: Vec<String>,
+    /// Remove every role from the key.
+    #[arg(long, conflicts_with = "roles")]
+    no_roles: bool,
     #[command(flatten)]
     terms: TermsArgs,
     /// Enable the key.
@@ -312,10 +322,12 @@ async fn create(args: CreateArgs) -> Result<(), String> {
         name,
         scopes,
         grants,
+        roles,
         mut terms,
         request_id,
     } = args;
     let request = pb::CreateKeyRequest {
+        role_ids: roles,
         credits: terms.credits(),
         rate_limits: terms.rate_limits(),
         request_id,
@@ -423,11 +435,14 @@ async fn update(args: UpdateArgs) -> Result<(), String> {
         no_metadata,
         no_limits,
         unlimited,
+        roles,
+        no_roles,
     } = args;
     let mut terms = terms;
     let limits = terms.rate_limits();
     let credits = terms.credits();
     let request = pb::UpdateKeyRequest {
+        role_ids: (no_roles || !roles.is_empty()).then_some(pb::StringList { values: roles }),
         credits: (unlimited || credits.is_some()).then_some(pb::CreditsChange { credits }),
         rate_limits: (no_limits || !limits.is_empty()).then_some(pb::RateLimitList { limits }),
         expire_time: terms.expire_time(),

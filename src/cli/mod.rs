@@ -14,6 +14,7 @@ mod client;
 mod config;
 mod fleet;
 mod keys;
+mod roles;
 mod scopes;
 mod serve;
 mod usage;
@@ -65,6 +66,10 @@ pub enum Command {
     /// Create, show, list, change and delete API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Roles: named grants of an account that keys reference; a change to a
+    /// role reaches every such key at once.
+    #[command(subcommand)]
+    Roles(roles::RolesCommand),
     /// List the catalog: resources, their scopes and access levels, and yours.
     ///
     /// Example: scopegate scopes --json
@@ -142,6 +147,7 @@ async fn client(command: Command) -> ExitCode {
 async fn run_client(command: Command) -> Result<ExitCode, String> {
     match command {
         Command::Keys(keys) => keys::run(keys).await,
+        Command::Roles(roles) => roles::run(roles).await,
         Command::Scopes(client) => scopes::run(client).await,
         Command::Check(args) => check::run(args).await,
         Command::Audit(args) => audit::run(args).await,

@@ -29,7 +29,8 @@ pub(super) async fn run(client: ClientArgs) -> Result<ExitCode, String> {
                 .collect();
         println!(
             "{}",
-            json!({"resources": resources, "caller_scopes": response.caller_scopes, "caller_is_admin": response.caller_is_admin})
+            json!({"resources": resources, "caller_scopes": response.caller_scopes, "caller_is_admin": response.caller_is_admin,
+                   "templates": response.templates.iter().map(|t| json!({"name": t.name, "description": t.description, "scopes": t.scopes})).collect::<Vec<_>>()})
         );
     } else {
         println!(
@@ -49,6 +50,15 @@ pub(super) async fn run(client: ClientArgs) -> Result<ExitCode, String> {
                 grantable.join(","),
                 resource.scopes.join(" "),
                 flags
+            );
+        }
+        println!("\nROLE TEMPLATES (scopegate roles create --template NAME)");
+        for template in &response.templates {
+            println!(
+                "{:<24} {}: {}",
+                template.name,
+                template.description,
+                template.scopes.join(" ")
             );
         }
     }

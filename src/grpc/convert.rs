@@ -3,7 +3,7 @@
 use super::pb;
 use super::status::bad_request;
 use crate::credits::{Credits, Refill};
-use crate::manage::{KeyView, ScopesView};
+use crate::manage::{KeyView, RoleView, ScopesView};
 use crate::ratelimit::RateLimit;
 use crate::scope::{Access, KeyKind};
 use tonic::Status;
@@ -100,6 +100,42 @@ pub(super) fn key_to_pb(view: KeyView) -> pb::ApiKey {
         last_used_time: optional_timestamp(view.last_used_unix_ms),
         rate_limits: view.rate_limits.iter().map(rate_limit_to_pb).collect(),
         credits: view.credits.as_ref().map(credits_to_pb),
+        own_scopes: view.own_scopes,
+        roles: view
+            .roles
+            .into_iter()
+            .map(|role| pb::KeyRole {
+                role_id: role.role_id,
+                name: role.name,
+                adds: role.adds,
+            })
+            .collect(),
+    }
+}
+
+pub(super) fn role_to_pb(view: RoleView) -> pb::Role {
+    pb::Role {
+        role_id: view.role_id,
+        account_id: view.account_id,
+        name: view.name,
+        description: view.description,
+        scopes: view.scopes,
+        access: view
+            .access
+            .into_iter()
+            .map(|(resource, access)| pb::Grant {
+                resource,
+                access: access_to_pb(access) as i32,
+            })
+            .collect(),
+        kind: match view.kind {
+            KeyKind::General => pb::KeyKind::General,
+            KeyKind::Billing => pb::KeyKind::Billing,
+        } as i32,
+        key_count: view.key_count.min(u32::MAX as usize) as u32,
+        create_time: Some(timestamp(view.create_time_unix_ms)),
+        update_time: Some(timestamp(view.update_time_unix_ms)),
+        created_by: view.created_by,
     }
 }
 
@@ -183,13 +219,18 @@ fn key_state_to_pb(state: crate::store::KeyState) -> pb::KeyState {
             .iter()
             .map(|limit| rate_limit_to_pb(&limit.into()))
             .collect(),
+        roles: state.roles,
     }
 }
 
 pub(super) fn audit_event_to_pb(event: crate::store::AuditEvent) -> pb::AuditEvent {
     pb::AuditEvent {
         time: Some(timestamp(event.time_unix_ms)),
-        key_id: event.key_id().map(|id| id.to_string()).unwrap_or_default(),
+        key_id: match event.role_id() {
+            Some(role_id) => role_id.to_string(),
+            None => event.key_id().map(|id| id.to_string()).unwrap_or_default(),
+        },
+        keys_affected: event.keys_affected,
         actor: event.actor,
         actor_account_id: event.actor_account_id,
         actor_secret: event.actor_secret,
@@ -220,6 +261,15 @@ pub(super) fn scopes_to_pb(view: ScopesView) -> pb::ListScopesResponse {
             .collect(),
         caller_scopes: view.caller_scopes,
         caller_is_admin: view.caller_is_admin,
+        templates: view
+            .templates
+            .into_iter()
+            .map(|(name, description, scopes)| pb::RoleTemplate {
+                name: name.to_owned(),
+                description: description.to_owned(),
+                scopes,
+            })
+            .collect(),
     }
 }
 

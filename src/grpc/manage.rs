@@ -21,7 +21,7 @@ pub struct ManageKeyService {
 }
 
 impl ManageKeyService {
-    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+    pub(super) fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         let client_ip = request.remote_addr().map(|addr| addr.ip());
         Ok(self
             .manager
@@ -42,7 +42,7 @@ pub(super) fn bearer<T>(request: &Request<T>) -> Result<Option<&str>, Status> {
 /// Runs a key change on its own task. A request cut by its deadline stops
 /// waiting, but the change, its log line and its metrics complete (or the
 /// change never starts): never half.
-async fn detached<T: Send + 'static>(
+pub(super) async fn detached<T: Send + 'static>(
     work: impl std::future::Future<Output = Result<T, ManageError>> + Send + 'static,
 ) -> Result<T, Status> {
     tokio::spawn(work)
@@ -52,7 +52,7 @@ async fn detached<T: Send + 'static>(
 }
 
 /// Runs a blocking read (sled) on the blocking pool, never on a decision worker.
-async fn off_workers<T: Send + 'static>(
+pub(super) async fn off_workers<T: Send + 'static>(
     read: impl FnOnce() -> Result<T, ManageError> + Send + 'static,
 ) -> Result<T, Status> {
     tokio::task::spawn_blocking(read)
@@ -93,6 +93,7 @@ impl ManageKey for ManageKeyService {
             terms,
             all_my_scopes_except_billing: request.all_my_scopes_except_billing,
             request_id: request.request_id,
+            roles: request.role_ids,
         };
         let manager = self.manager.clone();
         let (view, token) = detached(async move { manager.create(&caller, new_key).await }).await?;
@@ -178,12 +179,48 @@ impl ManageKey for ManageKeyService {
                 .credits
                 .map(|change| change.credits.map(credits_from_pb).transpose())
                 .transpose()?,
+            roles: request.role_ids.map(|list| list.values),
         };
         let manager = self.manager.clone();
         let view = detached(async move { manager.update(&caller, change).await }).await?;
         Ok(Response::new(key_to_pb(
             self.manager.live_credits(view).await,
         )))
+    }
+
+    async fn create_role(
+        &self,
+        request: Request<pb::CreateRoleRequest>,
+    ) -> Result<Response<pb::Role>, Status> {
+        self.create_role_pb(request).await
+    }
+
+    async fn get_role(
+        &self,
+        request: Request<pb::GetRoleRequest>,
+    ) -> Result<Response<pb::Role>, Status> {
+        self.get_role_pb(request).await
+    }
+
+    async fn list_roles(
+        &self,
+        request: Request<pb::ListRolesRequest>,
+    ) -> Result<Response<pb::ListRolesResponse>, Status> {
+        self.list_roles_pb(request).await
+    }
+
+    async fn update_role(
+        &self,
+        request: Request<pb::UpdateRoleRequest>,
+    ) -> Result<Response<pb::Role>, Status> {
+        self.update_role_pb(request).await
+    }
+
+    async fn delete_role(
+        &self,
+        request: Request<pb::DeleteRoleRequest>,
+    ) -> Result<Response<pb::DeleteRoleResponse>, Status> {
+        self.delete_role_pb(request).await
     }
 
     async fn delete_key(

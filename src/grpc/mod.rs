@@ -9,6 +9,7 @@ pub mod envoy_response;
 mod ext_authz;
 mod manage;
 mod ratelimit;
+mod roles;
 mod status;
 
 pub use admin::AdminService;

@@ -29,6 +29,7 @@ impl From<ManageError> for Status {
             Refusal::Invalid { field, message } => bad_request(field, message),
             Refusal::NotFound => Status::not_found(message),
             Refusal::AccountFull => Status::resource_exhausted(message),
+            Refusal::AlreadyExists => Status::already_exists(message),
             Refusal::Throttled { retry_after } => Status::with_error_details(
                 Code::ResourceExhausted,
                 message,

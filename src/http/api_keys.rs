@@ -43,6 +43,9 @@ pub(super) struct CreateInput {
     rate_limits: Option<Vec<RateLimitInput>>,
     /// scopegate: how much the key may spend (absent: unlimited).
     credits: Option<CreditsInput>,
+    /// scopegate: roles of the account (ids or names); with them, scopes
+    /// left out means none of the key's own.
+    roles: Option<Vec<String>>,
 }
 
 /// scopegate's rate limit, as JSON.
@@ -96,6 +99,8 @@ pub(super) struct ReplaceInput {
     /// scopegate: the key's new credits (null: unlimited).
     #[serde(default, deserialize_with = "super::credits::present")]
     credits: Option<Option<CreditsInput>>,
+    /// scopegate: the key's roles from now on ([] removes them).
+    roles: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -148,7 +153,7 @@ pub(super) async fn create(
     let new_key = NewKey {
         account_id,
         name: input.name,
-        all_my_scopes_except_billing: scopes.is_none(),
+        all_my_scopes_except_billing: scopes.is_none() && input.roles.is_none(),
         scopes: scopes.unwrap_or_default(),
         grants: Vec::new(),
         terms: KeyTerms {
@@ -164,6 +169,7 @@ pub(super) async fn create(
             credits: input.credits.map(CreditsInput::terms).transpose()?,
         },
         request_id: input.request_id.unwrap_or_default(),
+        roles: input.roles.unwrap_or_default(),
     };
     let manager = api.manager.clone();
     let (view, token) = api
@@ -249,6 +255,15 @@ pub(super) async fn get(
     if let Some(credits) = &view.credits {
         key["credits"] = json!(CreditsInput::shown(credits));
     }
+    if !view.roles.is_empty() {
+        let roles: Vec<_> = view
+            .roles
+            .iter()
+            .map(|role| json!({"role_id": role.role_id, "name": role.name, "adds": role.adds}))
+            .collect();
+        key["roles"] = json!(roles);
+        key["own_scopes"] = json!(view.own_scopes);
+    }
     Ok(json_response(&json!({ "result": [key] })).into_response())
 }
 
@@ -270,6 +285,7 @@ pub(super) async fn replace(
             .credits
             .map(|credits| credits.map(CreditsInput::terms).transpose())
             .transpose()?,
+        roles: input.roles,
         ..KeyChange::default()
     };
     let view = api.change(caller, &headers, change).await?;

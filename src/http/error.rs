@@ -50,6 +50,7 @@ impl From<ManageError> for ApiError {
             Refusal::Unauthenticated => StatusCode::UNAUTHORIZED,
             // SendGrid answers a full account with 403 too.
             Refusal::Forbidden | Refusal::AccountFull => StatusCode::FORBIDDEN,
+            Refusal::AlreadyExists => StatusCode::CONFLICT,
             Refusal::Invalid { field, message } => {
                 // SendGrid's name for a key's id.
                 let field = if field == "key_id" {

@@ -37,12 +37,18 @@ pub fn door(method: &Method, route: &str) -> Door {
 /// `GET /v3/scopes`, or a method the route does not serve).
 fn action(method: &Method, route: &str) -> Option<ManageAction> {
     match (route, method.as_str()) {
-        ("/v3/api_keys" | "/v3/api_keys/{id}" | "/v3/api_keys/{id}/stats" | "/v3/stats", "GET") => {
-            Some(ManageAction::Read)
-        }
-        ("/v3/api_keys", "POST") => Some(ManageAction::Create),
-        ("/v3/api_keys/{id}", "PUT" | "PATCH") => Some(ManageAction::Update),
-        ("/v3/api_keys/{id}", "DELETE") => Some(ManageAction::Delete),
+        (
+            "/v3/api_keys"
+            | "/v3/api_keys/{id}"
+            | "/v3/api_keys/{id}/stats"
+            | "/v3/stats"
+            | "/v3/roles"
+            | "/v3/roles/{id}",
+            "GET",
+        ) => Some(ManageAction::Read),
+        ("/v3/api_keys" | "/v3/roles", "POST") => Some(ManageAction::Create),
+        ("/v3/api_keys/{id}" | "/v3/roles/{id}", "PUT" | "PATCH") => Some(ManageAction::Update),
+        ("/v3/api_keys/{id}" | "/v3/roles/{id}", "DELETE") => Some(ManageAction::Delete),
         (
             "/v3/api_keys/{id}/rotate"
             | "/v3/api_keys/{id}/enable"

@@ -13,6 +13,7 @@ mod error;
 pub mod forward_auth;
 mod gate;
 mod input;
+mod roles;
 mod stats;
 mod tls;
 
@@ -114,6 +115,14 @@ pub fn router(api: Arc<RestApi>, tls: bool) -> Router {
         .route("/v3/api_keys/{id}/credits", post(credits::update))
         .route("/v3/stats", get(stats::account_stats))
         .route("/v3/scopes", get(api_keys::scopes))
+        .route("/v3/roles", get(roles::list).post(roles::create))
+        .route(
+            "/v3/roles/{id}",
+            get(roles::get)
+                .put(roles::replace)
+                .patch(roles::patch)
+                .delete(roles::delete),
+        )
         .route("/openapi.json", get(openapi))
         .with_state(api)
         .merge(console)
@@ -217,7 +226,7 @@ fn known_route(template: &str) -> &'static str {
 
 /// Every route template served (REST and console): the metrics' labels,
 /// and what the gate test enumerates.
-pub const ROUTES: [&str; 23] = [
+pub const ROUTES: [&str; 25] = [
     "/v3/api_keys",
     "/v3/api_keys/{id}",
     "/v3/api_keys/{id}/rotate",
@@ -227,6 +236,8 @@ pub const ROUTES: [&str; 23] = [
     "/v3/api_keys/{id}/credits",
     "/v3/stats",
     "/v3/scopes",
+    "/v3/roles",
+    "/v3/roles/{id}",
     "/openapi.json",
     "/console",
     "/console/sign-in",

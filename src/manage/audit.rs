@@ -8,7 +8,7 @@ use super::validate::parse_key_id;
 use super::Manager;
 use crate::authz::now_unix_ms;
 use crate::scope::ManageAction;
-use crate::store::{AuditEvent, AuditFilter, KeyRecord, KeyState};
+use crate::store::{AuditEvent, AuditFilter, KeyRecord, KeyState, RoleRecord};
 use crate::token::secret_fingerprint;
 
 impl Manager {
@@ -25,6 +25,10 @@ impl Manager {
         let account_id = readable_account(caller, &query.account_id)?;
         let key_id = match query.key_id.as_str() {
             "" => None,
+            // A role's events are listed under its id, in the same index.
+            text if text.starts_with("role_") => Some(crate::token::KeyId::from_bytes(
+                *super::roles::parse_role_id(text)?.as_bytes(),
+            )),
             text => Some(parse_key_id(text)?),
         };
         if query.end_unix_ms != 0 && query.end_unix_ms <= query.start_unix_ms {
@@ -74,5 +78,27 @@ pub(super) fn audit_event(
         account_id: record.account_id.clone(),
         before: before.map(KeyState::of),
         after: after.map(KeyState::of),
+        keys_affected: 0,
+    }
+}
+
+/// The audit event of a role change: the role before and after (name,
+/// grants), and how many keys it reached; listed under the role's id.
+pub(super) fn role_event(
+    action: &str,
+    caller: &Caller,
+    before: Option<&RoleRecord>,
+    after: Option<&RoleRecord>,
+    keys_affected: usize,
+) -> AuditEvent {
+    let role = after.or(before).expect("a change has a role");
+    AuditEvent {
+        before: before.map(KeyState::of_role),
+        after: after.map(KeyState::of_role),
+        keys_affected: keys_affected.min(u32::MAX as usize) as u32,
+        key_id: role.role_id.clone(),
+        account_id: role.account_id.clone(),
+        action: action.into(),
+        ..audit_event("", caller, None, Some(&KeyRecord::default()))
     }
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use super::audit::audit_event;
 use super::error::{invalid, ManageError};
+use super::roles::check_attached;
 use super::rules::{
     caller_reads, changeable, check_credits_given, check_no_escalation, check_rate_limits,
     check_terms_within, check_windows_kept,
@@ -16,7 +17,7 @@ use super::validate::{
 use super::{count_key, record_mutation, Manager};
 use crate::authz::now_unix_ms;
 use crate::scope::{Catalog, ManageAction, ScopeSet};
-use crate::store::{Change, CreditsRecord, KeyRecord, RateLimitRecord, StoreError};
+use crate::store::{Change, CreditsRecord, KeyRecord, RateLimitRecord, Reads, StoreError};
 
 impl Manager {
     pub async fn update(&self, caller: &Caller, change: KeyChange) -> Result<KeyView, ManageError> {
@@ -29,14 +30,30 @@ impl Manager {
         self.require(caller, ManageAction::Update)?;
         self.admit_mutation(caller)?;
         let id = parse_key_id(&change.key_id)?;
-        let patch = self.patch(caller, &change)?;
+        let mut patch = self.patch(caller, &change)?;
+        if let Some(roles) = &change.roles {
+            let account = match caller {
+                Caller::Key { account_id, .. } => account_id.to_string(),
+                Caller::Admin => self
+                    .store
+                    .get(&id)?
+                    .map(|record| record.account_id)
+                    .ok_or_else(|| ManageError::NotFound(change.key_id.clone()))?,
+            };
+            patch.roles = Some(self.role_ids(&account, roles)?);
+        }
         let caller_left = self.caller_credits_left(caller).await?;
         let catalog = self.catalog.load_full();
         let guard = caller.clone();
         let key_id_text = change.key_id.clone();
+        let reads = Reads {
+            keys: caller_reads(caller, Some(id)),
+            roles: patch.roles.clone().unwrap_or_default(),
+            members: false,
+        };
         let (before, updated) = self
             .store
-            .mutate(caller_reads(caller, Some(id)), move |snapshot| {
+            .mutate(reads, move |snapshot| {
                 let (current, caller) = changeable(
                     snapshot,
                     &catalog,
@@ -55,7 +72,15 @@ impl Manager {
                 if let Some(credits) = &patch.credits {
                     check_credits_given(snapshot, &caller, credits.as_ref(), caller_left)?;
                 }
-                let updated = patch.apply(current, &catalog, now_unix_ms())?;
+                let mut updated = patch.apply(current, &catalog, now_unix_ms())?;
+                // A deleted role the key still names is dropped on its next change.
+                updated.role_ids.retain(|id| {
+                    crate::role::RoleId::from_slice(id)
+                        .is_some_and(|id| snapshot.role(&id).is_some())
+                });
+                if patch.scopes.is_some() || patch.roles.is_some() {
+                    check_attached(snapshot, &catalog, &caller, &updated)?;
+                }
                 check_terms_within(snapshot, &caller, &updated).map_err(|why| {
                     ManageError::TermsEscalation(format!("a key changed by an API key keeps {why}"))
                 })?;
@@ -94,11 +119,12 @@ impl Manager {
             || change.allowed_cidrs.is_some()
             || change.metadata.is_some()
             || change.rate_limits.is_some()
-            || change.credits.is_some();
+            || change.credits.is_some()
+            || change.roles.is_some();
         if name.is_none() && !replace_scopes && !lifecycle {
             return Err(invalid(
                 "name",
-                "nothing to update: give a name, scopes, grants, enabled, expiry, allowed CIDRs, metadata, rate limits or credits",
+                "nothing to update: give a name, scopes, grants, roles, enabled, expiry, allowed CIDRs, metadata, rate limits or credits",
             ));
         }
         let cidrs = change
@@ -118,6 +144,7 @@ impl Manager {
                     &change.scopes,
                     &change.grants,
                     change.all_my_scopes_except_billing,
+                    false,
                 )
             })
             .transpose()?;
@@ -139,6 +166,7 @@ impl Manager {
             expire_time: change.expire_time,
             not_before: change.not_before,
             max_lifetime: self.max_key_lifetime,
+            roles: None,
         })
     }
 
@@ -198,6 +226,8 @@ struct Patch {
     expire_time: Option<Option<i64>>,
     not_before: Option<Option<i64>>,
     max_lifetime: Option<std::time::Duration>,
+    /// `Some`: the key's roles from now on.
+    roles: Option<Vec<crate::role::RoleId>>,
 }
 
 impl Patch {
@@ -217,6 +247,9 @@ impl Patch {
         }
         if let Some(enabled) = self.enabled {
             updated.disabled = !enabled;
+        }
+        if let Some(roles) = &self.roles {
+            updated.role_ids = roles.iter().map(|id| id.as_bytes().to_vec()).collect();
         }
         if let Some(cidrs) = &self.cidrs {
             updated.allowed_cidrs = cidrs.clone();

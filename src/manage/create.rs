@@ -2,6 +2,7 @@
 
 use super::audit::audit_event;
 use super::error::{invalid, ManageError};
+use super::roles::check_attached;
 use super::rules::{
     caller_reads, check_credits_given, check_no_escalation, check_rate_limits, check_terms_within,
     current_caller, require,
@@ -15,7 +16,7 @@ use crate::authz::now_unix_ms;
 use crate::request_id::{request_digest, RequestId};
 use crate::scope::{ManageAction, ScopeSet};
 use crate::store::{
-    Change, CreateRequest, CreateRequestRecord, CreditsRecord, KeyRecord, StoreError,
+    Change, CreateRequest, CreateRequestRecord, CreditsRecord, KeyRecord, Reads, StoreError,
 };
 use crate::token::KeyId;
 
@@ -46,11 +47,13 @@ impl Manager {
             return Ok(first);
         }
         let name = validate_name(&request.name)?;
+        let role_ids = self.role_ids(&account_id, &request.roles)?;
         let scopes = self.requested_scopes(
             caller,
             &request.scopes,
             &request.grants,
             request.all_my_scopes_except_billing,
+            !role_ids.is_empty(),
         )?;
         let issued = self.format.issue();
         let now = now_unix_ms();
@@ -76,6 +79,7 @@ impl Manager {
             metadata: validate_metadata(&terms.metadata)?,
             rate_limits: validate_rate_limits(&terms.rate_limits, &self.catalog.load())?,
             credits: terms.credits.map(|credits| CreditsRecord::new(&credits, 1)),
+            role_ids: role_ids.iter().map(|id| id.as_bytes().to_vec()).collect(),
             ..KeyRecord::default()
         };
         let record = record.versioned();
@@ -126,11 +130,19 @@ impl Manager {
         let catalog = self.catalog.load_full();
         let guard = caller.clone();
         let cap = self.max_keys_per_account;
+        let reads = Reads {
+            keys: caller_reads(caller, None),
+            roles: record.roles().collect(),
+            members: false,
+        };
         self.store
-            .mutate(caller_reads(caller, None), move |snapshot| {
+            .mutate(reads, move |snapshot| {
                 let caller = current_caller(snapshot, &catalog, &guard)?;
                 require(&catalog, &caller, ManageAction::Create)?;
                 check_no_escalation(&catalog, &caller, &scopes)?;
+                if !record.role_ids.is_empty() {
+                    check_attached(snapshot, &catalog, &caller, &record)?;
+                }
                 check_rate_limits(snapshot, &caller, &record.rate_limits)?;
                 check_credits_given(snapshot, &caller, record.credits.as_ref(), caller_left)?;
                 check_terms_within(snapshot, &caller, &record).map_err(|why| {
@@ -271,6 +283,7 @@ pub(super) fn create_digest(caller: &Caller, request: &NewKey) -> [u8; 32] {
             .map(|(key, value)| format!("{key}={value}").into_bytes()),
     );
     parts.push(format!("|credits{:?}", request.terms.credits).into_bytes());
+    parts.push(format!("|roles{:?}", request.roles).into_bytes());
     parts.push(b"|rate_limits".to_vec());
     parts.extend(
         request

@@ -47,6 +47,17 @@ pub enum ManageError {
     },
     #[error("key {0} not found")]
     NotFound(String),
+    #[error("role {0} not found")]
+    RoleNotFound(String),
+    #[error("this account already has a role named `{0}`")]
+    RoleNameTaken(String),
+    /// A role change or attachment that would leave a key mixing billing
+    /// and other scopes (billing keys stay separate), naming the keys.
+    #[error("billing scopes need a separate key: this would mix them with other scopes on {}: {reason}", .keys.join(", "))]
+    BillingMixed { keys: Vec<String>, reason: String },
+    /// A role is on its maximum of keys, or an account holds its maximum of roles.
+    #[error("{0}")]
+    RoleLimit(String),
     #[error("account {account} already holds the maximum of {cap} keys")]
     AccountFull { account: String, cap: usize },
     #[error("only the admin token may do this")]
@@ -94,8 +105,10 @@ pub enum Refusal<'a> {
         message: std::borrow::Cow<'a, str>,
     },
     NotFound,
-    /// The account holds its maximum of keys.
+    /// The account holds its maximum of keys (or roles; a role its maximum of keys).
     AccountFull,
+    /// A name already taken.
+    AlreadyExists,
     /// Too many requests; retry after this.
     Throttled {
         retry_after: std::time::Duration,
@@ -133,8 +146,13 @@ impl ManageError {
                 field,
                 message: source.to_string().into(),
             },
-            ManageError::NotFound(_) => Refusal::NotFound,
-            ManageError::AccountFull { .. } => Refusal::AccountFull,
+            ManageError::NotFound(_) | ManageError::RoleNotFound(_) => Refusal::NotFound,
+            ManageError::AccountFull { .. } | ManageError::RoleLimit(_) => Refusal::AccountFull,
+            ManageError::RoleNameTaken(_) => Refusal::AlreadyExists,
+            ManageError::BillingMixed { .. } => Refusal::Invalid {
+                field: "scopes",
+                message: self.to_string().into(),
+            },
             ManageError::RateLimited { retry_after, .. }
             | ManageError::CredentialsThrottled { retry_after } => Refusal::Throttled {
                 retry_after: *retry_after,
@@ -161,6 +179,11 @@ impl From<StoreError> for ManageError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::BadCursor => invalid("page_token", error.to_string()),
+            StoreError::RoleNotFound => ManageError::RoleNotFound("named".into()),
+            StoreError::RoleNameTaken { name } => ManageError::RoleNameTaken(name),
+            StoreError::RoleFull { .. } | StoreError::RolesFull { .. } => {
+                ManageError::RoleLimit(error.to_string())
+            }
             error => ManageError::Store(error),
         }
     }

@@ -26,6 +26,7 @@ mod create;
 mod credits;
 mod error;
 pub mod paging;
+mod roles;
 mod rotate;
 mod rules;
 mod types;
@@ -37,7 +38,8 @@ pub use error::{ManageError, Refusal};
 use paging::{next_page_token, page, page_binding};
 use rules::{check_no_escalation, readable_account, require, visible_to};
 pub use types::{
-    AuditQuery, Caller, KeyChange, KeyTerms, KeyView, ListQuery, NewKey, ResourceView, ScopesView,
+    AuditQuery, Caller, KeyChange, KeyRole, KeyTerms, KeyView, ListQuery, NewKey, NewRole,
+    ResourceView, RoleChange, RoleView, ScopesView,
 };
 pub use usage::{ExportQuery, UsageQuery, MAX_TOP_KEYS};
 pub use validate::{check_account_caps, validate_imported, validate_imported_scopes};
@@ -315,8 +317,13 @@ impl Manager {
         scopes: &[String],
         grants: &[(String, Access)],
         all_but_exclusive: bool,
+        roles_too: bool,
     ) -> Result<ScopeSet, ManageError> {
         let catalog = self.catalog.load();
+        if roles_too && scopes.is_empty() && grants.is_empty() && !all_but_exclusive {
+            // Roles alone: the effective set is checked when they are read.
+            return Ok(ScopeSet::EMPTY);
+        }
         let mut names: Vec<String> = scopes.to_vec();
         if all_but_exclusive {
             let held = match caller {
@@ -413,12 +420,20 @@ impl Manager {
                 self.catalog.load().names(&held)
             },
             caller_is_admin,
+            templates: crate::role::TEMPLATES
+                .iter()
+                .map(|template| {
+                    let catalog = self.catalog.load();
+                    let scopes = catalog.names(&(template.scopes)(&catalog));
+                    (template.name, template.description, scopes)
+                })
+                .collect(),
         }
     }
 
     fn view(&self, record: &KeyRecord) -> Result<KeyView, ManageError> {
         let key_id = record.key_id().map(|id| id.to_string()).unwrap_or_default();
-        let scopes = self
+        let own = self
             .catalog
             .load()
             .resolve(record.scopes.iter().map(String::as_str))
@@ -426,6 +441,7 @@ impl Manager {
                 key_id: key_id.clone(),
                 source,
             })?;
+        let (roles, scopes) = self.key_roles(record, &own)?;
         let kind = self
             .catalog
             .load()
@@ -463,6 +479,8 @@ impl Manager {
                 .and_then(|credits| credits.key_credits().ok())
                 .map(|credits| credits.terms),
             metadata: record.metadata.clone(),
+            own_scopes: self.catalog.load().names(&own),
+            roles,
             last_used_unix_ms: record
                 .key_id()
                 .and_then(|id| {
@@ -487,7 +505,7 @@ fn record_mutation<T>(kind: &'static str, result: &Result<T, ManageError>) {
         Ok(_) => "ok",
         Err(Refusal::Unauthenticated | Refusal::Forbidden | Refusal::AccountFull) => "denied",
         Err(Refusal::Throttled { .. }) => "rate_limited",
-        Err(Refusal::Invalid { .. }) => "invalid",
+        Err(Refusal::Invalid { .. } | Refusal::AlreadyExists) => "invalid",
         Err(Refusal::NotFound) => "not_found",
         Err(Refusal::Unavailable | Refusal::Conflict | Refusal::Internal) => "error",
     };

@@ -6,8 +6,9 @@ use super::error::ManageError;
 use super::types::Caller;
 use super::validate::validate_account_id;
 use crate::ratelimit::RateLimit;
+use crate::role::RoleId;
 use crate::scope::{Catalog, ManageAction, ScopeSet};
-use crate::store::{CreditsRecord, KeyRecord, RateLimitRecord, Snapshot, StoreError};
+use crate::store::{CreditsRecord, KeyRecord, RateLimitRecord, RoleRecord, Snapshot, StoreError};
 use crate::token::KeyId;
 
 /// A key caller sees only its own account; other accounts' keys do not exist.
@@ -95,12 +96,7 @@ pub(super) fn current_caller(
             "the calling API key is disabled or outside its validity window".into(),
         ));
     }
-    let scopes = catalog
-        .resolve(record.scopes.iter().map(String::as_str))
-        .map_err(|source| StoreError::CatalogMismatch {
-            key_id: key_id.to_string(),
-            source,
-        })?;
+    let scopes = effective(snapshot, catalog, record)?;
     Ok(Caller::Key {
         key_id: *key_id,
         account_id: account_id.clone(),
@@ -271,6 +267,47 @@ pub(super) fn check_windows_kept(
     Ok(())
 }
 
+/// A key's effective scopes as the change reads it: its own and those of
+/// each role it references (the store reads them with the key); a role
+/// that is gone, or of another account, grants nothing.
+pub(super) fn effective(
+    snapshot: &Snapshot,
+    catalog: &Catalog,
+    record: &KeyRecord,
+) -> Result<ScopeSet, ManageError> {
+    effective_with(snapshot, catalog, record, None)
+}
+
+/// [`effective`] with one role as it will be after a change (`Some(None)`: deleted).
+pub(super) fn effective_with(
+    snapshot: &Snapshot,
+    catalog: &Catalog,
+    record: &KeyRecord,
+    replaced: Option<(RoleId, Option<&RoleRecord>)>,
+) -> Result<ScopeSet, ManageError> {
+    let key_id = || record.key_id().map(|id| id.to_string()).unwrap_or_default();
+    let mismatch = |source| StoreError::CatalogMismatch {
+        key_id: key_id(),
+        source,
+    };
+    let mut scopes = catalog
+        .resolve(record.scopes.iter().map(String::as_str))
+        .map_err(mismatch)?;
+    for role_id in record.roles() {
+        let role = match replaced {
+            Some((replaced_id, role)) if replaced_id == role_id => role,
+            _ => snapshot.role(&role_id),
+        };
+        if let Some(role) = role.filter(|role| role.account_id == record.account_id) {
+            let granted = catalog
+                .resolve(role.scopes.iter().map(String::as_str))
+                .map_err(mismatch)?;
+            scopes = scopes.union(&granted);
+        }
+    }
+    Ok(scopes)
+}
+
 /// The target of an update, rotation or delete and the caller as they are
 /// when the change applies, once the caller may do `action` to the target.
 pub(super) fn changeable<'a>(
@@ -284,15 +321,26 @@ pub(super) fn changeable<'a>(
     let current = snapshot.get(id).ok_or(StoreError::NotFound)?;
     let caller = current_caller(snapshot, catalog, caller)?;
     require(catalog, &caller, action)?;
-    check_may_change(catalog, &caller, current, key_id)?;
-    check_target_limits(snapshot, &caller, current, key_id)?;
-    check_target_credits(snapshot, &caller, current, key_id)?;
-    check_terms_within(snapshot, &caller, current).map_err(|why| {
+    check_may_change(snapshot, catalog, &caller, current, key_id)?;
+    check_may_touch(snapshot, &caller, current, key_id)?;
+    Ok((current, caller))
+}
+
+/// Beyond scopes, a key the caller may change is no freer than the caller:
+/// rate limits, credits, lifecycle terms.
+pub(super) fn check_may_touch(
+    snapshot: &Snapshot,
+    caller: &Caller,
+    target: &KeyRecord,
+    key_id: &str,
+) -> Result<(), ManageError> {
+    check_target_limits(snapshot, caller, target, key_id)?;
+    check_target_credits(snapshot, caller, target, key_id)?;
+    check_terms_within(snapshot, caller, target).map_err(|why| {
         ManageError::TermsEscalation(format!(
             "key {key_id} is more open or longer-lived than the caller: a key it may change needs {why}"
         ))
-    })?;
-    Ok((current, caller))
+    })
 }
 
 /// A key an API key makes or changes is at most as open and lives at most
@@ -365,6 +413,7 @@ fn check_target_limits(
 
 /// A lesser key cannot touch a stronger one.
 pub(super) fn check_may_change(
+    snapshot: &Snapshot,
     catalog: &Catalog,
     caller: &Caller,
     target: &KeyRecord,
@@ -376,12 +425,7 @@ pub(super) fn check_may_change(
     let Caller::Key { scopes: held, .. } = caller else {
         return Ok(());
     };
-    let target_scopes = catalog
-        .resolve(target.scopes.iter().map(String::as_str))
-        .map_err(|source| StoreError::CatalogMismatch {
-            key_id: key_id.to_owned(),
-            source,
-        })?;
+    let target_scopes = effective(snapshot, catalog, target)?;
     let lacking = crate::scope::missing(held, &target_scopes);
     if lacking.is_empty() {
         Ok(())

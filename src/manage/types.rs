@@ -58,6 +58,9 @@ pub struct KeyView {
     /// `None`: unlimited. `remaining` is the balance as last set; the
     /// edges show the live one (`Manager::live_credits`).
     pub credits: Option<Credits>,
+    /// The key's own scopes (`scopes` is what it may do: these and its roles').
+    pub own_scopes: Vec<String>,
+    pub roles: Vec<KeyRole>,
 }
 
 #[derive(Default)]
@@ -72,6 +75,8 @@ pub struct NewKey {
     /// Optional: a retry with the same id returns the first result
     /// ([`crate::request_id`]).
     pub request_id: String,
+    /// Roles of the key's account, by id (`role_…`) or name.
+    pub roles: Vec<String>,
 }
 
 /// A key's lifecycle settings (all optional).
@@ -105,6 +110,8 @@ pub struct KeyChange {
     /// `Some`: replaces the key's credits (`Some(None)`: unlimited); the
     /// balance starts again from them.
     pub credits: Option<Option<Credits>>,
+    /// `Some`: replaces the key's roles (empty: none), by id or name.
+    pub roles: Option<Vec<String>>,
 }
 
 #[derive(Default)]
@@ -137,4 +144,54 @@ pub struct ScopesView {
     pub resources: Vec<ResourceView>,
     pub caller_scopes: Vec<String>,
     pub caller_is_admin: bool,
+    /// Built-in role templates: (name, description, scopes).
+    pub templates: Vec<(&'static str, &'static str, Vec<String>)>,
+}
+
+/// A role as the API shows it.
+#[derive(Debug, Clone)]
+pub struct RoleView {
+    pub role_id: String,
+    pub account_id: String,
+    pub name: String,
+    pub description: String,
+    pub scopes: Vec<String>,
+    pub access: Vec<(String, Access)>,
+    pub kind: KeyKind,
+    /// How many keys reference it.
+    pub key_count: usize,
+    pub create_time_unix_ms: i64,
+    pub update_time_unix_ms: i64,
+    pub created_by: String,
+}
+
+/// A role a key references, as its view shows it: what it adds beyond the
+/// key's own scopes.
+#[derive(Debug, Clone)]
+pub struct KeyRole {
+    pub role_id: String,
+    pub name: String,
+    pub adds: Vec<String>,
+}
+
+#[derive(Default)]
+pub struct NewRole {
+    pub account_id: String,
+    pub name: String,
+    pub description: String,
+    pub scopes: Vec<String>,
+    pub grants: Vec<(String, Access)>,
+    /// A built-in template's name ([`crate::role::TEMPLATES`]): its scopes,
+    /// when no scopes or grants are given.
+    pub template: String,
+}
+
+#[derive(Default)]
+pub struct RoleChange {
+    pub role_id: String,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    /// Non-empty (either): replaces the role's grants.
+    pub scopes: Vec<String>,
+    pub grants: Vec<(String, Access)>,
 }

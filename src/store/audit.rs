@@ -34,6 +34,10 @@ pub struct AuditEvent {
     /// The fingerprint of the secret a key acted with ("" for the admin).
     #[prost(string, tag = "9")]
     pub actor_secret: String,
+    /// A role event (`role.*`; `key_id` holds the role's id): how many keys
+    /// the change reached.
+    #[prost(uint32, tag = "10")]
+    pub keys_affected: u32,
 }
 
 /// What an audit event shows of a key.
@@ -53,6 +57,9 @@ pub struct KeyState {
     /// The credits as set (an UpdateCredits: the balance before and after).
     #[prost(message, optional, tag = "6")]
     pub credits: Option<super::CreditsRecord>,
+    /// The roles a key references (role ids, text).
+    #[prost(string, repeated, tag = "7")]
+    pub roles: Vec<String>,
 }
 
 impl KeyState {
@@ -64,11 +71,29 @@ impl KeyState {
             enabled: !record.disabled,
             credits: record.credits.clone(),
             rate_limits: record.rate_limits.clone(),
+            roles: record.roles().map(|id| id.to_string()).collect(),
+        }
+    }
+
+    pub fn of_role(role: &super::RoleRecord) -> KeyState {
+        KeyState {
+            name: role.name.clone(),
+            scopes: role.scopes.clone(),
+            enabled: true,
+            ..KeyState::default()
         }
     }
 }
 
 impl AuditEvent {
+    /// The role an event of a role (`role.*`) is about.
+    pub fn role_id(&self) -> Option<crate::role::RoleId> {
+        self.action
+            .starts_with("role.")
+            .then(|| crate::role::RoleId::from_slice(&self.key_id))
+            .flatten()
+    }
+
     pub fn key_id(&self) -> Option<KeyId> {
         Some(KeyId::from_bytes(self.key_id.as_slice().try_into().ok()?))
     }

@@ -23,9 +23,14 @@ use super::StoreError;
 use crate::key::{AuthEntry, KeyTable};
 use crate::token::KeyId;
 
+/// Table entries to put (`Some`) or remove.
+pub(super) type Entries = Vec<(KeyId, Option<Arc<AuthEntry>>)>;
+
 pub(super) enum Publish {
     Upsert(KeyId, Arc<AuthEntry>),
     Remove(KeyId),
+    /// Entries to put (`Some`) or remove, in order: a role's members.
+    Many(Entries),
     /// A barrier: done once everything queued before it is durable.
     Nothing,
 }
@@ -108,6 +113,14 @@ pub(super) async fn run(
                     match commit.publish {
                         Publish::Upsert(key_id, entry) => table.insert(key_id, entry),
                         Publish::Remove(key_id) => table.remove(&key_id),
+                        Publish::Many(entries) => {
+                            for (key_id, entry) in entries {
+                                match entry {
+                                    Some(entry) => table.insert(key_id, entry),
+                                    None => table.remove(&key_id),
+                                }
+                            }
+                        }
                         Publish::Nothing => {}
                     }
                     let _ = commit.done.send(Ok(()));

@@ -10,9 +10,12 @@ use tokio::sync::oneshot;
 use super::audit::{AuditEvent, KeyState};
 use super::commit::{Commit, Publish};
 use super::record::{
-    account_index_key, account_prefix, CreateRequest, CreateRequestRecord, KeyRecord,
+    account_index_key, account_prefix, CreateRequest, CreateRequestRecord, KeyRecord, RoleRecord,
 };
-use super::{audit, record_id, transaction_error, Change, Store, StoreError, AUDIT_PRUNE_EVERY};
+use super::roles::{role_index_key, role_writes};
+use super::{
+    audit, record_id, transaction_error, Change, Snapshot, Store, StoreError, AUDIT_PRUNE_EVERY,
+};
 
 impl Store {
     /// Writes a change and its audit event into sled (the source of truth in
@@ -21,8 +24,9 @@ impl Store {
         &self,
         change: Change,
         event: AuditEvent,
+        snapshot: &Snapshot,
     ) -> Result<Publish, StoreError> {
-        let applied = self.apply_local_unchecked(change, event);
+        let applied = self.apply_local_unchecked(change, event, snapshot);
         self.fail_on_io(applied)
     }
 
@@ -30,6 +34,7 @@ impl Store {
         &self,
         change: Change,
         event: AuditEvent,
+        snapshot: &Snapshot,
     ) -> Result<Publish, StoreError> {
         let sequence = self
             .inner
@@ -43,15 +48,84 @@ impl Store {
             self.trim_account_audit(&event.account_id, max)?;
         }
         let audit = AuditWrite::new(&event, sequence);
+        let roles = RoleWrites::new(role_writes(&change, snapshot)?);
         match change {
             Change::Create {
                 record,
                 cap,
                 request,
-            } => self.create_local(record, cap, request, &audit),
-            Change::Update(record) => self.update_local(record, &audit),
-            Change::Delete(record) => self.delete_local(record, &audit),
+            } => self.create_local(record, cap, request, &audit, &roles),
+            Change::Update(record) => self.update_local(record, &audit, &roles),
+            Change::Delete(record) => self.delete_local(record, &audit, &roles),
+            Change::PutRole(role) => self.put_role_local(role, snapshot, &audit),
+            Change::DeleteRole(role) => self.delete_role_local(role, &audit),
         }
+    }
+
+    /// A role, new or changed, and its members' entries if its grants moved.
+    fn put_role_local(
+        &self,
+        role: RoleRecord,
+        snapshot: &Snapshot,
+        audit: &AuditWrite,
+    ) -> Result<Publish, StoreError> {
+        let inner = &self.inner;
+        let role_id = role.id().ok_or(StoreError::RoleNotFound)?;
+        let before = snapshot.role(&role_id);
+        // The members are the store's to keep, never the decision's.
+        let mut role = role;
+        role.members = before
+            .map(|before| before.members.clone())
+            .unwrap_or_default();
+        self.check_role_name(&role, before.is_none())?;
+        let entries = match before {
+            Some(before) if !before.same_grants(&role) => {
+                self.member_entries(role_id, before.member_ids(), Some(&role))?
+            }
+            _ => Vec::new(),
+        };
+        let value = prost::Message::encode_to_vec(&role);
+        let listed = role_index_key(&role);
+        (
+            &inner.roles,
+            &inner.role_accounts,
+            &inner.audit,
+            &inner.audit_index,
+        )
+            .transaction(|(roles, accounts, trail, index)| {
+                roles.insert(&role_id.as_bytes()[..], value.as_slice())?;
+                accounts.insert(listed.as_slice(), &[])?;
+                audit.write(trail, index)?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(transaction_error)?;
+        Ok(Publish::Many(entries))
+    }
+
+    /// A role removed; its members lose its grants.
+    fn delete_role_local(
+        &self,
+        role: RoleRecord,
+        audit: &AuditWrite,
+    ) -> Result<Publish, StoreError> {
+        let inner = &self.inner;
+        let role_id = role.id().ok_or(StoreError::RoleNotFound)?;
+        let entries = self.member_entries(role_id, role.member_ids(), None)?;
+        let listed = role_index_key(&role);
+        (
+            &inner.roles,
+            &inner.role_accounts,
+            &inner.audit,
+            &inner.audit_index,
+        )
+            .transaction(|(roles, accounts, trail, index)| {
+                roles.remove(&role_id.as_bytes()[..])?;
+                accounts.remove(listed.as_slice())?;
+                audit.write(trail, index)?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(transaction_error)?;
+        Ok(Publish::Many(entries))
     }
 
     fn create_local(
@@ -60,6 +134,7 @@ impl Store {
         cap: usize,
         request: Option<CreateRequest>,
         audit: &AuditWrite,
+        role_writes: &RoleWrites,
     ) -> Result<Publish, StoreError> {
         let inner = &self.inner;
         let key_id = record_id(&record)?;
@@ -91,8 +166,10 @@ impl Store {
             &inner.audit,
             &inner.audit_index,
             &inner.requests,
+            &inner.roles,
         )
-            .transaction(|(keys, accounts, trail, index, requests)| {
+            .transaction(|(keys, accounts, trail, index, requests, roles)| {
+                role_writes.write(roles)?;
                 if let Some((lookup, value)) = &request {
                     requests.insert(&lookup[..], value.as_slice())?;
                 }
@@ -110,13 +187,19 @@ impl Store {
         Ok(Publish::Upsert(key_id, Arc::new(entry)))
     }
 
-    fn update_local(&self, record: KeyRecord, audit: &AuditWrite) -> Result<Publish, StoreError> {
+    fn update_local(
+        &self,
+        record: KeyRecord,
+        audit: &AuditWrite,
+        role_writes: &RoleWrites,
+    ) -> Result<Publish, StoreError> {
         let inner = &self.inner;
         let key_id = record_id(&record)?;
         let entry = self.auth_entry(&record)?;
         let value = prost::Message::encode_to_vec(&record);
-        (&inner.keys, &inner.audit, &inner.audit_index)
-            .transaction(|(keys, trail, index)| {
+        (&inner.keys, &inner.audit, &inner.audit_index, &inner.roles)
+            .transaction(|(keys, trail, index, roles)| {
+                role_writes.write(roles)?;
                 keys.insert(key_id.as_bytes(), value.as_slice())?;
                 audit.write(trail, index)?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
@@ -125,7 +208,12 @@ impl Store {
         Ok(Publish::Upsert(key_id, Arc::new(entry)))
     }
 
-    fn delete_local(&self, record: KeyRecord, audit: &AuditWrite) -> Result<Publish, StoreError> {
+    fn delete_local(
+        &self,
+        record: KeyRecord,
+        audit: &AuditWrite,
+        role_writes: &RoleWrites,
+    ) -> Result<Publish, StoreError> {
         let inner = &self.inner;
         let key_id = record_id(&record)?;
         let index_key = account_index_key(&record.account_id, &key_id);
@@ -134,8 +222,10 @@ impl Store {
             &inner.accounts,
             &inner.audit,
             &inner.audit_index,
+            &inner.roles,
         )
-            .transaction(|(keys, accounts, trail, index)| {
+            .transaction(|(keys, accounts, trail, index, roles)| {
+                role_writes.write(roles)?;
                 keys.remove(key_id.as_bytes())?;
                 accounts.remove(index_key.as_slice())?;
                 audit.write(trail, index)?;
@@ -316,6 +406,31 @@ impl AuditWrite {
         trail.insert(self.key.as_slice(), self.value.as_slice())?;
         for index_key in &self.indexed {
             index.insert(index_key.as_slice(), &[])?;
+        }
+        Ok(())
+    }
+}
+
+/// The role records a key change rewrites, encoded once, written inside the
+/// change's sled transaction.
+pub(super) struct RoleWrites(Vec<(Vec<u8>, Vec<u8>)>);
+
+impl RoleWrites {
+    fn new(roles: Vec<RoleRecord>) -> RoleWrites {
+        RoleWrites(
+            roles
+                .iter()
+                .map(|role| (role.role_id.clone(), prost::Message::encode_to_vec(role)))
+                .collect(),
+        )
+    }
+
+    fn write(
+        &self,
+        roles: &sled::transaction::TransactionalTree,
+    ) -> Result<(), ConflictableTransactionError<StoreError>> {
+        for (role_id, value) in &self.0 {
+            roles.insert(role_id.as_slice(), value.as_slice())?;
         }
         Ok(())
     }

@@ -15,9 +15,11 @@ use std::sync::Arc;
 use sled::transaction::{ConflictableTransactionError, Transactional};
 
 use super::fleet::MirrorChange;
-use super::record::account_index_key;
+use super::record::{account_index_key, RoleRecord};
+use super::roles::{role_index_key, RoleSource};
 use super::{decode, transaction_error, Store, StoreError, ETCD_REVISION_KEY};
 use crate::key::AuthEntry;
+use crate::role::RoleId;
 use crate::store::KeyRecord;
 use crate::token::KeyId;
 
@@ -124,17 +126,55 @@ impl Store {
                 }
             }
         }
+        // Roles whose grants move: their members (old and new) are
+        // published again once the batch is applied.
+        let mut regrant: Vec<KeyId> = Vec::new();
+        let mut unlisted = Vec::new();
+        for change in changes {
+            if let MirrorChange::Role(role_id, role) = change {
+                let before = inner.roles.role(role_id)?;
+                if let (Some(before), None) = (&before, role) {
+                    unlisted.push(role_index_key(before));
+                }
+                let moved = match (&before, role) {
+                    (Some(before), Some(role)) => !before.same_grants(role),
+                    (None, None) => false,
+                    _ => true,
+                };
+                if moved {
+                    regrant.extend(before.iter().flat_map(RoleRecord::member_ids));
+                    regrant.extend(role.iter().flat_map(|role| role.member_ids()));
+                }
+            }
+        }
         let encoded: Vec<Option<Vec<u8>>> = changes
             .iter()
             .map(|change| match change {
                 MirrorChange::Put(_, record) => Some(prost::Message::encode_to_vec(record)),
+                MirrorChange::Role(_, Some(role)) => Some(prost::Message::encode_to_vec(role)),
                 _ => None,
             })
             .collect();
-        (&inner.keys, &inner.accounts, &inner.meta)
-            .transaction(|(keys, accounts, meta)| {
+        (
+            &inner.keys,
+            &inner.accounts,
+            &inner.meta,
+            &inner.roles,
+            &inner.role_accounts,
+        )
+            .transaction(|(keys, accounts, meta, roles, role_accounts)| {
+                for listed in &unlisted {
+                    role_accounts.remove(listed.as_slice())?;
+                }
                 for (change, value) in changes.iter().zip(&encoded) {
                     match (change, value) {
+                        (MirrorChange::Role(role_id, Some(role)), Some(value)) => {
+                            roles.insert(&role_id.as_bytes()[..], value.as_slice())?;
+                            role_accounts.insert(role_index_key(role), &[])?;
+                        }
+                        (MirrorChange::Role(role_id, None), None) => {
+                            roles.remove(&role_id.as_bytes()[..])?;
+                        }
                         (MirrorChange::Put(key_id, record), Some(value)) => {
                             keys.insert(key_id.as_bytes(), value.as_slice())?;
                             accounts.insert(account_index_key(&record.account_id, key_id), &[])?;
@@ -163,6 +203,17 @@ impl Store {
                     inner.unfit.fits(key_id);
                 }
                 MirrorChange::Unreadable(key_id, reason) => self.deny_unreadable(*key_id, reason),
+                MirrorChange::Role(..) => {}
+            }
+        }
+        regrant.sort_unstable_by_key(|key_id| *key_id.as_bytes());
+        regrant.dedup();
+        for key_id in regrant {
+            if let Some(value) = inner.keys.get(key_id.as_bytes())? {
+                match decode(key_id.as_bytes(), &value) {
+                    Ok(record) => self.publish(key_id, &record),
+                    Err(error) => self.deny_unreadable(key_id, &error),
+                }
             }
         }
         Ok(())
@@ -173,16 +224,18 @@ impl Store {
     pub(super) fn replace_mirror(
         &self,
         records: Vec<(KeyId, KeyRecord)>,
+        roles: Vec<(RoleId, RoleRecord)>,
         unreadable: &[(KeyId, String)],
         revision: i64,
     ) -> Result<(), StoreError> {
-        let replaced = self.replace_mirror_unchecked(records, unreadable, revision);
+        let replaced = self.replace_mirror_unchecked(records, roles, unreadable, revision);
         self.fail_on_io(replaced)
     }
 
     fn replace_mirror_unchecked(
         &self,
         records: Vec<(KeyId, KeyRecord)>,
+        roles: Vec<(RoleId, RoleRecord)>,
         unreadable: &[(KeyId, String)],
         revision: i64,
     ) -> Result<(), StoreError> {
@@ -206,8 +259,34 @@ impl Store {
             .iter()
             .map(|(_, record)| prost::Message::encode_to_vec(record))
             .collect();
-        (&inner.keys, &inner.accounts, &inner.meta)
-            .transaction(|(keys, accounts, meta)| {
+        let stale_roles: Vec<sled::IVec> = inner.roles.iter().keys().collect::<Result<_, _>>()?;
+        let stale_listed: Vec<sled::IVec> = inner
+            .role_accounts
+            .iter()
+            .keys()
+            .collect::<Result<_, _>>()?;
+        let role_values: Vec<(RoleId, Vec<u8>)> = roles
+            .iter()
+            .map(|(role_id, role)| (*role_id, prost::Message::encode_to_vec(role)))
+            .collect();
+        (
+            &inner.keys,
+            &inner.accounts,
+            &inner.meta,
+            &inner.roles,
+            &inner.role_accounts,
+        )
+            .transaction(|(keys, accounts, meta, kept_roles, role_accounts)| {
+                for role_id in &stale_roles {
+                    kept_roles.remove(role_id)?;
+                }
+                for listed in &stale_listed {
+                    role_accounts.remove(listed)?;
+                }
+                for ((role_id, value), (_, role)) in role_values.iter().zip(&roles) {
+                    kept_roles.insert(&role_id.as_bytes()[..], value.as_slice())?;
+                    role_accounts.insert(role_index_key(role), &[])?;
+                }
                 for (key_id, account) in &stale {
                     keys.remove(key_id.as_bytes())?;
                     if let Some(account) = account {

@@ -23,14 +23,17 @@ mod mirror;
 mod open;
 mod read;
 mod record;
+mod roles;
 mod table;
 mod truth;
 
 pub use audit::{AuditEvent, AuditFilter, KeyState, DEFAULT_AUDIT_MAX_EVENTS_PER_ACCOUNT};
 pub use fleet::{FleetConfig, SyncState};
 pub use record::{
-    CreateRequest, CreateRequestRecord, CreditsRecord, KeyRecord, RateLimitRecord, FORMAT_VERSION,
+    CreateRequest, CreateRequestRecord, CreditsRecord, KeyRecord, RateLimitRecord, RoleRecord,
+    FORMAT_VERSION,
 };
+pub use roles::Reads;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -40,6 +43,7 @@ use sled::transaction::TransactionError;
 use tokio::sync::{mpsc, watch};
 
 use crate::key::KeyTable;
+use crate::role::RoleId;
 use crate::scope::{ScopeError, SharedCatalog};
 use crate::token::KeyId;
 use commit::{Commit, Durable};
@@ -99,6 +103,14 @@ pub enum StoreError {
     DuplicateRequest,
     #[error("the change conflicted with concurrent changes too often; retry")]
     Conflict,
+    #[error("role not found")]
+    RoleNotFound,
+    #[error("this account already has a role named `{name}`")]
+    RoleNameTaken { name: String },
+    #[error("role {role_id} is attached to {cap} keys, the most a role may be")]
+    RoleFull { role_id: String, cap: usize },
+    #[error("account already holds the maximum of {cap} roles")]
+    RolesFull { cap: usize },
     #[error("key {key_id} is already in etcd with different content; nothing was overwritten")]
     ImportConflict { key_id: String },
     /// A change could not be made durable. From then on the process refuses
@@ -113,13 +125,17 @@ pub enum StoreError {
 #[derive(Default)]
 pub struct Snapshot {
     records: Vec<(KeyId, Option<KeyRecord>)>,
+    roles: Vec<(RoleId, Option<RoleRecord>)>,
 }
 
 impl Snapshot {
     /// A snapshot of records read now (a check before a change that is
     /// decided again when it applies).
     pub fn of(records: Vec<(KeyId, Option<KeyRecord>)>) -> Snapshot {
-        Snapshot { records }
+        Snapshot {
+            records,
+            roles: Vec::new(),
+        }
     }
 
     pub fn get(&self, key_id: &KeyId) -> Option<&KeyRecord> {
@@ -127,6 +143,24 @@ impl Snapshot {
             .iter()
             .find(|(id, _)| id == key_id)
             .and_then(|(_, record)| record.as_ref())
+    }
+
+    /// A role read for this change (`None`: absent, or not read).
+    pub fn role(&self, role_id: &RoleId) -> Option<&RoleRecord> {
+        self.roles
+            .iter()
+            .find(|(id, _)| id == role_id)
+            .and_then(|(_, record)| record.as_ref())
+    }
+
+    /// The members of `role_id` as read (a role change reads them all).
+    pub fn members(&self, role_id: &RoleId) -> Vec<&KeyRecord> {
+        let Some(role) = self.role(role_id) else {
+            return Vec::new();
+        };
+        role.member_ids()
+            .filter_map(|key_id| self.get(&key_id))
+            .collect()
     }
 }
 
@@ -144,6 +178,11 @@ pub enum Change {
     Update(KeyRecord),
     /// The record being deleted, as read.
     Delete(KeyRecord),
+    /// A role, new or changed (its members as read: the store keeps them).
+    PutRole(RoleRecord),
+    /// The role being deleted, as read; its keys keep the id, which grants
+    /// nothing once the role is gone.
+    DeleteRole(RoleRecord),
 }
 
 fn record_id(record: &KeyRecord) -> Result<KeyId, StoreError> {
@@ -176,6 +215,10 @@ struct Inner {
     dir: PathBuf,
     keys: sled::Tree,
     accounts: sled::Tree,
+    /// role id → [`RoleRecord`] (standalone: the truth; fleet: the mirror).
+    roles: sled::Tree,
+    /// `account NUL role id` → empty: an account's roles.
+    role_accounts: sled::Tree,
     catalog: SharedCatalog,
     table: Arc<KeyTable>,
     /// Serialises writes to sled: sled apply order == publish order, and
@@ -282,7 +325,7 @@ impl Store {
     /// Check on this sidecar.
     pub async fn mutate<T, E>(
         &self,
-        reads: Vec<KeyId>,
+        reads: impl Into<Reads>,
         decide: impl Fn(&Snapshot) -> Result<(Change, AuditEvent, T), E> + Send + Sync + 'static,
     ) -> Result<T, E>
     where
@@ -308,7 +351,7 @@ impl Store {
                 }
             }
         });
-        let applied = self.inner.truth.mutate(self, reads, decide).await;
+        let applied = self.inner.truth.mutate(self, reads.into(), decide).await;
         let decided = kept
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())

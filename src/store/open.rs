@@ -47,6 +47,8 @@ impl Store {
         check_format(dir, &db, &meta, new)?;
         let keys = db.open_tree("keys")?;
         let accounts = db.open_tree("accounts")?;
+        let roles = db.open_tree("roles")?;
+        let role_accounts = db.open_tree("role_accounts")?;
         let audit = db.open_tree("audit")?;
         let audit_index = db.open_tree("audit_index")?;
         let requests = db.open_tree("requests")?;
@@ -81,6 +83,8 @@ impl Store {
                 dir: dir.to_owned(),
                 keys,
                 accounts,
+                roles,
+                role_accounts,
                 catalog,
                 table,
                 writer: Mutex::new(commits),

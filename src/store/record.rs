@@ -4,6 +4,7 @@
 use crate::credits::{Credits, KeyCredits, Refill};
 use crate::key::{KeyExtras, Metadata};
 use crate::ratelimit::RateLimit;
+use crate::role::RoleId;
 use crate::token::KeyId;
 
 /// Version of the whole store layout, kept in the `meta` tree.
@@ -72,6 +73,153 @@ pub struct KeyRecord {
     #[prost(message, optional, tag = "18")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credits: Option<CreditsRecord>,
+    /// The roles this key references ([`RoleRecord`]); its effective scopes
+    /// are `scopes` and theirs. Version 5.
+    #[prost(bytes = "vec", repeated, tag = "19")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "role_ids_text")]
+    pub role_ids: Vec<Vec<u8>>,
+}
+
+/// A role as stored (and in a backup line): its grants, and the keys that
+/// reference it, so a change to the role reads exactly those keys and any
+/// change to one of them is a change to this record (a role change decided
+/// on its keys cannot race a change to one of them).
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleRecord {
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    #[prost(bytes = "vec", tag = "2")]
+    #[serde(with = "role_id_text")]
+    pub role_id: Vec<u8>,
+    #[prost(string, tag = "3")]
+    pub account_id: String,
+    #[prost(string, tag = "4")]
+    pub name: String,
+    #[prost(string, tag = "5")]
+    #[serde(default)]
+    pub description: String,
+    /// Scope names, like a key's.
+    #[prost(string, repeated, tag = "6")]
+    pub scopes: Vec<String>,
+    #[prost(int64, tag = "7")]
+    pub create_time_unix_ms: i64,
+    #[prost(int64, tag = "8")]
+    pub update_time_unix_ms: i64,
+    #[prost(string, tag = "9")]
+    pub created_by: String,
+    /// The keys referencing this role, as 16-byte ids.
+    #[prost(bytes = "vec", repeated, tag = "10")]
+    #[serde(default, with = "key_ids_text")]
+    pub members: Vec<Vec<u8>>,
+}
+
+impl RoleRecord {
+    pub const VERSION: u32 = 1;
+
+    pub fn id(&self) -> Option<RoleId> {
+        RoleId::from_slice(&self.role_id)
+    }
+
+    pub fn member_ids(&self) -> impl Iterator<Item = KeyId> + '_ {
+        self.members
+            .iter()
+            .filter_map(|bytes| <[u8; 16]>::try_from(bytes.as_slice()).ok())
+            .map(KeyId::from_bytes)
+    }
+
+    /// The same grants, name and description (members and times aside).
+    pub fn same_grants(&self, other: &RoleRecord) -> bool {
+        let sorted = |scopes: &[String]| {
+            let mut scopes = scopes.to_vec();
+            scopes.sort();
+            scopes
+        };
+        sorted(&self.scopes) == sorted(&other.scopes)
+    }
+}
+
+/// Role ids in a backup line: their text form.
+mod role_id_text {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    use crate::role::RoleId;
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        match RoleId::from_slice(bytes) {
+            Some(id) => serializer.collect_str(&id),
+            None => Err(serde::ser::Error::custom("role id is not 16 bytes")),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        RoleId::parse(&text)
+            .map(|id| id.as_bytes().to_vec())
+            .ok_or_else(|| D::Error::custom(format!("`{text}` is not a role id")))
+    }
+}
+
+mod role_ids_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(ids: &[Vec<u8>], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(ids.iter().map(|id| Wrapped(id)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<Vec<u8>>, D::Error> {
+        let texts = Vec::<Unwrapped>::deserialize(deserializer)?;
+        Ok(texts.into_iter().map(|id| id.0).collect())
+    }
+
+    struct Wrapped<'a>(&'a [u8]);
+
+    impl serde::Serialize for Wrapped<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            super::role_id_text::serialize(self.0, serializer)
+        }
+    }
+
+    struct Unwrapped(Vec<u8>);
+
+    impl<'de> Deserialize<'de> for Unwrapped {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            super::role_id_text::deserialize(deserializer).map(Unwrapped)
+        }
+    }
+}
+
+mod key_ids_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(ids: &[Vec<u8>], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(ids.iter().map(|id| Wrapped(id)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<Vec<u8>>, D::Error> {
+        let texts = Vec::<Unwrapped>::deserialize(deserializer)?;
+        Ok(texts.into_iter().map(|id| id.0).collect())
+    }
+
+    struct Wrapped<'a>(&'a [u8]);
+
+    impl serde::Serialize for Wrapped<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            super::key_id_text::serialize(self.0, serializer)
+        }
+    }
+
+    struct Unwrapped(Vec<u8>);
+
+    impl<'de> Deserialize<'de> for Unwrapped {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            super::key_id_text::deserialize(deserializer).map(Unwrapped)
+        }
+    }
 }
 
 /// A key's credits as stored (and in a backup line): the balance as last
@@ -199,10 +347,10 @@ impl From<&RateLimitRecord> for RateLimit {
 impl KeyRecord {
     /// 1: the first release. 2: lifecycle fields (expiry, not-before,
     /// disabled, previous secret, allowed CIDRs, metadata). 3: rate limits.
-    /// 4: credits. A build refuses records newer than it reads (the key is
+    /// 4: credits. 5: roles. A build refuses records newer than it reads (the key is
     /// unfit: denied, never changed) instead of ignoring a field that
     /// restricts the key.
-    pub const VERSION: u32 = 4;
+    pub const VERSION: u32 = 5;
 
     /// The version a record is written as: the oldest that enforces every
     /// field set in it. A key with rate limits is version 3, so a sidecar
@@ -210,7 +358,9 @@ impl KeyRecord {
     /// rewrite it without them); a key without stays version 2, readable by
     /// that sidecar while a fleet upgrades.
     pub fn required_version(&self) -> u32 {
-        if self.credits.is_some() {
+        if !self.role_ids.is_empty() {
+            5
+        } else if self.credits.is_some() {
             4
         } else if !self.rate_limits.is_empty() {
             3
@@ -275,6 +425,10 @@ impl KeyRecord {
         self.rate_limits.iter().map(RateLimit::from).collect()
     }
 
+    pub fn roles(&self) -> impl Iterator<Item = RoleId> + '_ {
+        self.role_ids.iter().filter_map(|id| RoleId::from_slice(id))
+    }
+
     pub fn key_id(&self) -> Option<KeyId> {
         let bytes: [u8; 16] = self.key_id.as_slice().try_into().ok()?;
         Some(KeyId::from_bytes(bytes))
@@ -284,8 +438,13 @@ impl KeyRecord {
 /// `account_id NUL key_id`: the account index key; sorts keys by account,
 /// then id.
 pub fn account_index_key(account_id: &str, key_id: &KeyId) -> Vec<u8> {
+    account_index_key_bytes(account_id, key_id.as_bytes())
+}
+
+/// `account_id NUL id` for any 16-byte id (keys, roles).
+pub fn account_index_key_bytes(account_id: &str, id: &[u8]) -> Vec<u8> {
     let mut index_key = account_prefix(account_id);
-    index_key.extend_from_slice(key_id.as_bytes());
+    index_key.extend_from_slice(id);
     index_key
 }
 

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::record::KeyRecord;
+use super::roles::RoleSource;
 use super::{decode, LoadedKeys, Store, StoreError};
 use crate::key::AuthEntry;
 use crate::scope::{Catalog, KeyKind};
@@ -92,12 +93,23 @@ impl Store {
         Ok(count)
     }
 
-    /// The hot-path view of a record.
+    /// The hot-path view of a record, its roles as kept now.
     pub(super) fn auth_entry(&self, record: &KeyRecord) -> Result<AuthEntry, StoreError> {
+        self.auth_entry_with(record, &self.inner.roles)
+    }
+
+    /// The hot-path view of a record: its effective scopes (its own and its
+    /// roles', from `roles`) resolved once, here, never per Check.
+    pub(super) fn auth_entry_with(
+        &self,
+        record: &KeyRecord,
+        roles: &dyn RoleSource,
+    ) -> Result<AuthEntry, StoreError> {
         let key_id = || KeyId::from_bytes(record.key_id.as_slice().try_into().unwrap_or([0; 16]));
         let catalog = self.inner.catalog.load();
+        let names = Store::effective_names(record, roles)?;
         let scopes = catalog
-            .resolve(record.scopes.iter().map(String::as_str))
+            .resolve(names.iter().map(String::as_str))
             .map_err(|source| StoreError::CatalogMismatch {
                 key_id: key_id().to_string(),
                 source,
@@ -212,6 +224,14 @@ impl Store {
             return self.rejudge_mirror();
         }
         let current = self.inner.catalog.load();
+        for role in self.list_roles(None)? {
+            catalog
+                .resolve(role.scopes.iter().map(String::as_str))
+                .map_err(|source| StoreError::CatalogMismatch {
+                    key_id: role.id().map(|id| id.to_string()).unwrap_or_default(),
+                    source,
+                })?;
+        }
         for item in self.inner.keys.iter() {
             let (id_bytes, value) = item?;
             let record = decode(&id_bytes, &value)?;
@@ -220,12 +240,13 @@ impl Store {
                 key_id: key_id(),
                 source,
             };
+            let names = Store::effective_names(&record, &self.inner.roles)?;
             let scopes = catalog
-                .resolve(record.scopes.iter().map(String::as_str))
+                .resolve(names.iter().map(String::as_str))
                 .map_err(mismatch)?;
             let kind = catalog.kind_of(&scopes).map_err(mismatch)?;
             let was = current
-                .resolve(record.scopes.iter().map(String::as_str))
+                .resolve(names.iter().map(String::as_str))
                 .ok()
                 .and_then(|old| current.kind_of(&old).ok());
             if was != Some(kind) {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::audit::{AuditEvent, AuditFilter};
 use super::fleet::{Fleet, SyncState};
 use super::record::CreateRequestRecord;
-use super::{Change, Snapshot, Store, StoreError};
+use super::{Change, Reads, Snapshot, Store, StoreError};
 use crate::token::KeyId;
 
 pub(super) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -47,7 +47,7 @@ pub(super) trait Truth: Send + Sync {
     fn mutate<'a>(
         &'a self,
         store: &'a Store,
-        reads: Vec<KeyId>,
+        reads: Reads,
         decide: Decide,
     ) -> BoxFuture<'a, Result<(), Refused>>;
 
@@ -91,18 +91,27 @@ impl Truth for Standalone {
     fn mutate<'a>(
         &'a self,
         store: &'a Store,
-        reads: Vec<KeyId>,
+        reads: Reads,
         decide: Decide,
     ) -> BoxFuture<'a, Result<(), Refused>> {
         let writing = store.clone();
         Box::pin(store.commit(move || {
-            let mut snapshot = Snapshot::default();
-            for key_id in reads {
-                let record = writing.get(&key_id)?;
-                snapshot.records.push((key_id, record));
-            }
+            let read = |ids: Vec<KeyId>| -> Result<Vec<_>, StoreError> {
+                ids.into_iter()
+                    .map(|key_id| Ok((key_id, writing.get(&key_id)?)))
+                    .collect()
+            };
+            let records = read(reads.keys.clone())?;
+            let roles = reads
+                .roles_after(&records)
+                .into_iter()
+                .map(|role_id| Ok((role_id, writing.get_role(&role_id)?)))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            let members = read(reads.members_after(&records, &roles))?;
+            let mut snapshot = Snapshot::with_roles(records, roles);
+            snapshot.add_members(members);
             let (change, event) = decide(&snapshot)?;
-            let publish = writing.apply_local(change, event)?;
+            let publish = writing.apply_local(change, event, &snapshot)?;
             Ok((publish, ()))
         }))
     }
@@ -151,7 +160,7 @@ impl Truth for Fleet {
     fn mutate<'a>(
         &'a self,
         store: &'a Store,
-        reads: Vec<KeyId>,
+        reads: Reads,
         decide: Decide,
     ) -> BoxFuture<'a, Result<(), Refused>> {
         Box::pin(Fleet::mutate(self, store, reads, decide))

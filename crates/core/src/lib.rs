@@ -3,6 +3,7 @@
 //! Modules, bottom up (a module imports only those listed before it):
 //! - [`scope`], [`token`]: the catalog, `ScopeSet`, access levels and the key
 //!   rules; the token format, its checksum and secret hashing.
+//! - [`role`]: role ids and the built-in templates.
 //! - [`credits`]: credit terms, refill periods, no escalation of spending power.
 //! - [`stats`]: usage as SendGrid's stats: buckets, ranges, reports.
 //! - [`ratelimit`]: named rate limits: parsing, no escalation, which requests
@@ -16,6 +17,7 @@ pub mod authz;
 pub mod credits;
 pub mod key;
 pub mod ratelimit;
+pub mod role;
 pub mod route;
 pub mod scope;
 pub mod stats;

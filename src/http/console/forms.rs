@@ -275,6 +275,7 @@ impl KeyForm {
             terms: self.terms()?,
             all_my_scopes_except_billing: false,
             request_id: String::new(),
+            roles: Vec::new(),
         })
     }
 

@@ -120,6 +120,16 @@ impl Fleet {
             for event in message.events() {
                 let Some(kv) = event.kv() else { continue };
                 revision = revision.max(kv.mod_revision());
+                if let Some(role_id) = self.role_id_of(kv.key()) {
+                    changes.push(MirrorChange::Role(
+                        role_id,
+                        match event.event_type() {
+                            EventType::Put => self.role_value(role_id, kv.value()),
+                            EventType::Delete => None,
+                        },
+                    ));
+                    continue;
+                }
                 let Some(key_id) = self.key_id_of(kv.key()) else {
                     tracing::warn!(key = %String::from_utf8_lossy(kv.key()), "ignoring an etcd key that is not a key record");
                     continue;
@@ -135,6 +145,26 @@ impl Fleet {
             }
             store.apply_mirror(&changes, revision)?;
             self.advance(revision);
+        }
+    }
+
+    /// A role from etcd; one this sidecar cannot read grants nothing here
+    /// (its keys keep their own scopes), logged.
+    fn role_value(
+        &self,
+        role_id: crate::role::RoleId,
+        value: &[u8],
+    ) -> Option<Box<crate::store::RoleRecord>> {
+        match crate::store::roles::decode_role(value) {
+            Ok(role) if role.id() == Some(role_id) => Some(Box::new(role)),
+            Ok(_) => {
+                tracing::warn!(%role_id, "ignoring a role whose inner id differs from its path");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%role_id, %error, "ignoring a role this sidecar cannot read");
+                None
+            }
         }
     }
 
@@ -181,6 +211,7 @@ impl Fleet {
         let prefix = self.keys_prefix();
         let end = prefix_end(&prefix);
         let mut records = Vec::new();
+        let mut roles = Vec::new();
         let mut unreadable = Vec::new();
         let mut revision = 0;
         let mut start = prefix.clone();
@@ -197,6 +228,12 @@ impl Fleet {
                 revision = page.header().map(|header| header.revision()).unwrap_or(0);
             }
             for kv in page.kvs() {
+                if let Some(role_id) = self.role_id_of(kv.key()) {
+                    if let Some(role) = self.role_value(role_id, kv.value()) {
+                        roles.push((role_id, *role));
+                    }
+                    continue;
+                }
                 let Some(key_id) = self.key_id_of(kv.key()) else {
                     tracing::warn!(key = %String::from_utf8_lossy(kv.key()), "ignoring an etcd key that is not a key record");
                     continue;
@@ -215,7 +252,7 @@ impl Fleet {
             }
         }
         let count = records.len();
-        store.replace_mirror(records, &unreadable, revision)?;
+        store.replace_mirror(records, roles, &unreadable, revision)?;
         self.state.touch();
         self.state.synced.store(true, Ordering::Release);
         self.state.resyncs.fetch_add(1, Ordering::Relaxed);

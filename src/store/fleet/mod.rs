@@ -21,11 +21,15 @@
 //! (read-your-writes). scopegate implements no consensus: etcd does.
 //!
 //! Layout under the prefix: `keys/<key id>` → `KeyRecord` (hashes only),
-//! `accounts/<account id>` → the account's key count, in decimal.
+//! `keys/roles/<role id>` → `RoleRecord` (under `keys/`, so one watch and
+//! one full read carry keys and roles at the same revisions),
+//! `role_names/<account>/<name>` (hex) → the role id (names unique per
+//! account), `accounts/<account id>` → the account's key count, in decimal.
 
 mod audit;
 mod follow;
 mod import;
+mod roles;
 
 pub use import::import;
 
@@ -177,7 +181,7 @@ impl Fleet {
     pub(in crate::store) async fn mutate(
         &self,
         store: &Store,
-        reads: Vec<KeyId>,
+        reads: super::Reads,
         decide: Decide,
     ) -> Result<(), Refused> {
         self.await_watching().await?;
@@ -188,6 +192,7 @@ impl Fleet {
             }
             let (snapshot, mut compares) = self.read_snapshot(&mut client, &reads).await?;
             let (change, event) = decide(&snapshot)?;
+            let role_writes = super::roles::role_writes(&change, &snapshot)?;
             if attempt == 0 {
                 self.keep_audit_budget(store, &mut client, &event.account_id)
                     .await;
@@ -196,6 +201,16 @@ impl Fleet {
             let mut ops = self.audit_ops(&event, lease);
             self.change_ops(store, &mut client, &change, &mut compares, &mut ops)
                 .await?;
+            self.role_ops(
+                store,
+                &mut client,
+                &change,
+                &snapshot,
+                role_writes,
+                &mut compares,
+                &mut ops,
+            )
+            .await?;
             let response = client
                 .txn(Txn::new().when(compares).and_then(ops))
                 .await
@@ -219,8 +234,31 @@ impl Fleet {
     async fn read_snapshot(
         &self,
         client: &mut Client,
-        reads: &[KeyId],
+        reads: &super::Reads,
     ) -> Result<(Snapshot, Vec<Compare>), StoreError> {
+        let (records, mut compares) = self.read_keys(client, &reads.keys).await?;
+        let role_ids = reads.roles_after(&records);
+        let (roles, role_compares) = self.read_roles(client, &role_ids).await?;
+        compares.extend(role_compares);
+        // Members are not compared: any change to one rewrites its roles,
+        // whose revisions are.
+        let members = reads.members_after(&records, &roles);
+        let mut member_records = Vec::with_capacity(members.len());
+        for chunk in members.chunks(100) {
+            member_records.extend(self.read_keys(client, chunk).await?.0);
+        }
+        let mut snapshot = Snapshot::with_roles(records, roles);
+        snapshot.add_members(member_records);
+        Ok((snapshot, compares))
+    }
+
+    /// Key records at one revision, and the compares that hold a write to it.
+    #[allow(clippy::type_complexity)]
+    async fn read_keys(
+        &self,
+        client: &mut Client,
+        reads: &[KeyId],
+    ) -> Result<(Vec<(KeyId, Option<KeyRecord>)>, Vec<Compare>), StoreError> {
         let paths: Vec<Vec<u8>> = reads.iter().map(|id| self.key_path(id)).collect();
         let read = Txn::new().and_then(
             paths
@@ -229,7 +267,7 @@ impl Fleet {
                 .collect::<Vec<_>>(),
         );
         let response = client.txn(read).await.map_err(etcd_unavailable)?;
-        let mut snapshot = Snapshot::default();
+        let mut records = Vec::with_capacity(reads.len());
         let mut compares = Vec::new();
         for ((key_id, path), op) in reads.iter().zip(&paths).zip(response.op_responses()) {
             let TxnOpResponse::Get(got) = op else {
@@ -249,9 +287,9 @@ impl Fleet {
                 CompareOp::Equal,
                 revision,
             ));
-            snapshot.records.push((*key_id, record));
+            records.push((*key_id, record));
         }
-        Ok((snapshot, compares))
+        Ok((records, compares))
     }
 
     /// The compares and writes of one change: the key, the account counter
@@ -315,6 +353,7 @@ impl Fleet {
                     None,
                 ));
             }
+            Change::PutRole(_) | Change::DeleteRole(_) => {}
             Change::Delete(record) => {
                 let key_id = super::record_id(record)?;
                 let (count, revision) = self.account_count(client, &record.account_id).await?;
@@ -504,6 +543,9 @@ pub(super) enum MirrorChange {
     Delete(KeyId),
     /// A value that does not decode: removed from the mirror, denied here.
     Unreadable(KeyId, String),
+    /// A role, or its removal (`None`: deleted, or unreadable: it grants
+    /// nothing here).
+    Role(crate::role::RoleId, Option<Box<super::RoleRecord>>),
 }
 
 /// The first key after every key that starts with `prefix`.
