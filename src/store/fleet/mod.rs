@@ -127,6 +127,9 @@ pub(super) struct Fleet {
     /// The etcd revision the mirror and table reflect.
     applied: watch::Sender<i64>,
     pub state: Arc<SyncState>,
+    /// Changes through this sidecar that write the same role take turns
+    /// here instead of losing compares to each other in etcd.
+    role_turns: roles::Turns,
 }
 
 /// Any etcd client error: the store is unavailable, the write not acknowledged.
@@ -150,6 +153,7 @@ impl Fleet {
             request_lease: std::sync::Mutex::new(None),
             applied: watch::channel(applied_revision).0,
             state,
+            role_turns: roles::Turns::default(),
         }
     }
 
@@ -186,6 +190,7 @@ impl Fleet {
     ) -> Result<(), Refused> {
         self.await_watching().await?;
         let mut client = self.connected()?;
+        let _turn = self.role_turns.take(&reads.roles).await;
         for attempt in 0..MAX_ATTEMPTS {
             if attempt > 0 {
                 backoff(attempt).await;

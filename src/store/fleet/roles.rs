@@ -17,6 +17,38 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
+/// Per-role turns for changes through this sidecar (a create with a role
+/// rewrites the role's member list, so concurrent ones would conflict).
+#[derive(Default)]
+pub(super) struct Turns {
+    held:
+        std::sync::Mutex<std::collections::HashMap<RoleId, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Turns {
+    /// Waits for the turn on every role in `roles` (in id order, so two
+    /// changes never wait on each other).
+    pub(super) async fn take(&self, roles: &[RoleId]) -> Vec<tokio::sync::OwnedMutexGuard<()>> {
+        let mut ids = roles.to_vec();
+        ids.sort();
+        ids.dedup();
+        let locks: Vec<_> = {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            if held.len() > 1024 {
+                held.retain(|_, lock| std::sync::Arc::strong_count(lock) > 1);
+            }
+            ids.iter()
+                .map(|id| held.entry(*id).or_default().clone())
+                .collect()
+        };
+        let mut guards = Vec::with_capacity(locks.len());
+        for lock in locks {
+            guards.push(lock.lock_owned().await);
+        }
+        guards
+    }
+}
+
 impl Fleet {
     pub(super) fn role_path(&self, role_id: &RoleId) -> Vec<u8> {
         format!("{}keys/{ROLES}{role_id}", self.config.prefix).into_bytes()
