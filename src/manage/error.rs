@@ -181,9 +181,9 @@ impl From<StoreError> for ManageError {
             StoreError::BadCursor => invalid("page_token", error.to_string()),
             StoreError::RoleNotFound => ManageError::RoleNotFound("named".into()),
             StoreError::RoleNameTaken { name } => ManageError::RoleNameTaken(name),
-            StoreError::RoleFull { .. } | StoreError::RolesFull { .. } => {
-                ManageError::RoleLimit(error.to_string())
-            }
+            StoreError::RoleFull { .. }
+            | StoreError::RolesFull { .. }
+            | StoreError::TxnTooLarge { .. } => ManageError::RoleLimit(error.to_string()),
             error => ManageError::Store(error),
         }
     }

@@ -111,6 +111,10 @@ pub enum StoreError {
     RoleFull { role_id: String, cap: usize },
     #[error("account already holds the maximum of {cap} roles")]
     RolesFull { cap: usize },
+    /// Fleet: a change that would need more than etcd's default
+    /// `--max-txn-ops` (128) compares or writes in its one transaction.
+    #[error("this change reaches {ops} records (the keys' other roles among them), more than one etcd transaction holds ({max}): split the role")]
+    TxnTooLarge { ops: usize, max: usize },
     #[error("key {key_id} is already in etcd with different content; nothing was overwritten")]
     ImportConflict { key_id: String },
     /// A change could not be made durable. From then on the process refuses

@@ -65,6 +65,23 @@ impl Reads {
     }
 }
 
+/// The roles `members` reference that are not read yet (a role change
+/// judges each key it reaches by its whole effective set).
+pub(super) fn roles_of_members(
+    members: &[(KeyId, Option<KeyRecord>)],
+    read: &[(RoleId, Option<RoleRecord>)],
+) -> Vec<RoleId> {
+    let mut more = BTreeSet::new();
+    for record in members.iter().filter_map(|(_, record)| record.as_ref()) {
+        more.extend(
+            record
+                .roles()
+                .filter(|id| !read.iter().any(|(read, _)| read == id)),
+        );
+    }
+    more.into_iter().collect()
+}
+
 impl Snapshot {
     pub(super) fn with_roles(
         records: Vec<(KeyId, Option<KeyRecord>)>,

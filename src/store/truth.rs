@@ -12,7 +12,9 @@ use std::time::Duration;
 use super::audit::{AuditEvent, AuditFilter};
 use super::fleet::{Fleet, SyncState};
 use super::record::CreateRequestRecord;
+use super::roles::roles_of_members;
 use super::{Change, Reads, Snapshot, Store, StoreError};
+use crate::role::RoleId;
 use crate::token::KeyId;
 
 pub(super) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -102,12 +104,14 @@ impl Truth for Standalone {
                     .collect()
             };
             let records = read(reads.keys.clone())?;
-            let roles = reads
-                .roles_after(&records)
-                .into_iter()
-                .map(|role_id| Ok((role_id, writing.get_role(&role_id)?)))
-                .collect::<Result<Vec<_>, StoreError>>()?;
+            let read_roles = |ids: Vec<RoleId>| -> Result<Vec<_>, StoreError> {
+                ids.into_iter()
+                    .map(|role_id| Ok((role_id, writing.get_role(&role_id)?)))
+                    .collect()
+            };
+            let mut roles = read_roles(reads.roles_after(&records))?;
             let members = read(reads.members_after(&records, &roles))?;
+            roles.extend(read_roles(roles_of_members(&members, &roles))?);
             let mut snapshot = Snapshot::with_roles(records, roles);
             snapshot.add_members(members);
             let (change, event) = decide(&snapshot)?;

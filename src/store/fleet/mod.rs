@@ -53,6 +53,8 @@ pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// and deletes in one account contend on its counter; a jittered backoff
 /// between attempts lets one of them win each round.
 const MAX_ATTEMPTS: u32 = 24;
+/// etcd's default `--max-txn-ops`: compares or writes in one transaction.
+const MAX_TXN_OPS: usize = 128;
 /// One etcd call gives up after this.
 const ETCD_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Keys per page of a full read.
@@ -216,6 +218,14 @@ impl Fleet {
                 &mut ops,
             )
             .await?;
+            let size = compares.len().max(ops.len());
+            if size > MAX_TXN_OPS {
+                return Err(StoreError::TxnTooLarge {
+                    ops: size,
+                    max: MAX_TXN_OPS,
+                }
+                .into());
+            }
             let response = client
                 .txn(Txn::new().when(compares).and_then(ops))
                 .await
@@ -252,6 +262,13 @@ impl Fleet {
         for chunk in members.chunks(100) {
             member_records.extend(self.read_keys(client, chunk).await?.0);
         }
+        // The other roles of those keys are compared: a role change judges
+        // each key by its whole effective set, as it is when it applies.
+        let more = super::roles::roles_of_members(&member_records, &roles);
+        let (more, more_compares) = self.read_roles(client, &more).await?;
+        let mut roles = roles;
+        roles.extend(more);
+        compares.extend(more_compares);
         let mut snapshot = Snapshot::with_roles(records, roles);
         snapshot.add_members(member_records);
         Ok((snapshot, compares))
