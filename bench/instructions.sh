@@ -13,6 +13,9 @@
 #                                            # the key has credits (in memory)
 #   SERVE_ARGS="--usage off" BARE=0 bash bench/instructions.sh
 #                                            # more serve flags (a feature off, to cost it)
+#   SCOPES="mail.send stats.read marketing_campaigns.read" BARE=0 bash bench/instructions.sh
+#   ROLES="mail.send stats.read marketing_campaigns.read" BARE=0 bash bench/instructions.sh
+#                                            # the key's scopes of its own, or one role per scope
 # Each figure: counters zeroed after a warm-up, N requests sent, counters
 # dumped; then zeroed again, the server left idle for as long, dumped; the
 # idle count is subtracted and the rest divided by N.
@@ -119,8 +122,18 @@ addr=$(grep 'scopegate listening' "$work/prepare.log" | grep -o '"addr":"[^"]*"'
 limit_args=()
 [ -n "${LIMIT:-}" ] && limit_args=(--limit "$LIMIT")
 [ -n "${CREDITS:-}" ] && limit_args+=(--credits "$CREDITS")
+grant_args=()
+for scope in ${SCOPES:-mail.send}; do grant_args+=(--scope "$scope"); done
+if [ -n "${ROLES:-}" ]; then
+  grant_args=()
+  for scope in $ROLES; do
+    "$bin" roles create --server "http://$addr" --data-dir "$work/data" --account bench \
+      --name "role-$scope" --scope "$scope" > /dev/null
+    grant_args+=(--role "role-$scope")
+  done
+fi
 token=$("$bin" keys create --server "http://$addr" --data-dir "$work/data" --account bench \
-  --name load --scope mail.send "${limit_args[@]}" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+  --name load "${grant_args[@]}" "${limit_args[@]}" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 kill "$server_pid"; wait "$server_pid" 2> /dev/null || true
 read -r -a serve_args <<< "${SERVE_ARGS:-}"
 valgrind --tool=callgrind --callgrind-out-file="$work/scopegate.cg" \

@@ -124,7 +124,7 @@ async fn backup_and_restore_round_trip() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         out.trim(),
-        format!("backed up 3 keys to {}", file.display())
+        format!("backed up 3 keys and 0 roles to {}", file.display())
     );
     let exported = std::fs::read_to_string(&file).unwrap();
     for token in &tokens {

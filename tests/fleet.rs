@@ -601,12 +601,12 @@ async fn fleet_import_and_backup() {
         "{}",
         String::from_utf8_lossy(&once.stderr)
     );
-    assert!(String::from_utf8_lossy(&once.stdout).contains("copied 2 keys"));
+    assert!(String::from_utf8_lossy(&once.stdout).contains("copied 2 keys and roles"));
     let twice = import();
     assert!(twice.status.success());
     assert!(
         String::from_utf8_lossy(&twice.stdout)
-            .contains("copied 0 keys into etcd (2 were already there)"),
+            .contains("copied 0 keys and roles into etcd (2 were already there)"),
         "{}",
         String::from_utf8_lossy(&twice.stdout)
     );
@@ -1014,7 +1014,7 @@ async fn fleet_import_keeps_the_cap_and_the_catalog() {
             secret_hash: vec![3; 32],
             ..Default::default()
         };
-        store.import(vec![record]).unwrap();
+        store.import(vec![record], vec![]).unwrap();
         drop(store);
         data
     };

@@ -991,3 +991,170 @@ async fn roles_on_rest_and_the_command_line() {
         pb::Decision::InsufficientScope
     );
 }
+
+/// A backup carries the roles; a restore rebuilds them (their member lists
+/// from the keys, never from the file) and every key decides as before; a
+/// line naming a role the file lacks, or a role that mixes billing, is
+/// refused; `fleet import` carries them into etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_restore_and_fleet_import_carry_roles() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, &[]);
+    let admin = server.admin_token.clone();
+    let sender = make_role(&server, &admin, role("acme", "sender", &["mail.send"]))
+        .await
+        .unwrap();
+    make_role(&server, &admin, role("acme", "idle", &["stats.read"]))
+        .await
+        .unwrap();
+    let (_, by_role) = make_key(
+        &server,
+        &admin,
+        with_roles(create("acme", "r", &["stats.read"]), &["sender"]),
+    )
+    .await
+    .unwrap();
+    let (_, plain) = make_key(&server, &admin, create("acme", "p", &["stats.read"]))
+        .await
+        .unwrap();
+    let file = dir.path().join("backup.jsonl");
+    server.backup(&file);
+    assert!(server.terminate());
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(
+        text.lines()
+            .filter(|line| line.starts_with(r#"{"role""#))
+            .count(),
+        2,
+        "{text}"
+    );
+
+    let restore = |file: &std::path::Path, target: &std::path::Path| {
+        std::process::Command::new(common::BIN)
+            .args(["restore", "--in"])
+            .arg(file)
+            .arg("--data-dir")
+            .arg(target)
+            .output()
+            .unwrap()
+    };
+    let restored = dir.path().join("restored");
+    let done = restore(&file, &restored);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let server = Server::start(&restored, &[]);
+    assert_eq!(
+        decision(&server, &by_role, &["mail.send"]).await,
+        pb::Decision::Allowed
+    );
+    assert_eq!(
+        decision(&server, &by_role, &["stats.read"]).await,
+        pb::Decision::Allowed
+    );
+    assert_eq!(
+        decision(&server, &plain, &["mail.send"]).await,
+        pb::Decision::InsufficientScope
+    );
+    let roles = server
+        .manage()
+        .await
+        .list_roles(bearer(&admin_of(&server), pb::ListRolesRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .roles;
+    let counts: Vec<(&str, u32)> = roles
+        .iter()
+        .map(|role| (role.name.as_str(), role.key_count))
+        .collect();
+    assert_eq!(counts, [("idle", 0), ("sender", 1)]);
+    // The restored role still reaches its key.
+    regrant(
+        &server,
+        &admin_of(&server),
+        &sender.role_id,
+        &["stats.read"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        decision(&server, &by_role, &["mail.send"]).await,
+        pb::Decision::InsufficientScope
+    );
+    drop(server);
+
+    // Edited by hand: a key naming a role not in the file; a role mixing billing.
+    for (edit, needle) in [
+        (
+            text.lines()
+                .map(|line| match line.starts_with(r#"{"role""#) {
+                    true => line.to_owned(),
+                    false => line.replace(&sender.role_id, "role_AAAAAAAAAAAAAAAAAAAAAA"),
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+            "names a role",
+        ),
+        (
+            text.replace(
+                r#""scopes":["stats.read"],"create"#,
+                r#""scopes":["stats.read","billing.read"],"create"#,
+            ),
+            "billing",
+        ),
+    ] {
+        assert_ne!(edit, text);
+        let edited = dir.path().join("edited.jsonl");
+        std::fs::write(&edited, &edit).unwrap();
+        let target = dir.path().join(format!("edited-{}", needle.len()));
+        let refused = restore(&edited, &target);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(
+            refused.status.code(),
+            Some(2),
+            "{needle}: {stderr} {}",
+            String::from_utf8_lossy(&refused.stdout)
+        );
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+
+    // fleet import: the standalone store's roles reach a fleet sidecar.
+    let etcd = common::Etcd::start(dir.path());
+    etcd.wait_healthy();
+    let import = std::process::Command::new(common::BIN)
+        .args(["fleet", "import", "--data-dir"])
+        .arg(&data)
+        .args(["--etcd-endpoints", &etcd.endpoint])
+        .output()
+        .unwrap();
+    assert!(
+        import.status.success(),
+        "{}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    let sidecar = common::fleet::fleet(dir.path(), "sidecar", &etcd, &[]);
+    assert_eq!(
+        decision(&sidecar, &by_role, &["mail.send"]).await,
+        pb::Decision::Allowed
+    );
+    regrant(
+        &sidecar,
+        &admin_of(&sidecar),
+        &sender.role_id,
+        &["stats.read"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        decision(&sidecar, &by_role, &["mail.send"]).await,
+        pb::Decision::InsufficientScope
+    );
+}
+
+fn admin_of(server: &Server) -> String {
+    server.admin_token.clone()
+}

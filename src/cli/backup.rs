@@ -47,19 +47,29 @@ pub(super) async fn run(args: BackupArgs) -> Result<ExitCode, String> {
         .map_err(status_text)?
         .into_inner();
     let mut lines = String::new();
-    let mut count = 0;
+    let (mut count, mut roles) = (0, 0);
     while let Some(record) = stream.message().await.map_err(status_text)? {
-        let record = crate::store::decode(&[], &record.key_record)
-            .map_err(|error| format!("the server sent a bad record: {error}"))?;
-        let line = record_to_json(&record)
-            .map_err(|error| format!("the server sent a bad record: {error}"))?;
+        let bad = |error: String| format!("the server sent a bad record: {error}");
+        let line = if record.role_record.is_empty() {
+            let record = crate::store::decode(&[], &record.key_record)
+                .map_err(|error| bad(error.to_string()))?;
+            count += 1;
+            record_to_json(&record).map_err(bad)?
+        } else {
+            let role = prost::Message::decode(record.role_record.as_slice())
+                .map_err(|error: prost::DecodeError| bad(error.to_string()))?;
+            roles += 1;
+            role_to_json(&role).map_err(bad)?
+        };
         lines.push_str(&line);
         lines.push('\n');
-        count += 1;
     }
     write_durably(&out, lines.as_bytes())
         .map_err(|error| format!("cannot write {}: {error}", out.display()))?;
-    println!("backed up {count} keys to {}", out.display());
+    println!(
+        "backed up {count} keys and {roles} roles to {}",
+        out.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -77,30 +87,35 @@ pub(super) async fn restore(args: RestoreArgs) -> ExitCode {
         });
         let text = std::fs::read_to_string(&input)
             .map_err(|error| format!("cannot read {}: {error}", input.display()))?;
-        let records = text
-            .lines()
-            .enumerate()
-            .filter(|(_, line)| !line.trim().is_empty())
-            .map(|(index, line)| {
-                record_from_json(line)
-                    .and_then(|record| {
-                        crate::manage::validate_imported(&record)
-                            .and_then(|()| {
-                                crate::manage::validate_imported_scopes(&record, &catalog)
-                            })
-                            .map(|()| record)
-                            .map_err(|error| error.to_string())
-                    })
-                    .map_err(|error| format!("{} line {}: {error}", input.display(), index + 1))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let (mut records, mut roles) = (Vec::new(), Vec::new());
+        for (index, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let at = |error: String| format!("{} line {}: {error}", input.display(), index + 1);
+            match line_from_json(line).map_err(at)? {
+                Line::Key(record) => {
+                    crate::manage::validate_imported(&record)
+                        .and_then(|()| crate::manage::validate_imported_scopes(&record, &catalog))
+                        .map_err(|error| at(error.to_string()))?;
+                    records.push(record);
+                }
+                Line::Role(role) => {
+                    crate::manage::validate_imported_role(&role, &catalog)
+                        .map_err(|error| at(error.to_string()))?;
+                    roles.push(role);
+                }
+            }
+        }
         crate::manage::check_account_caps(&records, cap).map_err(|error| error.to_string())?;
         let store = crate::store::Store::open(
             &data_dir,
             std::sync::Arc::new(arc_swap::ArcSwap::new(catalog.clone())),
         )
         .map_err(|error| error.to_string())?;
-        let written = store.import(records).map_err(|error| error.to_string())?;
+        let written = store
+            .import(records, roles)
+            .map_err(|error| error.to_string())?;
         let loaded = store.load().map_err(|error| error.to_string())?;
         Ok::<_, String>((written, loaded.total()))
     }
@@ -120,16 +135,49 @@ pub(super) async fn restore(args: RestoreArgs) -> ExitCode {
     }
 }
 
-use crate::store::KeyRecord;
+use crate::store::{KeyRecord, RoleRecord};
 
 /// One backup line: the stored record as JSON (hashes in hex).
 pub fn record_to_json(record: &KeyRecord) -> Result<String, String> {
     serde_json::to_string(record).map_err(|error| error.to_string())
 }
 
+/// A role's backup line: `{"role": {…}}` (a build from before roles refuses
+/// it as an unknown field, never drops it).
+pub fn role_to_json(role: &RoleRecord) -> Result<String, String> {
+    #[derive(serde::Serialize)]
+    struct RoleLine<'a> {
+        role: &'a RoleRecord,
+    }
+    serde_json::to_string(&RoleLine { role }).map_err(|error| error.to_string())
+}
+
+/// What one backup line holds.
+pub enum Line {
+    Key(KeyRecord),
+    Role(RoleRecord),
+}
+
+/// A key's or a role's line.
+pub fn line_from_json(line: &str) -> Result<Line, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RoleLine {
+        role: RoleRecord,
+    }
+    if line.trim_start().starts_with(r#"{"role""#) {
+        return typed::<RoleLine>(line).map(|line| Line::Role(line.role));
+    }
+    record_from_json(line).map(Line::Key)
+}
+
 /// A record from one backup line: every field typed, none unknown (a
 /// newer release's field is refused, never dropped).
 pub fn record_from_json(line: &str) -> Result<KeyRecord, String> {
+    typed(line)
+}
+
+fn typed<T: serde::de::DeserializeOwned>(line: &str) -> Result<T, String> {
     let mut fields = serde_json::Deserializer::from_str(line);
     let record = serde_path_to_error::deserialize(&mut fields).map_err(|error| {
         let path = error.path().to_string();

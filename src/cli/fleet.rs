@@ -31,13 +31,23 @@ pub(super) async fn fleet_import(args: ServeArgs) -> ExitCode {
             std::sync::Arc::new(arc_swap::ArcSwap::new(catalog.clone())),
         )
         .map_err(|error| error.to_string())?;
-        let records = store
-            .export()
-            .map_err(|error| error.to_string())?
+        let exported = store.export().map_err(|error| error.to_string())?;
+        let records = exported
+            .keys
             .iter()
             .map(|value| crate::store::decode(&[], value))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|error| error.to_string())?;
+        let roles = exported
+            .roles
+            .iter()
+            .map(|value| prost::Message::decode(value.as_ref()))
+            .collect::<Result<Vec<crate::store::RoleRecord>, _>>()
+            .map_err(|error| format!("a stored role is unreadable: {error}"))?;
+        for role in &roles {
+            crate::manage::validate_imported_role(role, &catalog)
+                .map_err(|error| format!("role {}: {error}", role.name))?;
+        }
         // Held to the rules restore and the API hold records to.
         for record in &records {
             crate::manage::validate_imported(record)
@@ -51,14 +61,14 @@ pub(super) async fn fleet_import(args: ServeArgs) -> ExitCode {
             .map_err(|error| error.to_string())?;
         // The cap also counts the keys already in etcd (checked per key, in
         // the transaction that files it).
-        crate::store::fleet::import(&fleet, records, config.max_keys_per_account)
+        crate::store::fleet::import(&fleet, records, roles, config.max_keys_per_account)
             .await
             .map_err(|error| error.to_string())
     }
     .await;
     match result {
         Ok((copied, present)) => {
-            println!("copied {copied} keys into etcd ({present} were already there)");
+            println!("copied {copied} keys and roles into etcd ({present} were already there)");
             ExitCode::SUCCESS
         }
         Err(error) => {

@@ -26,14 +26,18 @@ impl Admin for AdminService {
     ) -> Result<Response<RecordStream>, Status> {
         let caller = self.manager.authenticate(bearer(&request)?)?;
         let manager = self.manager.clone();
-        let records = tokio::task::spawn_blocking(move || manager.backup(&caller))
+        let exported = tokio::task::spawn_blocking(move || manager.backup(&caller))
             .await
             .map_err(|_| Status::unavailable("shutting down"))??;
-        let stream = tokio_stream::iter(records.into_iter().map(|record| {
-            Ok(pb::BackupRecord {
-                key_record: record.to_vec(),
-            })
-        }));
+        let roles = exported.roles.into_iter().map(|role| pb::BackupRecord {
+            role_record: role.to_vec(),
+            ..Default::default()
+        });
+        let keys = exported.keys.into_iter().map(|key| pb::BackupRecord {
+            key_record: key.to_vec(),
+            ..Default::default()
+        });
+        let stream = tokio_stream::iter(roles.chain(keys).map(Ok));
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -42,7 +42,9 @@ pub use types::{
     ResourceView, RoleChange, RoleView, ScopesView,
 };
 pub use usage::{ExportQuery, UsageQuery, MAX_TOP_KEYS};
-pub use validate::{check_account_caps, validate_imported, validate_imported_scopes};
+pub use validate::{
+    check_account_caps, validate_imported, validate_imported_role, validate_imported_scopes,
+};
 use validate::{parse_key_id, validity};
 
 pub const DEFAULT_MAX_KEYS_PER_ACCOUNT: usize = 100;
@@ -385,13 +387,13 @@ impl Manager {
     }
 
     /// Every stored record, encoded: admin only. Blocking.
-    pub fn backup(&self, caller: &Caller) -> Result<Vec<sled::IVec>, ManageError> {
+    pub fn backup(&self, caller: &Caller) -> Result<crate::store::Exported, ManageError> {
         if !matches!(caller, Caller::Admin) {
             return Err(ManageError::AdminOnly);
         }
-        let records = self.store.export()?;
-        tracing::info!(%caller, keys = records.len(), "backup exported");
-        Ok(records)
+        let exported = self.store.export()?;
+        tracing::info!(%caller, keys = exported.keys.len(), roles = exported.roles.len(), "backup exported");
+        Ok(exported)
     }
 
     pub fn scopes(&self, caller: &Caller) -> ScopesView {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::error::{invalid, ManageError};
 use crate::ratelimit::RateLimit;
 use crate::scope::Catalog;
-use crate::store::{KeyRecord, RateLimitRecord};
+use crate::store::{KeyRecord, RateLimitRecord, RoleRecord};
 use crate::token::KeyId;
 
 pub(super) const MAX_NAME_CHARS: usize = 100;
@@ -58,13 +58,65 @@ pub fn validate_imported(record: &KeyRecord) -> Result<(), ManageError> {
 /// the API would take them: scopes known and non-empty, billing alone, the
 /// limits' scopes known.
 pub fn validate_imported_scopes(record: &KeyRecord, catalog: &Catalog) -> Result<(), ManageError> {
+    let scope_error = |source| ManageError::Scope {
+        field: "scopes",
+        source,
+    };
+    if record.role_ids.is_empty() {
+        catalog
+            .key_scopes(record.scopes.iter().map(String::as_str), [])
+            .map_err(scope_error)?;
+    } else {
+        // With roles, the effective set is checked once they are in (the
+        // store's import judges each key as Check will).
+        catalog
+            .resolve(record.scopes.iter().map(String::as_str))
+            .map_err(scope_error)?;
+        if record.role_ids.len() > crate::role::MAX_ROLES_PER_KEY
+            || record.roles().count() != record.role_ids.len()
+        {
+            return Err(invalid(
+                "role_ids",
+                format!(
+                    "at most {} role ids of 16 bytes",
+                    crate::role::MAX_ROLES_PER_KEY
+                ),
+            ));
+        }
+    }
+    validate_rate_limits(&record.rate_limits(), catalog).map(drop)
+}
+
+/// A role that arrives from outside the API (`restore`, `fleet import`),
+/// held to the API's rules: version, id, account, name, description, and
+/// grants that are known scopes with billing alone.
+pub fn validate_imported_role(role: &RoleRecord, catalog: &Catalog) -> Result<(), ManageError> {
+    if role.version == 0 || role.version > RoleRecord::VERSION {
+        return Err(invalid(
+            "version",
+            format!(
+                "role record version {} is not one this build writes",
+                role.version
+            ),
+        ));
+    }
+    if role.id().is_none() {
+        return Err(invalid("role_id", "is not 16 bytes"));
+    }
+    validate_account_id(&role.account_id)?;
+    if validate_name(&role.name)? != role.name {
+        return Err(invalid("name", "has surrounding whitespace"));
+    }
+    if role.description.chars().count() > crate::role::MAX_ROLE_DESCRIPTION {
+        return Err(invalid("description", "is too long"));
+    }
     catalog
-        .key_scopes(record.scopes.iter().map(String::as_str), [])
+        .key_scopes(role.scopes.iter().map(String::as_str), [])
         .map_err(|source| ManageError::Scope {
             field: "scopes",
             source,
-        })?;
-    validate_rate_limits(&record.rate_limits(), catalog).map(drop)
+        })
+        .map(drop)
 }
 
 /// A key's rate limits as the API takes them: each valid, names distinct,

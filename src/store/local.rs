@@ -332,12 +332,26 @@ impl Store {
     /// against the catalog, then flushes. Returns how many were written.
     pub fn import(
         &self,
-        records: impl IntoIterator<Item = KeyRecord>,
+        records: Vec<KeyRecord>,
+        roles: Vec<RoleRecord>,
     ) -> Result<usize, StoreError> {
-        if !self.inner.keys.is_empty() {
+        if !self.inner.keys.is_empty() || !self.inner.roles.is_empty() {
             return Err(StoreError::NotEmpty {
                 dir: self.inner.dir.display().to_string(),
             });
+        }
+        // Roles first, their members taken from the keys (never from the
+        // file), so every key below is judged with its roles in place.
+        for mut role in with_members(roles, &records)? {
+            role.version = RoleRecord::VERSION;
+            let role_id = role.id().ok_or(StoreError::RoleNotFound)?;
+            self.check_role_name(&role, true)?;
+            self.inner
+                .roles
+                .insert(role_id.as_bytes(), prost::Message::encode_to_vec(&role))?;
+            self.inner
+                .role_accounts
+                .insert(role_index_key(&role), &[])?;
         }
         let mut count = 0;
         for record in records {
@@ -434,4 +448,39 @@ impl RoleWrites {
         }
         Ok(())
     }
+}
+
+/// Roles with their member lists made from the keys that reference them; a
+/// key naming a role of another account, or none in the file, is refused.
+pub(super) fn with_members(
+    roles: Vec<RoleRecord>,
+    records: &[KeyRecord],
+) -> Result<Vec<RoleRecord>, StoreError> {
+    let mut roles: std::collections::BTreeMap<Vec<u8>, RoleRecord> = roles
+        .into_iter()
+        .map(|mut role| {
+            role.members.clear();
+            (role.role_id.clone(), role)
+        })
+        .collect();
+    for record in records {
+        let key_id = record_id(record)?;
+        for role_id in &record.role_ids {
+            let role = roles
+                .get_mut(role_id)
+                .filter(|role| role.account_id == record.account_id)
+                .ok_or_else(|| StoreError::Corrupt {
+                    key_id: key_id.to_string(),
+                    reason: "names a role its account does not have in this backup".into(),
+                })?;
+            if role.members.len() >= crate::role::MAX_KEYS_PER_ROLE {
+                return Err(StoreError::RoleFull {
+                    role_id: role.id().map(|id| id.to_string()).unwrap_or_default(),
+                    cap: crate::role::MAX_KEYS_PER_ROLE,
+                });
+            }
+            role.members.push(key_id.as_bytes().to_vec());
+        }
+    }
+    Ok(roles.into_values().collect())
 }

@@ -29,6 +29,7 @@ mod truth;
 
 pub use audit::{AuditEvent, AuditFilter, KeyState, DEFAULT_AUDIT_MAX_EVENTS_PER_ACCOUNT};
 pub use fleet::{FleetConfig, SyncState};
+pub use read::Exported;
 pub use record::{
     CreateRequest, CreateRequestRecord, CreditsRecord, KeyRecord, RateLimitRecord, RoleRecord,
     FORMAT_VERSION,

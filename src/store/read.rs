@@ -5,6 +5,12 @@ use super::record::{account_prefix, KeyRecord};
 use super::{decode, decode_whole, Store, StoreError};
 use crate::token::KeyId;
 
+/// Every stored record, encoded: keys and roles.
+pub struct Exported {
+    pub keys: Vec<sled::IVec>,
+    pub roles: Vec<sled::IVec>,
+}
+
 impl Store {
     pub fn get(&self, key_id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
         self.healthy()?;
@@ -55,18 +61,22 @@ impl Store {
 
     /// Every stored record, encoded, read under the writer lock so the set is
     /// consistent (no mutation is half in it).
-    pub fn export(&self) -> Result<Vec<sled::IVec>, StoreError> {
+    pub fn export(&self) -> Result<Exported, StoreError> {
         let _writer = self
             .inner
             .writer
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
         self.healthy()?;
-        self.inner
-            .keys
-            .iter()
-            .values()
-            .map(|value| value.map_err(StoreError::from))
-            .collect()
+        let values = |tree: &sled::Tree| {
+            tree.iter()
+                .values()
+                .map(|value| value.map_err(StoreError::from))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Exported {
+            keys: values(&self.inner.keys)?,
+            roles: values(&self.inner.roles)?,
+        })
     }
 }

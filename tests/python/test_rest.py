@@ -447,3 +447,40 @@ def test_credits_through_sendgrids_client_and_the_document(server, rest, admin, 
         assert status == 400, (body, error)
         if field:
             assert error["errors"][0]["field"] == field, error
+
+
+def test_roles_follow_the_document(server, rest, admin, manager):
+    """Roles over REST, every answer held to the OpenAPI document: made from
+    a template and from scopes, referenced by keys (by name and id), shown
+    on the key, changed (PATCH, PUT) so the key's Check changes at once, a
+    taken name 409, another account's role 404, deleted."""
+    token = manager["api_key"]
+    status, _, made = rest("POST", "/v3/roles", token, {"name": "senders", "scopes": ["mail.send"]})
+    assert status == 201 and made["key_count"] == 0, made
+    status, _, viewer = rest("POST", "/v3/roles", admin, {"name": "viewers", "template": "read-only"},
+                             headers={"on-behalf-of": "acme"})
+    assert status == 201 and "stats.read" in viewer["scopes"], viewer
+    status, _, taken = rest("POST", "/v3/roles", token, {"name": "senders", "scopes": ["mail.send"]})
+    assert status == 409 and "senders" in taken["errors"][0]["message"], taken
+    # The manager lacks the template's other read scopes: it may not attach it.
+    status, _, refused = rest("POST", "/v3/api_keys", token, {"name": "r", "roles": ["viewers"]})
+    assert status == 403, refused
+    status, _, key = rest("POST", "/v3/api_keys", token, {"name": "by-role", "roles": ["senders"]})
+    assert status == 201 and key["scopes"] == ["mail.send"], key
+    assert envoy_check(server, key["api_key"], "POST", "/v3/mail/send") == code_pb2.OK
+    status, _, shown = rest("GET", f"/v3/api_keys/{key['api_key_id']}", token)
+    assert shown["result"][0]["roles"][0]["role_id"] == made["role_id"], shown
+    status, _, changed = rest("PATCH", f"/v3/roles/{made['role_id']}", token,
+                              {"description": "who sends", "scopes": ["mail.send", "stats.read"]})
+    assert status == 200 and changed["key_count"] == 1 and changed["description"] == "who sends", changed
+    status, _, changed = rest("PUT", f"/v3/roles/{made['role_id']}", token, {"name": "stats", "scopes": ["stats.read"]})
+    assert status == 200 and changed["name"] == "stats", changed
+    assert envoy_check(server, key["api_key"], "POST", "/v3/mail/send") != code_pb2.OK
+    status, _, listed = rest("GET", "/v3/roles", token)
+    assert sorted(role["name"] for role in listed["result"]) == ["stats", "viewers"], listed
+    status, _, other = rest("GET", f"/v3/roles/{made['role_id']}", admin, headers={"on-behalf-of": "globex"})
+    assert status == 404, other
+    status, _, _ = rest("DELETE", f"/v3/roles/{made['role_id']}", token)
+    assert status == 204
+    status, _, gone = rest("GET", f"/v3/roles/{made['role_id']}", token)
+    assert status == 404, gone

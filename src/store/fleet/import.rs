@@ -3,7 +3,7 @@
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 
 use super::{backoff, etcd_unavailable, Fleet, FleetConfig, MAX_ATTEMPTS};
-use crate::store::{AuditEvent, KeyRecord, StoreError};
+use crate::store::{AuditEvent, KeyRecord, RoleRecord, StoreError};
 
 /// Copies a standalone store's records into etcd: a record already there
 /// with the same bytes is skipped, a different one is refused (nothing is
@@ -11,11 +11,21 @@ use crate::store::{AuditEvent, KeyRecord, StoreError};
 pub async fn import(
     config: &FleetConfig,
     records: Vec<KeyRecord>,
+    roles: Vec<RoleRecord>,
     cap: usize,
 ) -> Result<(usize, usize), StoreError> {
     let fleet = Fleet::new(config.clone(), 0);
     let mut client = fleet.connect().await?;
     let (mut copied, mut present) = (0, 0);
+    // Roles first (members from the keys), so no key arrives without them.
+    for mut role in crate::store::local::with_members(roles, &records)? {
+        role.version = RoleRecord::VERSION;
+        if fleet.import_role(&mut client, &role).await? {
+            copied += 1;
+        } else {
+            present += 1;
+        }
+    }
     for record in records {
         let record = record.versioned();
         let key_id = crate::store::record_id(&record)?;

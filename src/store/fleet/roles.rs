@@ -72,6 +72,47 @@ impl Fleet {
         RoleId::parse(std::str::from_utf8(id).ok()?)
     }
 
+    /// `fleet import`: a role put unless the same is there (false); one with
+    /// other content, or its name taken by another, is refused.
+    pub(super) async fn import_role(
+        &self,
+        client: &mut Client,
+        role: &RoleRecord,
+    ) -> Result<bool, StoreError> {
+        let role_id = role.id().ok_or(StoreError::RoleNotFound)?;
+        let path = self.role_path(&role_id);
+        let value = prost::Message::encode_to_vec(role);
+        let name = self.role_name_path(&role.account_id, &role.name);
+        let txn = Txn::new()
+            .when(vec![
+                Compare::create_revision(path.clone(), CompareOp::Equal, 0),
+                Compare::create_revision(name.clone(), CompareOp::Equal, 0),
+            ])
+            .and_then(vec![
+                TxnOp::put(path.clone(), value.clone(), None),
+                TxnOp::put(name, role.role_id.clone(), None),
+            ])
+            .or_else(vec![TxnOp::get(path, None)]);
+        let response = client.txn(txn).await.map_err(etcd_unavailable)?;
+        if response.succeeded() {
+            return Ok(true);
+        }
+        let same = response.op_responses().into_iter().any(|op| match op {
+            TxnOpResponse::Get(got) => got
+                .kvs()
+                .first()
+                .is_some_and(|kv| kv.value() == value.as_slice()),
+            _ => false,
+        });
+        if same {
+            Ok(false)
+        } else {
+            Err(StoreError::ImportConflict {
+                key_id: role_id.to_string(),
+            })
+        }
+    }
+
     /// Roles at one revision, and the compares that hold a write to it.
     #[allow(clippy::type_complexity)]
     pub(super) async fn read_roles(
