@@ -226,7 +226,7 @@ fn known_route(template: &str) -> &'static str {
 
 /// Every route template served (REST and console): the metrics' labels,
 /// and what the gate test enumerates.
-pub const ROUTES: [&str; 25] = [
+pub const ROUTES: [&str; 28] = [
     "/v3/api_keys",
     "/v3/api_keys/{id}",
     "/v3/api_keys/{id}/rotate",
@@ -245,6 +245,9 @@ pub const ROUTES: [&str; 25] = [
     "/console/keys",
     "/console/keys/new",
     "/console/usage",
+    "/console/roles",
+    "/console/roles/{id}",
+    "/console/roles/{id}/delete",
     "/console/keys/{id}",
     "/console/keys/{id}/rotate",
     "/console/keys/{id}/credits",

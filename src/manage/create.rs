@@ -94,28 +94,40 @@ impl Manager {
             },
         });
         let caller_left = self.caller_credits_left(caller).await?;
-        match self
+        let committed = self
             .commit_create(caller, record, (scopes, caller_left), filed)
-            .await
-        {
-            Ok(()) => {}
-            // A concurrent retry with the same request id won: its result.
-            Err(ManageError::Store(StoreError::DuplicateRequest)) => {
-                return match self.first_result_of(&retry).await? {
-                    Some(first) => Ok(first),
-                    None => Err(ManageError::Store(StoreError::Conflict)),
-                };
-            }
-            Err(ManageError::Store(StoreError::AccountFull { cap })) => {
-                return Err(ManageError::AccountFull {
-                    account: account_id,
-                    cap,
-                })
-            }
-            Err(other) => return Err(other),
+            .await;
+        if let Some(first) = self.settle(committed, &retry, &account_id).await? {
+            return Ok(first);
         }
         tracing::info!(%caller, key_id = %issued.key_id, account_id = %account_id, scopes = ?view.scopes, "key created");
         Ok((view, issued.token))
+    }
+
+    /// What a create's filing came to: done (`None`), a concurrent retry
+    /// with the same request id that won (its result), or a refusal.
+    async fn settle(
+        &self,
+        committed: Result<(), ManageError>,
+        retry: &Option<(RequestId, [u8; 32])>,
+        account_id: &str,
+    ) -> Result<Option<(KeyView, String)>, ManageError> {
+        match committed {
+            Ok(()) => Ok(None),
+            Err(ManageError::Store(StoreError::DuplicateRequest)) => {
+                match self.first_result_of(retry).await? {
+                    Some(first) => Ok(Some(first)),
+                    None => Err(ManageError::Store(StoreError::Conflict)),
+                }
+            }
+            Err(ManageError::Store(StoreError::AccountFull { cap })) => {
+                Err(ManageError::AccountFull {
+                    account: account_id.to_owned(),
+                    cap,
+                })
+            }
+            Err(other) => Err(other),
+        }
     }
 
     /// Files the new key, checking the caller's rights again on the state

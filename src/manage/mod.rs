@@ -482,6 +482,13 @@ impl Manager {
                 .map(|credits| credits.terms),
             metadata: record.metadata.clone(),
             own_scopes: self.catalog.load().names(&own),
+            own_access: self
+                .catalog
+                .load()
+                .access_levels(&own)
+                .into_iter()
+                .map(|(id, access)| (self.catalog.load().resource(id).name.to_string(), access))
+                .collect(),
             roles,
             last_used_unix_ms: record
                 .key_id()

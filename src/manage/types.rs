@@ -60,6 +60,8 @@ pub struct KeyView {
     pub credits: Option<Credits>,
     /// The key's own scopes (`scopes` is what it may do: these and its roles').
     pub own_scopes: Vec<String>,
+    /// The access levels of its own scopes (`access`: of all it may do).
+    pub own_access: Vec<(String, Access)>,
     pub roles: Vec<KeyRole>,
 }
 

@@ -115,38 +115,8 @@ impl Store {
         let inner = &self.inner;
         let _writer = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
         self.healthy()?;
-        // Accounts of removed keys, from the mirror (a delete event has no value).
-        let mut removed_accounts = Vec::new();
-        for change in changes {
-            if let MirrorChange::Delete(key_id) | MirrorChange::Unreadable(key_id, _) = change {
-                if let Some(value) = inner.keys.get(key_id.as_bytes())? {
-                    if let Ok(record) = decode(key_id.as_bytes(), &value) {
-                        removed_accounts.push((*key_id, record.account_id));
-                    }
-                }
-            }
-        }
-        // Roles whose grants move: their members (old and new) are
-        // published again once the batch is applied.
-        let mut regrant: Vec<KeyId> = Vec::new();
-        let mut unlisted = Vec::new();
-        for change in changes {
-            if let MirrorChange::Role(role_id, role) = change {
-                let before = inner.roles.role(role_id)?;
-                if let (Some(before), None) = (&before, role) {
-                    unlisted.push(role_index_key(before));
-                }
-                let moved = match (&before, role) {
-                    (Some(before), Some(role)) => !before.same_grants(role),
-                    (None, None) => false,
-                    _ => true,
-                };
-                if moved {
-                    regrant.extend(before.iter().flat_map(RoleRecord::member_ids));
-                    regrant.extend(role.iter().flat_map(|role| role.member_ids()));
-                }
-            }
-        }
+        let removed_accounts = self.removed_accounts(changes)?;
+        let (regrant, unlisted) = self.roles_moved(changes)?;
         let encoded: Vec<Option<Vec<u8>>> = changes
             .iter()
             .map(|change| match change {
@@ -206,10 +176,62 @@ impl Store {
                 MirrorChange::Role(..) => {}
             }
         }
-        regrant.sort_unstable_by_key(|key_id| *key_id.as_bytes());
-        regrant.dedup();
-        for key_id in regrant {
-            if let Some(value) = inner.keys.get(key_id.as_bytes())? {
+        self.publish_again(regrant)
+    }
+
+    /// Accounts of removed keys, from the mirror (a delete event has no value).
+    fn removed_accounts(
+        &self,
+        changes: &[MirrorChange],
+    ) -> Result<Vec<(KeyId, String)>, StoreError> {
+        let mut removed = Vec::new();
+        for change in changes {
+            if let MirrorChange::Delete(key_id) | MirrorChange::Unreadable(key_id, _) = change {
+                if let Some(value) = self.inner.keys.get(key_id.as_bytes())? {
+                    if let Ok(record) = decode(key_id.as_bytes(), &value) {
+                        removed.push((*key_id, record.account_id));
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Roles of a watch batch whose grants move: their members (old and new)
+    /// to publish again once it is applied, and the index entries of those
+    /// removed.
+    fn roles_moved(
+        &self,
+        changes: &[MirrorChange],
+    ) -> Result<(Vec<KeyId>, Vec<Vec<u8>>), StoreError> {
+        let mut regrant = Vec::new();
+        let mut unlisted = Vec::new();
+        for change in changes {
+            if let MirrorChange::Role(role_id, role) = change {
+                let before = self.inner.roles.role(role_id)?;
+                if let (Some(before), None) = (&before, role) {
+                    unlisted.push(role_index_key(before));
+                }
+                let moved = match (&before, role) {
+                    (Some(before), Some(role)) => !before.same_grants(role),
+                    (None, None) => false,
+                    _ => true,
+                };
+                if moved {
+                    regrant.extend(before.iter().flat_map(RoleRecord::member_ids));
+                    regrant.extend(role.iter().flat_map(|role| role.member_ids()));
+                }
+            }
+        }
+        Ok((regrant, unlisted))
+    }
+
+    /// Publishes these keys again from the mirror (their roles moved).
+    fn publish_again(&self, mut keys: Vec<KeyId>) -> Result<(), StoreError> {
+        keys.sort_unstable_by_key(|key_id| *key_id.as_bytes());
+        keys.dedup();
+        for key_id in keys {
+            if let Some(value) = self.inner.keys.get(key_id.as_bytes())? {
                 match decode(key_id.as_bytes(), &value) {
                     Ok(record) => self.publish(key_id, &record),
                     Err(error) => self.deny_unreadable(key_id, &error),
@@ -243,18 +265,7 @@ impl Store {
         let _writer = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
         self.healthy()?;
         let keep: HashSet<KeyId> = records.iter().map(|(id, _)| *id).collect();
-        let mut stale = Vec::new();
-        for item in inner.keys.iter() {
-            let (id_bytes, value) = item?;
-            let Ok(id) = <[u8; 16]>::try_from(id_bytes.as_ref()) else {
-                continue;
-            };
-            let key_id = KeyId::from_bytes(id);
-            if !keep.contains(&key_id) {
-                let account = decode(&id_bytes, &value).map(|record| record.account_id);
-                stale.push((key_id, account.ok()));
-            }
-        }
+        let stale = self.stale_keys(&keep)?;
         let encoded: Vec<Vec<u8>> = records
             .iter()
             .map(|(_, record)| prost::Message::encode_to_vec(record))
@@ -316,6 +327,27 @@ impl Store {
         }
         self.restore_marks()?;
         Ok(())
+    }
+
+    /// The mirror's keys a full read no longer has, with their accounts.
+    #[allow(clippy::type_complexity)]
+    fn stale_keys(
+        &self,
+        keep: &HashSet<KeyId>,
+    ) -> Result<Vec<(KeyId, Option<String>)>, StoreError> {
+        let mut stale = Vec::new();
+        for item in self.inner.keys.iter() {
+            let (id_bytes, value) = item?;
+            let Ok(id) = <[u8; 16]>::try_from(id_bytes.as_ref()) else {
+                continue;
+            };
+            let key_id = KeyId::from_bytes(id);
+            if !keep.contains(&key_id) {
+                let account = decode(&id_bytes, &value).map(|record| record.account_id);
+                stale.push((key_id, account.ok()));
+            }
+        }
+        Ok(stale)
     }
 
     /// Publishes a record that arrived from etcd, or denies it here.

@@ -35,7 +35,12 @@ pub struct KeyForm {
     limits: String,
     credits: String,
     refill: String,
+    /// Role ids chosen.
+    roles: Vec<String>,
 }
+
+/// The account's roles a form offers: (id, name).
+pub type Offered = [(String, String)];
 
 impl KeyForm {
     pub fn read(form: &[(String, String)]) -> KeyForm {
@@ -61,21 +66,24 @@ impl KeyForm {
                 key.levels.insert(resource.to_owned(), level);
             } else if field == "scope" {
                 key.scopes.push(chosen.clone());
+            } else if field == "role" {
+                key.roles.push(chosen.clone());
             }
         }
         key
     }
 
+    /// The form of a key as it is: its own grants (never its roles').
     pub fn from_view(view: &KeyView) -> KeyForm {
         let levels: BTreeMap<String, Access> = view
-            .access
+            .own_access
             .iter()
             .filter(|(_, access)| !matches!(access, Access::Custom))
             .cloned()
             .collect();
         // Scopes of a resource whose level is Custom show as single scopes.
         let custom: Vec<&String> = view
-            .access
+            .own_access
             .iter()
             .filter(|(_, access)| matches!(access, Access::Custom))
             .map(|(resource, _)| resource)
@@ -84,8 +92,9 @@ impl KeyForm {
             name: view.name.clone(),
             billing: matches!(view.kind, crate::scope::KeyKind::Billing),
             levels,
+            roles: view.roles.iter().map(|role| role.role_id.clone()).collect(),
             scopes: view
-                .scopes
+                .own_scopes
                 .iter()
                 .filter(|scope| {
                     custom
@@ -245,10 +254,10 @@ impl KeyForm {
             self.grants(console, signed),
             self.scopes_of_kind(console, signed),
         );
-        if grants.is_empty() && scopes.is_empty() {
+        if grants.is_empty() && scopes.is_empty() && self.roles.is_empty() {
             return Err(ApiError::bad_request(
                 Some("grants"),
-                "choose at least one access level or scope",
+                "choose at least one access level, scope or role",
             ));
         }
         Ok((grants, scopes))
@@ -275,7 +284,7 @@ impl KeyForm {
             terms: self.terms()?,
             all_my_scopes_except_billing: false,
             request_id: String::new(),
-            roles: Vec::new(),
+            roles: self.roles.clone(),
         })
     }
 
@@ -301,12 +310,21 @@ impl KeyForm {
             expire_time: Some(self.expire_time()?),
             allowed_cidrs: Some(self.cidr_list()),
             metadata: Some(self.metadata_map()?),
+            roles: {
+                let current: Vec<&String> =
+                    current.roles.iter().map(|role| &role.role_id).collect();
+                (self.roles.iter().collect::<Vec<_>>() != current).then(|| self.roles.clone())
+            },
             ..KeyChange::default()
         })
     }
 
-    fn fields<'a>(&'a self, error: Option<&'a ApiError>) -> KeyFields<'a> {
+    fn fields<'a>(&'a self, error: Option<&'a ApiError>, offered: &'a Offered) -> KeyFields<'a> {
         KeyFields {
+            roles: offered
+                .iter()
+                .map(|(id, name)| (id.as_str(), name.as_str(), self.roles.contains(id)))
+                .collect(),
             name: &self.name,
             expires: &self.expires,
             cidrs: &self.cidrs,
@@ -349,7 +367,7 @@ pub fn create_page(
     signed: &Signed,
     account: &str,
     form: &KeyForm,
-    error: Option<&ApiError>,
+    (error, offered): (Option<&ApiError>, &Offered),
 ) -> Markup {
     let title = if account.is_empty() {
         "Create API key".to_owned()
@@ -362,7 +380,7 @@ pub fn create_page(
             "Create & View",
             &signed.csrf,
             Some(account),
-            &form.fields(error),
+            &form.fields(error, offered),
             grid,
         )
     });
@@ -374,7 +392,7 @@ pub fn edit_form(
     signed: &Signed,
     view: &KeyView,
     form: &KeyForm,
-    error: Option<&ApiError>,
+    (error, offered): (Option<&ApiError>, &Offered),
 ) -> Markup {
     with_grid(console, signed, form, |grid| {
         pages::key_form(
@@ -382,7 +400,7 @@ pub fn edit_form(
             "Save",
             &signed.csrf,
             None,
-            &form.fields(error),
+            &form.fields(error, offered),
             grid,
         )
     })

@@ -51,7 +51,8 @@ async fn key_page(
         .await
         .map(|(events, _)| events)
         .unwrap_or_default();
-    let edit = forms::edit_form(console, signed, view, form, error);
+    let offered = console.roles_in(signed, &view.account_id).await;
+    let edit = forms::edit_form(console, signed, view, form, (error, &offered));
     let usage = usage::charts(console, signed, &view.account_id, Some(&view.key_id)).await;
     // The form holds the credits as set; the page shows what is left now.
     let shown = console.api.manager.live_credits(view.clone()).await;

@@ -8,6 +8,7 @@ mod chart;
 mod forms;
 mod key;
 mod pages;
+mod roles;
 mod session;
 mod usage;
 
@@ -59,6 +60,9 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/console/keys", get(keys).post(create))
         .route("/console/keys/new", get(new_key))
         .route("/console/usage", get(usage::account_page))
+        .route("/console/roles", get(roles::list).post(roles::create))
+        .route("/console/roles/{id}", get(roles::role).post(roles::edit))
+        .route("/console/roles/{id}/delete", post(roles::delete))
         .route("/console/keys/{id}", get(key::key).post(key::edit))
         .route("/console/keys/{id}/rotate", post(key::rotate))
         .route("/console/keys/{id}/credits", post(key::credits))
@@ -377,7 +381,7 @@ fn failed(signed: Option<&Signed>, error: ApiError) -> Response {
 
 /// The keys page's query: account (the admin's choice), name, state.
 fn keys_query(raw: Option<&str>) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
-    input::query(raw, &["account", "name", "state", "sort"])
+    input::query(raw, &["account", "name", "state", "sort", "role"])
 }
 
 async fn keys(
@@ -398,6 +402,7 @@ async fn keys(
     let name = query.remove("name").unwrap_or_default();
     let state = query.remove("state").unwrap_or_default();
     let by_usage = query.remove("sort").as_deref() == Some("usage");
+    let role = query.remove("role").unwrap_or_default();
     let mut rows = Vec::new();
     if !account.is_empty() {
         let (manager, caller, asked) = (
@@ -427,6 +432,7 @@ async fn keys(
         rows = views
             .into_iter()
             .filter(|view| view.name.to_lowercase().contains(&needle))
+            .filter(|view| role.is_empty() || view.roles.iter().any(|r| r.role_id == role))
             .map(|view| pages::KeyRow {
                 state: state_of(&view),
                 expires: pages::date(view.expire_time_unix_ms),
@@ -447,8 +453,7 @@ async fn keys(
         &signed.frame(),
         &account,
         is_admin,
-        &name,
-        &state,
+        (&name, &state, &role),
         &rows,
     ))
 }
@@ -469,7 +474,14 @@ async fn new_key(
     };
     let account = account_of(&signed, query.get("account").map(String::as_str));
     let form = KeyForm::default();
-    html(forms::create_page(&console, &signed, &account, &form, None))
+    let offered = console.roles_in(&signed, &account).await;
+    html(forms::create_page(
+        &console,
+        &signed,
+        &account,
+        &form,
+        (None, &offered),
+    ))
 }
 
 async fn create(
@@ -491,6 +503,7 @@ async fn create(
     }
     let account = account_of(&signed, forms::value(&fields, "account"));
     let form = KeyForm::read(&fields);
+    let offered = console.roles_in(&signed, &account).await;
     let new_key = match form.new_key(&console, &signed, &account) {
         Ok(new_key) => new_key,
         Err(error) => {
@@ -499,7 +512,7 @@ async fn create(
                 &signed,
                 &account,
                 &form,
-                Some(&error),
+                (Some(&error), &offered),
             ))
         }
     };
@@ -518,7 +531,8 @@ async fn create(
         Err(error) => (
             error.status,
             Html(
-                forms::create_page(&console, &signed, &account, &form, Some(&error)).into_string(),
+                forms::create_page(&console, &signed, &account, &form, (Some(&error), &offered))
+                    .into_string(),
             ),
         )
             .into_response(),

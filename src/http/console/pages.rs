@@ -75,8 +75,7 @@ pub fn keys(
     frame: &Frame<'_>,
     account: &str,
     is_admin: bool,
-    name: &str,
-    state: &str,
+    (name, state, role): (&str, &str, &str),
     rows: &[KeyRow],
 ) -> Markup {
     page(
@@ -96,6 +95,10 @@ pub fn keys(
                         option value=(option) selected[option == state] { @if option.is_empty() { "any" } @else { (option) } }
                     }
                 }
+                @if !role.is_empty() {
+                    input type="hidden" name="role" value=(role);
+                    span #role-filter { "with role " code { (role) } " " a href=(format!("/console/keys?account={}", url(account))) { "(any role)" } }
+                }
                 button type="submit" { "Show" }
             }
             @if !account.is_empty() {
@@ -103,6 +106,8 @@ pub fn keys(
                     a.button href=(format!("/console/keys/new?account={}", url(account))) { "Create API key" }
                     " "
                     a href=(format!("/console/usage?account={}", url(account))) { "Usage of " (account) }
+                    " "
+                    a href=(format!("/console/roles?account={}", url(account))) { "Roles of " (account) }
                 }
             }
             table #keys {
@@ -164,7 +169,7 @@ fn may_grant(held: Access, level: Access) -> bool {
     level == Access::NoAccess || held == Access::Full || held == level
 }
 
-fn grid_rows(grid: &Grid<'_>, exclusive: bool) -> Markup {
+pub(super) fn grid_rows(grid: &Grid<'_>, exclusive: bool) -> Markup {
     html! {
         @for resource in grid.resources.iter().filter(|r| r.exclusive == exclusive) {
             @let chosen = (grid.levels)(&resource.resource);
@@ -202,6 +207,8 @@ fn grid_rows(grid: &Grid<'_>, exclusive: bool) -> Markup {
 
 /// The create and edit form's fields (not the form element itself).
 pub struct KeyFields<'a> {
+    /// The account's roles: (id, name, chosen).
+    pub roles: Vec<(&'a str, &'a str, bool)>,
     pub name: &'a str,
     pub expires: &'a str,
     pub cidrs: &'a str,
@@ -236,7 +243,7 @@ pub fn key_form(
             input type="hidden" name="csrf" value=(csrf);
             @if let Some(account) = account { input type="hidden" name="account" value=(account); }
             @if let Some((field, message)) = fields.error {
-                @if !["name", "scopes", "grants", "expire_time", "allowed_cidrs", "metadata", "rate_limits", "credits", "credits.refill"].contains(&field) {
+                @if !["name", "scopes", "grants", "role_ids", "expire_time", "allowed_cidrs", "metadata", "rate_limits", "credits", "credits.refill"].contains(&field) {
                     p.error role="alert" { (message) }
                 }
             }
@@ -254,6 +261,18 @@ pub fn key_form(
             (error_for(fields, &["scopes", "grants"]))
             div.grid.general { (grid_rows(grid, false)) }
             div.grid.billing { (grid_rows(grid, true)) }
+            @if !fields.roles.is_empty() {
+                fieldset #roles {
+                    legend { "Roles (the key may also do what each grants)" }
+                    @for (id, name, chosen) in &fields.roles {
+                        span.scope {
+                            input id=(format!("role-{id}")) type="checkbox" name="role" value=(id) checked[*chosen];
+                            label for=(format!("role-{id}")) { (name) }
+                        }
+                    }
+                }
+            }
+            (error_for(fields, &["role_ids"]))
             label for="expires" { "Expires on (UTC date, empty: never)" }
             input #expires type="date" name="expires" value=(fields.expires);
             (error_for(fields, &["expire_time"]))
@@ -292,6 +311,43 @@ pub fn token_once(frame: &Frame<'_>, title: &str, view: &KeyView, token: &str) -
     )
 }
 
+/// A key's roles and what each adds to its own scopes.
+fn key_roles(view: &KeyView) -> Markup {
+    html! {
+        @if !view.roles.is_empty() {
+            dt { "Roles" }
+            dd #key-roles {
+                @for role in &view.roles {
+                    span.role {
+                        a href=(format!("/console/roles/{}", role.role_id)) { (role.name) }
+                        " adds " (if role.adds.is_empty() { "nothing of its own".to_owned() } else { role.adds.join(", ") })
+                    }
+                    br;
+                }
+            }
+        }
+    }
+}
+
+/// The credits form of a key with credits.
+fn credits_form(frame: &Frame<'_>, view: &KeyView) -> Markup {
+    html! {
+        @if view.credits.is_some() {
+            form.filters method="post" action=(format!("/console/keys/{}/credits", view.key_id)) {
+                input type="hidden" name="csrf" value=(frame.csrf);
+                label for="credit-op" { "Credits" }
+                select #credit-op name="op" {
+                    option value="increment" { "add" }
+                    option value="decrement" { "take away" }
+                    option value="set" { "set to" }
+                }
+                input #credit-amount name="amount" inputmode="numeric" required;
+                button type="submit" { "Change credits" }
+            }
+        }
+    }
+}
+
 pub fn key_detail(
     frame: &Frame<'_>,
     view: &KeyView,
@@ -315,6 +371,7 @@ pub fn key_detail(
                 dt { "Account" } dd { (view.account_id) }
                 dt { "State" } dd #state { (state) }
                 dt { "Scopes" } dd #scopes { (view.scopes.join(", ")) }
+                (key_roles(view))
                 dt { "Rate limits" }
                 dd #rate-limits {
                     @for limit in &view.rate_limits {
@@ -325,19 +382,7 @@ pub fn key_detail(
                 dt { "Credits" } dd #credits-left { (credits) }
                 dt { "Secret" } dd { "fingerprint " code { (view.secret_fingerprint) } }
             }
-            @if view.credits.is_some() {
-                form.filters method="post" action=(format!("/console/keys/{}/credits", view.key_id)) {
-                    input type="hidden" name="csrf" value=(frame.csrf);
-                    label for="credit-op" { "Credits" }
-                    select #credit-op name="op" {
-                        option value="increment" { "add" }
-                        option value="decrement" { "take away" }
-                        option value="set" { "set to" }
-                    }
-                    input #credit-amount name="amount" inputmode="numeric" required;
-                    button type="submit" { "Change credits" }
-                }
-            }
+            (credits_form(frame, view))
             h2 #usage { "Usage" }
             (usage)
             h2 { "Edit" }

@@ -27,11 +27,28 @@ pub async fn import(
         }
     }
     for record in records {
+        if fleet.import_key(&mut client, record, cap).await? {
+            copied += 1;
+        } else {
+            present += 1;
+        }
+    }
+    Ok((copied, present))
+}
+
+impl Fleet {
+    /// One key into etcd with its account count and audit event: true when
+    /// copied, false when the same was there already.
+    async fn import_key(
+        &self,
+        client: &mut etcd_client::Client,
+        record: KeyRecord,
+        cap: usize,
+    ) -> Result<bool, StoreError> {
         let record = record.versioned();
         let key_id = crate::store::record_id(&record)?;
-        let path = fleet.key_path(&key_id);
+        let path = self.key_path(&key_id);
         let value = prost::Message::encode_to_vec(&record);
-        let mut done = false;
         for attempt in 0..MAX_ATTEMPTS {
             if attempt > 0 {
                 backoff(attempt).await;
@@ -42,19 +59,17 @@ pub async fn import(
                 .map_err(etcd_unavailable)?;
             if let Some(kv) = existing.kvs().first() {
                 if kv.value() == value.as_slice() {
-                    present += 1;
-                    done = true;
-                    break;
+                    return Ok(false);
                 }
                 return Err(StoreError::ImportConflict {
                     key_id: key_id.to_string(),
                 });
             }
-            let (count, revision) = fleet.account_count(&mut client, &record.account_id).await?;
+            let (count, revision) = self.account_count(client, &record.account_id).await?;
             if count >= cap {
                 return Err(StoreError::AccountFull { cap });
             }
-            let account = fleet.account_path(&record.account_id);
+            let account = self.account_path(&record.account_id);
             // Audited like any other way in, in the same transaction.
             let event = AuditEvent {
                 time_unix_ms: crate::authz::now_unix_ms(),
@@ -65,7 +80,7 @@ pub async fn import(
                 after: Some(crate::store::KeyState::of(&record)),
                 ..AuditEvent::default()
             };
-            let lease = fleet.audit_lease(&mut client).await?;
+            let lease = self.audit_lease(client).await?;
             let txn = Txn::new()
                 .when(vec![
                     Compare::create_revision(path.clone(), CompareOp::Equal, 0),
@@ -75,20 +90,15 @@ pub async fn import(
                     TxnOp::put(path.clone(), value.clone(), None),
                     TxnOp::put(account, (count + 1).to_string(), None),
                     TxnOp::put(
-                        fleet.audit_path(&event),
+                        self.audit_path(&event),
                         prost::Message::encode_to_vec(&event),
                         Some(etcd_client::PutOptions::new().with_lease(lease)),
                     ),
                 ]);
             if client.txn(txn).await.map_err(etcd_unavailable)?.succeeded() {
-                copied += 1;
-                done = true;
-                break;
+                return Ok(true);
             }
         }
-        if !done {
-            return Err(StoreError::Conflict);
-        }
+        Err(StoreError::Conflict)
     }
-    Ok((copied, present))
 }
