@@ -547,3 +547,69 @@ def test_a_console_session_ends_with_its_key(server):
     server.cli("keys", "rotate", rotated["key"]["key_id"], "--overlap-secs", "3600")
     assert decide(server, rotated["token"], "mail.send")  # the old secret still decides
     assert not signed_in(session)
+
+
+def test_a_role_made_on_the_grid_reaches_its_keys_at_once(server, admin_token, browser):
+    """Roles in the console: made on the same grid as keys, picked on the
+    key form (no grant of the key's own), shown on the key's page with what
+    each adds; a change on the role's page changes the key's Check at once;
+    the keys list filters by role; delete takes the grants away. Every role
+    form needs the CSRF token and our origin."""
+    sign_in(browser, server, admin_token)
+    browser.get(url(server, "/console/roles?account=acme"))
+    browser.find_element(By.ID, "role-name").send_keys("readers")
+    level(browser, "stats", "read").click()
+    click_and_load(browser, browser.find_element(By.CSS_SELECTOR, "form.role button[type=submit]"))
+    assert browser.find_element(By.ID, "role-scopes").text == "stats.read", browser.page_source
+    role_url = browser.current_url
+    role_id = role_url.rsplit("/", 1)[1]
+    assert role_id.startswith("role_")
+
+    browser.get(url(server, "/console/keys/new?account=acme"))
+    browser.find_element(By.ID, "key-name").send_keys("by role")
+    browser.find_element(By.ID, f"role-{role_id}").click()
+    click_and_load(browser, browser.find_element(By.CSS_SELECTOR, "form.key button[type=submit]"))
+    token = browser.find_element(By.ID, "token").get_attribute("value")
+    assert decide(server, token, "stats.read") and not decide(server, token, "mail.send")
+    click_and_load(browser, browser.find_element(By.LINK_TEXT, "Done"))
+    assert "readers adds stats.read" in browser.find_element(By.ID, "key-roles").text
+    key_url = browser.current_url
+    # Its own grants stay empty on the edit form: a save keeps it by role only.
+    assert level(browser, "stats", "none").is_selected()
+    click_and_load(browser, browser.find_element(By.CSS_SELECTOR, "form.key button[type=submit]"))
+    assert server.cli("keys", "get", key_url.rsplit("/", 1)[1])["own_scopes"] == []
+
+    # The role regranted on its page: the key follows at once.
+    browser.get(role_url)
+    assert "1" in browser.find_element(By.ID, "role-keys").text
+    level(browser, "stats", "none").click()
+    level(browser, "mail", "write").click()
+    shot(browser, "role")
+    click_and_load(browser, browser.find_element(By.CSS_SELECTOR, "form.role button[type=submit]"))
+    assert browser.find_element(By.ID, "role-scopes").text == "mail.send", browser.page_source
+    assert decide(server, token, "mail.send") and not decide(server, token, "stats.read")
+
+    # The keys list by role.
+    server.create_key("mail.send")
+    browser.get(url(server, f"/console/keys?account=acme&role={role_id}"))
+    names = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#keys tbody td:first-child a")]
+    assert names == ["by role"], names
+
+    # Forged role posts are refused; nothing changes.
+    session = raw_session(server, admin_token)
+    forms = post_forms(server, session, "/console/roles?account=acme", f"/console/roles/{role_id}")
+    assert {"/console/roles?account=acme", f"/console/roles/{role_id}",
+            f"/console/roles/{role_id}/delete"} <= set(forms), sorted(forms)
+    form_type = {"Cookie": session, "Content-Type": "application/x-www-form-urlencoded"}
+    for action, fields in forms.items():
+        without_token = urlencode([(name, value) for name, value in fields if name != "csrf"])
+        assert raw(server, "POST", action, without_token, form_type)[0] == 403, action
+        assert raw(server, "POST", action, urlencode(fields),
+                   dict(form_type, Origin="http://evil.example"))[0] == 403, action
+    assert decide(server, token, "mail.send")
+
+    # Deleted: the key loses what it granted.
+    browser.get(role_url)
+    click_and_load(browser, browser.find_element(By.CSS_SELECTOR, "button.danger"))
+    assert "readers" not in browser.find_element(By.ID, "roles").text
+    assert not decide(server, token, "mail.send")

@@ -78,7 +78,22 @@ fn role_form(
             .map_or(Access::NoAccess, |(_, access)| *access)
     };
     let billing = role.is_some_and(|role| matches!(role.kind, crate::scope::KeyKind::Billing));
-    let chosen_scopes: Vec<String> = role.map(|role| role.scopes.clone()).unwrap_or_default();
+    // Single scopes only where a resource is partly granted (its level Custom).
+    let custom: Vec<&String> = held
+        .iter()
+        .filter(|(_, access)| matches!(access, Access::Custom))
+        .map(|(resource, _)| resource)
+        .collect();
+    let chosen_scopes: Vec<String> = role
+        .map(|role| role.scopes.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|scope| {
+            custom
+                .iter()
+                .any(|resource| scope.starts_with(&format!("{resource}.")))
+        })
+        .collect();
     let grid = Grid {
         resources: &view.resources,
         caller_is_admin: view.caller_is_admin,
