@@ -588,6 +588,10 @@ def test_a_role_made_on_the_grid_reaches_its_keys_at_once(server, admin_token, b
     click_and_load(browser, browser.find_element(By.CSS_SELECTOR, "form.role button[type=submit]"))
     assert browser.find_element(By.ID, "role-scopes").text == "mail.send", browser.page_source
     assert decide(server, token, "mail.send") and not decide(server, token, "stats.read")
+    # The key's audit shows the change that reached it through the role.
+    browser.get(key_url)
+    audit = browser.find_element(By.ID, "audit").text
+    assert "role.update (role, 1 keys)" in audit, audit
 
     # The keys list by role.
     server.create_key("mail.send")

@@ -39,18 +39,24 @@ async fn key_page(
         signed.caller.clone(),
         view.key_id.clone(),
     );
-    let events = manager
-        .audit(
-            &caller,
-            AuditQuery {
-                key_id,
-                page_size: 100,
-                ..AuditQuery::default()
-            },
-        )
-        .await
-        .map(|(events, _)| events)
-        .unwrap_or_default();
+    // The key's own events and those of its roles (changes that reached it
+    // through a role), oldest first.
+    let mut events = Vec::new();
+    let sources = std::iter::once(key_id).chain(view.roles.iter().map(|role| role.role_id.clone()));
+    for source in sources {
+        let listed = manager
+            .audit(
+                &caller,
+                AuditQuery {
+                    key_id: source,
+                    page_size: 100,
+                    ..AuditQuery::default()
+                },
+            )
+            .await;
+        events.extend(listed.map(|(events, _)| events).unwrap_or_default());
+    }
+    events.sort_by_key(|event| event.time_unix_ms);
     let offered = console.roles_in(signed, &view.account_id).await;
     let edit = forms::edit_form(console, signed, view, form, (error, &offered));
     let usage = usage::charts(console, signed, &view.account_id, Some(&view.key_id)).await;

@@ -408,7 +408,12 @@ pub fn key_detail(
                         tr {
                             td { (utc(event.time_unix_ms)) }
                             td { (event.actor) }
-                            td { (event.action) }
+                            td {
+                                (event.action)
+                                @if let Some(role_id) = event.role_id() {
+                                    " " a href=(format!("/console/roles/{role_id}")) { "(role, " (event.keys_affected) " keys)" }
+                                }
+                            }
                             td { (event.after.as_ref().map_or("", |after| after.name.as_str())) }
                         }
                     }
