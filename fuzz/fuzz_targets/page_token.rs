@@ -32,7 +32,7 @@ fn store() -> &'static (Store, tokio::runtime::Runtime) {
                 secret_hash: vec![n; 32],
                 ..Default::default()
             });
-            store.import(records).unwrap();
+            store.import(records.collect(), Vec::new()).unwrap();
             (store, runtime)
         })
 }
