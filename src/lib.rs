@@ -18,7 +18,8 @@
 //! - [`store`]: sled (standalone) or etcd with a sled mirror (fleet), group
 //!   commit, publishing into the table.
 //! - [`telemetry`]: metric names, /metrics /healthz /readyz.
-//! - [`request_id`], [`secret_file`]: CreateKey retries; secrets from files.
+//! - [`request_id`], [`secret_file`], [`secret_scanning`]: CreateKey retries;
+//!   secrets from files; GitHub's leak reports (signatures, token patterns).
 //! - The pure core, re-exported from the `scopegate-core` crate: [`authz`]
 //!   (the decision, the hot path), [`key`], [`route`], [`ratelimit`],
 //!   [`token`], [`scope`].
@@ -41,6 +42,7 @@ pub mod proxy;
 pub mod readiness;
 pub mod request_id;
 pub mod secret_file;
+pub mod secret_scanning;
 pub mod server;
 pub mod store;
 pub mod telemetry;

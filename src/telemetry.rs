@@ -14,6 +14,10 @@ pub const GRPC_REQUESTS_TOTAL: &str = "scopegate_grpc_requests_total";
 pub const GRPC_REQUEST_SECONDS: &str = "scopegate_grpc_request_seconds";
 pub const REQUESTS_REJECTED_TOTAL: &str = "scopegate_requests_rejected_total";
 pub const MUTATIONS_TOTAL: &str = "scopegate_key_mutations_total";
+/// Keys reported leaked (true positives), by the action taken.
+pub const LEAKS_TOTAL: &str = "scopegate_leaked_keys_total";
+/// Leak reports refused for their signature.
+pub const LEAK_REPORTS_REFUSED_TOTAL: &str = "scopegate_leak_reports_refused_total";
 /// ext_authz requests allowed only because of dry run, by would-be decision.
 pub const DRY_RUN_DENIALS_TOTAL: &str = "scopegate_dry_run_denials_total";
 pub const KEYS: &str = "scopegate_keys";

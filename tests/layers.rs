@@ -31,6 +31,7 @@ const LAYERS: &[&[&str]] = &[
         "credits",
         "request_id",
         "secret_file",
+        "secret_scanning",
     ],
 ];
 

@@ -98,7 +98,7 @@ pub(super) async fn restore(args: RestoreArgs) -> ExitCode {
                     crate::manage::validate_imported(&record)
                         .and_then(|()| crate::manage::validate_imported_scopes(&record, &catalog))
                         .map_err(|error| at(error.to_string()))?;
-                    records.push(record);
+                    records.push(*record);
                 }
                 Line::Role(role) => {
                     crate::manage::validate_imported_role(&role, &catalog)
@@ -154,7 +154,7 @@ pub fn role_to_json(role: &RoleRecord) -> Result<String, String> {
 
 /// What one backup line holds.
 pub enum Line {
-    Key(KeyRecord),
+    Key(Box<KeyRecord>),
     Role(RoleRecord),
 }
 
@@ -168,7 +168,7 @@ pub fn line_from_json(line: &str) -> Result<Line, String> {
     if line.trim_start().starts_with(r#"{"role""#) {
         return typed::<RoleLine>(line).map(|line| Line::Role(line.role));
     }
-    record_from_json(line).map(Line::Key)
+    record_from_json(line).map(|record| Line::Key(Box::new(record)))
 }
 
 /// A record from one backup line: every field typed, none unknown (a

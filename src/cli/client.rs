@@ -141,6 +141,7 @@ pub(super) fn key_json(key: &pb::ApiKey) -> Value {
         "key_id": key.key_id, "account_id": key.account_id, "name": key.name,
         "scopes": key.scopes,
         "own_scopes": key.own_scopes,
+        "exposed": key.exposed_time.as_ref().map(|t| json!({"time": t.to_string(), "url": key.exposed_url})),
         "roles": key.roles.iter().map(|r| json!({"role_id": r.role_id, "name": r.name, "adds": r.adds})).collect::<Vec<_>>(),
         "access": key.access.iter().map(|g| json!({"resource": g.resource, "access": access_name(g.access)})).collect::<Vec<_>>(),
         "kind": pb::KeyKind::try_from(key.kind).map(|k| k.as_str_name()).unwrap_or("UNKNOWN"),

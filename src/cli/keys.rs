@@ -72,6 +72,13 @@ pub enum KeysCommand {
         #[command(flatten)]
         op: CreditOpArgs,
     },
+    /// Report leaked tokens (admin only): each that is a key's current or
+    /// previous secret marks the key exposed and disables, deletes or only
+    /// marks it (serve --leak-action). For GitGuardian, TruffleHog or an
+    /// internal scanner; GitHub reports on its own (POST /secret-scanning/github).
+    ///
+    /// Example: trufflehog … | jq -r .Raw | scopegate keys report-leak --url https://github.com/o/r/blob/x --source trufflehog
+    ReportLeak(super::leaks::ReportLeakArgs),
     /// Delete a key; its token stops working at once.
     ///
     /// Example: scopegate keys delete qL0w1cT9Rk2tqc8z3mE1aA
@@ -311,6 +318,7 @@ pub(super) async fn run(command: KeysCommand) -> Result<ExitCode, String> {
         } => rotate(client, key_id, overlap_secs).await?,
         KeysCommand::Delete { client, key_id } => delete(client, key_id).await?,
         KeysCommand::Credits { client, key_id, op } => credits(client, key_id, op).await?,
+        KeysCommand::ReportLeak(args) => return super::leaks::report_leak(args).await,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -14,6 +14,7 @@ mod client;
 mod config;
 mod fleet;
 mod keys;
+mod leaks;
 mod roles;
 mod scopes;
 mod serve;
@@ -96,6 +97,12 @@ pub enum Command {
     /// Example: scopegate usage --account acme --since 30d --by day --top 5
     /// Example: scopegate usage export --since 7d --format csv > usage.csv
     Usage(UsageArgs),
+    /// Print this deployment's token pattern for secret scanners, so a key
+    /// pushed anywhere is found (and reported: POST /secret-scanning/github,
+    /// `scopegate keys report-leak`).
+    ///
+    /// Example: scopegate secret-patterns --format gitleaks >> .gitleaks.toml
+    SecretPatterns(leaks::SecretPatternsArgs),
     /// Fleet mode (keys shared through etcd): tools.
     #[command(subcommand)]
     Fleet(FleetCommand),
@@ -127,6 +134,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(_) => unreachable!("served above"),
         Command::Config(command) => config::config_command(command),
+        Command::SecretPatterns(args) => leaks::secret_patterns(&args),
         Command::Fleet(FleetCommand::Import(args)) => runtime.block_on(fleet::fleet_import(args)),
         Command::Restore(args) => runtime.block_on(backup::restore(args)),
         command => runtime.block_on(client(command)),
@@ -153,7 +161,11 @@ async fn run_client(command: Command) -> Result<ExitCode, String> {
         Command::Audit(args) => audit::run(args).await,
         Command::Usage(args) => usage::run(args).await,
         Command::Backup(args) => backup::run(args).await,
-        Command::Serve(_) | Command::Config(_) | Command::Fleet(_) | Command::Restore(_) => {
+        Command::Serve(_)
+        | Command::Config(_)
+        | Command::Fleet(_)
+        | Command::Restore(_)
+        | Command::SecretPatterns(_) => {
             unreachable!("not a client command")
         }
     }

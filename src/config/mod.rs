@@ -323,6 +323,17 @@ pub struct ServeOptions {
     /// --usage-redis unset too: --rate-limit-redis-password-file.
     #[arg(long, env = "SCOPEGATE_USAGE_REDIS_PASSWORD_FILE")]
     pub usage_redis_password_file: Option<PathBuf>,
+    /// What a reported leak (GitHub's secret scanning, `keys report-leak`)
+    /// does to its key besides marking it exposed: disable, delete or
+    /// notify (mark only). [default: disable]
+    #[arg(long, env = "SCOPEGATE_LEAK_ACTION")]
+    pub leak_action: Option<String>,
+    /// GitHub's secret scanning public keys, as published at
+    /// api.github.com/meta/public_keys/secret_scanning (save it; nothing is
+    /// fetched at run time; reloaded on SIGHUP). Set: POST
+    /// /secret-scanning/github on the REST listener takes GitHub's reports.
+    #[arg(long, env = "SCOPEGATE_GITHUB_SCANNING_KEYS")]
+    pub github_scanning_keys: Option<PathBuf>,
 }
 
 /// Seconds between writes of the keys' "last used" marks, by default.
@@ -429,6 +440,8 @@ impl ServeOptions {
             usage_retention_day,
             usage_redis,
             usage_redis_password_file,
+            leak_action,
+            github_scanning_keys,
         );
         self
     }
@@ -473,6 +486,7 @@ impl ServeOptions {
             forward_auth_path_prefix: Some(String::new()),
             forward_auth_trusted_proxies: Some(String::new()),
             usage: Some("on".into()),
+            leak_action: Some("disable".into()),
             usage_flush_secs: Some(crate::usage::DEFAULT_FLUSH_SECS),
             usage_retention_minute: Some("48h".into()),
             usage_retention_hour: Some("90d".into()),

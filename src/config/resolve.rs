@@ -89,6 +89,8 @@ impl ServeOptions {
             rate_limit_service: rate_limit_service(&options)?,
             forward_auth: forward_auth(&options)?,
             usage: super::usage::usage(&options)?,
+            leak_action: leak_action(&options)?,
+            github_scanning_keys: github_scanning_keys(&options)?,
         })
     }
 }
@@ -196,6 +198,21 @@ fn counters(options: &ServeOptions) -> Result<CountersConfig, ConfigError> {
             timeout: Duration::from_millis(timeout_ms),
         }),
     }
+}
+
+fn leak_action(options: &ServeOptions) -> Result<crate::manage::LeakAction, ConfigError> {
+    crate::manage::LeakAction::parse(options.leak_action.as_deref().unwrap_or("disable"))
+        .map_err(|message| invalid("leak_action", message))
+}
+
+/// GitHub's keys file, read now so a bad one stops the start.
+fn github_scanning_keys(options: &ServeOptions) -> Result<Option<std::path::PathBuf>, ConfigError> {
+    let Some(path) = &options.github_scanning_keys else {
+        return Ok(None);
+    };
+    crate::secret_scanning::read_keys(path)
+        .map_err(|message| invalid("github_scanning_keys", message))?;
+    Ok(Some(path.clone()))
 }
 
 pub(super) fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {

@@ -100,6 +100,8 @@ pub(super) fn key_to_pb(view: KeyView) -> pb::ApiKey {
         last_used_time: optional_timestamp(view.last_used_unix_ms),
         rate_limits: view.rate_limits.iter().map(rate_limit_to_pb).collect(),
         credits: view.credits.as_ref().map(credits_to_pb),
+        exposed_time: optional_timestamp(view.exposed_time_unix_ms),
+        exposed_url: view.exposed_url,
         own_scopes: view.own_scopes,
         roles: view
             .roles

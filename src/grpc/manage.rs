@@ -18,6 +18,8 @@ use crate::stats::RangeQuery;
 
 pub struct ManageKeyService {
     pub manager: Arc<Manager>,
+    /// What a reported leak does to its key (`serve --leak-action`).
+    pub leak_action: crate::manage::LeakAction,
 }
 
 impl ManageKeyService {
@@ -221,6 +223,13 @@ impl ManageKey for ManageKeyService {
         request: Request<pb::DeleteRoleRequest>,
     ) -> Result<Response<pb::DeleteRoleResponse>, Status> {
         self.delete_role_pb(request).await
+    }
+
+    async fn report_leak(
+        &self,
+        request: Request<pb::ReportLeakRequest>,
+    ) -> Result<Response<pb::ReportLeakResponse>, Status> {
+        self.report_leak_pb(request).await
     }
 
     async fn delete_key(

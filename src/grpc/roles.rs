@@ -1,11 +1,12 @@
-//! The role calls of `scopegate.v1.ManageKey`: translate, call [`Manager`], encode.
+//! The role calls of `scopegate.v1.ManageKey`, and ReportLeak: translate,
+//! call [`Manager`], encode.
 
 use tonic::{Request, Response, Status};
 
 use super::convert::{grants_from_pb, role_to_pb};
 use super::manage::{detached, off_workers, ManageKeyService};
 use super::pb;
-use crate::manage::{NewRole, RoleChange};
+use crate::manage::{LeakReport, NewRole, RoleChange};
 
 impl ManageKeyService {
     pub(super) async fn create_role_pb(
@@ -65,6 +66,37 @@ impl ManageKeyService {
         let manager = self.manager.clone();
         let view = detached(async move { manager.update_role(&caller, change).await }).await?;
         Ok(Response::new(role_to_pb(view)))
+    }
+
+    pub(super) async fn report_leak_pb(
+        &self,
+        request: Request<pb::ReportLeakRequest>,
+    ) -> Result<Response<pb::ReportLeakResponse>, Status> {
+        let caller = self.caller(&request)?;
+        if !matches!(caller, crate::manage::Caller::Admin) {
+            return Err(crate::manage::ManageError::AdminOnly.into());
+        }
+        let reports = request.into_inner().reports;
+        if reports.len() > crate::secret_scanning::MAX_REPORTED_TOKENS {
+            return Err(super::status::bad_request(
+                "reports",
+                format!(
+                    "at most {} tokens per report",
+                    crate::secret_scanning::MAX_REPORTED_TOKENS
+                ),
+            ));
+        }
+        let reports = reports
+            .into_iter()
+            .map(|report| LeakReport {
+                token: report.token,
+                url: report.url,
+                source: report.source,
+            })
+            .collect();
+        let (manager, action) = (self.manager.clone(), self.leak_action);
+        let leaked = detached(async move { manager.report_leaks(reports, action).await }).await?;
+        Ok(Response::new(pb::ReportLeakResponse { leaked }))
     }
 
     pub(super) async fn delete_role_pb(

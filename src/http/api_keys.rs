@@ -255,6 +255,9 @@ pub(super) async fn get(
     if let Some(credits) = &view.credits {
         key["credits"] = json!(CreditsInput::shown(credits));
     }
+    if view.exposed_time_unix_ms != 0 {
+        key["exposed"] = json!({"url": view.exposed_url, "at": view.exposed_time_unix_ms / 1000});
+    }
     if !view.roles.is_empty() {
         let roles: Vec<_> = view
             .roles

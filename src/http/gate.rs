@@ -89,7 +89,10 @@ pub(super) async fn admit(
         return unavailable(refused);
     }
     let (mut parts, body) = request.into_parts();
-    if !route.starts_with("/console") {
+    // The console's sessions and a leak report's signature are checked by
+    // their handlers; every other REST route names its caller here.
+    let leak_report = route == "/secret-scanning/github";
+    if !route.starts_with("/console") && !leak_report {
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
@@ -106,7 +109,12 @@ pub(super) async fn admit(
         }
         parts.extensions.insert(caller);
     }
-    let bytes = match super::input::body_within(body, api.timeout).await {
+    let max = if leak_report {
+        crate::secret_scanning::MAX_REPORT_BYTES
+    } else {
+        super::input::MAX_BODY_BYTES
+    };
+    let bytes = match super::input::body_up_to(body, api.timeout, max).await {
         Ok(bytes) => bytes,
         Err((status, message)) => return refuse(status, message),
     };

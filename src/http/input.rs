@@ -86,7 +86,16 @@ pub async fn body_within(
     body: Body,
     timeout: std::time::Duration,
 ) -> Result<axum::body::Bytes, (StatusCode, String)> {
-    match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+    body_up_to(body, timeout, MAX_BODY_BYTES).await
+}
+
+/// [`body_within`] with another bound (a leak report: up to 1 MiB).
+pub async fn body_up_to(
+    body: Body,
+    timeout: std::time::Duration,
+    max: usize,
+) -> Result<axum::body::Bytes, (StatusCode, String)> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, max)).await {
         Err(_) => Err((
             StatusCode::REQUEST_TIMEOUT,
             format!(
@@ -96,7 +105,7 @@ pub async fn body_within(
         )),
         Ok(Err(_)) => Err((
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+            format!("the request body is larger than {max} bytes"),
         )),
         Ok(Ok(bytes)) => Ok(bytes),
     }

@@ -13,6 +13,7 @@ mod error;
 pub mod forward_auth;
 mod gate;
 mod input;
+pub mod leaks;
 mod roles;
 mod stats;
 mod tls;
@@ -46,6 +47,8 @@ pub struct RestApi {
     pub gate: Arc<Gate>,
     /// How long a request waits for its body, and for its change or read.
     pub timeout: Duration,
+    /// Leak reports: the action, GitHub's keys.
+    pub leaks: Arc<leaks::LeakIntake>,
 }
 
 impl RestApi {
@@ -123,6 +126,7 @@ pub fn router(api: Arc<RestApi>, tls: bool) -> Router {
                 .patch(roles::patch)
                 .delete(roles::delete),
         )
+        .route("/secret-scanning/github", post(leaks::github))
         .route("/openapi.json", get(openapi))
         .with_state(api)
         .merge(console)
@@ -226,7 +230,7 @@ fn known_route(template: &str) -> &'static str {
 
 /// Every route template served (REST and console): the metrics' labels,
 /// and what the gate test enumerates.
-pub const ROUTES: [&str; 28] = [
+pub const ROUTES: [&str; 29] = [
     "/v3/api_keys",
     "/v3/api_keys/{id}",
     "/v3/api_keys/{id}/rotate",
@@ -238,6 +242,7 @@ pub const ROUTES: [&str; 28] = [
     "/v3/scopes",
     "/v3/roles",
     "/v3/roles/{id}",
+    "/secret-scanning/github",
     "/openapi.json",
     "/console",
     "/console/sign-in",

@@ -25,6 +25,7 @@ mod change;
 mod create;
 mod credits;
 mod error;
+mod leak;
 pub mod paging;
 mod roles;
 mod rotate;
@@ -35,6 +36,7 @@ mod validate;
 
 use error::scope_error;
 pub use error::{ManageError, Refusal};
+pub use leak::{LeakAction, LeakReport};
 use paging::{next_page_token, page, page_binding};
 use rules::{check_no_escalation, readable_account, require, visible_to};
 pub use types::{
@@ -191,6 +193,21 @@ impl Manager {
             let _ = self.failed_credentials.take(source);
         }
         result
+    }
+
+    /// A signed request (a leak report) from this address is refused while
+    /// its failed signatures are throttled, as failed credentials are.
+    pub fn signature_throttled(&self, client_ip: std::net::IpAddr) -> Result<(), ManageError> {
+        let source: Arc<str> = client_ip.to_canonical().to_string().into();
+        self.failed_credentials
+            .peek(&source)
+            .map_err(|retry_after| ManageError::CredentialsThrottled { retry_after })
+    }
+
+    /// Counts a failed signature against its address.
+    pub fn signature_failed(&self, client_ip: std::net::IpAddr) {
+        let source: Arc<str> = client_ip.to_canonical().to_string().into();
+        let _ = self.failed_credentials.take(&source);
     }
 
     fn identify(
@@ -482,6 +499,8 @@ impl Manager {
                 .map(|credits| credits.terms),
             metadata: record.metadata.clone(),
             own_scopes: self.catalog.load().names(&own),
+            exposed_time_unix_ms: record.exposed_time_unix_ms,
+            exposed_url: record.exposed_url.clone(),
             own_access: self
                 .catalog
                 .load()

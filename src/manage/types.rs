@@ -62,6 +62,9 @@ pub struct KeyView {
     pub own_scopes: Vec<String>,
     /// The access levels of its own scopes (`access`: of all it may do).
     pub own_access: Vec<(String, Access)>,
+    /// When a leak was reported (0: never) and where it was seen.
+    pub exposed_time_unix_ms: i64,
+    pub exposed_url: String,
     pub roles: Vec<KeyRole>,
 }
 

@@ -84,8 +84,11 @@ impl Services {
         let admin = AdminServer::new(AdminService {
             manager: manager.clone(),
         });
-        let manage = ManageKeyServer::new(ManageKeyService { manager })
-            .max_decoding_message_size(limits.max_message_bytes);
+        let manage = ManageKeyServer::new(ManageKeyService {
+            manager,
+            leak_action: config.leak_action,
+        })
+        .max_decoding_message_size(limits.max_message_bytes);
         let hot = base.clone().add_service(authorize).add_service(ext_authz);
         let (hot, manage_only) = match config.manage_listen {
             None => (hot.add_service(manage).add_service(admin), None),
@@ -255,6 +258,10 @@ where
             manager: manager.clone(),
             gate: gate.clone(),
             timeout: config.limits.request_timeout,
+            leaks: crate::http::leaks::LeakIntake::start(
+                config.leak_action,
+                config.github_scanning_keys.clone(),
+            ),
         });
         let serving = crate::http::serve(listener, api, tls()?, stopped());
         servers.push(tokio::spawn(serving));

@@ -76,6 +76,10 @@ pub struct ServeConfig {
     pub forward_auth: Option<ForwardAuthAt>,
     /// Decisions counted per key (`None`: `--usage off`).
     pub usage: Option<crate::usage::UsageConfig>,
+    /// What a reported leak does to its key.
+    pub leak_action: crate::manage::LeakAction,
+    /// GitHub's secret scanning keys file (`None`: no GitHub intake).
+    pub github_scanning_keys: Option<std::path::PathBuf>,
 }
 
 /// Envoy's RateLimitService: it counts hits for any key id it is sent, so

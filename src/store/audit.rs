@@ -60,6 +60,9 @@ pub struct KeyState {
     /// The roles a key references (role ids, text).
     #[prost(string, repeated, tag = "7")]
     pub roles: Vec<String>,
+    /// Where a leak of the key was reported (a `leak` event).
+    #[prost(string, tag = "8")]
+    pub exposed_url: String,
 }
 
 impl KeyState {
@@ -72,6 +75,7 @@ impl KeyState {
             credits: record.credits.clone(),
             rate_limits: record.rate_limits.clone(),
             roles: record.roles().map(|id| id.to_string()).collect(),
+            exposed_url: record.exposed_url.clone(),
         }
     }
 

@@ -78,6 +78,18 @@ pub struct KeyRecord {
     #[prost(bytes = "vec", repeated, tag = "19")]
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "role_ids_text")]
     pub role_ids: Vec<Vec<u8>>,
+    /// When a leak of this key was reported (0: never), and where it was
+    /// seen; the key was disabled or deleted then (`--leak-action`).
+    #[prost(int64, tag = "20")]
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub exposed_time_unix_ms: i64,
+    #[prost(string, tag = "21")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub exposed_url: String,
+}
+
+fn is_zero(value: &i64) -> bool {
+    *value == 0
 }
 
 /// A role as stored (and in a backup line): its grants, and the keys that

@@ -365,7 +365,7 @@ def test_an_api_key_never_acts_on_behalf_of_an_account(server, rest, manager):
     before = keys_as_set(server)
     operations = [(method.upper(), template) for template, item in SPEC["paths"].items()
                   for method in item if method in ("get", "post", "put", "patch", "delete")
-                  and template != "/openapi.json"]
+                  and template not in ("/openapi.json", "/secret-scanning/github")]
     assert len(operations) >= 10, operations
     for method, template in operations:
         path = template.replace("{api_key_id}", key_id)

@@ -359,7 +359,9 @@ fn account_of(signed: &Signed, asked: Option<&str>) -> String {
 
 fn state_of(view: &KeyView) -> &'static str {
     let now = crate::authz::now_unix_ms();
-    if !view.enabled {
+    if view.exposed_time_unix_ms != 0 {
+        "exposed"
+    } else if !view.enabled {
         "disabled"
     } else if view.expire_time_unix_ms != 0 && view.expire_time_unix_ms <= now {
         "expired"

@@ -91,7 +91,7 @@ pub fn keys(
                 input #name name="name" value=(name);
                 label for="state" { "State" }
                 select #state name="state" {
-                    @for option in ["", "active", "disabled", "expired", "rotating"] {
+                    @for option in ["", "active", "disabled", "expired", "rotating", "exposed"] {
                         option value=(option) selected[option == state] { @if option.is_empty() { "any" } @else { (option) } }
                     }
                 }
@@ -370,6 +370,10 @@ pub fn key_detail(
                 dt { "ID" } dd { code { (view.key_id) } }
                 dt { "Account" } dd { (view.account_id) }
                 dt { "State" } dd #state { (state) }
+                @if view.exposed_time_unix_ms != 0 {
+                    dt { "Exposed" }
+                    dd #exposed.warning { "reported leaked " (utc(view.exposed_time_unix_ms)) " at " (view.exposed_url) }
+                }
                 dt { "Scopes" } dd #scopes { (view.scopes.join(", ")) }
                 (key_roles(view))
                 dt { "Rate limits" }
