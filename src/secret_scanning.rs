@@ -103,6 +103,17 @@ impl ScanningKeys {
     }
 }
 
+/// The PEM GitHub publishes for a P-256 public key (its uncompressed
+/// point): for a keys file made here (tests, a mirror of GitHub's file).
+pub fn public_key_pem(point: &[u8]) -> String {
+    let mut der = P256_SPKI_PREFIX.to_vec();
+    der.extend_from_slice(point);
+    format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        STANDARD.encode(der)
+    )
+}
+
 /// The uncompressed point of a PEM P-256 public key.
 fn p256_point(pem: &str) -> Result<Vec<u8>, String> {
     let body: String = pem
@@ -144,12 +155,7 @@ mod tests {
     use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
 
     fn published(id: &str, pair: &EcdsaKeyPair) -> String {
-        let mut der = P256_SPKI_PREFIX.to_vec();
-        der.extend_from_slice(pair.public_key().as_ref());
-        let pem = format!(
-            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
-            STANDARD.encode(der)
-        );
+        let pem = public_key_pem(pair.public_key().as_ref());
         serde_json::json!({"public_keys": [{"key_identifier": id, "key": pem, "is_current": true}]})
             .to_string()
     }

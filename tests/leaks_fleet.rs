@@ -17,15 +17,7 @@ use scopegate::grpc::pb;
 
 /// GitHub's published-keys file for one P-256 public key.
 fn published(id: &str, pair: &EcdsaKeyPair) -> String {
-    let mut der = vec![
-        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
-        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
-    ];
-    der.extend_from_slice(pair.public_key().as_ref());
-    let pem = format!(
-        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
-        STANDARD.encode(der)
-    );
+    let pem = scopegate::secret_scanning::public_key_pem(pair.public_key().as_ref());
     serde_json::json!({"public_keys": [{"key_identifier": id, "key": pem, "is_current": true}]})
         .to_string()
 }

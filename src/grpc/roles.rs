@@ -86,14 +86,7 @@ impl ManageKeyService {
                 ),
             ));
         }
-        let reports = reports
-            .into_iter()
-            .map(|report| LeakReport {
-                token: report.token,
-                url: report.url,
-                source: report.source,
-            })
-            .collect();
+        let reports = reports.into_iter().map(leak_report).collect();
         let (manager, action) = (self.manager.clone(), self.leak_action);
         let leaked = detached(async move { manager.report_leaks(reports, action).await }).await?;
         Ok(Response::new(pb::ReportLeakResponse { leaked }))
@@ -108,4 +101,9 @@ impl ManageKeyService {
         detached(async move { manager.delete_role(&caller, &role_id).await }).await?;
         Ok(Response::new(pb::DeleteRoleResponse {}))
     }
+}
+
+fn leak_report(report: pb::LeakReport) -> LeakReport {
+    let pb::LeakReport { token, url, source } = report;
+    LeakReport { token, url, source }
 }
