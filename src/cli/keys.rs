@@ -77,7 +77,7 @@ pub enum KeysCommand {
     /// marks it (serve --leak-action). For GitGuardian, TruffleHog or an
     /// internal scanner; GitHub reports on its own (POST /secret-scanning/github).
     ///
-    /// Example: trufflehog … | jq -r .Raw | scopegate keys report-leak --url https://github.com/o/r/blob/x --source trufflehog
+    /// Example: trufflehog … | jq -r .Raw | scopegate keys report-leak --url "$WHERE" --source trufflehog
     ReportLeak(super::leaks::ReportLeakArgs),
     /// Delete a key; its token stops working at once.
     ///

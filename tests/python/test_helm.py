@@ -25,7 +25,7 @@ VALUES = [None, "ci/sidecar-values.yaml", "ci/demo-pvc-values.yaml", "ci/demo-ud
           "../../examples/istio/chart-sidecar-values.yaml", "../../examples/istio/chart-service-values.yaml",
           "../../examples/envoy-gateway/chart-values.yaml", "../../examples/forward-auth/chart-values.yaml"]
 # Kinds whose schema is a CRD: checked by validate_crds() instead.
-CRD_KINDS = {"ServiceMonitor", "AuthorizationPolicy", "ServiceEntry", "SecurityPolicy", "IstioOperator"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "AuthorizationPolicy", "ServiceEntry", "SecurityPolicy", "IstioOperator"}
 
 
 def helm(*args):
