@@ -70,6 +70,7 @@ pub fn install_metrics() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let handle = build_recorder();
+            zero_series();
             let upkeep = handle.clone();
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
@@ -81,6 +82,19 @@ pub fn install_metrics() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// Series that count rare events, exported at 0 from the start: a rate
+/// over them (the dashboard's, the alerts') then reads 0, not "no data".
+fn zero_series() {
+    metrics::counter!(REQUESTS_REJECTED_TOTAL, "reason" => "overloaded").absolute(0);
+    metrics::counter!(RATE_LIMIT_BACKEND_ERRORS_TOTAL).absolute(0);
+    for kind in ["catalog", "routes"] {
+        metrics::counter!(RELOADS_TOTAL, "kind" => kind, "result" => "error").absolute(0);
+    }
+    for action in ["disable", "delete", "notify"] {
+        metrics::counter!(LEAKS_TOTAL, "action" => action).absolute(0);
+    }
 }
 
 fn build_recorder() -> PrometheusHandle {

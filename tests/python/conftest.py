@@ -25,7 +25,8 @@ class Scopegate:
         self.uds = os.path.join(self.dir, "scopegate.sock")
         args = [self.uds if arg == "SOCKET" else arg for arg in args]
         self.proc = subprocess.Popen(
-            [BIN, "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "none", "--http-listen", "127.0.0.1:0",
+            [BIN, "serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+             *([] if "--metrics-listen" in args else ["--metrics-listen", "none"]),
              "--log-format", "json",
              "--data-dir", self.data, "--routes", str(ROOT / "examples" / "routes.toml"), *args],
             stdout=subprocess.DEVNULL, stderr=self.log,
@@ -33,6 +34,7 @@ class Scopegate:
         self.addr = None
         self.http_addr = None
         self.rate_limits_addr = None
+        self.metrics_addr = None
         deadline = time.time() + 30
         while time.time() < deadline:
             for line in open(self.log_path):
@@ -46,6 +48,8 @@ class Scopegate:
                     self.http_addr = fields["addr"]
                 if fields.get("message") == "rate-limit service listening":
                     self.rate_limits_addr = fields["addr"]
+                if fields.get("message", "").startswith("metrics listening"):
+                    self.metrics_addr = fields["addr"]
                 if fields.get("message") == "keys loaded; serving" and self.addr:
                     return
             assert self.proc.poll() is None, open(self.log_path).read()
