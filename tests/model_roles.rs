@@ -452,14 +452,6 @@ fn run(ops: &[Op], truth: Truth<'_>) {
             world.step(op).await;
             world.agree(&store);
         }
-        if std::env::var_os("MODEL_DEBUG").is_some() {
-            eprintln!(
-                "ops {} keys {} roles {}",
-                ops.len(),
-                world.keys.len(),
-                world.roles.len()
-            );
-        }
         let (keys, roles) = (world.keys.clone(), world.roles.clone());
         drop(world);
         drop(store);

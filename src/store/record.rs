@@ -172,67 +172,48 @@ mod role_id_text {
     }
 }
 
-mod role_ids_text {
-    use serde::{Deserialize, Deserializer, Serializer};
+/// A list of ids in a backup line, each in its text form (`$one` writes
+/// and checks one).
+macro_rules! id_list_text {
+    ($list:ident, $one:ident) => {
+        mod $list {
+            use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(ids: &[Vec<u8>], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(ids.iter().map(|id| Wrapped(id)))
-    }
+            pub fn serialize<S: Serializer>(
+                ids: &[Vec<u8>],
+                serializer: S,
+            ) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq(ids.iter().map(|id| Wrapped(id)))
+            }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Vec<Vec<u8>>, D::Error> {
-        let texts = Vec::<Unwrapped>::deserialize(deserializer)?;
-        Ok(texts.into_iter().map(|id| id.0).collect())
-    }
+            pub fn deserialize<'de, D: Deserializer<'de>>(
+                deserializer: D,
+            ) -> Result<Vec<Vec<u8>>, D::Error> {
+                let texts = Vec::<Unwrapped>::deserialize(deserializer)?;
+                Ok(texts.into_iter().map(|id| id.0).collect())
+            }
 
-    struct Wrapped<'a>(&'a [u8]);
+            struct Wrapped<'a>(&'a [u8]);
 
-    impl serde::Serialize for Wrapped<'_> {
-        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            super::role_id_text::serialize(self.0, serializer)
+            impl serde::Serialize for Wrapped<'_> {
+                fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                    super::$one::serialize(self.0, serializer)
+                }
+            }
+
+            struct Unwrapped(Vec<u8>);
+
+            impl<'de> Deserialize<'de> for Unwrapped {
+                fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                    super::$one::deserialize(deserializer).map(Unwrapped)
+                }
+            }
         }
-    }
-
-    struct Unwrapped(Vec<u8>);
-
-    impl<'de> Deserialize<'de> for Unwrapped {
-        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-            super::role_id_text::deserialize(deserializer).map(Unwrapped)
-        }
-    }
+    };
 }
 
-mod key_ids_text {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(ids: &[Vec<u8>], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(ids.iter().map(|id| Wrapped(id)))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Vec<Vec<u8>>, D::Error> {
-        let texts = Vec::<Unwrapped>::deserialize(deserializer)?;
-        Ok(texts.into_iter().map(|id| id.0).collect())
-    }
-
-    struct Wrapped<'a>(&'a [u8]);
-
-    impl serde::Serialize for Wrapped<'_> {
-        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            super::key_id_text::serialize(self.0, serializer)
-        }
-    }
-
-    struct Unwrapped(Vec<u8>);
-
-    impl<'de> Deserialize<'de> for Unwrapped {
-        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-            super::key_id_text::deserialize(deserializer).map(Unwrapped)
-        }
-    }
-}
+id_list_text!(role_ids_text, role_id_text);
+id_list_text!(key_ids_text, key_id_text);
 
 /// A key's credits as stored (and in a backup line): the balance as last
 /// set, its refill, and the balance's generation.

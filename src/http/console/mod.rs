@@ -175,6 +175,23 @@ fn signed_in(
     }
 }
 
+/// A change posted from a signed-in page: the caller, and the form once it
+/// came from our own page (or the page that says why not).
+async fn signed_post(
+    console: &Console,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    body: Body,
+) -> Result<(Signed, Vec<(String, String)>), Box<Response>> {
+    let signed = signed_in(console, headers, peer)?;
+    let fields = match input::form(headers, body).await {
+        Ok(fields) => fields,
+        Err(error) => return Err(Box::new(failed(Some(&signed), error))),
+    };
+    same_site(headers, &signed, &fields)?;
+    Ok((signed, fields))
+}
+
 /// A change must come from our own page: the session's CSRF token in the
 /// form, and (when the browser says) our own origin.
 fn same_site(

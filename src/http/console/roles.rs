@@ -12,9 +12,10 @@ use maud::{html, Markup};
 
 use super::forms::value;
 use super::pages::{self, grid_rows, url, Grid};
-use super::{account_of, failed, html, keys_query, same_site, signed_in, Console, Shared, Signed};
+use super::{
+    account_of, failed, html, keys_query, signed_in, signed_post, Console, Shared, Signed,
+};
 use crate::http::error::ApiError;
-use crate::http::input;
 use crate::manage::{NewRole, RoleChange, RoleView};
 use crate::scope::Access;
 
@@ -216,17 +217,10 @@ pub(super) async fn create(
     RawQuery(raw): RawQuery,
     body: Body,
 ) -> Response {
-    let signed = match signed_in(&console, &headers, peer) {
-        Ok(signed) => signed,
+    let (signed, fields) = match signed_post(&console, &headers, peer, body).await {
+        Ok(posted) => posted,
         Err(response) => return *response,
     };
-    let fields = match input::form(&headers, body).await {
-        Ok(fields) => fields,
-        Err(error) => return failed(Some(&signed), error),
-    };
-    if let Err(response) = same_site(&headers, &signed, &fields) {
-        return *response;
-    }
     let query = keys_query(raw.as_deref()).unwrap_or_default();
     let account = account_of(&signed, query.get("account").map(String::as_str));
     let template = value(&fields, "template").unwrap_or("").to_owned();
@@ -328,17 +322,10 @@ pub(super) async fn edit(
     Path(id): Path<String>,
     body: Body,
 ) -> Response {
-    let signed = match signed_in(&console, &headers, peer) {
-        Ok(signed) => signed,
+    let (signed, fields) = match signed_post(&console, &headers, peer, body).await {
+        Ok(posted) => posted,
         Err(response) => return *response,
     };
-    let fields = match input::form(&headers, body).await {
-        Ok(fields) => fields,
-        Err(error) => return failed(Some(&signed), error),
-    };
-    if let Err(response) = same_site(&headers, &signed, &fields) {
-        return *response;
-    }
     let current = match visible(&console, &signed, id.clone()).await {
         Ok(role) => role,
         Err(error) => return failed(Some(&signed), error),
@@ -378,17 +365,10 @@ pub(super) async fn delete(
     Path(id): Path<String>,
     body: Body,
 ) -> Response {
-    let signed = match signed_in(&console, &headers, peer) {
-        Ok(signed) => signed,
+    let (signed, _) = match signed_post(&console, &headers, peer, body).await {
+        Ok(posted) => posted,
         Err(response) => return *response,
     };
-    let fields = match input::form(&headers, body).await {
-        Ok(fields) => fields,
-        Err(error) => return failed(Some(&signed), error),
-    };
-    if let Err(response) = same_site(&headers, &signed, &fields) {
-        return *response;
-    }
     let current = match visible(&console, &signed, id.clone()).await {
         Ok(role) => role,
         Err(error) => return failed(Some(&signed), error),
