@@ -34,6 +34,9 @@ pub struct CheckContext {
     pub usage: Option<Arc<Usage>>,
     /// Keys' credit balances.
     pub balances: Arc<Balances>,
+    /// Where a refusal by a rate limit or the credits is offered as a
+    /// webhook event (`None`: webhooks off). Never waits.
+    pub signals: Option<Arc<crate::webhooks::Signals>>,
 }
 
 /// An HTTP request as a door saw it.
@@ -259,7 +262,14 @@ impl CheckContext {
                 credits: Some(left),
                 ..checked
             }),
-            Spent::Short(left) => Ok(checked.short(left)),
+            Spent::Short(left) => {
+                if let (Some(signals), Decision::Allowed { account_id, .. }) =
+                    (&self.signals, &checked.decision)
+                {
+                    signals.credits_exhausted(*key_id, account_id);
+                }
+                Ok(checked.short(left))
+            }
             Spent::Away if self.balances.fail_closed() => Err(CheckError::CreditsAway),
             Spent::Away => Ok(checked),
         }
@@ -288,7 +298,14 @@ impl CheckContext {
                 rate: status,
                 ..checked
             }),
-            Admission::Over(status) => Ok(checked.over(status)),
+            Admission::Over(status) => {
+                if let (Some(signals), Decision::Allowed { key_id, account_id, .. }) =
+                    (&self.signals, &checked.decision)
+                {
+                    signals.rate_limited(*key_id, account_id, &status);
+                }
+                Ok(checked.over(status))
+            }
             Admission::Unavailable => Err(CheckError::CountersAway),
         }
     }

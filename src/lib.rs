@@ -18,6 +18,8 @@
 //! - [`store`]: sled (standalone) or etcd with a sled mirror (fleet), group
 //!   commit, publishing into the table.
 //! - [`telemetry`]: metric names, /metrics /healthz /readyz.
+//! - [`webhooks`]: key events to the provider's endpoints, signed, from
+//!   the store's outbox (delivery, retries, dead letters, derived events).
 //! - [`request_id`], [`secret_file`], [`secret_scanning`]: CreateKey retries;
 //!   secrets from files; GitHub's leak reports (signatures, token patterns).
 //! - The pure core, re-exported from the `scopegate-core` crate: [`authz`]
@@ -49,3 +51,4 @@ pub mod telemetry;
 pub mod throttle;
 pub mod uds;
 pub mod usage;
+pub mod webhooks;

@@ -18,6 +18,16 @@ pub const MUTATIONS_TOTAL: &str = "scopegate_key_mutations_total";
 pub const LEAKS_TOTAL: &str = "scopegate_leaked_keys_total";
 /// Leak reports refused for their signature.
 pub const LEAK_REPORTS_REFUSED_TOTAL: &str = "scopegate_leak_reports_refused_total";
+/// Webhook delivery attempts, by outcome (delivered, failed, dead).
+pub const WEBHOOK_DELIVERIES_TOTAL: &str = "scopegate_webhook_deliveries_total";
+/// Webhook deliveries waiting (counted up to 1,000 per endpoint).
+pub const WEBHOOK_PENDING: &str = "scopegate_webhook_pending";
+/// How long the oldest waiting webhook delivery has waited.
+pub const WEBHOOK_OLDEST_SECONDS: &str = "scopegate_webhook_oldest_pending_seconds";
+/// 1 while this sidecar delivers webhooks (standalone always; a fleet's lease holder).
+pub const WEBHOOK_DELIVERING: &str = "scopegate_webhook_delivering";
+/// Derived-event signals dropped because their queue was full.
+pub const WEBHOOK_SIGNALS_DROPPED_TOTAL: &str = "scopegate_webhook_signals_dropped_total";
 /// ext_authz requests allowed only because of dry run, by would-be decision.
 pub const DRY_RUN_DENIALS_TOTAL: &str = "scopegate_dry_run_denials_total";
 pub const KEYS: &str = "scopegate_keys";
@@ -95,6 +105,10 @@ fn zero_series() {
     for action in ["disable", "delete", "notify"] {
         metrics::counter!(LEAKS_TOTAL, "action" => action).absolute(0);
     }
+    for outcome in ["delivered", "failed", "dead"] {
+        metrics::counter!(WEBHOOK_DELIVERIES_TOTAL, "outcome" => outcome).absolute(0);
+    }
+    metrics::counter!(WEBHOOK_SIGNALS_DROPPED_TOTAL).absolute(0);
 }
 
 fn build_recorder() -> PrometheusHandle {

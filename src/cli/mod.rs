@@ -19,6 +19,7 @@ mod roles;
 mod scopes;
 mod serve;
 mod usage;
+mod webhooks;
 
 pub use audit::AuditArgs;
 pub use backup::{BackupArgs, RestoreArgs};
@@ -71,6 +72,10 @@ pub enum Command {
     /// role reaches every such key at once.
     #[command(subcommand)]
     Roles(roles::RolesCommand),
+    /// Webhooks: endpoints an account's key events are POSTed to (signed
+    /// per Standard Webhooks), and the deliveries given up on.
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhooksCommand),
     /// List the catalog: resources, their scopes and access levels, and yours.
     ///
     /// Example: scopegate scopes --json
@@ -156,6 +161,7 @@ async fn run_client(command: Command) -> Result<ExitCode, String> {
     match command {
         Command::Keys(keys) => keys::run(keys).await,
         Command::Roles(roles) => roles::run(roles).await,
+        Command::Webhooks(webhooks) => webhooks::run(webhooks).await,
         Command::Scopes(client) => scopes::run(client).await,
         Command::Check(args) => check::run(args).await,
         Command::Audit(args) => audit::run(args).await,

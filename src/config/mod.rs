@@ -19,6 +19,7 @@ use crate::token::DEFAULT_PREFIX;
 
 mod resolve;
 mod usage;
+mod webhooks;
 
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9090";
 /// Threads answering requests unless `--worker-threads` says otherwise: two,
@@ -334,6 +335,29 @@ pub struct ServeOptions {
     /// /secret-scanning/github on the REST listener takes GitHub's reports.
     #[arg(long, env = "SCOPEGATE_GITHUB_SCANNING_KEYS")]
     pub github_scanning_keys: Option<PathBuf>,
+    /// Send key events to the webhook endpoints accounts register
+    /// (POST /v3/webhooks, `scopegate webhooks`, the console), signed per
+    /// Standard Webhooks: `on` or `off`. [default: on]
+    #[arg(long, env = "SCOPEGATE_WEBHOOKS")]
+    pub webhooks: Option<String>,
+    /// Let webhook endpoints be on loopback, link-local or private
+    /// addresses (refused by default: a tenant's URL must not reach what
+    /// only the sidecar can, like a cloud metadata service).
+    #[arg(long, env = "SCOPEGATE_WEBHOOK_ALLOW_PRIVATE", num_args = 0..=1, default_missing_value = "true")]
+    pub webhook_allow_private: Option<bool>,
+    /// One delivery attempt gives up after this (5s, 1m). [default: 10s]
+    #[arg(long, env = "SCOPEGATE_WEBHOOK_TIMEOUT")]
+    pub webhook_timeout: Option<String>,
+    /// A delivery is retried (backing off) this long after its first
+    /// attempt, then kept as a dead letter to redeliver. [default: 24h]
+    #[arg(long, env = "SCOPEGATE_WEBHOOK_RETRY_FOR")]
+    pub webhook_retry_for: Option<String>,
+    /// The longest wait between two attempts of one delivery. [default: 1h]
+    #[arg(long, env = "SCOPEGATE_WEBHOOK_MAX_BACKOFF")]
+    pub webhook_max_backoff: Option<String>,
+    /// `key.expiring` goes out this long before a key expires. [default: 7d]
+    #[arg(long, env = "SCOPEGATE_WEBHOOK_EXPIRING_BEFORE")]
+    pub webhook_expiring_before: Option<String>,
 }
 
 /// Seconds between writes of the keys' "last used" marks, by default.
@@ -442,6 +466,12 @@ impl ServeOptions {
             usage_redis_password_file,
             leak_action,
             github_scanning_keys,
+            webhooks,
+            webhook_allow_private,
+            webhook_timeout,
+            webhook_retry_for,
+            webhook_max_backoff,
+            webhook_expiring_before,
         );
         self
     }
@@ -487,6 +517,12 @@ impl ServeOptions {
             forward_auth_trusted_proxies: Some(String::new()),
             usage: Some("on".into()),
             leak_action: Some("disable".into()),
+            webhooks: Some("on".into()),
+            webhook_allow_private: Some(false),
+            webhook_timeout: Some("10s".into()),
+            webhook_retry_for: Some("24h".into()),
+            webhook_max_backoff: Some("1h".into()),
+            webhook_expiring_before: Some("7d".into()),
             usage_flush_secs: Some(crate::usage::DEFAULT_FLUSH_SECS),
             usage_retention_minute: Some("48h".into()),
             usage_retention_hour: Some("90d".into()),

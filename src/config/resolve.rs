@@ -91,6 +91,7 @@ impl ServeOptions {
             usage: super::usage::usage(&options)?,
             leak_action: leak_action(&options)?,
             github_scanning_keys: github_scanning_keys(&options)?,
+            webhooks: super::webhooks::webhooks(&options)?,
         })
     }
 }

@@ -59,7 +59,7 @@ pub(super) fn unix_ms(field: &str, time: &prost_types::Timestamp) -> Result<i64,
 }
 
 /// 0 means "unset".
-fn optional_timestamp(unix_ms: i64) -> Option<prost_types::Timestamp> {
+pub(super) fn optional_timestamp(unix_ms: i64) -> Option<prost_types::Timestamp> {
     (unix_ms != 0).then(|| timestamp(unix_ms))
 }
 

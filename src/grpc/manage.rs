@@ -232,6 +232,62 @@ impl ManageKey for ManageKeyService {
         self.report_leak_pb(request).await
     }
 
+    async fn create_webhook(
+        &self,
+        request: Request<pb::CreateWebhookRequest>,
+    ) -> Result<Response<pb::Webhook>, Status> {
+        self.create_webhook_pb(request).await
+    }
+
+    async fn get_webhook(
+        &self,
+        request: Request<pb::GetWebhookRequest>,
+    ) -> Result<Response<pb::Webhook>, Status> {
+        self.get_webhook_pb(request).await
+    }
+
+    async fn list_webhooks(
+        &self,
+        request: Request<pb::ListWebhooksRequest>,
+    ) -> Result<Response<pb::ListWebhooksResponse>, Status> {
+        self.list_webhooks_pb(request).await
+    }
+
+    async fn update_webhook(
+        &self,
+        request: Request<pb::UpdateWebhookRequest>,
+    ) -> Result<Response<pb::Webhook>, Status> {
+        self.update_webhook_pb(request).await
+    }
+
+    async fn delete_webhook(
+        &self,
+        request: Request<pb::GetWebhookRequest>,
+    ) -> Result<Response<pb::DeleteWebhookResponse>, Status> {
+        self.delete_webhook_pb(request).await
+    }
+
+    async fn rotate_webhook_secret(
+        &self,
+        request: Request<pb::GetWebhookRequest>,
+    ) -> Result<Response<pb::Webhook>, Status> {
+        self.rotate_webhook_secret_pb(request).await
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<pb::GetWebhookRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        self.list_dead_letters_pb(request).await
+    }
+
+    async fn redeliver(
+        &self,
+        request: Request<pb::RedeliverRequest>,
+    ) -> Result<Response<pb::RedeliverResponse>, Status> {
+        self.redeliver_pb(request).await
+    }
+
     async fn delete_key(
         &self,
         request: Request<pb::DeleteKeyRequest>,

@@ -11,6 +11,7 @@ mod manage;
 mod ratelimit;
 mod roles;
 mod status;
+mod webhooks;
 
 pub use admin::AdminService;
 pub use authorize::AuthorizeService;

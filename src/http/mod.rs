@@ -17,6 +17,7 @@ pub mod leaks;
 mod roles;
 mod stats;
 mod tls;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -126,6 +127,19 @@ pub fn router(api: Arc<RestApi>, tls: bool) -> Router {
                 .patch(roles::patch)
                 .delete(roles::delete),
         )
+        .route("/v3/webhooks", get(webhooks::list).post(webhooks::create))
+        .route(
+            "/v3/webhooks/{id}",
+            get(webhooks::get)
+                .patch(webhooks::patch)
+                .delete(webhooks::delete),
+        )
+        .route("/v3/webhooks/{id}/secret", post(webhooks::rotate_secret))
+        .route("/v3/webhooks/{id}/dead_letters", get(webhooks::dead_letters))
+        .route(
+            "/v3/webhooks/{id}/dead_letters/redeliver",
+            post(webhooks::redeliver),
+        )
         .route("/secret-scanning/github", post(leaks::github))
         .route("/openapi.json", get(openapi))
         .with_state(api)
@@ -230,7 +244,7 @@ fn known_route(template: &str) -> &'static str {
 
 /// Every route template served (REST and console): the metrics' labels,
 /// and what the gate test enumerates.
-pub const ROUTES: [&str; 29] = [
+pub const ROUTES: [&str; 34] = [
     "/v3/api_keys",
     "/v3/api_keys/{id}",
     "/v3/api_keys/{id}/rotate",
@@ -242,6 +256,11 @@ pub const ROUTES: [&str; 29] = [
     "/v3/scopes",
     "/v3/roles",
     "/v3/roles/{id}",
+    "/v3/webhooks",
+    "/v3/webhooks/{id}",
+    "/v3/webhooks/{id}/secret",
+    "/v3/webhooks/{id}/dead_letters",
+    "/v3/webhooks/{id}/dead_letters/redeliver",
     "/secret-scanning/github",
     "/openapi.json",
     "/console",

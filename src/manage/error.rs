@@ -47,6 +47,12 @@ pub enum ManageError {
     },
     #[error("key {0} not found")]
     NotFound(String),
+    #[error("webhook {0} not found")]
+    WebhookNotFound(String),
+    #[error("{0}")]
+    WebhookLimit(String),
+    #[error("webhooks are off on this sidecar (--webhooks off)")]
+    WebhooksOff,
     #[error("role {0} not found")]
     RoleNotFound(String),
     #[error("this account already has a role named `{0}`")]
@@ -146,8 +152,13 @@ impl ManageError {
                 field,
                 message: source.to_string().into(),
             },
-            ManageError::NotFound(_) | ManageError::RoleNotFound(_) => Refusal::NotFound,
-            ManageError::AccountFull { .. } | ManageError::RoleLimit(_) => Refusal::AccountFull,
+            ManageError::NotFound(_)
+            | ManageError::RoleNotFound(_)
+            | ManageError::WebhookNotFound(_) => Refusal::NotFound,
+            ManageError::WebhooksOff => Refusal::Unavailable,
+            ManageError::AccountFull { .. }
+            | ManageError::RoleLimit(_)
+            | ManageError::WebhookLimit(_) => Refusal::AccountFull,
             ManageError::RoleNameTaken(_) => Refusal::AlreadyExists,
             ManageError::BillingMixed { .. } => Refusal::Invalid {
                 field: "scopes",

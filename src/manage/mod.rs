@@ -33,6 +33,7 @@ mod rules;
 mod types;
 mod usage;
 mod validate;
+mod webhooks;
 
 use error::scope_error;
 pub use error::{ManageError, Refusal};
@@ -44,6 +45,7 @@ pub use types::{
     ResourceView, RoleChange, RoleView, ScopesView,
 };
 pub use usage::{ExportQuery, UsageQuery, MAX_TOP_KEYS};
+pub use webhooks::{DeadLetter, NewWebhook, WebhookChange, WebhookView};
 pub use validate::{
     check_account_caps, validate_imported, validate_imported_role, validate_imported_scopes,
 };
@@ -72,6 +74,8 @@ pub struct Manager {
     /// Credit balances (`None`: a manager without them, as in tests of
     /// the store alone; credits are then shown as last set).
     balances: Option<Arc<crate::balances::Balances>>,
+    /// Webhook endpoints and deliveries (`None`: `--webhooks off`).
+    webhooks: Option<Arc<crate::webhooks::Webhooks>>,
 }
 
 /// Failed credentials one address may present per second (bursts of as
@@ -98,12 +102,19 @@ impl Manager {
             failed_credentials: Throttle::new(FAILED_CREDENTIALS_PER_SEC),
             usage: None,
             balances: None,
+            webhooks: None,
         }
     }
 
     /// Spends and changes credits through `balances`.
     pub fn with_balances(mut self, balances: Option<Arc<crate::balances::Balances>>) -> Manager {
         self.balances = balances;
+        self
+    }
+
+    /// Manages webhook endpoints of `webhooks`.
+    pub fn with_webhooks(mut self, webhooks: Option<Arc<crate::webhooks::Webhooks>>) -> Manager {
+        self.webhooks = webhooks;
         self
     }
 

@@ -475,7 +475,7 @@ fn role_scopes(
     Ok(set)
 }
 
-fn validate_description(description: &str) -> Result<String, ManageError> {
+pub(super) fn validate_description(description: &str) -> Result<String, ManageError> {
     if description.chars().count() > MAX_ROLE_DESCRIPTION {
         return Err(invalid(
             "description",

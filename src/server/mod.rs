@@ -93,6 +93,7 @@ struct Opened {
     format: TokenFormat,
     store: Store,
     admin_token: zeroize::Zeroizing<String>,
+    webhooks: Option<Arc<crate::webhooks::Webhooks>>,
 }
 
 /// Every socket, bound before anything is served.
@@ -130,9 +131,12 @@ pub async fn run(
     let metrics_handle = config.metrics_listen.map(|_| telemetry::install_metrics());
     let listeners = bind_all(&config).await?;
     let (catalog, route_count) = (opened.catalog.clone(), opened.routes.rule_count());
-    let store = opened.store.clone();
+    let (store, webhooks) = (opened.store.clone(), opened.webhooks.clone());
     let serving = serve_all(&config, opened, listeners, metrics_handle).await?;
     load_keys(&store, &serving, &catalog, route_count).await?;
+    if let Some(webhooks) = &webhooks {
+        webhooks.start();
+    }
     let last_used = tokio::spawn(record_last_used(store.clone(), config.last_used_interval));
     let reloader = tokio::spawn(reload_files(
         watched,
@@ -167,7 +171,12 @@ fn open(config: &ServeConfig) -> Result<Opened, StartError> {
     store.set_audit_retention(config.audit_retention);
     store.set_audit_max_events_per_account(config.audit_max_events_per_account);
     let admin_token = zeroize::Zeroizing::new(resolve_admin_token(config)?);
+    let webhooks = config
+        .webhooks
+        .clone()
+        .map(|settings| crate::webhooks::Webhooks::new(store.clone(), settings));
     Ok(Opened {
+        webhooks,
         catalog,
         routes,
         shared_catalog,
@@ -325,6 +334,7 @@ fn check_context(
         decision_log_every: config.decision_log_every,
         decisions_seen: Default::default(),
         dry_run_seen: Default::default(),
+        signals: opened.webhooks.as_ref().map(|webhooks| webhooks.signals()),
     }))
 }
 
@@ -386,7 +396,8 @@ fn manager(
         .with_read_rate(config.limits.reads_per_account_per_sec)
         .with_max_key_lifetime(config.max_key_lifetime)
         .with_usage(usage)
-        .with_balances(Some(balances)),
+        .with_balances(Some(balances))
+        .with_webhooks(opened.webhooks.clone()),
     )
 }
 

@@ -76,6 +76,8 @@ pub struct ServeConfig {
     pub forward_auth: Option<ForwardAuthAt>,
     /// Decisions counted per key (`None`: `--usage off`).
     pub usage: Option<crate::usage::UsageConfig>,
+    /// Webhook delivery (`None`: `--webhooks off`).
+    pub webhooks: Option<crate::webhooks::WebhookSettings>,
     /// What a reported leak does to its key.
     pub leak_action: crate::manage::LeakAction,
     /// GitHub's secret scanning keys file (`None`: no GitHub intake).

@@ -56,6 +56,11 @@ impl Durable {
         self.db.open_tree(name)
     }
 
+    /// A number larger than every one given before, across restarts.
+    pub fn generate_id(&self) -> sled::Result<u64> {
+        self.db.generate_id()
+    }
+
     pub fn open(db: sled::Db, sled_dir: &Path) -> std::io::Result<Durable> {
         let log = File::open(sled_dir.join("db"))?;
         Ok(Durable {

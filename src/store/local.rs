@@ -47,7 +47,7 @@ impl Store {
         if let Some(max) = self.audit_trim_due(&event.account_id) {
             self.trim_account_audit(&event.account_id, max)?;
         }
-        let audit = AuditWrite::new(&event, sequence);
+        let audit = AuditWrite::new(&event, sequence, self.local_outbox_entry(&event)?);
         let roles = RoleWrites::new(role_writes(&change, snapshot)?);
         match change {
             Change::Create {
@@ -400,12 +400,15 @@ struct AuditWrite {
     key: Vec<u8>,
     value: Vec<u8>,
     indexed: [Vec<u8>; 2],
+    /// The change's webhook outbox entry (`store/webhooks.rs`).
+    outbox: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl AuditWrite {
-    fn new(event: &AuditEvent, sequence: u64) -> AuditWrite {
+    fn new(event: &AuditEvent, sequence: u64, outbox: Option<(Vec<u8>, Vec<u8>)>) -> AuditWrite {
         let key = event.sort_key(sequence);
         AuditWrite {
+            outbox,
             indexed: audit::index_keys(event, &key),
             value: prost::Message::encode_to_vec(event),
             key: key.to_vec(),
@@ -420,6 +423,9 @@ impl AuditWrite {
         trail.insert(self.key.as_slice(), self.value.as_slice())?;
         for index_key in &self.indexed {
             index.insert(index_key.as_slice(), &[])?;
+        }
+        if let Some((key, value)) = &self.outbox {
+            index.insert(key.as_slice(), value.as_slice())?;
         }
         Ok(())
     }

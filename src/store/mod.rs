@@ -26,6 +26,7 @@ mod record;
 mod roles;
 mod table;
 mod truth;
+mod webhooks;
 
 pub use audit::{AuditEvent, AuditFilter, KeyState, DEFAULT_AUDIT_MAX_EVENTS_PER_ACCOUNT};
 pub use fleet::{FleetConfig, SyncState};
@@ -35,6 +36,7 @@ pub use record::{
     FORMAT_VERSION,
 };
 pub use roles::Reads;
+pub use webhooks::{outbox_path, HookEntry, HookOp, OUTBOX};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -256,6 +258,8 @@ struct Inner {
     unfit: mirror::Unfit,
     /// The per-account bound on audit events.
     audit_budget: audit::AuditBudget,
+    /// Whether changes write a webhook outbox entry.
+    outbox: std::sync::atomic::AtomicBool,
 }
 
 impl Store {

@@ -105,6 +105,7 @@ impl Store {
                 failed,
                 unfit: mirror::Unfit::default(),
                 audit_budget: audit::AuditBudget::new(),
+                outbox: false.into(),
             }),
         })
     }

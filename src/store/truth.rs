@@ -13,6 +13,7 @@ use super::audit::{AuditEvent, AuditFilter};
 use super::fleet::{Fleet, SyncState};
 use super::record::CreateRequestRecord;
 use super::roles::roles_of_members;
+use super::webhooks::{HookEntry, HookOp};
 use super::{Change, Reads, Snapshot, Store, StoreError};
 use crate::role::RoleId;
 use crate::token::KeyId;
@@ -83,6 +84,47 @@ pub(super) trait Truth: Send + Sync {
 
     /// How long audit events are kept where the truth keeps them.
     fn set_audit_retention(&self, retention: Duration);
+
+    /// Webhook state (`webhooks.rs`): a page of entries under `prefix`.
+    fn hooks_scan<'a>(
+        &'a self,
+        store: &'a Store,
+        prefix: String,
+        after: Option<String>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<HookEntry>, StoreError>>;
+
+    /// Webhook state: writes applied at once, durably.
+    fn hooks_apply<'a>(
+        &'a self,
+        store: &'a Store,
+        ops: Vec<HookOp>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Webhook state: an event put in the outbox once per `once` id.
+    fn hooks_enqueue_once<'a>(
+        &'a self,
+        store: &'a Store,
+        once: String,
+        expires_unix_ms: i64,
+        event: AuditEvent,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Whether this sidecar is the one delivering webhooks now.
+    fn hooks_leader(&self, holder: String) -> BoxFuture<'_, Result<bool, StoreError>>;
+}
+
+/// Runs a blocking store call off the decision workers.
+fn blocking<T: Send + 'static>(
+    store: &Store,
+    call: impl FnOnce(Store) -> Result<T, StoreError> + Send + 'static,
+) -> BoxFuture<'static, Result<T, StoreError>> {
+    let store = store.clone();
+    Box::pin(async move {
+        tokio::task::spawn_blocking(move || call(store))
+            .await
+            .map_err(|_| StoreError::Closed)?
+    })
 }
 
 /// Standalone: sled is the truth, written under the writer lock and group
@@ -157,6 +199,42 @@ impl Truth for Standalone {
     fn set_audit_retention(&self, _retention: Duration) {
         // Kept by the store itself (pruned every `AUDIT_PRUNE_EVERY` changes).
     }
+
+    fn hooks_scan<'a>(
+        &'a self,
+        store: &'a Store,
+        prefix: String,
+        after: Option<String>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<HookEntry>, StoreError>> {
+        blocking(store, move |store| {
+            store.local_hooks_scan(&prefix, after, limit)
+        })
+    }
+
+    fn hooks_apply<'a>(
+        &'a self,
+        store: &'a Store,
+        ops: Vec<HookOp>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        blocking(store, move |store| store.local_hooks_apply(ops))
+    }
+
+    fn hooks_enqueue_once<'a>(
+        &'a self,
+        store: &'a Store,
+        once: String,
+        expires_unix_ms: i64,
+        event: AuditEvent,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        blocking(store, move |store| {
+            store.local_hooks_enqueue_once(&once, expires_unix_ms, &event)
+        })
+    }
+
+    fn hooks_leader(&self, _holder: String) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async { Ok(true) })
+    }
 }
 
 /// Fleet: etcd is the truth, sled this sidecar's mirror (`fleet/`).
@@ -202,5 +280,37 @@ impl Truth for Fleet {
 
     fn set_audit_retention(&self, retention: Duration) {
         Fleet::set_audit_retention(self, retention);
+    }
+
+    fn hooks_scan<'a>(
+        &'a self,
+        _store: &'a Store,
+        prefix: String,
+        after: Option<String>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<HookEntry>, StoreError>> {
+        Box::pin(async move { Fleet::etcd_hooks_scan(self, &prefix, after, limit).await })
+    }
+
+    fn hooks_apply<'a>(
+        &'a self,
+        _store: &'a Store,
+        ops: Vec<HookOp>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(Fleet::etcd_hooks_apply(self, ops))
+    }
+
+    fn hooks_enqueue_once<'a>(
+        &'a self,
+        _store: &'a Store,
+        once: String,
+        expires_unix_ms: i64,
+        event: AuditEvent,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move { Fleet::etcd_hooks_enqueue_once(self, &once, expires_unix_ms, &event).await })
+    }
+
+    fn hooks_leader(&self, holder: String) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move { Fleet::etcd_hooks_leader(self, &holder).await })
     }
 }

@@ -20,10 +20,17 @@ class Scopegate:
         self.dir = tempfile.mkdtemp(prefix="scopegate-py-")
         self.data = os.path.join(self.dir, "data")
         self.log_path = os.path.join(self.dir, "serve.log")
-        self.log = open(self.log_path, "w")
+        open(self.log_path, "w").close()
         # "SOCKET" in args stands for a Unix socket path in this server's dir.
         self.uds = os.path.join(self.dir, "scopegate.sock")
-        args = [self.uds if arg == "SOCKET" else arg for arg in args]
+        self.args = [self.uds if arg == "SOCKET" else arg for arg in args]
+        self.start()
+
+    def start(self):
+        """Starts the server (again, on the same data dir), waits until it serves."""
+        args = self.args
+        self.log = open(self.log_path, "a")
+        start = os.path.getsize(self.log_path)
         self.proc = subprocess.Popen(
             [BIN, "serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
              *([] if "--metrics-listen" in args else ["--metrics-listen", "none"]),
@@ -37,7 +44,10 @@ class Scopegate:
         self.metrics_addr = None
         deadline = time.time() + 30
         while time.time() < deadline:
-            for line in open(self.log_path):
+            with open(self.log_path) as log:
+                log.seek(start)
+                lines = log.read().splitlines()
+            for line in lines:
                 try:
                     fields = json.loads(line)["fields"]
                 except ValueError:
@@ -69,6 +79,12 @@ class Scopegate:
         for scope in scopes:
             args += ["--scope", scope]
         return self.cli(*args)
+
+    def kill(self):
+        """kill -9: no clean stop."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.log.close()
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)

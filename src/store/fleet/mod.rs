@@ -20,7 +20,8 @@
 //! reply waits until this sidecar has applied the transaction's revision
 //! (read-your-writes). scopegate implements no consensus: etcd does.
 //!
-//! Layout under the prefix: `keys/<key id>` → `KeyRecord` (hashes only),
+//! Layout under the prefix (webhook state under `webhooks/`, see
+//! `webhooks.rs`): `keys/<key id>` → `KeyRecord` (hashes only),
 //! `keys/roles/<role id>` → `RoleRecord` (under `keys/`, so one watch and
 //! one full read carry keys and roles at the same revisions),
 //! `role_names/<account>/<name>` (hex) → the role id (names unique per
@@ -30,6 +31,7 @@ mod audit;
 mod follow;
 mod import;
 mod roles;
+mod webhooks;
 
 pub use import::import;
 
@@ -132,6 +134,8 @@ pub(super) struct Fleet {
     /// Changes through this sidecar that write the same role take turns
     /// here instead of losing compares to each other in etcd.
     role_turns: roles::Turns,
+    /// The webhook delivery lease, while this sidecar holds it.
+    hooks_lease: std::sync::Mutex<Option<i64>>,
 }
 
 /// Any etcd client error: the store is unavailable, the write not acknowledged.
@@ -156,6 +160,7 @@ impl Fleet {
             applied: watch::channel(applied_revision).0,
             state,
             role_turns: roles::Turns::default(),
+            hooks_lease: std::sync::Mutex::new(None),
         }
     }
 
@@ -206,6 +211,9 @@ impl Fleet {
             }
             let lease = self.audit_lease(&mut client).await?;
             let mut ops = self.audit_ops(&event, lease);
+            if store.outbox_on() {
+                ops.push(self.outbox_op(&event));
+            }
             self.change_ops(store, &mut client, &change, &mut compares, &mut ops)
                 .await?;
             self.role_ops(
