@@ -172,6 +172,7 @@ fn benches(c: &mut Criterion) {
             decisions_seen: Default::default(),
             dry_run_seen: Default::default(),
             usage: None,
+            signals: None,
             balances: scopegate::balances::Balances::local(None).unwrap(),
             counters: scopegate::counters::Counters::start(
                 &scopegate::counters::CountersConfig::Memory,

@@ -299,8 +299,12 @@ impl CheckContext {
                 ..checked
             }),
             Admission::Over(status) => {
-                if let (Some(signals), Decision::Allowed { key_id, account_id, .. }) =
-                    (&self.signals, &checked.decision)
+                if let (
+                    Some(signals),
+                    Decision::Allowed {
+                        key_id, account_id, ..
+                    },
+                ) = (&self.signals, &checked.decision)
                 {
                     signals.rate_limited(*key_id, account_id, &status);
                 }

@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["grpc", "uds", "http"],
     &["manage"],
     &["gate", "check", "proxy"],
-    &["usage"],
+    &["usage", "webhooks"],
     &["throttle", "readiness", "counters", "balances"],
     &["store"],
     &["telemetry"],

@@ -118,7 +118,9 @@ pub(super) async fn run(command: WebhooksCommand) -> Result<ExitCode, String> {
             print_webhooks(&client, &[hook], false);
         }
         WebhooksCommand::List { client, account } => {
-            let request = pb::ListWebhooksRequest { account_id: account };
+            let request = pb::ListWebhooksRequest {
+                account_id: account,
+            };
             let hooks = manage_client(&client)
                 .await?
                 .list_webhooks(authorized(&client, request)?)
@@ -137,6 +139,14 @@ pub(super) async fn run(command: WebhooksCommand) -> Result<ExitCode, String> {
                 .map_err(status_text)?;
             print_value(&client, json!({"deleted": true}), "deleted");
         }
+        other => secrets_and_dead_letters(other).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Rotation and the deliveries given up on.
+async fn secrets_and_dead_letters(command: WebhooksCommand) -> Result<(), String> {
+    match command {
         WebhooksCommand::RotateSecret(IdArgs { client, webhook_id }) => {
             let request = pb::GetWebhookRequest { webhook_id };
             let hook = manage_client(&client)
@@ -174,10 +184,15 @@ pub(super) async fn run(command: WebhooksCommand) -> Result<ExitCode, String> {
                 .map_err(status_text)?
                 .into_inner()
                 .redelivered;
-            print_value(&client, json!({"redelivered": moved}), &format!("{moved} queued again"));
+            print_value(
+                &client,
+                json!({"redelivered": moved}),
+                &format!("{moved} queued again"),
+            );
         }
+        _ => unreachable!("run handles the other commands"),
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 async fn update(args: UpdateArgs) -> Result<(), String> {
@@ -240,7 +255,10 @@ fn print_webhooks(client: &ClientArgs, hooks: &[pb::Webhook], list: bool) {
         }
         return;
     }
-    println!("{:<27}  {:<16} {:<8} {:<40} EVENTS", "WEBHOOK ID", "ACCOUNT", "STATE", "URL");
+    println!(
+        "{:<27}  {:<16} {:<8} {:<40} EVENTS",
+        "WEBHOOK ID", "ACCOUNT", "STATE", "URL"
+    );
     for hook in hooks {
         let events = if hook.event_types.is_empty() {
             "all".to_owned()
@@ -278,7 +296,10 @@ fn print_dead_letters(client: &ClientArgs, dead: &[pb::DeadLetter]) {
         println!("{}", json!({ "dead_letters": dead }));
         return;
     }
-    println!("{:<28}  {:<22} {:>8}  LAST ERROR", "EVENT ID", "TYPE", "ATTEMPTS");
+    println!(
+        "{:<28}  {:<22} {:>8}  LAST ERROR",
+        "EVENT ID", "TYPE", "ATTEMPTS"
+    );
     for letter in dead {
         println!(
             "{:<28}  {:<22} {:>8}  {}",

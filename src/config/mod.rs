@@ -381,6 +381,33 @@ macro_rules! prefer {
     };
 }
 
+/// The later half of [`ServeOptions::or`] (proxies, usage, leaks, webhooks).
+fn prefer_more(high: &mut ServeOptions, lower: &mut ServeOptions) {
+    prefer!(
+        high,
+        lower,
+        forward_auth_listen,
+        forward_auth_path_prefix,
+        forward_auth_trusted_proxies,
+        forward_auth_cost_header,
+        usage,
+        usage_flush_secs,
+        usage_retention_minute,
+        usage_retention_hour,
+        usage_retention_day,
+        usage_redis,
+        usage_redis_password_file,
+        leak_action,
+        github_scanning_keys,
+        webhooks,
+        webhook_allow_private,
+        webhook_timeout,
+        webhook_retry_for,
+        webhook_max_backoff,
+        webhook_expiring_before,
+    );
+}
+
 impl ServeOptions {
     pub fn from_file(path: &Path) -> Result<ServeOptions, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
@@ -453,26 +480,8 @@ impl ServeOptions {
             ext_authz_rate_limits,
             rate_limit_service_listen,
             rate_limit_max_hits,
-            forward_auth_listen,
-            forward_auth_path_prefix,
-            forward_auth_trusted_proxies,
-            forward_auth_cost_header,
-            usage,
-            usage_flush_secs,
-            usage_retention_minute,
-            usage_retention_hour,
-            usage_retention_day,
-            usage_redis,
-            usage_redis_password_file,
-            leak_action,
-            github_scanning_keys,
-            webhooks,
-            webhook_allow_private,
-            webhook_timeout,
-            webhook_retry_for,
-            webhook_max_backoff,
-            webhook_expiring_before,
         );
+        prefer_more(high, &mut lower);
         self
     }
 

@@ -18,13 +18,26 @@ pub(super) fn webhooks(options: &ServeOptions) -> Result<Option<WebhookSettings>
         None => Ok(default),
         Some(text) => crate::stats::parse_duration(text)
             .map(|secs| Duration::from_secs(secs as u64))
-            .ok_or_else(|| invalid(key, format!("`{text}` is not a duration (10s, 5m, 24h, 7d)"))),
+            .ok_or_else(|| {
+                invalid(
+                    key,
+                    format!("`{text}` is not a duration (10s, 5m, 24h, 7d)"),
+                )
+            }),
     };
     let defaults = WebhookSettings::default();
     let settings = WebhookSettings {
         allow_private: options.webhook_allow_private.unwrap_or(false),
-        timeout: duration("webhook_timeout", &options.webhook_timeout, defaults.timeout)?,
-        retry_for: duration("webhook_retry_for", &options.webhook_retry_for, defaults.retry_for)?,
+        timeout: duration(
+            "webhook_timeout",
+            &options.webhook_timeout,
+            defaults.timeout,
+        )?,
+        retry_for: duration(
+            "webhook_retry_for",
+            &options.webhook_retry_for,
+            defaults.retry_for,
+        )?,
         max_backoff: duration(
             "webhook_max_backoff",
             &options.webhook_max_backoff,

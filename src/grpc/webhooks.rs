@@ -71,8 +71,7 @@ impl ManageKeyService {
     ) -> Result<Response<pb::ListWebhooksResponse>, Status> {
         let caller = self.caller(&request)?;
         let (manager, account) = (self.manager.clone(), request.into_inner().account_id);
-        let views =
-            detached(async move { manager.list_webhooks(&caller, &account).await }).await?;
+        let views = detached(async move { manager.list_webhooks(&caller, &account).await }).await?;
         Ok(Response::new(pb::ListWebhooksResponse {
             webhooks: views.into_iter().map(webhook_to_pb).collect(),
         }))

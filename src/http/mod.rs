@@ -135,7 +135,10 @@ pub fn router(api: Arc<RestApi>, tls: bool) -> Router {
                 .delete(webhooks::delete),
         )
         .route("/v3/webhooks/{id}/secret", post(webhooks::rotate_secret))
-        .route("/v3/webhooks/{id}/dead_letters", get(webhooks::dead_letters))
+        .route(
+            "/v3/webhooks/{id}/dead_letters",
+            get(webhooks::dead_letters),
+        )
         .route(
             "/v3/webhooks/{id}/dead_letters/redeliver",
             post(webhooks::redeliver),

@@ -141,7 +141,9 @@ pub(super) async fn get(
     headers: HeaderMap,
     path: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<Response> {
-    let view = api.visible_webhook(&caller, &headers, endpoint_id(path)?).await?;
+    let view = api
+        .visible_webhook(&caller, &headers, endpoint_id(path)?)
+        .await?;
     Ok(json_response(&webhook_json(&view)).into_response())
 }
 

@@ -45,11 +45,11 @@ pub use types::{
     ResourceView, RoleChange, RoleView, ScopesView,
 };
 pub use usage::{ExportQuery, UsageQuery, MAX_TOP_KEYS};
-pub use webhooks::{DeadLetter, NewWebhook, WebhookChange, WebhookView};
 pub use validate::{
     check_account_caps, validate_imported, validate_imported_role, validate_imported_scopes,
 };
 use validate::{parse_key_id, validity};
+pub use webhooks::{DeadLetter, NewWebhook, WebhookChange, WebhookView};
 
 pub const DEFAULT_MAX_KEYS_PER_ACCOUNT: usize = 100;
 pub const DEFAULT_PAGE_SIZE: usize = 50;

@@ -16,7 +16,9 @@ use crate::webhooks::record::{
     dead_path, dead_prefix, endpoint_path, order_of, pending_path, pending_prefix, Delivery,
     EndpointRecord, ENDPOINTS,
 };
-use crate::webhooks::{event::EVENT_TYPES, guard, new_id, sign, Webhooks, MAX_ENDPOINTS_PER_ACCOUNT};
+use crate::webhooks::{
+    event::EVENT_TYPES, guard, new_id, sign, Webhooks, MAX_ENDPOINTS_PER_ACCOUNT,
+};
 
 /// How long a rotated-out secret keeps signing beside the new one.
 pub const PREVIOUS_SECRET_OVERLAP_MS: i64 = 24 * 3_600_000;
@@ -270,7 +272,9 @@ impl Manager {
             moved += 1;
         }
         if moved == 0 && !event_id.is_empty() {
-            return Err(ManageError::WebhookNotFound(format!("dead letter {event_id}")));
+            return Err(ManageError::WebhookNotFound(format!(
+                "dead letter {event_id}"
+            )));
         }
         tracing::info!(%caller, endpoint = id, moved, "dead letters queued again");
         Ok(moved)
@@ -280,13 +284,20 @@ impl Manager {
         let value = prost::Message::encode_to_vec(endpoint);
         self.hooks()?
             .store()
-            .hooks_apply(vec![HookOp::Put(endpoint_path(&endpoint.endpoint_id), value)])
+            .hooks_apply(vec![HookOp::Put(
+                endpoint_path(&endpoint.endpoint_id),
+                value,
+            )])
             .await?;
         Ok(())
     }
 
     async fn all_endpoints(&self) -> Result<Vec<EndpointRecord>, ManageError> {
-        let entries = self.hooks()?.store().hooks_scan(ENDPOINTS, None, 100_000).await?;
+        let entries = self
+            .hooks()?
+            .store()
+            .hooks_scan(ENDPOINTS, None, 100_000)
+            .await?;
         Ok(entries
             .iter()
             .filter_map(|entry| prost::Message::decode(entry.value.as_slice()).ok())
@@ -300,19 +311,31 @@ impl Manager {
     }
 
     /// The endpoint `id` if `caller` may manage it; not found otherwise.
-    async fn visible_endpoint(&self, caller: &Caller, id: &str) -> Result<EndpointRecord, ManageError> {
+    async fn visible_endpoint(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<EndpointRecord, ManageError> {
         self.require(caller, ManageAction::Update)?;
         if id.is_empty() {
             return Err(invalid("endpoint_id", "is required"));
         }
-        if !id.starts_with("wh_") || id.len() != 27 || !id[3..].bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(invalid("endpoint_id", format!("`{id}` is not an endpoint id (wh_ and 24 hex digits)")));
+        if !id.starts_with("wh_")
+            || id.len() != 27
+            || !id[3..].bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(invalid(
+                "endpoint_id",
+                format!("`{id}` is not an endpoint id (wh_ and 24 hex digits)"),
+            ));
         }
         let found = self.hooks()?.store().hooks_get(&endpoint_path(id)).await?;
         let endpoint: Option<EndpointRecord> =
             found.and_then(|value| prost::Message::decode(value.as_slice()).ok());
         match endpoint {
-            Some(endpoint) if super::rules::visible_in(caller, &endpoint.account_id) => Ok(endpoint),
+            Some(endpoint) if super::rules::visible_in(caller, &endpoint.account_id) => {
+                Ok(endpoint)
+            }
             _ => Err(ManageError::WebhookNotFound(id.to_owned())),
         }
     }
@@ -342,7 +365,10 @@ fn validate_event_types(types: Vec<String>) -> Result<Vec<String>, ManageError> 
         if !EVENT_TYPES.contains(&event_type.as_str()) {
             return Err(invalid(
                 "event_types",
-                format!("`{event_type}` is not an event type (one of: {})", EVENT_TYPES.join(", ")),
+                format!(
+                    "`{event_type}` is not an event type (one of: {})",
+                    EVENT_TYPES.join(", ")
+                ),
             ));
         }
     }

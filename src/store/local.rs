@@ -401,11 +401,15 @@ struct AuditWrite {
     value: Vec<u8>,
     indexed: [Vec<u8>; 2],
     /// The change's webhook outbox entry (`store/webhooks.rs`).
-    outbox: Option<(Vec<u8>, Vec<u8>)>,
+    outbox: Option<super::webhooks::OutboxWrite>,
 }
 
 impl AuditWrite {
-    fn new(event: &AuditEvent, sequence: u64, outbox: Option<(Vec<u8>, Vec<u8>)>) -> AuditWrite {
+    fn new(
+        event: &AuditEvent,
+        sequence: u64,
+        outbox: Option<super::webhooks::OutboxWrite>,
+    ) -> AuditWrite {
         let key = event.sort_key(sequence);
         AuditWrite {
             outbox,

@@ -307,7 +307,9 @@ impl Truth for Fleet {
         expires_unix_ms: i64,
         event: AuditEvent,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(async move { Fleet::etcd_hooks_enqueue_once(self, &once, expires_unix_ms, &event).await })
+        Box::pin(async move {
+            Fleet::etcd_hooks_enqueue_once(self, &once, expires_unix_ms, &event).await
+        })
     }
 
     fn hooks_leader(&self, holder: String) -> BoxFuture<'_, Result<bool, StoreError>> {

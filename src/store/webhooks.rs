@@ -29,6 +29,9 @@ pub struct HookEntry {
     pub order: i64,
 }
 
+/// A sled key and value of an outbox entry, written in a change's transaction.
+pub(super) type OutboxWrite = (Vec<u8>, Vec<u8>);
+
 /// One write of a webhook state change.
 #[derive(Debug, Clone)]
 pub enum HookOp {
@@ -106,7 +109,7 @@ impl Store {
     pub(super) fn local_outbox_entry(
         &self,
         event: &AuditEvent,
-    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Option<OutboxWrite>, StoreError> {
         if !self.outbox_on() {
             return Ok(None);
         }
@@ -159,7 +162,11 @@ impl Store {
                 HookOp::Delete(path) => batch.remove(local_key(&path)),
             }
         }
-        let applied = self.inner.audit_index.apply_batch(batch).map_err(Into::into);
+        let applied = self
+            .inner
+            .audit_index
+            .apply_batch(batch)
+            .map_err(Into::into);
         self.fail_on_io(applied)?;
         self.sync_or_fail()
     }

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 
 use super::record::{
-    dead_path, order_of, pending_path, pending_prefix, Delivery, EndpointRecord,
-    ENDPOINTS,
+    dead_path, order_of, pending_path, pending_prefix, Delivery, EndpointRecord, ENDPOINTS,
 };
 use super::send::{Attempt, Message};
 use super::{event, new_id, sign, Webhooks};
@@ -105,7 +104,9 @@ impl Webhooks {
             let mut ops = vec![HookOp::Delete(entry.path.clone())];
             match <AuditEvent as prost::Message>::decode(entry.value.as_slice()) {
                 Ok(audit) => ops.extend(deliveries(&audit, entry.order, endpoints)),
-                Err(error) => tracing::warn!(%error, path = entry.path, "webhooks: dropped an unreadable outbox entry"),
+                Err(error) => {
+                    tracing::warn!(%error, path = entry.path, "webhooks: dropped an unreadable outbox entry")
+                }
             }
             self.store.hooks_apply(ops).await?;
         }
@@ -120,7 +121,11 @@ impl Webhooks {
         loop {
             let entries = self
                 .store
-                .hooks_scan(&pending_prefix(&endpoint.endpoint_id), None, PENDING_PER_ROUND)
+                .hooks_scan(
+                    &pending_prefix(&endpoint.endpoint_id),
+                    None,
+                    PENDING_PER_ROUND,
+                )
                 .await?;
             let now = now_unix_ms();
             let oldest = entries.iter().fold(now, |oldest, entry| {
@@ -200,7 +205,12 @@ impl Webhooks {
         let retry_for = self.settings.retry_for.as_millis() as i64;
         if now - delivery.first_attempt_unix_ms >= retry_for {
             metrics::counter!(WEBHOOK_DELIVERIES_TOTAL, "outcome" => "dead").increment(1);
-            tracing::warn!(endpoint = endpoint.endpoint_id, event = delivery.event_id, error = delivery.last_error, "webhook delivery given up: dead letter");
+            tracing::warn!(
+                endpoint = endpoint.endpoint_id,
+                event = delivery.event_id,
+                error = delivery.last_error,
+                "webhook delivery given up: dead letter"
+            );
             let dead = prost::Message::encode_to_vec(&delivery);
             return vec![
                 HookOp::Delete(path),
@@ -249,7 +259,9 @@ fn decode(value: &[u8]) -> Option<Delivery> {
 /// The wait before attempt `attempts + 1`: 1 s doubling, capped at `max`,
 /// a random half of it taken off so retries of many deliveries spread out.
 fn backoff(attempts: u32, max: Duration) -> i64 {
-    let ceiling = (1000i64 << attempts.saturating_sub(1).min(30)).min(max.as_millis() as i64).max(1);
+    let ceiling = (1000i64 << attempts.saturating_sub(1).min(30))
+        .min(max.as_millis() as i64)
+        .max(1);
     let jitter = i64::from(getrandom::u32().unwrap_or(0)) % (ceiling / 2).max(1);
     ceiling - jitter
 }

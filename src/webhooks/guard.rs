@@ -27,7 +27,10 @@ pub fn check_url(url: &str, allow_private: bool) -> Result<http::Uri, String> {
     if authority.as_str().contains('@') {
         return Err("must not carry credentials (user:password@)".into());
     }
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     if host.is_empty() {
         return Err("has no host".into());
     }
@@ -102,7 +105,10 @@ mod tests {
             "http://[::ffff:127.0.0.1]/",
         ] {
             let refused = check_url(url, false).unwrap_err();
-            assert!(refused.contains("--webhook-allow-private"), "{url}: {refused}");
+            assert!(
+                refused.contains("--webhook-allow-private"),
+                "{url}: {refused}"
+            );
             assert!(check_url(url, true).is_ok(), "{url} with the flag");
         }
     }
@@ -113,7 +119,8 @@ mod tests {
         assert!(check_url("http://93.184.216.34:8080/", false).is_ok());
         for (url, why) in [
             ("ftp://example.com/", "http"),
-            ("example.com/hook", "http"),
+            ("example.com/hook", "not a URL"),
+            ("//example.com/hook", "http"),
             ("https://user:pw@example.com/", "credentials"),
             ("not a url", "not a URL"),
         ] {

@@ -18,8 +18,8 @@ mod deliver;
 pub mod event;
 pub mod guard;
 pub mod record;
-pub mod sign;
 mod send;
+pub mod sign;
 mod signals;
 
 use std::sync::Arc;

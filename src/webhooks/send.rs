@@ -71,14 +71,19 @@ impl Sender {
         };
         let request = http::Request::post(uri)
             .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::USER_AGENT, concat!("scopegate-webhooks/", env!("CARGO_PKG_VERSION")))
+            .header(
+                http::header::USER_AGENT,
+                concat!("scopegate-webhooks/", env!("CARGO_PKG_VERSION")),
+            )
             .header("webhook-id", message.id)
             .header("webhook-timestamp", message.timestamp.to_string())
             .header("webhook-signature", message.signature)
             .body(axum::body::Body::from(message.body.to_vec()));
         let request = match request {
             Ok(request) => request,
-            Err(error) => return Attempt::Failed(0, format!("could not build the request: {error}")),
+            Err(error) => {
+                return Attempt::Failed(0, format!("could not build the request: {error}"))
+            }
         };
         match tokio::time::timeout(self.timeout, self.client.request(request)).await {
             Err(_) => Attempt::Failed(0, format!("no answer within {:?}", self.timeout)),
@@ -127,9 +132,8 @@ impl tower::Service<Name> for GuardedResolver {
         let allow_private = self.allow_private;
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let allowed: Vec<SocketAddr> = found
                 .iter()
                 .copied()
@@ -143,5 +147,56 @@ impl tower::Service<Name> for GuardedResolver {
             }
             Ok(allowed.into_iter())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use tower::Service;
+
+    use super::*;
+
+    /// A name that resolves to loopback is refused when connecting, whatever
+    /// the URL said (DNS cannot smuggle a private address in).
+    #[tokio::test]
+    async fn names_resolving_to_private_addresses_are_refused_at_connect() {
+        let name = Name::from_str("localhost").unwrap();
+        let refused = GuardedResolver {
+            allow_private: false,
+        }
+        .call(name.clone())
+        .await
+        .unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(refused.to_string().contains("--webhook-allow-private"));
+        let allowed: Vec<_> = GuardedResolver {
+            allow_private: true,
+        }
+        .call(name)
+        .await
+        .unwrap()
+        .collect();
+        assert!(allowed.iter().all(|addr| addr.ip().is_loopback()) && !allowed.is_empty());
+    }
+
+    /// A URL the guard refuses is never requested.
+    #[tokio::test]
+    async fn a_refused_url_is_a_failed_attempt_without_a_connection() {
+        let sender = Sender::new(false, Duration::from_secs(1));
+        let attempt = sender
+            .send(Message {
+                url: "http://169.254.169.254/latest",
+                id: "msg_1",
+                timestamp: 1,
+                signature: String::new(),
+                body: b"{}",
+            })
+            .await;
+        match attempt {
+            Attempt::Failed(0, reason) => assert!(reason.starts_with("refused"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -95,7 +95,11 @@ pub(super) async fn run(hooks: Arc<Webhooks>) {
         if sent.contains_key(&once) {
             continue;
         }
-        match hooks.store.hooks_enqueue_once(once.clone(), expires, event).await {
+        match hooks
+            .store
+            .hooks_enqueue_once(once.clone(), expires, event)
+            .await
+        {
             Ok(_) => {
                 sent.insert(once, expires.min(now + 3_600_000));
             }
@@ -174,11 +178,10 @@ impl Webhooks {
         loop {
             let store = self.store.clone();
             let cursor = after.take();
-            let (records, next) = tokio::task::spawn_blocking(move || {
-                store.list(None, cursor.as_deref(), 1000)
-            })
-            .await
-            .map_err(|_| StoreError::Closed)??;
+            let (records, next) =
+                tokio::task::spawn_blocking(move || store.list(None, cursor.as_deref(), 1000))
+                    .await
+                    .map_err(|_| StoreError::Closed)??;
             for record in records.iter().filter(|r| r.expire_time_unix_ms > 0) {
                 self.expiry_event(record, now, notice).await?;
             }
@@ -190,11 +193,21 @@ impl Webhooks {
         self.seen
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|once| once.rsplit('/').next().and_then(|t| t.parse::<i64>().ok()).is_some_and(|expires| now - expires <= notice));
+            .retain(|once| {
+                once.rsplit('/')
+                    .next()
+                    .and_then(|t| t.parse::<i64>().ok())
+                    .is_some_and(|expires| now - expires <= notice)
+            });
         self.prune_once(now).await
     }
 
-    async fn expiry_event(&self, record: &KeyRecord, now: i64, notice: i64) -> Result<(), StoreError> {
+    async fn expiry_event(
+        &self,
+        record: &KeyRecord,
+        now: i64,
+        notice: i64,
+    ) -> Result<(), StoreError> {
         let expires = record.expire_time_unix_ms;
         let action = if expires <= now && now - expires <= notice {
             "expired"
@@ -210,7 +223,12 @@ impl Webhooks {
         };
         // Kept past the key's own life (expired keys may be listed for long).
         let once = format!("{action}/{key_id}/{expires}");
-        if !self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(once.clone()) {
+        if !self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(once.clone())
+        {
             return Ok(());
         }
         let mut event = derived_event(action, key_id, &record.account_id, now, None);

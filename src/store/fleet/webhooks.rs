@@ -66,7 +66,10 @@ impl Fleet {
             .collect())
     }
 
-    pub(in crate::store) async fn etcd_hooks_apply(&self, ops: Vec<HookOp>) -> Result<(), StoreError> {
+    pub(in crate::store) async fn etcd_hooks_apply(
+        &self,
+        ops: Vec<HookOp>,
+    ) -> Result<(), StoreError> {
         let mut client = self.connected()?;
         let ops: Vec<TxnOp> = ops
             .into_iter()
@@ -108,7 +111,10 @@ impl Fleet {
 
     /// Keeps (or takes, when free) the delivery lease: `webhooks/leader`
     /// under a lease of [`LEADER_TTL_SECS`], kept alive by each call.
-    pub(in crate::store) async fn etcd_hooks_leader(&self, holder: &str) -> Result<bool, StoreError> {
+    pub(in crate::store) async fn etcd_hooks_leader(
+        &self,
+        holder: &str,
+    ) -> Result<bool, StoreError> {
         let mut client = self.connected()?;
         let leader = self.hooks_path("leader");
         let held = *self.hooks_lease.lock().unwrap_or_else(|p| p.into_inner());
@@ -141,7 +147,11 @@ impl Fleet {
         let taken = client
             .txn(
                 Txn::new()
-                    .when([Compare::create_revision(leader.clone(), CompareOp::Equal, 0)])
+                    .when([Compare::create_revision(
+                        leader.clone(),
+                        CompareOp::Equal,
+                        0,
+                    )])
                     .and_then([TxnOp::put(
                         leader,
                         holder.as_bytes().to_vec(),
