@@ -247,7 +247,7 @@ fn known_route(template: &str) -> &'static str {
 
 /// Every route template served (REST and console): the metrics' labels,
 /// and what the gate test enumerates.
-pub const ROUTES: [&str; 34] = [
+pub const ROUTES: [&str; 37] = [
     "/v3/api_keys",
     "/v3/api_keys/{id}",
     "/v3/api_keys/{id}/rotate",
@@ -275,6 +275,9 @@ pub const ROUTES: [&str; 34] = [
     "/console/roles",
     "/console/roles/{id}",
     "/console/roles/{id}/delete",
+    "/console/webhooks",
+    "/console/webhooks/{id}",
+    "/console/webhooks/{id}/redeliver",
     "/console/keys/{id}",
     "/console/keys/{id}/rotate",
     "/console/keys/{id}/credits",

@@ -21,6 +21,8 @@ import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from conftest import BIN, Scopegate
+from selenium.webdriver.common.by import By
+from test_console import browser, click_and_load, sign_in, url  # noqa: F401
 
 ETCD = shutil.which("etcd")
 
@@ -246,6 +248,41 @@ def test_dead_letters_are_listed_and_redelivered_once(receiver):
         status, body = rest(server, "POST", f"/v3/webhooks/{hook['id']}/dead_letters/redeliver",
                             {"event_id": letter["event_id"]})
         assert status == 404, body
+    finally:
+        server.stop()
+
+
+def test_the_console_makes_an_endpoint_and_redelivers_its_dead_letters(receiver, browser):  # noqa: F811
+    server = Scopegate("--webhook-allow-private", "--webhook-retry-for", "2s", "--webhook-max-backoff", "1s")
+    try:
+        sign_in(browser, server, open(os.path.join(server.data, "admin.token")).read().strip())
+        browser.get(url(server, "/console/webhooks?account=acme"))
+        browser.find_element(By.ID, "url").send_keys(receiver.url)
+        browser.find_element(By.CSS_SELECTOR, "input[name=event][value='key.created']").click()
+        click_and_load(browser, browser.find_element(By.CSS_SELECTOR, "form.key button[type=submit]"))
+        secret = browser.find_element(By.ID, "webhook-secret").text
+        assert secret.startswith("whsec_"), browser.page_source
+        receiver.secrets.append(secret)
+        link = browser.find_element(By.CSS_SELECTOR, "#webhooks tbody a")
+        assert link.text == receiver.url
+        receiver.down = True
+        key = server.create_key("mail.send")
+        click_and_load(browser, link)
+        assert secret not in browser.page_source  # shown once
+        deadline = time.time() + 20
+        while not browser.find_elements(By.CSS_SELECTOR, "#dead-letters button"):
+            assert time.time() < deadline, browser.page_source
+            time.sleep(0.5)
+            browser.refresh()
+        row = browser.find_element(By.CSS_SELECTOR, "#dead-letters tbody tr")
+        event_id = row.find_element(By.TAG_NAME, "code").text
+        assert "key.created" in row.text and "503" in row.text
+        receiver.down = False
+        click_and_load(browser, row.find_element(By.TAG_NAME, "button"))
+        assert "None." in browser.find_element(By.ID, "dead-letters").text
+        wait_for("the redelivery", lambda: len(receiver.events()) == 1)
+        delivered_id, payload = receiver.events()[0]
+        assert delivered_id == event_id and payload["data"]["key_id"] == key["key"]["key_id"]
     finally:
         server.stop()
 

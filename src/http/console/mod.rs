@@ -11,6 +11,7 @@ mod pages;
 mod roles;
 mod session;
 mod usage;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -63,6 +64,15 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/console/roles", get(roles::list).post(roles::create))
         .route("/console/roles/{id}", get(roles::role).post(roles::edit))
         .route("/console/roles/{id}/delete", post(roles::delete))
+        .route(
+            "/console/webhooks",
+            get(webhooks::list).post(webhooks::create),
+        )
+        .route("/console/webhooks/{id}", get(webhooks::endpoint))
+        .route(
+            "/console/webhooks/{id}/redeliver",
+            post(webhooks::redeliver),
+        )
         .route("/console/keys/{id}", get(key::key).post(key::edit))
         .route("/console/keys/{id}/rotate", post(key::rotate))
         .route("/console/keys/{id}/credits", post(key::credits))

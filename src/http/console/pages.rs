@@ -108,6 +108,8 @@ pub fn keys(
                     a href=(format!("/console/usage?account={}", url(account))) { "Usage of " (account) }
                     " "
                     a href=(format!("/console/roles?account={}", url(account))) { "Roles of " (account) }
+                    " "
+                    a href=(format!("/console/webhooks?account={}", url(account))) { "Webhooks of " (account) }
                 }
             }
             table #keys {
