@@ -23,6 +23,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from conftest import BIN, Scopegate
 from selenium.webdriver.common.by import By
 from test_console import browser, click_and_load, sign_in, url  # noqa: F401
+from test_rest import check_against_spec
 
 ETCD = shutil.which("etcd")
 
@@ -103,6 +104,8 @@ def rest(server, method, path, body=None, token=None, account="acme"):
     response = connection.getresponse()
     data = response.read()
     connection.close()
+    # Every answer is one the OpenAPI document describes.
+    check_against_spec(method, path, response.status, {k.lower(): v for k, v in response.getheaders()}, data)
     return response.status, (json.loads(data) if data else None)
 
 
