@@ -23,48 +23,68 @@ use crate::telemetry::{
 const FAN_OUT_PER_ROUND: usize = 64;
 /// Pending deliveries read per endpoint per round (the depth is counted up to it).
 const PENDING_PER_ROUND: usize = 1000;
+/// Writes in one webhook state write at most (etcd takes 128 per transaction).
+const OPS_PER_WRITE: usize = 120;
 /// Deliveries in flight per endpoint (each to a different key).
 const IN_FLIGHT_PER_ENDPOINT: usize = 16;
-/// How often derived events (expiries) are looked for, in rounds.
-const EXPIRY_SCAN_EVERY: u32 = 40;
+/// How often derived events (expiries) are looked for.
+const EXPIRY_SCAN_EVERY: Duration = Duration::from_secs(10);
+/// The wait between rounds when the last found nothing to do (the busy
+/// wait is `WebhookSettings::tick`): an idle sidecar wakes once a second.
+const IDLE_TICK: Duration = Duration::from_secs(1);
+/// How often the delivery lease is kept (or sought): well within its TTL,
+/// and no more than once a second per sidecar against etcd.
+const LEASE_EVERY: Duration = Duration::from_secs(1);
 
 pub(super) async fn run(hooks: Arc<Webhooks>) {
-    let mut tick = tokio::time::interval(hooks.settings.tick);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut rounds = 0u32;
     let mut warned = false;
+    let (mut leading, mut asked, mut scanned) = (false, None::<Instant>, None::<Instant>);
+    let mut busy = false;
     loop {
-        tick.tick().await;
-        let leading = match hooks.store.hooks_leader(&hooks.holder).await {
-            Ok(leading) => leading,
-            Err(error) => {
-                if !warned {
-                    tracing::warn!(%error, "webhooks: cannot tell whether to deliver; retrying");
-                    warned = true;
+        tokio::time::sleep(if busy { hooks.settings.tick } else { IDLE_TICK }).await;
+        if asked.is_none_or(|asked| asked.elapsed() >= LEASE_EVERY) {
+            asked = Some(Instant::now());
+            leading = match hooks.store.hooks_leader(&hooks.holder).await {
+                Ok(leading) => leading,
+                Err(error) => {
+                    if !warned {
+                        tracing::warn!(%error, "webhooks: cannot tell whether to deliver; retrying");
+                        warned = true;
+                    }
+                    false
                 }
-                false
-            }
-        };
+            };
+        }
         metrics::gauge!(WEBHOOK_DELIVERING).set(if leading { 1.0 } else { 0.0 });
         if !leading {
+            busy = false;
             continue;
         }
-        match hooks.round(rounds % EXPIRY_SCAN_EVERY == 0).await {
-            Ok(()) => warned = false,
-            Err(error) if !warned => {
-                tracing::warn!(%error, "webhooks: a delivery round failed; retrying");
-                warned = true;
-            }
-            Err(_) => {}
+        let scan = scanned.is_none_or(|scanned| scanned.elapsed() >= EXPIRY_SCAN_EVERY);
+        if scan {
+            scanned = Some(Instant::now());
         }
-        rounds = rounds.wrapping_add(1);
+        busy = match hooks.round(scan).await {
+            Ok(busy) => {
+                warned = false;
+                busy
+            }
+            Err(error) => {
+                if !warned {
+                    tracing::warn!(%error, "webhooks: a delivery round failed; retrying");
+                    warned = true;
+                }
+                true
+            }
+        };
     }
 }
 
 impl Webhooks {
-    async fn round(&self, scan_expiries: bool) -> Result<(), StoreError> {
+    /// One round; whether it found work (events or deliveries waiting).
+    async fn round(&self, scan_expiries: bool) -> Result<bool, StoreError> {
         let endpoints = self.endpoints().await?;
-        self.fan_out(&endpoints).await?;
+        let fanned = self.fan_out(&endpoints).await?;
         let now = now_unix_ms();
         let (mut pending, mut oldest) = (0usize, now);
         let sends = endpoints
@@ -81,7 +101,7 @@ impl Webhooks {
         if scan_expiries {
             self.scan_expiries().await?;
         }
-        Ok(())
+        Ok(fanned > 0 || pending > 0)
     }
 
     /// Every endpoint of every account.
@@ -94,23 +114,31 @@ impl Webhooks {
     }
 
     /// Each outbox event becomes a pending delivery per endpoint that wants
-    /// it (none: it is dropped), in one write.
-    async fn fan_out(&self, endpoints: &[EndpointRecord]) -> Result<(), StoreError> {
+    /// it (none: it is dropped); each event's moves in one write, events
+    /// grouped into as few writes (syncs) as etcd's transaction size allows.
+    /// Returns how many events it moved.
+    async fn fan_out(&self, endpoints: &[EndpointRecord]) -> Result<usize, StoreError> {
         let entries = self
             .store
             .hooks_scan(OUTBOX, None, FAN_OUT_PER_ROUND)
             .await?;
+        let moved = entries.len();
+        let mut ops = Vec::new();
         for entry in entries {
-            let mut ops = vec![HookOp::Delete(entry.path.clone())];
+            let mut moves = vec![HookOp::Delete(entry.path.clone())];
             match <AuditEvent as prost::Message>::decode(entry.value.as_slice()) {
-                Ok(audit) => ops.extend(deliveries(&audit, entry.order, endpoints)),
+                Ok(audit) => moves.extend(deliveries(&audit, entry.order, endpoints)),
                 Err(error) => {
                     tracing::warn!(%error, path = entry.path, "webhooks: dropped an unreadable outbox entry")
                 }
             }
-            self.store.hooks_apply(ops).await?;
+            if ops.len() + moves.len() > OPS_PER_WRITE {
+                self.store.hooks_apply(std::mem::take(&mut ops)).await?;
+            }
+            ops.extend(moves);
         }
-        Ok(())
+        self.store.hooks_apply(ops).await?;
+        Ok(moved)
     }
 
     /// Sends what is due to one endpoint: each key's oldest pending

@@ -1,5 +1,7 @@
 //! Events scopegate derives rather than a change: a key's rate limit hit
-//! (at most once per key, limit and window), its credits run out (once per
+//! (at most once per key, limit and window, a window counted as at least
+//! a minute so a per-second limit cannot make an event a second), its
+//! credits run out (once per
 //! key a day), its expiry near (`key.expiring`) or past (`key.expired`).
 //! Decisions only offer a signal to a bounded queue (never waiting, dropped
 //! when full); the queue's consumer puts each event in the outbox once per
@@ -18,6 +20,8 @@ use crate::token::KeyId;
 
 /// Signals queued at most; more are dropped (and counted) until it drains.
 const QUEUE: usize = 1024;
+/// Once-ids remembered here at most.
+const MAX_REMEMBERED: usize = 100_000;
 
 enum Signal {
     RateLimited {
@@ -91,6 +95,10 @@ pub(super) async fn run(hooks: Arc<Webhooks>) {
     while let Some(signal) = receiver.recv().await {
         let now = now_unix_ms();
         sent.retain(|_, expires| *expires > now);
+        if sent.len() > MAX_REMEMBERED {
+            // Bounded memory; the store's once-ids still keep events single.
+            sent.clear();
+        }
         let (once, expires, event) = derive(signal, now);
         if sent.contains_key(&once) {
             continue;
@@ -118,7 +126,7 @@ fn derive(signal: Signal, now: i64) -> (String, i64, AuditEvent) {
             allowed,
             window_secs,
         } => {
-            let window_ms = (window_secs.max(1) * 1000) as i64;
+            let window_ms = (window_secs.max(60) * 1000) as i64;
             let window = now / window_ms;
             let limit_tag = hex::encode(&sha(limit.as_bytes())[..6]);
             let once = format!("rate_limited/{key_id}/{limit_tag}/{window}");
@@ -248,9 +256,11 @@ impl Webhooks {
                 <[u8; 8]>::try_from(entry.value.as_slice())
                     .is_ok_and(|bytes| i64::from_be_bytes(bytes) < now)
             })
-            .take(100)
             .map(|entry| crate::store::HookOp::Delete(entry.path))
             .collect();
-        self.store.hooks_apply(stale).await
+        for chunk in stale.chunks(100) {
+            self.store.hooks_apply(chunk.to_vec()).await?;
+        }
+        Ok(())
     }
 }

@@ -139,6 +139,14 @@ impl Fleet {
             *self.hooks_lease.lock().unwrap_or_else(|p| p.into_inner()) = None;
             tracing::warn!("lost the webhook delivery lease; another sidecar delivers");
         }
+        // Held by another: one read, no lease granted.
+        let current = client
+            .get(leader.clone(), Some(GetOptions::new().with_count_only()))
+            .await
+            .map_err(etcd_unavailable)?;
+        if current.count() > 0 {
+            return Ok(false);
+        }
         let lease = client
             .lease_grant(LEADER_TTL_SECS, None)
             .await
