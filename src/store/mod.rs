@@ -260,6 +260,8 @@ struct Inner {
     audit_budget: audit::AuditBudget,
     /// Whether changes write a webhook outbox entry.
     outbox: std::sync::atomic::AtomicBool,
+    /// Woken once a change made here is durable (its outbox entry with it).
+    outbox_written: tokio::sync::Notify,
 }
 
 impl Store {
@@ -366,7 +368,11 @@ impl Store {
             .unwrap_or_else(|poison| poison.into_inner())
             .take();
         match (applied, decided) {
-            (Ok(()), Some(Ok(value))) => Ok(value),
+            (Ok(()), Some(Ok(value))) => {
+                // Its webhook event is in the outbox now, durably.
+                self.inner.outbox_written.notify_one();
+                Ok(value)
+            }
             (Err(truth::Refused::ByDecision), Some(Err(error))) => Err(error),
             (Err(truth::Refused::Store(error)), _) => Err(error.into()),
             // Applied without a decision, or refused by one that said yes:

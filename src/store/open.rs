@@ -106,6 +106,7 @@ impl Store {
                 unfit: mirror::Unfit::default(),
                 audit_budget: audit::AuditBudget::new(),
                 outbox: false.into(),
+                outbox_written: tokio::sync::Notify::new(),
             }),
         })
     }

@@ -46,6 +46,12 @@ impl Store {
         self.inner.outbox.store(on, Ordering::Relaxed);
     }
 
+    /// Resolves once a change made through this store is durable (at once
+    /// if one was since the last call): the deliverer need not poll for it.
+    pub async fn outbox_written(&self) {
+        self.inner.outbox_written.notified().await
+    }
+
     pub(super) fn outbox_on(&self) -> bool {
         self.inner.outbox.load(Ordering::Relaxed)
     }

@@ -27,21 +27,33 @@ const PENDING_PER_ROUND: usize = 1000;
 const OPS_PER_WRITE: usize = 120;
 /// Deliveries in flight per endpoint (each to a different key).
 const IN_FLIGHT_PER_ENDPOINT: usize = 16;
-/// How often derived events (expiries) are looked for.
+/// How often derived events (expiries) are looked for (in memory).
 const EXPIRY_SCAN_EVERY: Duration = Duration::from_secs(10);
+/// ... and soon after a change, at most this often.
+const EXPIRY_SCAN_AFTER_CHANGE: Duration = Duration::from_secs(1);
 /// The wait between rounds when the last found nothing to do (the busy
-/// wait is `WebhookSettings::tick`): an idle sidecar wakes once a second.
-const IDLE_TICK: Duration = Duration::from_secs(1);
+/// wait is `WebhookSettings::tick`), unless a change made here wakes it:
+/// an idle sidecar wakes every 3 s (other sidecars' changes, in a fleet,
+/// wait at most that), its blocking threads let go in between.
+const IDLE_TICK: Duration = Duration::from_secs(3);
 /// How often the delivery lease is kept (or sought): well within its TTL,
-/// and no more than once a second per sidecar against etcd.
+/// and at most once a second per sidecar against etcd.
 const LEASE_EVERY: Duration = Duration::from_secs(1);
 
 pub(super) async fn run(hooks: Arc<Webhooks>) {
     let mut warned = false;
     let (mut leading, mut asked, mut scanned) = (false, None::<Instant>, None::<Instant>);
-    let mut busy = false;
+    // `changed`: a change was seen since the last expiry scan.
+    let (mut busy, mut changed) = (false, false);
     loop {
-        tokio::time::sleep(if busy { hooks.settings.tick } else { IDLE_TICK }).await;
+        if busy {
+            tokio::time::sleep(hooks.settings.tick).await;
+        } else {
+            tokio::select! {
+                _ = tokio::time::sleep(IDLE_TICK) => {}
+                _ = hooks.store.outbox_written() => changed = true,
+            }
+        }
         if asked.is_none_or(|asked| asked.elapsed() >= LEASE_EVERY) {
             asked = Some(Instant::now());
             leading = match hooks.store.hooks_leader(&hooks.holder).await {
@@ -60,14 +72,20 @@ pub(super) async fn run(hooks: Arc<Webhooks>) {
             busy = false;
             continue;
         }
-        let scan = scanned.is_none_or(|scanned| scanned.elapsed() >= EXPIRY_SCAN_EVERY);
+        // A change may have set an expiry within the notice: look soon.
+        let scan = scanned.is_none_or(|scanned| {
+            scanned.elapsed() >= EXPIRY_SCAN_EVERY
+                || (changed && scanned.elapsed() >= EXPIRY_SCAN_AFTER_CHANGE)
+        });
         if scan {
             scanned = Some(Instant::now());
+            changed = false;
         }
         busy = match hooks.round(scan).await {
-            Ok(busy) => {
+            Ok((fanned, pending)) => {
                 warned = false;
-                busy
+                changed |= fanned > 0;
+                fanned > 0 || pending > 0
             }
             Err(error) => {
                 if !warned {
@@ -81,8 +99,8 @@ pub(super) async fn run(hooks: Arc<Webhooks>) {
 }
 
 impl Webhooks {
-    /// One round; whether it found work (events or deliveries waiting).
-    async fn round(&self, scan_expiries: bool) -> Result<bool, StoreError> {
+    /// One round: how many outbox events it moved, how many deliveries wait.
+    async fn round(&self, scan_expiries: bool) -> Result<(usize, usize), StoreError> {
         let endpoints = self.endpoints().await?;
         let fanned = self.fan_out(&endpoints).await?;
         let now = now_unix_ms();
@@ -101,7 +119,7 @@ impl Webhooks {
         if scan_expiries {
             self.scan_expiries().await?;
         }
-        Ok(fanned > 0 || pending > 0)
+        Ok((fanned, pending))
     }
 
     /// Every endpoint of every account.

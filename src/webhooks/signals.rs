@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use super::Webhooks;
 use crate::authz::now_unix_ms;
 use crate::ratelimit::RateStatus;
-use crate::store::{AuditEvent, KeyRecord, KeyState, RateLimitRecord, StoreError};
+use crate::store::{AuditEvent, KeyState, RateLimitRecord, StoreError};
 use crate::token::KeyId;
 
 /// Signals queued at most; more are dropped (and counted) until it drains.
@@ -182,21 +182,33 @@ impl Webhooks {
     pub(super) async fn scan_expiries(&self) -> Result<(), StoreError> {
         let now = now_unix_ms();
         let notice = self.settings.expiring_before.as_millis() as i64;
-        let mut after: Option<Vec<u8>> = None;
-        loop {
+        let candidates = self.store.table().expiring(now.saturating_add(notice));
+        for (key_id, expires) in candidates {
+            let action = match expires <= now {
+                true if now - expires > notice => continue,
+                true => "expired",
+                false => "expiring",
+            };
+            // Kept past the key's own life (expired keys may be listed for long).
+            let once = format!("{action}/{key_id}/{expires}");
+            if !self
+                .seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(once.clone())
+            {
+                continue;
+            }
             let store = self.store.clone();
-            let cursor = after.take();
-            let (records, next) =
-                tokio::task::spawn_blocking(move || store.list(None, cursor.as_deref(), 1000))
-                    .await
-                    .map_err(|_| StoreError::Closed)??;
-            for record in records.iter().filter(|r| r.expire_time_unix_ms > 0) {
-                self.expiry_event(record, now, notice).await?;
-            }
-            match next {
-                Some(next) => after = Some(next),
-                None => break,
-            }
+            let record = tokio::task::spawn_blocking(move || store.get(&key_id))
+                .await
+                .map_err(|_| StoreError::Closed)??;
+            let Some(record) = record else { continue };
+            let mut event = derived_event(action, key_id, &record.account_id, now, None);
+            event.after = Some(KeyState::of(&record));
+            self.store
+                .hooks_enqueue_once(once, expires + 400 * 86_400_000, event)
+                .await?;
         }
         self.seen
             .lock()
@@ -208,43 +220,6 @@ impl Webhooks {
                     .is_some_and(|expires| now - expires <= notice)
             });
         self.prune_once(now).await
-    }
-
-    async fn expiry_event(
-        &self,
-        record: &KeyRecord,
-        now: i64,
-        notice: i64,
-    ) -> Result<(), StoreError> {
-        let expires = record.expire_time_unix_ms;
-        let action = if expires <= now && now - expires <= notice {
-            "expired"
-        } else if expires <= now {
-            return Ok(());
-        } else if expires - now <= notice {
-            "expiring"
-        } else {
-            return Ok(());
-        };
-        let Some(key_id) = record.key_id() else {
-            return Ok(());
-        };
-        // Kept past the key's own life (expired keys may be listed for long).
-        let once = format!("{action}/{key_id}/{expires}");
-        if !self
-            .seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(once.clone())
-        {
-            return Ok(());
-        }
-        let mut event = derived_event(action, key_id, &record.account_id, now, None);
-        event.after = Some(KeyState::of(record));
-        self.store
-            .hooks_enqueue_once(once, expires + 400 * 86_400_000, event)
-            .await?;
-        Ok(())
     }
 
     /// Removes once-ids whose time has passed (a bounded batch).

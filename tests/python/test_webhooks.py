@@ -170,7 +170,8 @@ def test_every_event_type_arrives_once_signed_and_without_secrets(receiver):
         try:
             wait_for("every event type", lambda: all(len(receiver.events(t)) >= n for t, n in wanted.items()), 40)
         except AssertionError:
-            raise AssertionError({t: len(receiver.events(t)) for t in wanted})
+            log = [line for line in open(server.log_path) if "WARN" in line or "ERROR" in line]
+            raise AssertionError(({t: len(receiver.events(t)) for t in wanted}, log[-5:]))
         time.sleep(1.5)  # anything repeated would have come by now
         counts = {t: len(receiver.events(t)) for t in wanted}
         assert counts == wanted

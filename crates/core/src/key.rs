@@ -320,6 +320,20 @@ impl KeyTable {
     pub fn is_empty(&self) -> bool {
         self.keys.load().is_empty()
     }
+
+    /// Every key that expires (or expired) before `before_ms`: (id, expiry).
+    /// Read from memory: a scan for expiry notices touches no disk.
+    pub fn expiring(&self, before_ms: i64) -> Vec<(KeyId, i64)> {
+        let map = self.keys.load();
+        let pinned = map.pin();
+        pinned
+            .iter()
+            .filter_map(|(key_id, entry)| {
+                let expire_ms = entry.extras.as_ref()?.expire_ms;
+                (expire_ms != 0 && expire_ms < before_ms).then_some((*key_id, expire_ms))
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
