@@ -210,7 +210,7 @@ impl Manager {
         Ok(())
     }
 
-    /// The endpoint's dead letters, oldest first (at most [`MAX_DEAD_LETTERS`]).
+    /// The endpoint's dead letters, oldest first (at most 1,000).
     pub async fn dead_letters(
         &self,
         caller: &Caller,
