@@ -11,6 +11,9 @@ import re
 import subprocess
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from plot import plots  # noqa: E402
+
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 UNITS = {"ps": 1e-6, "ns": 1e-3, "µs": 1.0, "us": 1.0, "ms": 1e3, "s": 1e6}
 
@@ -109,6 +112,14 @@ def main(results_path, criterion_path, out_path):
             bare, twin = by[("bare", "ceiling", inflight)], by[("bare", same[workload], inflight)]
             lines.append(f"| {names[workload]} | {inflight} | {bare / 1000:.1f} K | {twin / 1000:.1f} K | "
                          f"{value / 1000:.1f} K | {value / bare:.2f}× | {value / twin:.2f}× |")
+    drawn = plots(checks, instructions)
+    if drawn:
+        docs = os.path.join(os.path.dirname(os.path.abspath(out_path)), "docs")
+        os.makedirs(docs, exist_ok=True)
+        lines += ["", "### Plots", ""]
+        for name, svg in drawn.items():
+            open(os.path.join(docs, name), "w").write(svg)
+            lines.append(f"![{name[6:-4]}](docs/{name})")
     footprint = [r for r in results if r.get("workload") == "footprint"]
     if footprint:
         lines += ["", "### Footprint (idle, default flags)", "", "| keys | RSS | threads |", "|---|---|---|"]

@@ -17,7 +17,8 @@
 //!   limits' counters (limitador: in memory or Redis).
 //! - [`store`]: sled (standalone) or etcd with a sled mirror (fleet), group
 //!   commit, publishing into the table.
-//! - [`telemetry`]: metric names, /metrics /healthz /readyz.
+//! - [`telemetry`]: metric names, /metrics /healthz /readyz. [`traces`]:
+//!   OpenTelemetry spans (management calls, sampled decisions) over OTLP.
 //! - [`webhooks`]: key events to the provider's endpoints, signed, from
 //!   the store's outbox (delivery, retries, dead letters, derived events).
 //! - [`request_id`], [`secret_file`], [`secret_scanning`]: CreateKey retries;
@@ -49,6 +50,7 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod throttle;
+pub mod traces;
 pub mod uds;
 pub mod usage;
 pub mod webhooks;

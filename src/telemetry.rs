@@ -18,6 +18,8 @@ pub const MUTATIONS_TOTAL: &str = "scopegate_key_mutations_total";
 pub const LEAKS_TOTAL: &str = "scopegate_leaked_keys_total";
 /// Leak reports refused for their signature.
 pub const LEAK_REPORTS_REFUSED_TOTAL: &str = "scopegate_leak_reports_refused_total";
+/// When the serving certificate (--tls-cert-file) expires, unix seconds.
+pub const TLS_CERT_EXPIRY_SECONDS: &str = "scopegate_tls_cert_expiry_timestamp_seconds";
 /// Webhook delivery attempts, by outcome (delivered, failed, dead).
 pub const WEBHOOK_DELIVERIES_TOTAL: &str = "scopegate_webhook_deliveries_total";
 /// Webhook deliveries waiting (counted up to 1,000 per endpoint).
@@ -213,6 +215,7 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let method = method_index(request.uri().path());
         let started = std::time::Instant::now();
+        let traced = management_call(&request);
         let future = self.inner.call(request);
         Box::pin(async move {
             let result = future.await;
@@ -233,8 +236,52 @@ where
             let handles = &REQUEST_HANDLES[method];
             handles.count(method, code).increment(1);
             handles.seconds(method).record(started.elapsed());
+            if let Some(traced) = traced {
+                traced.end(code as i64);
+            }
             result
         })
+    }
+}
+
+/// A management call (ManageKey, Admin) being traced, when traces are on.
+struct ManagementCall {
+    traces: &'static crate::traces::Traces,
+    path: String,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+    started: std::time::SystemTime,
+}
+
+fn management_call<B>(request: &http::Request<B>) -> Option<ManagementCall> {
+    let traces = crate::traces::installed()?;
+    let path = request.uri().path();
+    if !(path.starts_with("/scopegate.v1.ManageKey/") || path.starts_with("/scopegate.v1.Admin/")) {
+        return None;
+    }
+    let (traceparent, tracestate) = crate::traces::context_of(request.headers());
+    Some(ManagementCall {
+        traces,
+        path: path.to_owned(),
+        traceparent,
+        tracestate,
+        started: std::time::SystemTime::now(),
+    })
+}
+
+impl ManagementCall {
+    fn end(self, code: i64) {
+        let method = self.path.trim_start_matches('/').to_owned();
+        self.traces.call(
+            method.clone(),
+            (self.traceparent.as_deref(), self.tracestate.as_deref()),
+            self.started,
+            vec![
+                opentelemetry::KeyValue::new("rpc.system", "grpc"),
+                opentelemetry::KeyValue::new("rpc.method", method),
+                opentelemetry::KeyValue::new("rpc.grpc.status_code", code),
+            ],
+        );
     }
 }
 

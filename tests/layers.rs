@@ -21,6 +21,7 @@ const LAYERS: &[&[&str]] = &[
     &["throttle", "readiness", "counters", "balances"],
     &["store"],
     &["telemetry"],
+    &["traces"],
     &["authz"],
     &["route", "key"],
     &["ratelimit", "role"],

@@ -42,6 +42,7 @@ fn service() -> &'static (ExtAuthzService, tokio::runtime::Runtime) {
                 decisions_seen: Default::default(),
                 dry_run_seen: Default::default(),
                 usage: None,
+                signals: None,
             balances: scopegate::balances::Balances::local(None).unwrap(),
                 counters: scopegate::counters::Counters::start(
                     &scopegate::counters::CountersConfig::Memory,

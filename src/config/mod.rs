@@ -358,6 +358,15 @@ pub struct ServeOptions {
     /// `key.expiring` goes out this long before a key expires. [default: 7d]
     #[arg(long, env = "SCOPEGATE_WEBHOOK_EXPIRING_BEFORE")]
     pub webhook_expiring_before: Option<String>,
+    /// Send OpenTelemetry traces to this OTLP/gRPC collector, e.g.
+    /// http://otel-collector:4317: a span per management call, and per
+    /// sampled decision. Unset: no traces.
+    #[arg(long, env = "SCOPEGATE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// The share of decisions traced, 0 to 1 (0.01: one in a hundred). 0:
+    /// none, at no cost to decisions. [default: 0]
+    #[arg(long, env = "SCOPEGATE_TRACE_SAMPLE_RATIO")]
+    pub trace_sample_ratio: Option<f64>,
 }
 
 /// Seconds between writes of the keys' "last used" marks, by default.
@@ -405,6 +414,8 @@ fn prefer_more(high: &mut ServeOptions, lower: &mut ServeOptions) {
         webhook_retry_for,
         webhook_max_backoff,
         webhook_expiring_before,
+        otlp_endpoint,
+        trace_sample_ratio,
     );
 }
 
@@ -532,6 +543,7 @@ impl ServeOptions {
             webhook_retry_for: Some("24h".into()),
             webhook_max_backoff: Some("1h".into()),
             webhook_expiring_before: Some("7d".into()),
+            trace_sample_ratio: Some(0.0),
             usage_flush_secs: Some(crate::usage::DEFAULT_FLUSH_SECS),
             usage_retention_minute: Some("48h".into()),
             usage_retention_hour: Some("90d".into()),

@@ -92,6 +92,7 @@ impl ServeOptions {
             leak_action: leak_action(&options)?,
             github_scanning_keys: github_scanning_keys(&options)?,
             webhooks: super::webhooks::webhooks(&options)?,
+            traces: super::webhooks::traces(&options)?,
         })
     }
 }

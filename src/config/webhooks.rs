@@ -1,6 +1,6 @@
 //! The webhook settings: on or off, private targets, and the times of
 //! delivery (an attempt's bound, how long to retry, the longest backoff,
-//! the expiry notice).
+//! the expiry notice); and where traces go.
 
 use std::time::Duration;
 
@@ -54,4 +54,32 @@ pub(super) fn webhooks(options: &ServeOptions) -> Result<Option<WebhookSettings>
         return Err(invalid("webhook_timeout", "must be at most 5m"));
     }
     Ok(Some(settings))
+}
+
+/// Where traces go, and how many decisions are traced.
+pub(super) fn traces(
+    options: &ServeOptions,
+) -> Result<Option<crate::traces::TraceSettings>, ConfigError> {
+    let ratio = options.trace_sample_ratio.unwrap_or(0.0);
+    if !(0.0..=1.0).contains(&ratio) {
+        return Err(invalid("trace_sample_ratio", "must be 0 to 1"));
+    }
+    let Some(endpoint) = &options.otlp_endpoint else {
+        if ratio > 0.0 {
+            return Err(invalid("trace_sample_ratio", "needs otlp_endpoint"));
+        }
+        return Ok(None);
+    };
+    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        || endpoint.parse::<http::Uri>().is_err()
+    {
+        return Err(invalid(
+            "otlp_endpoint",
+            format!("`{endpoint}` is not an http:// or https:// URL (an OTLP/gRPC collector, port 4317 by convention)"),
+        ));
+    }
+    Ok(Some(crate::traces::TraceSettings {
+        endpoint: endpoint.clone(),
+        sample_ratio: ratio,
+    }))
 }

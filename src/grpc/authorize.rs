@@ -32,6 +32,13 @@ impl Authorize for AuthorizeService {
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
         let context = &*self.context;
+        let traced = crate::traces::begin(|| {
+            request
+                .metadata()
+                .get("traceparent")
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        });
         let request = request.into_inner();
         let client_ip = match request.client_ip.as_str() {
             "" => None,
@@ -43,6 +50,10 @@ impl Authorize for AuthorizeService {
             })?),
         };
         let answer = |checked: Checked, policy: &Policy| {
+            if let Some(traced) = &traced {
+                let scope = checked.scope.map(|scope| policy.catalog.scope_name(scope));
+                traced.end("Authorize.Check", &checked.decision, scope);
+            }
             let mut response = self.response(checked.decision, checked.rate, &policy.catalog);
             if response.allowed {
                 response.path = checked.canonical_path.unwrap_or_default();

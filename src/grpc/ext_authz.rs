@@ -59,6 +59,11 @@ impl Authorization for ExtAuthzService {
             ));
         }
         let http = &http;
+        let traced = crate::traces::begin(|| {
+            http.headers()
+                .find(|(name, _)| name.eq_ignore_ascii_case(b"traceparent"))
+                .and_then(|(_, value)| std::str::from_utf8(value).ok().map(str::to_owned))
+        });
         let HeaderScan {
             credential,
             method_override,
@@ -89,6 +94,9 @@ impl Authorization for ExtAuthzService {
                     ..
                 } = checked;
                 let scope_name = shown_scope(&decision, scope, &policy.catalog);
+                if let Some(traced) = &traced {
+                    traced.end("ext_authz", &decision, scope_name);
+                }
                 if !decision.is_allowed()
                     && (self.config.dry_run || policy.routes.is_dry_run(http.method(), http.path()))
                 {

@@ -100,6 +100,12 @@ async fn judge(
 ) -> Response {
     let (parts, _) = request.into_parts();
     let headers = &parts.headers;
+    let traced = crate::traces::begin(|| {
+        headers
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    });
     let (method, uri) = match judged(headers, parts.method.as_str(), &parts.uri, &door) {
         Ok(judged) => judged,
         Err(error) => return error.into_response(),
@@ -132,6 +138,10 @@ async fn judge(
     let answered = door
         .context
         .check_http(&question, |checked, policy| {
+            if let Some(traced) = &traced {
+                let scope = checked.scope.map(|scope| policy.catalog.scope_name(scope));
+                traced.end("forward-auth", &checked.decision, scope);
+            }
             answer(&door, checked, &policy.catalog)
         })
         .await;

@@ -227,7 +227,39 @@ async fn count(request: Request, next: Next) -> Response {
         _ => "other",
     };
     let started = Instant::now();
+    // Every REST and console call is a management call: a span each when
+    // traces are on, the caller's traceparent its parent.
+    let traced = crate::traces::installed().map(|traces| {
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        };
+        (
+            traces,
+            header("traceparent"),
+            header("tracestate"),
+            std::time::SystemTime::now(),
+        )
+    });
     let response = next.run(request).await;
+    if let Some((traces, traceparent, tracestate, at)) = traced {
+        traces.call(
+            format!("{method} {route}"),
+            (traceparent.as_deref(), tracestate.as_deref()),
+            at,
+            vec![
+                opentelemetry::KeyValue::new("http.request.method", method),
+                opentelemetry::KeyValue::new("http.route", route),
+                opentelemetry::KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(response.status().as_u16()),
+                ),
+            ],
+        );
+    }
     let status = response.status().as_u16().to_string();
     metrics::counter!(HTTP_REQUESTS_TOTAL, "route" => route, "method" => method, "status" => status)
         .increment(1);

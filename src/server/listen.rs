@@ -10,7 +10,7 @@ use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 
 use super::settings::{RateLimitServiceAt, ServeConfig};
-use super::{load_tls, local_addr, StartError};
+use super::{local_addr, StartError};
 use crate::gate::{Budgets, Gate};
 use crate::grpc::envoy_service::authorization_server::AuthorizationServer;
 use crate::grpc::pb::admin_server::AdminServer;
@@ -280,4 +280,37 @@ where
         servers.push(tokio::spawn(serving));
     }
     Ok(servers)
+}
+
+fn load_tls(
+    (cert, key): &(PathBuf, PathBuf),
+) -> Result<tonic::transport::ServerTlsConfig, StartError> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|error| StartError::Tls {
+            path: path.display().to_string(),
+            reason: error.to_string(),
+        })
+    };
+    let pem = read(cert)?;
+    record_cert_expiry(&pem);
+    let identity = tonic::transport::Identity::from_pem(pem, read(key)?);
+    Ok(tonic::transport::ServerTlsConfig::new().identity(identity))
+}
+
+/// The serving certificate's notAfter, as a gauge the expiry alert reads
+/// (a certificate that does not parse is left to the TLS stack to refuse).
+fn record_cert_expiry(pem: &[u8]) {
+    use rustls_pki_types::pem::PemObject;
+    use x509_cert::der::Decode;
+    let Some(Ok(der)) = rustls_pki_types::CertificateDer::pem_slice_iter(pem).next() else {
+        return;
+    };
+    if let Ok(certificate) = x509_cert::Certificate::from_der(&der) {
+        let not_after = certificate
+            .tbs_certificate
+            .validity
+            .not_after
+            .to_unix_duration();
+        metrics::gauge!(crate::telemetry::TLS_CERT_EXPIRY_SECONDS).set(not_after.as_secs_f64());
+    }
 }

@@ -38,6 +38,8 @@ pub use settings::*;
 pub enum StartError {
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    #[error("traces: {0}")]
+    Traces(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -126,6 +128,9 @@ pub async fn run(
 ) -> Result<(), StartError> {
     // Taken before loading, so a change made while starting is still seen.
     let watched = watched_content(&config);
+    if let Some(traces) = &config.traces {
+        crate::traces::install(traces).map_err(StartError::Traces)?;
+    }
     let opened = open(&config)?;
     // Without a metrics listener nobody reads metrics: record none.
     let metrics_handle = config.metrics_listen.map(|_| telemetry::install_metrics());
@@ -512,21 +517,9 @@ async fn drain(
         tracing::warn!(%error, "could not record last-used times at shutdown");
     }
     store.sync()?;
+    crate::traces::shutdown().await;
     tracing::info!("stopped");
     served.map_err(StartError::from)
-}
-
-fn load_tls(
-    (cert, key): &(PathBuf, PathBuf),
-) -> Result<tonic::transport::ServerTlsConfig, StartError> {
-    let read = |path: &PathBuf| {
-        std::fs::read(path).map_err(|error| StartError::Tls {
-            path: path.display().to_string(),
-            reason: error.to_string(),
-        })
-    };
-    let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
-    Ok(tonic::transport::ServerTlsConfig::new().identity(identity))
 }
 
 fn unix_now_secs() -> f64 {

@@ -78,6 +78,8 @@ pub struct ServeConfig {
     pub usage: Option<crate::usage::UsageConfig>,
     /// Webhook delivery (`None`: `--webhooks off`).
     pub webhooks: Option<crate::webhooks::WebhookSettings>,
+    /// OpenTelemetry traces (`None`: no --otlp-endpoint).
+    pub traces: Option<crate::traces::TraceSettings>,
     /// What a reported leak does to its key.
     pub leak_action: crate::manage::LeakAction,
     /// GitHub's secret scanning keys file (`None`: no GitHub intake).

@@ -92,6 +92,16 @@ class Scopegate:
         self.log.close()
 
 
+def wait_for(what, probe, seconds=30):
+    """Polls `probe` until it holds; fails naming `what`."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if probe():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"never: {what}")
+
+
 @pytest.fixture(scope="module")
 def scopegate():
     server = Scopegate("--api-key-header", "x-api-key")

@@ -32,7 +32,7 @@ def rules():
 
 def test_promtool_checks_the_rules_and_runs_their_unit_tests():
     code, out = promtool("check", "rules", "scopegate.rules.yaml")
-    assert code == 0 and "SUCCESS: 10 rules found" in out, out
+    assert code == 0 and "SUCCESS: 11 rules found" in out, out
     code, out = promtool("test", "rules", "scopegate.rules.test.yaml")
     assert code == 0 and "SUCCESS" in out, out
     tested = set(re.findall(r"alertname: (\w+)", (ALERTS / "scopegate.rules.test.yaml").read_text()))
@@ -99,3 +99,40 @@ def test_the_chart_renders_the_rules_as_a_prometheus_rule():
     assert rule["spec"]["groups"] == yaml.safe_load((ALERTS / "scopegate.rules.yaml").read_text())["groups"]
     off = subprocess.run([HELM, "template", "t", str(ROOT / "helm" / "scopegate")], capture_output=True, text=True)
     assert "PrometheusRule" not in off.stdout
+
+
+def test_the_certificate_expiry_the_alert_reads_is_the_served_certificates(tmp_path):
+    """A real certificate (Python's `cryptography`) served by a real sidecar:
+    the gauge holds its notAfter, to the second."""
+    import datetime
+    import urllib.request
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from conftest import Scopegate
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "scopegate.test")])
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    not_after = now + datetime.timedelta(days=10, hours=3)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(not_after)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("scopegate.test")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    os.chmod(key_file, 0o600)
+    server = Scopegate("--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file),
+                       "--metrics-listen", "127.0.0.1:0")
+    try:
+        text = urllib.request.urlopen(f"http://{server.metrics_addr}/metrics", timeout=5).read().decode()
+        value = re.search(r"^scopegate_tls_cert_expiry_timestamp_seconds (\S+)$", text, re.M)
+        assert value, text
+        assert float(value.group(1)) == not_after.timestamp()
+    finally:
+        server.stop()

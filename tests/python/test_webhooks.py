@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from conftest import BIN, Scopegate
+from conftest import BIN, Scopegate, wait_for
 from selenium.webdriver.common.by import By
 from test_console import browser, click_and_load, sign_in, url  # noqa: F401
 from test_rest import check_against_spec
@@ -81,14 +81,6 @@ class Receiver:
     def close(self):
         self.server.shutdown()
 
-
-def wait_for(what, probe, seconds=30):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if probe():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"never: {what}")
 
 
 def rest(server, method, path, body=None, token=None, account="acme"):
