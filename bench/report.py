@@ -99,7 +99,8 @@ def main(results_path, criterion_path, out_path):
         same = {"scopes": "ceiling", "http": "ceiling", "ext-authz": "ceiling-ext-authz",
                 "ext-authz-allowed": "ceiling-ext-authz-allowed"}
         names = {"scopes": "Authorize.Check (scopes)", "http": "Authorize.Check{http}",
-                 "ext-authz": "ext_authz Check, all 14 headers", "ext-authz-allowed": "ext_authz Check, allowed headers (5)"}
+                 "ext-authz": "ext_authz Check, all 14 headers", "ext-authz-allowed": "ext_authz Check, allowed headers (5)",
+                 "forward-auth": "forward-auth (HTTP/1.1 keep-alive)"}
         lines += ["", "### Server instructions per request (callgrind, idle subtracted; `bench/instructions.sh`)", "",
                   "Bare server: the loadgen ceiling answering Authorize.Check with a fixed message, or decoding "
                   "the same Envoy request with envoy-types and answering a fixed allow of scopegate's size. "
@@ -109,7 +110,9 @@ def main(results_path, criterion_path, out_path):
         for (server, workload, inflight), value in sorted(by.items(), key=lambda kv: (kv[0][2], kv[0][1])):
             if server != "scopegate":
                 continue
-            bare, twin = by[("bare", "ceiling", inflight)], by[("bare", same[workload], inflight)]
+            bare = by[("bare", "ceiling", inflight)]
+            # Forward-auth has no bare twin: compared with ext_authz (allowed headers).
+            twin = by.get(("bare", same.get(workload, ""), inflight)) or by[("scopegate", "ext-authz-allowed", inflight)]
             lines.append(f"| {names[workload]} | {inflight} | {bare / 1000:.1f} K | {twin / 1000:.1f} K | "
                          f"{value / 1000:.1f} K | {value / bare:.2f}× | {value / twin:.2f}× |")
     drawn = plots(checks, instructions)

@@ -150,5 +150,7 @@ if command -v valgrind > /dev/null && [ -z "${QUICK:-}" ]; then
   RESULTS="$results" bash bench/instructions.sh
 fi
 
+# Kept beside the build, so a report that fails loses no run.
+cp "$results" "$work/criterion.txt" "$CARGO_TARGET_DIR/" 2>/dev/null || true
 python3 bench/report.py "$results" "$work/criterion.txt" BENCHMARKS.md
 echo "== BENCHMARKS.md rewritten"
