@@ -67,6 +67,17 @@ def network_table(rows):
 def main(results_path, criterion_path, out_path):
     results = [json.loads(line) for line in open(results_path) if line.strip()]
     lines = [START, "", f"Machine: {machine()}.", ""]
+    # The shape first: plots before the tables they draw.
+    kinds = [r for r in results if r.get("workload_kind") == "instructions"]
+    drawn = plots([r for r in results if r.get("workload_kind") != "instructions"], kinds)
+    if drawn:
+        docs = os.path.join(os.path.dirname(os.path.abspath(out_path)), "docs")
+        os.makedirs(docs, exist_ok=True)
+        lines += ["### Plots", ""]
+        for name, svg in drawn.items():
+            open(os.path.join(docs, name), "w").write(svg)
+            lines.append(f"![{name[6:-4]}](docs/{name})")
+        lines.append("")
 
     lines += ["### Hot path, in process (criterion, median)", "", "| benchmark | median |", "|---|---|"]
     for name, micros in criterion(criterion_path):
@@ -115,14 +126,6 @@ def main(results_path, criterion_path, out_path):
             twin = by.get(("bare", same.get(workload, ""), inflight)) or by[("scopegate", "ext-authz-allowed", inflight)]
             lines.append(f"| {names[workload]} | {inflight} | {bare / 1000:.1f} K | {twin / 1000:.1f} K | "
                          f"{value / 1000:.1f} K | {value / bare:.2f}× | {value / twin:.2f}× |")
-    drawn = plots(checks, instructions)
-    if drawn:
-        docs = os.path.join(os.path.dirname(os.path.abspath(out_path)), "docs")
-        os.makedirs(docs, exist_ok=True)
-        lines += ["", "### Plots", ""]
-        for name, svg in drawn.items():
-            open(os.path.join(docs, name), "w").write(svg)
-            lines.append(f"![{name[6:-4]}](docs/{name})")
     footprint = [r for r in results if r.get("workload") == "footprint"]
     if footprint:
         lines += ["", "### Footprint (idle, default flags)", "", "| keys | RSS | threads |", "|---|---|---|"]

@@ -19,6 +19,10 @@ pub struct Readiness {
 
 impl Readiness {
     pub fn new(staleness: Option<(std::time::Duration, Arc<SyncState>)>) -> Readiness {
+        if let Some((bound, _)) = &staleness {
+            // What the failing-closed alert compares staleness with.
+            metrics::gauge!(crate::telemetry::FLEET_MAX_STALENESS_SECONDS).set(bound.as_secs_f64());
+        }
         Readiness {
             staleness,
             ..Readiness::default()

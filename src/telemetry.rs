@@ -18,6 +18,8 @@ pub const MUTATIONS_TOTAL: &str = "scopegate_key_mutations_total";
 pub const LEAKS_TOTAL: &str = "scopegate_leaked_keys_total";
 /// Leak reports refused for their signature.
 pub const LEAK_REPORTS_REFUSED_TOTAL: &str = "scopegate_leak_reports_refused_total";
+/// `--max-staleness-secs` (fleet): past it, decisions fail closed.
+pub const FLEET_MAX_STALENESS_SECONDS: &str = "scopegate_fleet_max_staleness_seconds";
 /// When the serving certificate (--tls-cert-file) expires, unix seconds.
 pub const TLS_CERT_EXPIRY_SECONDS: &str = "scopegate_tls_cert_expiry_timestamp_seconds";
 /// Webhook delivery attempts, by outcome (delivered, failed, dead).

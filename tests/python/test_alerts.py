@@ -32,7 +32,7 @@ def rules():
 
 def test_promtool_checks_the_rules_and_runs_their_unit_tests():
     code, out = promtool("check", "rules", "scopegate.rules.yaml")
-    assert code == 0 and "SUCCESS: 11 rules found" in out, out
+    assert code == 0 and "SUCCESS: 12 rules found" in out, out
     code, out = promtool("test", "rules", "scopegate.rules.test.yaml")
     assert code == 0 and "SUCCESS" in out, out
     tested = set(re.findall(r"alertname: (\w+)", (ALERTS / "scopegate.rules.test.yaml").read_text()))
