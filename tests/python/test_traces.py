@@ -1,6 +1,8 @@
 """OpenTelemetry traces as a collector receives them: a real OTLP/gRPC
-receiver (grpcio serving `opentelemetry-proto`'s TraceService) takes what
-scopegate exports. A span per management call (gRPC and REST) and per
+receiver (grpcio serving opentelemetry.proto.collector.trace.v1.TraceService)
+takes what scopegate exports. The messages are decoded by field number here:
+the `opentelemetry-proto` package cannot share this venv with `xds-protos`,
+which ships an older copy of the same modules (no `scope_spans`) over it. A span per management call (gRPC and REST) and per
 sampled decision (Authorize.Check, ext_authz, forward-auth), each the child
 of the caller's W3C traceparent; attributes name the key, the account, the
 decision and the scope; no token or secret anywhere in what is sent."""
@@ -15,7 +17,6 @@ from concurrent import futures
 import grpc
 import pytest
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from conftest import Scopegate, wait_for
 
@@ -27,25 +28,86 @@ def traceparent(span):
     return f"00-{TRACE}-{span}-01"
 
 
-class Collector(trace_service_pb2_grpc.TraceServiceServicer):
-    """An OTLP/gRPC endpoint keeping every export, decoded and as sent."""
+def fields(data):
+    """(field number, value) of one protobuf message: ints for varints,
+    bytes for length-delimited and fixed fields."""
+    at = 0
+    while at < len(data):
+        key, at = varint(data, at)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, at = varint(data, at)
+        elif wire == 2:
+            size, at = varint(data, at)
+            value, at = data[at:at + size], at + size
+        elif wire == 1:
+            value, at = data[at:at + 8], at + 8
+        elif wire == 5:
+            value, at = data[at:at + 4], at + 4
+        else:
+            raise ValueError(f"wire type {wire}")
+        yield number, value
+
+
+def varint(data, at):
+    value, shift = 0, 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, at
+
+
+class Span:
+    """opentelemetry.proto.trace.v1.Span: trace_id 1, span_id 2,
+    parent_span_id 4, name 5, attributes 9 (KeyValue: key 1, value 2;
+    AnyValue: string_value 1, int_value 3)."""
+
+    def __init__(self, data):
+        self.attributes = {}
+        for number, value in fields(data):
+            if number == 1:
+                self.trace_id = value
+            elif number == 4:
+                self.parent_span_id = value
+            elif number == 5:
+                self.name = value.decode()
+            elif number == 9:
+                pair = dict(fields(value))
+                any_value = dict(fields(pair.get(2, b"")))
+                self.attributes[pair[1].decode()] = (
+                    any_value[1].decode() if 1 in any_value else any_value.get(3))
+        self.__dict__.setdefault("parent_span_id", b"")
+
+
+class Collector:
+    """An OTLP/gRPC endpoint keeping every export, decoded and as sent:
+    ExportTraceServiceRequest.resource_spans 1 → ResourceSpans.scope_spans 2
+    → ScopeSpans.spans 2."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.spans = []
         self.raw = b""
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self.server)
+        export = grpc.unary_unary_rpc_method_handler(
+            self.export, request_deserializer=lambda data: data, response_serializer=lambda data: data)
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "opentelemetry.proto.collector.trace.v1.TraceService", {"Export": export}),))
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.server.start()
 
-    def Export(self, request, context):
+    def export(self, request, context):
         with self.lock:
-            self.raw += request.SerializeToString()
-            for resource in request.resource_spans:
-                for scope in resource.scope_spans:
-                    self.spans.extend(scope.spans)
-        return trace_service_pb2.ExportTraceServiceResponse()
+            self.raw += request
+            for number, resource in fields(request):
+                for scope_number, scope in fields(resource) if number == 1 else ():
+                    for span_number, span in fields(scope) if scope_number == 2 else ():
+                        if span_number == 2:
+                            self.spans.append(Span(span))
+        return b""  # an empty ExportTraceServiceResponse
 
     def child_of(self, parent):
         with self.lock:
@@ -53,8 +115,7 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):
 
 
 def attributes(span):
-    return {kv.key: (kv.value.string_value or kv.value.int_value) for kv in span.attributes}
-
+    return span.attributes
 
 
 @pytest.fixture
