@@ -58,7 +58,7 @@ fn role_id(path: std::result::Result<Path<String>, PathRejection>) -> Result<Str
 }
 
 /// The account the admin acts for (`on-behalf-of`), or "" for a key.
-fn account(caller: &Caller, headers: &HeaderMap) -> Result<Option<String>> {
+pub(super) fn account(caller: &Caller, headers: &HeaderMap) -> Result<Option<String>> {
     match caller {
         Caller::Admin => on_behalf_of(headers),
         Caller::Key { .. } => refuse_on_behalf_of(on_behalf_of(headers)?).map(|_| None),

@@ -14,9 +14,9 @@ use axum::Extension;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::api_keys::refuse_on_behalf_of;
 use super::error::ApiError;
-use super::input::{self, on_behalf_of};
+use super::input;
+use super::roles::account;
 use super::{json_response, RestApi};
 use crate::manage::{Caller, DeadLetter, ManageError, NewWebhook, WebhookChange, WebhookView};
 use crate::webhooks::event::timestamp;
@@ -82,14 +82,6 @@ pub(super) fn dead_letter_json(dead: &DeadLetter) -> serde_json::Value {
 fn endpoint_id(path: std::result::Result<Path<String>, PathRejection>) -> Result<String> {
     path.map(|Path(id)| id)
         .map_err(|rejection| ApiError::bad_request(Some("id"), rejection.body_text()))
-}
-
-/// The account the admin acts for (`on-behalf-of`), or none for a key.
-fn account(caller: &Caller, headers: &HeaderMap) -> Result<Option<String>> {
-    match caller {
-        Caller::Admin => on_behalf_of(headers),
-        Caller::Key { .. } => refuse_on_behalf_of(on_behalf_of(headers)?).map(|_| None),
-    }
 }
 
 pub(super) async fn create(
