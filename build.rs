@@ -1,6 +1,7 @@
 //! Generates Envoy's ext_authz server, read and written in place by
 //! `src/grpc` (scopegate's own protocol is the `scopegate-protocol` crate).
 //! protoc comes from `protoc-bin-vendored`, so no system package is needed.
+//! It also lays out the binary's machine code: see `link_in_order`.
 
 use std::path::PathBuf;
 
@@ -26,5 +27,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[PathBuf::from("proto")],
         )?;
     println!("cargo:rerun-if-changed=proto/envoy");
+    link_in_order();
     Ok(())
+}
+
+/// The functions that run (start-up, idle, decisions: link/text-order.txt,
+/// written by scripts/text-order.sh) placed together at the start of the
+/// binary's code, so the pages the kernel maps around each fault hold code
+/// that runs: idle RSS falls by ~10 MiB (issue #38). Only lld reads the file
+/// (rustc's default linker on x86-64 Linux); names it does not find are
+/// skipped, so a stale list costs memory, never correctness.
+fn link_in_order() {
+    let order =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("link/text-order.txt");
+    println!("cargo:rerun-if-changed=link/text-order.txt");
+    let target = std::env::var("TARGET").unwrap_or_default();
+    if order.exists() && target == "x86_64-unknown-linux-gnu" {
+        println!(
+            "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
+            order.display()
+        );
+        println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+    }
 }
