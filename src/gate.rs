@@ -25,6 +25,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::readiness::Readiness;
 
+const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
 /// What kind of work a request is, for the gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Door {
@@ -222,7 +224,7 @@ where
         let limit = self.gate.manage_timeout;
         let timeout = request
             .headers()
-            .get("grpc-timeout")
+            .get(&GRPC_TIMEOUT)
             .and_then(|value| grpc_timeout(value.as_bytes()))
             .map_or(limit, |client| client.min(limit));
         let future = self.inner.call(request);

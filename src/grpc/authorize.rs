@@ -128,8 +128,8 @@ impl AuthorizeService {
                 credits: _,
             } => {
                 response.allowed = true;
-                response.key_id = key_id.to_string();
-                response.account_id = account_id.to_string();
+                response.key_id = key_id.text();
+                response.account_id = String::from(&*account_id);
                 if let Some(metadata) = metadata {
                     response.metadata = metadata.iter().cloned().collect();
                 }
@@ -143,8 +143,8 @@ impl AuthorizeService {
                 account_id,
                 missing,
             } => {
-                response.key_id = key_id.to_string();
-                response.account_id = account_id.to_string();
+                response.key_id = key_id.text();
+                response.account_id = String::from(&*account_id);
                 response.missing_scopes = catalog.names(&missing);
                 pb::Decision::InsufficientScope
             }
@@ -159,16 +159,16 @@ impl AuthorizeService {
                 account_id,
                 status,
             } => {
-                response.key_id = key_id.to_string();
-                response.account_id = account_id.to_string();
+                response.key_id = key_id.text();
+                response.account_id = String::from(&*account_id);
                 response.retry_after = Some(super::convert::seconds(status.reset_secs));
                 pb::Decision::RateLimited
             }
             Decision::UsageExceeded {
                 key_id, account_id, ..
             } => {
-                response.key_id = key_id.to_string();
-                response.account_id = account_id.to_string();
+                response.key_id = key_id.text();
+                response.account_id = String::from(&*account_id);
                 pb::Decision::UsageExceeded
             }
         };

@@ -178,7 +178,7 @@ impl ExtAuthzService {
         crate::telemetry::count_decision(crate::telemetry::Api::ExtAuthz, &decision);
         let (key_id, account_id) = decision
             .key()
-            .map(|(key_id, account_id)| (key_id.to_string(), account_id.to_string()))
+            .map(|(key_id, account_id)| (key_id.text(), String::from(&**account_id)))
             .unwrap_or_default();
         self.context
             .log_decision("ext_authz", decision_name, &key_id, &account_id, scope);

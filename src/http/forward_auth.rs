@@ -311,7 +311,7 @@ fn answer(door: &ForwardAuth, checked: Checked, catalog: &crate::scope::Catalog)
         .map(|scope| catalog.scope_name(scope));
     let (key_id, account_id) = decision
         .key()
-        .map(|(key_id, account_id)| (key_id.to_string(), account_id.to_string()))
+        .map(|(key_id, account_id)| (key_id.text(), String::from(&**account_id)))
         .unwrap_or_default();
     door.context.log_decision(
         "forward_auth",
