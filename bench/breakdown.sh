@@ -14,7 +14,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scopegate/target}"
 requests=${REQUESTS:-2000}
 workload=${WORKLOAD:-scopes}
 command -v valgrind > /dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
-cargo build --release --locked --bin scopegate --example loadgen > /dev/null 2>&1
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --locked --bin scopegate --example loadgen > /dev/null 2>&1
 bin="${SCOPEGATE_BIN:-$CARGO_TARGET_DIR/release/scopegate}"
 loadgen="$CARGO_TARGET_DIR/release/examples/loadgen"
 work=$(mktemp -d)

@@ -26,7 +26,7 @@ requests=${REQUESTS:-2000}
 inflight_list=${INFLIGHT:-"1 16"}
 
 command -v valgrind > /dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
-cargo build --release --locked --bin scopegate --example loadgen
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --locked --bin scopegate --example loadgen
 bin="${SCOPEGATE_BIN:-$CARGO_TARGET_DIR/release/scopegate}"
 loadgen="$CARGO_TARGET_DIR/release/examples/loadgen"
 work=$(mktemp -d)

@@ -128,9 +128,13 @@ def main(results_path, criterion_path, out_path):
                          f"{value / 1000:.1f} K | {value / bare:.2f}× | {value / twin:.2f}× |")
     footprint = [r for r in results if r.get("workload") == "footprint"]
     if footprint:
-        lines += ["", "### Footprint (idle, default flags)", "", "| keys | RSS | threads |", "|---|---|---|"]
+        lines += ["", "### Footprint (idle, default flags)", "",
+                  "| keys | RSS | of which the process's own (RssAnon) | mapped files (RssFile) | threads |",
+                  "|---|---|---|---|---|"]
         for r in footprint:
-            lines.append(f"| {r['keys']} | {r['rss_kib'] / 1024:.1f} MiB | {r['threads']} |")
+            own = f"{r['anon_kib'] / 1024:.1f} MiB" if "anon_kib" in r else ""
+            files = f"{r['file_kib'] / 1024:.1f} MiB" if "file_kib" in r else ""
+            lines.append(f"| {r['keys']} | {r['rss_kib'] / 1024:.1f} MiB | {own} | {files} | {r['threads']} |")
     writes = [r for r in results if r.get("workload") == "writes"]
     lines += ["", "### Durable writes (each acknowledged after fsync; group commit)", "",
               "| concurrency | keys | CreateKey/s | DeleteKey/s | checks right after DeleteKey | stale allows |", "|---|---|---|---|---|---|"]

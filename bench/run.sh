@@ -115,21 +115,8 @@ if [ "$(nproc)" -ge 2 ] && command -v taskset > /dev/null; then
   stop_servers
 fi
 
-echo "== footprint: idle, default flags, 1,000 keys"
-"$loadgen" gen-backup --keys 1000 --out "$work/footprint.jsonl"
-"$bin" restore --in "$work/footprint.jsonl" --data-dir "$work/footprint" > /dev/null
-"$bin" serve --http-listen none --listen 127.0.0.1:0 --data-dir "$work/footprint" --metrics-listen 127.0.0.1:0 \
-  --log-format json 2> "$work/footprint.log" &
-pids+=($!); footprint_pid=$!
-wait_for_log "$work/footprint.log" "keys loaded; serving"
-footprint_addr=$(grep 'scopegate listening' "$work/footprint.log" | grep -o '"addr":"[^"]*"' | head -1 | cut -d'"' -f4)
-for n in 1 2 3; do # every lazily started thread (store writes) is counted, then left to idle
-  "$bin" keys create --server "$footprint_addr" --data-dir "$work/footprint" --account idle \
-    --name "k$n" --scope mail.send > /dev/null
-done
-sleep 5
-echo "{\"workload\":\"footprint\",\"keys\":1000,\"rss_kib\":$(awk '/VmRSS/ {print $2}' "/proc/$footprint_pid/status"),\"threads\":$(awk '/Threads/ {print $2}' "/proc/$footprint_pid/status")}" | tee -a "$results"
-kill "$footprint_pid"
+echo "== footprint: idle, default flags (every default listener on), 1,000 keys"
+bash bench/footprint.sh | sed 's/^{/{"workload":"footprint",/' | tee -a "$results"
 
 echo "== scale: $scale_keys keys"
 "$loadgen" gen-backup --keys "$scale_keys" --out "$work/scale.jsonl"

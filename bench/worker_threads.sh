@@ -7,6 +7,8 @@
 # prints each run's JSON and the median req/s of each as a ratio to the
 # ceiling's.
 #   bash bench/worker_threads.sh
+#   SERVERS="ceiling default before" BEFORE_BIN=/old/scopegate bash bench/worker_threads.sh
+#                     # the ceiling, this build and another, default flags (issue #38)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scopegate/target}"
@@ -54,12 +56,19 @@ run() { # label, server command...
   kill "$pid"; wait "$pid" 2> /dev/null || true; pid=""
 }
 
-serve=("$bin" serve --http-listen none --listen 127.0.0.1:0 --metrics-listen none --data-dir "$work/data" --log-format json)
+# Default flags: every default listener on (free ports), metrics recorded.
+serve=("$bin" serve --http-listen 127.0.0.1:0 --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$work/data" --log-format json)
+before=("${BEFORE_BIN:-$bin}" "${serve[@]:1}")
 for _ in $(seq 1 "$rounds"); do
-  run ceiling "$loadgen" ceiling --listen 127.0.0.1:0
-  run "1 worker" "${serve[@]}" --worker-threads 1
-  run "2 workers" "${serve[@]}" --worker-threads 2
-  run "default" "${serve[@]}"
+  for server in ${SERVERS:-ceiling 1 2 default}; do
+    case $server in
+      ceiling) run ceiling "$loadgen" ceiling --listen 127.0.0.1:0 ;;
+      1) run "1 worker" "${serve[@]}" --worker-threads 1 ;;
+      2) run "2 workers" "${serve[@]}" --worker-threads 2 ;;
+      default) run "default" "${serve[@]}" ;;
+      before) run "before (${BEFORE_BIN:-this build})" "${before[@]}" ;;
+    esac
+  done
 done
 python3 - "$work/results.jsonl" <<'PY'
 import json, statistics, sys
