@@ -56,6 +56,8 @@ def test_the_report_renders_every_door_and_links_its_plots(tmp_path):
                                     ("scopegate", "ext-authz-allowed", 76000), ("scopegate", "forward-auth", 34000)]:
         rows.append({"workload_kind": "instructions", "server": server, "workload": workload, "in_flight": 1,
                      "instructions_per_request": count})
+    rows.append({"workload": "footprint", "config": "default", "keys": 1000, "rss_kib": 15360,
+                 "anon_kib": 7475, "file_kib": 7885, "threads": 4})
     results, criterion, out = tmp_path / "r.jsonl", tmp_path / "c.txt", tmp_path / "BENCHMARKS.md"
     results.write_text("\n".join(json.dumps(r) for r in rows))
     criterion.write_text("check/allowed          time:   [1.0 µs 1.1 µs 1.2 µs]\n")
@@ -63,5 +65,39 @@ def test_the_report_renders_every_door_and_links_its_plots(tmp_path):
     main(str(results), str(criterion), str(out))
     text = out.read_text()
     assert "| forward-auth (HTTP/1.1 keep-alive) | 1 | 60.0 K | 76.0 K | 34.0 K | 0.57× | 0.45× |" in text, text
+    assert "| 1000 | 15.0 MiB | 7.3 MiB | 7.7 MiB | 4 |" in text, text
     assert "![throughput](docs/bench-throughput.svg)" in text and "more notes" in text
     assert (tmp_path / "docs" / "bench-instructions.svg").exists()
+
+
+def test_the_breakdown_counts_own_cost_by_layer_and_not_callees_twice(tmp_path):
+    """breakdown.py reads callgrind's own format: a function's cost lines are
+    its own, the line after `calls=` (the callee's inclusive cost) is not;
+    names are compressed to `(id)` after their first use; idle is subtracted."""
+    from breakdown import by_layer, per_request
+    run = """events: Ir
+ob=(1) /bin/scopegate
+fl=(1) a.rs
+fn=(1) <scopegate::grpc::authorize::AuthorizeService as scopegate_protocol::authorize_server::Authorize>::check
+10 300
+cob=(1)
+cfn=(2) sha2::sha256::compress256
+calls=1 0
+10 9999
++2 100
+fn=(2)
+5 3500
+fn=(3) core::ptr::drop_in_place::<h2::frame::Frame>
+1 40
+ob=(2) /usr/lib/x86_64-linux-gnu/libc.so.6
+fn=(4) __memcpy_avx_unaligned_erms
+* 60
+"""
+    idle = "events: Ir\nob=(1) /bin/scopegate\nfn=(3) core::ptr::drop_in_place::<h2::frame::Frame>\n1 20\n"
+    (tmp_path / "scopegate.run").write_text(run)
+    (tmp_path / "scopegate.idle").write_text(idle)
+    layers = by_layer(per_request(str(tmp_path), "scopegate", 2))
+    assert layers["scopegate: gRPC edge (request to answer)"] == 200  # 300 + 100, not the call's 9999
+    assert layers["SHA-256 (portable: valgrind hides SHA-NI)"] == 1750
+    assert layers["HTTP/2 (h2)"] == 10  # glue for h2's type is h2's, idle subtracted
+    assert layers["memcpy / memset / memcmp (libc)"] == 30
