@@ -10,21 +10,10 @@
 #   SCOPEGATE_BIN=/other/scopegate SERVE_ARGS="--usage off" bash bench/breakdown.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scopegate/target}"
 requests=${REQUESTS:-2000}
 workload=${WORKLOAD:-scopes}
 command -v valgrind > /dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
-[ -n "${SKIP_BUILD:-}" ] || cargo build --release --locked --bin scopegate --example loadgen > /dev/null 2>&1
-bin="${SCOPEGATE_BIN:-$CARGO_TARGET_DIR/release/scopegate}"
-loadgen="$CARGO_TARGET_DIR/release/examples/loadgen"
-work=$(mktemp -d)
-pid=""
-cleanup() { [ -n "$pid" ] && kill "$pid" 2> /dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-wait_for() { # file pattern
-  for _ in $(seq 1 1200); do grep -q "$2" "$1" 2> /dev/null && return 0; sleep 0.1; done
-  echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1
-}
+source bench/lib.sh
 drive() { # target workload count
   "$loadgen" check --target "$1" --workload "$2" --token "${token:-}" --concurrency 1 \
     --connections 1 --requests "$3" > /dev/null

@@ -11,20 +11,8 @@
 #   SMAPS=1 bash bench/footprint.sh              # also the largest mappings
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scopegate/target}"
 idle=${IDLE_SECS:-6}
-[ -n "${SKIP_BUILD:-}" ] || cargo build --release --locked --bin scopegate --example loadgen > /dev/null 2>&1
-bin="${SCOPEGATE_BIN:-$CARGO_TARGET_DIR/release/scopegate}"
-loadgen="$CARGO_TARGET_DIR/release/examples/loadgen"
-work=$(mktemp -d)
-pid=""
-cleanup() { [ -n "$pid" ] && kill "$pid" 2> /dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_for() { # file pattern
-  for _ in $(seq 1 600); do grep -q "$2" "$1" 2> /dev/null && return 0; sleep 0.1; done
-  echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1
-}
+source bench/lib.sh
 
 "$loadgen" gen-backup --keys 1000 --out "$work/keys.jsonl" > /dev/null
 IFS='|' read -r -a configs <<< "${CONFIGS:-default}"

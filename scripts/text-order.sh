@@ -13,20 +13,8 @@
 #   bash scripts/text-order.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scopegate/target}"
 command -v valgrind > /dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
-cargo build --release --locked --bin scopegate --example loadgen
-bin="$CARGO_TARGET_DIR/release/scopegate"
-loadgen="$CARGO_TARGET_DIR/release/examples/loadgen"
-work=$(mktemp -d)
-pid=""
-cleanup() { [ -n "$pid" ] && kill "$pid" 2> /dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-wait_for() { # file pattern
-  for _ in $(seq 1 1200); do grep -q "$2" "$1" 2> /dev/null && return 0; sleep 0.1; done
-  echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1
-}
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+source bench/lib.sh
 
 # What the footprint measure does (bench/footprint.sh), plus every decision door.
 "$loadgen" gen-backup --keys 1000 --out "$work/keys.jsonl" > /dev/null
@@ -53,33 +41,14 @@ kill "$pid"; wait "$pid" 2> /dev/null || true; pid=""
 
 mkdir -p link
 python3 - "$work/order.cg" "$bin" > link/text-order.txt <<'EOF'
-import re, sys
-from collections import defaultdict
-names, cost = {"fn": {}, "ob": {}}, defaultdict(int)
-fn = ob = ""
-skip = False
-for line in open(sys.argv[1], errors="replace"):
-    line = line.rstrip("\n")
-    if skip:
-        skip = False
-        continue
-    key, _, value = line.partition("=")
-    if key in ("fn", "ob", "cfn", "cob"):
-        match = re.match(r"^\((\d+)\)(?: (.*))?$", value)
-        if match:
-            if match.group(2) is not None:
-                names[key.lstrip("c")][match.group(1)] = match.group(2)
-            value = names[key.lstrip("c")].get(match.group(1), value)
-        if key == "fn":
-            fn = value.split("'")[0]  # callgrind marks a recursion level "'2"
-        elif key == "ob":
-            ob = value
-    elif key == "calls":
-        skip = True
-    elif (line[:1].isdigit() or line[:1] in "+-*") and ob == sys.argv[2]:
-        parts = line.split()
-        if len(parts) > 1:
-            cost[fn] += int(parts[-1])
+import sys
+sys.path.insert(0, "bench")
+from breakdown import functions
+cost = {}
+for (name, obj), count in functions(sys.argv[1]).items():
+    if obj == sys.argv[2]:
+        name = name.split("'")[0]  # callgrind marks a recursion level "'2"
+        cost[name] = cost.get(name, 0) + count
 # Mangled names only (valgrind's "0x…" placeholders are not symbols), hottest first.
 for name, _ in sorted(cost.items(), key=lambda item: -item[1]):
     if name.startswith("_") and " " not in name:

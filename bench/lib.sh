@@ -1,0 +1,17 @@
+# Shared by bench/footprint.sh, bench/breakdown.sh and scripts/text-order.sh
+# (sourced from the checkout's root): the release build of the server and the
+# load generator (SKIP_BUILD=1: as built), a scratch folder removed on exit
+# with the server in $pid, and waiting for a server's log line.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scopegate/target}"
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --locked --bin scopegate --example loadgen > /dev/null 2>&1
+bin="${SCOPEGATE_BIN:-$CARGO_TARGET_DIR/release/scopegate}"
+loadgen="$CARGO_TARGET_DIR/release/examples/loadgen"
+work=$(mktemp -d)
+pid=""
+cleanup() { [ -n "$pid" ] && kill "$pid" 2> /dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+wait_for() { # file pattern
+  for _ in $(seq 1 1200); do grep -q "$2" "$1" 2> /dev/null && return 0; sleep 0.1; done
+  echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1
+}
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
