@@ -45,14 +45,7 @@ pid=$!
 wait_for "$work/bare.addr" "127.0.0.1"
 profile bare "http://$(cat "$work/bare.addr")" "$bare"
 
-"$bin" serve --http-listen none --listen 127.0.0.1:0 --metrics-listen none --data-dir "$work/data" \
-  --log-format json 2> "$work/prepare.log" &
-pid=$!
-wait_for "$work/prepare.log" "keys loaded; serving"
-addr=$(grep 'scopegate listening' "$work/prepare.log" | grep -o '"addr":"[^"]*"' | head -1 | cut -d'"' -f4)
-token=$("$bin" keys create --server "http://$addr" --data-dir "$work/data" --account bench \
-  --name load --scope mail.send --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-kill "$pid"; wait "$pid" 2> /dev/null || true
+token=$(bench_token)
 read -r -a serve_args <<< "${SERVE_ARGS:-}"
 valgrind --tool=callgrind --callgrind-out-file="$work/scopegate.cg" \
   "$bin" serve --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$work/data" \

@@ -1,4 +1,4 @@
-# Shared by bench/footprint.sh, bench/breakdown.sh and scripts/text-order.sh
+# Shared by bench/footprint.sh, breakdown.sh, cerbos.sh, worker_threads.sh and scripts/text-order.sh
 # (sourced from the checkout's root): the release build of the server and the
 # load generator (SKIP_BUILD=1: as built), a scratch folder removed on exit
 # with the server in $pid, and waiting for a server's log line.
@@ -15,3 +15,16 @@ wait_for() { # file pattern
   echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1
 }
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# bench_token: a key allowed mail.send, created in $work/data through a
+# server started and stopped for it; prints the token.
+bench_token() {
+  "$bin" serve --http-listen none --listen 127.0.0.1:0 --metrics-listen none --data-dir "$work/data" \
+    --log-format json 2> "$work/token.log" &
+  pid=$!
+  wait_for "$work/token.log" "keys loaded; serving"
+  local addr
+  addr=$(grep 'scopegate listening' "$work/token.log" | grep -o '"addr":"[^"]*"' | head -1 | cut -d'"' -f4)
+  "$bin" keys create --server "http://$addr" --data-dir "$work/data" --account bench \
+    --name load --scope mail.send --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])'
+  kill "$pid"; wait "$pid" 2> /dev/null || true; pid=""
+}

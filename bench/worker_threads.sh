@@ -11,33 +11,12 @@
 #                     # the ceiling, this build and another, default flags (issue #38)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scopegate/target}"
 rounds=${ROUNDS:-3}
 concurrency=${CONCURRENCY:-64}
 seconds=${SECONDS_PER_RUN:-5}
 command -v taskset > /dev/null || { echo "needs taskset (util-linux)" >&2; exit 1; }
-cargo build --release --locked --bin scopegate --example loadgen
-bin="$CARGO_TARGET_DIR/release/scopegate"
-loadgen="$CARGO_TARGET_DIR/release/examples/loadgen"
-work=$(mktemp -d)
-pid=""
-cleanup() { [ -n "$pid" ] && kill "$pid" 2> /dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-
-wait_for() { # file pattern
-  for _ in $(seq 1 600); do grep -q "$2" "$1" 2> /dev/null && return 0; sleep 0.1; done
-  echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1
-}
-
-# A key to check with, made once.
-"$bin" serve --http-listen none --listen 127.0.0.1:0 --metrics-listen none --data-dir "$work/data" \
-  --log-format json 2> "$work/serve.log" &
-pid=$!
-wait_for "$work/serve.log" "keys loaded; serving"
-addr=$(grep 'scopegate listening' "$work/serve.log" | grep -o '"addr":"[^"]*"' | head -1 | cut -d'"' -f4)
-token=$("$bin" keys create --server "http://$addr" --data-dir "$work/data" --account bench \
-  --name load --scope mail.send --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-kill "$pid"; wait "$pid" 2> /dev/null || true; pid=""
+source bench/lib.sh
+token=$(bench_token) # a key to check with, made once
 
 run() { # label, server command...
   local label=$1; shift
