@@ -10,33 +10,21 @@
 #   EVENTS=20000 bash bench/audit_flood.sh    # quicker
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scopegate/target}"
 events=${EVENTS:-300000}
 flooders=${FLOODERS:-2}
 seconds=${SECONDS_PER_RUN:-8}
-cargo build --release --locked --bin scopegate --example loadgen
-bin="$CARGO_TARGET_DIR/release/scopegate"
-loadgen="$CARGO_TARGET_DIR/release/examples/loadgen"
-work=$(mktemp -d)
-server_pid=""
-cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2> /dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-
-wait_for() { # file pattern
-  for _ in $(seq 1 1200); do grep -q "$2" "$1" 2> /dev/null && return 0; sleep 0.1; done
-  echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1
-}
+source bench/lib.sh
 
 start() { # extra serve flags...
   : > "$work/serve.log"
   "$bin" serve --http-listen none --listen 127.0.0.1:0 --metrics-listen none --data-dir "$work/data" \
     --log-format json --mutations-per-account-per-sec 100000 "$@" 2> "$work/serve.log" &
-  server_pid=$!
+  pid=$!
   wait_for "$work/serve.log" "keys loaded; serving"
   addr=$(grep 'scopegate listening' "$work/serve.log" | grep -o '"addr":"[^"]*"' | head -1 | cut -d'"' -f4)
 }
 
-stop() { kill "$server_pid"; wait "$server_pid" 2> /dev/null || true; server_pid=""; }
+stop() { kill "$pid"; wait "$pid" 2> /dev/null || true; pid=""; }
 
 key() { # account scope
   "$bin" keys create --server "http://$addr" --data-dir "$work/data" --account "$1" --name "$2" \

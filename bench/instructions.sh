@@ -21,26 +21,14 @@
 # idle count is subtracted and the rest divided by N.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scopegate/target}"
 requests=${REQUESTS:-2000}
 inflight_list=${INFLIGHT:-"1 16"}
 
 command -v valgrind > /dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
-[ -n "${SKIP_BUILD:-}" ] || cargo build --release --locked --bin scopegate --example loadgen
-bin="${SCOPEGATE_BIN:-$CARGO_TARGET_DIR/release/scopegate}"
-loadgen="$CARGO_TARGET_DIR/release/examples/loadgen"
-work=$(mktemp -d)
+source bench/lib.sh
 # Builds from before the REST listener have no --http-listen.
 no_rest=()
 "$bin" serve --help | grep -q -- --http-listen && no_rest=(--http-listen none)
-server_pid=""
-cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2> /dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-
-wait_for() { # file pattern
-  for _ in $(seq 1 1200); do grep -q "$2" "$1" 2> /dev/null && return 0; sleep 0.1; done
-  echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1
-}
 
 # The Ir total of the newest callgrind dump of $1 (a prefix).
 last_dump_total() {
@@ -91,7 +79,7 @@ if [ "${BARE:-1}" = 1 ]; then
 echo "== the bare tonic server under callgrind" >&2
 valgrind --tool=callgrind --callgrind-out-file="$work/ceiling.cg" \
   "$loadgen" ceiling --listen 127.0.0.1:0 > "$work/ceiling.addr" 2> "$work/ceiling.log" &
-server_pid=$!
+pid=$!
 wait_for "$work/ceiling.addr" "127.0.0.1"
 ceiling="http://$(cat "$work/ceiling.addr")"
 for inflight in $inflight_list; do
@@ -101,10 +89,10 @@ for inflight in $inflight_list; do
       ext-authz) bare=ceiling-ext-authz ;;
       ext-authz-allowed) bare=ceiling-ext-authz-allowed ;;
     esac
-    instructions bare "$server_pid" "$work/ceiling.cg" "$ceiling" "$bare" "" "$inflight" | tee -a "$results"
+    instructions bare "$pid" "$work/ceiling.cg" "$ceiling" "$bare" "" "$inflight" | tee -a "$results"
   done
 done
-kill "$server_pid"; wait "$server_pid" 2> /dev/null || true; server_pid=""
+kill "$pid"; wait "$pid" 2> /dev/null || true; pid=""
 fi
 
 echo "== scopegate (default flags, metrics on) under callgrind: $bin" >&2
@@ -116,7 +104,7 @@ if "$bin" serve --help | grep -q -- --forward-auth-listen; then
 fi
 "$bin" serve "${no_rest[@]}" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$work/data" \
   --log-format json 2> "$work/prepare.log" &
-server_pid=$!
+pid=$!
 wait_for "$work/prepare.log" "keys loaded; serving"
 addr=$(grep 'scopegate listening' "$work/prepare.log" | grep -o '"addr":"[^"]*"' | head -1 | cut -d'"' -f4)
 limit_args=()
@@ -134,25 +122,25 @@ if [ -n "${ROLES:-}" ]; then
 fi
 token=$("$bin" keys create --server "http://$addr" --data-dir "$work/data" --account bench \
   --name load "${grant_args[@]}" "${limit_args[@]}" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-kill "$server_pid"; wait "$server_pid" 2> /dev/null || true
+kill "$pid"; wait "$pid" 2> /dev/null || true
 read -r -a serve_args <<< "${SERVE_ARGS:-}"
 valgrind --tool=callgrind --callgrind-out-file="$work/scopegate.cg" \
   "$bin" serve "${no_rest[@]}" "${forward_auth[@]}" "${serve_args[@]}" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$work/data" \
   --log-format json 2> "$work/serve.log" &
-server_pid=$!
+pid=$!
 wait_for "$work/serve.log" "keys loaded; serving"
 addr=$(grep 'scopegate listening' "$work/serve.log" | grep -o '"addr":"[^"]*"' | head -1 | cut -d'"' -f4)
 for inflight in $inflight_list; do
   for workload in $workloads; do
-    instructions scopegate "$server_pid" "$work/scopegate.cg" "http://$addr" "$workload" "$token" "$inflight" \
+    instructions scopegate "$pid" "$work/scopegate.cg" "http://$addr" "$workload" "$token" "$inflight" \
       | tee -a "$results"
   done
   if [ ${#forward_auth[@]} -gt 0 ]; then
-    instructions scopegate "$server_pid" "$work/scopegate.cg" "$door" forward-auth "$token" "$inflight" \
+    instructions scopegate "$pid" "$work/scopegate.cg" "$door" forward-auth "$token" "$inflight" \
       | tee -a "$results"
   fi
 done
-kill "$server_pid"; wait "$server_pid" 2> /dev/null || true; server_pid=""
+kill "$pid"; wait "$pid" 2> /dev/null || true; pid=""
 
 sed 's/^{/{"workload_kind": "instructions", /' "$results" >> "$results_copy"
 python3 - "$results" <<'EOF'

@@ -1,4 +1,5 @@
-# Shared by bench/footprint.sh, breakdown.sh, cerbos.sh, worker_threads.sh and scripts/text-order.sh
+# Shared by the bench scripts (footprint, breakdown, cerbos, worker_threads,
+# instructions, audit_flood) and scripts/text-order.sh
 # (sourced from the checkout's root): the release build of the server and the
 # load generator (SKIP_BUILD=1: as built), a scratch folder removed on exit
 # with the server in $pid, and waiting for a server's log line.
