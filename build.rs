@@ -44,17 +44,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 ///   (glibc 2.36 and later), as the binary runs where it is built (or in the
 ///   Debian 12 image).
 fn link_in_order() {
-    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
-    let order = root.join("link/text-order.txt");
-    println!("cargo:rerun-if-changed=link/text-order.txt");
+    // Relative: the linker runs where cargo runs rustc, the workspace root.
+    // An absolute path would outlive a move of the checkout, since cargo
+    // reuses this script's output for a workspace that moved.
+    let order = "link/text-order.txt";
+    println!("cargo:rerun-if-changed={order}");
     if std::env::var("TARGET").unwrap_or_default() != "x86_64-unknown-linux-gnu" {
         return;
     }
-    if order.exists() {
-        println!(
-            "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
-            order.display()
-        );
+    if std::path::Path::new(order).exists() {
+        println!("cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={order}");
         println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
     }
     if glibc_loads_relr() {
