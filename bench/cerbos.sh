@@ -4,10 +4,12 @@
 # gRPC at 64 in flight (4 connections × 16 streams), alternating ROUNDS times:
 # the bare tonic server (the ceiling), scopegate with default flags, Cerbos
 # (its own default config but info logging, which writes a line per request:
-# --log-level=warn, its best case). One load generator for all three,
-# nghttp2's h2load, sending pre-encoded gRPC bodies (bench/grpc_bodies.py);
+# --log-level=warn, its best case), and the bare server on scopegate's
+# runtime (ceiling-fifo: no LIFO slot, answers written in batches). One load
+# generator for all, nghttp2's h2load, sending pre-encoded gRPC bodies (bench/grpc_bodies.py);
 # before the load each server's answer is checked once (allowed; and Cerbos
 # denies without the scope). Cerbos comes from npm (@cerbos/cerbos-linux-x64).
+# BEFORE_BIN=path adds another scopegate build to each round ("before").
 #   bash bench/cerbos.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,15 +62,15 @@ run() { # label url body server command...
   taskset -c 0 "$@" > "$work/out" 2> "$work/server.log" &
   pid=$!
   case $label in
-    ceiling) wait_for "$work/out" "127.0.0.1"; url="http://$(cat "$work/out")$url" ;;
-    scopegate) wait_for "$work/server.log" "keys loaded; serving"
+    ceiling*) wait_for "$work/out" "127.0.0.1"; url="http://$(cat "$work/out")$url" ;;
+    scopegate | before) wait_for "$work/server.log" "keys loaded; serving"
       url="http://$(grep 'scopegate listening' "$work/server.log" | grep -o '"addr":"[^"]*"' | head -1 | cut -d'"' -f4)$url" ;;
     cerbos) for _ in $(seq 1 100); do curl -sf http://127.0.0.1:3592/_cerbos/health > /dev/null && break; sleep 0.1; done ;;
   esac
   case $label in
     # allowed: scopegate's CheckResponse starts `allowed = true` (08 01); Cerbos's
     # action effect is EFFECT_ALLOW (10 01), EFFECT_DENY (10 02) without the scope.
-    scopegate) ask "$url" "$body" "0801" ;;
+    scopegate | before) ask "$url" "$body" "0801" ;;
     cerbos) ask "$url" "$body" "6d61696c2e73656e641001"; ask "$url" "$work/cerbos-denied.bin" "6d61696c2e73656e641002" ;;
   esac
   local out
@@ -84,8 +86,11 @@ run() { # label url body server command...
 check_path=/scopegate.v1.Authorize/Check
 for _ in $(seq 1 "$rounds"); do
   run ceiling "$check_path" "$work/check.bin" "$loadgen" ceiling --listen 127.0.0.1:0
+  run ceiling-fifo "$check_path" "$work/check.bin" "$loadgen" ceiling --fifo --listen 127.0.0.1:0
   run scopegate "$check_path" "$work/check.bin" "$bin" serve --http-listen 127.0.0.1:0 --listen 127.0.0.1:0 \
     --metrics-listen 127.0.0.1:0 --data-dir "$work/data" --log-format json
+  [ -z "${BEFORE_BIN:-}" ] || run before "$check_path" "$work/check.bin" "$BEFORE_BIN" serve --http-listen 127.0.0.1:0 \
+    --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$work/data" --log-format json
   run cerbos http://127.0.0.1:3593/cerbos.svc.v1.CerbosService/CheckResources "$work/cerbos.bin" \
     "$cerbos" server --log-level=warn --set=server.httpListenAddr=127.0.0.1:3592 \
     --set=server.grpcListenAddr=127.0.0.1:3593 --set=storage.driver=disk \

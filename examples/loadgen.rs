@@ -73,6 +73,10 @@ enum Command {
         listen: Option<String>,
         #[arg(long)]
         uds: Option<String>,
+        /// Run on the runtime scopegate runs on (no LIFO slot: woken tasks
+        /// queue behind ready ones, so answers are written in batches).
+        #[arg(long)]
+        fifo: bool,
     },
     /// Drive Check (or ext_authz): closed loop for a fixed duration after a
     /// warm-up, a fixed number of requests (`--requests`, for instruction
@@ -730,12 +734,14 @@ fn gen_backup(keys: usize, out: &str) {
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    #[cfg(tokio_unstable)]
+    if matches!(cli.command, Command::Ceiling { fifo: true, .. }) {
+        builder.disable_lifo_slot();
+    }
+    let runtime = builder.enable_all().build().unwrap();
     match cli.command {
-        Command::Ceiling { listen, uds } => runtime.block_on(async move {
+        Command::Ceiling { listen, uds, .. } => runtime.block_on(async move {
             let service = pb::authorize_server::AuthorizeServer::new(Ceiling);
             let envoy = envoy_types::ext_authz::v3::pb::AuthorizationServer::new(ExtAuthzCeiling);
             let router = tonic::transport::Server::builder()

@@ -21,13 +21,18 @@ pub struct ServeArgs {
 
 pub(super) fn runtime(worker_threads: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    // A task a running task wakes goes behind the tasks already ready, not
-    // first: the connection task then writes the answers of every request
-    // decided in one turn with one writev, not one each (10× fewer syscalls,
-    // 1.3× the throughput at 64 in flight; BENCHMARKS.md, issue #38).
-    // Needs `--cfg tokio_unstable` (.cargo/config.toml).
+    // With one worker, a task a running task wakes goes behind the tasks
+    // already ready, not first: the connection task then writes the answers
+    // of every request decided in one turn with one writev, not one each
+    // (10× fewer syscalls, 1.3× the throughput at 64 in flight). With more
+    // workers the LIFO slot stays: every task queued would wake an idle
+    // worker to steal it, 1.4× the CPU per request at one in flight.
+    // BENCHMARKS.md, issue #38. Needs `--cfg tokio_unstable`
+    // (.cargo/config.toml).
     #[cfg(tokio_unstable)]
-    builder.disable_lifo_slot();
+    if worker_threads == 1 {
+        builder.disable_lifo_slot();
+    }
     builder
         .worker_threads(worker_threads)
         // Store writes run on blocking threads; an idle one leaves soon
@@ -107,8 +112,8 @@ pub(super) async fn shutdown_signal() {
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    /// Tasks a task wakes run in the order they became ready (no LIFO slot),
-    /// which is what lets the connection task batch its writes.
+    /// On one worker, tasks a task wakes run in the order they became ready
+    /// (no LIFO slot), which is what lets the connection task batch writes.
     #[test]
     fn woken_tasks_run_in_the_order_they_became_ready() {
         let runtime = super::runtime(1).unwrap();
