@@ -4,7 +4,13 @@
 # load generator (SKIP_BUILD=1: as built), a scratch folder removed on exit
 # with the server in $pid, and waiting for a server's log line.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scopegate/target}"
-[ -n "${SKIP_BUILD:-}" ] || cargo build --release --locked --bin scopegate --example loadgen > /dev/null 2>&1
+# Two builds: together, the example's dev-dependencies would add features
+# to shared crates and so change the server's code and symbol names (which
+# link/text-order.txt lists) from the binary the README and Dockerfile build.
+if [ -z "${SKIP_BUILD:-}" ]; then
+  cargo build --release --locked --bin scopegate > /dev/null 2>&1
+  cargo build --release --locked --example loadgen > /dev/null 2>&1
+fi
 bin="${SCOPEGATE_BIN:-$CARGO_TARGET_DIR/release/scopegate}"
 loadgen="$CARGO_TARGET_DIR/release/examples/loadgen"
 work=$(mktemp -d)
