@@ -11,7 +11,9 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scopegate/target}"
 sidecars=${FLEET_SIDECARS:-3}; count=${COUNT:-1000}
 command -v etcd >/dev/null || { apt-get update -qq && apt-get install -y -qq etcd-server; }
-cargo build --release --locked --bin scopegate --example loadgen
+# Apart, so the server is built as shipped (see bench/lib.sh).
+cargo build --release --locked --bin scopegate
+cargo build --release --locked --example loadgen
 bin="$CARGO_TARGET_DIR/release/scopegate"
 loadgen="$CARGO_TARGET_DIR/release/examples/loadgen"
 work=$(mktemp -d)

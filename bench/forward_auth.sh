@@ -11,7 +11,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scopegate/target}"
 requests=${REQUESTS:-20000}
 inflight_list=${INFLIGHT:-"1 64"}
 command -v nginx > /dev/null || { echo "needs nginx (apt-get install nginx)" >&2; exit 1; }
-cargo build --release --locked --bin scopegate --example loadgen
+# Apart, so the server is built as shipped (see bench/lib.sh).
+cargo build --release --locked --bin scopegate
+cargo build --release --locked --example loadgen
 bin="$CARGO_TARGET_DIR/release/scopegate"
 loadgen="$CARGO_TARGET_DIR/release/examples/loadgen"
 work=$(mktemp -d)

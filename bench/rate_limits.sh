@@ -14,7 +14,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scopegate/target}"
 rounds=${ROUNDS:-3}
 seconds=${SECONDS_PER_RUN:-5}
 command -v redis-server > /dev/null || { echo "needs redis-server (apt-get install redis-server)" >&2; exit 1; }
-cargo build --release --locked --bin scopegate --example loadgen
+# Apart, so the server is built as shipped (see bench/lib.sh).
+cargo build --release --locked --bin scopegate
+cargo build --release --locked --example loadgen
 bin="$CARGO_TARGET_DIR/release/scopegate"
 loadgen="$CARGO_TARGET_DIR/release/examples/loadgen"
 work=$(mktemp -d)

@@ -9,7 +9,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scopegate/target}"
 duration=${DURATION:-5}; warmup=${WARMUP:-1}; scale_keys=${SCALE_KEYS:-1000000}
 if [ -n "${QUICK:-}" ]; then duration=1; warmup=0.3; scale_keys=100000; fi
 
-cargo build --release --locked --bin scopegate --example loadgen
+# Apart, so the server is built as shipped (see bench/lib.sh).
+cargo build --release --locked --bin scopegate
+cargo build --release --locked --example loadgen
 bin="$CARGO_TARGET_DIR/release/scopegate"
 loadgen="$CARGO_TARGET_DIR/release/examples/loadgen"
 work=$(mktemp -d)
