@@ -6,9 +6,10 @@
 # (its own default config but info logging, which writes a line per request:
 # --log-level=warn, its best case), and the bare server on scopegate's
 # runtime (ceiling-fifo: no LIFO slot, answers written in batches). One load
-# generator for all, nghttp2's h2load, sending pre-encoded gRPC bodies (bench/grpc_bodies.py);
-# before the load each server's answer is checked once (allowed; and Cerbos
-# denies without the scope). Cerbos comes from npm (@cerbos/cerbos-linux-x64).
+# generator for all, nghttp2's h2load, sending pre-encoded gRPC bodies
+# (bench/grpc_bodies.py); before the load each server's answer is checked
+# once (allowed; and Cerbos denies without the scope). Cerbos comes from
+# npm (@cerbos/cerbos-linux-x64).
 # BEFORE_BIN=path adds another scopegate build to each round ("before").
 #   bash bench/cerbos.sh
 set -euo pipefail
@@ -84,13 +85,13 @@ run() { # label url body server command...
 }
 
 check_path=/scopegate.v1.Authorize/Check
+serve=(serve --http-listen 127.0.0.1:0 --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0
+  --data-dir "$work/data" --log-format json)
 for _ in $(seq 1 "$rounds"); do
   run ceiling "$check_path" "$work/check.bin" "$loadgen" ceiling --listen 127.0.0.1:0
   run ceiling-fifo "$check_path" "$work/check.bin" "$loadgen" ceiling --fifo --listen 127.0.0.1:0
-  run scopegate "$check_path" "$work/check.bin" "$bin" serve --http-listen 127.0.0.1:0 --listen 127.0.0.1:0 \
-    --metrics-listen 127.0.0.1:0 --data-dir "$work/data" --log-format json
-  [ -z "${BEFORE_BIN:-}" ] || run before "$check_path" "$work/check.bin" "$BEFORE_BIN" serve --http-listen 127.0.0.1:0 \
-    --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --data-dir "$work/data" --log-format json
+  run scopegate "$check_path" "$work/check.bin" "$bin" "${serve[@]}"
+  [ -z "${BEFORE_BIN:-}" ] || run before "$check_path" "$work/check.bin" "$BEFORE_BIN" "${serve[@]}"
   run cerbos http://127.0.0.1:3593/cerbos.svc.v1.CerbosService/CheckResources "$work/cerbos.bin" \
     "$cerbos" server --log-level=warn --set=server.httpListenAddr=127.0.0.1:3592 \
     --set=server.grpcListenAddr=127.0.0.1:3593 --set=storage.driver=disk \
