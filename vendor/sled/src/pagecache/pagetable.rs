@@ -2,9 +2,9 @@
 #![allow(unsafe_code)]
 
 use std::{
-    alloc::{alloc_zeroed, Layout},
+    alloc::Layout,
     convert::TryFrom,
-    mem::{align_of, size_of},
+    mem::size_of,
     sync::atomic::Ordering::{Acquire, Relaxed, Release},
 };
 
@@ -28,41 +28,89 @@ const FAN_MASK: u64 = (NODE2_FAN_OUT - 1) as u64;
 pub type PageId = u64;
 
 struct Node1 {
-    children: [Atomic<Node2>; NODE1_FAN_OUT],
+    children: ZeroedPages<[Atomic<Node2>; NODE1_FAN_OUT]>,
 }
 
 struct Node2 {
-    children: [Atomic<Page>; NODE2_FAN_OUT],
+    children: ZeroedPages<[Atomic<Page>; NODE2_FAN_OUT]>,
 }
 
 impl Node1 {
     fn new() -> Owned<Self> {
-        let size = size_of::<Self>();
-        let align = align_of::<Self>();
-
-        unsafe {
-            let layout = Layout::from_size_align_unchecked(size, align);
-
-            #[allow(clippy::cast_ptr_alignment)]
-            let ptr = alloc_zeroed(layout) as *mut Self;
-
-            Owned::from_raw(ptr)
-        }
+        Owned::new(Node1 { children: ZeroedPages::new() })
     }
 }
 
 impl Node2 {
     fn new() -> Owned<Node2> {
-        let size = size_of::<Self>();
-        let align = align_of::<Self>();
+        Owned::new(Node2 { children: ZeroedPages::new() })
+    }
+}
 
+/// A zeroed `T` (4 MiB for the root, 2 MiB per leaf) mapped straight from
+/// the OS, so its pages stay untouched, and not resident, until written.
+/// From the global allocator a zeroed block may be reused memory zeroed
+/// whole: the root, of which a small store uses one word, then cost 4 MiB
+/// of resident memory at every start under mimalloc (scopegate issue #38).
+/// An all-zero `T` must be valid (null `Atomic`s are).
+struct ZeroedPages<T> {
+    ptr: std::ptr::NonNull<T>,
+}
+
+unsafe impl<T: Send> Send for ZeroedPages<T> {}
+unsafe impl<T: Sync> Sync for ZeroedPages<T> {}
+
+impl<T> ZeroedPages<T> {
+    fn layout() -> Layout {
+        Layout::new::<T>()
+    }
+
+    #[cfg(unix)]
+    fn new() -> Self {
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size_of::<T>(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        match std::ptr::NonNull::new(ptr.cast::<T>()) {
+            Some(ptr) if ptr.as_ptr().cast() != libc::MAP_FAILED => {
+                Self { ptr }
+            }
+            _ => std::alloc::handle_alloc_error(Self::layout()),
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn new() -> Self {
+        let ptr = unsafe { std::alloc::alloc_zeroed(Self::layout()) };
+        match std::ptr::NonNull::new(ptr.cast::<T>()) {
+            Some(ptr) => Self { ptr },
+            None => std::alloc::handle_alloc_error(Self::layout()),
+        }
+    }
+}
+
+impl<T> std::ops::Deref for ZeroedPages<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        unsafe { self.ptr.as_ref() }
+    }
+}
+
+impl<T> Drop for ZeroedPages<T> {
+    fn drop(&mut self) {
         unsafe {
-            let layout = Layout::from_size_align_unchecked(size, align);
-
-            #[allow(clippy::cast_ptr_alignment)]
-            let ptr = alloc_zeroed(layout) as *mut Self;
-
-            Owned::from_raw(ptr)
+            std::ptr::drop_in_place(self.ptr.as_ptr());
+            #[cfg(unix)]
+            libc::munmap(self.ptr.as_ptr().cast(), size_of::<T>());
+            #[cfg(not(unix))]
+            std::alloc::dealloc(self.ptr.as_ptr().cast(), Self::layout());
         }
     }
 }
