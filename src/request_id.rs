@@ -11,7 +11,6 @@
 //! PURE: no store, no transport.
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
-use sha2::{Digest, Sha256};
 
 /// How long a request id answers with its first result.
 pub const RETENTION_MS: i64 = 24 * 3_600_000;
@@ -32,12 +31,7 @@ impl std::fmt::Debug for RequestId {
 }
 
 fn digest(parts: &[&[u8]]) -> [u8; 32] {
-    let mut hash = Sha256::new();
-    for part in parts {
-        hash.update((part.len() as u64).to_be_bytes());
-        hash.update(part);
-    }
-    hash.finalize().into()
+    crate::token::sha256_of_parts(parts)
 }
 
 impl RequestId {

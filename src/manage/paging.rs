@@ -54,13 +54,7 @@ pub fn next_page_token(binding: &[u8; 8], cursor: Option<Vec<u8>>) -> String {
 
 /// What a page token is bound to: the RPC and every part of its filter.
 pub fn page_binding(parts: &[&[u8]]) -> [u8; 8] {
-    use sha2::{Digest, Sha256};
-    let mut hash = Sha256::new();
-    for part in parts {
-        hash.update((part.len() as u64).to_be_bytes());
-        hash.update(part);
-    }
-    let digest = hash.finalize();
+    let digest = crate::token::sha256_of_parts(parts);
     let mut binding = [0; 8];
     binding.copy_from_slice(&digest[..8]);
     binding

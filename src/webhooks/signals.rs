@@ -153,8 +153,7 @@ fn derive(signal: Signal, now: i64) -> (String, i64, AuditEvent) {
 }
 
 fn sha(bytes: &[u8]) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes).into()
+    crate::token::sha256(bytes)
 }
 
 fn derived_event(
