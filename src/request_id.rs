@@ -31,7 +31,7 @@ impl std::fmt::Debug for RequestId {
 }
 
 fn digest(parts: &[&[u8]]) -> [u8; 32] {
-    crate::token::sha256_of_parts(parts)
+    scopegate_core::token::sha256_of_parts(parts)
 }
 
 impl RequestId {

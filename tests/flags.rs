@@ -216,17 +216,24 @@ fn read_frame(stream: &mut std::net::TcpStream) -> (u8, u8, Vec<u8>) {
 }
 
 /// Speaking HTTP/2 by hand: the server's SETTINGS carry
-/// `--http2-max-concurrent-streams`, and an idle connection gets a keepalive
-/// PING (every 30 s, README "limits").
+/// `--http2-max-concurrent-streams`, and an idle connection to a listener
+/// on a network address gets a keepalive PING (every 30 s, README "limits";
+/// loopback listeners are not pinged, `server::listen::Peer`).
 #[test]
 fn http2_settings_carry_the_stream_limit_and_idle_connections_are_pinged() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(
         &dir.path().join("data"),
-        &["--http2-max-concurrent-streams", "7"],
+        &[
+            "--http2-max-concurrent-streams",
+            "7",
+            "--listen",
+            "0.0.0.0:0",
+        ],
     );
-    let addr = server.addr.trim_start_matches("http://");
+    let port = server.addr.rsplit(':').next().unwrap();
+    let addr = format!("127.0.0.1:{port}");
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(60)))

@@ -156,7 +156,8 @@ pub struct Limits {
     /// (the HTTP/2 rapid-reset guard, which tonic leaves off unless set).
     pub http2_max_local_error_reset_streams: usize,
     /// Ping idle HTTP/2 connections, and drop peers that stop answering, so
-    /// dead Envoys do not hold connections forever.
+    /// dead Envoys do not hold connections forever: on listeners at a
+    /// network address only (`listen::Peer`).
     pub http2_keepalive_interval: Duration,
     pub http2_keepalive_timeout: Duration,
 }

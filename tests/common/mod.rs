@@ -97,13 +97,15 @@ impl Server {
             }
         };
         let mut child = command
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ])
+            .arg("serve")
+            // Loopback on an ephemeral port, unless the test says otherwise.
+            .args(
+                (!extra_args.contains(&"--listen"))
+                    .then_some(["--listen", "127.0.0.1:0"])
+                    .into_iter()
+                    .flatten(),
+            )
+            .args(["--metrics-listen", "127.0.0.1:0"])
             // The REST API on an ephemeral port, unless the test says otherwise.
             .args(
                 (!extra_args.contains(&"--http-listen"))
