@@ -4,7 +4,8 @@
 //! it whole, making every page resident: sled's 4 MiB page-table root did so
 //! under mimalloc in about a third of the server's starts (+3.8 MiB idle,
 //! issue #38), its 2 MiB leaves likewise. Zeroed tables that large now come
-//! straight from the OS (vendor/sled), untouched until used.
+//! from the C library's `calloc`, which maps them fresh from the OS
+//! (vendor/sled): untouched until used.
 //!
 //! Its own test binary: it installs a counting global allocator.
 

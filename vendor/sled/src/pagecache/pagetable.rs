@@ -4,7 +4,7 @@
 use std::{
     alloc::Layout,
     convert::TryFrom,
-    mem::size_of,
+    mem::{align_of, size_of},
     sync::atomic::Ordering::{Acquire, Relaxed, Release},
 };
 
@@ -47,12 +47,14 @@ impl Node2 {
     }
 }
 
-/// A zeroed `T` (4 MiB for the root, 2 MiB per leaf) mapped straight from
-/// the OS, so its pages stay untouched, and not resident, until written.
-/// From the global allocator a zeroed block may be reused memory zeroed
-/// whole: the root, of which a small store uses one word, then cost 4 MiB
-/// of resident memory at every start under mimalloc (scopegate issue #38).
-/// An all-zero `T` must be valid (null `Atomic`s are).
+/// A zeroed `T` (4 MiB for the root, 2 MiB per leaf) from the C library's
+/// `calloc`, which maps blocks this large fresh from the OS and knows them
+/// zeroed, so their pages stay untouched, and not resident, until written.
+/// The global allocator may instead serve reused memory and zero it whole:
+/// the root, of which a small store uses one word, then cost 4 MiB of
+/// resident memory at every start under mimalloc (scopegate issue #38).
+/// (`calloc`, not a bare `mmap`: leak checkers scan what it returns for
+/// pointers to the pages.) An all-zero `T` must be valid (null `Atomic`s are).
 struct ZeroedPages<T> {
     ptr: std::ptr::NonNull<T>,
 }
@@ -61,36 +63,12 @@ unsafe impl<T: Send> Send for ZeroedPages<T> {}
 unsafe impl<T: Sync> Sync for ZeroedPages<T> {}
 
 impl<T> ZeroedPages<T> {
-    fn layout() -> Layout {
-        Layout::new::<T>()
-    }
-
-    #[cfg(unix)]
     fn new() -> Self {
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size_of::<T>(),
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        match std::ptr::NonNull::new(ptr.cast::<T>()) {
-            Some(ptr) if ptr.as_ptr().cast() != libc::MAP_FAILED => {
-                Self { ptr }
-            }
-            _ => std::alloc::handle_alloc_error(Self::layout()),
-        }
-    }
-
-    #[cfg(not(unix))]
-    fn new() -> Self {
-        let ptr = unsafe { std::alloc::alloc_zeroed(Self::layout()) };
+        debug_assert!(align_of::<T>() <= 16, "calloc aligns to 16 bytes");
+        let ptr = unsafe { libc::calloc(1, size_of::<T>()) };
         match std::ptr::NonNull::new(ptr.cast::<T>()) {
             Some(ptr) => Self { ptr },
-            None => std::alloc::handle_alloc_error(Self::layout()),
+            None => std::alloc::handle_alloc_error(Layout::new::<T>()),
         }
     }
 }
@@ -107,10 +85,7 @@ impl<T> Drop for ZeroedPages<T> {
     fn drop(&mut self) {
         unsafe {
             std::ptr::drop_in_place(self.ptr.as_ptr());
-            #[cfg(unix)]
-            libc::munmap(self.ptr.as_ptr().cast(), size_of::<T>());
-            #[cfg(not(unix))]
-            std::alloc::dealloc(self.ptr.as_ptr().cast(), Self::layout());
+            libc::free(self.ptr.as_ptr().cast());
         }
     }
 }
