@@ -11,6 +11,7 @@
 //! PURE: no store, no transport.
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+use scopegate_core::token::sha256_of_parts;
 
 /// How long a request id answers with its first result.
 pub const RETENTION_MS: i64 = 24 * 3_600_000;
@@ -30,10 +31,6 @@ impl std::fmt::Debug for RequestId {
     }
 }
 
-fn digest(parts: &[&[u8]]) -> [u8; 32] {
-    scopegate_core::token::sha256_of_parts(parts)
-}
-
 impl RequestId {
     /// `text` is 16 to 128 of `A-Z a-z 0-9 . _ ~ -` (a UUID fits).
     pub fn new(account_id: &str, text: &str) -> Result<RequestId, String> {
@@ -50,12 +47,12 @@ impl RequestId {
             return Err(format!("may hold only A-Z a-z 0-9 . _ ~ -, not {bad:?}"));
         }
         Ok(RequestId {
-            lookup: digest(&[
+            lookup: sha256_of_parts(&[
                 b"scopegate create request",
                 account_id.as_bytes(),
                 text.as_bytes(),
             ]),
-            seal_key: digest(&[
+            seal_key: sha256_of_parts(&[
                 b"scopegate sealed token",
                 account_id.as_bytes(),
                 text.as_bytes(),
@@ -107,7 +104,7 @@ impl RequestId {
 /// What a create asked for, so that a request id reused for a different
 /// request is refused rather than answered with the wrong key.
 pub fn request_digest(parts: &[&[u8]]) -> [u8; 32] {
-    digest(parts)
+    sha256_of_parts(parts)
 }
 
 #[cfg(test)]

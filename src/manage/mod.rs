@@ -10,14 +10,12 @@
 
 use std::sync::Arc;
 
-use subtle::ConstantTimeEq;
-
 use crate::authz::Decision;
 use crate::key::KeyTable;
 use crate::scope::{Access, KeyKind, ManageAction, ScopeSet, SharedCatalog};
 use crate::store::{KeyRecord, Store, StoreError};
 use crate::throttle::Throttle;
-use crate::token::{admin_token_hash, secret_fingerprint, TokenFormat};
+use crate::token::{admin_token_hash, constant_time_eq, secret_fingerprint, TokenFormat};
 use crate::usage::Usage;
 
 mod audit;
@@ -229,7 +227,7 @@ impl Manager {
         let Some(presented) = bearer.filter(|token| !token.is_empty()) else {
             return Err(ManageError::MissingCredentials);
         };
-        if bool::from(admin_token_hash(presented).ct_eq(&self.admin_token_hash)) {
+        if constant_time_eq(&admin_token_hash(presented), &self.admin_token_hash) {
             return Ok(Caller::Admin);
         }
         let parsed = self
@@ -293,7 +291,7 @@ impl Manager {
             .get(key_id)
             .filter(|entry| entry.account_id == *account_id)
             .ok_or(ManageError::BadCredentials)?;
-        if !bool::from(entry.secret_hash.ct_eq(secret_hash)) {
+        if !constant_time_eq(&entry.secret_hash, secret_hash) {
             return Err(ManageError::BadCredentials);
         }
         if let Some(extras) = &entry.extras {

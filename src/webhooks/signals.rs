@@ -128,7 +128,7 @@ fn derive(signal: Signal, now: i64) -> (String, i64, AuditEvent) {
         } => {
             let window_ms = (window_secs.max(60) * 1000) as i64;
             let window = now / window_ms;
-            let limit_tag = hex::encode(&sha(limit.as_bytes())[..6]);
+            let limit_tag = hex::encode(&crate::token::sha256(limit.as_bytes())[..6]);
             let once = format!("rate_limited/{key_id}/{limit_tag}/{window}");
             let after = KeyState {
                 rate_limits: vec![RateLimitRecord {
@@ -150,10 +150,6 @@ fn derive(signal: Signal, now: i64) -> (String, i64, AuditEvent) {
             (once, (day + 2) * 86_400_000, event)
         }
     }
-}
-
-fn sha(bytes: &[u8]) -> [u8; 32] {
-    crate::token::sha256(bytes)
 }
 
 fn derived_event(
